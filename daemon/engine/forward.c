@@ -1,0 +1,216 @@
+/* daemon/engine/forward.c: the Llama forward pass over a batch of tokens from any
+ * sequences, through the backend ops table, with an f16 KV cache per sequence slot.
+ *
+ *   x = embed(tokens)
+ *   per layer:  x += Wo · attention(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))   n = RMSNorm
+ *               x += Wdown · (silu(Wgate·n(x)) * Wup·n(x))
+ *   logits = Wout · n(x)   (only for the tokens that ask for them) */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model_internal.h"
+
+struct Context {
+	const Model *m;
+	KbBackend *be;
+	int n_seq, n_ctx, n_batch;
+	int64_t kv_dim, slot_stride;
+	uint16_t **k_cache, **v_cache; /* per layer: [n_seq][n_ctx][kv_dim] f16 */
+	int32_t *seq_len;              /* [n_seq] positions held per slot */
+	/* activations, [n_batch][...] */
+	float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up;
+	float *logits;                 /* [n_out][n_vocab] */
+	int32_t *out_rows;             /* [n_batch] batch index of each logits row */
+	int n_out;
+};
+
+static const ContextParams default_params = { .n_seq = 1, .n_ctx = 0, .n_batch = 512, .n_threads = 0 };
+
+int ctx_n_ctx(const Context *c)
+{
+	return c->n_ctx;
+}
+
+uint64_t ctx_kv_bytes(const Context *c)
+{
+	return 2ull * (uint64_t)c->m->cfg.n_layer * (uint64_t)c->slot_stride * (uint64_t)c->n_seq * 2;
+}
+
+void ctx_free(Context *c)
+{
+	if (!c)
+		return;
+	if (c->be) {
+		const KbOps *o = c->be->ops;
+		for (int il = 0; c->k_cache && il < c->m->cfg.n_layer; il++) {
+			o->release(c->be, c->k_cache[il]);
+			o->release(c->be, c->v_cache[il]);
+		}
+		float *bufs[] = { c->x, c->xn, c->q, c->k, c->v, c->att, c->tmp, c->gate, c->up, c->logits };
+		for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+			o->release(c->be, bufs[i]);
+		o->free(c->be);
+	}
+	free(c->k_cache);
+	free(c->v_cache);
+	free(c->seq_len);
+	free(c->out_rows);
+	free(c);
+}
+
+static int alloc_f32(Context *c, float **ret, int64_t per_token, int64_t rows)
+{
+	return c->be->ops->alloc(c->be, sizeof(float) * (size_t)per_token * (size_t)rows, (void **)ret);
+}
+
+int ctx_new(const Model *m, const ContextParams *p, Context **ret)
+{
+	const ModelConfig *cfg = &m->cfg;
+	ContextParams pp = p ? *p : default_params;
+	if (pp.n_ctx == 0)
+		pp.n_ctx = cfg->n_ctx_train < 4096 ? cfg->n_ctx_train : 4096;
+	if (pp.n_seq < 1 || pp.n_seq > 4096 || pp.n_ctx < 1 || pp.n_ctx > (1 << 22) || pp.n_batch < 1 ||
+	    pp.n_batch > (1 << 16))
+		return -EINVAL;
+	Context *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->m = m;
+	c->n_seq = pp.n_seq;
+	c->n_ctx = pp.n_ctx;
+	c->n_batch = pp.n_batch;
+	c->kv_dim = (int64_t)cfg->n_head_kv * cfg->head_dim;
+	c->slot_stride = (int64_t)c->n_ctx * c->kv_dim;
+	int r = kb_cpu_backend_new(pp.n_threads, &c->be);
+	if (r < 0)
+		goto err;
+	const KbOps *o = c->be->ops;
+	r = -ENOMEM;
+	c->k_cache = calloc((size_t)cfg->n_layer, sizeof(*c->k_cache));
+	c->v_cache = calloc((size_t)cfg->n_layer, sizeof(*c->v_cache));
+	c->seq_len = calloc((size_t)c->n_seq, sizeof(*c->seq_len));
+	c->out_rows = calloc((size_t)c->n_batch, sizeof(*c->out_rows));
+	if (!c->k_cache || !c->v_cache || !c->seq_len || !c->out_rows)
+		goto err;
+	size_t layer_bytes = sizeof(uint16_t) * (size_t)c->slot_stride * (size_t)c->n_seq;
+	for (int il = 0; il < cfg->n_layer; il++)
+		if ((r = o->alloc(c->be, layer_bytes, (void **)&c->k_cache[il])) < 0 ||
+		    (r = o->alloc(c->be, layer_bytes, (void **)&c->v_cache[il])) < 0)
+			goto err;
+	const int64_t qd = (int64_t)cfg->n_head * cfg->head_dim;
+	if ((r = alloc_f32(c, &c->x, cfg->n_embd, c->n_batch)) < 0 ||
+	    (r = alloc_f32(c, &c->xn, cfg->n_embd, c->n_batch)) < 0 ||
+	    (r = alloc_f32(c, &c->q, qd, c->n_batch)) < 0 || (r = alloc_f32(c, &c->k, c->kv_dim, c->n_batch)) < 0 ||
+	    (r = alloc_f32(c, &c->v, c->kv_dim, c->n_batch)) < 0 || (r = alloc_f32(c, &c->att, qd, c->n_batch)) < 0 ||
+	    (r = alloc_f32(c, &c->tmp, cfg->n_embd, c->n_batch)) < 0 ||
+	    (r = alloc_f32(c, &c->gate, cfg->n_ff, c->n_batch)) < 0 ||
+	    (r = alloc_f32(c, &c->up, cfg->n_ff, c->n_batch)) < 0 ||
+	    (r = alloc_f32(c, &c->logits, cfg->n_vocab, c->n_batch)) < 0)
+		goto err;
+	*ret = c;
+	return 0;
+err:
+	ctx_free(c);
+	return r;
+}
+
+int ctx_seq_truncate(Context *c, int seq, int32_t from)
+{
+	if (seq < 0 || seq >= c->n_seq || from < 0)
+		return -EINVAL;
+	if (from < c->seq_len[seq])
+		c->seq_len[seq] = from;
+	return 0;
+}
+
+float *ctx_logits(Context *c, int32_t i)
+{
+	if (i < 0 || i >= c->n_out)
+		return NULL;
+	return c->logits + (int64_t)i * c->m->cfg.n_vocab;
+}
+
+/* Checks ids, slots and positions, and that each sequence continues where its cache ends
+ * (or rewrites earlier positions, which drops what followed). */
+static int check_batch(Context *c, const Batch *b)
+{
+	if (b->n_tokens < 1 || b->n_tokens > c->n_batch || !b->token || !b->pos || !b->seq)
+		return -EINVAL;
+	int32_t *len = malloc(sizeof(int32_t) * (size_t)c->n_seq);
+	if (!len)
+		return -ENOMEM;
+	memcpy(len, c->seq_len, sizeof(int32_t) * (size_t)c->n_seq);
+	int r = 0;
+	for (int t = 0; t < b->n_tokens && !r; t++) {
+		int32_t s = b->seq[t], p = b->pos[t];
+		if (b->token[t] < 0 || b->token[t] >= c->m->cfg.n_vocab || s < 0 || s >= c->n_seq || p < 0 ||
+		    p >= c->n_ctx || p > len[s])
+			r = -EINVAL;
+		else
+			len[s] = p + 1;
+	}
+	if (!r)
+		memcpy(c->seq_len, len, sizeof(int32_t) * (size_t)c->n_seq);
+	free(len);
+	return r;
+}
+
+int ctx_decode(Context *c, const Batch *b)
+{
+	const Model *m = c->m;
+	const ModelConfig *cfg = &m->cfg;
+	const KbOps *o = c->be->ops;
+	KbBackend *be = c->be;
+	const int n = b->n_tokens, d = cfg->n_embd;
+	int r = check_batch(c, b);
+	if (r < 0)
+		return r;
+	c->n_out = 0;
+
+	if ((r = o->get_rows(be, &m->tok_embd, b->token, n, c->x)) < 0)
+		return r;
+	KbAttention a = {
+		.n_tokens = n, .n_head = cfg->n_head, .n_head_kv = cfg->n_head_kv, .head_dim = cfg->head_dim,
+		.pos = b->pos, .seq = b->seq, .q = c->q, .kv_slot_stride = c->slot_stride,
+		.scale = 1.0f / sqrtf((float)cfg->head_dim), .out = c->att,
+	};
+	for (int il = 0; il < cfg->n_layer; il++) {
+		const Layer *l = &m->layers[il];
+		a.k_cache = c->k_cache[il];
+		a.v_cache = c->v_cache[il];
+		if ((r = o->rmsnorm(be, c->x, l->attn_norm, n, d, cfg->norm_eps, c->xn)) < 0 ||
+		    (r = o->matmul(be, &l->wq, c->xn, n, c->q)) < 0 || (r = o->matmul(be, &l->wk, c->xn, n, c->k)) < 0 ||
+		    (r = o->matmul(be, &l->wv, c->xn, n, c->v)) < 0 ||
+		    (r = o->rope(be, c->q, b->pos, n, cfg->n_head, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0 ||
+		    (r = o->rope(be, c->k, b->pos, n, cfg->n_head_kv, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0 ||
+		    (r = o->kv_store(be, &a, c->k, c->v)) < 0 || (r = o->attention(be, &a)) < 0 ||
+		    (r = o->matmul(be, &l->wo, c->att, n, c->tmp)) < 0 || (r = o->add(be, c->x, c->tmp, (int64_t)n * d)) < 0)
+			return r;
+		if ((r = o->rmsnorm(be, c->x, l->ffn_norm, n, d, cfg->norm_eps, c->xn)) < 0 ||
+		    (r = o->matmul(be, &l->w_gate, c->xn, n, c->gate)) < 0 ||
+		    (r = o->matmul(be, &l->w_up, c->xn, n, c->up)) < 0 ||
+		    (r = o->swiglu(be, c->gate, c->up, (int64_t)n * cfg->n_ff, c->gate)) < 0 ||
+		    (r = o->matmul(be, &l->w_down, c->gate, n, c->tmp)) < 0 ||
+		    (r = o->add(be, c->x, c->tmp, (int64_t)n * d)) < 0)
+			return r;
+	}
+
+	/* Gather the rows that want logits, then one product with the output head. */
+	int n_out = 0;
+	for (int t = 0; t < n; t++) {
+		if (b->want_logits ? b->want_logits[t] : t == n - 1) {
+			memcpy(c->tmp + (int64_t)n_out * d, c->x + (int64_t)t * d, sizeof(float) * (size_t)d);
+			c->out_rows[n_out++] = t;
+		}
+	}
+	if (n_out == 0)
+		return o->sync(be);
+	if ((r = o->rmsnorm(be, c->tmp, m->output_norm, n_out, d, cfg->norm_eps, c->xn)) < 0 ||
+	    (r = o->matmul(be, &m->output, c->xn, n_out, c->logits)) < 0 || (r = o->sync(be)) < 0)
+		return r;
+	c->n_out = n_out;
+	return 0;
+}

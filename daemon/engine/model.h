@@ -1,0 +1,83 @@
+/* daemon/engine/model.h: a Llama-family model loaded from GGUF, and the runtime state
+ * (KV cache, activations) that runs it.
+ *
+ * Lifetimes: a Model holds the configuration, the tokenizer and pointers to the weights
+ * (in place in the read-only mapping on the CPU backend); it is immutable after
+ * model_load() and may be shared by several Contexts.  A Context holds the KV cache for
+ * up to n_seq sequences of up to n_ctx positions, activation buffers for batches of up
+ * to n_batch tokens and the worker threads; one thread drives it at a time.
+ *
+ * The forward pass takes a batch: any number of tokens from any sequences, each with its
+ * position, so prefill chunks of several prompts and decode steps of many sequences run
+ * in one call (continuous batching builds on this, not on a rewrite). */
+#ifndef QD_ENGINE_MODEL_H
+#define QD_ENGINE_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "tokenizer.h"
+
+typedef struct {
+	int n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, rope_dim;
+	int n_vocab, n_ctx_train;
+	float rope_base, norm_eps;
+	bool tied_output; /* no output.weight: the embedding is reused */
+} ModelConfig;
+
+typedef struct Model Model;
+
+/* Loads PATH: validates the GGUF, the architecture ("llama"), every tensor's presence,
+ * type and shape.  Returns 0, or -errno with err filled ("missing tensor blk.3.ffn_up.weight",
+ * "unsupported architecture 'gpt2'", ...). */
+int model_load(const char *path, Model **ret, char *err, size_t errlen);
+void model_free(Model *m); /* NULL-safe; after every Context using it is freed */
+
+const ModelConfig *model_config(const Model *m);
+const Tokenizer *model_tokenizer(const Model *m);
+const GgufFile *model_gguf(const Model *m);
+/* Bytes of weights read per token by a decode step (every matrix once). */
+uint64_t model_weight_bytes(const Model *m);
+/* Short name such as "SmolLM2 135M Q4_1". */
+const char *model_name(const Model *m);
+
+typedef struct {
+	int n_seq;      /* sequence slots (>= 1) */
+	int n_ctx;      /* positions per sequence; 0: min(n_ctx_train, 4096) */
+	int n_batch;    /* most tokens per ctx_decode call (>= 1) */
+	int n_threads;  /* 0: online CPUs */
+} ContextParams;
+
+typedef struct Context Context;
+
+/* Returns 0, -ENOMEM, or -EINVAL for bad parameters. */
+int ctx_new(const Model *m, const ContextParams *p, Context **ret);
+void ctx_free(Context *c); /* NULL-safe */
+int ctx_n_ctx(const Context *c);
+/* Bytes of KV cache allocated (all slots). */
+uint64_t ctx_kv_bytes(const Context *c);
+
+typedef struct {
+	int32_t n_tokens;
+	const int32_t *token; /* [n_tokens] */
+	const int32_t *pos;   /* [n_tokens] position of each token in its sequence */
+	const int32_t *seq;   /* [n_tokens] sequence slot */
+	const uint8_t *want_logits; /* [n_tokens]; NULL: only the last token of the batch */
+} Batch;
+
+/* Runs the forward pass for B.  A token at position p attends to positions 0..p of its
+ * sequence: positions before the batch must have been decoded earlier (they are in the
+ * cache), those inside the batch are written first.  Returns 0, or -EINVAL (bad token id,
+ * slot, position >= n_ctx, n_tokens > n_batch), or -errno from the backend. */
+int ctx_decode(Context *c, const Batch *b);
+
+/* Logits [n_vocab] of the I-th token of the last batch that asked for them (in batch
+ * order among those with want_logits set), or NULL. */
+float *ctx_logits(Context *c, int32_t i);
+
+/* Forgets positions >= from of sequence slot SEQ (0 forgets it all). */
+int ctx_seq_truncate(Context *c, int seq, int32_t from);
+
+#endif

@@ -1,0 +1,78 @@
+/* kernels/backend.h: the ops table every compute backend implements (kernels/cpu now,
+ * kernels/cuda next).  The forward pass (daemon/engine/forward.c) calls only these.
+ *
+ * Memory: activation buffers come from the backend's alloc (host memory on the CPU,
+ * device memory on CUDA); small per-batch index arrays (token ids, positions, sequence
+ * slots) are passed as host arrays and copied by the backend when it needs to.
+ * Weights are described by KbWeight; weight_prepare lets a backend upload or repack them
+ * once at load.  Every op returns 0 or -errno (CUDA failures become -EIO or -ENOMEM).
+ * A backend instance is driven by one thread at a time. */
+#ifndef QD_KERNELS_BACKEND_H
+#define QD_KERNELS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+	int type;          /* enum qd_type */
+	int64_t rows;      /* output features */
+	int64_t cols;      /* input features (row length, a block multiple) */
+	const void *data;  /* host bytes in GGUF layout (the mapping) */
+	void *priv;        /* backend's prepared copy, or NULL */
+} KbWeight;
+
+/* Attention over a KV cache for a batch of query tokens.  The cache holds f16 keys and
+ * values: cache[slot][pos][n_head_kv * head_dim], slot stride kv_slot_stride elements. */
+typedef struct {
+	int n_tokens, n_head, n_head_kv, head_dim;
+	const int32_t *pos;  /* [n_tokens] host */
+	const int32_t *seq;  /* [n_tokens] host */
+	const float *q;      /* [n_tokens][n_head*head_dim] */
+	uint16_t *k_cache, *v_cache;
+	int64_t kv_slot_stride;
+	float scale;
+	float *out;          /* [n_tokens][n_head*head_dim] */
+} KbAttention;
+
+typedef struct KbBackend KbBackend;
+
+typedef struct {
+	const char *name;
+	void (*free)(KbBackend *b);
+	const char *(*describe)(KbBackend *b); /* e.g. "cpu avx2+fma+f16c, 2 threads" */
+
+	int (*alloc)(KbBackend *b, size_t bytes, void **ret);
+	void (*release)(KbBackend *b, void *p);
+	int (*upload)(KbBackend *b, void *dst, const void *src, size_t bytes);
+	int (*download)(KbBackend *b, void *dst, const void *src, size_t bytes);
+
+	int (*weight_prepare)(KbBackend *b, KbWeight *w);
+	void (*weight_release)(KbBackend *b, KbWeight *w);
+
+	/* out[i] = row ids[i] of the embedding table W, as f32 [n][W->cols]. */
+	int (*get_rows)(KbBackend *b, const KbWeight *w, const int32_t *ids, int n, float *out);
+	/* y[t][r] = W[r] . x[t]  for t < n. */
+	int (*matmul)(KbBackend *b, const KbWeight *w, const float *x, int n, float *y);
+	/* y[t] = x[t] / rms(x[t]) * weight, for n rows of dim. */
+	int (*rmsnorm)(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y);
+	/* Rotates adjacent pairs (2i, 2i+1), i < rot_dim/2, of each head of x[t], in place. */
+	int (*rope)(KbBackend *b, float *x, const int32_t *pos, int n, int n_head, int head_dim,
+		    int rot_dim, float base);
+	/* Writes k/v rows [n][n_head_kv*head_dim] into the caches at (seq[t], pos[t]). */
+	int (*kv_store)(KbBackend *b, const KbAttention *a, const float *k, const float *v);
+	int (*attention)(KbBackend *b, const KbAttention *a);
+	/* y = silu(g) * u over n elements. */
+	int (*swiglu)(KbBackend *b, const float *g, const float *u, int64_t n, float *y);
+	/* x += y over n elements. */
+	int (*add)(KbBackend *b, float *x, const float *y, int64_t n);
+	int (*sync)(KbBackend *b);
+} KbOps;
+
+struct KbBackend {
+	const KbOps *ops;
+};
+
+/* CPU backend: n_threads <= 0 means all online CPUs.  Returns 0 or -errno. */
+int kb_cpu_backend_new(int n_threads, KbBackend **ret);
+
+#endif

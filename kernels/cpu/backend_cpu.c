@@ -1,0 +1,304 @@
+/* kernels/cpu/backend_cpu.c: the CPU implementation of the ops table.  Weights are used
+ * in place from the mapping; matrix products go through kb_matmul on the thread pool,
+ * attention is split over (token, head) pairs.  Activations are plain host memory. */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../backend.h"
+#include "../types.h"
+#include "matmul.h"
+#include "quant.h"
+#include "threadpool.h"
+
+typedef struct {
+	KbBackend base;
+	KbThreadPool *pool;
+	void *scratch; /* kb_matmul activation scratch, grown on demand */
+	size_t scratch_size;
+	char desc[96];
+} CpuBackend;
+
+/* f16 -> f32 for the KV cache, by table: 256 KiB, built once. */
+static float f16_table[1 << 16];
+static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
+
+static void f16_table_init(void)
+{
+	for (uint32_t i = 0; i < (1u << 16); i++)
+		f16_table[i] = qd_f16_to_f32((uint16_t)i);
+}
+
+static CpuBackend *cpu(KbBackend *b)
+{
+	return (CpuBackend *)b;
+}
+
+static void cpu_free(KbBackend *b)
+{
+	CpuBackend *c = cpu(b);
+	if (!c)
+		return;
+	kb_threadpool_free(c->pool);
+	free(c->scratch);
+	free(c);
+}
+
+static const char *cpu_describe(KbBackend *b)
+{
+	return cpu(b)->desc;
+}
+
+static int cpu_alloc(KbBackend *b, size_t bytes, void **ret)
+{
+	void *p = NULL;
+	if (posix_memalign(&p, 64, bytes ? bytes : 64))
+		return -ENOMEM;
+	*ret = p;
+	return 0;
+}
+
+static void cpu_release(KbBackend *b, void *p)
+{
+	free(p);
+}
+
+static int cpu_copy(KbBackend *b, void *dst, const void *src, size_t bytes)
+{
+	memcpy(dst, src, bytes);
+	return 0;
+}
+
+static int cpu_weight_prepare(KbBackend *b, KbWeight *w)
+{
+	if (kb_cpu_vec_dot_type(w->type) < 0)
+		return -EOPNOTSUPP;
+	w->priv = NULL;
+	return 0;
+}
+
+static void cpu_weight_release(KbBackend *b, KbWeight *w)
+{
+	w->priv = NULL;
+}
+
+static int cpu_get_rows(KbBackend *b, const KbWeight *w, const int32_t *ids, int n, float *out)
+{
+	uint64_t row_bytes;
+	int r = qd_row_size(w->type, (uint64_t)w->cols, &row_bytes);
+	if (r < 0)
+		return r;
+	for (int i = 0; i < n; i++) {
+		if (ids[i] < 0 || ids[i] >= w->rows)
+			return -EINVAL;
+		r = kb_cpu_dequantize_row(w->type, (const uint8_t *)w->data + (uint64_t)ids[i] * row_bytes,
+					  out + (int64_t)i * w->cols, w->cols);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int cpu_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
+{
+	CpuBackend *c = cpu(b);
+	size_t need = kb_matmul_scratch_size(w->type, w->cols, n);
+	if (!need)
+		return -EOPNOTSUPP;
+	if (need > c->scratch_size) {
+		void *p = NULL;
+		if (posix_memalign(&p, 64, need))
+			return -ENOMEM;
+		free(c->scratch);
+		c->scratch = p;
+		c->scratch_size = need;
+	}
+	return kb_matmul(c->pool, w->type, w->data, w->rows, w->cols, x, n, y, c->scratch);
+}
+
+static int cpu_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)
+{
+	for (int t = 0; t < n; t++) {
+		const float *xr = x + (int64_t)t * dim;
+		float *yr = y + (int64_t)t * dim;
+		double ss = 0;
+		for (int i = 0; i < dim; i++)
+			ss += (double)xr[i] * xr[i];
+		float scale = 1.0f / sqrtf((float)(ss / dim) + eps);
+		for (int i = 0; i < dim; i++)
+			yr[i] = xr[i] * scale * weight[i];
+	}
+	return 0;
+}
+
+static int cpu_rope(KbBackend *b, float *x, const int32_t *pos, int n, int n_head, int head_dim,
+		    int rot_dim, float base)
+{
+	/* theta_i = pos * base^(-2i/rot_dim), built by repeated multiplication in float as the
+	 * reference implementation does, so angles agree to the last bit at long positions. */
+	const float theta_scale = powf(base, -2.0f / (float)rot_dim);
+	float cs[2 * 256];
+	if (rot_dim > 512 || rot_dim % 2)
+		return -EINVAL;
+	for (int t = 0; t < n; t++) {
+		float theta = (float)pos[t];
+		for (int i = 0; i < rot_dim / 2; i++) {
+			cs[2 * i] = cosf(theta);
+			cs[2 * i + 1] = sinf(theta);
+			theta *= theta_scale;
+		}
+		float *xt = x + (int64_t)t * n_head * head_dim;
+		for (int h = 0; h < n_head; h++) {
+			float *xh = xt + h * head_dim;
+			for (int i = 0; i < rot_dim / 2; i++) {
+				float x0 = xh[2 * i], x1 = xh[2 * i + 1];
+				xh[2 * i] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
+				xh[2 * i + 1] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+			}
+		}
+	}
+	return 0;
+}
+
+static int cpu_kv_store(KbBackend *b, const KbAttention *a, const float *k, const float *v)
+{
+	const int kvd = a->n_head_kv * a->head_dim;
+	for (int t = 0; t < a->n_tokens; t++) {
+		int64_t off = (int64_t)a->seq[t] * a->kv_slot_stride + (int64_t)a->pos[t] * kvd;
+		for (int i = 0; i < kvd; i++) {
+			a->k_cache[off + i] = qd_f32_to_f16(k[(int64_t)t * kvd + i]);
+			a->v_cache[off + i] = qd_f32_to_f16(v[(int64_t)t * kvd + i]);
+		}
+	}
+	return 0;
+}
+
+typedef struct {
+	const KbAttention *a;
+	int max_len; /* longest context in the batch: scores scratch per worker */
+	float *scores; /* [nth][max_len] */
+} AttnJob;
+
+static void attn_worker(void *arg, int ith, int nth)
+{
+	AttnJob *j = arg;
+	const KbAttention *a = j->a;
+	const int hd = a->head_dim, kvd = a->n_head_kv * hd, group = a->n_head / a->n_head_kv;
+	float *sc = j->scores + (int64_t)ith * j->max_len;
+	int64_t lo, hi;
+	kb_split((int64_t)a->n_tokens * a->n_head, 1, ith, nth, &lo, &hi);
+	for (int64_t job = lo; job < hi; job++) {
+		int t = (int)(job / a->n_head), h = (int)(job % a->n_head), kvh = h / group;
+		const float *q = a->q + (int64_t)t * a->n_head * hd + h * hd;
+		const int len = a->pos[t] + 1;
+		const uint16_t *kc = a->k_cache + (int64_t)a->seq[t] * a->kv_slot_stride + kvh * hd;
+		const uint16_t *vc = a->v_cache + (int64_t)a->seq[t] * a->kv_slot_stride + kvh * hd;
+		/* The reference rounds q to f16 before the dot with f16 keys; so do we. */
+		float qh[512];
+		for (int i = 0; i < hd; i++)
+			qh[i] = f16_table[qd_f32_to_f16(q[i])];
+		float mx = -INFINITY;
+		for (int p = 0; p < len; p++) {
+			const uint16_t *kr = kc + (int64_t)p * kvd;
+			float s = 0;
+			for (int i = 0; i < hd; i++)
+				s += qh[i] * f16_table[kr[i]];
+			s *= a->scale;
+			sc[p] = s;
+			if (s > mx)
+				mx = s;
+		}
+		double sum = 0;
+		for (int p = 0; p < len; p++) {
+			sc[p] = expf(sc[p] - mx);
+			sum += sc[p];
+		}
+		float inv = (float)(1.0 / sum);
+		float *o = a->out + (int64_t)t * a->n_head * hd + h * hd;
+		for (int i = 0; i < hd; i++)
+			o[i] = 0;
+		for (int p = 0; p < len; p++) {
+			const uint16_t *vr = vc + (int64_t)p * kvd;
+			float w = sc[p] * inv;
+			for (int i = 0; i < hd; i++)
+				o[i] += w * f16_table[vr[i]];
+		}
+	}
+}
+
+static int cpu_attention(KbBackend *b, const KbAttention *a)
+{
+	CpuBackend *c = cpu(b);
+	if (a->head_dim > 512 || a->n_head % a->n_head_kv)
+		return -EINVAL;
+	int max_len = 1;
+	for (int t = 0; t < a->n_tokens; t++)
+		if (a->pos[t] + 1 > max_len)
+			max_len = a->pos[t] + 1;
+	int nth = kb_threadpool_size(c->pool);
+	AttnJob j = { a, max_len, malloc(sizeof(float) * (size_t)max_len * (size_t)nth) };
+	if (!j.scores)
+		return -ENOMEM;
+	kb_threadpool_run(c->pool, attn_worker, &j);
+	free(j.scores);
+	return 0;
+}
+
+static int cpu_swiglu(KbBackend *b, const float *g, const float *u, int64_t n, float *y)
+{
+	for (int64_t i = 0; i < n; i++)
+		y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+	return 0;
+}
+
+static int cpu_add(KbBackend *b, float *x, const float *y, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		x[i] += y[i];
+	return 0;
+}
+
+static int cpu_sync(KbBackend *b)
+{
+	return 0;
+}
+
+static const KbOps cpu_ops = {
+	.name = "cpu",
+	.free = cpu_free,
+	.describe = cpu_describe,
+	.alloc = cpu_alloc,
+	.release = cpu_release,
+	.upload = cpu_copy,
+	.download = cpu_copy,
+	.weight_prepare = cpu_weight_prepare,
+	.weight_release = cpu_weight_release,
+	.get_rows = cpu_get_rows,
+	.matmul = cpu_matmul,
+	.rmsnorm = cpu_rmsnorm,
+	.rope = cpu_rope,
+	.kv_store = cpu_kv_store,
+	.attention = cpu_attention,
+	.swiglu = cpu_swiglu,
+	.add = cpu_add,
+	.sync = cpu_sync,
+};
+
+int kb_cpu_backend_new(int n_threads, KbBackend **ret)
+{
+	pthread_once(&f16_once, f16_table_init);
+	CpuBackend *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->base.ops = &cpu_ops;
+	int r = kb_threadpool_new(n_threads, &c->pool);
+	if (r < 0) {
+		free(c);
+		return r;
+	}
+	snprintf(c->desc, sizeof(c->desc), "cpu %s, %d threads", kb_cpu_init(), kb_threadpool_size(c->pool));
+	*ret = &c->base;
+	return 0;
+}

@@ -1,0 +1,51 @@
+/* kernels/cpu/quant_internal.h: what quant.c, quant_avx2.c and matmul.c share inside the
+ * CPU backend and nobody else needs: the row-kernel signatures, the AVX2 tables and a way
+ * for hot loops to fetch the dispatched kernel once instead of switching per call. */
+#ifndef QD_KERNELS_CPU_QUANT_INTERNAL_H
+#define QD_KERNELS_CPU_QUANT_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef void (*KbDequantFn)(const void *src, float *dst, int64_t n);
+typedef void (*KbQuantFn)(const float *src, void *dst, int64_t n);
+typedef void (*KbVecDotFn)(int64_t n, const void *w, const void *x, float *ret);
+/* ret[r] = dot(weight row r, x) for r < 4, the rows ws bytes apart. */
+typedef void (*KbVecDot4Fn)(int64_t n, const void *w, size_t ws, const void *x, float *ret);
+
+/* The dispatched kernels (after kb_cpu_init()), or NULL when the type has none. */
+KbQuantFn kb_cpu_quantize_fn(int type);
+KbVecDotFn kb_cpu_vec_dot_fn(int wtype);
+/* The four-row form where one exists (hot types only), else NULL. */
+KbVecDot4Fn kb_cpu_vec_dot4_fn(int wtype);
+
+/* Activations repacked for a matrix product with Q4_0 or Q4_1 weights.  In kb_matmul the
+ * same activation row meets every weight row, so it pays to lay it out once the way the
+ * kernel wants it: per pair of 32-blocks, the halves of the two blocks' values side by side
+ * to match one load of the two weight blocks' nibbles, the f16 scales already in f32, and
+ * for Q4_0 the sums that turn unsigned nibbles into nib - 8.  Same integers and scales as
+ * the dot-type row it is made from, so the dot products are the same sums. */
+#define KB_XPAIR_BYTES 112
+static inline size_t kb_xpack_row_size(int64_t n)
+{
+	return (size_t)((n / 32 + 1) / 2) * KB_XPAIR_BYTES;
+}
+
+typedef struct {
+	KbVecDotFn dot; /* weights x packed activations */
+	void (*pack)(const void *xq, int64_t n, void *dst); /* dot-type row -> packed */
+} KbXPackKernels;
+
+/* The packed path for weights of wtype, or NULL (type without one, no AVX2, or forced
+ * scalar). */
+const KbXPackKernels *kb_cpu_xpack_kernels(int wtype);
+
+/* quant_avx2.c: AVX2+FMA+F16C versions, NULL where a type has none.  Calling what they
+ * return on a CPU without those features is undefined; quant.c asks only after checking. */
+KbDequantFn kb_avx2_dequantize_fn(int type);
+KbQuantFn kb_avx2_quantize_fn(int type);
+KbVecDotFn kb_avx2_vec_dot_fn(int wtype);
+KbVecDot4Fn kb_avx2_vec_dot4_fn(int wtype);
+const KbXPackKernels *kb_avx2_xpack_kernels(int wtype);
+
+#endif

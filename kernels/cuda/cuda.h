@@ -1,0 +1,158 @@
+/* kernels/cuda/cuda.h: the CUDA backend's own API (plain C): a context per device with
+ * one stream, device memory with uploads through pinned staging, weights repacked into
+ * a GPU layout at upload, and decode matrix-vector products for up to 8 tokens.
+ *
+ * Types: Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, F16, BF16 weights (GGUF block layout on input;
+ * see layout.cuh for the layout on the device).  Activations are f32 on the device; the
+ * product converts them once to f16 (bf16 hi + lo for BF16 weights) and computes with
+ * tensor-core mma.sync and f32 accumulation.  Quantized weights enter the mma as exact
+ * small integers and their scales are applied in f32, so the only rounding besides f32
+ * summation is the activations' f16 conversion (relative 2^-11; |x| above 65504 is
+ * clamped to 65504).
+ *
+ * Errors: every function returns 0 or a negative errno: -EINVAL for bad arguments,
+ * -ENOMEM when device or pinned memory runs out, -ENODEV when there is no usable device,
+ * -EIO for any other CUDA failure (after which the context should be freed).  Nothing
+ * here prints, exits or aborts.
+ *
+ * Threads: a context and everything made from it is driven by one thread at a time.
+ * Work is queued on the context's stream: the product functions return once the kernels
+ * are queued; kb_cuda_sync(), kb_cuda_download() and kb_cuda_timer_stop() wait. */
+#ifndef QD_KERNELS_CUDA_CUDA_H
+#define QD_KERNELS_CUDA_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KB_CUDA_MAX_TOK 8
+
+typedef struct KbCuda KbCuda;             /* a device, its stream, staging buffers */
+typedef struct KbCudaWeight KbCudaWeight; /* a matrix in the GPU layout */
+typedef struct KbCudaAct KbCudaAct;       /* activations converted for the products */
+typedef struct KbCudaGraph KbCudaGraph;   /* a captured, instantiated CUDA graph */
+
+typedef struct {
+	char name[256];
+	int device, cc_major, cc_minor, sm_count;
+	size_t mem_total, mem_free, l2_bytes;
+	int driver_version, runtime_version; /* e.g. 13000 */
+} KbCudaInfo;
+
+/* Number of CUDA devices into *ret_n.  Returns 0, or -ENODEV when there is no driver or
+ * no device (then *ret_n is not written). */
+int kb_cuda_device_count(int *ret_n);
+
+/* Creates a context on DEVICE: a non-blocking stream, 2 x 32 MiB of pinned staging and
+ * the default product configuration.  Returns 0 and *ret_ctx, -ENODEV, -ENOMEM, -EIO. */
+int kb_cuda_init(int device, KbCuda **ret_ctx);
+
+/* Waits for queued work and frees the context.  NULL-safe.  Weights, activations,
+ * graphs and allocations made from it must be freed first. */
+void kb_cuda_free(KbCuda *ctx);
+
+int kb_cuda_info(KbCuda *ctx, KbCudaInfo *ret_info);
+
+/* The context's cudaStream_t, for callers that queue their own work. */
+void *kb_cuda_stream(KbCuda *ctx);
+
+/* Waits for all queued work; returns the first asynchronous error as -EIO. */
+int kb_cuda_sync(KbCuda *ctx);
+
+/* ---- memory ---- */
+
+/* Device allocation (cudaMalloc, never managed memory). */
+int kb_cuda_alloc(KbCuda *ctx, size_t bytes, void **ret_dev);
+void kb_cuda_dev_free(KbCuda *ctx, void *dev); /* NULL-safe */
+
+/* Copies host -> device through the pinned staging buffers (double-buffered: the host
+ * memcpy of one piece overlaps the asynchronous copy of the previous one), and waits
+ * for the copy to finish.  The host memory may be a read-only file mapping. */
+int kb_cuda_upload(KbCuda *ctx, void *dev, const void *host, size_t bytes);
+/* Device -> host, waiting for earlier queued work first. */
+int kb_cuda_download(KbCuda *ctx, void *host, const void *dev, size_t bytes);
+/* Queues a device -> device copy or a byte fill on the stream. */
+int kb_cuda_copy(KbCuda *ctx, void *dst, const void *src, size_t bytes);
+int kb_cuda_memset(KbCuda *ctx, void *dev, int byte, size_t bytes);
+
+/* Totals over all uploads so far (kb_cuda_upload and kb_cuda_weight_upload): bytes
+ * read from the host and wall-clock seconds spent, including repacking. */
+void kb_cuda_upload_stats(const KbCuda *ctx, uint64_t *ret_bytes, double *ret_seconds);
+
+/* ---- weights ---- */
+
+/* Uploads a rows x cols matrix given in GGUF layout (rows of cols elements, cols a
+ * multiple of the type's block size) and repacks it on the device.  DATA is only read
+ * during the call.  Returns 0 and *ret_w; -EINVAL for an unsupported type or bad shape
+ * (rows or cols < 1, cols not a block multiple, rows > 2^31), -ENOMEM, -EIO. */
+int kb_cuda_weight_upload(KbCuda *ctx, int type, int64_t rows, int64_t cols, const void *data,
+			  KbCudaWeight **ret_w);
+void kb_cuda_weight_free(KbCudaWeight *w); /* NULL-safe */
+
+typedef struct {
+	int type;
+	int64_t rows, cols;
+	uint64_t gguf_bytes; /* bytes of the matrix in GGUF layout (what one product reads) */
+	uint64_t dev_bytes;  /* bytes on the device, padding included */
+} KbCudaWeightInfo;
+void kb_cuda_weight_info(const KbCudaWeight *w, KbCudaWeightInfo *ret);
+
+/* Whether kb_cuda_weight_upload accepts TYPE. */
+int kb_cuda_type_supported(int type);
+
+/* ---- products ---- */
+
+/* Activation buffer for up to KB_CUDA_MAX_TOK tokens of up to max_cols columns. */
+int kb_cuda_act_new(KbCuda *ctx, int64_t max_cols, KbCudaAct **ret_act);
+void kb_cuda_act_free(KbCudaAct *act); /* NULL-safe */
+
+/* Converts x (device f32, token t at x_dev + t*ldx, cols columns) for the products.
+ * 1 <= n_tok <= KB_CUDA_MAX_TOK, cols <= max_cols, ldx >= cols.  Queued. */
+int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_dev, int64_t ldx,
+			int64_t cols, int n_tok);
+
+/* y[t*ldy + r] = sum_c W[r][c] * x[t][c] for t < the act's n_tok, r < rows (device f32
+ * y, ldy >= rows).  The act must have been prepared with cols == the weight's cols.
+ * Queued.  With programmatic dependent launch the kernel starts reading the weights
+ * before the previous kernel on the stream has finished (activations and y only
+ * after), so weights must not be written by queued work; kb_cuda_weight_upload returns
+ * only once its repack has completed, which guarantees that. */
+int kb_cuda_mmv_act(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,
+		    int64_t ldy);
+
+/* Both of the above, with an activation buffer kept by the context. */
+int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t ldx,
+		float *y_dev, int64_t ldy, int n_tok);
+
+/* Tuning of the product kernels: warps per block (1..8), row tiles of 16 per block
+ * group (1 or 2), L2 prefetch distance in work items beyond the next (0..4), persist
+ * (N >= 1: at most N blocks per multiprocessor and no more than fit at once, each
+ * block walking several row groups; 0: one block per group).  A value < 0 keeps the current setting; n_tok
+ * selects the configuration used for products of that many tokens (0: all).
+ * kb_cuda_set_pdl: programmatic dependent launch (each kernel starts loading weights
+ * while the previous one finishes; sm_90 and newer; on by default there). */
+int kb_cuda_set_mmv_config(KbCuda *ctx, int n_tok, int warps, int row_tiles, int prefetch,
+			   int persist);
+void kb_cuda_set_pdl(KbCuda *ctx, int on);
+
+/* ---- graphs and timing ---- */
+
+/* Everything queued between begin and end is captured into a graph instead of run. */
+int kb_cuda_capture_begin(KbCuda *ctx);
+int kb_cuda_capture_end(KbCuda *ctx, KbCudaGraph **ret_graph);
+int kb_cuda_graph_launch(KbCuda *ctx, KbCudaGraph *graph); /* queued */
+void kb_cuda_graph_free(KbCudaGraph *graph);               /* NULL-safe */
+
+/* Records a start event; kb_cuda_timer_stop records the end, waits for it and returns
+ * the elapsed milliseconds between the two on the stream. */
+int kb_cuda_timer_start(KbCuda *ctx);
+int kb_cuda_timer_stop(KbCuda *ctx, double *ret_ms);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

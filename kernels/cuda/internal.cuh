@@ -1,0 +1,136 @@
+/* kernels/cuda/internal.cuh: what the CUDA backend's .cu files share: the context and
+ * object structs, CUDA error mapping, kernel launch with programmatic dependent launch,
+ * and the PTX helpers for it. */
+#ifndef QD_KERNELS_CUDA_INTERNAL_CUH
+#define QD_KERNELS_CUDA_INTERNAL_CUH
+
+#include <cuda_runtime.h>
+#include <errno.h>
+#include <stdint.h>
+
+#include "cuda.h"
+#include "layout.cuh"
+
+#define KB_STAGE_BYTES ((size_t)32 << 20)
+
+/* Product kernel configuration; index 0 is for 1 token, ..., 7 for 8 tokens. */
+typedef struct {
+	int warps, row_tiles, prefetch, persist;
+} KbMmvConfig;
+
+/* Index of a product type in per-type tables. */
+static inline int kb_type_slot(int type)
+{
+	switch (type) {
+	case QD_TYPE_Q4_0: return 0;
+	case QD_TYPE_Q4_1: return 1;
+	case QD_TYPE_Q8_0: return 2;
+	case QD_TYPE_Q4_K: return 3;
+	case QD_TYPE_Q6_K: return 4;
+	case QD_TYPE_F16: return 5;
+	default: return 6;
+	}
+}
+
+struct KbCuda {
+	int device, cc_major, sm_count;
+	cudaStream_t stream;
+	void *stage[2];         /* pinned host staging */
+	cudaEvent_t stage_ev[2]; /* recorded after the copy out of stage[i] */
+	size_t stage_bytes;
+	uint8_t *scratch;       /* device buffer for raw rows awaiting repack */
+	size_t scratch_bytes;
+	cudaEvent_t t0, t1;
+	int pdl;
+	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
+	int occ[7][2][9];       /* resident blocks per SM: [type slot][row tiles - 1][warps] */
+	uint64_t up_bytes;
+	double up_sec;
+	KbCudaAct *act;         /* for kb_cuda_mmv */
+};
+
+struct KbCudaWeight {
+	KbCuda *ctx;
+	int type;
+	int64_t rows, cols, rows_pad, cols_pad, n_tiles;
+	KbTileGeom geo;
+	uint8_t *base, *q, *s, *d; /* one allocation */
+	uint64_t gguf_bytes, dev_bytes;
+};
+
+struct KbCudaAct {
+	KbCuda *ctx;
+	int64_t cap;   /* padded column capacity (multiple of KB_ACT_PAD) */
+	int64_t cols;  /* of the last prepare */
+	int n_tok;     /* of the last prepare; 0 before */
+	void *base;
+	uint16_t *xh, *xhi, *xlo;
+	float *xs;
+};
+
+struct KbCudaGraph {
+	cudaGraph_t graph;
+	cudaGraphExec_t exec;
+};
+
+/* CUDA status -> 0 / negative errno.  Allocation failures are -ENOMEM; a missing
+ * driver or device -ENODEV; everything else -EIO. */
+static inline int kb_err(cudaError_t e)
+{
+	switch (e) {
+	case cudaSuccess:
+		return 0;
+	case cudaErrorMemoryAllocation:
+		return -ENOMEM;
+	case cudaErrorNoDevice:
+	case cudaErrorInsufficientDriver:
+	case cudaErrorInvalidDevice:
+		return -ENODEV;
+	default:
+		return -EIO;
+	}
+}
+
+/* Launches kernel K on the context's stream, allowing the next kernel to start early
+ * (programmatic dependent launch) when the device supports it.  Every kernel launched
+ * this way must call kb_pdl_wait() before touching memory a predecessor writes or reads. */
+template <typename... KArgs, typename... Args>
+static int kb_launch(KbCuda *ctx, void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem,
+		     Args... args)
+{
+	cudaLaunchConfig_t cfg = {};
+	cudaLaunchAttribute attr[1];
+	cfg.gridDim = grid;
+	cfg.blockDim = block;
+	cfg.dynamicSmemBytes = smem;
+	cfg.stream = ctx->stream;
+	if (ctx->pdl) {
+		attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		attr[0].val.programmaticStreamSerializationAllowed = 1;
+		cfg.attrs = attr;
+		cfg.numAttrs = 1;
+	}
+	return kb_err(cudaLaunchKernelEx(&cfg, k, args...));
+}
+
+/* Lets the next kernel in the stream launch now (its blocks then wait in kb_pdl_wait). */
+__device__ __forceinline__ void kb_pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+/* Waits until the previous kernel in the stream has finished and its writes are visible. */
+__device__ __forceinline__ void kb_pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Repack kernels live in repack.cu; the activation buffer is reset by matmul.cu. */
+int kb_cuda_repack_band(KbCuda *ctx, KbCudaWeight *w, int64_t tile0, int64_t n_tiles,
+			const uint8_t *raw_dev, int64_t rows_valid, int64_t row_bytes);
+
+#endif

@@ -1,0 +1,391 @@
+/* kernels/cuda/matmul.cu: decode matrix-vector products (1..8 tokens) on tensor cores.
+ *
+ * Work split: the rows form groups of RT tiles of 16 (RT = 1 or 2).  A block owns groups
+ * b, b + grid, ... (persistent: by default only as many blocks as fit at once); its warps
+ * take each group's chunks in turn (warp w: chunks w, w + nw, ...) and keep per-lane f32
+ * partial sums in the mma C layout, which meet in shared memory at the end of a group.
+ * A warp walks its (group, chunk) items with two register stages: the next item's weight
+ * loads are in flight while it decodes the current one.  With programmatic dependent
+ * launch the first item's weights are requested before waiting for the previous kernel,
+ * since weights never depend on it; only the activations do.
+ *
+ * Where the time goes (H200, Nsight Compute, Q4_0 11008x4096, 1 token): DRAM at 42% of
+ * peak, each scheduler issuing every 2.2 cycles with 3.7 resident warps (127 registers),
+ * 8 cycles between a warp's instructions, a third of them waiting for global loads.
+ * The quantized paths are bound by instruction issue and latency, not by bandwidth: the
+ * f16 decode costs ~10 instructions per mma (8 weights per lane).  Deeper pipelines
+ * (cp.async stages, activations loaded an item ahead) were measured and did not help;
+ * fewer instructions per weight (int8 m16n8k32 with int8 activations) is the next step. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdlib.h>
+
+#include "internal.cuh"
+
+/* ---- activations ---- */
+
+/* x (f32) -> permuted f16, bf16 hi/lo, and 32-column sums.  Grid (cols_pad/64, n_tok),
+ * 64 threads: thread c converts column 64*blockIdx.x + c; each warp is one 32-block. */
+__global__ void __launch_bounds__(64) k_act_prep(const float *x, int64_t ldx, int64_t cols,
+						 uint16_t *xh, uint16_t *xhi, uint16_t *xlo,
+						 float *xs, int64_t cap)
+{
+	kb_pdl_trigger();
+	kb_pdl_wait();
+	const int64_t q = blockIdx.x;
+	const int t = blockIdx.y, c = threadIdx.x;
+	const int64_t col = q * 64 + c;
+	const float v = col < cols ? x[t * ldx + col] : 0.f;
+	const int64_t dst = t * cap + kb_act_pos(col);
+	/* clamp to the f16 range (NaN stays NaN: both comparisons are false) */
+	const float vc = v > 65504.f ? 65504.f : (v < -65504.f ? -65504.f : v);
+	xh[dst] = __half_as_ushort(__float2half_rn(vc));
+	const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+	xhi[dst] = __bfloat16_as_ushort(hi);
+	xlo[dst] = __bfloat16_as_ushort(__float2bfloat16_rn(v - __bfloat162float(hi)));
+	float s = v;
+	for (int o = 16; o; o >>= 1)
+		s += __shfl_xor_sync(0xffffffffu, s, o);
+	if ((c & 31) == 0)
+		xs[(q * 8 + t) * 2 + (c >> 5)] = s;
+}
+
+extern "C" void kb_cuda_act_free(KbCudaAct *act)
+{
+	if (!act)
+		return;
+	kb_cuda_dev_free(act->ctx, act->base);
+	free(act);
+}
+
+extern "C" int kb_cuda_act_new(KbCuda *ctx, int64_t max_cols, KbCudaAct **ret_act)
+{
+	if (!ctx || !ret_act || max_cols < 1 || max_cols > ((int64_t)1 << 31))
+		return -EINVAL;
+	KbCudaAct *a = (KbCudaAct *)calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	a->ctx = ctx;
+	a->cap = (max_cols + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
+	const size_t h = (size_t)KB_MAX_TOK * (size_t)a->cap * 2;
+	const size_t bytes = 3 * h + (size_t)a->cap / 64 * KB_MAX_TOK * 2 * sizeof(float);
+	int r = kb_cuda_alloc(ctx, bytes, &a->base);
+	/* zeros: columns and tokens never prepared must read as finite values */
+	if (r == 0)
+		r = kb_cuda_memset(ctx, a->base, 0, bytes);
+	if (r == 0)
+		r = kb_cuda_sync(ctx);
+	if (r < 0) {
+		kb_cuda_act_free(a);
+		return r;
+	}
+	a->xh = (uint16_t *)a->base;
+	a->xhi = (uint16_t *)((uint8_t *)a->base + h);
+	a->xlo = (uint16_t *)((uint8_t *)a->base + 2 * h);
+	a->xs = (float *)((uint8_t *)a->base + 3 * h);
+	*ret_act = a;
+	return 0;
+}
+
+extern "C" int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_dev, int64_t ldx,
+				   int64_t cols, int n_tok)
+{
+	if (!ctx || !act || act->ctx != ctx || !x_dev || cols < 1 || cols > act->cap || ldx < cols ||
+	    n_tok < 1 || n_tok > KB_CUDA_MAX_TOK)
+		return -EINVAL;
+	const int64_t cols_pad = (cols + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
+	int r = kb_launch(ctx, k_act_prep, dim3((unsigned)(cols_pad / 64), (unsigned)n_tok), dim3(64), 0,
+			  x_dev, ldx, cols, act->xh, act->xhi, act->xlo, act->xs, act->cap);
+	if (r == 0) {
+		act->cols = cols;
+		act->n_tok = n_tok;
+	}
+	return r;
+}
+
+/* ---- products ---- */
+
+typedef struct {
+	const uint8_t *q, *s, *d;       /* regions, tile 0 */
+	int64_t q_tile, s_tile, d_tile; /* bytes per tile */
+	int64_t rows, ldy;
+	int n_chunks, n_groups, prefetch;
+	KbActView x;
+	float *y;
+} KbMmvArgs;
+
+/* c += A * B on the tensor cores (m16n8k16, f32 accumulators). */
+/* volatile: keeps the mmas after the chunk's activation loads (also volatile), so
+ * that the compiler issues all of those loads before the first mma instead of sinking
+ * each next to its use */
+__device__ __forceinline__ void kb_mma_f16(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void kb_mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void kb_prefetch_l2(const void *p)
+{
+	asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+/* Requests chunk pc of the block's RT tiles into L2, one 128-byte line per lane. */
+template <int T, int RT>
+__device__ __forceinline__ void kb_prefetch_chunk(const KbMmvArgs &a, int64_t tile0, int64_t pc, int lane)
+{
+	typedef Lay<T> L;
+	constexpr int QL = L::CPK * L::QV * 4;                /* q lines per tile per chunk */
+	constexpr int SL = (L::CPK * 8 * L::SB + 127) / 128;  /* s lines */
+	constexpr int DL = (8 * L::DB + 127) / 128;           /* d lines */
+	for (int i = lane; i < RT * QL; i += 32) {
+		const int rt = i / QL, k = i % QL;
+		kb_prefetch_l2(a.q + (tile0 + rt) * a.q_tile + pc * (QL * 128) + k * 128);
+	}
+	if constexpr (SL + DL > 0) {
+		if (lane >= RT * (SL + DL))
+			return;
+		const int rt = lane / (SL + DL), k = lane % (SL + DL);
+		if (k < SL)
+			kb_prefetch_l2(a.s + (tile0 + rt) * a.s_tile + pc * (L::CPK * 8 * L::SB) + k * 128);
+		else
+			kb_prefetch_l2(a.d + (tile0 + rt) * a.d_tile + pc * (8 * L::DB) + (k - SL) * 128);
+	}
+}
+
+/* The products of one chunk of the block's RT tiles, into acc. */
+template <int T, int RT>
+__device__ __forceinline__ void kb_chunk(const KbMmvArgs &a, const KbWRegs<T> (&w)[RT], int64_t ch,
+					 int lane, float (&acc)[RT][4])
+{
+	typedef Lay<T> L;
+	KbXRegs<T> x;
+	kb_load_x<T>(&a.x, ch, lane, &x);
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++) {
+		KB_UNROLL
+		for (int sg = 0; sg < L::NM / L::GS; sg++) {
+			float t[4] = { 0.f, 0.f, 0.f, 0.f };
+			KB_UNROLL
+			for (int mm = 0; mm < L::GS; mm++) {
+				const int m = sg * L::GS + mm;
+				uint32_t fa[4], fb[2], fl[2];
+				kb_frag_a<T>(&w[rt], m, fa);
+				kb_frag_b<T>(&x, m, fb, fl);
+				if constexpr (T == QD_TYPE_BF16) {
+					kb_mma_bf16(t, fa, fb);
+					kb_mma_bf16(t, fa, fl);
+				} else {
+					kb_mma_f16(t, fa, fb);
+				}
+			}
+			kb_post<T>(&w[rt], &x, sg, t, acc[rt]);
+		}
+	}
+}
+
+/* Loads (group, chunk) item i of this warp's list into w, and asks L2 for the item
+ * `prefetch` places after the next one. */
+template <int T, int RT>
+__device__ __forceinline__ void kb_load_item(const KbMmvArgs &a, int i, int j, int ch, int cnt, int total,
+					     int warp, int nw, int lane, KbWRegs<T> (&w)[RT])
+{
+	const int64_t tile0 = (int64_t)(blockIdx.x + j * gridDim.x) * RT;
+	if (a.prefetch) {
+		const int ip = i + 1 + a.prefetch;
+		if (ip < total)
+			kb_prefetch_chunk<T, RT>(a, (int64_t)(blockIdx.x + (ip / cnt) * gridDim.x) * RT,
+						 warp + (ip % cnt) * nw, lane);
+	}
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++) {
+		KbTilePtr tp;
+		tp.q = a.q + (tile0 + rt) * a.q_tile;
+		tp.s = a.s + (tile0 + rt) * a.s_tile;
+		tp.d = a.d + (tile0 + rt) * a.d_tile;
+		kb_load_w<T>(tp, ch, lane, &w[rt]);
+	}
+}
+
+/* End of the block's group j: the warps' partial sums meet in shared memory (two
+ * slots, alternating, so one barrier per group suffices) and go to y. */
+template <int RT>
+__device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
+					 float (&acc)[RT][4], float4 *red)
+{
+	float4 *slot = red + (size_t)(j & 1) * nw * RT * 32;
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++) {
+		slot[(warp * RT + rt) * 32 + lane] = make_float4(acc[rt][0], acc[rt][1], acc[rt][2], acc[rt][3]);
+		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
+	}
+	__syncthreads();
+	const float *f = (const float *)slot;
+	const int64_t tile0 = (int64_t)(blockIdx.x + j * gridDim.x) * RT;
+	for (int v = threadIdx.x; v < RT * 128; v += blockDim.x) {
+		const int rt = v >> 7, l = (v >> 2) & 31, ci = v & 3;
+		float sum = 0.f;
+		for (int k = 0; k < nw; k++)
+			sum += f[((k * RT + rt) * 32 + l) * 4 + ci];
+		const int64_t row = (tile0 + rt) * 16 + (l >> 2) + 8 * (ci >> 1);
+		const int tok = 2 * (l & 3) + (ci & 1);
+		if (row < a.rows && tok < a.x.n_tok)
+			a.y[tok * a.ldy + row] = sum;
+	}
+}
+
+/* Block b owns row-tile groups b, b + grid, b + 2 grid, ... (RT tiles each); warp w
+ * takes chunks w, w + nw, ... of each, so its work is a list of (group, chunk) items
+ * that it walks with two register stages: the next item's loads are in flight while
+ * it computes the current one, across group boundaries too. */
+template <int T, int RT>
+__global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
+{
+	extern __shared__ float4 kb_red[]; /* [2][warps][RT][32 lanes] */
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	const int J = (a.n_groups - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
+	const int cnt = warp < a.n_chunks ? (a.n_chunks - warp + nw - 1) / nw : 0;
+	const int total = J * cnt;
+	kb_pdl_trigger();
+
+	float acc[RT][4];
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++)
+		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
+	KbWRegs<T> wa[RT], wb[RT];
+	if (total > 0)
+		kb_load_item<T, RT>(a, 0, 0, warp, cnt, total, warp, nw, lane, wa);
+	kb_pdl_wait();
+	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
+		for (int j = 0; j < J; j++)
+			kb_flush<RT>(a, j, warp, nw, lane, acc, kb_red);
+		return;
+	}
+	/* item i is chunk ch of group j; (jn, chn) is item i + 1 */
+	int j = 0, ch = warp;
+	for (int i = 0; i < total; i += 2) {
+		int jn = j, chn = ch + nw;
+		if (chn >= a.n_chunks) {
+			jn++;
+			chn = warp;
+		}
+		if (i + 1 < total)
+			kb_load_item<T, RT>(a, i + 1, jn, chn, cnt, total, warp, nw, lane, wb);
+		kb_chunk<T, RT>(a, wa, ch, lane, acc);
+		if (jn != j)
+			kb_flush<RT>(a, j, warp, nw, lane, acc, kb_red);
+		if (i + 1 >= total)
+			break;
+		j = jn;
+		ch = chn;
+		jn = j;
+		chn = ch + nw;
+		if (chn >= a.n_chunks) {
+			jn++;
+			chn = warp;
+		}
+		if (i + 2 < total)
+			kb_load_item<T, RT>(a, i + 2, jn, chn, cnt, total, warp, nw, lane, wa);
+		kb_chunk<T, RT>(a, wb, ch, lane, acc);
+		if (jn != j)
+			kb_flush<RT>(a, j, warp, nw, lane, acc, kb_red);
+		j = jn;
+		ch = chn;
+	}
+}
+
+template <int T, int RT>
+static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
+{
+	const int nw = c->warps;
+	const size_t smem = (size_t)2 * nw * RT * 32 * sizeof(float4);
+	int grid = a.n_groups;
+	if (c->persist) {
+		/* as many blocks as fit at once, each walking several groups */
+		int *occ = &ctx->occ[kb_type_slot(T)][RT - 1][nw];
+		if (*occ == 0) {
+			int n = 0;
+			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv<T, RT>, nw * 32, smem));
+			if (r < 0)
+				return r;
+			*occ = n > 0 ? n : 1;
+		}
+		const int per_sm = c->persist < *occ ? c->persist : *occ;
+		const int64_t fit = (int64_t)per_sm * ctx->sm_count;
+		if (fit < grid)
+			grid = (int)fit;
+	}
+	return kb_launch(ctx, k_mmv<T, RT>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
+}
+
+template <int T>
+static int launch_mmv(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y, int64_t ldy)
+{
+	const KbMmvConfig *c = &ctx->mmv[act->n_tok - 1];
+	KbMmvArgs a;
+	a.q = w->q;
+	a.s = w->s;
+	a.d = w->d;
+	a.q_tile = w->geo.q_tile;
+	a.s_tile = w->geo.s_tile;
+	a.d_tile = w->geo.d_tile;
+	a.rows = w->rows;
+	a.ldy = ldy;
+	a.n_chunks = (int)w->geo.n_chunks;
+	a.n_groups = (int)(w->n_tiles / c->row_tiles);
+	a.prefetch = c->prefetch;
+	a.x.xh = act->xh;
+	a.x.xhi = act->xhi;
+	a.x.xlo = act->xlo;
+	a.x.xs = act->xs;
+	a.x.cap = act->cap;
+	a.x.n_tok = act->n_tok;
+	a.y = y;
+	if (c->row_tiles == 1)
+		return launch_rt<T, 1>(ctx, c, a);
+	return launch_rt<T, 2>(ctx, c, a);
+}
+
+extern "C" int kb_cuda_mmv_act(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,
+			       int64_t ldy)
+{
+	if (!ctx || !w || !act || w->ctx != ctx || act->ctx != ctx || !y_dev || act->n_tok < 1 ||
+	    act->cols != w->cols || ldy < w->rows)
+		return -EINVAL;
+	switch (w->type) {
+	case QD_TYPE_Q4_0: return launch_mmv<QD_TYPE_Q4_0>(ctx, w, act, y_dev, ldy);
+	case QD_TYPE_Q4_1: return launch_mmv<QD_TYPE_Q4_1>(ctx, w, act, y_dev, ldy);
+	case QD_TYPE_Q8_0: return launch_mmv<QD_TYPE_Q8_0>(ctx, w, act, y_dev, ldy);
+	case QD_TYPE_Q4_K: return launch_mmv<QD_TYPE_Q4_K>(ctx, w, act, y_dev, ldy);
+	case QD_TYPE_Q6_K: return launch_mmv<QD_TYPE_Q6_K>(ctx, w, act, y_dev, ldy);
+	case QD_TYPE_F16: return launch_mmv<QD_TYPE_F16>(ctx, w, act, y_dev, ldy);
+	case QD_TYPE_BF16: return launch_mmv<QD_TYPE_BF16>(ctx, w, act, y_dev, ldy);
+	default: return -EINVAL;
+	}
+}
+
+extern "C" int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t ldx,
+			   float *y_dev, int64_t ldy, int n_tok)
+{
+	if (!ctx || !w)
+		return -EINVAL;
+	if (!ctx->act || ctx->act->cap < w->cols) {
+		/* grow: wait until no queued kernel still reads the old buffer */
+		int r = kb_cuda_sync(ctx);
+		if (r < 0)
+			return r;
+		kb_cuda_act_free(ctx->act);
+		ctx->act = NULL;
+		if ((r = kb_cuda_act_new(ctx, w->cols, &ctx->act)) < 0)
+			return r;
+	}
+	int r = kb_cuda_act_prepare(ctx, ctx->act, x_dev, ldx, w->cols, n_tok);
+	return r < 0 ? r : kb_cuda_mmv_act(ctx, w, ctx->act, y_dev, ldy);
+}

@@ -1,0 +1,76 @@
+# mk/cuda.mk: the CUDA backend (kernels/cuda/*.cu -> $(O)/libqdcuda.a) and its GPU test
+# and benchmark (`make gpu-tools`).  Only active when nvcc is found and CUDA != 0.
+#
+#   make gpu-tools   $(O)/tests/gpu/test-cuda-mmv and $(O)/bench/bench-cuda-mmv
+#   make test-gpu    builds and runs the GPU test (every test SKIPs without a GPU) and
+#                    the host-only layout check, which needs nvcc but no GPU
+#   CUDA_HOME        CUDA installation (default: two levels above nvcc)
+#   CUNIT_CFLAGS / CUNIT_LIBS   where CUnit lives if not in the system paths
+#
+# The binaries link the CUDA runtime statically, so they only need the driver at run time.
+
+.PHONY: gpu-tools test-gpu
+
+ifeq ($(HAVE_CUDA),1)
+
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
+CUDA_GENCODE := -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=sm_80 \
+	-gencode arch=compute_89,code=sm_89
+NVCCFLAGS ?= -O3
+NVCC_ALL := $(NVCCFLAGS) -std=c++17 $(CUDA_GENCODE) -I. -MMD -MP \
+	-Xcompiler -Wall,-Wextra,-Wno-unused-parameter
+CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++ -lm -pthread
+CUNIT_LIBS ?= -lcunit
+
+CUDA_SRC := $(wildcard kernels/cuda/*.cu)
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(O)/%.o)
+GPU_TEST_BIN := $(O)/tests/gpu/test-cuda-mmv
+GPU_BENCH_BIN := $(O)/bench/bench-cuda-mmv
+GPU_CHECK_BIN := $(O)/tests/gpu/check-cuda-layout
+
+$(O)/kernels/cuda/%.o: kernels/cuda/%.cu
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  NVCC    $<")
+	$(Q)$(NVCC) $(NVCC_ALL) -c $< -o $@
+
+$(O)/libqdcuda.a: $(CUDA_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+# The GPU tools need only kernels/types.c from the engine, so they build even while
+# the rest of the tree does not.
+$(O)/tests/gpu/%.o: tests/gpu/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS_ALL) $(CUNIT_CFLAGS) -c $< -o $@
+
+# testutil.o includes CUnit too
+$(TESTUTIL_OBJ): CFLAGS_ALL += $(CUNIT_CFLAGS)
+
+$(GPU_TEST_BIN): $(O)/tests/gpu/test-cuda-mmv.o $(TESTUTIL_OBJ) $(O)/kernels/types.o $(O)/libqdcuda.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUNIT_LIBS) $(CUDA_LDLIBS)
+
+$(GPU_BENCH_BIN): $(O)/bench/bench-cuda-mmv.o $(O)/kernels/types.o $(O)/libqdcuda.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LDLIBS)
+
+# Host code only (layout.cuh's __host__ side); see the file's comment.
+$(GPU_CHECK_BIN): tests/gpu/check-cuda-layout.cu $(O)/kernels/types.o
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  NVCC    $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) -std=c++17 -I. -MMD -MP -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $< $(O)/kernels/types.o -o $@
+
+gpu-tools: $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN)
+
+test-gpu: $(GPU_TEST_BIN) $(GPU_CHECK_BIN)
+	$(Q)$(GPU_CHECK_BIN) && $(GPU_TEST_BIN)
+
+-include $(CUDA_OBJ:.o=.d) $(O)/tests/gpu/test-cuda-mmv.d $(O)/bench/bench-cuda-mmv.d $(GPU_CHECK_BIN).d
+
+else
+
+gpu-tools test-gpu:
+	@echo "$@: no nvcc found (or CUDA=0): nothing to build"
+
+endif

@@ -1,0 +1,780 @@
+/* tests/daemon/test-e2e.c: the real daemon with the real model, through libquantd and
+ * through raw sockets and rings playing a hostile client.  The daemon is
+ * $QD_BUILD/tests/daemon/qd-serve (`quantd serve` as its own binary); NOTIFY_SOCKET points
+ * at a datagram socket this test reads. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/quantd.h"
+#include "proto/frame.h"
+#include "proto/quantd.pb-c.h"
+#include "proto/ring.h"
+#include "tests/testutil.h"
+
+#define N_PROMPTS 4
+#define N_GEN 24
+#define N_CLIENTS 16
+
+typedef struct {
+	pid_t pid;
+	char dir[64], sock[108], notify[108], log[128];
+	int nfd;
+	char notes[8192];
+	size_t notes_len;
+} Daemon;
+
+static Daemon D; /* the daemon most tests share */
+static const char *const prompts[N_PROMPTS] = {
+	"The capital of France is",
+	"<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
+	"def fibonacci(n):",
+	"Once upon a time, in a small village,",
+};
+static int32_t ref[N_PROMPTS][N_GEN];
+static int ref_n[N_PROMPTS];
+static bool ref_ok;
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static const char *serve_bin(void)
+{
+	static char p[512];
+	snprintf(p, sizeof p, "%s/tests/daemon/qd-serve", tu_build_dir());
+	return p;
+}
+
+static bool can_run(const char *test)
+{
+	if (access(serve_bin(), X_OK) != 0) {
+		tu_skip(test, "no qd-serve binary (make $(O)/tests/daemon/qd-serve)");
+		return false;
+	}
+	if (access(tu_model_path(), R_OK) != 0) {
+		tu_skip(test, "model missing (make model)");
+		return false;
+	}
+	return true;
+}
+
+/* skip_if hook: why the end-to-end tests cannot run here, or NULL. */
+static const char *cannot_run(void)
+{
+	if (access(serve_bin(), X_OK) != 0)
+		return "no qd-serve binary (make $(O)/tests/daemon/qd-serve)";
+	if (access(tu_model_path(), R_OK) != 0)
+		return "model missing (make model)";
+	return NULL;
+}
+
+/* Collects notify datagrams for up to TIMEOUT_MS or until one contains WANT. */
+static bool notify_wait(Daemon *d, const char *want, int timeout_ms)
+{
+	uint64_t end = mono_ms() + (uint64_t)timeout_ms;
+	if (strstr(d->notes, want))
+		return true;
+	for (;;) {
+		uint64_t now = mono_ms();
+		if (now >= end)
+			return false;
+		struct pollfd p = { .fd = d->nfd, .events = POLLIN };
+		if (poll(&p, 1, (int)(end - now)) <= 0)
+			continue;
+		char buf[1024];
+		ssize_t n = recv(d->nfd, buf, sizeof buf - 1, 0);
+		if (n <= 0)
+			continue;
+		buf[n] = 0;
+		if (d->notes_len + (size_t)n + 2 < sizeof d->notes) {
+			memcpy(d->notes + d->notes_len, buf, (size_t)n);
+			d->notes_len += (size_t)n;
+			d->notes[d->notes_len++] = '\n';
+			d->notes[d->notes_len] = 0;
+		}
+		if (strstr(buf, want))
+			return true;
+	}
+}
+
+/* Starts the daemon (through systemd-socket-activate when ACTIVATE) with EXTRA args. */
+static bool daemon_start(Daemon *d, bool activate, const char *const *extra)
+{
+	memset(d, 0, sizeof *d);
+	static int seq;
+	snprintf(d->dir, sizeof d->dir, "/tmp/qd-e2e-%d-%d", (int)getpid(), seq++);
+	mkdir(d->dir, 0700);
+	snprintf(d->sock, sizeof d->sock, "%s/q.sock", d->dir);
+	snprintf(d->notify, sizeof d->notify, "%s/notify", d->dir);
+	snprintf(d->log, sizeof d->log, "%s/daemon.log", d->dir);
+	d->nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	strcpy(a.sun_path, d->notify);
+	if (bind(d->nfd, (struct sockaddr *)&a, sizeof a) < 0)
+		return false;
+	char envn[160];
+	snprintf(envn, sizeof envn, "NOTIFY_SOCKET=%s", d->notify);
+	const char *argv[48];
+	int n = 0;
+	if (activate) {
+		argv[n++] = "systemd-socket-activate";
+		argv[n++] = "--seqpacket";
+		argv[n++] = "-l";
+		argv[n++] = d->sock;
+		argv[n++] = "-E";
+		argv[n++] = envn;
+	}
+	argv[n++] = serve_bin();
+	argv[n++] = "-m";
+	argv[n++] = tu_model_path();
+	if (!activate) {
+		argv[n++] = "--socket";
+		argv[n++] = d->sock;
+	}
+	for (int i = 0; extra && extra[i] && n < 46; i++)
+		argv[n++] = extra[i];
+	argv[n] = NULL;
+	d->pid = fork();
+	if (d->pid == 0) {
+		int lf = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		if (lf >= 0) {
+			dup2(lf, 2);
+			dup2(lf, 1);
+		}
+		setenv("NOTIFY_SOCKET", d->notify, 1);
+		execvp(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	if (activate) { /* wait for the listening socket */
+		for (int i = 0; i < 200 && access(d->sock, F_OK) != 0; i++)
+			usleep(10000);
+		return access(d->sock, F_OK) == 0;
+	}
+	return notify_wait(d, "READY=1", 60000);
+}
+
+/* SIGTERM and wait; returns the exit status or -1. */
+static int daemon_stop(Daemon *d)
+{
+	if (d->pid <= 0)
+		return -1;
+	kill(d->pid, SIGTERM);
+	int st = 0;
+	for (int i = 0; i < 1000; i++) {
+		pid_t r = waitpid(d->pid, &st, WNOHANG);
+		if (r == d->pid) {
+			d->pid = 0;
+			notify_wait(d, "STOPPING=1", 10);
+			close(d->nfd);
+			unlink(d->notify);
+			unlink(d->sock);
+			if (getenv("QD_KEEP_LOGS") == NULL) {
+				unlink(d->log);
+				rmdir(d->dir);
+			}
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		}
+		usleep(10000);
+	}
+	kill(d->pid, SIGKILL);
+	waitpid(d->pid, &st, 0);
+	d->pid = 0;
+	return -1;
+}
+
+static bool ensure_daemon(const char *test)
+{
+	if (!can_run(test))
+		return false;
+	if (D.pid > 0)
+		return true;
+	static const char *const extra[] = { "--slots", "16", "--ctx", "512", "--queue", "64",
+					     "--max-sessions-per-uid", "256", NULL };
+	bool ok = daemon_start(&D, false, extra);
+	if (!ok)
+		tu_skip(test, "daemon did not become ready");
+	return ok;
+}
+
+/* Greedy tokens of PROMPT through a fresh session. */
+static int run_greedy(const char *sock, const char *prompt, int32_t *toks, int *ret_n)
+{
+	qd_client *c;
+	char err[256];
+	int rc = qd_connect(sock, &c, err, sizeof err);
+	if (rc < 0)
+		return rc;
+	qd_gen_params p;
+	qd_gen_params_init(&p);
+	p.max_tokens = N_GEN;
+	uint64_t id;
+	rc = qd_generate(c, prompt, &p, &id);
+	int n = 0;
+	while (rc == 0) {
+		qd_event ev;
+		rc = qd_next(c, &ev, 60000);
+		if (rc < 0 || ev.request_id != id)
+			continue;
+		if (ev.kind == QD_EVENT_FINAL)
+			break;
+		if (n < N_GEN)
+			toks[n++] = ev.token;
+	}
+	qd_close(c);
+	*ret_n = n;
+	return rc;
+}
+
+static void test_ready_after_load(void)
+{
+	if (!ensure_daemon("ready after load"))
+		return;
+	const char *load = strstr(D.notes, "STATUS=Loading");
+	const char *ready = strstr(D.notes, "READY=1");
+	CU_ASSERT_PTR_NOT_NULL(load);
+	CU_ASSERT_PTR_NOT_NULL(ready);
+	CU_ASSERT(load && ready && load < ready);
+	CU_ASSERT_PTR_NOT_NULL(strstr(D.notes, "EXTEND_TIMEOUT_USEC="));
+	/* the engine loop feeds the watchdog only when systemd asks; READY came with a STATUS */
+	CU_ASSERT_PTR_NOT_NULL(strstr(D.notes, "STATUS=Serving 1 model"));
+}
+
+static void test_reference(void)
+{
+	if (!ensure_daemon("reference run"))
+		return;
+	ref_ok = true;
+	for (int i = 0; i < N_PROMPTS; i++) {
+		CU_ASSERT_EQUAL(run_greedy(D.sock, prompts[i], ref[i], &ref_n[i]), 0);
+		CU_ASSERT(ref_n[i] > 0);
+		ref_ok &= ref_n[i] > 0;
+	}
+	/* greedy is deterministic: a second run gives the same tokens */
+	int32_t again[N_GEN];
+	int n;
+	CU_ASSERT_EQUAL(run_greedy(D.sock, prompts[0], again, &n), 0);
+	CU_ASSERT_EQUAL(n, ref_n[0]);
+	CU_ASSERT_EQUAL(memcmp(again, ref[0], (size_t)n * 4), 0);
+}
+
+/* Child: all prompts at once on one session; exit 0 when every token matches. */
+static int concurrent_child(void)
+{
+	qd_client *c;
+	if (qd_connect(D.sock, &c, NULL, 0) < 0)
+		return 2;
+	qd_gen_params p;
+	qd_gen_params_init(&p);
+	p.max_tokens = N_GEN;
+	uint64_t ids[N_PROMPTS];
+	int got[N_PROMPTS] = { 0 }, done = 0, bad = 0;
+	for (int i = 0; i < N_PROMPTS; i++)
+		if (qd_generate(c, prompts[i], &p, &ids[i]) < 0)
+			return 3;
+	while (done < N_PROMPTS) {
+		qd_event ev;
+		if (qd_next(c, &ev, 120000) < 0)
+			return 4;
+		for (int i = 0; i < N_PROMPTS; i++) {
+			if (ev.request_id != ids[i])
+				continue;
+			if (ev.kind == QD_EVENT_FINAL) {
+				done++;
+				bad += got[i] != ref_n[i];
+			} else {
+				bad += got[i] >= ref_n[i] || ev.token != ref[i][got[i]];
+				got[i]++;
+			}
+		}
+	}
+	qd_close(c);
+	return bad ? 1 : 0;
+}
+
+static void test_concurrent_clients(void)
+{
+	if (!ensure_daemon("16 clients x 4 requests") || !ref_ok)
+		return;
+	pid_t kids[N_CLIENTS];
+	uint64_t t0 = mono_ms();
+	for (int i = 0; i < N_CLIENTS; i++) {
+		kids[i] = fork();
+		if (kids[i] == 0)
+			_exit(concurrent_child());
+	}
+	int ok = 0, mismatch = 0;
+	for (int i = 0; i < N_CLIENTS; i++) {
+		int st;
+		waitpid(kids[i], &st, 0);
+		if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+			ok++;
+		else if (WIFEXITED(st) && WEXITSTATUS(st) == 1)
+			mismatch++;
+	}
+	printf("\n    16 clients x 4 requests x %d tokens: %.2f s, %d clients matched the single run\n",
+	       N_GEN, (mono_ms() - t0) / 1000.0, ok);
+	CU_ASSERT_EQUAL(mismatch, 0);
+	CU_ASSERT_EQUAL(ok, N_CLIENTS);
+}
+
+static int count_fds(pid_t pid)
+{
+	char p[64];
+	snprintf(p, sizeof p, "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(p);
+	int n = 0;
+	if (!d)
+		return -1;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+static long rss_kb(pid_t pid)
+{
+	char p[64], line[256];
+	snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
+	FILE *f = fopen(p, "r");
+	long kb = -1;
+	while (f && fgets(line, sizeof line, f))
+		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+static int running_requests(void)
+{
+	qd_client *c;
+	if (qd_connect(D.sock, &c, NULL, 0) < 0)
+		return -1;
+	qd_stats s;
+	int n = -1;
+	if (qd_get_stats(c, false, &s) == 0) {
+		n = (int)(s.models[0].running + s.models[0].queued);
+		qd_stats_free(&s);
+	}
+	qd_close(c);
+	return n;
+}
+
+static void kill_one_client(void)
+{
+	int pfd[2];
+	if (pipe(pfd) < 0)
+		return;
+	pid_t k = fork();
+	if (k == 0) {
+		qd_client *c;
+		if (qd_connect(D.sock, &c, NULL, 0) < 0)
+			_exit(2);
+		qd_gen_params p;
+		qd_gen_params_init(&p);
+		p.max_tokens = 400;
+		uint64_t id;
+		qd_event ev;
+		if (qd_generate(c, prompts[3], &p, &id) < 0 || qd_next(c, &ev, 60000) < 0)
+			_exit(3);
+		if (write(pfd[1], "x", 1) != 1)
+			_exit(4);
+		pause();
+		_exit(0);
+	}
+	char x;
+	CU_ASSERT_EQUAL(read(pfd[0], &x, 1), 1);
+	kill(k, SIGKILL);
+	waitpid(k, NULL, 0);
+	close(pfd[0]);
+	close(pfd[1]);
+}
+
+static void test_sigkill_client(void)
+{
+	if (!ensure_daemon("SIGKILLed client") || !ref_ok)
+		return;
+	kill_one_client(); /* warm-up: first-use allocations are not a leak */
+	for (int i = 0; i < 100 && running_requests() != 0; i++)
+		usleep(20000);
+	usleep(200000); /* the daemon closes the stats session asynchronously */
+	int fd0 = count_fds(D.pid);
+	long rss0 = rss_kb(D.pid);
+	/* another client runs meanwhile and must get exactly its tokens */
+	pid_t other = fork();
+	if (other == 0) {
+		int32_t t[N_GEN];
+		int n;
+		_exit(run_greedy(D.sock, prompts[0], t, &n) == 0 && n == ref_n[0] &&
+				      !memcmp(t, ref[0], (size_t)n * 4) ? 0 : 1);
+	}
+	for (int i = 0; i < 5; i++)
+		kill_one_client();
+	int st;
+	waitpid(other, &st, 0);
+	CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	int left = -1;
+	for (int i = 0; i < 100 && (left = running_requests()) != 0; i++)
+		usleep(20000);
+	for (int i = 0; i < 50 && count_fds(D.pid) != fd0; i++)
+		usleep(20000);
+	long rss1 = rss_kb(D.pid);
+	printf("\n    after 5 killed clients: fds %d -> %d, rss %ld -> %ld kB, requests left %d\n",
+	       fd0, count_fds(D.pid), rss0, rss1, left);
+	CU_ASSERT_EQUAL(left, 0);
+	CU_ASSERT_EQUAL(count_fds(D.pid), fd0);
+	CU_ASSERT(rss1 - rss0 < 1024);
+}
+
+static void test_cancel(void)
+{
+	if (!ensure_daemon("cancel"))
+		return;
+	qd_client *c;
+	CU_ASSERT_EQUAL_FATAL(qd_connect(D.sock, &c, NULL, 0), 0);
+	qd_gen_params p;
+	qd_gen_params_init(&p);
+	p.max_tokens = 300;
+	uint64_t id;
+	CU_ASSERT_EQUAL_FATAL(qd_generate(c, prompts[3], &p, &id), 0);
+	qd_event ev;
+	int seen = 0;
+	while (seen < 3 && qd_next(c, &ev, 30000) == 0)
+		seen += ev.kind == QD_EVENT_TOKEN;
+	CU_ASSERT_EQUAL(qd_cancel(c, id), 0);
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t t_cancelled = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	int after = 0, late = 0;
+	for (;;) {
+		CU_ASSERT_EQUAL_FATAL(qd_next(c, &ev, 30000), 0);
+		if (ev.kind == QD_EVENT_FINAL)
+			break;
+		after++;
+		late += ev.t_daemon_ns > t_cancelled; /* written after the cancel was answered */
+	}
+	CU_ASSERT_EQUAL(ev.finish, QD_FINISH_REASON_CANCELLED);
+	CU_ASSERT_EQUAL(late, 0);
+	CU_ASSERT(after <= 1); /* at most the token of the step that was running */
+	CU_ASSERT_EQUAL(ev.n_generated, (uint32_t)(seen + after));
+	CU_ASSERT_EQUAL(qd_cancel(c, id), -ENOENT);
+	qd_close(c);
+}
+
+static int raw_connect(const char *sock)
+{
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	strcpy(a.sun_path, sock);
+	if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+		close(fd);
+		return -1;
+	}
+	struct timeval tv = { .tv_sec = 10 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	return fd;
+}
+
+/* Next reply's err (positive errno), 0 for success, -1 for end of stream / failure. */
+static int raw_reply(int fd, int *fds, unsigned *nfds)
+{
+	static uint8_t buf[QD_MSG_MAX], abuf[QD_ARENA_SIZE];
+	size_t len;
+	unsigned n = 0;
+	int tmp[QD_MSG_FDS];
+	if (qd_frame_recv(fd, buf, sizeof buf, &len, fds ? fds : tmp, QD_MSG_FDS, &n) < 0)
+		return -1;
+	if (nfds)
+		*nfds = n;
+	QdArena a;
+	qd_arena_init(&a, abuf, sizeof abuf);
+	Quantd__Reply *r = (Quantd__Reply *)qd_frame_unpack(&quantd__reply__descriptor, &a, buf, len);
+	return r ? r->err : -1;
+}
+
+static bool healthy(void)
+{
+	qd_client *c;
+	if (qd_connect(D.sock, &c, NULL, 0) < 0)
+		return false;
+	qd_health h;
+	bool ok = qd_get_health(c, &h) == 0 && h.ok;
+	qd_close(c);
+	return ok;
+}
+
+static void test_malformed_packets(void)
+{
+	if (!ensure_daemon("malformed and oversized packets"))
+		return;
+	uint8_t junk[QD_MSG_MAX + 1000];
+	memset(junk, 0xff, sizeof junk);
+	/* garbage: an error reply, then the session ends */
+	int fd = raw_connect(D.sock);
+	CU_ASSERT_EQUAL(send(fd, junk, 100, 0), 100);
+	CU_ASSERT_EQUAL(raw_reply(fd, NULL, NULL), EPROTO);
+	CU_ASSERT_EQUAL(raw_reply(fd, NULL, NULL), -1);
+	close(fd);
+	/* oversized */
+	fd = raw_connect(D.sock);
+	CU_ASSERT_EQUAL(send(fd, junk, sizeof junk, 0), (ssize_t)sizeof junk);
+	CU_ASSERT_EQUAL(raw_reply(fd, NULL, NULL), EPROTO);
+	CU_ASSERT_EQUAL(raw_reply(fd, NULL, NULL), -1);
+	close(fd);
+	/* a valid message before Hello */
+	fd = raw_connect(D.sock);
+	Quantd__Request rq = QUANTD__REQUEST__INIT;
+	Quantd__ListModels lm = QUANTD__LIST_MODELS__INIT;
+	rq.body_case = QUANTD__REQUEST__BODY_LIST_MODELS;
+	rq.list_models = &lm;
+	CU_ASSERT_EQUAL(qd_frame_send(fd, &rq.base, NULL, 0), 0);
+	CU_ASSERT_EQUAL(raw_reply(fd, NULL, NULL), EPROTO);
+	close(fd);
+	/* descriptors the daemon never asked for */
+	fd = raw_connect(D.sock);
+	int p[2];
+	CU_ASSERT_EQUAL(pipe(p), 0);
+	CU_ASSERT_EQUAL(qd_frame_send(fd, &rq.base, p, 2), 0);
+	CU_ASSERT_EQUAL(raw_reply(fd, NULL, NULL), -1);
+	close(p[0]);
+	close(p[1]);
+	close(fd);
+	CU_ASSERT_TRUE(healthy());
+}
+
+typedef struct {
+	int fd, fds[3];
+	uint8_t *map;
+	QdRing submit, complete;
+} RawSession;
+
+static bool raw_session(RawSession *s)
+{
+	memset(s, 0, sizeof *s);
+	s->fd = raw_connect(D.sock);
+	Quantd__Request rq = QUANTD__REQUEST__INIT;
+	Quantd__Hello h = QUANTD__HELLO__INIT;
+	h.abi_version = QD_ABI_VERSION;
+	rq.id = 1;
+	rq.body_case = QUANTD__REQUEST__BODY_HELLO;
+	rq.hello = &h;
+	unsigned n = 0;
+	if (s->fd < 0 || qd_frame_send(s->fd, &rq.base, NULL, 0) < 0 ||
+	    raw_reply(s->fd, s->fds, &n) != 0 || n != 3)
+		return false;
+	s->map = mmap(NULL, QD_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, s->fds[0], 0);
+	qd_ring_init(&s->submit, (QdRingCtl *)(s->map + QD_SHM_SUBMIT_CTL),
+		     s->map + QD_SHM_SUBMIT_DATA, QD_SUBMIT_CAP);
+	qd_ring_init(&s->complete, (QdRingCtl *)(s->map + QD_SHM_COMPLETE_CTL),
+		     s->map + QD_SHM_COMPLETE_DATA, QD_COMPLETE_CAP);
+	return s->map != MAP_FAILED;
+}
+
+static void raw_close(RawSession *s)
+{
+	munmap(s->map, QD_SHM_SIZE);
+	for (int i = 0; i < 3; i++)
+		close(s->fds[i]);
+	close(s->fd);
+}
+
+static int raw_generate(RawSession *s, uint64_t tag, uint32_t max_tokens)
+{
+	Quantd__Generate g = QUANTD__GENERATE__INIT;
+	g.prompt_tag = tag;
+	g.max_tokens = max_tokens;
+	Quantd__Request rq = QUANTD__REQUEST__INIT;
+	rq.id = 2;
+	rq.body_case = QUANTD__REQUEST__BODY_GENERATE;
+	rq.generate = &g;
+	if (qd_frame_send(s->fd, &rq.base, NULL, 0) < 0)
+		return -1;
+	return raw_reply(s->fd, NULL, NULL);
+}
+
+static void test_hostile_ring_peer(void)
+{
+	if (!ensure_daemon("hostile ring peer"))
+		return;
+	RawSession s;
+	/* the memfd cannot be resized by the client */
+	CU_ASSERT_TRUE_FATAL(raw_session(&s));
+	CU_ASSERT_EQUAL(ftruncate(s.fds[0], 0), -1);
+	CU_ASSERT_EQUAL(errno, EPERM);
+	CU_ASSERT_EQUAL(ftruncate(s.fds[0], 1 << 30), -1);
+	CU_ASSERT_EQUAL(errno, EPERM);
+	/* impossible tail */
+	atomic_store(&s.submit.ctl->tail, (uint64_t)QD_SUBMIT_CAP + 64);
+	CU_ASSERT_EQUAL(raw_generate(&s, 1, 4), EPROTO);
+	CU_ASSERT_EQUAL(raw_reply(s.fd, NULL, NULL), -1);
+	raw_close(&s);
+	/* impossible record length */
+	CU_ASSERT_TRUE_FATAL(raw_session(&s));
+	QdRecHdr h = { .len = 0xfffffff0u, .type = QD_REC_PROMPT_TEXT };
+	memcpy(s.submit.data, &h, sizeof h);
+	atomic_store(&s.submit.ctl->tail, 64);
+	CU_ASSERT_EQUAL(raw_generate(&s, 1, 4), EPROTO);
+	CU_ASSERT_EQUAL(raw_reply(s.fd, NULL, NULL), -1);
+	raw_close(&s);
+	/* a tag that does not match the Generate */
+	CU_ASSERT_TRUE_FATAL(raw_session(&s));
+	QdPromptRec pr = { .tag = 7 };
+	CU_ASSERT_EQUAL(qd_ring_push(&s.submit, QD_REC_PROMPT_TEXT, &pr, sizeof pr, "Hi", 2), 0);
+	CU_ASSERT_EQUAL(raw_generate(&s, 8, 4), EPROTO);
+	raw_close(&s);
+	/* corrupting the complete ring's head while tokens flow ends the session */
+	CU_ASSERT_TRUE_FATAL(raw_session(&s));
+	pr.tag = 9;
+	CU_ASSERT_EQUAL(qd_ring_push(&s.submit, QD_REC_PROMPT_TEXT, &pr, sizeof pr,
+				     prompts[3], (uint32_t)strlen(prompts[3])), 0);
+	CU_ASSERT_EQUAL(raw_generate(&s, 9, 300), 0);
+	atomic_store(&s.complete.ctl->head, (uint64_t)1 << 40);
+	uint64_t t0 = mono_ms();
+	CU_ASSERT_EQUAL(raw_reply(s.fd, NULL, NULL), -1); /* the daemon hung up */
+	CU_ASSERT(mono_ms() - t0 < 5000);
+	raw_close(&s);
+	CU_ASSERT_TRUE(healthy());
+}
+
+static void test_idle_session_memory(void)
+{
+	if (!ensure_daemon("idle session memory"))
+		return;
+	qd_client *cs[64];
+	CU_ASSERT_EQUAL_FATAL(qd_connect(D.sock, &cs[0], NULL, 0), 0);
+	usleep(100000);
+	long r1 = rss_kb(D.pid);
+	int n = 1;
+	for (; n < 64; n++)
+		if (qd_connect(D.sock, &cs[n], NULL, 0) < 0)
+			break;
+	CU_ASSERT_EQUAL(n, 64);
+	usleep(100000);
+	long r64 = rss_kb(D.pid);
+	double per = (double)(r64 - r1) / 63.0;
+	printf("\n    daemon rss with 1 idle session %ld kB, with 64 %ld kB: %.1f kB per session "
+	       "(rings %u kB)\n", r1, r64, per, QD_SHM_SIZE / 1024);
+	CU_ASSERT(per < QD_SHM_SIZE / 1024.0);
+	for (int i = 0; i < n; i++)
+		qd_close(cs[i]);
+}
+
+static void test_sigterm(void)
+{
+	if (!ensure_daemon("SIGTERM"))
+		return;
+	qd_client *c[2];
+	uint64_t id[2];
+	qd_gen_params p;
+	qd_gen_params_init(&p);
+	p.max_tokens = 400;
+	for (int i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL_FATAL(qd_connect(D.sock, &c[i], NULL, 0), 0);
+		CU_ASSERT_EQUAL_FATAL(qd_generate(c[i], prompts[3], &p, &id[i]), 0);
+		qd_event ev;
+		CU_ASSERT_EQUAL(qd_next(c[i], &ev, 30000), 0);
+	}
+	kill(D.pid, SIGTERM);
+	for (int i = 0; i < 2; i++) {
+		qd_event ev;
+		int rc;
+		while ((rc = qd_next(c[i], &ev, 10000)) == 0 && ev.kind != QD_EVENT_FINAL)
+			;
+		CU_ASSERT_EQUAL(rc, 0);
+		CU_ASSERT_EQUAL(ev.request_id, id[i]);
+		CU_ASSERT_EQUAL(ev.finish, QD_FINISH_REASON_SHUTDOWN);
+		qd_close(c[i]);
+	}
+	CU_ASSERT_EQUAL(daemon_stop(&D), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(D.notes, "STOPPING=1"));
+}
+
+static void test_socket_activation(void)
+{
+	if (!can_run("socket activation"))
+		return;
+	if (system("command -v systemd-socket-activate >/dev/null") != 0) {
+		tu_skip("socket activation", "no systemd-socket-activate");
+		return;
+	}
+	Daemon d;
+	static const char *const extra[] = { "--slots", "1", "--queue", "1", "--ctx", "256",
+					     "--mem-limit", "250M", NULL };
+	CU_ASSERT_TRUE_FATAL(daemon_start(&d, true, extra));
+	CU_ASSERT_FALSE(notify_wait(&d, "READY=1", 300)); /* nothing runs before a client */
+	qd_client *c;
+	char err[256];
+	CU_ASSERT_EQUAL_FATAL(qd_connect(d.sock, &c, err, sizeof err), 0);
+	CU_ASSERT_TRUE(notify_wait(&d, "READY=1", 60000));
+	qd_gen_params p;
+	qd_gen_params_init(&p);
+	p.max_tokens = 64;
+	uint64_t a, b, x;
+	CU_ASSERT_EQUAL(qd_generate(c, prompts[3], &p, &a), 0);
+	CU_ASSERT_EQUAL(qd_generate(c, prompts[3], &p, &b), 0);  /* queued behind a */
+	CU_ASSERT_EQUAL(qd_generate(c, prompts[3], &p, &x), -EBUSY);
+	CU_ASSERT_PTR_NOT_NULL(strstr(qd_errmsg(c), "busy"));
+	char path[4096];
+	CU_ASSERT_PTR_NOT_NULL(realpath(tu_model_path(), path));
+	CU_ASSERT_EQUAL(qd_load(c, path, "second", 1, 256, NULL), -ENOMEM);
+	CU_ASSERT_PTR_NOT_NULL(strstr(qd_errmsg(c), "MiB"));
+	int finals = 0;
+	while (finals < 2) {
+		qd_event ev;
+		if (qd_next(c, &ev, 60000) < 0)
+			break;
+		finals += ev.kind == QD_EVENT_FINAL;
+	}
+	CU_ASSERT_EQUAL(finals, 2);
+	qd_close(c);
+	CU_ASSERT_EQUAL(daemon_stop(&d), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(d.notes, "STOPPING=1"));
+}
+
+static void test_not_running(void)
+{
+	qd_client *c;
+	char err[256];
+	int rc = qd_connect("/tmp/qd-e2e-nonexistent.sock", &c, err, sizeof err);
+	CU_ASSERT_EQUAL(rc, -ENOENT);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "not running"));
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	static const TuTest tests[] = {
+		{ .name = "daemon not running", .fn = test_not_running },
+		{ .name = "READY=1 after the model is loaded", .fn = test_ready_after_load, .skip_if = cannot_run },
+		{ .name = "greedy reference run", .fn = test_reference, .skip_if = cannot_run },
+		{ .name = "16 clients x 4 requests match the single run", .fn = test_concurrent_clients, .skip_if = cannot_run },
+		{ .name = "SIGKILLed client costs nothing", .fn = test_sigkill_client, .skip_if = cannot_run },
+		{ .name = "cancel within one token", .fn = test_cancel, .skip_if = cannot_run },
+		{ .name = "malformed and oversized packets", .fn = test_malformed_packets, .skip_if = cannot_run },
+		{ .name = "hostile ring peer", .fn = test_hostile_ring_peer, .skip_if = cannot_run },
+		{ .name = "idle session memory", .fn = test_idle_session_memory, .skip_if = cannot_run },
+		{ .name = "SIGTERM ends requests with a final record", .fn = test_sigterm, .skip_if = cannot_run },
+		{ .name = "socket activation, busy queue, memory refusal", .fn = test_socket_activation, .skip_if = cannot_run },
+		{ .name = NULL },
+	};
+	int rc = tu_main("daemon-e2e", tests);
+	if (D.pid > 0)
+		daemon_stop(&D);
+	return rc;
+}

@@ -1,0 +1,388 @@
+/* tests/gpu/test-cuda-mmv.c: the CUDA context, uploads and decode matrix-vector
+ * products against a double-precision CPU reference on the dequantized weights.
+ * Without a usable GPU every test prints SKIP and the suite passes. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda.h"
+#include "tests/gpu/qgen.h"
+#include "tests/testutil.h"
+
+static KbCuda *ctx;
+
+/* QD_CUDA_TEST_SMALL=1: small shapes only (for compute-sanitizer runs). */
+static int small(void)
+{
+	const char *e = getenv("QD_CUDA_TEST_SMALL");
+	return e && *e && *e != '0';
+}
+
+/* skip_if of every test: the tests need a CUDA device. */
+static const char *gpu_skip(void)
+{
+	int n = 0;
+	return kb_cuda_device_count(&n) < 0 ? "no CUDA device or driver" : NULL;
+}
+
+/* The context, created by the first test that runs; a device that is present but
+ * cannot be initialized is a failure. */
+static int ensure_ctx(const char *test)
+{
+	if (ctx)
+		return 1;
+	int r = kb_cuda_init(0, &ctx);
+	CU_ASSERT_EQUAL(r, 0);
+	if (r < 0)
+		printf("\n    %s: kb_cuda_init: %s\n", test, strerror(-r));
+	return r == 0;
+}
+
+static void test_errors(void)
+{
+	if (!ensure_ctx("errors"))
+		return;
+	uint8_t raw[18 * 4];
+	uint64_t s = 11;
+	KbCudaWeight *w = NULL;
+	KbCudaAct *act = NULL;
+	qg_fill(QD_TYPE_Q4_0, raw, 4, &s);
+	CU_ASSERT_EQUAL(kb_cuda_weight_upload(ctx, QD_TYPE_Q5_0, 1, 32, raw, &w), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_weight_upload(ctx, QD_TYPE_F32, 1, 32, raw, &w), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_weight_upload(ctx, 999, 1, 32, raw, &w), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_weight_upload(ctx, QD_TYPE_Q4_0, 1, 48, raw, &w), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_weight_upload(ctx, QD_TYPE_Q4_0, 0, 32, raw, &w), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_weight_upload(ctx, QD_TYPE_Q4_0, 1, 32, NULL, &w), -EINVAL);
+	CU_ASSERT_PTR_NULL(w);
+	CU_ASSERT_EQUAL(kb_cuda_init(1 << 20, &(KbCuda *){ NULL }), -ENODEV);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, 0, 9, -1, -1, -1), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, 0, -1, 3, -1, -1), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, 9, -1, -1, -1, -1), -EINVAL);
+
+	CU_ASSERT_EQUAL_FATAL(kb_cuda_weight_upload(ctx, QD_TYPE_Q4_0, 2, 64, raw, &w), 0);
+	CU_ASSERT_EQUAL_FATAL(kb_cuda_act_new(ctx, 128, &act), 0);
+	float *x = NULL, *y = NULL;
+	CU_ASSERT_EQUAL_FATAL(kb_cuda_alloc(ctx, 8 * 128 * sizeof(float), (void **)&x), 0);
+	CU_ASSERT_EQUAL_FATAL(kb_cuda_alloc(ctx, 8 * 128 * sizeof(float), (void **)&y), 0);
+	CU_ASSERT_EQUAL(kb_cuda_memset(ctx, x, 0, 8 * 128 * sizeof(float)), 0);
+	/* an act not yet prepared, or prepared for other columns, is refused */
+	CU_ASSERT_EQUAL(kb_cuda_mmv_act(ctx, w, act, y, 2), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, x, 128, 129, 1), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, x, 64, 96, 1), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, x, 96, 96, 0), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, x, 96, 96, 9), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, x, 96, 96, 1), 0);
+	CU_ASSERT_EQUAL(kb_cuda_mmv_act(ctx, w, act, y, 2), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, x, 64, 64, 1), 0);
+	CU_ASSERT_EQUAL(kb_cuda_mmv_act(ctx, w, act, y, 1), -EINVAL); /* ldy < rows */
+	CU_ASSERT_EQUAL(kb_cuda_mmv_act(ctx, w, act, y, 2), 0);
+	CU_ASSERT_EQUAL(kb_cuda_mmv(ctx, w, x, 64, y, 2, 0), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_sync(ctx), 0);
+	KbCudaWeightInfo wi;
+	kb_cuda_weight_info(w, &wi);
+	CU_ASSERT_EQUAL(wi.gguf_bytes, 2 * 2 * 18);
+	CU_ASSERT(wi.dev_bytes >= wi.gguf_bytes);
+	kb_cuda_dev_free(ctx, x);
+	kb_cuda_dev_free(ctx, y);
+	kb_cuda_act_free(act);
+	kb_cuda_weight_free(w);
+	kb_cuda_weight_free(NULL);
+	kb_cuda_act_free(NULL);
+}
+
+static void test_upload(void)
+{
+	if (!ensure_ctx("upload"))
+		return;
+	/* larger than one staging buffer, odd length: exercises both buffers and the tail */
+	const size_t n = (small() ? ((size_t)3 << 20) : ((size_t)70 << 20)) + 4093;
+	uint8_t *a = malloc(n), *b = malloc(n);
+	void *dev = NULL;
+	uint64_t s = 5, bytes0, bytes1;
+	double sec0, sec1;
+	CU_ASSERT_FATAL(a && b);
+	for (size_t i = 0; i < n; i++)
+		a[i] = (uint8_t)(qg_next(&s) >> 56);
+	memset(b, 0, n);
+	kb_cuda_upload_stats(ctx, &bytes0, &sec0);
+	CU_ASSERT_EQUAL_FATAL(kb_cuda_alloc(ctx, n, &dev), 0);
+	CU_ASSERT_EQUAL(kb_cuda_upload(ctx, dev, a, n), 0);
+	CU_ASSERT_EQUAL(kb_cuda_download(ctx, b, dev, n), 0);
+	CU_ASSERT(memcmp(a, b, n) == 0);
+	kb_cuda_upload_stats(ctx, &bytes1, &sec1);
+	CU_ASSERT_EQUAL(bytes1 - bytes0, n);
+	CU_ASSERT(sec1 > sec0);
+	printf("\n    upload %.1f MiB: %.2f GB/s\n", n / 1048576.0, n / (sec1 - sec0) / 1e9);
+	kb_cuda_dev_free(ctx, dev);
+	free(a);
+	free(b);
+}
+
+/* ---- products ---- */
+
+typedef struct {
+	int64_t rows, cols;
+} Shape;
+
+typedef struct {
+	int warps, rt, pf, persist;
+} Cfg;
+
+/* persist 1 (one block per multiprocessor) makes blocks walk several row groups */
+static const Cfg cfgs[] = { { 8, 1, 0, 64 }, { 8, 2, 1, 1 }, { 4, 2, 0, 0 }, { 1, 1, 2, 1 }, { 8, 1, 2, 0 } };
+
+/* Bound on ||y - ref|| / ||sum_c |w x|||: f16 activations round each product by at
+ * most 2^-11 relative; bf16 hi + lo by about 2^-16.  (||ref|| itself can be small by
+ * cancellation; a wrong layout still shows as about 1/sqrt(cols), >= 1e-2 here.) */
+static double bound_for(int type)
+{
+	return type == QD_TYPE_BF16 ? 1e-4 : 1e-3;
+}
+
+/* One (type, shape): the reference for 8 tokens once, then every n_tok and config. */
+static void check_shape(int type, Shape sh, uint64_t seed)
+{
+	int bsz, blck = qg_block(type, &bsz);
+	const int64_t rows = sh.rows, cols = sh.cols, ldy = rows + 5, ldx = cols + 3;
+	const int64_t row_bytes = cols / blck * bsz;
+	uint64_t s = seed;
+	uint8_t *raw = malloc((size_t)(rows * row_bytes));
+	float *x = malloc(sizeof(float) * 8 * ldx);
+	double *ref = calloc((size_t)(8 * rows), sizeof(double));
+	double *mag = calloc((size_t)(8 * rows), sizeof(double)); /* sum_c |w x| */
+	double *wrow = malloc(sizeof(double) * cols);
+	uint32_t *y = malloc(sizeof(float) * 8 * ldy);
+	CU_ASSERT_FATAL(raw && x && ref && mag && wrow && y);
+	qg_fill(type, raw, rows * (cols / blck), &s);
+	for (int64_t i = 0; i < 8 * ldx; i++)
+		x[i] = qg_signed(&s, 0.f, 2.f);
+	for (int64_t r = 0; r < rows; r++) {
+		qg_dequant_row(type, raw + r * row_bytes, cols, wrow);
+		for (int t = 0; t < 8; t++) {
+			double acc = 0, am = 0;
+			for (int64_t c = 0; c < cols; c++) {
+				acc += wrow[c] * x[t * ldx + c];
+				am += fabs(wrow[c] * x[t * ldx + c]);
+			}
+			ref[t * rows + r] = acc;
+			mag[t * rows + r] = am;
+		}
+	}
+
+	KbCudaWeight *w = NULL;
+	KbCudaAct *act = NULL;
+	float *dx = NULL, *dy = NULL;
+	int r = kb_cuda_weight_upload(ctx, type, rows, cols, raw, &w);
+	CU_ASSERT_EQUAL(r, 0);
+	if (r == 0)
+		r = kb_cuda_act_new(ctx, cols, &act);
+	if (r == 0)
+		r = kb_cuda_alloc(ctx, sizeof(float) * 8 * ldx, (void **)&dx);
+	if (r == 0)
+		r = kb_cuda_alloc(ctx, sizeof(float) * 8 * ldy, (void **)&dy);
+	if (r == 0)
+		r = kb_cuda_upload(ctx, dx, x, sizeof(float) * 8 * ldx);
+	CU_ASSERT_EQUAL(r, 0);
+	static const int ntoks[] = { 1, 2, 3, 8 };
+	for (size_t k = 0; r == 0 && k < sizeof(ntoks) / sizeof(ntoks[0]); k++) {
+		const int nt = ntoks[k];
+		for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
+			const Cfg *c = &cfgs[ci];
+			CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, nt, c->warps, c->rt, c->pf, c->persist), 0);
+			/* poison: 0xffffffff is a NaN; rows past the end and tokens past n_tok
+			 * must keep it, every other element must be overwritten */
+			int rr = kb_cuda_memset(ctx, dy, 0xff, sizeof(float) * 8 * ldy);
+			if (rr == 0)
+				rr = kb_cuda_act_prepare(ctx, act, dx, ldx, cols, nt);
+			if (rr == 0)
+				rr = kb_cuda_mmv_act(ctx, w, act, dy, ldy);
+			if (rr == 0)
+				rr = kb_cuda_download(ctx, y, dy, sizeof(float) * 8 * ldy);
+			CU_ASSERT_EQUAL(rr, 0);
+			if (rr < 0) {
+				r = rr;
+				break;
+			}
+			double num = 0, den = 0;
+			int64_t bad_guard = 0, bad_val = 0;
+			for (int t = 0; t < 8; t++)
+				for (int64_t i = 0; i < ldy; i++) {
+					uint32_t bits = y[t * ldy + i];
+					if (t >= nt || i >= rows) {
+						bad_guard += bits != 0xffffffffu;
+						continue;
+					}
+					float v;
+					memcpy(&v, &bits, 4);
+					if (!isfinite(v)) {
+						bad_val++;
+						continue;
+					}
+					double e = v - ref[t * rows + i];
+					num += e * e;
+					den += mag[t * rows + i] * mag[t * rows + i];
+				}
+			double rel = den > 0 ? sqrt(num / den) : INFINITY;
+			int ok = bad_guard == 0 && bad_val == 0 && rel <= bound_for(type);
+			printf("\n    %-4s %5lldx%-5lld n_tok=%d w%d/rt%d/pf%d/ps%d: rel %.2e (bound %.0e)%s",
+			       qd_type_traits(type)->name, (long long)rows, (long long)cols, nt, c->warps,
+			       c->rt, c->pf, c->persist, rel, bound_for(type), ok ? "" : "  FAIL");
+			if (bad_guard || bad_val)
+				printf(" guard %lld non-finite %lld", (long long)bad_guard, (long long)bad_val);
+			CU_ASSERT(ok);
+		}
+	}
+	printf("\n");
+	kb_cuda_dev_free(ctx, dx);
+	kb_cuda_dev_free(ctx, dy);
+	kb_cuda_act_free(act);
+	kb_cuda_weight_free(w);
+	free(raw);
+	free(x);
+	free(ref);
+	free(mag);
+	free(wrow);
+	free(y);
+}
+
+static void check_type(int type, const char *test)
+{
+	if (!ensure_ctx(test))
+		return;
+	int bsz, blck = qg_block(type, &bsz);
+	Shape shapes[4];
+	if (blck == 256) {
+		shapes[0] = (Shape){ 37, 256 };
+		shapes[1] = (Shape){ 4097, 768 };
+		shapes[2] = (Shape){ 130, 11008 };
+		shapes[3] = (Shape){ 1, 256 };
+	} else {
+		shapes[0] = (Shape){ 37, blck == 1 ? 100 : 96 };
+		shapes[1] = (Shape){ 4097, 544 };
+		shapes[2] = (Shape){ 130, 11008 };
+		shapes[3] = (Shape){ 1, 32 };
+	}
+	for (int i = 0; i < 4; i++)
+		if (!small() || i == 0 || i == 3)
+			check_shape(type, shapes[i], 1000 + 17 * (uint64_t)type + (uint64_t)i);
+	kb_cuda_set_mmv_config(ctx, 0, 8, 1, 0, 64); /* back to the usual */
+}
+
+static void test_q4_0(void) { check_type(QD_TYPE_Q4_0, "q4_0"); }
+static void test_q4_1(void) { check_type(QD_TYPE_Q4_1, "q4_1"); }
+static void test_q8_0(void) { check_type(QD_TYPE_Q8_0, "q8_0"); }
+static void test_q4_k(void) { check_type(QD_TYPE_Q4_K, "q4_k"); }
+static void test_q6_k(void) { check_type(QD_TYPE_Q6_K, "q6_k"); }
+static void test_f16(void) { check_type(QD_TYPE_F16, "f16"); }
+static void test_bf16(void) { check_type(QD_TYPE_BF16, "bf16"); }
+
+/* A dependent chain x -> W1 -> y1 -> W2 -> y2 run three ways (plain launches,
+ * programmatic dependent launch, PDL inside a captured graph) must give identical bits:
+ * the kernels are deterministic, so any difference is a race at a kernel boundary. */
+static void test_chain(void)
+{
+	if (!ensure_ctx("chain"))
+		return;
+	const int64_t n = small() ? 512 : 4096;
+	const int nt = 3;
+	int bsz, blck = qg_block(QD_TYPE_Q4_0, &bsz);
+	const size_t wbytes = (size_t)(n * (n / blck) * bsz);
+	uint8_t *raw = malloc(wbytes);
+	float *x = malloc(sizeof(float) * nt * n);
+	float *y[3];
+	uint64_t s = 77;
+	CU_ASSERT_FATAL(raw && x);
+	for (int i = 0; i < 3; i++) {
+		y[i] = malloc(sizeof(float) * nt * n);
+		CU_ASSERT_FATAL(y[i] != NULL);
+	}
+	for (int64_t i = 0; i < nt * n; i++)
+		x[i] = qg_signed(&s, 0.f, 1.f);
+	KbCudaWeight *w[2] = { NULL, NULL };
+	KbCudaAct *act = NULL;
+	float *dx = NULL, *d1 = NULL, *d2 = NULL;
+	int r = 0;
+	for (int i = 0; i < 2 && r == 0; i++) {
+		qg_fill(QD_TYPE_Q4_0, raw, n * (n / blck), &s);
+		r = kb_cuda_weight_upload(ctx, QD_TYPE_Q4_0, n, n, raw, &w[i]);
+	}
+	if (r == 0)
+		r = kb_cuda_act_new(ctx, n, &act);
+	if (r == 0)
+		r = kb_cuda_alloc(ctx, sizeof(float) * nt * n, (void **)&dx);
+	if (r == 0)
+		r = kb_cuda_alloc(ctx, sizeof(float) * nt * n, (void **)&d1);
+	if (r == 0)
+		r = kb_cuda_alloc(ctx, sizeof(float) * nt * n, (void **)&d2);
+	if (r == 0)
+		r = kb_cuda_upload(ctx, dx, x, sizeof(float) * nt * n);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	for (int mode = 0; mode < 3; mode++) {
+		KbCudaGraph *g = NULL;
+		kb_cuda_set_pdl(ctx, mode > 0);
+		r = kb_cuda_memset(ctx, d2, 0xff, sizeof(float) * nt * n);
+		if (r == 0 && mode == 2)
+			r = kb_cuda_capture_begin(ctx);
+		/* several rounds so that a late kernel would overlap an early one */
+		for (int round = 0; round < 4 && r == 0; round++) {
+			r = kb_cuda_act_prepare(ctx, act, dx, n, n, nt);
+			if (r == 0)
+				r = kb_cuda_mmv_act(ctx, w[0], act, d1, n);
+			if (r == 0)
+				r = kb_cuda_act_prepare(ctx, act, d1, n, n, nt);
+			if (r == 0)
+				r = kb_cuda_mmv_act(ctx, w[1], act, d2, n);
+		}
+		if (r == 0 && mode == 2) {
+			r = kb_cuda_capture_end(ctx, &g);
+			if (r == 0)
+				r = kb_cuda_graph_launch(ctx, g);
+		}
+		if (r == 0)
+			r = kb_cuda_download(ctx, y[mode], d2, sizeof(float) * nt * n);
+		kb_cuda_graph_free(g);
+		CU_ASSERT_EQUAL(r, 0);
+	}
+	kb_cuda_set_pdl(ctx, 1);
+	int finite = 1;
+	for (int64_t i = 0; i < nt * n; i++)
+		finite &= isfinite(y[0][i]) != 0;
+	CU_ASSERT(finite);
+	CU_ASSERT(memcmp(y[0], y[1], sizeof(float) * nt * n) == 0);
+	CU_ASSERT(memcmp(y[0], y[2], sizeof(float) * nt * n) == 0);
+	kb_cuda_dev_free(ctx, dx);
+	kb_cuda_dev_free(ctx, d1);
+	kb_cuda_dev_free(ctx, d2);
+	kb_cuda_act_free(act);
+	kb_cuda_weight_free(w[0]);
+	kb_cuda_weight_free(w[1]);
+	for (int i = 0; i < 3; i++)
+		free(y[i]);
+	free(raw);
+	free(x);
+}
+
+static void test_done(void)
+{
+	if (!ensure_ctx("done"))
+		return;
+	CU_ASSERT_EQUAL(kb_cuda_sync(ctx), 0);
+	kb_cuda_free(ctx);
+	ctx = NULL;
+	kb_cuda_free(NULL);
+}
+
+int main(void)
+{
+	static const TuTest tests[] = {
+		{ "errors", test_errors, gpu_skip }, { "upload", test_upload, gpu_skip },
+		{ "q4_0", test_q4_0, gpu_skip },     { "q4_1", test_q4_1, gpu_skip },
+		{ "q8_0", test_q8_0, gpu_skip },     { "q4_k", test_q4_k, gpu_skip },
+		{ "q6_k", test_q6_k, gpu_skip },     { "f16", test_f16, gpu_skip },
+		{ "bf16", test_bf16, gpu_skip },     { "chain", test_chain, gpu_skip },
+		{ "done", test_done, gpu_skip },     { NULL, NULL, NULL },
+	};
+	return tu_main("cuda-mmv", tests);
+}
