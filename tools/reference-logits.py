@@ -41,6 +41,23 @@ PROMPTS = [
     "The history of the Roman Empire begins",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "Once upon a time, in a small village by the mountains, there lived",
+    chatml("List three primary colors."),
+    chatml("How many legs does a spider have?"),
+    chatml("Translate 'good morning' into Spanish."),
+    chatml("What is 12 times 12?"),
+    "The mitochondria is the powerhouse of the cell. It produces",
+    "Water boils at 100 degrees Celsius at sea level because",
+    "import numpy as np\n\n# Create a 3x3 identity matrix\n",
+    "The three laws of motion formulated by Isaac Newton are",
+    "In 1969, Neil Armstrong became the first person to",
+    chatml("Give me a short tip for staying focused while studying."),
+    chatml("What does a compiler do?"),
+    chatml("Name a planet in our solar system."),
+    "Photosynthesis is the process by which green plants",
+    "The quick brown fox jumps over the lazy dog. This sentence is famous because",
+    "A healthy breakfast usually includes",
+    "Dear hiring manager,\n\nI am writing to apply for",
+    "The French Revolution began in 1789 when",
 ]
 
 

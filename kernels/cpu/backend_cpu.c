@@ -9,6 +9,7 @@
 
 #include "../backend.h"
 #include "../types.h"
+#include "attention.h"
 #include "matmul.h"
 #include "quant.h"
 #include "threadpool.h"
@@ -20,16 +21,6 @@ typedef struct {
 	size_t scratch_size;
 	char desc[96];
 } CpuBackend;
-
-/* f16 -> f32 for the KV cache, by table: 256 KiB, built once. */
-static float f16_table[1 << 16];
-static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
-
-static void f16_table_init(void)
-{
-	for (uint32_t i = 0; i < (1u << 16); i++)
-		f16_table[i] = qd_f16_to_f32((uint16_t)i);
-}
 
 static CpuBackend *cpu(KbBackend *b)
 {
@@ -167,17 +158,16 @@ static int cpu_kv_store(KbBackend *b, const KbAttention *a, const float *k, cons
 	const int kvd = a->n_head_kv * a->head_dim;
 	for (int t = 0; t < a->n_tokens; t++) {
 		int64_t off = (int64_t)a->seq[t] * a->kv_slot_stride + (int64_t)a->pos[t] * kvd;
-		for (int i = 0; i < kvd; i++) {
-			a->k_cache[off + i] = qd_f32_to_f16(k[(int64_t)t * kvd + i]);
-			a->v_cache[off + i] = qd_f32_to_f16(v[(int64_t)t * kvd + i]);
-		}
+		kb_f32_to_f16_row(k + (int64_t)t * kvd, a->k_cache + off, kvd);
+		kb_f32_to_f16_row(v + (int64_t)t * kvd, a->v_cache + off, kvd);
 	}
 	return 0;
 }
 
 typedef struct {
 	const KbAttention *a;
-	int max_len; /* longest context in the batch: scores scratch per worker */
+	KbAttnHeadFn head;
+	int max_len;   /* longest context in the batch: scores scratch per worker */
 	float *scores; /* [nth][max_len] */
 } AttnJob;
 
@@ -191,40 +181,9 @@ static void attn_worker(void *arg, int ith, int nth)
 	kb_split((int64_t)a->n_tokens * a->n_head, 1, ith, nth, &lo, &hi);
 	for (int64_t job = lo; job < hi; job++) {
 		int t = (int)(job / a->n_head), h = (int)(job % a->n_head), kvh = h / group;
-		const float *q = a->q + (int64_t)t * a->n_head * hd + h * hd;
-		const int len = a->pos[t] + 1;
-		const uint16_t *kc = a->k_cache + (int64_t)a->seq[t] * a->kv_slot_stride + kvh * hd;
-		const uint16_t *vc = a->v_cache + (int64_t)a->seq[t] * a->kv_slot_stride + kvh * hd;
-		/* The reference rounds q to f16 before the dot with f16 keys; so do we. */
-		float qh[512];
-		for (int i = 0; i < hd; i++)
-			qh[i] = f16_table[qd_f32_to_f16(q[i])];
-		float mx = -INFINITY;
-		for (int p = 0; p < len; p++) {
-			const uint16_t *kr = kc + (int64_t)p * kvd;
-			float s = 0;
-			for (int i = 0; i < hd; i++)
-				s += qh[i] * f16_table[kr[i]];
-			s *= a->scale;
-			sc[p] = s;
-			if (s > mx)
-				mx = s;
-		}
-		double sum = 0;
-		for (int p = 0; p < len; p++) {
-			sc[p] = expf(sc[p] - mx);
-			sum += sc[p];
-		}
-		float inv = (float)(1.0 / sum);
-		float *o = a->out + (int64_t)t * a->n_head * hd + h * hd;
-		for (int i = 0; i < hd; i++)
-			o[i] = 0;
-		for (int p = 0; p < len; p++) {
-			const uint16_t *vr = vc + (int64_t)p * kvd;
-			float w = sc[p] * inv;
-			for (int i = 0; i < hd; i++)
-				o[i] += w * f16_table[vr[i]];
-		}
+		int64_t base = (int64_t)a->seq[t] * a->kv_slot_stride + kvh * hd;
+		j->head(a->q + (int64_t)t * a->n_head * hd + h * hd, a->k_cache + base, a->v_cache + base,
+			a->pos[t] + 1, kvd, hd, a->scale, sc, a->out + (int64_t)t * a->n_head * hd + h * hd);
 	}
 }
 
@@ -238,7 +197,7 @@ static int cpu_attention(KbBackend *b, const KbAttention *a)
 		if (a->pos[t] + 1 > max_len)
 			max_len = a->pos[t] + 1;
 	int nth = kb_threadpool_size(c->pool);
-	AttnJob j = { a, max_len, malloc(sizeof(float) * (size_t)max_len * (size_t)nth) };
+	AttnJob j = { a, kb_attn_head_fn(), max_len, malloc(sizeof(float) * (size_t)max_len * (size_t)nth) };
 	if (!j.scores)
 		return -ENOMEM;
 	kb_threadpool_run(c->pool, attn_worker, &j);
@@ -288,7 +247,6 @@ static const KbOps cpu_ops = {
 
 int kb_cpu_backend_new(int n_threads, KbBackend **ret)
 {
-	pthread_once(&f16_once, f16_table_init);
 	CpuBackend *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;

@@ -691,6 +691,12 @@ const char *kb_cpu_init(void)
 	return atomic_load_explicit(&force_scalar, memory_order_relaxed) ? "scalar" : cpu_desc;
 }
 
+bool kb_cpu_use_avx2(void)
+{
+	pthread_once(&init_once, init_tables);
+	return !atomic_load_explicit(&force_scalar, memory_order_relaxed) && cpu_desc[0] == 'a';
+}
+
 void kb_cpu_force_scalar(int on)
 {
 	atomic_store(&force_scalar, on != 0);

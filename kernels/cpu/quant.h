@@ -14,6 +14,7 @@
 #ifndef QD_KERNELS_CPU_QUANT_H
 #define QD_KERNELS_CPU_QUANT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "../types.h"
@@ -21,6 +22,9 @@
 /* Detects CPU features and picks implementations.  Idempotent and thread-safe.
  * Returns a short description such as "avx2+fma+f16c" or "scalar". */
 const char *kb_cpu_init(void);
+
+/* Whether the AVX2/FMA/F16C paths are in use (detected and not forced off). */
+bool kb_cpu_use_avx2(void);
 
 /* Forces the scalar reference paths (tests); call before kb_cpu_init or after. */
 void kb_cpu_force_scalar(int on);
