@@ -38,6 +38,7 @@ typedef struct KbBackend KbBackend;
 
 typedef struct {
 	const char *name;
+	int host_memory; /* buffers are plain host memory (no upload/download needed) */
 	void (*free)(KbBackend *b);
 	const char *(*describe)(KbBackend *b); /* e.g. "cpu avx2+fma+f16c, 2 threads" */
 
@@ -45,6 +46,8 @@ typedef struct {
 	void (*release)(KbBackend *b, void *p);
 	int (*upload)(KbBackend *b, void *dst, const void *src, size_t bytes);
 	int (*download)(KbBackend *b, void *dst, const void *src, size_t bytes);
+	/* Backend buffer to backend buffer. */
+	int (*copy)(KbBackend *b, void *dst, const void *src, size_t bytes);
 
 	int (*weight_prepare)(KbBackend *b, KbWeight *w);
 	void (*weight_release)(KbBackend *b, KbWeight *w);
@@ -74,5 +77,9 @@ struct KbBackend {
 
 /* CPU backend: n_threads <= 0 means all online CPUs.  Returns 0 or -errno. */
 int kb_cpu_backend_new(int n_threads, KbBackend **ret);
+
+/* CUDA backend on device DEVICE (kernels/cuda/backend_cuda.c; built when nvcc is found).
+ * Returns 0, -ENODEV when there is no usable GPU (or the build has no CUDA), or -errno. */
+int kb_cuda_backend_new(int device, KbBackend **ret);
 
 #endif

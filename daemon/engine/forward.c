@@ -7,15 +7,28 @@
  *   logits = Wout · n(x)   (only for the tokens that ask for them) */
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "model_internal.h"
 
+/* A layer's weights as this context's backend sees them: prepared (uploaded, repacked)
+ * matrices and norm vectors in backend memory. */
+typedef struct {
+	Layer l;
+	float *attn_norm_buf, *ffn_norm_buf; /* backend copies, NULL on host-memory backends */
+} CtxLayer;
+
 struct Context {
 	const Model *m;
 	KbBackend *be;
+	CtxLayer *layers;     /* [n_layer] */
+	KbWeight tok_embd, output;
+	const float *output_norm;
+	float *output_norm_buf;
+	float *logits_host;   /* download target when the backend's memory is not the host's */
 	int n_seq, n_ctx, n_batch;
 	int64_t kv_dim, slot_stride;
 	uint16_t **k_cache, **v_cache; /* per layer: [n_seq][n_ctx][kv_dim] f16 */
@@ -28,6 +41,18 @@ struct Context {
 };
 
 static const ContextParams default_params = { .n_seq = 1, .n_ctx = 0, .n_batch = 512, .n_threads = 0 };
+
+/* Layer matrices, in one list so prepare and release walk the same set. */
+static KbWeight *layer_weights(Layer *l, int i)
+{
+	KbWeight *ws[] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down };
+	return i < 7 ? ws[i] : NULL;
+}
+
+const char *ctx_backend_name(const Context *c)
+{
+	return c->be->ops->describe(c->be);
+}
 
 int ctx_n_ctx(const Context *c)
 {
@@ -45,6 +70,19 @@ void ctx_free(Context *c)
 		return;
 	if (c->be) {
 		const KbOps *o = c->be->ops;
+		for (int il = 0; c->layers && il < c->m->cfg.n_layer; il++) {
+			CtxLayer *cl = &c->layers[il];
+			for (int i = 0; i < 7; i++)
+				if (layer_weights(&cl->l, i)->priv)
+					o->weight_release(c->be, layer_weights(&cl->l, i));
+			o->release(c->be, cl->attn_norm_buf);
+			o->release(c->be, cl->ffn_norm_buf);
+		}
+		if (c->tok_embd.priv)
+			o->weight_release(c->be, &c->tok_embd);
+		if (c->output.priv && !c->m->cfg.tied_output)
+			o->weight_release(c->be, &c->output);
+		o->release(c->be, c->output_norm_buf);
 		for (int il = 0; c->k_cache && il < c->m->cfg.n_layer; il++) {
 			o->release(c->be, c->k_cache[il]);
 			o->release(c->be, c->v_cache[il]);
@@ -54,6 +92,8 @@ void ctx_free(Context *c)
 			o->release(c->be, bufs[i]);
 		o->free(c->be);
 	}
+	free(c->layers);
+	free(c->logits_host);
 	free(c->k_cache);
 	free(c->v_cache);
 	free(c->seq_len);
@@ -64,6 +104,75 @@ void ctx_free(Context *c)
 static int alloc_f32(Context *c, float **ret, int64_t per_token, int64_t rows)
 {
 	return c->be->ops->alloc(c->be, sizeof(float) * (size_t)per_token * (size_t)rows, (void **)ret);
+}
+
+static int backend_new(const ContextParams *p, KbBackend **ret)
+{
+	const char *want = p->backend ? p->backend : "cpu";
+	bool is_auto = !strcmp(want, "auto");
+	if (!strcmp(want, "cuda") || is_auto) {
+#ifdef QD_HAVE_CUDA
+		int r = kb_cuda_backend_new(p->device, ret);
+		if (r == 0 || !is_auto)
+			return r;
+#else
+		if (!is_auto)
+			return -ENODEV;
+#endif
+	} else if (strcmp(want, "cpu") != 0) {
+		return -EINVAL;
+	}
+	return kb_cpu_backend_new(p->n_threads, ret);
+}
+
+/* A norm vector in backend memory: the mapping itself on host-memory backends. */
+static int prepare_vector(Context *c, const float *host, int64_t n, const float **ret, float **ret_buf)
+{
+	const KbOps *o = c->be->ops;
+	*ret_buf = NULL;
+	if (o->host_memory) {
+		*ret = host;
+		return 0;
+	}
+	int r = o->alloc(c->be, sizeof(float) * (size_t)n, (void **)ret_buf);
+	if (r < 0)
+		return r;
+	if ((r = o->upload(c->be, *ret_buf, host, sizeof(float) * (size_t)n)) < 0)
+		return r;
+	*ret = *ret_buf;
+	return 0;
+}
+
+/* Gives this context's backend its copy of every weight (a no-op on the CPU). */
+static int prepare_weights(Context *c)
+{
+	const Model *m = c->m;
+	const KbOps *o = c->be->ops;
+	int r;
+	c->layers = calloc((size_t)m->cfg.n_layer, sizeof(CtxLayer));
+	if (!c->layers)
+		return -ENOMEM;
+	for (int il = 0; il < m->cfg.n_layer; il++) {
+		CtxLayer *cl = &c->layers[il];
+		cl->l = m->layers[il];
+		for (int i = 0; i < 7; i++)
+			if ((r = o->weight_prepare(c->be, layer_weights(&cl->l, i))) < 0)
+				return r;
+		if ((r = prepare_vector(c, m->layers[il].attn_norm, m->cfg.n_embd, &cl->l.attn_norm, &cl->attn_norm_buf)) < 0 ||
+		    (r = prepare_vector(c, m->layers[il].ffn_norm, m->cfg.n_embd, &cl->l.ffn_norm, &cl->ffn_norm_buf)) < 0)
+			return r;
+	}
+	c->tok_embd = m->tok_embd;
+	if ((r = o->weight_prepare(c->be, &c->tok_embd)) < 0)
+		return r;
+	if (m->cfg.tied_output) {
+		c->output = c->tok_embd;
+	} else {
+		c->output = m->output;
+		if ((r = o->weight_prepare(c->be, &c->output)) < 0)
+			return r;
+	}
+	return prepare_vector(c, m->output_norm, m->cfg.n_embd, &c->output_norm, &c->output_norm_buf);
 }
 
 int ctx_new(const Model *m, const ContextParams *p, Context **ret)
@@ -84,10 +193,12 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 	c->n_batch = pp.n_batch;
 	c->kv_dim = (int64_t)cfg->n_head_kv * cfg->head_dim;
 	c->slot_stride = (int64_t)c->n_ctx * c->kv_dim;
-	int r = kb_cpu_backend_new(pp.n_threads, &c->be);
+	int r = backend_new(&pp, &c->be);
 	if (r < 0)
 		goto err;
 	const KbOps *o = c->be->ops;
+	if ((r = prepare_weights(c)) < 0)
+		goto err;
 	r = -ENOMEM;
 	c->k_cache = calloc((size_t)cfg->n_layer, sizeof(*c->k_cache));
 	c->v_cache = calloc((size_t)cfg->n_layer, sizeof(*c->v_cache));
@@ -110,6 +221,11 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 	    (r = alloc_f32(c, &c->up, cfg->n_ff, c->n_batch)) < 0 ||
 	    (r = alloc_f32(c, &c->logits, cfg->n_vocab, c->n_batch)) < 0)
 		goto err;
+	if (!o->host_memory &&
+	    !(c->logits_host = malloc(sizeof(float) * (size_t)cfg->n_vocab * (size_t)c->n_batch))) {
+		r = -ENOMEM;
+		goto err;
+	}
 	*ret = c;
 	return 0;
 err:
@@ -130,7 +246,7 @@ float *ctx_logits(Context *c, int32_t i)
 {
 	if (i < 0 || i >= c->n_out)
 		return NULL;
-	return c->logits + (int64_t)i * c->m->cfg.n_vocab;
+	return (c->logits_host ? c->logits_host : c->logits) + (int64_t)i * c->m->cfg.n_vocab;
 }
 
 /* Checks ids, slots and positions, and that each sequence continues where its cache ends
@@ -170,7 +286,7 @@ int ctx_decode(Context *c, const Batch *b)
 		return r;
 	c->n_out = 0;
 
-	if ((r = o->get_rows(be, &m->tok_embd, b->token, n, c->x)) < 0)
+	if ((r = o->get_rows(be, &c->tok_embd, b->token, n, c->x)) < 0)
 		return r;
 	KbAttention a = {
 		.n_tokens = n, .n_head = cfg->n_head, .n_head_kv = cfg->n_head_kv, .head_dim = cfg->head_dim,
@@ -178,7 +294,7 @@ int ctx_decode(Context *c, const Batch *b)
 		.scale = 1.0f / sqrtf((float)cfg->head_dim), .out = c->att,
 	};
 	for (int il = 0; il < cfg->n_layer; il++) {
-		const Layer *l = &m->layers[il];
+		const Layer *l = &c->layers[il].l;
 		a.k_cache = c->k_cache[il];
 		a.v_cache = c->v_cache[il];
 		if ((r = o->rmsnorm(be, c->x, l->attn_norm, n, d, cfg->norm_eps, c->xn)) < 0 ||
@@ -202,14 +318,21 @@ int ctx_decode(Context *c, const Batch *b)
 	int n_out = 0;
 	for (int t = 0; t < n; t++) {
 		if (b->want_logits ? b->want_logits[t] : t == n - 1) {
-			memcpy(c->tmp + (int64_t)n_out * d, c->x + (int64_t)t * d, sizeof(float) * (size_t)d);
+			if (n_out != t &&
+			    (r = o->copy(be, c->x + (int64_t)n_out * d, c->x + (int64_t)t * d, sizeof(float) * (size_t)d)) < 0)
+				return r;
 			c->out_rows[n_out++] = t;
 		}
 	}
 	if (n_out == 0)
 		return o->sync(be);
-	if ((r = o->rmsnorm(be, c->tmp, m->output_norm, n_out, d, cfg->norm_eps, c->xn)) < 0 ||
-	    (r = o->matmul(be, &m->output, c->xn, n_out, c->logits)) < 0 || (r = o->sync(be)) < 0)
+	if ((r = o->rmsnorm(be, c->x, c->output_norm, n_out, d, cfg->norm_eps, c->xn)) < 0 ||
+	    (r = o->matmul(be, &c->output, c->xn, n_out, c->logits)) < 0)
+		return r;
+	if (c->logits_host && (r = o->download(be, c->logits_host, c->logits,
+					       sizeof(float) * (size_t)n_out * (size_t)cfg->n_vocab)) < 0)
+		return r;
+	if ((r = o->sync(be)) < 0)
 		return r;
 	c->n_out = n_out;
 	return 0;

@@ -48,12 +48,17 @@ typedef struct {
 	int n_ctx;      /* positions per sequence; 0: min(n_ctx_train, 4096) */
 	int n_batch;    /* most tokens per ctx_decode call (>= 1) */
 	int n_threads;  /* 0: online CPUs */
+	const char *backend; /* "cpu", "cuda" or "auto" (NULL: "cpu") */
+	int device;     /* GPU index for cuda */
 } ContextParams;
 
 typedef struct Context Context;
 
-/* Returns 0, -ENOMEM, or -EINVAL for bad parameters. */
+/* Returns 0, -ENOMEM, -EINVAL for bad parameters, -ENODEV when backend "cuda" was asked
+ * for and no GPU is usable ("auto" falls back to the CPU). */
 int ctx_new(const Model *m, const ContextParams *p, Context **ret);
+/* "cpu avx2+fma+f16c, 2 threads", "cuda NVIDIA H200 ...". */
+const char *ctx_backend_name(const Context *c);
 void ctx_free(Context *c); /* NULL-safe */
 int ctx_n_ctx(const Context *c);
 /* Bytes of KV cache allocated (all slots). */

@@ -226,12 +226,14 @@ static int cpu_sync(KbBackend *b)
 
 static const KbOps cpu_ops = {
 	.name = "cpu",
+	.host_memory = 1,
 	.free = cpu_free,
 	.describe = cpu_describe,
 	.alloc = cpu_alloc,
 	.release = cpu_release,
 	.upload = cpu_copy,
 	.download = cpu_copy,
+	.copy = cpu_copy,
 	.weight_prepare = cpu_weight_prepare,
 	.weight_release = cpu_weight_release,
 	.get_rows = cpu_get_rows,
