@@ -147,7 +147,7 @@ int cmd_run(int argc, char **argv)
 		}
 		text = rendered;
 	}
-	int n_ids = tok_encode(tok, text, strlen(text), tok_add_bos(tok), chat, NULL, 0);
+	int n_ids = tok_encode(tok, text, strlen(text), tok_add_bos(tok), true, NULL, 0);
 	if (n_ids < 0) {
 		fprintf(stderr, "quantd: tokenizing the prompt: %s\n", strerror(-n_ids));
 		goto out;
@@ -158,7 +158,7 @@ int cmd_run(int argc, char **argv)
 		goto out;
 	}
 	ids = malloc(sizeof(int32_t) * (size_t)n_ctx_real);
-	if (!ids || tok_encode(tok, text, strlen(text), tok_add_bos(tok), chat, ids, (size_t)n_ids) != n_ids) {
+	if (!ids || tok_encode(tok, text, strlen(text), tok_add_bos(tok), true, ids, (size_t)n_ids) != n_ids) {
 		fprintf(stderr, "quantd: out of memory\n");
 		goto out;
 	}

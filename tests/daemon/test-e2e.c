@@ -212,9 +212,10 @@ static bool ensure_daemon(const char *test)
 	return ok;
 }
 
-/* Greedy tokens of PROMPT through a fresh session. */
-static int run_greedy(const char *sock, const char *prompt, int32_t *toks, int *ret_n)
+/* Greedy tokens of PROMPT through a fresh session (and their text into TEXT, if given). */
+static int run_greedy_text(const char *sock, const char *prompt, int32_t *toks, int *ret_n, char *text, size_t cap)
 {
+	size_t tl = 0;
 	qd_client *c;
 	char err[256];
 	int rc = qd_connect(sock, &c, err, sizeof err);
@@ -235,10 +236,45 @@ static int run_greedy(const char *sock, const char *prompt, int32_t *toks, int *
 			break;
 		if (n < N_GEN)
 			toks[n++] = ev.token;
+		if (text && tl + ev.piece_len < cap) {
+			memcpy(text + tl, ev.piece, ev.piece_len);
+			tl += ev.piece_len;
+		}
 	}
+	if (text)
+		text[tl] = 0;
 	qd_close(c);
 	*ret_n = n;
 	return rc;
+}
+
+static int run_greedy(const char *sock, const char *prompt, int32_t *toks, int *ret_n)
+{
+	return run_greedy_text(sock, prompt, toks, ret_n, NULL, 0);
+}
+
+/* What `quantd run -p PROMPT -n N_GEN --temp 0` prints (the generated text, then one
+ * newline of its own). */
+static int quantd_run_text(const char *prompt, char *out, size_t cap)
+{
+	char cmd[1024], *q = cmd;
+	q += snprintf(cmd, sizeof cmd, "%s/quantd run -m %s -n %d --temp 0 -t 2 -p '", tu_build_dir(), tu_model_path(), N_GEN);
+	for (const char *p = prompt; *p && q < cmd + sizeof cmd - 8; p++) {
+		if (*p == '\'')
+			q += sprintf(q, "'\\''");
+		else
+			*q++ = *p;
+	}
+	strcpy(q, "' 2>/dev/null");
+	FILE *f = popen(cmd, "r");
+	if (!f)
+		return -errno;
+	size_t n = fread(out, 1, cap - 1, f);
+	int st = pclose(f);
+	out[n] = 0;
+	if (n && out[n - 1] == '\n')
+		out[n - 1] = 0;
+	return st == 0 ? 0 : -EIO;
 }
 
 static void test_ready_after_load(void)
@@ -261,9 +297,15 @@ static void test_reference(void)
 		return;
 	ref_ok = true;
 	for (int i = 0; i < N_PROMPTS; i++) {
-		CU_ASSERT_EQUAL(run_greedy(D.sock, prompts[i], ref[i], &ref_n[i]), 0);
+		char text[4096], cli[4096];
+		CU_ASSERT_EQUAL(run_greedy_text(D.sock, prompts[i], ref[i], &ref_n[i], text, sizeof text), 0);
 		CU_ASSERT(ref_n[i] > 0);
 		ref_ok &= ref_n[i] > 0;
+		/* the daemon's greedy text is what `quantd run` prints for the same prompt */
+		CU_ASSERT_EQUAL(quantd_run_text(prompts[i], cli, sizeof cli), 0);
+		if (strcmp(text, cli) != 0)
+			printf("\n    prompt %d: daemon \"%s\" vs quantd run \"%s\"", i, text, cli);
+		CU_ASSERT_STRING_EQUAL(text, cli);
 	}
 	/* greedy is deterministic: a second run gives the same tokens */
 	int32_t again[N_GEN];
