@@ -567,6 +567,8 @@ int qd_get_stats(qd_client *c, bool with_requests, qd_stats *ret)
 		d->requests_done = m->requests_done;
 		d->kv_bytes = m->kv_bytes;
 		d->tokens_per_second = m->tokens_per_second;
+		d->host_us_per_token = m->host_us_per_token;
+		d->sample_us_per_token = m->sample_us_per_token;
 	}
 	for (size_t i = 0; i < o.n_requests; i++) {
 		const Quantd__RequestInfo *q = s->requests[i];

@@ -405,16 +405,16 @@ static int cmd_stats(qd_client *c, bool ps)
 	} else {
 		printf("uptime %.0f s, %u sessions, %llu requests, rss %.1f MiB\n", s.uptime_s,
 		       s.sessions, (unsigned long long)s.requests_total, s.rss_bytes / 1048576.0);
-		printf("%-28s %7s %6s %9s %10s %10s %8s %10s\n", "MODEL", "RUNNING", "QUEUED",
-		       "SLOTS", "DONE", "TOKENS", "TOK/S", "KV");
+		printf("%-28s %7s %6s %9s %10s %10s %8s %10s %16s\n", "MODEL", "RUNNING", "QUEUED",
+		       "SLOTS", "DONE", "TOKENS", "TOK/S", "KV", "HOST US/TOK");
 		for (size_t i = 0; i < s.n_models; i++) {
 			qd_model_stats *m = &s.models[i];
 			char slots[32];
 			snprintf(slots, sizeof slots, "%u/%u", m->slots_used, m->slots);
-			printf("%-28s %7u %6u %9s %10llu %10llu %8.1f %8.1fMi\n", m->name, m->running,
-			       m->queued, slots, (unsigned long long)m->requests_done,
+			printf("%-28s %7u %6u %9s %10llu %10llu %8.1f %8.1fMi %7.2f (%.2f)\n", m->name,
+			       m->running, m->queued, slots, (unsigned long long)m->requests_done,
 			       (unsigned long long)m->tokens_generated, m->tokens_per_second,
-			       m->kv_bytes / 1048576.0);
+			       m->kv_bytes / 1048576.0, m->host_us_per_token, m->sample_us_per_token);
 		}
 	}
 	qd_stats_free(&s);

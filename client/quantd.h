@@ -137,6 +137,9 @@ typedef struct {
 	uint32_t running, queued, slots_used, slots;
 	uint64_t tokens_generated, prompt_tokens, requests_done, kv_bytes;
 	double tokens_per_second;
+	/* the daemon's own work per generated token outside the forward pass, and the
+	 * sampling part of it, in microseconds */
+	double host_us_per_token, sample_us_per_token;
 } qd_model_stats;
 
 typedef struct {

@@ -85,5 +85,6 @@ typedef struct Result {
 } Result;
 
 uint64_t now_ns(void); /* CLOCK_MONOTONIC */
+uint64_t thread_cpu_ns(void); /* CPU time of the calling thread */
 
 #endif

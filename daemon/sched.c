@@ -324,6 +324,7 @@ static void on_token(ModelEntry *m, Req *r, float *logits, Req **pending_final)
 		return;
 	}
 	sampler_accept(r->sampler, tok);
+	m->sample_ns += now_ns() - now; /* wall time: two vDSO reads per token are cheap */
 	m->tokens_generated++;
 	m->win_tokens++;
 	if (tok_is_eog(m->tok, tok)) {
@@ -405,6 +406,9 @@ static void add(ModelEntry *m, int *n, Req *r, int32_t tok, int32_t pos, bool wa
 
 int sched_step(ModelEntry *m, Req **pending_final)
 {
+	/* CPU time of this thread, not wall time: the overhead figure must not count the
+	 * time other processes (clients included) held the cores. */
+	const uint64_t t0 = thread_cpu_ns();
 	admit(m);
 	int n = 0, n_pre = 0;
 	for (int s = 0; s < m->n_slots; s++) {
@@ -441,7 +445,9 @@ int sched_step(ModelEntry *m, Req **pending_final)
 		return 0;
 	Batch b = { .n_tokens = n, .token = m->b_tok, .pos = m->b_pos, .seq = m->b_seq,
 		    .want_logits = m->b_want };
+	const uint64_t t1 = thread_cpu_ns();
 	int rc = ctx_decode(m->ctx, &b);
+	const uint64_t t2 = thread_cpu_ns();
 	if (rc < 0) {
 		log_err("model %s: decode of %d tokens failed: %s", m->name, n, strerror(-rc));
 		for (int i = 0; i < n; i++) {
@@ -463,7 +469,9 @@ int sched_step(ModelEntry *m, Req **pending_final)
 		}
 		on_token(m, r, logits, pending_final);
 	}
+	m->host_ns += (t1 - t0) + (thread_cpu_ns() - t2);
 	uint64_t now = now_ns();
+	m->host_tokens += (uint64_t)li;
 	if (!m->win_t0)
 		m->win_t0 = now;
 	if (now - m->win_t0 >= 2000000000ull) {

@@ -60,6 +60,9 @@ struct ModelEntry {
 	uint64_t tokens_generated, prompt_tokens, requests_done;
 	uint64_t win_t0, win_tokens;
 	double tps;
+	/* the engine thread's own work per generated token: everything in a step but the
+	 * forward pass (batch building, sampling, detokenizing, ring write, wake-up) */
+	uint64_t host_ns, sample_ns, host_tokens;
 };
 
 typedef struct {

@@ -39,6 +39,13 @@ uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static Result *result_new(int kind, size_t len)
 {
 	Result *r = calloc(1, sizeof *r + len);
@@ -335,6 +342,10 @@ static void do_stats(Worker *w, Task *t)
 		s->kv_bytes = ctx_kv_bytes(m->ctx);
 		s->slots_used = (uint32_t)m->n_running;
 		s->slots = (uint32_t)m->n_slots;
+		if (m->host_tokens) {
+			s->host_us_per_token = (double)m->host_ns / 1e3 / (double)m->host_tokens;
+			s->sample_us_per_token = (double)m->sample_ns / 1e3 / (double)m->host_tokens;
+		}
 		mp[i] = s;
 		sr.requests_total += m->requests_done + (uint64_t)m->n_running + (uint64_t)m->n_queued;
 	}

@@ -166,6 +166,50 @@ static void test_repeat_penalty(void)
 	sampler_free(s);
 }
 
+/* top_k keeps exactly the k best (ties broken by the lower id) and is fast on a real
+ * vocabulary: every draw is one of them, and each of them is drawn. */
+static void test_top_k_large_vocab(void)
+{
+	enum { V = 49152 };
+	float *l = malloc(sizeof(float) * V), *t = malloc(sizeof(float) * V);
+	uint64_t seed = 99;
+	for (int i = 0; i < V; i++)
+		l[i] = 3 * tu_rand_f32(&seed);
+	/* the 5 best: ids 7, 100, 4000, 4001 (tie, lower id first), 40000 */
+	l[7] = 10;
+	l[100] = 9.5f;
+	l[4000] = l[4001] = 9.2f;
+	l[40000] = 9.1f;
+	l[40001] = 9.1f; /* ties with 40000 but has the higher id: out */
+	SamplerParams p = sampler_defaults();
+	p.top_k = 5;
+	p.top_p = 1;
+	p.min_p = 0;
+	p.temp = 3;
+	p.seed = 5;
+	Sampler *s;
+	CU_ASSERT_EQUAL_FATAL(sampler_new(&p, V, &s), 0);
+	int seen[5] = { 0 }, bad = 0;
+	const int ids[5] = { 7, 100, 4000, 4001, 40000 };
+	for (int i = 0; i < 2000; i++) {
+		memcpy(t, l, sizeof(float) * V);
+		int32_t k = sampler_sample(s, t);
+		int hit = 0;
+		for (int j = 0; j < 5; j++)
+			if (k == ids[j]) {
+				seen[j]++;
+				hit = 1;
+			}
+		bad += !hit;
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	for (int j = 0; j < 5; j++)
+		CU_ASSERT_TRUE(seen[j] > 0);
+	sampler_free(s);
+	free(l);
+	free(t);
+}
+
 static void test_bad_params(void)
 {
 	SamplerParams p = sampler_defaults();
@@ -191,6 +235,7 @@ int main(void)
 		{ "distribution", test_distribution, NULL },
 		{ "filters", test_filters, NULL },
 		{ "repeat_penalty", test_repeat_penalty, NULL },
+		{ "top_k_large_vocab", test_top_k_large_vocab, NULL },
 		{ "bad_params", test_bad_params, NULL },
 		{ NULL, NULL, NULL },
 	};

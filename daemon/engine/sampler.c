@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +23,7 @@ struct Sampler {
 	int32_t *recent; /* ring of the last repeat_last_n accepted tokens */
 	int n_recent, recent_pos;
 	Cand *cand;      /* [n_vocab] */
+	Cand *heap;      /* [top_k] when 0 < top_k < n_vocab */
 };
 
 SamplerParams sampler_defaults(void)
@@ -70,7 +72,9 @@ int sampler_new(const SamplerParams *p, int32_t n_vocab, Sampler **ret)
 		s->rng[i] = splitmix64(&seed);
 	s->cand = malloc(sizeof(Cand) * (size_t)n_vocab);
 	s->recent = malloc(sizeof(int32_t) * (size_t)(p->repeat_last_n ? p->repeat_last_n : 1));
-	if (!s->cand || !s->recent) {
+	if (p->top_k > 0 && p->top_k < n_vocab)
+		s->heap = malloc(sizeof(Cand) * (size_t)p->top_k);
+	if (!s->cand || !s->recent || (p->top_k > 0 && p->top_k < n_vocab && !s->heap)) {
 		sampler_free(s);
 		return -ENOMEM;
 	}
@@ -83,6 +87,7 @@ void sampler_free(Sampler *s)
 	if (!s)
 		return;
 	free(s->cand);
+	free(s->heap);
 	free(s->recent);
 	free(s);
 }
@@ -97,13 +102,26 @@ void sampler_accept(Sampler *s, int32_t token)
 		s->n_recent++;
 }
 
+/* First index of the largest value.  Eight running maxima break the dependency chain (a
+ * greedy step scans the whole vocabulary); the second pass finds the first index. */
 static int32_t argmax(const float *x, int32_t n)
 {
-	int32_t best = 0;
-	for (int32_t i = 1; i < n; i++)
-		if (x[i] > x[best])
-			best = i;
-	return best;
+	float m[8];
+	int32_t i = 0;
+	for (int j = 0; j < 8; j++)
+		m[j] = -INFINITY;
+	for (; i + 8 <= n; i += 8)
+		for (int j = 0; j < 8; j++)
+			m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
+	float mx = -INFINITY;
+	for (int j = 0; j < 8; j++)
+		mx = m[j] > mx ? m[j] : mx;
+	for (; i < n; i++)
+		mx = x[i] > mx ? x[i] : mx;
+	for (i = 0; i < n; i++)
+		if (x[i] == mx)
+			return i;
+	return 0; /* all NaN */
 }
 
 static int cmp_cand(const void *a, const void *b)
@@ -114,40 +132,54 @@ static int cmp_cand(const void *a, const void *b)
 	return x->id < y->id ? -1 : x->id > y->id; /* stable across libcs */
 }
 
-/* Moves the k largest candidates to the front, sorted (quickselect-style partition
- * would be faster; a sort of the survivors of a cheap threshold keeps it simple). */
-static int32_t keep_top(Cand *c, int32_t n, int32_t k)
+/* "a ranks after b": lower logit, or the same logit and a higher id. */
+static bool worse(const Cand *a, const Cand *b)
 {
-	if (k <= 0 || k >= n) {
-		qsort(c, (size_t)n, sizeof(Cand), cmp_cand);
-		return n;
+	return a->logit < b->logit || (a->logit == b->logit && a->id > b->id);
+}
+
+static void sift_down(Cand *h, int32_t n, int32_t i)
+{
+	for (;;) {
+		int32_t l = 2 * i + 1, r = l + 1, w = i;
+		if (l < n && worse(&h[l], &h[w]))
+			w = l;
+		if (r < n && worse(&h[r], &h[w]))
+			w = r;
+		if (w == i)
+			return;
+		Cand t = h[i];
+		h[i] = h[w];
+		h[w] = t;
+		i = w;
 	}
-	/* Threshold: the k-th largest logit found by repeated filtering keeps this O(n). */
-	float lo = c[0].logit, hi = c[0].logit;
-	for (int32_t i = 1; i < n; i++) {
-		if (c[i].logit < lo)
-			lo = c[i].logit;
-		if (c[i].logit > hi)
-			hi = c[i].logit;
-	}
-	for (int iter = 0; iter < 40 && hi > lo; iter++) {
-		float mid = lo + (hi - lo) / 2;
-		int32_t cnt = 0;
-		for (int32_t i = 0; i < n; i++)
-			cnt += c[i].logit >= mid;
-		if (cnt >= k)
-			lo = mid;
-		else
-			hi = mid;
-		if (cnt == k)
-			break;
-	}
+}
+
+/* The k best logits (NaN and -inf excluded) into out[0..m), sorted best first: one pass
+ * through a min-heap of k, O(n) for the usual small k since most logits lose to the
+ * heap's root at once. */
+static int32_t keep_top_logits(const float *logits, int32_t n, int32_t k, Cand *heap, Cand *out)
+{
 	int32_t m = 0;
-	for (int32_t i = 0; i < n; i++)
-		if (c[i].logit >= lo)
-			c[m++] = c[i];
-	qsort(c, (size_t)m, sizeof(Cand), cmp_cand);
-	return m < k ? m : k;
+	for (int32_t i = 0; i < n; i++) {
+		Cand x = { i, logits[i], 0 };
+		if (isnan(x.logit) || x.logit == -INFINITY)
+			continue;
+		if (m < k) {
+			heap[m] = x;
+			for (int32_t j = m++; j > 0 && worse(&heap[j], &heap[(j - 1) / 2]); j = (j - 1) / 2) {
+				Cand t = heap[j];
+				heap[j] = heap[(j - 1) / 2];
+				heap[(j - 1) / 2] = t;
+			}
+		} else if (worse(&heap[0], &x)) {
+			heap[0] = x;
+			sift_down(heap, m, 0);
+		}
+	}
+	memcpy(out, heap, sizeof(Cand) * (size_t)m);
+	qsort(out, (size_t)m, sizeof(Cand), cmp_cand);
+	return m;
 }
 
 static void softmax(Cand *c, int32_t n, double temp)
@@ -183,12 +215,32 @@ int32_t sampler_sample(Sampler *s, float *logits)
 
 	Cand *c = s->cand;
 	int32_t n = 0;
-	for (int32_t i = 0; i < s->n_vocab; i++)
-		if (!isnan(logits[i]) && logits[i] != -INFINITY)
-			c[n++] = (Cand){ i, logits[i], 0 };
+	/* Only top-p needs the candidates in order; top-k finds its k in one pass over the
+	 * logits, and min-p and plain temperature work on any order. */
+	if (p->top_k > 0 && p->top_k < s->n_vocab) {
+		n = keep_top_logits(logits, s->n_vocab, p->top_k, s->heap, c);
+	} else {
+		for (int32_t i = 0; i < s->n_vocab; i++)
+			if (!isnan(logits[i]) && logits[i] != -INFINITY)
+				c[n++] = (Cand){ i, logits[i], 0 };
+		if (n == 0)
+			return argmax(logits, s->n_vocab);
+		if (p->top_p < 1.0f) {
+			/* A token with p <= (1 - top_p) / n is never in the top-p set: had it been
+			 * needed, the mass left before it (> 1 - top_p) would be spread over at
+			 * most n tokens no likelier than it.  So only the rest is sorted. */
+			softmax(c, n, 1.0);
+			double floor_p = (1.0 - p->top_p) / n;
+			int32_t m = 0;
+			for (int32_t i = 0; i < n; i++)
+				if (c[i].p > floor_p)
+					c[m++] = c[i];
+			n = m;
+			qsort(c, (size_t)n, sizeof(Cand), cmp_cand);
+		}
+	}
 	if (n == 0)
 		return argmax(logits, s->n_vocab);
-	n = keep_top(c, n, p->top_k > 0 ? p->top_k : 0);
 	if (p->top_p < 1.0f) {
 		softmax(c, n, 1.0);
 		double cum = 0;
@@ -204,10 +256,13 @@ int32_t sampler_sample(Sampler *s, float *logits)
 	}
 	if (p->min_p > 0 && n > 1) {
 		softmax(c, n, 1.0);
-		double floor_p = c[0].p * p->min_p;
-		int32_t keep = 1;
-		while (keep < n && c[keep].p >= floor_p)
-			keep++;
+		double pmax = 0;
+		for (int32_t i = 0; i < n; i++)
+			pmax = c[i].p > pmax ? c[i].p : pmax;
+		int32_t keep = 0;
+		for (int32_t i = 0; i < n; i++)
+			if (c[i].p >= pmax * p->min_p)
+				c[keep++] = c[i];
 		n = keep;
 	}
 	softmax(c, n, p->temp);
