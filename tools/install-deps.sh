@@ -1,6 +1,9 @@
 #!/bin/sh
-# Installs the Debian 12 packages quantd builds and tests with (run as root).
+# Installs the Debian 12 packages quantd builds and tests with (as root, or through sudo).
 set -eu
+if [ "$(id -u)" -ne 0 ]; then
+	exec sudo sh "$0" "$@"
+fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
