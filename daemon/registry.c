@@ -176,6 +176,7 @@ int registry_load(const SchedParams *p, const char *path, const char *name, int 
 		goto fail;
 	ContextParams cp = {
 		.n_seq = n_slots, .n_ctx = n_ctx, .n_batch = p->n_batch, .n_threads = p->n_threads,
+		.backend = p->backend,
 	};
 	rc = ctx_new(m->model, &cp, &m->ctx);
 	if (rc < 0) {

@@ -29,7 +29,7 @@ static void usage(FILE *f)
 		"                           colon-separated)\n"
 		"  --socket PATH            control socket (default $QUANTD_SOCKET or " DEFAULT_SOCKET ");\n"
 		"                           ignored when systemd passes a socket\n"
-		"  --backend cpu|auto       compute backend (default auto)\n"
+		"  --backend cpu|cuda|auto  compute backend (default auto: GPU 0 when usable)\n"
 		"  --slots N                sequences decoded together per model (default 16)\n"
 		"  --ctx N                  positions per sequence (default: model's, at most 4096)\n"
 		"  --batch N                tokens per forward pass (default 256)\n"
@@ -190,7 +190,7 @@ static int parse_args(int argc, char **argv, ServeArgs *a)
 			break;
 		case OPT_SOCKET: a->socket = optarg; break;
 		case OPT_BACKEND:
-			if (strcmp(optarg, "cpu") && strcmp(optarg, "auto"))
+			if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
 				rc = -EINVAL;
 			a->wp.sched.backend = optarg;
 			break;

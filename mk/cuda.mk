@@ -1,6 +1,11 @@
-# mk/cuda.mk: the CUDA backend (kernels/cuda/*.cu -> $(O)/libqdcuda.a) and its GPU test
-# and benchmark (`make gpu-tools`).  Only active when nvcc is found and CUDA != 0.
+# mk/cuda.mk: the CUDA backend (kernels/cuda/*.cu + *.c -> $(O)/libqdcuda.a) and its GPU
+# test and benchmark (`make gpu-tools`).  Only active when nvcc is found and CUDA != 0.
+# Then the engine is compiled with -DQD_HAVE_CUDA (`--backend cuda` in forward.c), the CUDA
+# objects go into libqdengine.a too, and everything linking the engine (quantd, the tests)
+# links the CUDA runtime statically.  Without nvcc nothing here changes the build.
 #
+#   make gpu-engine  $(O)/qd-engine: `run`, `bench` and `synth` without the daemon's
+#                    libraries (protobuf-c, liburing, systemd), for GPU machines lacking them
 #   make gpu-tools   $(O)/tests/gpu/test-cuda-mmv and $(O)/bench/bench-cuda-mmv
 #   make test-gpu    builds and runs the GPU test (every test SKIPs without a GPU) and
 #                    the host-only layout check, which needs nvcc but no GPU
@@ -9,7 +14,7 @@
 #
 # The binaries link the CUDA runtime statically, so they only need the driver at run time.
 
-.PHONY: gpu-tools test-gpu
+.PHONY: gpu-tools test-gpu gpu-engine
 
 ifeq ($(HAVE_CUDA),1)
 
@@ -23,7 +28,13 @@ CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++ -lm -pthr
 CUNIT_LIBS ?= -lcunit
 
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
-CUDA_OBJ := $(CUDA_SRC:%.cu=$(O)/%.o)
+CUDA_CSRC := $(wildcard kernels/cuda/*.c)
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(O)/%.o) $(CUDA_CSRC:%.c=$(O)/%.o)
+
+# The engine sees the backend (forward.c, the CLI, tests/test-backend.c) and carries it.
+CFLAGS_ALL += -DQD_HAVE_CUDA
+ENGINE_OBJ += $(CUDA_OBJ)
+LDLIBS += $(CUDA_LDLIBS)
 GPU_TEST_BIN := $(O)/tests/gpu/test-cuda-mmv
 GPU_BENCH_BIN := $(O)/bench/bench-cuda-mmv
 GPU_CHECK_BIN := $(O)/tests/gpu/check-cuda-layout
@@ -63,14 +74,22 @@ $(GPU_CHECK_BIN): tests/gpu/check-cuda-layout.cu $(O)/kernels/types.o
 
 gpu-tools: $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN)
 
+GPU_ENGINE_OBJ := $(O)/tests/gpu/engine-main.o $(patsubst %.c,$(O)/%.o,$(wildcard daemon/cli/cmd_run.c \
+	daemon/cli/cmd_bench.c daemon/cli/cmd_synth.c daemon/cli/cli_util.c))
+$(O)/qd-engine: $(GPU_ENGINE_OBJ) $(O)/libqdengine.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+gpu-engine: $(O)/qd-engine
+
 test-gpu: $(GPU_TEST_BIN) $(GPU_CHECK_BIN)
 	$(Q)$(GPU_CHECK_BIN) && $(GPU_TEST_BIN)
 
--include $(CUDA_OBJ:.o=.d) $(O)/tests/gpu/test-cuda-mmv.d $(O)/bench/bench-cuda-mmv.d $(GPU_CHECK_BIN).d
+-include $(CUDA_OBJ:.o=.d) $(GPU_ENGINE_OBJ:.o=.d) $(O)/tests/gpu/test-cuda-mmv.d $(O)/bench/bench-cuda-mmv.d $(GPU_CHECK_BIN).d
 
 else
 
-gpu-tools test-gpu:
+gpu-tools test-gpu gpu-engine:
 	@echo "$@: no nvcc found (or CUDA=0): nothing to build"
 
 endif

@@ -92,15 +92,19 @@ int cmd_bench(int argc, char **argv)
 		{ "model", required_argument, 0, 'm' }, { "batch", required_argument, 0, 'B' },
 		{ "prompt", required_argument, 0, 'p' }, { "gen", required_argument, 0, 'n' },
 		{ "threads", required_argument, 0, 't' }, { "json", no_argument, 0, 'j' },
-		{ "reps", required_argument, 0, 'r' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
+		{ "reps", required_argument, 0, 'r' }, { "help", no_argument, 0, 'h' },
+		{ "backend", required_argument, 0, 'k' }, { "device", required_argument, 0, 'd' },
+		{ "bandwidth", required_argument, 0, 'w' }, { 0, 0, 0, 0 },
 	};
 	const char *path = NULL;
 	int batches[16] = { 1 }, n_batches = 1;
-	long n_prompt = 512, n_gen = 64, threads = 0, reps = 3;
+	long n_prompt = 512, n_gen = 64, threads = 0, reps = 3, device = 0;
+	float bw_gbs = 0;
+	const char *backend = "cpu";
 	bool json = false;
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "m:B:p:n:t:r:jh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:B:p:n:t:r:jhk:d:w:", opts, NULL)) != -1) {
 		int r = 0;
 		switch (c) {
 		case 'm': path = optarg; break;
@@ -110,8 +114,18 @@ int cmd_bench(int argc, char **argv)
 		case 't': r = cli_parse_long(optarg, 0, 256, &threads); break;
 		case 'r': r = cli_parse_long(optarg, 1, 100, &reps); break;
 		case 'j': json = true; break;
+		case 'k':
+			backend = optarg;
+			if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
+				r = -EINVAL;
+			break;
+		case 'd': r = cli_parse_long(optarg, 0, 1024, &device); break;
+		case 'w': r = cli_parse_float(optarg, 1, 1e6f, &bw_gbs); break;
 		case 'h':
-			printf("usage: quantd bench -m MODEL [--batch 1,8,32] [--prompt 512] [--gen 64] [--threads N] [--reps 3] [--json]\n");
+			printf("usage: quantd bench -m MODEL [--batch 1,8,32] [--prompt 512] [--gen 64] [--threads N] [--reps 3] [--json]\n"
+			       "                    [--backend cpu|cuda|auto] [--device N] [--bandwidth GB/s]\n"
+			       "  --bandwidth: memory bandwidth for the roofline (default: measured on the CPU;\n"
+			       "               on a GPU backend 4220, the H200's measured copy bandwidth)\n");
 			return 0;
 		default: return 2;
 		}
@@ -140,19 +154,26 @@ int cmd_bench(int argc, char **argv)
 	int n_thr = threads ? (int)threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	const int n_ctx = (int)(n_prompt > 16 + n_gen ? n_prompt : 16 + n_gen) + 1;
 	ContextParams cp = { .n_seq = max_b, .n_ctx = n_ctx, .n_batch = (int)(n_prompt > max_b ? n_prompt : max_b),
-			     .n_threads = n_thr };
+			     .n_threads = n_thr, .backend = backend, .device = (int)device };
 	Context *ctx = NULL;
 	int r = ctx_new(m, &cp, &ctx);
 	if (r < 0) {
-		fprintf(stderr, "quantd bench: context: %s\n", strerror(-r));
+		fprintf(stderr, "quantd bench: context (backend %s): %s\n", backend,
+			r == -ENODEV ? "no usable GPU" : strerror(-r));
 		model_free(m);
 		return 1;
 	}
-	double bw = measure_bandwidth(n_thr);
+	const char *be_name = ctx_backend_name(ctx);
+	const bool on_gpu = !strncmp(be_name, "cuda", 4);
+	/* A GPU's bandwidth cannot be measured from here: the H200's measured device copy
+	 * bandwidth (issue 4) unless given. */
+	double bw = bw_gbs > 0 ? bw_gbs * 1e9 : on_gpu ? 4.22e12 : measure_bandwidth(n_thr);
 	uint64_t wbytes = model_weight_bytes(m);
 	double roof = bw / (double)wbytes;
-	int32_t *tok = malloc(sizeof(int32_t) * (size_t)cp.n_batch), *pos = malloc(sizeof(int32_t) * (size_t)cp.n_batch),
-		*seq = malloc(sizeof(int32_t) * (size_t)cp.n_batch);
+	/* positions and slots also hold the 16-token prompts of all max_b sequences */
+	const size_t n_idx = (size_t)(cp.n_batch > 16 * max_b ? cp.n_batch : 16 * max_b);
+	int32_t *tok = malloc(sizeof(int32_t) * (size_t)cp.n_batch), *pos = malloc(sizeof(int32_t) * n_idx),
+		*seq = malloc(sizeof(int32_t) * n_idx);
 	uint8_t *want = malloc((size_t)cp.n_batch);
 	if (!tok || !pos || !seq || !want) {
 		r = -ENOMEM;
@@ -187,8 +208,10 @@ int cmd_bench(int argc, char **argv)
 	if (!json) {
 		printf("model: %s (%s), weights read per token %.1f MiB, load %.0f ms\n", model_name(m), path,
 		       (double)wbytes / (1 << 20), t_load * 1e3);
-		printf("machine: %s, %d threads, measured read bandwidth %.1f GB/s -> roofline %.1f tok/s at batch 1\n",
-		       un.machine, n_thr, bw / 1e9, roof);
+		printf("backend: %s\n", be_name);
+		printf("machine: %s, %d threads, %s bandwidth %.1f GB/s -> roofline %.1f tok/s at batch 1\n",
+		       un.machine, n_thr, bw_gbs > 0 ? "given" : on_gpu ? "reference (H200 copy)" : "measured read",
+		       bw / 1e9, roof);
 		printf("\n| batch | prompt tok/s (%ld) | decode tok/s | per-sequence tok/s | %% of roofline |\n", n_prompt);
 		printf("|---:|---:|---:|---:|---:|\n");
 	}
@@ -228,11 +251,14 @@ int cmd_bench(int argc, char **argv)
 			break;
 		double tg = (double)B * (double)n_gen / best;
 		if (json)
-			printf("{\"gpu\": null, \"cpu\": \"%s\", \"threads\": %d, \"model\": \"%s\", \"type\": \"%s\", \"batch\": %d, "
+			printf("{\"gpu\": %s%s%s, \"backend\": \"%s\", \"cpu\": \"%s\", \"threads\": %d, \"model\": \"%s\", "
+			       "\"type\": \"%s\", \"batch\": %d, "
 			       "\"prefill_tok_s\": %.1f, \"decode_tok_s\": %.2f, \"mem_gib\": %.3f, \"roofline_tok_s\": %.1f, "
-			       "\"bandwidth_gb_s\": %.2f, \"weight_bytes\": %llu, \"load_ms\": %.0f}\n",
-			       un.machine, n_thr, model_name(m), model_name(m), B, pp_tok_s, tg,
-			       (double)(wbytes + ctx_kv_bytes(ctx)) / (1 << 30), roof, bw / 1e9,
+			       "\"vram_gib\": %.3f, \"bandwidth_gb_s\": %.2f, \"weight_bytes\": %llu, \"load_ms\": %.0f}\n",
+			       on_gpu ? "\"" : "", on_gpu ? be_name : "null", on_gpu ? "\"" : "", be_name, un.machine, n_thr,
+			       model_name(m), model_name(m), B, pp_tok_s, tg,
+			       (double)(wbytes + ctx_kv_bytes(ctx)) / (1 << 30), roof,
+			       on_gpu ? (double)(wbytes + ctx_kv_bytes(ctx)) / (1 << 30) : 0.0, bw / 1e9,
 			       (unsigned long long)wbytes, t_load * 1e3);
 		else
 			printf("| %d | %.1f | %.1f | %.1f | %.0f%% |\n", B, pp_tok_s, tg, tg / B, 100.0 * (tg / B) / roof);

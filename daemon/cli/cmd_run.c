@@ -36,10 +36,12 @@ static void usage(FILE *f)
 		"  -t, --threads N         worker threads (default: all CPUs)\n"
 		"  -c, --ctx N             context length (default min(training context, 4096))\n"
 		"  -b, --batch N           prompt tokens per forward pass (default 512)\n"
-		"      --special           print control tokens such as <|im_end|>\n");
+		"      --special           print control tokens such as <|im_end|>\n"
+		"      --backend B         cpu, cuda or auto (default cpu; auto: GPU when usable)\n"
+		"      --device N          GPU index for cuda/auto (default 0)\n");
 }
 
-enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_RP, OPT_RLN, OPT_SEED, OPT_SPECIAL, OPT_DEFSYS };
+enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_RP, OPT_RLN, OPT_SEED, OPT_SPECIAL, OPT_DEFSYS, OPT_BACKEND, OPT_DEVICE };
 
 int cmd_run(int argc, char **argv)
 {
@@ -53,11 +55,13 @@ int cmd_run(int argc, char **argv)
 		{ "seed", required_argument, 0, OPT_SEED }, { "threads", required_argument, 0, 't' },
 		{ "ctx", required_argument, 0, 'c' },	    { "batch", required_argument, 0, 'b' },
 		{ "special", no_argument, 0, OPT_SPECIAL }, { "default-system", no_argument, 0, OPT_DEFSYS }, { "help", no_argument, 0, 'h' },
+		{ "backend", required_argument, 0, OPT_BACKEND }, { "device", required_argument, 0, OPT_DEVICE },
 		{ 0, 0, 0, 0 },
 	};
 	const char *model_path = NULL, *prompt = NULL, *prompt_file = NULL, *system = NULL;
 	bool chat = false, special = false, seed_set = false, def_sys = false;
-	long n_predict = 256, threads = 0, n_ctx = 0, n_batch = 512;
+	long n_predict = 256, threads = 0, n_ctx = 0, n_batch = 512, device = 0;
+	const char *backend = "cpu";
 	SamplerParams sp = sampler_defaults();
 	int c;
 	optind = 1;
@@ -71,6 +75,12 @@ int cmd_run(int argc, char **argv)
 		case OPT_SYSTEM: system = optarg; break;
 		case OPT_SPECIAL: special = true; break;
 		case OPT_DEFSYS: def_sys = true; break;
+		case OPT_BACKEND:
+			backend = optarg;
+			if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
+				r = -EINVAL;
+			break;
+		case OPT_DEVICE: r = cli_parse_long(optarg, 0, 1024, &device); break;
 		case 'n': r = cli_parse_long(optarg, -1, 1 << 24, &n_predict); break;
 		case 't': r = cli_parse_long(optarg, 0, 1024, &threads); break;
 		case 'c': r = cli_parse_long(optarg, 0, 1 << 22, &n_ctx); break;
@@ -124,9 +134,11 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "quantd: %s: %s\n", model_path, err);
 		goto out;
 	}
-	ContextParams cp = { .n_seq = 1, .n_ctx = (int)n_ctx, .n_batch = (int)n_batch, .n_threads = (int)threads };
+	ContextParams cp = { .n_seq = 1, .n_ctx = (int)n_ctx, .n_batch = (int)n_batch, .n_threads = (int)threads,
+			      .backend = backend, .device = (int)device };
 	if ((r = ctx_new(m, &cp, &ctx)) < 0) {
-		fprintf(stderr, "quantd: cannot create a context: %s\n", strerror(-r));
+		fprintf(stderr, "quantd: cannot create a context (backend %s): %s\n", backend,
+			r == -ENODEV ? "no usable GPU" : strerror(-r));
 		goto out;
 	}
 	double t_load = cli_now() - t0;
@@ -228,8 +240,8 @@ int cmd_run(int argc, char **argv)
 	/* The first sampled token came from the prompt's logits: decode passes = n_gen - 1. */
 	int n_dec = n_gen > 1 ? n_gen - 1 : 0;
 	fprintf(stderr,
-		"\nquantd: %s | load %.0f ms | prompt %d tokens, %.1f tok/s | decode %d tokens, %.1f tok/s | finish: %s | seed %llu\n",
-		model_name(m), t_load * 1e3, n_ids, n_ids / (t_prompt > 0 ? t_prompt : 1e-9), n_dec,
+		"\nquantd: %s | %s | load %.0f ms | prompt %d tokens, %.1f tok/s | decode %d tokens, %.1f tok/s | finish: %s | seed %llu\n",
+		model_name(m), ctx_backend_name(ctx), t_load * 1e3, n_ids, n_ids / (t_prompt > 0 ? t_prompt : 1e-9), n_dec,
 		n_dec / (t_gen > 0 ? t_gen : 1e-9), finish, (unsigned long long)sp.seed);
 	status = r < 0 ? 1 : 0;
 out:

@@ -8,6 +8,9 @@ int cmd_run(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_synth(int argc, char **argv); /* random-weight models of real shapes */
+int cmd_quantize(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 int cmd_serve(int argc, char **argv); /* daemon/serve.c */
 
 #endif

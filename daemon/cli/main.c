@@ -16,6 +16,9 @@ static const struct {
 	{ "info", cmd_info, "info MODEL                                         metadata and tensor table" },
 	{ "bench", cmd_bench, "bench -m MODEL [--batch 1,8] [--prompt 512] [--json]   tokens/s and roofline" },
 	{ "convert", cmd_convert, "convert CHECKPOINT.bin [--tokenizer T.bin] OUT.gguf  import llama2.c" },
+	{ "synth", cmd_synth, "synth --shape llama2-7b|llama3-8b|llama2-13b|llama2-70b --type T OUT.gguf  random weights" },
+	{ "quantize", cmd_quantize, "quantize IN.gguf OUT.gguf --type T [--method rtn|gptq|awq]  re-quantize" },
+	{ "eval", cmd_eval, "eval MODEL... --text FILE [--base MODEL] [--json]     perplexity, KLD, size, speed" },
 };
 
 static void usage(FILE *f)

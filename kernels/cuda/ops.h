@@ -1,0 +1,62 @@
+/* kernels/cuda/ops.h: the forward pass's small ops on the device (plain C API), used by
+ * the ops table in backend_cuda.c: embedding rows, RMSNorm, RoPE, SwiGLU, add, KV-cache
+ * stores and attention.  Every pointer is device memory, index arrays included; every
+ * function queues its kernel on the context's stream and returns 0, -EINVAL for bad
+ * arguments or -EIO when the launch fails.  Semantics follow kernels/cpu/backend_cpu.c
+ * (the reference) operation by operation; where the order of float operations differs
+ * the comment says so. */
+#ifndef QD_KERNELS_CUDA_OPS_H
+#define QD_KERNELS_CUDA_OPS_H
+
+#include <stdint.h>
+
+#include "cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Whether kb_cuda_get_rows takes TYPE (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K). */
+int kb_cuda_get_rows_supported(int type);
+
+/* out[i][0..cols) = dequantized row ids[i] of RAW (GGUF rows of row_bytes bytes).
+ * The ids must already be valid row numbers (the caller checks them on the host). */
+int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, int64_t cols,
+		     const int32_t *ids, int n, float *out);
+
+/* y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w for n rows of dim; sum of squares in double
+ * like the CPU.  x and y may not overlap partially (equal is fine). */
+int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int n, int dim, float eps, float *y);
+
+/* Rotates adjacent pairs (2i, 2i+1), i < rot_dim/2, of each of n_head heads of x[t] by
+ * pos[t] * theta_scale^i, the angles built by repeated float multiplication as on the
+ * CPU.  rot_dim even, <= 512 and <= head_dim. */
+int kb_cuda_rope(KbCuda *ctx, float *x, const int32_t *pos, int n, int n_head, int head_dim, int rot_dim,
+		 float theta_scale);
+
+/* y = g * sigmoid(g) * u; x += y; over n elements. */
+int kb_cuda_swiglu(KbCuda *ctx, const float *g, const float *u, int64_t n, float *y);
+int kb_cuda_add(KbCuda *ctx, float *x, const float *y, int64_t n);
+
+/* Rows k[t], v[t] (kvd floats) -> f16 (round to nearest even) at cache offset
+ * seq[t] * slot_stride + pos[t] * kvd. */
+int kb_cuda_kv_store(KbCuda *ctx, const float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
+		     const int32_t *pos, const int32_t *seq, int n, int kvd, int64_t slot_stride);
+
+/* For each (token t, head h): q rounded to f16, scores against keys 0..pos[t] of slot
+ * seq[t] (kv head h / (n_head / n_head_kv)), times scale, softmax, weighted sum of the
+ * values into out[t][h*head_dim..].  Online softmax over 4 warps, so sums are ordered
+ * differently from the CPU's.  head_dim a multiple of 32 and <= 256 (else -EINVAL). */
+int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
+		      const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
+		      int64_t slot_stride, float scale, float *out);
+
+/* Queues a host -> device copy of a small pageable buffer: the host memory may be reused
+ * as soon as this returns (the driver stages it), and the copy runs in stream order. */
+int kb_cuda_upload_async(KbCuda *ctx, void *dev, const void *host, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,423 @@
+/* tests/test-quantize.c: `quantd quantize` as a library: per-tensor type rules, byte
+ * identity with kb_cpu_quantize_row on the dequantized source, key/values kept, the
+ * output loads and generates, bad inputs refused; and (when python3 with the gguf package
+ * is present) an independent decode by tools/check-quantized.py. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon/engine/gguf.h"
+#include "daemon/engine/gptq_internal.h"
+#include "daemon/engine/model.h"
+#include "daemon/engine/quantize.h"
+#include "kernels/cpu/quant.h"
+#include "kernels/types.h"
+#include "testutil.h"
+
+static char tmpdir[64];
+
+static const char *tmp_path(const char *name)
+{
+	static char buf[4][128];
+	static int k;
+	k = (k + 1) % 4;
+	snprintf(buf[k], sizeof(buf[k]), "%s/%s", tmpdir, name);
+	return buf[k];
+}
+
+static const char *no_model(void)
+{
+	return access(tu_model_path(), R_OK) ? "default model missing (make model)" : NULL;
+}
+
+static void test_pick_rules(void)
+{
+	int t, w;
+	int64_t ne576[2] = { 576, 192 }, ne1536[2] = { 1536, 576 }, ne4096[2] = { 4096, 4096 }, v[1] = { 4096 };
+	/* norms stay F32 whatever the target */
+	CU_ASSERT_EQUAL(quant_pick_type(QD_TYPE_Q4_0, "blk.0.attn_norm.weight", 1, v, 32, false, &t, &w), 0);
+	CU_ASSERT_EQUAL(t, QD_TYPE_F32);
+	/* Q4_K_M: use_more_bits layers (n=32: 0..3, 28..31, and (i-4)%3==2) get Q6_K on attn_v/ffn_down */
+	for (int il = 0; il < 32; il++) {
+		char name[64];
+		bool more = il < 4 || il >= 28 || (il - 4) % 3 == 2;
+		snprintf(name, sizeof(name), "blk.%d.attn_v.weight", il);
+		CU_ASSERT_EQUAL(quant_pick_type(QUANT_MIX_Q4_K_M, name, 2, ne4096, 32, false, &t, &w), 0);
+		CU_ASSERT_EQUAL(t, more ? QD_TYPE_Q6_K : QD_TYPE_Q4_K);
+		snprintf(name, sizeof(name), "blk.%d.ffn_down.weight", il);
+		CU_ASSERT_EQUAL(quant_pick_type(QUANT_MIX_Q4_K_M, name, 2, ne4096, 32, false, &t, &w), 0);
+		CU_ASSERT_EQUAL(t, more ? QD_TYPE_Q6_K : QD_TYPE_Q4_K);
+		snprintf(name, sizeof(name), "blk.%d.attn_q.weight", il);
+		CU_ASSERT_EQUAL(quant_pick_type(QUANT_MIX_Q4_K_M, name, 2, ne4096, 32, false, &t, &w), 0);
+		CU_ASSERT_EQUAL(t, QD_TYPE_Q4_K);
+	}
+	/* row-length fallbacks */
+	CU_ASSERT_EQUAL(quant_pick_type(QD_TYPE_Q4_K, "blk.0.attn_q.weight", 2, ne576, 30, true, &t, &w), 0);
+	CU_ASSERT_EQUAL(w, QD_TYPE_Q4_K);
+	CU_ASSERT_EQUAL(t, QD_TYPE_Q4_1);
+	CU_ASSERT_EQUAL(quant_pick_type(QD_TYPE_Q6_K, "blk.0.attn_q.weight", 2, ne576, 30, true, &t, &w), 0);
+	CU_ASSERT_EQUAL(t, QD_TYPE_Q8_0);
+	CU_ASSERT_EQUAL(quant_pick_type(QD_TYPE_Q4_K, "blk.0.ffn_down.weight", 2, ne1536, 30, true, &t, &w), 0);
+	CU_ASSERT_EQUAL(t, QD_TYPE_Q4_K);
+	int64_t odd[2] = { 100, 10 };
+	CU_ASSERT_EQUAL(quant_pick_type(QD_TYPE_Q4_0, "blk.0.attn_q.weight", 2, odd, 30, true, &t, &w), 0);
+	CU_ASSERT_EQUAL(t, QD_TYPE_F16);
+	/* output head (and a tied embedding) below 8 bits: Q6_K; untied embedding: the target */
+	CU_ASSERT_EQUAL(quant_pick_type(QD_TYPE_Q4_0, "output.weight", 2, ne4096, 32, false, &t, &w), 0);
+	CU_ASSERT_EQUAL(t, QD_TYPE_Q6_K);
+	CU_ASSERT_EQUAL(quant_pick_type(QD_TYPE_Q4_0, "token_embd.weight", 2, ne4096, 32, false, &t, &w), 0);
+	CU_ASSERT_EQUAL(t, QD_TYPE_Q4_0);
+	CU_ASSERT_EQUAL(quant_pick_type(QD_TYPE_Q4_0, "token_embd.weight", 2, ne4096, 32, true, &t, &w), 0);
+	CU_ASSERT_EQUAL(t, QD_TYPE_Q6_K);
+	CU_ASSERT_EQUAL(quant_pick_type(QD_TYPE_Q8_0, "output.weight", 2, ne4096, 32, false, &t, &w), 0);
+	CU_ASSERT_EQUAL(t, QD_TYPE_Q8_0);
+	/* names */
+	CU_ASSERT_EQUAL(quant_parse_type("q4_k_m", &t), 0);
+	CU_ASSERT_EQUAL(t, QUANT_MIX_Q4_K_M);
+	CU_ASSERT_EQUAL(quant_parse_type("Q5_0", &t), -EINVAL);
+	CU_ASSERT_EQUAL(quant_parse_type("", &t), -EINVAL);
+	CU_ASSERT_EQUAL(quant_parse_method("gptq", &t), 0);
+	CU_ASSERT_EQUAL(t, QUANT_GPTQ);
+	CU_ASSERT_EQUAL(quant_parse_method("gguf", &t), -EINVAL);
+}
+
+/* Every key of SRC is in OUT with the same value, except the two quantd sets. */
+static void check_kvs(const GgufFile *src, const GgufFile *out, int target)
+{
+	char a[512], b[512];
+	for (size_t i = 0; i < gguf_n_kv(src); i++) {
+		const char *k = gguf_kv_key(src, i);
+		if (!strcmp(k, "general.file_type"))
+			continue;
+		int64_t j = gguf_find_kv(out, k);
+		CU_ASSERT_FATAL(j >= 0);
+		CU_ASSERT_EQUAL(gguf_kv_type(src, i), gguf_kv_type(out, (size_t)j));
+		CU_ASSERT_EQUAL(gguf_kv_arr_len(src, i), gguf_kv_arr_len(out, (size_t)j));
+		CU_ASSERT_STRING_EQUAL(gguf_kv_format(src, i, a, sizeof(a)), gguf_kv_format(out, (size_t)j, b, sizeof(b)));
+	}
+	/* the chat template in full, not only its formatted prefix */
+	const char *s1, *s2;
+	size_t l1, l2;
+	if (gguf_get_str(src, "tokenizer.chat_template", &s1, &l1) == 0) {
+		CU_ASSERT_EQUAL_FATAL(gguf_get_str(out, "tokenizer.chat_template", &s2, &l2), 0);
+		CU_ASSERT(l1 == l2 && !memcmp(s1, s2, l1));
+	}
+	uint32_t ft = 99, qv = 0;
+	CU_ASSERT_EQUAL(gguf_get_u32(out, "general.file_type", &ft), 0);
+	CU_ASSERT_EQUAL(ft, quant_file_type(target));
+	CU_ASSERT_EQUAL(gguf_get_u32(out, "general.quantization_version", &qv), 0);
+	CU_ASSERT_EQUAL(qv, 2);
+	const char *m;
+	size_t ml;
+	CU_ASSERT_EQUAL(gguf_get_str(out, "quantize.method", &m, &ml), 0);
+	CU_ASSERT(ml == 3 && !memcmp(m, "rtn", 3));
+}
+
+/* Each tensor has the type the rules give and, on every 3rd row, the bytes
+ * kb_cpu_quantize_row gives for the dequantized source row (all rows of small tensors). */
+static void check_tensors(const GgufFile *src, const GgufFile *out, int target)
+{
+	CU_ASSERT_EQUAL_FATAL(gguf_n_tensors(src), gguf_n_tensors(out));
+	uint32_t n_layer = 0;
+	gguf_get_u32(src, "llama.block_count", &n_layer);
+	bool tied = !gguf_find_tensor(src, "output.weight");
+	float *f = malloc(sizeof(float) * 65536);
+	uint8_t *q = malloc(65536 * 4);
+	CU_ASSERT_FATAL(f && q);
+	int n_checked = 0, n_bad = 0;
+	for (size_t i = 0; i < gguf_n_tensors(src); i++) {
+		const GgufTensor *s = gguf_tensor(src, i), *o = gguf_find_tensor(out, s->name);
+		CU_ASSERT_FATAL(o != NULL);
+		CU_ASSERT_EQUAL(o->n_dims, s->n_dims);
+		CU_ASSERT(!memcmp(o->ne, s->ne, sizeof(s->ne)));
+		int want, wanted;
+		CU_ASSERT_EQUAL(quant_pick_type(target, s->name, s->n_dims, s->ne, (int)n_layer, tied, &want, &wanted), 0);
+		CU_ASSERT_EQUAL(o->type, want);
+		if (o->type != want || s->ne[0] > 65536)
+			continue;
+		uint64_t srs, ors;
+		CU_ASSERT_FATAL(qd_row_size(s->type, (uint64_t)s->ne[0], &srs) == 0 &&
+				qd_row_size(o->type, (uint64_t)o->ne[0], &ors) == 0);
+		int64_t rows = s->ne[1] * s->ne[2] * s->ne[3], step = rows > 64 ? 3 : 1;
+		for (int64_t r = i % 3; r < rows; r += step) {
+			CU_ASSERT_EQUAL_FATAL(kb_cpu_dequantize_row(s->type, (const uint8_t *)s->data + r * srs, f, s->ne[0]), 0);
+			CU_ASSERT_EQUAL_FATAL(kb_cpu_quantize_row(o->type, f, q, s->ne[0]), 0);
+			n_bad += memcmp(q, (const uint8_t *)o->data + r * ors, ors) != 0;
+			n_checked++;
+		}
+	}
+	CU_ASSERT_EQUAL(n_bad, 0);
+	CU_ASSERT(n_checked > 1000);
+	free(f);
+	free(q);
+}
+
+/* Greedy generation of a few tokens: finite logits, valid ids, and top tokens that mostly
+ * agree with the source model's (the quantization error is small at 8 bits). */
+static void check_generates(const char *path)
+{
+	char err[256] = "";
+	Model *m = NULL;
+	Context *c = NULL;
+	CU_ASSERT_EQUAL_FATAL(model_load(path, &m, err, sizeof(err)), 0);
+	ContextParams cp = { .n_seq = 1, .n_ctx = 64, .n_batch = 16, .n_threads = 2 };
+	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &cp, &c), 0);
+	const char *prompt = "It is a truth universally acknowledged, that";
+	int32_t ids[32];
+	int n = tok_encode(model_tokenizer(m), prompt, strlen(prompt), false, false, ids, 32);
+	CU_ASSERT_FATAL(n > 0 && n < 24);
+	int32_t pos[32], seq[32] = { 0 };
+	for (int i = 0; i < 32; i++)
+		pos[i] = i;
+	Batch b = { .n_tokens = n, .token = ids, .pos = pos, .seq = seq };
+	CU_ASSERT_EQUAL_FATAL(ctx_decode(c, &b), 0);
+	const int nv = model_config(m)->n_vocab;
+	for (int step = 0; step < 6; step++) {
+		const float *l = ctx_logits(c, 0);
+		CU_ASSERT_FATAL(l != NULL);
+		int best = 0, n_bad = 0;
+		for (int v = 0; v < nv; v++) {
+			n_bad += !isfinite(l[v]);
+			if (l[v] > l[best])
+				best = v;
+		}
+		CU_ASSERT_EQUAL_FATAL(n_bad, 0);
+		ids[n] = best;
+		Batch nb = { .n_tokens = 1, .token = &ids[n], .pos = &pos[n], .seq = seq };
+		n++;
+		CU_ASSERT_EQUAL_FATAL(ctx_decode(c, &nb), 0);
+	}
+	ctx_free(c);
+	model_free(m);
+}
+
+static void run_one(int target, const char *name)
+{
+	QuantParams p = quant_default_params();
+	p.type = target;
+	p.n_threads = 2;
+	QuantStats st;
+	char err[512] = "";
+	const char *out = tmp_path(name);
+	int r = quantize_file(tu_model_path(), out, &p, &st, err, sizeof(err));
+	if (r < 0)
+		printf("\n    quantize_file: %s\n", err);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	CU_ASSERT(st.out_bytes > 0 && st.n_tensors > 0);
+	GgufFile *src = NULL, *o = NULL;
+	CU_ASSERT_EQUAL_FATAL(gguf_open(tu_model_path(), &src, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL_FATAL(gguf_open(out, &o, err, sizeof(err)), 0);
+	check_kvs(src, o, target);
+	check_tensors(src, o, target);
+	gguf_close(o);
+	gguf_close(src);
+	check_generates(out);
+}
+
+static void test_q8_0(void) { run_one(QD_TYPE_Q8_0, "q8_0.gguf"); }
+static void test_q4_0(void) { run_one(QD_TYPE_Q4_0, "q4_0.gguf"); }
+static void test_q4_k(void) { run_one(QD_TYPE_Q4_K, "q4_k.gguf"); }
+static void test_q6_k(void) { run_one(QD_TYPE_Q6_K, "q6_k.gguf"); }
+
+typedef struct {
+	int n;
+	char last[512];
+} Notes;
+
+static void on_note(void *arg, const char *msg)
+{
+	Notes *nt = arg;
+	nt->n++;
+	snprintf(nt->last, sizeof(nt->last), "%s", msg);
+}
+
+/* A quantized source and a row-length fallback are both reported through the note hook. */
+static void test_notes(void)
+{
+	Notes nt = { 0 };
+	QuantParams p = quant_default_params();
+	p.type = QD_TYPE_Q6_K;
+	p.note = on_note;
+	p.cb_arg = &nt;
+	char err[256];
+	CU_ASSERT_EQUAL_FATAL(quantize_file(tu_model_path(), tmp_path("notes.gguf"), &p, NULL, err, sizeof(err)), 0);
+	CU_ASSERT(nt.n >= 2);
+	CU_ASSERT(strstr(nt.last, "Q8_0") != NULL);
+}
+
+static void test_bad_inputs(void)
+{
+	QuantParams p = quant_default_params();
+	char err[256];
+	/* same file in and out */
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tu_model_path(), &p, NULL, err, sizeof(err)), -EEXIST);
+	/* missing input */
+	CU_ASSERT_EQUAL(quantize_file(tmp_path("nope.gguf"), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -ENOENT);
+	CU_ASSERT(strstr(err, "nope.gguf") != NULL);
+	/* not a GGUF, and a truncated one */
+	const char *junk = tmp_path("junk.gguf");
+	FILE *f = fopen(junk, "wb");
+	CU_ASSERT_FATAL(f != NULL);
+	fputs("this is not a gguf file at all, it is text", f);
+	fclose(f);
+	CU_ASSERT_EQUAL(quantize_file(junk, tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EBADMSG);
+	size_t len;
+	char *model = tu_read_file(tu_model_path(), &len);
+	CU_ASSERT_FATAL(model != NULL);
+	f = fopen(junk, "wb");
+	fwrite(model, 1, len / 2, f);
+	fclose(f);
+	free(model);
+	CU_ASSERT_EQUAL(quantize_file(junk, tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EBADMSG);
+	CU_ASSERT(access(tmp_path("x.gguf"), F_OK) != 0); /* nothing left behind */
+	/* unknown type, method, and a calibrated method without text or for a K type */
+	p.type = 12345;
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EINVAL);
+	p = quant_default_params();
+	p.method = 7;
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EINVAL);
+	p.method = QUANT_GPTQ;
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EINVAL);
+	p.type = QD_TYPE_Q6_K;
+	p.calib_text = "some text";
+	p.calib_len = 9;
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EOPNOTSUPP);
+	/* an output directory that does not exist */
+	p = quant_default_params();
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), "/nonexistent-dir/x.gguf", &p, NULL, err, sizeof(err)), -ENOENT);
+}
+
+/* Output error tr((W - Q) H (W - Q)^T) of dequantized Q against W. */
+static double proxy_loss(int type, const float *W, const void *q, const float *H, int64_t rows, int64_t cols)
+{
+	uint64_t rs;
+	qd_row_size(type, (uint64_t)cols, &rs);
+	float *e = malloc(sizeof(float) * (size_t)cols);
+	double loss = 0;
+	for (int64_t r = 0; r < rows; r++) {
+		kb_cpu_dequantize_row(type, (const uint8_t *)q + r * rs, e, cols);
+		for (int64_t i = 0; i < cols; i++)
+			e[i] -= W[r * cols + i];
+		for (int64_t i = 0; i < cols; i++)
+			for (int64_t k = 0; k < cols; k++)
+				loss += (double)e[i] * H[i * cols + k] * e[k];
+	}
+	free(e);
+	return loss;
+}
+
+/* GPTQ on synthetic layers: with correlated inputs it beats round-to-nearest on the
+ * output error it minimizes, with and without act-order; with uncorrelated inputs there
+ * is nothing to compensate and it matches round-to-nearest's error. */
+static void test_gptq_core(void)
+{
+	const int64_t rows = 24, cols = 128, T = 512;
+	uint64_t seed = 42;
+	float *W = malloc(sizeof(float) * rows * cols), *Wc = malloc(sizeof(float) * rows * cols);
+	float *X = malloc(sizeof(float) * T * cols), *H = calloc(cols * cols, sizeof(float));
+	float *Hc = malloc(sizeof(float) * cols * cols);
+	uint8_t *qg = malloc(rows * cols * 2), *qr = malloc(rows * cols * 2);
+	CU_ASSERT_FATAL(W && Wc && X && H && Hc && qg && qr);
+	for (int64_t i = 0; i < rows * cols; i++)
+		W[i] = tu_rand_f32(&seed);
+	/* inputs with a shared component (correlated channels) and uneven scales */
+	for (int64_t t = 0; t < T; t++) {
+		float common = tu_rand_f32(&seed);
+		for (int64_t i = 0; i < cols; i++)
+			X[t * cols + i] = (0.8f * common + 0.4f * tu_rand_f32(&seed)) * (1.0f + (float)(i % 7));
+	}
+	gptq_hessian_add(NULL, H, cols, X, T);
+	gptq_hessian_finish(H, cols);
+	/* the Hessian kernel against a plain sum */
+	double h01 = 0;
+	for (int64_t t = 0; t < T; t++)
+		h01 += (double)X[t * cols + 3] * X[t * cols + 100];
+	CU_ASSERT_DOUBLE_EQUAL(H[3 * cols + 100], h01, fabs(h01) * 1e-4);
+	CU_ASSERT_DOUBLE_EQUAL(H[100 * cols + 3], h01, fabs(h01) * 1e-4);
+	const int types[3] = { QD_TYPE_Q4_0, QD_TYPE_Q4_1, QD_TYPE_Q8_0 };
+	for (int k = 0; k < 3; k++) {
+		for (int ao = 0; ao < 2; ao++) {
+			memcpy(Wc, W, sizeof(float) * rows * cols);
+			memcpy(Hc, H, sizeof(float) * cols * cols);
+			CU_ASSERT_EQUAL_FATAL(gptq_quantize(NULL, types[k], Wc, rows, cols, Hc, 0.01f, ao, qg), 0);
+			for (int64_t r = 0; r < rows; r++)
+				kb_cpu_quantize_row(types[k], W + r * cols,
+						    qr + r * (int64_t)(qd_type_traits(types[k])->size * cols / 32), cols);
+			double lg = proxy_loss(types[k], W, qg, H, rows, cols), lr = proxy_loss(types[k], W, qr, H, rows, cols);
+			CU_ASSERT(lg < 0.8 * lr);
+		}
+	}
+	/* identity Hessian: no compensation possible, same error as round-to-nearest */
+	memset(H, 0, sizeof(float) * cols * cols);
+	for (int64_t i = 0; i < cols; i++)
+		H[i * cols + i] = 1;
+	memcpy(Wc, W, sizeof(float) * rows * cols);
+	memcpy(Hc, H, sizeof(float) * cols * cols);
+	CU_ASSERT_EQUAL_FATAL(gptq_quantize(NULL, QD_TYPE_Q8_0, Wc, rows, cols, Hc, 0.01f, false, qg), 0);
+	for (int64_t r = 0; r < rows; r++)
+		kb_cpu_quantize_row(QD_TYPE_Q8_0, W + r * cols, qr + r * 34 * (cols / 32), cols);
+	double lg = proxy_loss(QD_TYPE_Q8_0, W, qg, H, rows, cols), lr = proxy_loss(QD_TYPE_Q8_0, W, qr, H, rows, cols);
+	CU_ASSERT_DOUBLE_EQUAL(lg, lr, lr * 0.02);
+	/* refused: a K type, a row length that is not a block multiple */
+	CU_ASSERT_EQUAL(gptq_quantize(NULL, QD_TYPE_Q4_K, Wc, rows, cols, Hc, 0.01f, false, qg), -EINVAL);
+	CU_ASSERT_EQUAL(gptq_quantize(NULL, QD_TYPE_Q4_0, Wc, rows, 100, Hc, 0.01f, false, qg), -EINVAL);
+	free(W);
+	free(Wc);
+	free(X);
+	free(H);
+	free(Hc);
+	free(qg);
+	free(qr);
+}
+
+static const char *no_python(void)
+{
+	if (no_model())
+		return no_model();
+	if (system("python3 -c 'import gguf, numpy' >/dev/null 2>&1") != 0)
+		return "python3 with the gguf package not found (pip install gguf)";
+	return NULL;
+}
+
+/* An independent decoder: gguf-py's dequantizers (and, for Q8_0/Q4_0/Q4_1, its own
+ * quantizer, byte for byte). */
+static void test_gguf_py(void)
+{
+	QuantParams p = quant_default_params();
+	p.type = QD_TYPE_Q4_0;
+	char err[256], cmd[1024];
+	const char *out = tmp_path("py.gguf");
+	CU_ASSERT_EQUAL_FATAL(quantize_file(tu_model_path(), out, &p, NULL, err, sizeof(err)), 0);
+	snprintf(cmd, sizeof(cmd), "python3 tools/check-quantized.py --max-rows 64 '%s' '%s'", tu_model_path(), out);
+	int r = system(cmd);
+	CU_ASSERT(WIFEXITED(r) && WEXITSTATUS(r) == 0);
+}
+
+int main(void)
+{
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/qd-test-quantize.XXXXXX");
+	if (!mkdtemp(tmpdir))
+		return 2;
+	static const TuTest tests[] = {
+		{ "pick_rules", test_pick_rules, NULL },
+		{ "q8_0", test_q8_0, no_model },
+		{ "q4_0", test_q4_0, no_model },
+		{ "q4_k", test_q4_k, no_model },
+		{ "q6_k", test_q6_k, no_model },
+		{ "notes", test_notes, no_model },
+		{ "bad_inputs", test_bad_inputs, no_model },
+		{ "gptq_core", test_gptq_core, NULL },
+		{ "gguf_py", test_gguf_py, no_python },
+		{ NULL, NULL, NULL },
+	};
+	int r = tu_main("quantize", tests);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", tmpdir);
+	return r;
+}
