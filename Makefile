@@ -51,7 +51,13 @@ include $(wildcard mk/*.mk)
 .PHONY: all test model bench-cpu clean install
 all: $(O)/quantd
 
-$(O)/%.o: %.c
+# Objects depend on a stamp named after the compile flags, so changing them (CUDA found or
+# not, CFLAGS=...) rebuilds everything instead of linking stale objects.
+FLAGS_STAMP := $(O)/.flags-$(shell echo '$(CC) $(CFLAGS_ALL) $(AVX2_FLAGS)' | md5sum | cut -c1-12)
+$(FLAGS_STAMP):
+	@mkdir -p $(O) && rm -f $(O)/.flags-* && touch $@
+
+$(O)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CFLAGS_ALL) $(if $(findstring _avx2,$<),$(AVX2_FLAGS)) -c $< -o $@
