@@ -48,7 +48,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Component makefiles (daemon, client, CUDA) add sources, binaries and TEST_BIN entries.
 include $(wildcard mk/*.mk)
 
-.PHONY: all test model bench-cpu clean install
+.PHONY: all test model bench-cpu bench-matmul clean install
 all: $(O)/quantd
 
 # Objects depend on a stamp named after the compile flags, so changing them (CUDA found or
@@ -87,6 +87,14 @@ test: $(O)/quantd $(TEST_BIN) $(MODEL)
 
 bench-cpu: $(O)/quantd $(MODEL)
 	$(Q)sh bench/bench-cpu.sh $(O)/quantd $(MODEL)
+
+# Kernel-level CPU benchmark: GB/s of weights streamed by kb_matmul per type.
+$(O)/bench/bench-matmul: $(O)/bench/bench-matmul.o $(O)/libqdengine.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bench-matmul: $(O)/bench/bench-matmul
+	$(Q)$(O)/bench/bench-matmul
 
 clean:
 	rm -rf build build-san
