@@ -48,7 +48,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Component makefiles (daemon, client, CUDA) add sources, binaries and TEST_BIN entries.
 include $(wildcard mk/*.mk)
 
-.PHONY: all test model bench-cpu bench-matmul clean install
+.PHONY: all test model eval-data bench-cpu bench-matmul clean install
 all: $(O)/quantd
 
 # Objects depend on a stamp named after the compile flags, so changing them (CUDA found or
@@ -73,6 +73,10 @@ $(O)/quantd: $(QUANTD_OBJ) $(DAEMON_OBJ) $(O)/libqdengine.a
 $(O)/tests/%: $(O)/tests/%.o $(TESTUTIL_OBJ) $(O)/libqdengine.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcunit $(LDLIBS)
+
+# Public-domain evaluation and calibration text (Jane Austen, Debian's r-cran-janeaustenr).
+eval-data:
+	$(Q)sh tools/fetch-eval-text.sh
 
 model: $(MODEL)
 $(MODEL):

@@ -17,13 +17,12 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: quantd quantize IN.gguf OUT.gguf --type TYPE [options]\n"
 		"  -T, --type TYPE         Q8_0, Q6_K, Q4_K_M, Q4_K, Q4_1, Q4_0, F16 or F32\n"
-		"  -M, --method M          rtn (default), gptq or awq (gptq/awq: Q8_0, Q4_0, Q4_1)\n"
+		"  -M, --method M          rtn (default) or gptq (Q8_0, Q4_0, Q4_1); awq is not implemented yet\n"
 		"  -t, --threads N         worker threads (default: all CPUs)\n"
 		"      --calib FILE        calibration text for gptq/awq (UTF-8)\n"
 		"      --calib-tokens N    calibration tokens (default 16384)\n"
 		"      --calib-ctx N       tokens per calibration sequence (default 512)\n"
 		"      --damp F            gptq: dampening, fraction of mean diag(H) (default 0.01)\n"
-		"      --block N           gptq: columns per lazy-update block (default 128)\n"
 		"      --act-order         gptq: quantize columns by descending Hessian diagonal\n"
 		"  -q, --quiet             no progress bar or notes\n"
 		"Inputs may be F32, F16, BF16 or quantized (dequantized first).  1-D tensors stay F32;\n"
@@ -77,7 +76,7 @@ static void on_note(void *arg, const char *msg)
 		fprintf(stderr, "%squantd: note: %s\n", pg->tty && pg->last > 0 ? "\n" : "", msg);
 }
 
-enum { OPT_CALIB = 256, OPT_CTOK, OPT_CCTX, OPT_DAMP, OPT_BLOCK, OPT_ACT, OPT_HTYPES };
+enum { OPT_CALIB = 256, OPT_CTOK, OPT_CCTX, OPT_DAMP, OPT_ACT, OPT_HTYPES };
 
 int cmd_quantize(int argc, char **argv)
 {
@@ -85,14 +84,14 @@ int cmd_quantize(int argc, char **argv)
 		{ "type", required_argument, 0, 'T' },	      { "method", required_argument, 0, 'M' },
 		{ "threads", required_argument, 0, 't' },     { "calib", required_argument, 0, OPT_CALIB },
 		{ "calib-tokens", required_argument, 0, OPT_CTOK }, { "calib-ctx", required_argument, 0, OPT_CCTX },
-		{ "damp", required_argument, 0, OPT_DAMP },   { "block", required_argument, 0, OPT_BLOCK },
+		{ "damp", required_argument, 0, OPT_DAMP },
 		{ "act-order", no_argument, 0, OPT_ACT },     { "quiet", no_argument, 0, 'q' },
 		{ "help", no_argument, 0, 'h' },	      { "help-types", no_argument, 0, OPT_HTYPES },
 		{ 0, 0, 0, 0 },
 	};
 	QuantParams p = quant_default_params();
 	const char *type = NULL, *calib = NULL;
-	long threads = 0, ctok = 16384, cctx = 512, block = 128;
+	long threads = 0, ctok = 16384, cctx = 512;
 	Progress pg = { .tty = isatty(2), .width = 40 };
 	int c;
 	optind = 1;
@@ -111,7 +110,6 @@ int cmd_quantize(int argc, char **argv)
 		case OPT_CTOK: r = cli_parse_long(optarg, 16, 1 << 24, &ctok); break;
 		case OPT_CCTX: r = cli_parse_long(optarg, 16, 1 << 16, &cctx); break;
 		case OPT_DAMP: r = cli_parse_float(optarg, 1e-6f, 0.99f, &p.damp); break;
-		case OPT_BLOCK: r = cli_parse_long(optarg, 1, 4096, &block); break;
 		case OPT_ACT: p.act_order = true; break;
 		case 'q': pg.quiet = true; break;
 		case OPT_HTYPES: usage_types(); return 0;
@@ -154,7 +152,6 @@ int cmd_quantize(int argc, char **argv)
 	}
 	p.calib_ctx = (int)cctx;
 	p.calib_seqs = (int)((ctok + cctx - 1) / cctx);
-	p.block = (int)block;
 	p.n_threads = (int)threads;
 	p.progress = on_progress;
 	p.note = on_note;

@@ -25,8 +25,7 @@ void gptq_hessian_finish(float *H, int64_t d);
 int gptq_quantize(KbThreadPool *tp, int type, float *W, int64_t rows, int64_t cols, float *H, float damp,
 		  bool act_order, void *out);
 
-/* Packs one row quantized with per-group parameters into TYPE blocks (see gptq.c). */
-
+/* AVX2/FMA kernels (gptq_avx2.c), used when kb_cpu_use_avx2(). */
 void gptq_axpy_avx2(float *y, const float *x, float a, int64_t n);
 float gptq_dot_avx2(const float *x, const float *y, int64_t n);
 void gptq_syrk_rows_avx2(float *H, int64_t d, const float *A, int64_t T, int64_t i0, int64_t i1);

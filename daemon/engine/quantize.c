@@ -50,7 +50,7 @@ static void __attribute__((format(printf, 2, 3))) note(const QuantParams *p, con
 QuantParams quant_default_params(void)
 {
 	return (QuantParams){ .type = QD_TYPE_Q8_0, .method = QUANT_RTN, .calib_seqs = 32, .calib_ctx = 512,
-			      .damp = 0.01f, .block = 128 };
+			      .damp = 0.01f };
 }
 
 static const struct {
@@ -457,8 +457,7 @@ static int set_metadata(Job *j)
 			r = gguf_writer_set_u32(w, "quantize.calib.context", (uint32_t)p->calib_ctx);
 	}
 	if (r == 0 && p->method == QUANT_GPTQ) {
-		if ((r = gguf_writer_set_f32(w, "quantize.gptq.damp", p->damp)) == 0 &&
-		    (r = gguf_writer_set_u32(w, "quantize.gptq.block", (uint32_t)p->block)) == 0)
+		if ((r = gguf_writer_set_f32(w, "quantize.gptq.damp", p->damp)) == 0)
 			r = gguf_writer_set_bool(w, "quantize.gptq.act_order", p->act_order);
 	}
 	return r;
@@ -477,12 +476,14 @@ static int check_params(const QuantParams *p, char *err, size_t errlen)
 		return fail(err, errlen, -EINVAL, "unknown target type");
 	if (p->method < QUANT_RTN || p->method > QUANT_AWQ)
 		return fail(err, errlen, -EINVAL, "unknown method");
+	if (p->method == QUANT_AWQ)
+		return fail(err, errlen, -EOPNOTSUPP, "method awq is not implemented yet (rtn and gptq are)");
 	if (!method_supports(p->method, p->type))
 		return fail(err, errlen, -EOPNOTSUPP, "method %s is implemented for Q8_0, Q4_0 and Q4_1, not %s",
 			    quant_method_name(p->method), quant_type_name(p->type));
 	if (p->method != QUANT_RTN &&
 	    (!p->calib_text || p->calib_seqs < 1 || p->calib_seqs > 4096 || p->calib_ctx < 16 ||
-	     p->calib_ctx > 1 << 16 || !(p->damp > 0 && p->damp < 1) || p->block < 1 || p->block > 4096))
+	     p->calib_ctx > 1 << 16 || !(p->damp > 0 && p->damp < 1)))
 		return fail(err, errlen, -EINVAL, "%s needs calibration text and sane calibration settings",
 			    quant_method_name(p->method));
 	return 0;

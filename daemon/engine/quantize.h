@@ -45,7 +45,6 @@ typedef struct {
 	int calib_seqs;         /* sequences of calib_ctx tokens (default 32) */
 	int calib_ctx;          /* tokens per sequence (default 512) */
 	float damp;             /* gptq: fraction of mean diag(H) added (default 0.01) */
-	int block;              /* gptq: columns per lazy-update block (default 128) */
 	bool act_order;         /* gptq: columns by descending diag(H) */
 	/* Optional: progress in input bytes, and human-readable notes (fallbacks, warnings).
 	 * Called on the caller's thread. */
@@ -61,7 +60,7 @@ typedef struct {
 	double seconds;
 } QuantStats;
 
-/* Defaults: rtn, Q8_0, all CPUs, 32 x 512 calibration tokens, damp 0.01, block 128. */
+/* Defaults: rtn, Q8_0, all CPUs, 32 x 512 calibration tokens, damp 0.01. */
 QuantParams quant_default_params(void);
 
 /* Target name ("Q8_0", "q4_k_m", "F16", ...; case-insensitive) to a QuantParams.type.
