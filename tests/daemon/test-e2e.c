@@ -481,7 +481,13 @@ static void test_sigkill_client(void)
 	       fd0, count_fds(D.pid), rss0, rss1, left);
 	CU_ASSERT_EQUAL(left, 0);
 	CU_ASSERT_EQUAL(count_fds(D.pid), fd0);
+#ifdef __SANITIZE_ADDRESS__
+	/* ASan keeps freed memory in quarantine (up to 256 MiB), so RSS says nothing about
+	 * leaks in this build; LeakSanitizer checks the daemon at exit instead. */
+	printf("    (ASan build: the RSS bound is checked in the normal build only)\n");
+#else
 	CU_ASSERT(rss1 - rss0 < 1024);
+#endif
 }
 
 static void test_cancel(void)
