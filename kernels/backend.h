@@ -34,6 +34,12 @@ typedef struct {
 	float *out;          /* [n_tokens][n_head*head_dim] */
 } KbAttention;
 
+/* A forward step's per-token inputs (host arrays of n_tokens), for step_begin. */
+typedef struct {
+	int n_tokens;
+	const int32_t *token, *pos, *seq;
+} KbStep;
+
 typedef struct KbBackend KbBackend;
 
 typedef struct {
@@ -69,6 +75,19 @@ typedef struct {
 	/* x += y over n elements. */
 	int (*add)(KbBackend *b, float *x, const float *y, int64_t n);
 	int (*sync)(KbBackend *b);
+
+	/* Optional (NULL where not offered): a step's op calls as one unit that the backend
+	 * may record once and replay (CUDA graphs).  The calls between step_begin and
+	 * step_end must be the same for every step of the same n_tokens, take their index
+	 * arrays as exactly S's token/pos/seq pointers, touch only memory that stays
+	 * allocated, and neither download nor sync.  step_begin returns 1 when it has
+	 * already queued the whole unit again (skip the calls and step_end), 0 when the
+	 * caller must make the calls and then call step_end with their status (the first
+	 * negative one, or 0), or -errno.  step_end returns 0 when the unit ran or is
+	 * queued, 1 when nothing of it ran (a recording failed) and the caller must make
+	 * the calls again without a step, or the failed status. */
+	int (*step_begin)(KbBackend *b, const KbStep *s);
+	int (*step_end)(KbBackend *b, int status);
 } KbOps;
 
 struct KbBackend {

@@ -274,18 +274,16 @@ static int check_batch(Context *c, const Batch *b)
 	return r;
 }
 
-int ctx_decode(Context *c, const Batch *b)
+/* The embedding and the layers: what a step does for any n tokens, reading the batch's
+ * ids, positions and slots only through the ops' index arguments, so that a backend
+ * may record it (step_begin/step_end) and replay it. */
+static int run_layers(Context *c, const Batch *b)
 {
-	const Model *m = c->m;
-	const ModelConfig *cfg = &m->cfg;
+	const ModelConfig *cfg = &c->m->cfg;
 	const KbOps *o = c->be->ops;
 	KbBackend *be = c->be;
 	const int n = b->n_tokens, d = cfg->n_embd;
-	int r = check_batch(c, b);
-	if (r < 0)
-		return r;
-	c->n_out = 0;
-
+	int r;
 	if ((r = o->get_rows(be, &c->tok_embd, b->token, n, c->x)) < 0)
 		return r;
 	KbAttention a = {
@@ -313,6 +311,32 @@ int ctx_decode(Context *c, const Batch *b)
 		    (r = o->add(be, c->x, c->tmp, (int64_t)n * d)) < 0)
 			return r;
 	}
+	return 0;
+}
+
+int ctx_decode(Context *c, const Batch *b)
+{
+	const Model *m = c->m;
+	const ModelConfig *cfg = &m->cfg;
+	const KbOps *o = c->be->ops;
+	KbBackend *be = c->be;
+	const int n = b->n_tokens, d = cfg->n_embd;
+	int r = check_batch(c, b);
+	if (r < 0)
+		return r;
+	c->n_out = 0;
+
+	/* Backends with steps may replay the layers as a whole (see KbOps.step_begin). */
+	const KbStep st = { .n_tokens = n, .token = b->token, .pos = b->pos, .seq = b->seq };
+	if (!o->step_begin || (r = o->step_begin(be, &st)) == 0) {
+		r = run_layers(c, b);
+		if (o->step_begin) {
+			int re = o->step_end(be, r);
+			r = re == 1 ? run_layers(c, b) : re;
+		}
+	}
+	if (r < 0)
+		return r;
 
 	/* Gather the rows that want logits, then one product with the output head. */
 	int n_out = 0;

@@ -16,12 +16,14 @@
 __global__ void k_kv_store(const float *k, const float *v, __half *kc, __half *vc, const int32_t *pos,
 			   const int32_t *seq, int kvd, int64_t stride)
 {
-	const int t = blockIdx.x;
+	/* one element per thread over (token, column block): a decode step's few rows
+	 * spread over many multiprocessors instead of looping in one block */
+	const int t = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x;
+	if (i >= kvd)
+		return;
 	const int64_t off = (int64_t)seq[t] * stride + (int64_t)pos[t] * kvd;
-	for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
-		kc[off + i] = __float2half_rn(k[(int64_t)t * kvd + i]);
-		vc[off + i] = __float2half_rn(v[(int64_t)t * kvd + i]);
-	}
+	kc[off + i] = __float2half_rn(k[(int64_t)t * kvd + i]);
+	vc[off + i] = __float2half_rn(v[(int64_t)t * kvd + i]);
 }
 
 extern "C" int kb_cuda_kv_store(KbCuda *ctx, const float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
@@ -31,7 +33,7 @@ extern "C" int kb_cuda_kv_store(KbCuda *ctx, const float *k, const float *v, uin
 		return -EINVAL;
 	if (n == 0)
 		return 0;
-	k_kv_store<<<(unsigned)n, 128, 0, ctx->stream>>>(k, v, (__half *)k_cache, (__half *)v_cache, pos, seq, kvd,
+	k_kv_store<<<dim3((unsigned)n, (unsigned)((kvd + 255) / 256)), 256, 0, ctx->stream>>>(k, v, (__half *)k_cache, (__half *)v_cache, pos, seq, kvd,
 							 slot_stride);
 	return kb_err(cudaGetLastError());
 }
@@ -80,6 +82,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(const float *q, co
 		if (j < len) {
 			const __half *kr = kc + base + (int64_t)j * kvd;
 			float d = 0.f;
+#pragma unroll 4
 			for (int i = 0; i < hd; i += 8) {
 				const uint4 u = *(const uint4 *)(kr + i);
 				const __half2 *h2 = (const __half2 *)&u;
@@ -100,6 +103,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(const float *q, co
 		for (int k = 0; k < ATT_MAXPER; k++)
 			acc[k] *= corr;
 		const int cnt = len - j0 < 32 ? len - j0 : 32;
+		/* unrolled so that several rows' loads are in flight together; each lane's
+		 * sums keep their order */
+#pragma unroll 8
 		for (int jj = 0; jj < cnt; jj++) {
 			const float pj = __shfl_sync(0xffffffffu, p, jj);
 			const __half *vr = vc + base + (int64_t)(j0 + jj) * kvd;

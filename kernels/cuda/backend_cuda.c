@@ -6,7 +6,23 @@
  * are decoded on the device from a raw copy of the table, uploaded the first time
  * get_rows needs it.  Host index arrays (token ids, positions, slots) are copied to the
  * device in stream order; a copy is skipped when the array equals the previous one, so a
- * forward pass uploads its positions once, not once per layer. */
+ * forward pass uploads its positions once, not once per layer.
+ *
+ * Steps (step_begin/step_end): the step's index arrays go to the device in one copy, and
+ * the ops in between read them from there.  A step of n_tokens <= STEP_GRAPH_MAX_TOK runs
+ * op by op the first time (which also grows buffers and uploads tables), is captured into
+ * a CUDA graph the second time and replayed from then on: one launch instead of ~600
+ * (7B).  The recorded kernels read everything that changes between steps (ids,
+ * positions, slots, hence attention lengths) from device memory, so a replay is the same
+ * computation as the op calls.
+ *
+ * Products share converted activations: the backend remembers which f32 buffer its
+ * activation buffer holds (set by a product or by rmsnorm, which converts in the same
+ * launch when the next product can use it), and every other op forgets it, since any of
+ * them may write that buffer.  So q/k/v and gate/up convert once, from the norm itself.
+ *
+ * QD_CUDA_GRAPHS=0 and QD_CUDA_FUSE=0 in the environment turn the graphs and the shared
+ * conversions off (for measuring each; results are the same bits either way). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -32,10 +48,39 @@ typedef struct {
 	int64_t row_bytes;
 } CudaWeight;
 
+#define STEP_GRAPH_MAX_TOK 64 /* larger steps (prefill) run op by op */
+#define STEP_GRAPHS 8          /* graphs kept; the least recently used goes first */
+
+typedef struct {
+	int n;          /* n_tokens of the step it replays; 0: free */
+	KbCudaGraph *g;
+	uint64_t used;  /* clock of the last replay */
+} StepGraph;
+
+/* The step in progress and the graph cache. */
+typedef struct {
+	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step */
+	int32_t *host;          /* staging for the one copy, [3][cap] */
+	int cap;
+	int active, capturing, n;
+	const int32_t *tok, *pos, *seq; /* the step's host arrays, as the ops will pass them */
+	StepGraph graphs[STEP_GRAPHS];
+	uint8_t state[STEP_GRAPH_MAX_TOK + 1]; /* per n: 0 new, 1 ran once (warm), 2 not capturable */
+	uint64_t clock;
+	KbCudaStepStats stats;
+	int enabled;
+} StepState;
+
 typedef struct {
 	KbBackend base;
 	KbCuda *ctx;
 	IdxBuf ids, pos, seq;
+	StepState step;
+	KbCudaAct *act;         /* converted activations for the products */
+	const float *act_x;     /* the f32 buffer act holds (act_n tokens x act_cols), or NULL */
+	int act_n;
+	int64_t act_cols;
+	int fuse;
 	char desc[352];
 } CudaBackend;
 
@@ -88,11 +133,69 @@ static int idx_get(KbCuda *ctx, IdxBuf *ib, const int32_t *host, int n, const in
 	return 0;
 }
 
+/* Any op but a product may write the buffer the activations were converted from. */
+static void act_forget(CudaBackend *c)
+{
+	c->act_x = NULL;
+}
+
+static void graphs_drop(CudaBackend *c)
+{
+	for (int i = 0; i < STEP_GRAPHS; i++) {
+		kb_cuda_graph_free(c->step.graphs[i].g);
+		memset(&c->step.graphs[i], 0, sizeof(c->step.graphs[i]));
+	}
+}
+
+/* c->act with room for COLS columns.  Growing waits for queued work and drops the graphs
+ * (they point at the old buffer), so it cannot happen while a step is being captured. */
+static int act_ensure(CudaBackend *c, int64_t cols)
+{
+	KbCudaAct *a = NULL;
+	if (c->act && kb_cuda_act_cap(c->act) >= cols)
+		return 0;
+	if (c->step.capturing)
+		return -EBUSY;
+	int r = kb_cuda_sync(c->ctx);
+	if (r == 0)
+		r = kb_cuda_act_new(c->ctx, cols, &a);
+	if (r < 0)
+		return r;
+	graphs_drop(c);
+	kb_cuda_act_free(c->act);
+	c->act = a;
+	act_forget(c);
+	return 0;
+}
+
+/* Device copy of an index array: the step's own when HOST is one of the step's arrays
+ * (WHICH: 0 ids, 1 positions, 2 slots), else through IB.  While capturing, any other
+ * array is refused: its copy would be recorded and replay stale host memory. */
+static int step_idx(CudaBackend *c, IdxBuf *ib, int which, const int32_t *host, int n, const int32_t **ret_dev)
+{
+	StepState *st = &c->step;
+	if (st->active) {
+		const int32_t *h = which == 0 ? st->tok : which == 1 ? st->pos : st->seq;
+		if (host == h && n == st->n) {
+			*ret_dev = st->dev + (int64_t)which * n;
+			return 0;
+		}
+		if (st->capturing)
+			return -EINVAL;
+	}
+	return idx_get(c->ctx, ib, host, n, ret_dev);
+}
+
 static void cuda_free(KbBackend *b)
 {
 	CudaBackend *c = cb(b);
 	if (!c)
 		return;
+	kb_cuda_sync(c->ctx);
+	graphs_drop(c);
+	kb_cuda_act_free(c->act);
+	kb_cuda_dev_free(c->ctx, c->step.dev);
+	free(c->step.host);
 	idx_done(c->ctx, &c->ids);
 	idx_done(c->ctx, &c->pos);
 	idx_done(c->ctx, &c->seq);
@@ -113,14 +216,17 @@ static int cuda_alloc(KbBackend *b, size_t bytes, void **ret)
 static void cuda_release(KbBackend *b, void *p)
 {
 	if (p) {
-		/* queued kernels may still use it */
+		/* queued kernels may still use it, and recorded steps may point at it */
 		kb_cuda_sync(cb(b)->ctx);
+		graphs_drop(cb(b));
+		act_forget(cb(b));
 		kb_cuda_dev_free(cb(b)->ctx, p);
 	}
 }
 
 static int cuda_upload(KbBackend *b, void *dst, const void *src, size_t bytes)
 {
+	act_forget(cb(b));
 	return kb_cuda_upload(cb(b)->ctx, dst, src, bytes);
 }
 
@@ -131,6 +237,7 @@ static int cuda_download(KbBackend *b, void *dst, const void *src, size_t bytes)
 
 static int cuda_copy(KbBackend *b, void *dst, const void *src, size_t bytes)
 {
+	act_forget(cb(b));
 	return kb_cuda_copy(cb(b)->ctx, dst, src, bytes);
 }
 
@@ -180,6 +287,7 @@ static void cuda_weight_release(KbBackend *b, KbWeight *w)
 	if (!cw)
 		return;
 	kb_cuda_sync(cb(b)->ctx);
+	graphs_drop(cb(b));
 	kb_cuda_weight_free(cw->mm);
 	kb_cuda_dev_free(cb(b)->ctx, cw->raw);
 	free(cw);
@@ -198,7 +306,10 @@ static int cuda_get_rows(KbBackend *b, const KbWeight *w, const int32_t *ids, in
 		if (ids[i] < 0 || ids[i] >= w->rows)
 			return -EINVAL;
 	int r;
+	act_forget(c);
 	if (!cw->raw) {
+		if (c->step.capturing)
+			return -EBUSY; /* a synchronous upload cannot be recorded */
 		size_t bytes = (size_t)cw->row_bytes * (size_t)w->rows;
 		void *raw = NULL;
 		if ((r = kb_cuda_alloc(c->ctx, bytes, &raw)) < 0)
@@ -210,7 +321,7 @@ static int cuda_get_rows(KbBackend *b, const KbWeight *w, const int32_t *ids, in
 		cw->raw = raw;
 	}
 	const int32_t *dids;
-	if ((r = idx_get(c->ctx, &c->ids, ids, n, &dids)) < 0)
+	if ((r = step_idx(c, &c->ids, 0, ids, n, &dids)) < 0)
 		return r;
 	return kb_cuda_get_rows(c->ctx, w->type, cw->raw, cw->row_bytes, w->cols, dids, n, out);
 }
@@ -223,19 +334,45 @@ static int cuda_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, f
 		return -EINVAL;
 	if (!cw->mm)
 		return -EOPNOTSUPP;
+	int r = act_ensure(c, w->cols);
+	if (r < 0)
+		return r;
+	/* the activations are already converted when the last product or norm left x there */
+	const int reuse = c->fuse && x == c->act_x && n == c->act_n && w->cols == c->act_cols;
 	for (int t0 = 0; t0 < n; t0 += KB_CUDA_MAX_TOK) {
 		int nt = n - t0 < KB_CUDA_MAX_TOK ? n - t0 : KB_CUDA_MAX_TOK;
-		int r = kb_cuda_mmv(c->ctx, cw->mm, x + (int64_t)t0 * w->cols, w->cols, y + (int64_t)t0 * w->rows,
-				    w->rows, nt);
-		if (r < 0)
-			return r;
+		if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x + (int64_t)t0 * w->cols, w->cols, w->cols,
+						       nt)) < 0)
+			break;
+		if ((r = kb_cuda_mmv_act(c->ctx, cw->mm, c->act, y + (int64_t)t0 * w->rows, w->rows)) < 0)
+			break;
 	}
-	return 0;
+	act_forget(c);
+	/* act holds x's last pass: all of x when there was one, unless y overwrote x */
+	const int overlap = (const float *)y < x + (int64_t)n * w->cols && x < y + (int64_t)n * w->rows;
+	if (r == 0 && n <= KB_CUDA_MAX_TOK && !overlap) {
+		c->act_x = x;
+		c->act_n = n;
+		c->act_cols = w->cols;
+	}
+	return r;
 }
 
 static int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)
 {
-	return kb_cuda_rmsnorm(cb(b)->ctx, x, weight, n, dim, eps, y);
+	CudaBackend *c = cb(b);
+	act_forget(c);
+	/* convert for the next products in the same launch when they fit one pass */
+	if (c->fuse && n >= 1 && n <= KB_CUDA_MAX_TOK && c->act && dim <= kb_cuda_act_cap(c->act)) {
+		int r = kb_cuda_rmsnorm_act(c->ctx, x, weight, n, dim, eps, y, c->act);
+		if (r == 0) {
+			c->act_x = y;
+			c->act_n = n;
+			c->act_cols = dim;
+		}
+		return r;
+	}
+	return kb_cuda_rmsnorm(c->ctx, x, weight, n, dim, eps, y);
 }
 
 static int cuda_rope(KbBackend *b, float *x, const int32_t *pos, int n, int n_head, int head_dim, int rot_dim,
@@ -245,7 +382,8 @@ static int cuda_rope(KbBackend *b, float *x, const int32_t *pos, int n, int n_he
 	if (rot_dim > 512 || rot_dim % 2 || rot_dim > head_dim || n < 1)
 		return -EINVAL;
 	const int32_t *dpos;
-	int r = idx_get(c->ctx, &c->pos, pos, n, &dpos);
+	act_forget(c);
+	int r = step_idx(c, &c->pos, 1, pos, n, &dpos);
 	if (r < 0)
 		return r;
 	/* the same float the CPU computes */
@@ -255,8 +393,9 @@ static int cuda_rope(KbBackend *b, float *x, const int32_t *pos, int n, int n_he
 
 static int idx_pos_seq(CudaBackend *c, const KbAttention *a, const int32_t **ret_pos, const int32_t **ret_seq)
 {
-	int r = idx_get(c->ctx, &c->pos, a->pos, a->n_tokens, ret_pos);
-	return r < 0 ? r : idx_get(c->ctx, &c->seq, a->seq, a->n_tokens, ret_seq);
+	act_forget(c);
+	int r = step_idx(c, &c->pos, 1, a->pos, a->n_tokens, ret_pos);
+	return r < 0 ? r : step_idx(c, &c->seq, 2, a->seq, a->n_tokens, ret_seq);
 }
 
 static int cuda_kv_store(KbBackend *b, const KbAttention *a, const float *k, const float *v)
@@ -285,12 +424,141 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 
 static int cuda_swiglu(KbBackend *b, const float *g, const float *u, int64_t n, float *y)
 {
+	act_forget(cb(b));
 	return kb_cuda_swiglu(cb(b)->ctx, g, u, n, y);
 }
 
 static int cuda_add(KbBackend *b, float *x, const float *y, int64_t n)
 {
+	act_forget(cb(b));
 	return kb_cuda_add(cb(b)->ctx, x, y, n);
+}
+
+static StepGraph *graph_find(StepState *st, int n)
+{
+	for (int i = 0; i < STEP_GRAPHS; i++)
+		if (st->graphs[i].n == n)
+			return &st->graphs[i];
+	return NULL;
+}
+
+/* A free slot, or the least recently replayed one, emptied.  A graph still running
+ * is freed by the driver once it completes. */
+static StepGraph *graph_slot(StepState *st)
+{
+	StepGraph *v = &st->graphs[0];
+	for (int i = 0; i < STEP_GRAPHS; i++) {
+		if (!st->graphs[i].n)
+			return &st->graphs[i];
+		if (st->graphs[i].used < v->used)
+			v = &st->graphs[i];
+	}
+	kb_cuda_graph_free(v->g);
+	memset(v, 0, sizeof(*v));
+	return v;
+}
+
+static int cuda_step_begin(KbBackend *b, const KbStep *s)
+{
+	CudaBackend *c = cb(b);
+	StepState *st = &c->step;
+	if (!s || s->n_tokens < 1 || !s->token || !s->pos || !s->seq)
+		return -EINVAL;
+	if (st->active)
+		return -EBUSY;
+	const int n = s->n_tokens;
+	int r;
+	act_forget(c);
+	if (n > st->cap) {
+		/* recorded steps and queued kernels may use the old buffer */
+		int cap = n > 2 * st->cap ? n : 2 * st->cap;
+		int32_t *host = malloc(sizeof(int32_t) * 3 * (size_t)cap);
+		void *dev = NULL;
+		if (!host)
+			return -ENOMEM;
+		if ((r = kb_cuda_sync(c->ctx)) < 0 ||
+		    (r = kb_cuda_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &dev)) < 0) {
+			free(host);
+			return r;
+		}
+		graphs_drop(c);
+		kb_cuda_dev_free(c->ctx, st->dev);
+		free(st->host);
+		st->dev = dev;
+		st->host = host;
+		st->cap = cap;
+	}
+	/* one copy for the three arrays; the staging is free again once this returns (a
+	 * copy from pageable memory is staged by the driver) */
+	memcpy(st->host, s->token, sizeof(int32_t) * (size_t)n);
+	memcpy(st->host + n, s->pos, sizeof(int32_t) * (size_t)n);
+	memcpy(st->host + 2 * n, s->seq, sizeof(int32_t) * (size_t)n);
+	if ((r = kb_cuda_upload_async(c->ctx, st->dev, st->host, sizeof(int32_t) * 3 * (size_t)n)) < 0)
+		return r;
+	if (st->enabled && n <= STEP_GRAPH_MAX_TOK) {
+		StepGraph *g = graph_find(st, n);
+		if (g) {
+			g->used = ++st->clock;
+			if ((r = kb_cuda_graph_launch(c->ctx, g->g)) < 0)
+				return r;
+			st->stats.replays++;
+			return 1;
+		}
+	}
+	st->active = 1;
+	st->n = n;
+	st->tok = s->token;
+	st->pos = s->pos;
+	st->seq = s->seq;
+	if (!st->enabled || n > STEP_GRAPH_MAX_TOK || st->state[n] == 2) {
+		st->stats.plain++;
+		return 0;
+	}
+	if (st->state[n] == 0) {
+		/* warm-up: buffers grow and tables upload outside any capture */
+		st->state[n] = 1;
+		st->stats.plain++;
+		return 0;
+	}
+	if (kb_cuda_capture_begin(c->ctx) < 0) {
+		st->state[n] = 2;
+		st->stats.plain++;
+		return 0;
+	}
+	st->capturing = 1;
+	return 0;
+}
+
+static int cuda_step_end(KbBackend *b, int status)
+{
+	CudaBackend *c = cb(b);
+	StepState *st = &c->step;
+	if (!st->active)
+		return -EINVAL;
+	st->active = 0;
+	act_forget(c);
+	if (!st->capturing)
+		return status < 0 ? status : 0;
+	st->capturing = 0;
+	KbCudaGraph *g = NULL;
+	int r = kb_cuda_capture_end(c->ctx, &g);
+	if (status >= 0 && r == 0) {
+		StepGraph *slot = graph_slot(st);
+		slot->n = st->n;
+		slot->g = g;
+		slot->used = ++st->clock;
+		st->stats.captures++;
+		if ((r = kb_cuda_graph_launch(c->ctx, g)) < 0)
+			return r;
+		return 0;
+	}
+	/* Nothing recorded ran.  Whatever broke the capture (an op that cannot be
+	 * recorded, or a failing one), this size now runs op by op: the caller runs
+	 * the ops again, which reports a real failure as such. */
+	kb_cuda_graph_free(g);
+	st->state[st->n] = 2;
+	st->stats.failed++;
+	return 1;
 }
 
 static int cuda_sync(KbBackend *b)
@@ -319,7 +587,24 @@ static const KbOps cuda_ops = {
 	.swiglu = cuda_swiglu,
 	.add = cuda_add,
 	.sync = cuda_sync,
+	.step_begin = cuda_step_begin,
+	.step_end = cuda_step_end,
 };
+
+/* 1 unless the variable NAME is set to "0". */
+static int env_on(const char *name)
+{
+	const char *v = getenv(name);
+	return !(v && !strcmp(v, "0"));
+}
+
+int kb_cuda_backend_step_stats(KbBackend *b, KbCudaStepStats *ret)
+{
+	if (!b || b->ops != &cuda_ops || !ret)
+		return -EINVAL;
+	*ret = cb(b)->step.stats;
+	return 0;
+}
 
 int kb_cuda_backend_new(int device, KbBackend **ret)
 {
@@ -334,6 +619,8 @@ int kb_cuda_backend_new(int device, KbBackend **ret)
 	}
 	c->base.ops = &cuda_ops;
 	c->ctx = ctx;
+	c->step.enabled = env_on("QD_CUDA_GRAPHS");
+	c->fuse = env_on("QD_CUDA_FUSE");
 	KbCudaInfo info;
 	if (kb_cuda_info(ctx, &info) == 0)
 		snprintf(c->desc, sizeof(c->desc), "cuda %.200s (sm_%d%d, %d SMs, %.0f GiB), device %d", info.name,

@@ -109,6 +109,9 @@ int kb_cuda_type_supported(int type);
 int kb_cuda_act_new(KbCuda *ctx, int64_t max_cols, KbCudaAct **ret_act);
 void kb_cuda_act_free(KbCudaAct *act); /* NULL-safe */
 
+/* Columns the act can take (its max_cols rounded up); 0 for NULL. */
+int64_t kb_cuda_act_cap(const KbCudaAct *act);
+
 /* Converts x (device f32, token t at x_dev + t*ldx, cols columns) for the products.
  * 1 <= n_tok <= KB_CUDA_MAX_TOK, cols <= max_cols, ldx >= cols.  Queued. */
 int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_dev, int64_t ldx,
@@ -150,6 +153,19 @@ void kb_cuda_graph_free(KbCudaGraph *graph);               /* NULL-safe */
  * the elapsed milliseconds between the two on the stream. */
 int kb_cuda_timer_start(KbCuda *ctx);
 int kb_cuda_timer_stop(KbCuda *ctx, double *ret_ms);
+
+/* ---- the ops-table backend (backend_cuda.c) ---- */
+
+/* How the steps of a backend made by kb_cuda_backend_new ran so far: captured into a
+ * graph (and run), replayed, run op by op, and captures that failed (that size then
+ * runs op by op for good). */
+typedef struct {
+	uint64_t captures, replays, plain, failed;
+} KbCudaStepStats;
+
+struct KbBackend;
+/* Returns 0 and *ret, or -EINVAL when B is not a CUDA backend. */
+int kb_cuda_backend_step_stats(struct KbBackend *b, KbCudaStepStats *ret);
 
 #ifdef __cplusplus
 }

@@ -22,7 +22,11 @@ __device__ static double block_sum(double v, double *red)
 	return s;
 }
 
-__global__ void __launch_bounds__(256) k_rmsnorm(const float *x, const float *w, int dim, float eps, float *y)
+/* Norms run one block of RMS_THREADS per row: a decode step has only a few rows, so
+ * wide blocks (few loop trips, each a memory latency) matter more than many blocks. */
+#define RMS_THREADS 1024
+
+__global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm(const float *x, const float *w, int dim, float eps, float *y)
 {
 	__shared__ double red[32];
 	const float *xr = x + (int64_t)blockIdx.x * dim;
@@ -42,13 +46,56 @@ extern "C" int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int 
 		return -EINVAL;
 	if (n == 0)
 		return 0;
-	k_rmsnorm<<<(unsigned)n, 256, 0, ctx->stream>>>(x, w, dim, eps, y);
+	k_rmsnorm<<<(unsigned)n, RMS_THREADS, 0, ctx->stream>>>(x, w, dim, eps, y);
 	return kb_err(cudaGetLastError());
 }
 
-/* One block per token: thread 0 builds the angles by repeated multiplication (the same
- * float sequence as the CPU), then every thread takes (head, pair) items. */
-__global__ void __launch_bounds__(128) k_rope(float *x, const int32_t *pos, int n_head, int head_dim, int rot_dim,
+/* k_rmsnorm, and each result also stored in the product layout (kb_act_put), padding
+ * columns as zeros: one launch instead of a norm and an act_prep. */
+__global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm_act(const float *x, const float *w, int dim, float eps, float *y,
+						     uint16_t *xh, uint16_t *xhi, uint16_t *xlo, float *xs,
+						     int64_t cap, int64_t cols_pad)
+{
+	__shared__ double red[32];
+	const float *xr = x + (int64_t)blockIdx.x * dim;
+	float *yr = y + (int64_t)blockIdx.x * dim;
+	double ss = 0;
+	for (int i = threadIdx.x; i < dim; i += blockDim.x)
+		ss += (double)xr[i] * xr[i];
+	ss = block_sum(ss, red);
+	const float scale = 1.0f / sqrtf((float)(ss / dim) + eps);
+	/* cols_pad is a multiple of 32: whole warps reach kb_act_put together */
+	for (int64_t col = threadIdx.x; col < cols_pad; col += blockDim.x) {
+		float v = 0.f;
+		if (col < dim) {
+			v = __fmul_rn(__fmul_rn(xr[col], scale), w[col]);
+			yr[col] = v;
+		}
+		kb_act_put(xh, xhi, xlo, xs, cap, (int)blockIdx.x, col, v);
+	}
+}
+
+extern "C" int kb_cuda_rmsnorm_act(KbCuda *ctx, const float *x, const float *w, int n, int dim, float eps, float *y,
+				   KbCudaAct *act)
+{
+	if (!ctx || !x || !w || !y || !act || act->ctx != ctx || n < 1 || n > KB_CUDA_MAX_TOK || dim < 1 ||
+	    dim > act->cap)
+		return -EINVAL;
+	const int64_t cols_pad = ((int64_t)dim + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
+	static_assert(KB_ACT_PAD % 32 == 0, "k_rmsnorm_act hands kb_act_put whole warps");
+	k_rmsnorm_act<<<(unsigned)n, RMS_THREADS, 0, ctx->stream>>>(x, w, dim, eps, y, act->xh, act->xhi, act->xlo, act->xs,
+							     act->cap, cols_pad);
+	int r = kb_err(cudaGetLastError());
+	if (r == 0) {
+		act->cols = dim;
+		act->n_tok = n;
+	}
+	return r;
+}
+
+/* One block per (token, head): thread 0 builds the angles by repeated multiplication
+ * (the same float sequence as the CPU), then each thread takes pairs of the head. */
+__global__ void __launch_bounds__(64) k_rope(float *x, const int32_t *pos, int n_head, int head_dim, int rot_dim,
 					      float theta_scale)
 {
 	__shared__ float th[256];
@@ -61,12 +108,11 @@ __global__ void __launch_bounds__(128) k_rope(float *x, const int32_t *pos, int 
 		}
 	}
 	__syncthreads();
-	float *xt = x + (int64_t)blockIdx.x * n_head * head_dim;
-	for (int it = threadIdx.x; it < n_head * half; it += blockDim.x) {
-		const int h = it / half, i = it % half;
+	float *xt = x + ((int64_t)blockIdx.x * n_head + blockIdx.y) * head_dim;
+	for (int i = threadIdx.x; i < half; i += blockDim.x) {
 		float s, c;
 		sincosf(th[i], &s, &c);
-		float *p = xt + h * head_dim + 2 * i;
+		float *p = xt + 2 * i;
 		const float x0 = p[0], x1 = p[1];
 		p[0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
 		p[1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
@@ -81,7 +127,7 @@ extern "C" int kb_cuda_rope(KbCuda *ctx, float *x, const int32_t *pos, int n, in
 		return -EINVAL;
 	if (n == 0 || rot_dim == 0)
 		return 0;
-	k_rope<<<(unsigned)n, 128, 0, ctx->stream>>>(x, pos, n_head, head_dim, rot_dim, theta_scale);
+	k_rope<<<dim3((unsigned)n, (unsigned)n_head), 64, 0, ctx->stream>>>(x, pos, n_head, head_dim, rot_dim, theta_scale);
 	return kb_err(cudaGetLastError());
 }
 

@@ -4,6 +4,8 @@
 #ifndef QD_KERNELS_CUDA_INTERNAL_CUH
 #define QD_KERNELS_CUDA_INTERNAL_CUH
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <errno.h>
 #include <stdint.h>
@@ -127,6 +129,28 @@ __device__ __forceinline__ void kb_pdl_wait(void)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 	asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+/* Stores activation value v of token t, column col, into the product layout (f16,
+ * bf16 hi + lo, 32-column sums; see KbActView).  Called by all 32 lanes of a warp
+ * together, lane i holding column col0 + i of a 32-aligned col0: the sum of the 32 is a
+ * butterfly over the warp whose lane-0 result is kept, so every kernel that stores
+ * activations this way (k_act_prep and the fused producers) writes the same bits. */
+__device__ __forceinline__ void kb_act_put(uint16_t *xh, uint16_t *xhi, uint16_t *xlo, float *xs, int64_t cap,
+					   int t, int64_t col, float v)
+{
+	const int64_t dst = t * cap + kb_act_pos(col);
+	/* clamp to the f16 range (NaN stays NaN: both comparisons are false) */
+	const float vc = v > 65504.f ? 65504.f : (v < -65504.f ? -65504.f : v);
+	xh[dst] = __half_as_ushort(__float2half_rn(vc));
+	const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+	xhi[dst] = __bfloat16_as_ushort(hi);
+	xlo[dst] = __bfloat16_as_ushort(__float2bfloat16_rn(v - __bfloat162float(hi)));
+	float s = v;
+	for (int o = 16; o; o >>= 1)
+		s += __shfl_xor_sync(0xffffffffu, s, o);
+	if ((threadIdx.x & 31) == 0)
+		xs[((col >> 6) * KB_MAX_TOK + t) * 2 + ((col >> 5) & 1)] = s;
 }
 
 /* Repack kernels live in repack.cu; the activation buffer is reset by matmul.cu. */

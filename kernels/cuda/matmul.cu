@@ -32,22 +32,9 @@ __global__ void __launch_bounds__(64) k_act_prep(const float *x, int64_t ldx, in
 {
 	kb_pdl_trigger();
 	kb_pdl_wait();
-	const int64_t q = blockIdx.x;
-	const int t = blockIdx.y, c = threadIdx.x;
-	const int64_t col = q * 64 + c;
-	const float v = col < cols ? x[t * ldx + col] : 0.f;
-	const int64_t dst = t * cap + kb_act_pos(col);
-	/* clamp to the f16 range (NaN stays NaN: both comparisons are false) */
-	const float vc = v > 65504.f ? 65504.f : (v < -65504.f ? -65504.f : v);
-	xh[dst] = __half_as_ushort(__float2half_rn(vc));
-	const __nv_bfloat16 hi = __float2bfloat16_rn(v);
-	xhi[dst] = __bfloat16_as_ushort(hi);
-	xlo[dst] = __bfloat16_as_ushort(__float2bfloat16_rn(v - __bfloat162float(hi)));
-	float s = v;
-	for (int o = 16; o; o >>= 1)
-		s += __shfl_xor_sync(0xffffffffu, s, o);
-	if ((c & 31) == 0)
-		xs[(q * 8 + t) * 2 + (c >> 5)] = s;
+	const int t = blockIdx.y;
+	const int64_t col = (int64_t)blockIdx.x * 64 + threadIdx.x;
+	kb_act_put(xh, xhi, xlo, xs, cap, t, col, col < cols ? x[t * ldx + col] : 0.f);
 }
 
 extern "C" void kb_cuda_act_free(KbCudaAct *act)
@@ -85,6 +72,11 @@ extern "C" int kb_cuda_act_new(KbCuda *ctx, int64_t max_cols, KbCudaAct **ret_ac
 	a->xs = (float *)((uint8_t *)a->base + 3 * h);
 	*ret_act = a;
 	return 0;
+}
+
+extern "C" int64_t kb_cuda_act_cap(const KbCudaAct *act)
+{
+	return act ? act->cap : 0;
 }
 
 extern "C" int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_dev, int64_t ldx,

@@ -28,6 +28,13 @@ int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, 
  * like the CPU.  x and y may not overlap partially (equal is fine). */
 int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int n, int dim, float eps, float *y);
 
+/* kb_cuda_rmsnorm, and y also converted into ACT for the products in the same launch:
+ * afterwards ACT holds exactly what kb_cuda_act_prepare(ctx, act, y, dim, dim, n) would
+ * have made (same bits), so the next products on y need no conversion.
+ * 1 <= n <= KB_CUDA_MAX_TOK, dim <= the act's capacity. */
+int kb_cuda_rmsnorm_act(KbCuda *ctx, const float *x, const float *w, int n, int dim, float eps, float *y,
+			KbCudaAct *act);
+
 /* Rotates adjacent pairs (2i, 2i+1), i < rot_dim/2, of each of n_head heads of x[t] by
  * pos[t] * theta_scale^i, the angles built by repeated float multiplication as on the
  * CPU.  rot_dim even, <= 512 and <= head_dim. */
