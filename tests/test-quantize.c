@@ -10,10 +10,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "daemon/engine/awq_internal.h"
 #include "daemon/engine/gguf.h"
 #include "daemon/engine/gptq_internal.h"
 #include "daemon/engine/model.h"
 #include "daemon/engine/quantize.h"
+#include "daemon/engine/synth.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/types.h"
 #include "testutil.h"
@@ -158,7 +161,7 @@ static void check_tensors(const GgufFile *src, const GgufFile *out, int target)
 
 /* Greedy generation of a few tokens: finite logits, valid ids, and top tokens that mostly
  * agree with the source model's (the quantization error is small at 8 bits). */
-static void check_generates(const char *path)
+static void check_generates(const char *path, const char *prompt)
 {
 	char err[256] = "";
 	Model *m = NULL;
@@ -166,7 +169,6 @@ static void check_generates(const char *path)
 	CU_ASSERT_EQUAL_FATAL(model_load(path, &m, err, sizeof(err)), 0);
 	ContextParams cp = { .n_seq = 1, .n_ctx = 64, .n_batch = 16, .n_threads = 2 };
 	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &cp, &c), 0);
-	const char *prompt = "It is a truth universally acknowledged, that";
 	int32_t ids[32];
 	int n = tok_encode(model_tokenizer(m), prompt, strlen(prompt), false, false, ids, 32);
 	CU_ASSERT_FATAL(n > 0 && n < 24);
@@ -215,7 +217,7 @@ static void run_one(int target, const char *name)
 	check_tensors(src, o, target);
 	gguf_close(o);
 	gguf_close(src);
-	check_generates(out);
+	check_generates(out, "It is a truth universally acknowledged, that");
 }
 
 static void test_q8_0(void) { run_one(QD_TYPE_Q8_0, "q8_0.gguf"); }
@@ -374,6 +376,266 @@ static void test_gptq_core(void)
 	free(qr);
 }
 
+/* AWQ on a synthetic layer whose inputs have a few outlier channels (as LLM activations do):
+ * the scale search and clipping give a smaller output error tr(E H E^T) than
+ * round-to-nearest, for every 4- and 8-bit type; the search's own error for alpha = 0 is
+ * round-to-nearest's, computed independently here. */
+static void test_awq_core(void)
+{
+	const int64_t rows = 32, cols = 256, T = 512;
+	uint64_t seed = 7;
+	float *W = malloc(sizeof(float) * rows * cols), *Ws = malloc(sizeof(float) * rows * cols);
+	float *X = malloc(sizeof(float) * T * cols), *H = calloc(cols * cols, sizeof(float));
+	float *xm = malloc(sizeof(float) * cols), *s = malloc(sizeof(float) * cols);
+	float *Hb = malloc(sizeof(float) * cols * 32), *row = malloc(sizeof(float) * cols);
+	uint8_t *qa = malloc(rows * cols * 2), *qr = malloc(rows * cols * 2);
+	CU_ASSERT_FATAL(W && Ws && X && H && xm && s && Hb && row && qa && qr);
+	for (int64_t i = 0; i < rows * cols; i++)
+		W[i] = tu_rand_f32(&seed);
+	for (int64_t t = 0; t < T; t++)
+		for (int64_t i = 0; i < cols; i++)
+			X[t * cols + i] = tu_rand_f32(&seed) * (i % 37 == 5 ? 40.0f : 1.0f);
+	gptq_hessian_add(NULL, H, cols, X, T);
+	gptq_hessian_finish(H, cols);
+	awq_absmean(X, T, cols, xm);
+	CU_ASSERT(xm[5] > 10 * xm[6]);
+	const int types[5] = { QD_TYPE_Q4_0, QD_TYPE_Q4_1, QD_TYPE_Q8_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K };
+	for (int k = 0; k < 5; k++) {
+		const int type = types[k];
+		uint64_t rs;
+		CU_ASSERT_FATAL(qd_row_size(type, cols, &rs) == 0);
+		AwqWeight aw = { .W = W, .rows = rows, .type = type };
+		float alpha = -1;
+		double loss[AWQ_GRID];
+		CU_ASSERT_EQUAL_FATAL(awq_search_scale(NULL, &aw, 1, cols, H, xm, s, &alpha, loss), 0);
+		CU_ASSERT(alpha > 0 && alpha < 1);
+		for (int64_t r = 0; r < rows; r++)
+			CU_ASSERT_EQUAL_FATAL(kb_cpu_quantize_row(type, W + r * cols, qr + r * rs, cols), 0);
+		double lr = proxy_loss(type, W, qr, H, rows, cols);
+		CU_ASSERT_DOUBLE_EQUAL(loss[0], lr, lr * 1e-3);
+		/* scaled weights, clipped and quantized; the error is measured in the unscaled space */
+		memcpy(Ws, W, sizeof(float) * rows * cols);
+		awq_scale_cols(Ws, rows, cols, s);
+		awq_block_diag(H, s, cols, Hb);
+		double shrink = -1;
+		CU_ASSERT_EQUAL_FATAL(awq_clip_quantize(NULL, type, Ws, rows, cols, Hb, true, qa, &shrink), 0);
+		CU_ASSERT(shrink >= 0 && shrink <= 0.5);
+		double la = 0;
+		for (int64_t r = 0; r < rows; r++) {
+			kb_cpu_dequantize_row(type, qa + r * rs, row, cols);
+			for (int64_t i = 0; i < cols; i++)
+				row[i] = W[r * cols + i] - row[i] / s[i];
+			for (int64_t i = 0; i < cols; i++)
+				for (int64_t j = 0; j < cols; j++)
+					la += (double)row[i] * H[i * cols + j] * row[j];
+		}
+		CU_ASSERT(la < 0.8 * lr);
+		/* without clipping the bytes are round-to-nearest's of the scaled weights */
+		awq_clip_quantize(NULL, type, Ws, rows, cols, Hb, false, qa, NULL);
+		kb_cpu_quantize_row(type, Ws + 3 * cols, qr, cols);
+		CU_ASSERT(!memcmp(qa + 3 * rs, qr, rs));
+	}
+	/* bad arguments */
+	AwqWeight bad = { .W = W, .rows = rows, .type = QD_TYPE_Q4_0 };
+	float alpha;
+	CU_ASSERT_EQUAL(awq_search_scale(NULL, &bad, 1, 100, H, xm, s, &alpha, NULL), -EINVAL);
+	CU_ASSERT_EQUAL(awq_search_scale(NULL, &bad, 0, cols, H, xm, s, &alpha, NULL), -EINVAL);
+	CU_ASSERT_EQUAL(awq_clip_quantize(NULL, QD_TYPE_Q4_K, Ws, rows, 100, Hb, true, qa, NULL), -EINVAL);
+	free(W);
+	free(Ws);
+	free(X);
+	free(H);
+	free(xm);
+	free(s);
+	free(Hb);
+	free(row);
+	free(qa);
+	free(qr);
+}
+
+/* One transformer block through the CPU backend's ops (what calib.c and forward.c do):
+ * X [n][d] is advanced in place. */
+static void block_forward(KbBackend *be, const AwqBlock *b, float *X, int n)
+{
+	const KbOps *o = be->ops;
+	const int d = (int)b->n_embd, hd = b->head_dim, qd = b->n_head * hd, kvd = b->n_head_kv * hd;
+	const int ff = (int)b->n_ff;
+	float *xn = malloc(sizeof(float) * n * d), *q = malloc(sizeof(float) * n * qd), *k = malloc(sizeof(float) * n * kvd);
+	float *v = malloc(sizeof(float) * n * kvd), *att = malloc(sizeof(float) * n * qd), *t = malloc(sizeof(float) * n * d);
+	float *g = malloc(sizeof(float) * n * ff), *u = malloc(sizeof(float) * n * ff), *h = malloc(sizeof(float) * n * ff);
+	uint16_t *kc = malloc(2 * n * kvd), *vc = malloc(2 * n * kvd);
+	int32_t pos[64], seq[64] = { 0 };
+	CU_ASSERT_FATAL(n <= 64 && xn && q && k && v && att && t && g && u && h && kc && vc);
+	for (int i = 0; i < n; i++)
+		pos[i] = i;
+	KbWeight w[7];
+	const int64_t wr[7] = { qd, kvd, kvd, d, ff, ff, d }, wc[7] = { d, d, d, qd, d, d, ff };
+	for (int i = 0; i < 7; i++)
+		w[i] = (KbWeight){ .type = QD_TYPE_F32, .rows = wr[i], .cols = wc[i], .data = b->w[i] };
+	KbAttention a = { .n_tokens = n, .n_head = b->n_head, .n_head_kv = b->n_head_kv, .head_dim = hd, .pos = pos,
+			  .seq = seq, .q = q, .k_cache = kc, .v_cache = vc, .kv_slot_stride = (int64_t)n * kvd,
+			  .scale = 1.0f / sqrtf((float)hd), .out = att };
+	CU_ASSERT_EQUAL_FATAL(o->rmsnorm(be, X, b->attn_norm, n, d, 1e-5f, xn), 0);
+	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[0], xn, n, q), 0);
+	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[1], xn, n, k), 0);
+	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[2], xn, n, v), 0);
+	CU_ASSERT_EQUAL_FATAL(o->rope(be, q, pos, n, b->n_head, hd, hd, 10000.0f), 0);
+	CU_ASSERT_EQUAL_FATAL(o->rope(be, k, pos, n, b->n_head_kv, hd, hd, 10000.0f), 0);
+	CU_ASSERT_EQUAL_FATAL(o->kv_store(be, &a, k, v), 0);
+	CU_ASSERT_EQUAL_FATAL(o->attention(be, &a), 0);
+	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[3], att, n, t), 0);
+	CU_ASSERT_EQUAL_FATAL(o->add(be, X, t, (int64_t)n * d), 0);
+	CU_ASSERT_EQUAL_FATAL(o->rmsnorm(be, X, b->ffn_norm, n, d, 1e-5f, xn), 0);
+	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[4], xn, n, g), 0);
+	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[5], xn, n, u), 0);
+	CU_ASSERT_EQUAL_FATAL(o->swiglu(be, g, u, (int64_t)n * ff, h), 0);
+	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[6], h, n, t), 0);
+	CU_ASSERT_EQUAL_FATAL(o->add(be, X, t, (int64_t)n * d), 0);
+	free(xn);
+	free(q);
+	free(k);
+	free(v);
+	free(att);
+	free(t);
+	free(g);
+	free(u);
+	free(h);
+	free(kc);
+	free(vc);
+}
+
+/* Folding AWQ scales (spread over two decades, tied across the query heads of each key/value
+ * group for o) into a block with grouped-query attention leaves its function unchanged up to
+ * float rounding (and the f16 KV cache). */
+static void test_awq_fold(void)
+{
+	const int64_t d = 64, ff = 96;
+	const int nh = 4, nkv = 2, hd = 16, n = 12, qd = nh * hd, kvd = nkv * hd;
+	uint64_t seed = 11;
+	AwqBlock b = { .n_embd = d, .n_ff = ff, .n_head = nh, .n_head_kv = nkv, .head_dim = hd };
+	const int64_t sz[7] = { qd * d, kvd * d, kvd * d, d * qd, ff * d, ff * d, d * ff };
+	for (int i = 0; i < 7; i++) {
+		b.w[i] = malloc(sizeof(float) * sz[i]);
+		CU_ASSERT_FATAL(b.w[i] != NULL);
+		for (int64_t j = 0; j < sz[i]; j++)
+			b.w[i][j] = 0.3f * tu_rand_f32(&seed);
+	}
+	b.attn_norm = malloc(sizeof(float) * d);
+	b.ffn_norm = malloc(sizeof(float) * d);
+	float *s[4], *X0 = malloc(sizeof(float) * n * d), *X1 = malloc(sizeof(float) * n * d);
+	const int64_t sl[4] = { d, qd, d, ff };
+	for (int i = 0; i < 4; i++) {
+		s[i] = malloc(sizeof(float) * sl[i]);
+		CU_ASSERT_FATAL(s[i] != NULL);
+		for (int64_t j = 0; j < sl[i]; j++)
+			s[i][j] = powf(10.0f, tu_rand_f32(&seed)); /* 0.1 .. 10 */
+	}
+	CU_ASSERT_FATAL(b.attn_norm && b.ffn_norm && X0 && X1);
+	awq_tie_heads(s[1], nh, nkv, hd);
+	CU_ASSERT_EQUAL(s[1][0 * hd + 3], s[1][1 * hd + 3]); /* heads 0 and 1 share kv head 0 */
+	CU_ASSERT_EQUAL(s[1][2 * hd + 5], s[1][3 * hd + 5]);
+	for (int64_t i = 0; i < d; i++) {
+		b.attn_norm[i] = 1 + 0.5f * tu_rand_f32(&seed);
+		b.ffn_norm[i] = 1 + 0.5f * tu_rand_f32(&seed);
+	}
+	for (int64_t i = 0; i < n * d; i++)
+		X0[i] = X1[i] = tu_rand_f32(&seed);
+	KbBackend *be = NULL;
+	CU_ASSERT_EQUAL_FATAL(kb_cpu_backend_new(1, &be), 0);
+	block_forward(be, &b, X0, n);
+	const float *const sc[4] = { s[0], s[1], s[2], s[3] };
+	CU_ASSERT_EQUAL_FATAL(awq_fold_block(&b, sc), 0);
+	block_forward(be, &b, X1, n);
+	double maxd = 0, maxv = 0, maxdelta = 0;
+	for (int64_t i = 0; i < n * d; i++) {
+		maxd = fmax(maxd, fabs((double)X0[i] - X1[i]));
+		maxv = fmax(maxv, fabs((double)X0[i]));
+	}
+	/* the fold changed the weights a lot, and the outputs by float rounding only */
+	for (int64_t j = 0; j < kvd * d; j++)
+		maxdelta = fmax(maxdelta, fabs((double)b.w[2][j]));
+	CU_ASSERT(maxdelta > 0.5);
+	CU_ASSERT(maxd < 2e-3 * maxv);
+	if (maxd >= 2e-3 * maxv)
+		printf("\n    fold: max |diff| %g of max |x| %g\n", maxd, maxv);
+	be->ops->free(be);
+	for (int i = 0; i < 7; i++)
+		free(b.w[i]);
+	for (int i = 0; i < 4; i++)
+		free(s[i]);
+	free(b.attn_norm);
+	free(b.ffn_norm);
+	free(X0);
+	free(X1);
+}
+
+/* AWQ end to end on a small random model with grouped-query attention (synth "tiny", F32):
+ * the file is written, records the method and its settings, carries norms with the scales
+ * folded in (different from the source's, finite), and loads and generates. */
+static void test_awq_file(void)
+{
+	char err[512] = "";
+	const char *src = tmp_path("tiny-f32.gguf"), *out = tmp_path("tiny-awq.gguf");
+	CU_ASSERT_EQUAL_FATAL(synth_write(src, synth_shape("tiny"), QD_TYPE_F32, 0, 5, err, sizeof(err)), 0);
+	static char text[16384];
+	size_t len = 0;
+	static const char *const words[] = { "the ", "quantized ", "model ", "reads ", "a ", "book; ", "Emma ",
+					      "was ", "handsome, ", "clever, ", "and ", "rich. " };
+	for (uint64_t seed = 3; len + 16 < sizeof(text);) {
+		const char *w = words[tu_rand_u64(&seed) % 12];
+		memcpy(text + len, w, strlen(w));
+		len += strlen(w);
+	}
+	QuantParams p = quant_default_params();
+	p.type = QD_TYPE_Q4_0;
+	p.method = QUANT_AWQ;
+	p.n_threads = 2;
+	p.calib_text = text;
+	p.calib_len = len;
+	p.calib_name = "words";
+	p.calib_seqs = 4;
+	p.calib_ctx = 128;
+	Notes nt = { 0 };
+	p.note = on_note;
+	p.cb_arg = &nt;
+	int r = quantize_file(src, out, &p, NULL, err, sizeof(err));
+	if (r < 0)
+		printf("\n    quantize_file: %s\n", err);
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	CU_ASSERT(strstr(nt.last, "awq: mean alpha") != NULL);
+	GgufFile *gs = NULL, *go = NULL;
+	CU_ASSERT_EQUAL_FATAL(gguf_open(src, &gs, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL_FATAL(gguf_open(out, &go, err, sizeof(err)), 0);
+	const char *m;
+	size_t ml;
+	uint32_t grid = 0;
+	CU_ASSERT(gguf_get_str(go, "quantize.method", &m, &ml) == 0 && ml == 3 && !memcmp(m, "awq", 3));
+	CU_ASSERT(gguf_get_u32(go, "quantize.awq.scale_grid", &grid) == 0 && grid == AWQ_GRID);
+	int n_changed = 0, n_bad = 0;
+	for (int il = 0; il < 2; il++)
+		for (int k = 0; k < 2; k++) {
+			char name[64];
+			snprintf(name, sizeof(name), "blk.%d.%s.weight", il, k ? "ffn_norm" : "attn_norm");
+			const GgufTensor *a = gguf_find_tensor(gs, name), *b = gguf_find_tensor(go, name);
+			CU_ASSERT_FATAL(a && b && b->type == QD_TYPE_F32 && a->ne[0] == b->ne[0]);
+			const float *fa = a->data, *fb = b->data;
+			for (int64_t i = 0; i < a->ne[0]; i++) {
+				n_changed += fa[i] != fb[i];
+				n_bad += !isfinite(fb[i]);
+			}
+		}
+	CU_ASSERT(n_changed > 100);
+	CU_ASSERT_EQUAL(n_bad, 0);
+	const GgufTensor *q = gguf_find_tensor(go, "blk.1.attn_v.weight");
+	CU_ASSERT(q && q->type == QD_TYPE_Q4_0);
+	gguf_close(gs);
+	gguf_close(go);
+	check_generates(out, "Emma was"); /* byte-level vocabulary: one token a byte */
+	/* and refused where it means nothing */
+	p.type = QD_TYPE_F16;
+	CU_ASSERT_EQUAL(quantize_file(src, tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EOPNOTSUPP);
+}
+
 static const char *no_python(void)
 {
 	if (no_model())
@@ -411,6 +673,9 @@ int main(void)
 		{ "notes", test_notes, no_model },
 		{ "bad_inputs", test_bad_inputs, no_model },
 		{ "gptq_core", test_gptq_core, NULL },
+		{ "awq_core", test_awq_core, NULL },
+		{ "awq_fold", test_awq_fold, NULL },
+		{ "awq_file", test_awq_file, NULL },
 		{ "gguf_py", test_gguf_py, no_python },
 		{ NULL, NULL, NULL },
 	};

@@ -17,7 +17,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: quantd quantize IN.gguf OUT.gguf --type TYPE [options]\n"
 		"  -T, --type TYPE         Q8_0, Q6_K, Q4_K_M, Q4_K, Q4_1, Q4_0, F16 or F32\n"
-		"  -M, --method M          rtn (default) or gptq (Q8_0, Q4_0, Q4_1); awq is not implemented yet\n"
+		"  -M, --method M          rtn (default), gptq (Q8_0, Q4_0, Q4_1) or awq (any quantized type)\n"
 		"  -t, --threads N         worker threads (default: all CPUs)\n"
 		"      --calib FILE        calibration text for gptq/awq (UTF-8)\n"
 		"      --calib-tokens N    calibration tokens (default 16384)\n"

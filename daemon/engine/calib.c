@@ -21,6 +21,7 @@
 #include "../../kernels/backend.h"
 #include "../../kernels/cpu/quant.h"
 #include "../../kernels/types.h"
+#include "awq_internal.h"
 #include "gptq_internal.h"
 #include "model_internal.h"
 #include "quantize_internal.h"
@@ -42,6 +43,7 @@ struct QuantCalib {
 	int32_t *pos, *seq;
 	float *H;      /* [n_ff][n_ff] Hessian scratch */
 	float *W;      /* dequantized weight scratch */
+	double awq_alpha[4], awq_shrink[QL_COUNT]; /* AWQ: sums over the blocks so far, for a note */
 };
 
 static int __attribute__((format(printf, 4, 5))) fail(char *err, size_t errlen, int r, const char *fmt, ...)
@@ -248,21 +250,68 @@ static int gptq_group(QuantCalib *c, int il, const int *ks, int nk, const KbWeig
 	return r;
 }
 
-int calib_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_t errlen)
+/* att = attention(q, k, v) of c->XN for every sequence, into c->ATT. */
+static int attn_forward(QuantCalib *c, const KbWeight *wq, const KbWeight *wk, const KbWeight *wv)
+{
+	const ModelConfig *cfg = &c->m->cfg;
+	const KbOps *o = c->be->ops;
+	KbBackend *be = c->be;
+	const int64_t d = cfg->n_embd, qd = (int64_t)cfg->n_head * cfg->head_dim;
+	const int n = (int)c->ctx;
+	int r = 0;
+	KbAttention a = { .n_tokens = n, .n_head = cfg->n_head, .n_head_kv = cfg->n_head_kv,
+			  .head_dim = cfg->head_dim, .pos = c->pos, .seq = c->seq, .q = c->q, .k_cache = c->kc,
+			  .v_cache = c->vc, .kv_slot_stride = c->ctx * cfg->n_head_kv * cfg->head_dim,
+			  .scale = 1.0f / sqrtf((float)cfg->head_dim) };
+	for (int64_t s = 0; s < c->n_seq && r == 0; s++) {
+		const float *xn = c->XN + s * c->ctx * d;
+		a.out = c->ATT + s * c->ctx * qd;
+		if ((r = o->matmul(be, wq, xn, n, c->q)) < 0 || (r = o->matmul(be, wk, xn, n, c->k)) < 0 ||
+		    (r = o->matmul(be, wv, xn, n, c->v)) < 0 ||
+		    (r = o->rope(be, c->q, c->pos, n, cfg->n_head, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0 ||
+		    (r = o->rope(be, c->k, c->pos, n, cfg->n_head_kv, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0 ||
+		    (r = o->kv_store(be, &a, c->k, c->v)) < 0)
+			break;
+		r = o->attention(be, &a);
+	}
+	return r;
+}
+
+/* c->HID = silu(gate·xn) * up·xn for every sequence. */
+static int ffn_forward(QuantCalib *c, const KbWeight *wg, const KbWeight *wu)
+{
+	const int64_t d = c->m->cfg.n_embd, ff = c->m->cfg.n_ff;
+	const KbOps *o = c->be->ops;
+	const int n = (int)c->ctx;
+	int r = 0;
+	for (int64_t s = 0; s < c->n_seq && r == 0; s++) {
+		const float *xn = c->XN + s * c->ctx * d;
+		if ((r = o->matmul(c->be, wg, xn, n, c->gate)) == 0 && (r = o->matmul(c->be, wu, xn, n, c->up)) == 0)
+			r = o->swiglu(c->be, c->gate, c->up, (int64_t)n * ff, c->HID + s * c->ctx * ff);
+	}
+	return r;
+}
+
+/* X += w·A for every sequence (A = [N][w->cols]). */
+static int residual(QuantCalib *c, const KbWeight *w, const float *A)
+{
+	const int64_t d = c->m->cfg.n_embd;
+	const int n = (int)c->ctx;
+	int r = 0;
+	for (int64_t s = 0; s < c->n_seq && r == 0; s++)
+		if ((r = c->be->ops->matmul(c->be, w, A + s * c->ctx * w->cols, n, c->tmp)) == 0)
+			r = c->be->ops->add(c->be, c->X + s * c->ctx * d, c->tmp, (int64_t)n * d);
+	return r;
+}
+
+static int gptq_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_t errlen)
 {
 	const ModelConfig *cfg = &c->m->cfg;
 	const Layer *l = &c->m->layers[il];
 	const KbOps *o = c->be->ops;
 	KbBackend *be = c->be;
 	const int64_t d = cfg->n_embd, qd = (int64_t)cfg->n_head * cfg->head_dim, ff = cfg->n_ff;
-	const int n = (int)c->ctx;
 	int r;
-	if (c->p->method != QUANT_GPTQ)
-		return fail(err, errlen, -EOPNOTSUPP, "method %s is not implemented yet", quant_method_name(c->p->method));
-	if (!(out->attn_norm = alloc_f(d, 1)) || !(out->ffn_norm = alloc_f(d, 1)))
-		return fail(err, errlen, -ENOMEM, "out of memory");
-	memcpy(out->attn_norm, l->attn_norm, sizeof(float) * (size_t)d);
-	memcpy(out->ffn_norm, l->ffn_norm, sizeof(float) * (size_t)d);
 	KbWeight qw[QL_COUNT];
 
 	/* attention */
@@ -272,29 +321,14 @@ int calib_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_t err
 	const KbWeight *wqkv[3] = { &l->wq, &l->wk, &l->wv };
 	if ((r = gptq_group(c, il, kqkv, 3, wqkv, d, c->XN, out, &qw[QL_Q], err, errlen)) < 0)
 		return r;
-	KbAttention a = { .n_tokens = n, .n_head = cfg->n_head, .n_head_kv = cfg->n_head_kv,
-			  .head_dim = cfg->head_dim, .pos = c->pos, .seq = c->seq, .q = c->q, .k_cache = c->kc,
-			  .v_cache = c->vc, .kv_slot_stride = c->ctx * cfg->n_head_kv * cfg->head_dim,
-			  .scale = 1.0f / sqrtf((float)cfg->head_dim) };
-	for (int64_t s = 0; s < c->n_seq; s++) {
-		const float *xn = c->XN + s * c->ctx * d;
-		a.out = c->ATT + s * c->ctx * qd;
-		if ((r = o->matmul(be, &qw[QL_Q], xn, n, c->q)) < 0 || (r = o->matmul(be, &qw[QL_K], xn, n, c->k)) < 0 ||
-		    (r = o->matmul(be, &qw[QL_V], xn, n, c->v)) < 0 ||
-		    (r = o->rope(be, c->q, c->pos, n, cfg->n_head, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0 ||
-		    (r = o->rope(be, c->k, c->pos, n, cfg->n_head_kv, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0 ||
-		    (r = o->kv_store(be, &a, c->k, c->v)) < 0 || (r = o->attention(be, &a)) < 0)
-			return fail(err, errlen, r, "calibration attention failed");
-	}
+	if ((r = attn_forward(c, &qw[QL_Q], &qw[QL_K], &qw[QL_V])) < 0)
+		return fail(err, errlen, r, "calibration attention failed");
 	const int ko[1] = { QL_O };
 	const KbWeight *wo[1] = { &l->wo };
 	if ((r = gptq_group(c, il, ko, 1, wo, qd, c->ATT, out, &qw[QL_O], err, errlen)) < 0)
 		return r;
-	for (int64_t s = 0; s < c->n_seq; s++) {
-		if ((r = o->matmul(be, &qw[QL_O], c->ATT + s * c->ctx * qd, n, c->tmp)) < 0 ||
-		    (r = o->add(be, c->X + s * c->ctx * d, c->tmp, (int64_t)n * d)) < 0)
-			return fail(err, errlen, r, "calibration forward failed");
-	}
+	if ((r = residual(c, &qw[QL_O], c->ATT)) < 0)
+		return fail(err, errlen, r, "calibration forward failed");
 
 	/* feed-forward */
 	if ((r = o->rmsnorm(be, c->X, l->ffn_norm, (int)c->N, (int)d, cfg->norm_eps, c->XN)) < 0)
@@ -303,21 +337,192 @@ int calib_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_t err
 	const KbWeight *wgu[2] = { &l->w_gate, &l->w_up };
 	if ((r = gptq_group(c, il, kgu, 2, wgu, d, c->XN, out, &qw[QL_GATE], err, errlen)) < 0)
 		return r;
-	for (int64_t s = 0; s < c->n_seq; s++) {
-		const float *xn = c->XN + s * c->ctx * d;
-		if ((r = o->matmul(be, &qw[QL_GATE], xn, n, c->gate)) < 0 ||
-		    (r = o->matmul(be, &qw[QL_UP], xn, n, c->up)) < 0 ||
-		    (r = o->swiglu(be, c->gate, c->up, (int64_t)n * ff, c->HID + s * c->ctx * ff)) < 0)
-			return fail(err, errlen, r, "calibration forward failed");
-	}
+	if ((r = ffn_forward(c, &qw[QL_GATE], &qw[QL_UP])) < 0)
+		return fail(err, errlen, r, "calibration forward failed");
 	const int kd[1] = { QL_DOWN };
 	const KbWeight *wd[1] = { &l->w_down };
 	if ((r = gptq_group(c, il, kd, 1, wd, ff, c->HID, out, &qw[QL_DOWN], err, errlen)) < 0)
 		return r;
-	for (int64_t s = 0; s < c->n_seq; s++) {
-		if ((r = o->matmul(be, &qw[QL_DOWN], c->HID + s * c->ctx * ff, n, c->tmp)) < 0 ||
-		    (r = o->add(be, c->X + s * c->ctx * d, c->tmp, (int64_t)n * d)) < 0)
-			return fail(err, errlen, r, "calibration forward failed");
-	}
+	if ((r = residual(c, &qw[QL_DOWN], c->HID)) < 0)
+		return fail(err, errlen, r, "calibration forward failed");
 	return 0;
+}
+
+/* ---------------------------------------------------------------- AWQ
+ *
+ * AWQ calibrates every block on the unquantized model's activations (llm-awq's order): the
+ * block runs once in full precision, each group's scale is searched on the inputs it sees,
+ * and only then are the scales folded and the weights clipped and quantized.  Groups, as
+ * llm-awq has them for Llama:
+ *   q, k, v    input scale folded into attn_norm
+ *   o          into v's output rows: with grouped-query attention one v row feeds the same
+ *              channel of every query head of its group, so the scale is tied across those
+ *              heads (llm-awq skips this group when heads are shared; tying keeps it exact)
+ *   gate, up   into ffn_norm
+ *   down       into up's output rows (silu(gate)·(up/s) = h/s)
+ * q and k are not clipped (llm-awq: their error goes through the q·k product). */
+
+typedef struct {
+	float *s, *Hb; /* [cols] scale, [cols/32][32][32] scaled Gram blocks */
+	float alpha;
+} AwqGroup;
+
+static void awq_group_free(AwqGroup *g)
+{
+	free(g->s);
+	free(g->Hb);
+}
+
+/* Searches the scale of the group of layers ks (F32 weights W) on inputs A = [N][cols]. With
+ * tie (o_proj), channel j of every query head of a key/value group gets one scale. */
+static int awq_group(QuantCalib *c, int il, const int *ks, int nk, float *const *W, const int64_t *rows,
+		     int64_t cols, const float *A, bool tie, AwqGroup *g, char *err, size_t errlen)
+{
+	const ModelConfig *cfg = &c->m->cfg;
+	float *xm = alloc_f(cols, 1);
+	g->s = alloc_f(cols, 1);
+	g->Hb = alloc_f(cols, QD_QK);
+	if (!xm || !g->s || !g->Hb) {
+		free(xm);
+		return fail(err, errlen, -ENOMEM, "out of memory");
+	}
+	hessian(c, A, cols);
+	awq_absmean(A, c->N, cols, xm);
+	if (tie)
+		awq_tie_heads(xm, cfg->n_head, cfg->n_head_kv, cfg->head_dim);
+	AwqWeight aw[3];
+	for (int i = 0; i < nk; i++) {
+		aw[i] = (AwqWeight){ .W = W[i], .rows = rows[i], .type = plan_type(c, il, ks[i]) };
+		if (aw[i].type < 0) {
+			free(xm);
+			return fail(err, errlen, -EINVAL, "blk.%d.%s: no output type", il, quant_linear_names[ks[i]]);
+		}
+	}
+	int r = awq_search_scale(c->tp, aw, nk, cols, c->H, xm, g->s, &g->alpha, NULL);
+	free(xm);
+	if (r < 0)
+		return fail(err, errlen, r, "blk.%d.%s: AWQ scale search failed: %s", il, quant_linear_names[ks[0]],
+			    strerror(-r));
+	awq_block_diag(c->H, g->s, cols, g->Hb);
+	return 0;
+}
+
+static int awq_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_t errlen)
+{
+	const ModelConfig *cfg = &c->m->cfg;
+	const Layer *l = &c->m->layers[il];
+	const KbOps *o = c->be->ops;
+	KbBackend *be = c->be;
+	const int64_t d = cfg->n_embd, qd = (int64_t)cfg->n_head * cfg->head_dim,
+		      kvd = (int64_t)cfg->n_head_kv * cfg->head_dim, ff = cfg->n_ff;
+	const KbWeight *src[QL_COUNT] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down };
+	float *W[QL_COUNT] = { 0 };
+	AwqGroup g[4] = { { 0 } }; /* qkv, o, gate/up, down */
+	int r = 0;
+	for (int k = 0; k < QL_COUNT && r == 0; k++) {
+		uint64_t srs;
+		if (qd_row_size(src[k]->type, (uint64_t)src[k]->cols, &srs) < 0) {
+			r = fail(err, errlen, -EBADMSG, "blk.%d.%s: bad shape", il, quant_linear_names[k]);
+			break;
+		}
+		if (!(W[k] = alloc_f(src[k]->rows, src[k]->cols))) {
+			r = fail(err, errlen, -ENOMEM, "out of memory");
+			break;
+		}
+		for (int64_t i = 0; i < src[k]->rows && r == 0; i++)
+			if (kb_cpu_dequantize_row(src[k]->type, (const uint8_t *)src[k]->data + (uint64_t)i * srs,
+						  W[k] + i * src[k]->cols, src[k]->cols) < 0)
+				r = fail(err, errlen, -EOPNOTSUPP, "blk.%d.%s: cannot dequantize", il, quant_linear_names[k]);
+	}
+	if (r < 0)
+		goto out;
+	const int kqkv[3] = { QL_Q, QL_K, QL_V }, ko[1] = { QL_O }, kgu[2] = { QL_GATE, QL_UP }, kd[1] = { QL_DOWN };
+	float *Wqkv[3] = { W[QL_Q], W[QL_K], W[QL_V] }, *Wgu[2] = { W[QL_GATE], W[QL_UP] };
+	const int64_t rqkv[3] = { qd, kvd, kvd }, rgu[2] = { ff, ff };
+	/* the block in full precision, searching each group on its inputs on the way */
+	if ((r = o->rmsnorm(be, c->X, l->attn_norm, (int)c->N, (int)d, cfg->norm_eps, c->XN)) < 0)
+		goto fwd_failed;
+	if ((r = awq_group(c, il, kqkv, 3, Wqkv, rqkv, d, c->XN, false, &g[0], err, errlen)) < 0)
+		goto out;
+	if ((r = attn_forward(c, &l->wq, &l->wk, &l->wv)) < 0)
+		goto fwd_failed;
+	if ((r = awq_group(c, il, ko, 1, &W[QL_O], &d, qd, c->ATT, true, &g[1], err, errlen)) < 0)
+		goto out;
+	if ((r = residual(c, &l->wo, c->ATT)) < 0 ||
+	    (r = o->rmsnorm(be, c->X, l->ffn_norm, (int)c->N, (int)d, cfg->norm_eps, c->XN)) < 0)
+		goto fwd_failed;
+	if ((r = awq_group(c, il, kgu, 2, Wgu, rgu, d, c->XN, false, &g[2], err, errlen)) < 0)
+		goto out;
+	if ((r = ffn_forward(c, &l->w_gate, &l->w_up)) < 0)
+		goto fwd_failed;
+	if ((r = awq_group(c, il, kd, 1, &W[QL_DOWN], &d, ff, c->HID, false, &g[3], err, errlen)) < 0)
+		goto out;
+	if ((r = residual(c, &l->w_down, c->HID)) < 0)
+		goto fwd_failed;
+	/* fold: the block computes the same function as before */
+	_Static_assert(QL_COUNT == 7, "AwqBlock holds the seven linear layers in QL_ order");
+	AwqBlock blk = { .n_embd = d, .n_ff = ff, .n_head = cfg->n_head, .n_head_kv = cfg->n_head_kv,
+			 .head_dim = cfg->head_dim, .attn_norm = out->attn_norm, .ffn_norm = out->ffn_norm };
+	memcpy(blk.w, W, sizeof(blk.w));
+	const float *const scales[4] = { g[0].s, g[1].s, g[2].s, g[3].s };
+	if ((r = awq_fold_block(&blk, scales)) < 0) {
+		fail(err, errlen, r, "out of memory");
+		goto out;
+	}
+	/* clip and quantize */
+	static const int group_of[QL_COUNT] = { 0, 0, 0, 1, 2, 2, 3 };
+	for (int k = 0; k < QL_COUNT && r == 0; k++) {
+		int type = plan_type(c, il, k);
+		uint64_t rs;
+		double shrink = 0;
+		if (type < 0 || qd_row_size(type, (uint64_t)src[k]->cols, &rs) < 0) {
+			r = fail(err, errlen, -EINVAL, "blk.%d.%s: no output type", il, quant_linear_names[k]);
+			break;
+		}
+		if (!(out->w[k] = malloc(rs * (uint64_t)src[k]->rows))) {
+			r = fail(err, errlen, -ENOMEM, "out of memory");
+			break;
+		}
+		if ((r = awq_clip_quantize(c->tp, type, W[k], src[k]->rows, src[k]->cols, g[group_of[k]].Hb,
+					   k != QL_Q && k != QL_K, out->w[k], &shrink)) < 0)
+			fail(err, errlen, r, "blk.%d.%s: AWQ clipping failed", il, quant_linear_names[k]);
+		c->awq_shrink[k] += shrink;
+	}
+	for (int i = 0; i < 4; i++)
+		c->awq_alpha[i] += g[i].alpha;
+	if (r == 0 && il == cfg->n_layer - 1 && c->p->note) {
+		char msg[256];
+		const double n = cfg->n_layer;
+		snprintf(msg, sizeof(msg),
+			 "awq: mean alpha qkv %.2f, o %.2f, gate/up %.2f, down %.2f; mean clip shrink v %.1f%%, "
+			 "o %.1f%%, gate %.1f%%, up %.1f%%, down %.1f%%",
+			 c->awq_alpha[0] / n, c->awq_alpha[1] / n, c->awq_alpha[2] / n, c->awq_alpha[3] / n,
+			 100 * c->awq_shrink[QL_V] / n, 100 * c->awq_shrink[QL_O] / n, 100 * c->awq_shrink[QL_GATE] / n,
+			 100 * c->awq_shrink[QL_UP] / n, 100 * c->awq_shrink[QL_DOWN] / n);
+		c->p->note(c->p->cb_arg, msg);
+	}
+	goto out;
+fwd_failed:
+	fail(err, errlen, r, "calibration forward failed");
+out:
+	for (int k = 0; k < QL_COUNT; k++)
+		free(W[k]);
+	for (int i = 0; i < 4; i++)
+		awq_group_free(&g[i]);
+	return r;
+}
+
+int calib_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_t errlen)
+{
+	const int64_t d = c->m->cfg.n_embd;
+	const Layer *l = &c->m->layers[il];
+	if (c->p->method != QUANT_GPTQ && c->p->method != QUANT_AWQ)
+		return fail(err, errlen, -EOPNOTSUPP, "method %s is not calibrated", quant_method_name(c->p->method));
+	if (il < 0 || il >= c->m->cfg.n_layer)
+		return fail(err, errlen, -EINVAL, "no block %d", il);
+	if (!(out->attn_norm = alloc_f(d, 1)) || !(out->ffn_norm = alloc_f(d, 1)))
+		return fail(err, errlen, -ENOMEM, "out of memory");
+	memcpy(out->attn_norm, l->attn_norm, sizeof(float) * (size_t)d);
+	memcpy(out->ffn_norm, l->ffn_norm, sizeof(float) * (size_t)d);
+	return c->p->method == QUANT_GPTQ ? gptq_layer(c, il, out, err, errlen) : awq_layer(c, il, out, err, errlen);
 }

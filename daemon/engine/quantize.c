@@ -15,6 +15,7 @@
 
 #include "../../kernels/cpu/quant.h"
 #include "../../kernels/types.h"
+#include "awq_internal.h"
 #include "quantize_internal.h"
 
 /* Rows per parallel chunk are chosen so a chunk's output stays near this many bytes. */
@@ -460,6 +461,17 @@ static int set_metadata(Job *j)
 		if ((r = gguf_writer_set_f32(w, "quantize.gptq.damp", p->damp)) == 0)
 			r = gguf_writer_set_bool(w, "quantize.gptq.act_order", p->act_order);
 	}
+	if (r == 0 && p->method == QUANT_AWQ) {
+		/* the settings of awq.c / calib.c's AWQ pass, as constants there */
+		static const char groups[] = "attn_norm>q,k,v; v>o (tied per kv head); ffn_norm>gate,up; up>down";
+		static const char noclip[] = "attn_q,attn_k";
+		if ((r = gguf_writer_set_u32(w, "quantize.awq.scale_grid", AWQ_GRID)) == 0 &&
+		    (r = gguf_writer_set_str(w, "quantize.awq.scale_groups", groups, strlen(groups))) == 0 &&
+		    (r = gguf_writer_set_f32(w, "quantize.awq.clip_max_shrink",
+					     (float)AWQ_CLIP_STEPS / AWQ_CLIP_GRID)) == 0 &&
+		    (r = gguf_writer_set_u32(w, "quantize.awq.clip_grid", AWQ_CLIP_STEPS + 1)) == 0)
+			r = gguf_writer_set_str(w, "quantize.awq.clip_skip", noclip, strlen(noclip));
+	}
 	return r;
 }
 
@@ -467,6 +479,8 @@ static bool method_supports(int method, int type)
 {
 	if (method == QUANT_RTN)
 		return true;
+	if (method == QUANT_AWQ) /* AWQ measures error through kb_cpu_quantize_row: any block type */
+		return type != QD_TYPE_F32 && type != QD_TYPE_F16;
 	return type == QD_TYPE_Q8_0 || type == QD_TYPE_Q4_0 || type == QD_TYPE_Q4_1;
 }
 
@@ -476,11 +490,11 @@ static int check_params(const QuantParams *p, char *err, size_t errlen)
 		return fail(err, errlen, -EINVAL, "unknown target type");
 	if (p->method < QUANT_RTN || p->method > QUANT_AWQ)
 		return fail(err, errlen, -EINVAL, "unknown method");
-	if (p->method == QUANT_AWQ)
-		return fail(err, errlen, -EOPNOTSUPP, "method awq is not implemented yet (rtn and gptq are)");
 	if (!method_supports(p->method, p->type))
-		return fail(err, errlen, -EOPNOTSUPP, "method %s is implemented for Q8_0, Q4_0 and Q4_1, not %s",
-			    quant_method_name(p->method), quant_type_name(p->type));
+		return fail(err, errlen, -EOPNOTSUPP, "method %s is implemented for %s, not %s",
+			    quant_method_name(p->method),
+			    p->method == QUANT_AWQ ? "the quantized types" : "Q8_0, Q4_0 and Q4_1",
+			    quant_type_name(p->type));
 	if (p->method != QUANT_RTN &&
 	    (!p->calib_text || p->calib_seqs < 1 || p->calib_seqs > 4096 || p->calib_ctx < 16 ||
 	     p->calib_ctx > 1 << 16 || !(p->damp > 0 && p->damp < 1)))

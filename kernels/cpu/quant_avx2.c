@@ -564,6 +564,166 @@ KbDequantFn kb_avx2_dequantize_fn(int type)
 	}
 }
 
+/* ------------------------------------------------------------ Q4_K quantization
+ *
+ * The reference fits each of a super-block's 8 groups of 32 on its own (qkx2_fit in quant.c:
+ * 21 candidate level spacings, each a weighted least-squares pass over the group).  Here the
+ * 8 groups are the 8 lanes: lane j walks group j's values in the same order, with the same
+ * float operations, so every sum rounds as the reference's does and the bytes are the same.
+ * Only the loop over the values is shared. */
+
+static inline __m256i nearest_int_v(__m256 f)
+{
+	__m256i i = _mm256_castps_si256(_mm256_add_ps(f, _mm256_set1_ps(12582912.f)));
+	return _mm256_sub_epi32(_mm256_and_si256(i, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
+}
+
+static inline __m256i clamp_levels(__m256i l, int nmax)
+{
+	return _mm256_max_epi32(_mm256_setzero_si256(), _mm256_min_epi32(l, _mm256_set1_epi32(nmax)));
+}
+
+/* xt[i] = value i of each of the 8 groups; returns scale per lane, -min in *ret_min, levels
+ * in L[i] (lane j: level of value i of group j). */
+static __m256 qkx2_fit8(const __m256 *xt, const __m256 *w, __m256i *L, __m256 *ret_min)
+{
+	const int nmax = 15, nstep = 20;
+	const float rmin = -1.0f, rdelta = 0.1f;
+	__m256 mn = xt[0], mx = xt[0], sum_w = w[0], sum_x = _mm256_mul_ps(sum_w, xt[0]);
+	for (int i = 1; i < 32; i++) {
+		mn = _mm256_min_ps(xt[i], mn); /* x < min ? x : min, as the reference's if */
+		mx = _mm256_max_ps(xt[i], mx);
+		sum_w = _mm256_add_ps(sum_w, w[i]);
+		sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(w[i], xt[i]));
+	}
+	const __m256 zero = _mm256_setzero_ps();
+	mn = _mm256_blendv_ps(mn, zero, _mm256_cmp_ps(mn, zero, _CMP_GT_OQ));
+	const __m256 flat = _mm256_cmp_ps(mx, mn, _CMP_EQ_OQ);
+	__m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)nmax), _mm256_sub_ps(mx, mn));
+	__m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale), min = mn, best = zero;
+	for (int i = 0; i < 32; i++) {
+		L[i] = clamp_levels(nearest_int_v(_mm256_mul_ps(iscale, _mm256_sub_ps(xt[i], mn))), nmax);
+		__m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(L[i])), min), xt[i]);
+		best = _mm256_add_ps(best, _mm256_mul_ps(w[i], _mm256_mul_ps(diff, diff)));
+	}
+	__m256i Laux[32];
+	for (int is = 0; is <= nstep; is++) {
+		const float c = rmin + rdelta * (float)is + (float)nmax;
+		/* the reference measures from the best min so far, not the group's own min */
+		iscale = _mm256_div_ps(_mm256_set1_ps(c), _mm256_sub_ps(mx, min));
+		__m256 sum_l = zero, sum_l2 = zero, sum_xl = zero;
+		for (int i = 0; i < 32; i++) {
+			Laux[i] = clamp_levels(nearest_int_v(_mm256_mul_ps(iscale, _mm256_sub_ps(xt[i], min))), nmax);
+			__m256 wl = _mm256_mul_ps(w[i], _mm256_cvtepi32_ps(Laux[i]));
+			sum_l = _mm256_add_ps(sum_l, wl);
+			sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, _mm256_cvtepi32_ps(Laux[i])));
+			sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, xt[i]));
+		}
+		__m256 D = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+		__m256 ok = _mm256_cmp_ps(D, zero, _CMP_GT_OQ);
+		if (!_mm256_movemask_ps(ok))
+			continue;
+		__m256 ts = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), D);
+		__m256 tm = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), D);
+		__m256 pos = _mm256_cmp_ps(tm, zero, _CMP_GT_OQ);
+		ts = _mm256_blendv_ps(ts, _mm256_div_ps(sum_xl, sum_l2), pos);
+		tm = _mm256_blendv_ps(tm, zero, pos);
+		__m256 err = zero;
+		for (int i = 0; i < 32; i++) {
+			__m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(ts, _mm256_cvtepi32_ps(Laux[i])), tm), xt[i]);
+			err = _mm256_add_ps(err, _mm256_mul_ps(w[i], _mm256_mul_ps(diff, diff)));
+		}
+		__m256 take = _mm256_and_ps(ok, _mm256_cmp_ps(err, best, _CMP_LT_OQ));
+		if (!_mm256_movemask_ps(take))
+			continue;
+		__m256i ti = _mm256_castps_si256(take);
+		for (int i = 0; i < 32; i++)
+			L[i] = _mm256_blendv_epi8(L[i], Laux[i], ti);
+		best = _mm256_blendv_ps(best, err, take);
+		scale = _mm256_blendv_ps(scale, ts, take);
+		min = _mm256_blendv_ps(min, tm, take);
+	}
+	/* a flat group: all levels 0, scale 0, min as it is */
+	__m256i fi = _mm256_castps_si256(flat);
+	for (int i = 0; i < 32; i++)
+		L[i] = _mm256_andnot_si256(fi, L[i]);
+	scale = _mm256_andnot_ps(flat, scale);
+	min = _mm256_blendv_ps(min, mn, flat);
+	*ret_min = _mm256_sub_ps(zero, min);
+	return scale;
+}
+
+static void q_q4_k(const float *x, void *dst, int64_t n)
+{
+	BlockQ4_K *y = dst;
+	const __m256i gidx = _mm256_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224);
+	for (int64_t i = 0; i < n / QD_QK_K; i++, x += QD_QK_K) {
+		__m256 xt[32], w[32], sum_x2 = _mm256_setzero_ps(), vmin;
+		__m256i Lv[32];
+		for (int l = 0; l < 32; l++) {
+			xt[l] = _mm256_i32gather_ps(x + l, gidx, 4);
+			sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(xt[l], xt[l]));
+		}
+		/* weights: the group's rms plus each value's magnitude */
+		__m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.0f)));
+		for (int l = 0; l < 32; l++)
+			w[l] = _mm256_add_ps(av_x, abs_ps(xt[l]));
+		float scales[8], mins[8];
+		_mm256_storeu_ps(scales, qkx2_fit8(xt, w, Lv, &vmin));
+		_mm256_storeu_ps(mins, vmin);
+		int32_t L[8][32];
+		for (int l = 0; l < 32; l++) {
+			int32_t t[8];
+			_mm256_storeu_si256((__m256i *)t, Lv[l]);
+			for (int j = 0; j < 8; j++)
+				L[j][l] = t[j];
+		}
+		float max_scale = 0, max_min = 0;
+		for (int j = 0; j < 8; j++) {
+			if (scales[j] > max_scale)
+				max_scale = scales[j];
+			if (mins[j] > max_min)
+				max_min = mins[j];
+		}
+		float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+		float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+		memset(y[i].scales, 0, sizeof y[i].scales);
+		for (int j = 0; j < 8; j++) {
+			uint8_t ls = (uint8_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(nearest_int_v(_mm256_set1_ps(inv_scale * scales[j]))));
+			uint8_t lm = (uint8_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(nearest_int_v(_mm256_set1_ps(inv_min * mins[j]))));
+			ls = ls < 63 ? ls : 63;
+			lm = lm < 63 ? lm : 63;
+			if (j < 4) {
+				y[i].scales[j] |= ls;
+				y[i].scales[j + 4] |= lm;
+			} else {
+				y[i].scales[j + 4] = (uint8_t)((ls & 0x0f) | ((lm & 0x0f) << 4));
+				y[i].scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
+				y[i].scales[j] |= (uint8_t)((lm >> 4) << 6);
+			}
+		}
+		y[i].d = qd_f32_to_f16(max_scale / 63.0f);
+		y[i].dmin = qd_f32_to_f16(max_min / 63.0f);
+		/* requantize each group against the scales as they will be decoded */
+		for (int j = 0; j < 8; j++) {
+			const uint8_t *s = y[i].scales;
+			int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+			int m = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+			const float d = qd_f16_to_f32(y[i].d) * (float)sc;
+			if (!d)
+				continue;
+			const __m256 vd = _mm256_set1_ps(d), vdm = _mm256_set1_ps(qd_f16_to_f32(y[i].dmin) * (float)m);
+			for (int l = 0; l < 32; l += 8) {
+				__m256 v = _mm256_div_ps(_mm256_add_ps(_mm256_loadu_ps(x + 32 * j + l), vdm), vd);
+				_mm256_storeu_si256((__m256i *)&L[j][l], clamp_levels(nearest_int_v(v), 15));
+			}
+		}
+		for (int c = 0; c < 4; c++)
+			for (int l = 0; l < 32; l++)
+				y[i].qs[32 * c + l] = (uint8_t)(L[2 * c][l] | (L[2 * c + 1][l] << 4));
+	}
+}
+
 KbQuantFn kb_avx2_quantize_fn(int type)
 {
 	switch (type) {
@@ -572,7 +732,8 @@ KbQuantFn kb_avx2_quantize_fn(int type)
 	case QD_TYPE_Q8_0: return q_q8_0;
 	case QD_TYPE_Q8_1: return q_q8_1;
 	case QD_TYPE_Q8_K: return q_q8_k;
-	default: return NULL; /* weight quantizers run offline: the reference is enough */
+	case QD_TYPE_Q4_K: return q_q4_k;
+	default: return NULL; /* other weight quantizers run offline: the reference is enough */
 	}
 }
 
