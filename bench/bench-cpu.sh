@@ -18,6 +18,7 @@ cmd="$QUANTD bench -m $MODEL --batch $BATCH --prompt $PROMPT"
 	echo
 	echo "- commit: $commit$dirty"
 	echo "- machine: $cpu, $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB"
+	echo "- load before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine lowers every number)"
 	echo "- command: \`$cmd\`"
 	echo
 	$cmd
