@@ -569,6 +569,7 @@ int qd_get_stats(qd_client *c, bool with_requests, qd_stats *ret)
 		d->tokens_per_second = m->tokens_per_second;
 		d->host_us_per_token = m->host_us_per_token;
 		d->sample_us_per_token = m->sample_us_per_token;
+		d->compute_us_per_token = m->compute_us_per_token;
 	}
 	for (size_t i = 0; i < o.n_requests; i++) {
 		const Quantd__RequestInfo *q = s->requests[i];
@@ -615,5 +616,71 @@ int qd_get_health(qd_client *c, qd_health *ret)
 	copy_str(ret->status, sizeof ret->status, r->health->status);
 	ret->models_loaded = r->health->models_loaded;
 	ret->engine_heartbeat_age_s = r->health->engine_heartbeat_age_s;
+	return 0;
+}
+
+int qd_tokenize(qd_client *c, const char *model, const char *text, size_t len, bool add_bos,
+		int32_t **ret, size_t *ret_n)
+{
+	if (!text && len)
+		return fail(c, -EINVAL, "no text");
+	if (len > QD_MSG_MAX)
+		return fail(c, -E2BIG, "text of %zu bytes does not fit in one control packet", len);
+	Quantd__Tokenize tk = QUANTD__TOKENIZE__INIT;
+	tk.model = (char *)(model ? model : "");
+	tk.text.data = (uint8_t *)text;
+	tk.text.len = len;
+	tk.add_bos = add_bos;
+	Quantd__Request req = QUANTD__REQUEST__INIT;
+	req.body_case = QUANTD__REQUEST__BODY_TOKENIZE;
+	req.tokenize = &tk;
+	Quantd__Reply *r;
+	int rc = call(c, &req, &r, NULL, NULL);
+	if (rc < 0)
+		return rc;
+	if (r->body_case != QUANTD__REPLY__BODY_TOKENIZED)
+		return fail(c, -EPROTO, "unexpected reply to Tokenize");
+	size_t n = r->tokenized->n_tokens;
+	int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
+	if (!ids)
+		return fail(c, -ENOMEM, "out of memory");
+	if (n)
+		memcpy(ids, r->tokenized->tokens, n * sizeof *ids);
+	*ret = ids;
+	*ret_n = n;
+	return 0;
+}
+
+int qd_detokenize(qd_client *c, const char *model, const int32_t *ids, size_t n,
+		  bool show_special, char **ret, size_t *ret_len)
+{
+	if (!ids && n)
+		return fail(c, -EINVAL, "no ids");
+	/* a varint id takes at most 5 bytes */
+	if (n > QD_MSG_MAX / 5)
+		return fail(c, -E2BIG, "%zu ids do not fit in one control packet", n);
+	Quantd__Detokenize dt = QUANTD__DETOKENIZE__INIT;
+	dt.model = (char *)(model ? model : "");
+	dt.tokens = (int32_t *)ids;
+	dt.n_tokens = n;
+	dt.show_special = show_special;
+	Quantd__Request req = QUANTD__REQUEST__INIT;
+	req.body_case = QUANTD__REQUEST__BODY_DETOKENIZE;
+	req.detokenize = &dt;
+	Quantd__Reply *r;
+	int rc = call(c, &req, &r, NULL, NULL);
+	if (rc < 0)
+		return rc;
+	if (r->body_case != QUANTD__REPLY__BODY_DETOKENIZED)
+		return fail(c, -EPROTO, "unexpected reply to Detokenize");
+	size_t len = r->detokenized->text.len;
+	char *text = malloc(len + 1);
+	if (!text)
+		return fail(c, -ENOMEM, "out of memory");
+	if (len)
+		memcpy(text, r->detokenized->text.data, len);
+	text[len] = 0;
+	*ret = text;
+	*ret_len = len;
 	return 0;
 }

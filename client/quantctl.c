@@ -52,6 +52,9 @@ static void usage(FILE *f)
 		"  load PATH [--name N] [--slots N] [--ctx N]   load a model (admin)\n"
 		"  unload NAME                unload a model (admin)\n"
 		"  health                     exit 0 when the daemon serves\n"
+		"  tokenize [--model NAME] [--json] TEXT...   token ids of TEXT ('-' reads stdin;\n"
+		"           --json: ids with their pieces)\n"
+		"  detokenize [--model NAME] ID...   text of token ids\n"
 		"The socket is --socket, else $QUANTD_SOCKET, else " QD_DEFAULT_SOCKET ".\n");
 }
 
@@ -233,6 +236,99 @@ static char *read_all(FILE *f)
 	return b;
 }
 
+/* The words from optind on joined by spaces, or stdin for a single '-'; malloc'd. */
+static char *args_text(int argc, char **argv)
+{
+	if (argc - optind == 1 && !strcmp(argv[optind], "-"))
+		return read_all(stdin);
+	size_t len = 1;
+	for (int i = optind; i < argc; i++)
+		len += strlen(argv[i]) + 1;
+	char *s = calloc(1, len);
+	for (int i = optind; s && i < argc; i++) {
+		if (i > optind)
+			strcat(s, " ");
+		strcat(s, argv[i]);
+	}
+	return s;
+}
+
+static int cmd_tokenize(qd_client *c, int argc, char **argv)
+{
+	CmdOpts o = { 0 };
+	if (parse_cmd_opts(argc, argv, &o) < 0 || optind >= argc) {
+		usage(stderr);
+		return 2;
+	}
+	char *text = args_text(argc, argv);
+	if (!text)
+		return 1;
+	int32_t *ids = NULL;
+	size_t n = 0;
+	int rc = qd_tokenize(c, o.p.model, text, strlen(text), true, &ids, &n);
+	free(text);
+	if (rc < 0)
+		return die(c, rc, "tokenize");
+	if (o.json)
+		printf("[");
+	for (size_t i = 0; i < n; i++) {
+		if (!o.json) {
+			printf("%s%d", i ? " " : "", ids[i]);
+			continue;
+		}
+		char *piece = NULL;
+		size_t len = 0;
+		rc = qd_detokenize(c, o.p.model, &ids[i], 1, true, &piece, &len);
+		if (rc < 0) {
+			free(ids);
+			return die(c, rc, "tokenize");
+		}
+		char carry[4];
+		size_t carry_len = 0;
+		printf("%s{\"id\":%d,\"piece\":\"", i ? "," : "", ids[i]);
+		json_text(stdout, piece, len, carry, &carry_len);
+		printf("\"}");
+		free(piece);
+	}
+	printf(o.json ? "]\n" : "\n");
+	free(ids);
+	return 0;
+}
+
+static int cmd_detokenize(qd_client *c, int argc, char **argv)
+{
+	CmdOpts o = { 0 };
+	if (parse_cmd_opts(argc, argv, &o) < 0 || optind >= argc) {
+		usage(stderr);
+		return 2;
+	}
+	size_t n = (size_t)(argc - optind);
+	int32_t *ids = malloc(n * sizeof *ids);
+	if (!ids)
+		return 1;
+	for (size_t i = 0; i < n; i++) {
+		char *end;
+		long v = strtol(argv[optind + (int)i], &end, 10);
+		if (*end || end == argv[optind + (int)i] || v < 0 || v > INT32_MAX) {
+			fprintf(stderr, "quantctl: detokenize: '%s' is not a token id\n",
+				argv[optind + (int)i]);
+			free(ids);
+			return 2;
+		}
+		ids[i] = (int32_t)v;
+	}
+	char *text = NULL;
+	size_t len = 0;
+	int rc = qd_detokenize(c, o.p.model, ids, n, true, &text, &len);
+	free(ids);
+	if (rc < 0)
+		return die(c, rc, "detokenize");
+	fwrite(text, 1, len, stdout);
+	putchar('\n');
+	free(text);
+	return 0;
+}
+
 static int cmd_generate(qd_client *c, int argc, char **argv)
 {
 	CmdOpts o = { 0 };
@@ -240,20 +336,7 @@ static int cmd_generate(qd_client *c, int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	char *prompt = NULL;
-	if (argc - optind == 1 && !strcmp(argv[optind], "-")) {
-		prompt = read_all(stdin);
-	} else {
-		size_t len = 1;
-		for (int i = optind; i < argc; i++)
-			len += strlen(argv[i]) + 1;
-		prompt = calloc(1, len);
-		for (int i = optind; prompt && i < argc; i++) {
-			if (i > optind)
-				strcat(prompt, " ");
-			strcat(prompt, argv[i]);
-		}
-	}
+	char *prompt = args_text(argc, argv);
 	if (!prompt)
 		return 1;
 	uint64_t id;
@@ -405,16 +488,18 @@ static int cmd_stats(qd_client *c, bool ps)
 	} else {
 		printf("uptime %.0f s, %u sessions, %llu requests, rss %.1f MiB\n", s.uptime_s,
 		       s.sessions, (unsigned long long)s.requests_total, s.rss_bytes / 1048576.0);
-		printf("%-28s %7s %6s %9s %10s %10s %8s %10s %16s\n", "MODEL", "RUNNING", "QUEUED",
-		       "SLOTS", "DONE", "TOKENS", "TOK/S", "KV", "HOST US/TOK");
+		printf("%-28s %7s %6s %9s %10s %10s %8s %10s %16s %11s\n", "MODEL", "RUNNING",
+		       "QUEUED", "SLOTS", "DONE", "TOKENS", "TOK/S", "KV", "HOST US/TOK", "FWD US/TOK");
 		for (size_t i = 0; i < s.n_models; i++) {
 			qd_model_stats *m = &s.models[i];
 			char slots[32];
 			snprintf(slots, sizeof slots, "%u/%u", m->slots_used, m->slots);
-			printf("%-28s %7u %6u %9s %10llu %10llu %8.1f %8.1fMi %7.2f (%.2f)\n", m->name,
-			       m->running, m->queued, slots, (unsigned long long)m->requests_done,
+			printf("%-28s %7u %6u %9s %10llu %10llu %8.1f %8.1fMi %7.2f (%5.2f) %11.1f\n",
+			       m->name, m->running, m->queued, slots,
+			       (unsigned long long)m->requests_done,
 			       (unsigned long long)m->tokens_generated, m->tokens_per_second,
-			       m->kv_bytes / 1048576.0, m->host_us_per_token, m->sample_us_per_token);
+			       m->kv_bytes / 1048576.0, m->host_us_per_token, m->sample_us_per_token,
+			       m->compute_us_per_token);
 		}
 	}
 	qd_stats_free(&s);
@@ -446,7 +531,7 @@ int main(int argc, char **argv)
 	int sub_argc = argc - i;
 	char **sub_argv = argv + i;
 	static const char *const cmds[] = { "generate", "chat", "models", "ps", "stats", "load",
-					    "unload", "health", NULL };
+					    "unload", "health", "tokenize", "detokenize", NULL };
 	bool known = false;
 	for (int k = 0; cmds[k]; k++)
 		known |= !strcmp(cmd, cmds[k]);
@@ -471,6 +556,10 @@ int main(int argc, char **argv)
 		rc = cmd_chat(c, sub_argc, sub_argv);
 	else if (!strcmp(cmd, "models"))
 		rc = cmd_models(c);
+	else if (!strcmp(cmd, "tokenize"))
+		rc = cmd_tokenize(c, sub_argc, sub_argv);
+	else if (!strcmp(cmd, "detokenize"))
+		rc = cmd_detokenize(c, sub_argc, sub_argv);
 	else if (!strcmp(cmd, "ps") || !strcmp(cmd, "stats"))
 		rc = cmd_stats(c, !strcmp(cmd, "ps"));
 	else if (!strcmp(cmd, "load")) {

@@ -140,6 +140,9 @@ typedef struct {
 	/* the daemon's own work per generated token outside the forward pass, and the
 	 * sampling part of it, in microseconds */
 	double host_us_per_token, sample_us_per_token;
+	/* the engine thread's CPU time inside the forward pass per generated token (its
+	 * helper threads not counted), in microseconds */
+	double compute_us_per_token;
 } qd_model_stats;
 
 typedef struct {
@@ -171,6 +174,18 @@ typedef struct {
 } qd_health;
 
 QD_API int qd_get_health(qd_client *c, qd_health *ret);
+
+/* Token ids of LEN bytes of TEXT under MODEL's tokenizer (NULL or "": the first model),
+ * special tokens recognized as in a prompt; BOS first when ADD_BOS and the model uses one.
+ * *ret is malloc'd (free it; non-NULL even when *ret_n is 0).  Text and ids each travel in
+ * one control packet: -E2BIG when either does not fit (keep TEXT under about 8 KiB). */
+QD_API int qd_tokenize(qd_client *c, const char *model, const char *text, size_t len,
+		       bool add_bos, int32_t **ret, size_t *ret_n);
+/* Text of the N ids at IDS (control tokens rendered when SHOW_SPECIAL, else dropped).
+ * *ret is malloc'd and NUL-terminated (*ret_len does not count the NUL).  -EINVAL for an id
+ * outside the vocabulary, -E2BIG when the ids or the text do not fit one packet. */
+QD_API int qd_detokenize(qd_client *c, const char *model, const int32_t *ids, size_t n,
+			 bool show_special, char **ret, size_t *ret_len);
 
 #ifdef __cplusplus
 }

@@ -221,6 +221,32 @@ static void on_recv(Loop *L, Session *s, struct io_uring_cqe *cqe)
 		arm_recv(L, s);
 }
 
+/* Rings the complete doorbell of every session listed in R (the engine saw each one's
+ * consumer_sleeping flag after publishing its records) with one io_uring_enter for the
+ * whole step.  Submitted at once: the SQEs name fds by number, and only while these
+ * sessions are known to be open is the number known to be theirs. */
+static void wake_sessions(Loop *L, const Result *r)
+{
+	static const char one = 1;
+	size_t n = r->len / sizeof(uint64_t), queued = 0;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t id;
+		memcpy(&id, r->data + i * sizeof id, sizeof id);
+		Session *s = loop_find(L, id);
+		if (!s || !s->shm)
+			continue;
+		struct io_uring_sqe *sqe = loop_sqe(L);
+		/* A full pipe (-EAGAIN: a wakeup is pending anyway) or a gone client (-EPIPE)
+		 * is not an error worth a completion. */
+		io_uring_prep_write(sqe, s->shm->complete_wr, &one, 1, (uint64_t)-1);
+		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+		io_uring_sqe_set_data64(sqe, loop_ud(0, OP_WAKE));
+		queued++;
+	}
+	if (queued)
+		io_uring_submit(&L->ring);
+}
+
 static void on_results(Loop *L)
 {
 	for (QNode *n = queue_take(L->results), *next; n; n = next) {
@@ -271,6 +297,9 @@ static void on_results(Loop *L)
 			break;
 		case RESULT_STOPPED:
 			L->stopped = true;
+			break;
+		case RESULT_WAKE:
+			wake_sessions(L, r);
 			break;
 		}
 		free(r);
@@ -351,6 +380,7 @@ static void on_cqe(Loop *L, struct io_uring_cqe *cqe)
 		if (!more)
 			arm_poll(L, L->sig_fd, OP_SIGNAL);
 		break;
+	case OP_WAKE: /* only failures complete: a full pipe or a gone client */
 	default:
 		break;
 	}

@@ -20,7 +20,8 @@
 #define LOOP_BUCKETS 256
 
 /* io_uring user_data: (session id << 8) | op; id 0 for the daemon's own fds. */
-enum loop_op { OP_ACCEPT = 1, OP_RECV, OP_BELL, OP_RESULTS, OP_SIGNAL, OP_CANCEL };
+enum loop_op { OP_ACCEPT = 1, OP_RECV, OP_BELL, OP_RESULTS, OP_SIGNAL, OP_CANCEL,
+	       OP_WAKE };
 
 static inline uint64_t loop_ud(uint64_t id, int op)
 {

@@ -27,6 +27,8 @@ enum task_kind {
 	TASK_STATS,
 	TASK_HEALTH,
 	TASK_SHUTDOWN,     /* finish every request with QD_FINISH_SHUTDOWN and stop */
+	TASK_TOKENIZE,     /* model, prompt = text, add_bos */
+	TASK_DETOKENIZE,   /* model, prompt = int32 ids, show_special */
 };
 
 typedef struct {
@@ -48,7 +50,8 @@ typedef struct Task {
 	SessionShm *shm;         /* a reference, owned by the task then by the request */
 	char model[QD_NAME_MAX];
 	int prompt_type;         /* QD_REC_PROMPT_* */
-	uint8_t *prompt;         /* malloc'd copy taken out of the submit ring */
+	uint8_t *prompt;         /* malloc'd copy taken out of the submit ring (GENERATE), or
+				  * of the text or ids (TOKENIZE, DETOKENIZE) */
 	uint32_t prompt_len;
 	TaskSampling sampling;
 	uint32_t max_tokens;
@@ -59,6 +62,8 @@ typedef struct Task {
 	/* LOAD / UNLOAD (name) */
 	char path[4096];
 	uint32_t n_slots, n_ctx;
+	/* TOKENIZE / DETOKENIZE */
+	bool add_bos, show_special;
 	/* STATS */
 	bool list_requests;
 	uint32_t n_sessions;     /* filled by the loop for STATS */
@@ -70,6 +75,7 @@ enum result_kind {
 	RESULT_READY,      /* startup models loaded (err says whether all of them did) */
 	RESULT_STOPPED,    /* the engine thread finished TASK_SHUTDOWN */
 	RESULT_KILL_SESSION, /* the session broke the ring protocol: end it (data: why) */
+	RESULT_WAKE,       /* ring these sessions' complete doorbells (data: uint64_t ids) */
 };
 
 typedef struct Result {

@@ -20,7 +20,7 @@ static int get_arch_u32(const GgufFile *g, const char *arch, const char *key, ui
 	return gguf_get_u32(g, k, ret);
 }
 
-int registry_estimate(const char *path, int n_slots, int n_ctx, int n_batch, uint64_t *ret,
+int registry_estimate(const char *path, int n_slots, int n_ctx, int n_batch, RegEstimate *ret,
 		      char *err, size_t errlen)
 {
 	GgufFile *g = NULL;
@@ -62,7 +62,8 @@ int registry_estimate(const char *path, int n_slots, int n_ctx, int n_batch, uin
 	uint64_t kv_dim = (uint64_t)n_embd / n_head * n_head_kv;
 	uint64_t kv = 2ull * n_layer * kv_dim * (uint64_t)n_ctx * (uint64_t)n_slots * 4;
 	uint64_t act = (uint64_t)n_batch * (n_vocab + 8ull * n_embd + 3ull * n_ff) * 4;
-	*ret = gguf_file_size(g) + kv + act;
+	*ret = (RegEstimate){ .weights = gguf_file_size(g), .kv = kv, .act = act,
+			      .logits = (uint64_t)n_batch * n_vocab * 4 };
 	rc = 0;
 out:
 	gguf_close(g);
@@ -126,6 +127,27 @@ uint64_t registry_mem_available(void)
 	return avail;
 }
 
+/* Refuses EST host bytes over LIMIT_LEFT (--mem-limit) or what the system has, with an
+ * error that names what was counted. */
+static int check_host(uint64_t est, const RegEstimate *e, bool gpu, uint64_t limit_left,
+		      char *err, size_t errlen)
+{
+	uint64_t avail = registry_mem_available();
+	if (est <= limit_left && est <= avail)
+		return 0;
+	char what[200];
+	if (gpu)
+		snprintf(what, sizeof what, "logits for one batch; weights, KV cache and "
+			 "activations go to the GPU");
+	else
+		snprintf(what, sizeof what, "weights %.0f + KV cache %.0f + activations %.0f MiB",
+			 e->weights / MIB, e->kv / MIB, e->act / MIB);
+	snprintf(err, errlen, "model needs about %.0f MiB of host memory (%s); %.0f MiB %s",
+		 est / MIB, what, (est > limit_left ? limit_left : avail) / MIB,
+		 est > limit_left ? "left under --mem-limit" : "available");
+	return -ENOMEM;
+}
+
 static void default_name(const char *path, char *out, size_t cap)
 {
 	const char *b = strrchr(path, '/');
@@ -150,17 +172,20 @@ int registry_load(const SchedParams *p, const char *path, const char *name, int 
 		snprintf(err, errlen, "bad slot count or context size");
 		return -EINVAL;
 	}
-	uint64_t est;
-	int rc = registry_estimate(path, n_slots, n_ctx, p->n_batch, &est, err, errlen);
+	RegEstimate e;
+	int rc = registry_estimate(path, n_slots, n_ctx, p->n_batch, &e, err, errlen);
 	if (rc < 0)
 		return rc;
-	uint64_t avail = registry_mem_available();
-	if (est > limit_left || est > avail) {
-		snprintf(err, errlen, "model needs about %.0f MiB; %.0f MiB %s", est / MIB,
-			 (est > limit_left ? limit_left : avail) / MIB,
-			 est > limit_left ? "left under --mem-limit" : "available");
-		return -ENOMEM;
-	}
+	const char *be = p->backend ? p->backend : "cpu";
+	/* On a GPU the weights are uploaded (their mapping is page cache the kernel may drop
+	 * again), and the KV cache and activations live on the device: the host keeps only a
+	 * copy of a batch's logits.  "auto" is checked as a GPU now and as the CPU again once
+	 * the context says which backend it got. */
+	bool gpu = strcmp(be, "cpu") != 0;
+	uint64_t est = gpu ? e.logits : e.weights + e.kv + e.act;
+	rc = check_host(est, &e, gpu, limit_left, err, errlen);
+	if (rc < 0)
+		return rc;
 	ModelEntry *m = calloc(1, sizeof *m);
 	if (!m)
 		return -ENOMEM;
@@ -176,13 +201,21 @@ int registry_load(const SchedParams *p, const char *path, const char *name, int 
 		goto fail;
 	ContextParams cp = {
 		.n_seq = n_slots, .n_ctx = n_ctx, .n_batch = p->n_batch, .n_threads = p->n_threads,
-		.backend = p->backend,
+		.backend = p->backend, .device = p->device,
 	};
 	rc = ctx_new(m->model, &cp, &m->ctx);
 	if (rc < 0) {
-		snprintf(err, errlen, "cannot create a context (%d slots x %d positions): %s",
-			 n_slots, n_ctx, strerror(-rc));
+		snprintf(err, errlen, "cannot create a context (%d slots x %d positions, %s "
+			 "backend, device %d): %s", n_slots, n_ctx, be, p->device, strerror(-rc));
 		goto fail;
+	}
+	if (gpu && !strncmp(ctx_backend_name(m->ctx), "cpu", 3)) {
+		/* "auto" found no GPU: everything is host memory after all.  Nothing has
+		 * touched the KV cache yet, so refusing now costs no more than before. */
+		m->estimate = e.weights + e.kv + e.act;
+		rc = check_host(m->estimate, &e, false, limit_left, err, errlen);
+		if (rc < 0)
+			goto fail;
 	}
 	m->tok = model_tokenizer(m->model);
 	m->n_slots = n_slots;

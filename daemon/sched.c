@@ -230,7 +230,7 @@ static bool push_final(Req *r)
 		worker_kill_session(r->session_id, "complete ring indices corrupted");
 		return true;
 	}
-	shm_wake_client(r->shm);
+	worker_wake_client(r->shm, r->session_id);
 	return true;
 }
 
@@ -347,7 +347,7 @@ static void on_token(ModelEntry *m, Req *r, float *logits, Req **pending_final)
 		sched_finish(r, QD_FINISH_ERROR, EPROTO, pending_final);
 		return;
 	}
-	shm_wake_client(r->shm);
+	worker_wake_client(r->shm, r->session_id);
 	r->n_gen++;
 	r->last_token = tok;
 	if (hit_stop(r, piece, n))
@@ -470,6 +470,7 @@ int sched_step(ModelEntry *m, Req **pending_final)
 		on_token(m, r, logits, pending_final);
 	}
 	m->host_ns += (t1 - t0) + (thread_cpu_ns() - t2);
+	m->compute_ns += t2 - t1;
 	uint64_t now = now_ns();
 	m->host_tokens += (uint64_t)li;
 	if (!m->win_t0)

@@ -47,7 +47,7 @@ struct ModelEntry {
 	Context *ctx;
 	const Tokenizer *tok;
 	int n_slots, n_ctx, n_batch, n_vocab, chat_family;
-	uint64_t estimate;          /* bytes, as checked before loading */
+	uint64_t estimate;          /* host bytes, as checked before loading (--mem-limit) */
 	Req **slot;                 /* [n_slots] */
 	Req *queue, **queue_tail;
 	int n_queued, n_running;
@@ -63,6 +63,7 @@ struct ModelEntry {
 	/* the engine thread's own work per generated token: everything in a step but the
 	 * forward pass (batch building, sampling, detokenizing, ring write, wake-up) */
 	uint64_t host_ns, sample_ns, host_tokens;
+	uint64_t compute_ns;        /* this thread's CPU time inside ctx_decode */
 };
 
 typedef struct {
@@ -70,13 +71,25 @@ typedef struct {
 	uint32_t max_tokens;
 	uint64_t mem_limit; /* 0: only what the system has available */
 	const char *backend;
+	int device;         /* GPU index for the cuda backend */
+	/* Ring sleeping clients' doorbells from the engine thread as each record is written,
+	 * instead of handing the step's list to the loop thread: lower delivery latency when
+	 * the cores are few, more work on the engine thread per token. */
+	bool wake_inline;
 } SchedParams;
 
 /* registry.c */
 
-/* Bytes that loading PATH with these sizes will take (weights as mapped + KV cache +
- * activations), from the GGUF header alone. */
-int registry_estimate(const char *path, int n_slots, int n_ctx, int n_batch, uint64_t *ret,
+/* What loading a model takes, in bytes, from the GGUF header alone (upper bounds). */
+typedef struct {
+	uint64_t weights; /* the file, mapped */
+	uint64_t kv;      /* KV cache in f32 for every slot */
+	uint64_t act;     /* activations and logits for one batch */
+	uint64_t logits;  /* logits for one batch: a host copy when the backend is a GPU */
+} RegEstimate;
+
+/* Fills *ret for PATH with these sizes.  Returns 0 or -errno with err. */
+int registry_estimate(const char *path, int n_slots, int n_ctx, int n_batch, RegEstimate *ret,
 		      char *err, size_t errlen);
 /* Bytes the system can still give us: MemAvailable, also bounded by our cgroup's
  * memory.max when there is one. */
@@ -110,5 +123,10 @@ void sched_req_free(Req *r);
 /* worker.c: the result hooks sched.c calls. */
 void worker_req_done(const Req *r);
 void worker_kill_session(uint64_t session_id, const char *why);
+/* Called after publishing records into SHM's complete ring: when its client sleeps, the
+ * session is added to this step's wake list, which the loop thread rings as one batch
+ * (flushed by the engine loop): no system call on the engine thread per token.  With
+ * SchedParams.wake_inline the doorbell is rung here instead. */
+void worker_wake_client(SessionShm *shm, uint64_t session_id);
 
 #endif

@@ -304,6 +304,12 @@ void session_on_packet(Loop *L, Session *s, const uint8_t *buf, size_t len)
 	case QUANTD__REQUEST__BODY_STATS:
 		kind = TASK_STATS;
 		break;
+	case QUANTD__REQUEST__BODY_TOKENIZE:
+		kind = TASK_TOKENIZE;
+		break;
+	case QUANTD__REQUEST__BODY_DETOKENIZE:
+		kind = TASK_DETOKENIZE;
+		break;
 	case QUANTD__REQUEST__BODY_LOAD_MODEL:
 	case QUANTD__REQUEST__BODY_UNLOAD_MODEL:
 		if (!policy_is_admin(&L->pol, s->cred.uid)) {
@@ -327,6 +333,11 @@ void session_on_packet(Loop *L, Session *s, const uint8_t *buf, size_t len)
 		session_send_err(L, s, id, EINVAL, "model name too long");
 		return;
 	}
+	if ((kind == TASK_TOKENIZE && !str_ok(rq->tokenize->model, QD_NAME_MAX - 1)) ||
+	    (kind == TASK_DETOKENIZE && !str_ok(rq->detokenize->model, QD_NAME_MAX - 1))) {
+		session_send_err(L, s, id, EINVAL, "model name too long");
+		return;
+	}
 	if (!L->ready && kind != TASK_CANCEL) {
 		session_send_err(L, s, id, EAGAIN, "the daemon is still loading its models");
 		return;
@@ -342,7 +353,32 @@ void session_on_packet(Loop *L, Session *s, const uint8_t *buf, size_t len)
 	t->session_id = s->id;
 	t->uid = s->cred.uid;
 	t->pid = s->cred.pid;
+	if (kind == TASK_TOKENIZE || kind == TASK_DETOKENIZE) {
+		/* The packet bounds both (QD_MSG_MAX), so the copies are small. */
+		const void *src = kind == TASK_TOKENIZE ? (const void *)rq->tokenize->text.data
+							 : (const void *)rq->detokenize->tokens;
+		size_t n = kind == TASK_TOKENIZE ? rq->tokenize->text.len
+						 : rq->detokenize->n_tokens * sizeof(int32_t);
+		t->prompt = malloc(n + 1);
+		if (!t->prompt) {
+			free(t);
+			session_send_err(L, s, id, ENOMEM, "out of memory");
+			return;
+		}
+		if (n)
+			memcpy(t->prompt, src, n);
+		t->prompt[n] = 0;
+		t->prompt_len = (uint32_t)n;
+	}
 	switch (kind) {
+	case TASK_TOKENIZE:
+		snprintf(t->model, sizeof t->model, "%s", rq->tokenize->model);
+		t->add_bos = rq->tokenize->add_bos;
+		break;
+	case TASK_DETOKENIZE:
+		snprintf(t->model, sizeof t->model, "%s", rq->detokenize->model);
+		t->show_special = rq->detokenize->show_special;
+		break;
 	case TASK_CANCEL:
 		t->request_id = rq->cancel->request_id;
 		break;

@@ -12,10 +12,16 @@
 #include <unistd.h>
 
 #include "daemon/engine/chat.h"
+#include "daemon/engine/tokenizer.h"
 #include "log.h"
 #include "proto/quantd.pb-c.h"
 
 #define MAX_PS_ROWS 100 /* keeps a StatsReply well under QD_MSG_MAX */
+
+typedef struct {
+	uint64_t session_id;
+	SessionShm *shm; /* a reference */
+} WakeEntry;
 
 struct Worker {
 	WorkerParams p;
@@ -27,6 +33,10 @@ struct Worker {
 	uint64_t last_watchdog;
 	_Atomic uint64_t beat_ns;
 	_Atomic int n_models;
+	/* sessions whose clients sleep and got records since the last flush (the shm
+	 * references keep a fallback possible when the hand-off cannot be allocated) */
+	WakeEntry *wake;
+	size_t n_wake, cap_wake;
 };
 
 /* The result hooks sched.c calls have no context argument: there is one engine thread. */
@@ -84,10 +94,67 @@ void worker_kill_session(uint64_t session_id, const char *why)
 	post(g_worker, r);
 }
 
+void worker_wake_client(SessionShm *shm, uint64_t session_id)
+{
+	Worker *w = g_worker;
+	/* The records are published (release store of tail); the fence inside orders that
+	 * store before this load of the client's flag: either it sees our tail before it
+	 * blocks, or we see its flag here. */
+	if (!qd_ring_consumer_wants_wake(&shm->complete))
+		return;
+	if (w->p.sched.wake_inline) {
+		char one = 1;
+		ssize_t n = write(shm->complete_wr, &one, 1);
+		(void)n; /* EAGAIN: a wakeup is pending already; EPIPE: the client is gone */
+		return;
+	}
+	for (size_t i = 0; i < w->n_wake; i++)
+		if (w->wake[i].session_id == session_id)
+			return;
+	if (w->n_wake == w->cap_wake) {
+		size_t cap = w->cap_wake ? 2 * w->cap_wake : 64;
+		WakeEntry *p = realloc(w->wake, cap * sizeof *p);
+		if (!p) { /* no memory for the list: ring it ourselves */
+			shm_wake_client(shm);
+			return;
+		}
+		w->wake = p;
+		w->cap_wake = cap;
+	}
+	w->wake[w->n_wake++] = (WakeEntry){ session_id, shm_ref(shm) };
+}
+
+/* Hands the wake list to the loop thread: one queue push (and at most one eventfd write)
+ * however many clients the step woke. */
+static void flush_wakes(Worker *w)
+{
+	if (!w->n_wake)
+		return;
+	Result *r = result_new(RESULT_WAKE, w->n_wake * sizeof(uint64_t));
+	for (size_t i = 0; i < w->n_wake; i++) {
+		if (r)
+			memcpy(r->data + i * sizeof(uint64_t), &w->wake[i].session_id,
+			       sizeof(uint64_t));
+		else
+			shm_wake_client(w->wake[i].shm); /* no memory: ring them here */
+		shm_unref(w->wake[i].shm);
+	}
+	post(w, r);
+	w->n_wake = 0;
+}
+
 static void reply(Worker *w, const Task *t, Quantd__Reply *rep)
 {
+	Quantd__Reply too_big = QUANTD__REPLY__INIT;
 	rep->id = t->reply_id;
 	size_t len = protobuf_c_message_get_packed_size(&rep->base);
+	if (len > QD_MSG_MAX) { /* the client could not receive it: say so instead */
+		too_big.id = t->reply_id;
+		too_big.err = E2BIG;
+		too_big.message = "the reply does not fit in one control packet";
+		rep = &too_big;
+		len = protobuf_c_message_get_packed_size(&rep->base);
+	}
 	Result *r = result_new(RESULT_REPLY, len);
 	if (!r)
 		return;
@@ -252,6 +319,87 @@ static void do_generate(Worker *w, Task *t)
 	worker_req_done(&fake); /* give the loop its quota back */
 }
 
+/* The model T names, or an error reply (and NULL). */
+static ModelEntry *task_model(Worker *w, Task *t)
+{
+	ModelEntry *m = find_model(w, t->model);
+	if (!m) {
+		char e[200];
+		snprintf(e, sizeof e, t->model[0] ? "no model named %s" : "no model loaded",
+			 t->model);
+		reply_err(w, t, ENOENT, e);
+	}
+	return m;
+}
+
+static void do_tokenize(Worker *w, Task *t)
+{
+	ModelEntry *m = task_model(w, t);
+	if (!m)
+		return;
+	/* About a token per byte at most (plus BOS and a prefix space): one call normally. */
+	size_t cap = (size_t)t->prompt_len + 4;
+	int32_t *ids = NULL;
+	int n = -EIO;
+	for (int tries = 0; tries < 2; tries++) {
+		free(ids);
+		ids = malloc(cap * sizeof *ids);
+		n = ids ? tok_encode(m->tok, (const char *)t->prompt, t->prompt_len,
+				     t->add_bos && tok_add_bos(m->tok), true, ids, cap)
+			: -ENOMEM;
+		if (n < 0 || (size_t)n <= cap)
+			break;
+		cap = (size_t)n;
+		n = -EIO;
+	}
+	if (n < 0) {
+		reply_err(w, t, n, n == -ENOMEM ? "out of memory" : "cannot tokenize the text");
+	} else {
+		Quantd__TokenizeReply tr = QUANTD__TOKENIZE_REPLY__INIT;
+		tr.n_tokens = (size_t)n;
+		tr.tokens = ids;
+		Quantd__Reply rep = QUANTD__REPLY__INIT;
+		rep.body_case = QUANTD__REPLY__BODY_TOKENIZED;
+		rep.tokenized = &tr;
+		reply(w, t, &rep);
+	}
+	free(ids);
+}
+
+static void do_detokenize(Worker *w, Task *t)
+{
+	ModelEntry *m = task_model(w, t);
+	if (!m)
+		return;
+	const size_t n = t->prompt_len / sizeof(int32_t);
+	int32_t *ids = (int32_t *)(void *)t->prompt; /* malloc'd: aligned for int32 */
+	for (size_t i = 0; i < n; i++)
+		if (ids[i] < 0 || ids[i] >= m->n_vocab) {
+			char e[96];
+			snprintf(e, sizeof e, "token id %d is not in the vocabulary (0..%d)", ids[i],
+				 m->n_vocab - 1);
+			reply_err(w, t, EINVAL, e);
+			return;
+		}
+	/* The reply is bounded by a packet: a longer text is refused by reply() anyway. */
+	char *text = malloc(QD_MSG_MAX + 1);
+	int len = text ? tok_decode(m->tok, ids, n, t->show_special, text, QD_MSG_MAX) : -ENOMEM;
+	if (len < 0) {
+		reply_err(w, t, len, len == -ENOMEM ? "out of memory" : "cannot decode the ids");
+	} else if (len > (int)QD_MSG_MAX) {
+		reply_err(w, t, E2BIG, "the text does not fit in one control packet");
+	} else {
+		Quantd__DetokenizeReply dr = QUANTD__DETOKENIZE_REPLY__INIT;
+		dr.text.data = (uint8_t *)text;
+		dr.text.len = (size_t)len;
+		Quantd__Reply rep = QUANTD__REPLY__INIT;
+		rep.body_case = QUANTD__REPLY__BODY_DETOKENIZED;
+		rep.detokenized = &dr;
+		reply(w, t, &rep);
+	}
+	free(text);
+}
+
 static void do_unload(Worker *w, Task *t)
 {
 	ModelEntry **pp = &w->models;
@@ -345,6 +493,7 @@ static void do_stats(Worker *w, Task *t)
 		if (m->host_tokens) {
 			s->host_us_per_token = (double)m->host_ns / 1e3 / (double)m->host_tokens;
 			s->sample_us_per_token = (double)m->sample_ns / 1e3 / (double)m->host_tokens;
+			s->compute_us_per_token = (double)m->compute_ns / 1e3 / (double)m->host_tokens;
 		}
 		mp[i] = s;
 		sr.requests_total += m->requests_done + (uint64_t)m->n_running + (uint64_t)m->n_queued;
@@ -453,6 +602,12 @@ static void do_task(Worker *w, Task *t)
 	case TASK_STATS:
 		do_stats(w, t);
 		break;
+	case TASK_TOKENIZE:
+		do_tokenize(w, t);
+		break;
+	case TASK_DETOKENIZE:
+		do_detokenize(w, t);
+		break;
 	case TASK_SHUTDOWN: {
 		int fin = QD_FINISH_SHUTDOWN;
 		w->stop = true;
@@ -529,11 +684,13 @@ static void *worker_main(void *arg)
 			next = n->next;
 			do_task(w, (Task *)n);
 		}
+		flush_wakes(w); /* final records of cancels must not wait for a step */
 		int ran = 0;
 		if (!w->stop)
 			for (ModelEntry *m = w->models; m; m = m->next)
 				ran += sched_step(m, &w->pending_final);
 		sched_flush_finals(&w->pending_final);
+		flush_wakes(w);
 		feed_watchdog(w);
 		if (w->stop) {
 			/* Final records get a moment to drain into slow clients' rings. */
@@ -560,6 +717,7 @@ static void *worker_main(void *arg)
 		w->models = m->next;
 		registry_free(m);
 	}
+	flush_wakes(w);
 	post(w, result_new(RESULT_STOPPED, 0));
 	return NULL;
 }
@@ -591,6 +749,7 @@ void worker_join(Worker *w)
 		return;
 	pthread_join(w->th, NULL);
 	g_worker = NULL;
+	free(w->wake);
 	free(w);
 }
 

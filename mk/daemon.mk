@@ -89,8 +89,10 @@ $(O)/tests/daemon/test-ring: $(O)/tests/daemon/test-ring.o $(TESTUTIL_OBJ) \
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcunit -lprotobuf-c $(LDLIBS)
 
+# qd-serve and quantctl are real prerequisites (not order-only): the test runs them, so a
+# stale one would test old code.
 $(O)/tests/daemon/test-e2e: $(O)/tests/daemon/test-e2e.o $(TESTUTIL_OBJ) $(O)/libquantd.a \
-		| $(O)/tests/daemon/qd-serve $(O)/quantctl
+		$(O)/tests/daemon/qd-serve $(O)/quantctl
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) -lcunit -lprotobuf-c $(LDLIBS)
 
@@ -122,5 +124,5 @@ install: $(O)/quantd $(O)/libquantd.a $(O)/libquantd.so $(O)/quantctl
 	install -m 0644 systemd/quantd.sysusers $(DESTDIR)$(SYSUSERSDIR)/quantd.conf
 	install -m 0644 systemd/quantd.tmpfiles $(DESTDIR)$(TMPFILESDIR)/quantd.conf
 
--include $(DAEMON_OBJ:.o=.d) $(CLIENT_PIC:.o=.d) $(O)/client/quantctl.d \
+-include $(DAEMON_OBJ:.o=.d) $(CLIENT_OBJ:.o=.d) $(CLIENT_PIC:.o=.d) $(O)/client/quantctl.d \
 	$(DAEMON_TEST_SRC:%.c=$(O)/%.d) $(O)/bench/bench-ipc.d $(O)/tests/daemon/serve-main.d

@@ -33,7 +33,7 @@
 #include <stdint.h>
 
 #define QD_SHM_MAGIC 0x4d534451u /* "QDSM" little-endian */
-#define QD_ABI_VERSION 1u
+#define QD_ABI_VERSION 2u /* 2: Tokenize/Detokenize, per-token host and compute stats */
 
 #define QD_CACHELINE 64
 #define QD_MSG_MAX 16384u          /* control packet cap, bytes */

@@ -315,6 +315,90 @@ static void test_reference(void)
 	CU_ASSERT_EQUAL(memcmp(again, ref[0], (size_t)n * 4), 0);
 }
 
+/* Tokenize/Detokenize: the ids are the ones Generate counts for the same prompt, text
+ * comes back byte for byte, and bad input or an oversized reply fails that call only. */
+static void test_tokenize(void)
+{
+	if (!ensure_daemon("tokenize"))
+		return;
+	qd_client *c;
+	CU_ASSERT_EQUAL_FATAL(qd_connect(D.sock, &c, NULL, 0), 0);
+	qd_model_info *mi = NULL;
+	size_t n_models = 0;
+	CU_ASSERT_EQUAL_FATAL(qd_models(c, &mi, &n_models), 0);
+	CU_ASSERT_FATAL(n_models >= 1);
+	const int32_t n_vocab = (int32_t)mi[0].n_vocab;
+	free(mi);
+
+	/* the prompt length a generation reports is the tokenizer's count with BOS rules */
+	for (int i = 0; i < N_PROMPTS; i++) {
+		int32_t *ids = NULL;
+		size_t n = 0;
+		CU_ASSERT_EQUAL_FATAL(qd_tokenize(c, NULL, prompts[i], strlen(prompts[i]), true,
+						  &ids, &n), 0);
+		CU_ASSERT(n > 0);
+		for (size_t k = 0; k < n; k++)
+			CU_ASSERT(ids[k] >= 0 && ids[k] < n_vocab);
+		qd_gen_params p;
+		qd_gen_params_init(&p);
+		p.max_tokens = 1;
+		uint64_t id;
+		qd_event ev = { 0 };
+		CU_ASSERT_EQUAL(qd_generate(c, prompts[i], &p, &id), 0);
+		while (qd_next(c, &ev, 60000) == 0 && ev.kind != QD_EVENT_FINAL)
+			;
+		CU_ASSERT_EQUAL(ev.kind, QD_EVENT_FINAL);
+		CU_ASSERT_EQUAL(ev.n_prompt, (uint32_t)n);
+		free(ids);
+	}
+
+	static const char *const texts[] = {
+		"Hello world", " leading space, tabs\tand\nnewlines",
+		"caf\xc3\xa9 \xe2\x82\xac 100 \xf0\x9f\x99\x82",
+		"<|im_start|>user\nhi<|im_end|>\n",
+	};
+	for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+		int32_t *ids = NULL;
+		size_t n = 0;
+		char *back = NULL;
+		size_t len = 0;
+		CU_ASSERT_EQUAL_FATAL(qd_tokenize(c, "", texts[i], strlen(texts[i]), false, &ids,
+						  &n), 0);
+		CU_ASSERT(n > 0 && n <= strlen(texts[i]));
+		CU_ASSERT_EQUAL(qd_detokenize(c, NULL, ids, n, true, &back, &len), 0);
+		CU_ASSERT_EQUAL(len, strlen(texts[i]));
+		if (back)
+			CU_ASSERT_STRING_EQUAL(back, texts[i]);
+		free(back);
+		free(ids);
+	}
+
+	/* errors end the call, not the session */
+	char *text = NULL;
+	size_t len = 0;
+	int32_t bad = n_vocab;
+	CU_ASSERT_EQUAL(qd_detokenize(c, NULL, &bad, 1, false, &text, &len), -EINVAL);
+	int32_t *ids = NULL;
+	size_t n = 0;
+	CU_ASSERT_EQUAL(qd_tokenize(c, "no-such-model", "x", 1, false, &ids, &n), -ENOENT);
+	/* ids that fit a request but whose text does not fit a reply: a control token
+	 * (one small id, 12 bytes shown) repeated */
+	static const char im_start[] = "<|im_start|>";
+	CU_ASSERT_EQUAL_FATAL(qd_tokenize(c, NULL, im_start, strlen(im_start), false, &ids, &n), 0);
+	CU_ASSERT_EQUAL_FATAL(n, 1);
+	const size_t rep = QD_MSG_MAX / strlen(im_start) + 1;
+	int32_t *many = malloc(rep * sizeof *many);
+	CU_ASSERT_FATAL(many != NULL);
+	for (size_t k = 0; k < rep; k++)
+		many[k] = ids[0];
+	CU_ASSERT_EQUAL(qd_detokenize(c, NULL, many, rep, true, &text, &len), -E2BIG);
+	free(many);
+	free(ids);
+	qd_health h;
+	CU_ASSERT_EQUAL(qd_get_health(c, &h), 0); /* the session still works */
+	qd_close(c);
+}
+
 /* Child: all prompts at once on one session; exit 0 when every token matches. */
 static int concurrent_child(void)
 {
@@ -816,6 +900,7 @@ int main(void)
 		{ .name = "daemon not running", .fn = test_not_running },
 		{ .name = "READY=1 after the model is loaded", .fn = test_ready_after_load, .skip_if = cannot_run },
 		{ .name = "greedy reference run", .fn = test_reference, .skip_if = cannot_run },
+		{ .name = "tokenize and detokenize", .fn = test_tokenize, .skip_if = cannot_run },
 		{ .name = "16 clients x 4 requests match the single run", .fn = test_concurrent_clients, .skip_if = cannot_run },
 		{ .name = "SIGKILLed client costs nothing", .fn = test_sigkill_client, .skip_if = cannot_run },
 		{ .name = "cancel within one token", .fn = test_cancel, .skip_if = cannot_run },
