@@ -13,11 +13,11 @@
  * so each layer is calibrated on the inputs the quantized model really gives it. */
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "errmsg.h"
 #include "../../kernels/backend.h"
 #include "../../kernels/cpu/quant.h"
 #include "../../kernels/types.h"
@@ -45,17 +45,6 @@ struct QuantCalib {
 	float *W;      /* dequantized weight scratch */
 	double awq_alpha[4], awq_shrink[QL_COUNT]; /* AWQ: sums over the blocks so far, for a note */
 };
-
-static int __attribute__((format(printf, 4, 5))) fail(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-	if (errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
 
 void calib_free(QuantCalib *c)
 {
@@ -102,7 +91,7 @@ int calib_new(const char *path, const QuantParams *p, const QPlanTensor *plan, s
 {
 	QuantCalib *c = calloc(1, sizeof(*c));
 	if (!c)
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return qd_errf(err, errlen, -ENOMEM, "out of memory");
 	c->p = p;
 	c->tp = tp;
 	c->plan = plan;
@@ -112,18 +101,18 @@ int calib_new(const char *path, const QuantParams *p, const QPlanTensor *plan, s
 		goto out;
 	const ModelConfig *cfg = &c->m->cfg;
 	if (cfg->n_embd % 16 || cfg->n_ff % 16 || (cfg->n_head * cfg->head_dim) % 16) {
-		r = fail(err, errlen, -EOPNOTSUPP, "calibration needs layer widths that are multiples of 16");
+		r = qd_errf(err, errlen, -EOPNOTSUPP, "calibration needs layer widths that are multiples of 16");
 		goto out;
 	}
 	c->ctx = p->calib_ctx;
 	int n = tok_encode(c->m->tok, p->calib_text, p->calib_len, false, false, NULL, 0);
 	if (n < 0) {
-		r = fail(err, errlen, n, "cannot tokenize the calibration text");
+		r = qd_errf(err, errlen, n, "cannot tokenize the calibration text");
 		goto out;
 	}
 	c->n_seq = n / c->ctx < p->calib_seqs ? n / c->ctx : p->calib_seqs;
 	if (c->n_seq < 1) {
-		r = fail(err, errlen, -EINVAL, "the calibration text has %d tokens, fewer than one sequence of %lld", n,
+		r = qd_errf(err, errlen, -EINVAL, "the calibration text has %d tokens, fewer than one sequence of %lld", n,
 			 (long long)c->ctx);
 		goto out;
 	}
@@ -131,7 +120,7 @@ int calib_new(const char *path, const QuantParams *p, const QPlanTensor *plan, s
 	int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
 	if (!ids || tok_encode(c->m->tok, p->calib_text, p->calib_len, false, false, ids, (size_t)n) != n) {
 		free(ids);
-		r = fail(err, errlen, -ENOMEM, "out of memory");
+		r = qd_errf(err, errlen, -ENOMEM, "out of memory");
 		goto out;
 	}
 	const int64_t d = cfg->n_embd, qd = (int64_t)cfg->n_head * cfg->head_dim,
@@ -156,20 +145,20 @@ int calib_new(const char *path, const QuantParams *p, const QPlanTensor *plan, s
 	if (!c->X || !c->XN || !c->ATT || !c->HID || !c->q || !c->k || !c->v || !c->tmp || !c->gate || !c->up ||
 	    !c->kc || !c->vc || !c->pos || !c->seq || !c->H || !c->W) {
 		free(ids);
-		r = fail(err, errlen, -ENOMEM, "out of memory for %lld calibration tokens", (long long)c->N);
+		r = qd_errf(err, errlen, -ENOMEM, "out of memory for %lld calibration tokens", (long long)c->N);
 		goto out;
 	}
 	for (int64_t i = 0; i < c->ctx; i++)
 		c->pos[i] = (int32_t)i;
 	if ((r = kb_cpu_backend_new(p->n_threads, &c->be)) < 0) {
 		free(ids);
-		fail(err, errlen, r, "cannot start the CPU backend");
+		qd_errf(err, errlen, r, "cannot start the CPU backend");
 		goto out;
 	}
 	r = c->be->ops->get_rows(c->be, &c->m->tok_embd, ids, (int)c->N, c->X);
 	free(ids);
 	if (r < 0) {
-		fail(err, errlen, r, "embedding the calibration tokens failed");
+		qd_errf(err, errlen, r, "embedding the calibration tokens failed");
 		goto out;
 	}
 	*ret = c;
@@ -212,15 +201,15 @@ static int quantize_weight(QuantCalib *c, int il, int k, const KbWeight *w, cons
 	int type = plan_type(c, il, k);
 	uint64_t rs;
 	if (type < 0 || qd_row_size(type, (uint64_t)w->cols, &rs) < 0)
-		return fail(err, errlen, -EINVAL, "blk.%d.%s: no output type", il, quant_linear_names[k]);
+		return qd_errf(err, errlen, -EINVAL, "blk.%d.%s: no output type", il, quant_linear_names[k]);
 	if (!(out->w[k] = malloc(rs * (uint64_t)w->rows)))
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return qd_errf(err, errlen, -ENOMEM, "out of memory");
 	uint64_t srs;
 	qd_row_size(w->type, (uint64_t)w->cols, &srs);
 	for (int64_t r = 0; r < w->rows; r++)
 		if (kb_cpu_dequantize_row(w->type, (const uint8_t *)w->data + (uint64_t)r * srs, c->W + r * w->cols,
 					  w->cols) < 0)
-			return fail(err, errlen, -EOPNOTSUPP, "blk.%d.%s: cannot dequantize", il, quant_linear_names[k]);
+			return qd_errf(err, errlen, -EOPNOTSUPP, "blk.%d.%s: cannot dequantize", il, quant_linear_names[k]);
 	if (Hsaved)
 		memcpy(c->H, Hsaved, sizeof(float) * (size_t)(w->cols * w->cols));
 	int r;
@@ -229,7 +218,7 @@ static int quantize_weight(QuantCalib *c, int il, int k, const KbWeight *w, cons
 	else /* a fallback type outside GPTQ's reach (e.g. F16): round to nearest */
 		r = quant_rows_rtn(c->tp, QD_TYPE_F32, c->W, w->rows, w->cols, type, out->w[k]);
 	if (r < 0)
-		return fail(err, errlen, r, "blk.%d.%s: GPTQ failed: %s", il, quant_linear_names[k], strerror(-r));
+		return qd_errf(err, errlen, r, "blk.%d.%s: GPTQ failed: %s", il, quant_linear_names[k], strerror(-r));
 	*ret = (KbWeight){ .type = type, .rows = w->rows, .cols = w->cols, .data = out->w[k] };
 	return 0;
 }
@@ -240,7 +229,7 @@ static int gptq_group(QuantCalib *c, int il, const int *ks, int nk, const KbWeig
 	hessian(c, A, dim);
 	float *saved = NULL;
 	if (nk > 1 && !(saved = alloc_f(dim, dim)))
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return qd_errf(err, errlen, -ENOMEM, "out of memory");
 	if (saved)
 		memcpy(saved, c->H, sizeof(float) * (size_t)(dim * dim));
 	int r = 0;
@@ -316,35 +305,35 @@ static int gptq_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size
 
 	/* attention */
 	if ((r = o->rmsnorm(be, c->X, l->attn_norm, (int)c->N, (int)d, cfg->norm_eps, c->XN)) < 0)
-		return fail(err, errlen, r, "rmsnorm failed");
+		return qd_errf(err, errlen, r, "rmsnorm failed");
 	const int kqkv[3] = { QL_Q, QL_K, QL_V };
 	const KbWeight *wqkv[3] = { &l->wq, &l->wk, &l->wv };
 	if ((r = gptq_group(c, il, kqkv, 3, wqkv, d, c->XN, out, &qw[QL_Q], err, errlen)) < 0)
 		return r;
 	if ((r = attn_forward(c, &qw[QL_Q], &qw[QL_K], &qw[QL_V])) < 0)
-		return fail(err, errlen, r, "calibration attention failed");
+		return qd_errf(err, errlen, r, "calibration attention failed");
 	const int ko[1] = { QL_O };
 	const KbWeight *wo[1] = { &l->wo };
 	if ((r = gptq_group(c, il, ko, 1, wo, qd, c->ATT, out, &qw[QL_O], err, errlen)) < 0)
 		return r;
 	if ((r = residual(c, &qw[QL_O], c->ATT)) < 0)
-		return fail(err, errlen, r, "calibration forward failed");
+		return qd_errf(err, errlen, r, "calibration forward failed");
 
 	/* feed-forward */
 	if ((r = o->rmsnorm(be, c->X, l->ffn_norm, (int)c->N, (int)d, cfg->norm_eps, c->XN)) < 0)
-		return fail(err, errlen, r, "rmsnorm failed");
+		return qd_errf(err, errlen, r, "rmsnorm failed");
 	const int kgu[2] = { QL_GATE, QL_UP };
 	const KbWeight *wgu[2] = { &l->w_gate, &l->w_up };
 	if ((r = gptq_group(c, il, kgu, 2, wgu, d, c->XN, out, &qw[QL_GATE], err, errlen)) < 0)
 		return r;
 	if ((r = ffn_forward(c, &qw[QL_GATE], &qw[QL_UP])) < 0)
-		return fail(err, errlen, r, "calibration forward failed");
+		return qd_errf(err, errlen, r, "calibration forward failed");
 	const int kd[1] = { QL_DOWN };
 	const KbWeight *wd[1] = { &l->w_down };
 	if ((r = gptq_group(c, il, kd, 1, wd, ff, c->HID, out, &qw[QL_DOWN], err, errlen)) < 0)
 		return r;
 	if ((r = residual(c, &qw[QL_DOWN], c->HID)) < 0)
-		return fail(err, errlen, r, "calibration forward failed");
+		return qd_errf(err, errlen, r, "calibration forward failed");
 	return 0;
 }
 
@@ -384,7 +373,7 @@ static int awq_group(QuantCalib *c, int il, const int *ks, int nk, float *const 
 	g->Hb = alloc_f(cols, QD_QK);
 	if (!xm || !g->s || !g->Hb) {
 		free(xm);
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return qd_errf(err, errlen, -ENOMEM, "out of memory");
 	}
 	hessian(c, A, cols);
 	awq_absmean(A, c->N, cols, xm);
@@ -395,13 +384,13 @@ static int awq_group(QuantCalib *c, int il, const int *ks, int nk, float *const 
 		aw[i] = (AwqWeight){ .W = W[i], .rows = rows[i], .type = plan_type(c, il, ks[i]) };
 		if (aw[i].type < 0) {
 			free(xm);
-			return fail(err, errlen, -EINVAL, "blk.%d.%s: no output type", il, quant_linear_names[ks[i]]);
+			return qd_errf(err, errlen, -EINVAL, "blk.%d.%s: no output type", il, quant_linear_names[ks[i]]);
 		}
 	}
 	int r = awq_search_scale(c->tp, aw, nk, cols, c->H, xm, g->s, &g->alpha, NULL);
 	free(xm);
 	if (r < 0)
-		return fail(err, errlen, r, "blk.%d.%s: AWQ scale search failed: %s", il, quant_linear_names[ks[0]],
+		return qd_errf(err, errlen, r, "blk.%d.%s: AWQ scale search failed: %s", il, quant_linear_names[ks[0]],
 			    strerror(-r));
 	awq_block_diag(c->H, g->s, cols, g->Hb);
 	return 0;
@@ -422,17 +411,17 @@ static int awq_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_
 	for (int k = 0; k < QL_COUNT && r == 0; k++) {
 		uint64_t srs;
 		if (qd_row_size(src[k]->type, (uint64_t)src[k]->cols, &srs) < 0) {
-			r = fail(err, errlen, -EBADMSG, "blk.%d.%s: bad shape", il, quant_linear_names[k]);
+			r = qd_errf(err, errlen, -EBADMSG, "blk.%d.%s: bad shape", il, quant_linear_names[k]);
 			break;
 		}
 		if (!(W[k] = alloc_f(src[k]->rows, src[k]->cols))) {
-			r = fail(err, errlen, -ENOMEM, "out of memory");
+			r = qd_errf(err, errlen, -ENOMEM, "out of memory");
 			break;
 		}
 		for (int64_t i = 0; i < src[k]->rows && r == 0; i++)
 			if (kb_cpu_dequantize_row(src[k]->type, (const uint8_t *)src[k]->data + (uint64_t)i * srs,
 						  W[k] + i * src[k]->cols, src[k]->cols) < 0)
-				r = fail(err, errlen, -EOPNOTSUPP, "blk.%d.%s: cannot dequantize", il, quant_linear_names[k]);
+				r = qd_errf(err, errlen, -EOPNOTSUPP, "blk.%d.%s: cannot dequantize", il, quant_linear_names[k]);
 	}
 	if (r < 0)
 		goto out;
@@ -466,7 +455,7 @@ static int awq_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_
 	memcpy(blk.w, W, sizeof(blk.w));
 	const float *const scales[4] = { g[0].s, g[1].s, g[2].s, g[3].s };
 	if ((r = awq_fold_block(&blk, scales)) < 0) {
-		fail(err, errlen, r, "out of memory");
+		qd_errf(err, errlen, r, "out of memory");
 		goto out;
 	}
 	/* clip and quantize */
@@ -476,16 +465,16 @@ static int awq_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_
 		uint64_t rs;
 		double shrink = 0;
 		if (type < 0 || qd_row_size(type, (uint64_t)src[k]->cols, &rs) < 0) {
-			r = fail(err, errlen, -EINVAL, "blk.%d.%s: no output type", il, quant_linear_names[k]);
+			r = qd_errf(err, errlen, -EINVAL, "blk.%d.%s: no output type", il, quant_linear_names[k]);
 			break;
 		}
 		if (!(out->w[k] = malloc(rs * (uint64_t)src[k]->rows))) {
-			r = fail(err, errlen, -ENOMEM, "out of memory");
+			r = qd_errf(err, errlen, -ENOMEM, "out of memory");
 			break;
 		}
 		if ((r = awq_clip_quantize(c->tp, type, W[k], src[k]->rows, src[k]->cols, g[group_of[k]].Hb,
 					   k != QL_Q && k != QL_K, out->w[k], &shrink)) < 0)
-			fail(err, errlen, r, "blk.%d.%s: AWQ clipping failed", il, quant_linear_names[k]);
+			qd_errf(err, errlen, r, "blk.%d.%s: AWQ clipping failed", il, quant_linear_names[k]);
 		c->awq_shrink[k] += shrink;
 	}
 	for (int i = 0; i < 4; i++)
@@ -503,7 +492,7 @@ static int awq_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_
 	}
 	goto out;
 fwd_failed:
-	fail(err, errlen, r, "calibration forward failed");
+	qd_errf(err, errlen, r, "calibration forward failed");
 out:
 	for (int k = 0; k < QL_COUNT; k++)
 		free(W[k]);
@@ -517,11 +506,11 @@ int calib_layer(QuantCalib *c, int il, QuantLayerOut *out, char *err, size_t err
 	const int64_t d = c->m->cfg.n_embd;
 	const Layer *l = &c->m->layers[il];
 	if (c->p->method != QUANT_GPTQ && c->p->method != QUANT_AWQ)
-		return fail(err, errlen, -EOPNOTSUPP, "method %s is not calibrated", quant_method_name(c->p->method));
+		return qd_errf(err, errlen, -EOPNOTSUPP, "method %s is not calibrated", quant_method_name(c->p->method));
 	if (il < 0 || il >= c->m->cfg.n_layer)
-		return fail(err, errlen, -EINVAL, "no block %d", il);
+		return qd_errf(err, errlen, -EINVAL, "no block %d", il);
 	if (!(out->attn_norm = alloc_f(d, 1)) || !(out->ffn_norm = alloc_f(d, 1)))
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return qd_errf(err, errlen, -ENOMEM, "out of memory");
 	memcpy(out->attn_norm, l->attn_norm, sizeof(float) * (size_t)d);
 	memcpy(out->ffn_norm, l->ffn_norm, sizeof(float) * (size_t)d);
 	return c->p->method == QUANT_GPTQ ? gptq_layer(c, il, out, err, errlen) : awq_layer(c, il, out, err, errlen);

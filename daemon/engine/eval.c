@@ -1,10 +1,10 @@
 /* daemon/engine/eval.c: perplexity, KL-divergence against a base model, size and decode
  * speed for a set of models over one text (see eval.h for the method). */
+#include "errmsg.h"
 #include "eval.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,17 +19,6 @@ typedef struct {
 	double nll_sum, nll_sq, kld_sum;
 	int64_t n, same_top;
 } Slot;
-
-static int __attribute__((format(printf, 4, 5))) fail(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-	if (errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
 
 static double now(void)
 {
@@ -182,7 +171,7 @@ int eval_run(const char *const *paths, int n, int base_idx, const char *text, si
 	EvalParams pp = p ? *p : eval_default_params();
 	if (n < 1 || n > 256 || base_idx >= n || base_idx < -1 || !text || pp.n_ctx < 8 || pp.n_ctx > 1 << 16 ||
 	    pp.max_windows < 0 || pp.decode_tokens < 0 || pp.decode_tokens > 4096)
-		return fail(err, errlen, -EINVAL, "bad evaluation parameters");
+		return qd_errf(err, errlen, -EINVAL, "bad evaluation parameters");
 	Slot *s = calloc((size_t)n, sizeof(Slot));
 	EvalResult *res = calloc((size_t)n, sizeof(EvalResult));
 	int32_t *ids = NULL, *ids2 = NULL, *pos = NULL, *seq = NULL;
@@ -191,25 +180,25 @@ int eval_run(const char *const *paths, int n, int base_idx, const char *text, si
 	int *base_top = NULL;
 	int r = -ENOMEM, n_ids = 0, n_vocab = 0;
 	if (!s || !res) {
-		fail(err, errlen, r, "out of memory");
+		qd_errf(err, errlen, r, "out of memory");
 		goto out;
 	}
 	for (int i = 0; i < n; i++) {
 		char lerr[256] = "";
 		if ((r = model_load(paths[i], &s[i].m, lerr, sizeof(lerr))) < 0) {
-			fail(err, errlen, r, "%s: %s", paths[i], lerr);
+			qd_errf(err, errlen, r, "%s: %s", paths[i], lerr);
 			goto out;
 		}
 		describe(s[i].m, &res[i]);
 		int nv = model_config(s[i].m)->n_vocab;
 		if (i > 0 && nv != n_vocab) {
-			r = fail(err, errlen, -EINVAL, "%s: vocabulary of %d tokens, %s has %d", paths[i], nv, paths[0], n_vocab);
+			r = qd_errf(err, errlen, -EINVAL, "%s: vocabulary of %d tokens, %s has %d", paths[i], nv, paths[0], n_vocab);
 			goto out;
 		}
 		n_vocab = nv;
 		int n2 = 0;
 		if ((r = tokenize(s[i].m, text, len, i ? &ids2 : &ids, &n2)) < 0) {
-			fail(err, errlen, r, "%s: cannot tokenize the text: %s", paths[i], strerror(-r));
+			qd_errf(err, errlen, r, "%s: cannot tokenize the text: %s", paths[i], strerror(-r));
 			goto out;
 		}
 		if (i == 0) {
@@ -219,7 +208,7 @@ int eval_run(const char *const *paths, int n, int base_idx, const char *text, si
 			free(ids2);
 			ids2 = NULL;
 			if (!same) {
-				r = fail(err, errlen, -EINVAL, "%s tokenizes the text differently from %s", paths[i], paths[0]);
+				r = qd_errf(err, errlen, -EINVAL, "%s tokenizes the text differently from %s", paths[i], paths[0]);
 				goto out;
 			}
 		}
@@ -229,14 +218,14 @@ int eval_run(const char *const *paths, int n, int base_idx, const char *text, si
 	if (pp.max_windows && n_win > pp.max_windows)
 		n_win = pp.max_windows;
 	if (n_win < 1 || n_ids <= pp.decode_tokens) {
-		r = fail(err, errlen, -EINVAL, "the text has %d tokens, fewer than one window of %d", n_ids, n_ctx);
+		r = qd_errf(err, errlen, -EINVAL, "the text has %d tokens, fewer than one window of %d", n_ids, n_ctx);
 		goto out;
 	}
 	for (int i = 0; i < n; i++) {
 		ContextParams cp = { .n_seq = 1, .n_ctx = n_ctx, .n_batch = n_ctx, .n_threads = pp.n_threads,
 				     .backend = pp.backend };
 		if ((r = ctx_new(s[i].m, &cp, &s[i].c)) < 0) {
-			fail(err, errlen, r, "%s: cannot create a context: %s", paths[i], strerror(-r));
+			qd_errf(err, errlen, r, "%s: cannot create a context: %s", paths[i], strerror(-r));
 			goto out;
 		}
 	}
@@ -250,7 +239,7 @@ int eval_run(const char *const *paths, int n, int base_idx, const char *text, si
 		base_top = malloc(sizeof(int) * (size_t)n_score);
 	}
 	if (!pos || !seq || !want || !lp || (base_idx >= 0 && (!base_lp || !base_top))) {
-		fail(err, errlen, r, "out of memory");
+		qd_errf(err, errlen, r, "out of memory");
 		goto out;
 	}
 	for (int w = 0; w < n_win; w++) {
@@ -261,7 +250,7 @@ int eval_run(const char *const *paths, int n, int base_idx, const char *text, si
 			if (i < 0 || (k >= 0 && i == base_idx))
 				continue;
 			if ((r = run_window(&s[i], tok, n_ctx, first, pos, seq, want)) < 0) {
-				fail(err, errlen, r, "%s: forward pass: %s", paths[i], strerror(-r));
+				qd_errf(err, errlen, r, "%s: forward pass: %s", paths[i], strerror(-r));
 				goto out;
 			}
 			for (int j = 0; j < n_score; j++) {

@@ -2,25 +2,14 @@
  * llama.* keys, weight descriptors pointing into the mapping, the tokenizer.  Every tensor
  * is checked for presence, type and shape here so the forward pass never has to. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "errmsg.h"
 #include "../../kernels/cpu/quant.h"
 #include "../../kernels/types.h"
 #include "model_internal.h"
-
-static int fail(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-	if (errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
 
 static int get_int(const GgufFile *g, const char *arch, const char *suffix, int *ret, bool required,
 		   int def, char *err, size_t errlen)
@@ -34,9 +23,9 @@ static int get_int(const GgufFile *g, const char *arch, const char *suffix, int 
 		return 0;
 	}
 	if (r < 0)
-		return fail(err, errlen, -EBADMSG, "%s: %s", key, r == -ENOENT ? "missing" : "not an unsigned 32-bit integer");
+		return qd_errf(err, errlen, -EBADMSG, "%s: %s", key, r == -ENOENT ? "missing" : "not an unsigned 32-bit integer");
 	if (v == 0 || v > (1u << 24))
-		return fail(err, errlen, -EBADMSG, "%s: value %u out of range", key, v);
+		return qd_errf(err, errlen, -EBADMSG, "%s: value %u out of range", key, v);
 	*ret = (int)v;
 	return 0;
 }
@@ -47,9 +36,9 @@ static int read_config(const GgufFile *g, ModelConfig *c, char *err, size_t errl
 	size_t alen;
 	int r = gguf_get_str(g, "general.architecture", &arch, &alen);
 	if (r < 0)
-		return fail(err, errlen, -EBADMSG, "general.architecture missing");
+		return qd_errf(err, errlen, -EBADMSG, "general.architecture missing");
 	if (alen != 5 || memcmp(arch, "llama", 5) != 0)
-		return fail(err, errlen, -EOPNOTSUPP, "unsupported architecture '%.*s' (supported: llama)",
+		return qd_errf(err, errlen, -EOPNOTSUPP, "unsupported architecture '%.*s' (supported: llama)",
 			    (int)(alen > 64 ? 64 : alen), arch);
 	if ((r = get_int(g, "llama", "block_count", &c->n_layer, true, 0, err, errlen)) < 0 ||
 	    (r = get_int(g, "llama", "embedding_length", &c->n_embd, true, 0, err, errlen)) < 0 ||
@@ -59,25 +48,25 @@ static int read_config(const GgufFile *g, ModelConfig *c, char *err, size_t errl
 	    (r = get_int(g, "llama", "context_length", &c->n_ctx_train, false, 2048, err, errlen)) < 0)
 		return r;
 	if (c->n_embd % c->n_head)
-		return fail(err, errlen, -EBADMSG, "embedding_length %d is not a multiple of head_count %d", c->n_embd, c->n_head);
+		return qd_errf(err, errlen, -EBADMSG, "embedding_length %d is not a multiple of head_count %d", c->n_embd, c->n_head);
 	if ((r = get_int(g, "llama", "attention.key_length", &c->head_dim, false, c->n_embd / c->n_head, err, errlen)) < 0 ||
 	    (r = get_int(g, "llama", "rope.dimension_count", &c->rope_dim, false, c->head_dim, err, errlen)) < 0)
 		return r;
 	if (c->n_head % c->n_head_kv)
-		return fail(err, errlen, -EBADMSG, "head_count %d is not a multiple of head_count_kv %d", c->n_head, c->n_head_kv);
+		return qd_errf(err, errlen, -EBADMSG, "head_count %d is not a multiple of head_count_kv %d", c->n_head, c->n_head_kv);
 	if (c->rope_dim > c->head_dim || c->rope_dim % 2 || c->head_dim > 512)
-		return fail(err, errlen, -EBADMSG, "rope.dimension_count %d does not fit head size %d", c->rope_dim, c->head_dim);
+		return qd_errf(err, errlen, -EBADMSG, "rope.dimension_count %d does not fit head size %d", c->rope_dim, c->head_dim);
 	c->rope_base = 10000.0f;
 	c->norm_eps = 1e-5f;
 	float f;
 	if (gguf_get_f32(g, "llama.rope.freq_base", &f) == 0) {
 		if (!(f > 1.0f))
-			return fail(err, errlen, -EBADMSG, "llama.rope.freq_base %g out of range", f);
+			return qd_errf(err, errlen, -EBADMSG, "llama.rope.freq_base %g out of range", f);
 		c->rope_base = f;
 	}
 	if (gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &f) == 0) {
 		if (!(f > 0 && f < 1))
-			return fail(err, errlen, -EBADMSG, "layer_norm_rms_epsilon %g out of range", f);
+			return qd_errf(err, errlen, -EBADMSG, "layer_norm_rms_epsilon %g out of range", f);
 		c->norm_eps = f;
 	}
 	return 0;
@@ -90,13 +79,13 @@ static int get_matrix(const GgufFile *g, const char *name, int64_t rows, int64_t
 {
 	const GgufTensor *t = gguf_find_tensor(g, name);
 	if (!t)
-		return fail(err, errlen, -EBADMSG, "missing tensor %s", name);
+		return qd_errf(err, errlen, -EBADMSG, "missing tensor %s", name);
 	if (t->n_dims != 2 || t->ne[0] != cols || (rows && t->ne[1] != rows))
-		return fail(err, errlen, -EBADMSG, "tensor %s: shape %lld x %lld, expected %lld x %lld", name,
+		return qd_errf(err, errlen, -EBADMSG, "tensor %s: shape %lld x %lld, expected %lld x %lld", name,
 			    (long long)t->ne[0], (long long)t->ne[1], (long long)cols, (long long)rows);
 	if (kb_cpu_vec_dot_type(t->type) < 0) {
 		const QdTypeTraits *tr = qd_type_traits(t->type);
-		return fail(err, errlen, -EOPNOTSUPP, "tensor %s: type %s is not supported for compute", name,
+		return qd_errf(err, errlen, -EOPNOTSUPP, "tensor %s: type %s is not supported for compute", name,
 			    tr ? tr->name : "?");
 	}
 	*w = (KbWeight){ .type = t->type, .rows = t->ne[1], .cols = t->ne[0], .data = t->data };
@@ -107,11 +96,11 @@ static int get_vector(const GgufFile *g, const char *name, int64_t n, const floa
 {
 	const GgufTensor *t = gguf_find_tensor(g, name);
 	if (!t)
-		return fail(err, errlen, -EBADMSG, "missing tensor %s", name);
+		return qd_errf(err, errlen, -EBADMSG, "missing tensor %s", name);
 	if (t->type != QD_TYPE_F32 || t->n_dims != 1 || t->ne[0] != n)
-		return fail(err, errlen, -EBADMSG, "tensor %s: expected F32 vector of %lld", name, (long long)n);
+		return qd_errf(err, errlen, -EBADMSG, "tensor %s: expected F32 vector of %lld", name, (long long)n);
 	if ((uintptr_t)t->data % 4)
-		return fail(err, errlen, -EBADMSG, "tensor %s: data not 4-byte aligned", name);
+		return qd_errf(err, errlen, -EBADMSG, "tensor %s: data not 4-byte aligned", name);
 	*ret = t->data;
 	return 0;
 }
@@ -140,7 +129,7 @@ int model_load(const char *path, Model **ret, char *err, size_t errlen)
 {
 	Model *m = calloc(1, sizeof(*m));
 	if (!m)
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return qd_errf(err, errlen, -ENOMEM, "out of memory");
 	int r = gguf_open(path, &m->gguf, err, errlen);
 	if (r < 0)
 		goto out;
@@ -162,7 +151,7 @@ int model_load(const char *path, Model **ret, char *err, size_t errlen)
 	}
 	m->layers = calloc((size_t)c->n_layer, sizeof(Layer));
 	if (!m->layers) {
-		r = fail(err, errlen, -ENOMEM, "out of memory");
+		r = qd_errf(err, errlen, -ENOMEM, "out of memory");
 		goto out;
 	}
 	for (int il = 0; il < c->n_layer; il++)
@@ -171,7 +160,7 @@ int model_load(const char *path, Model **ret, char *err, size_t errlen)
 	if ((r = tok_new(g, &m->tok, err, errlen)) < 0)
 		goto out;
 	if (tok_n_vocab(m->tok) > c->n_vocab) {
-		r = fail(err, errlen, -EBADMSG, "tokenizer has %d tokens but the embedding only %d rows",
+		r = qd_errf(err, errlen, -EBADMSG, "tokenizer has %d tokens but the embedding only %d rows",
 			 tok_n_vocab(m->tok), c->n_vocab);
 		goto out;
 	}

@@ -2,6 +2,7 @@
  * and streaming every tensor through the GGUF writer.  Round-to-nearest is done here a
  * chunk of rows at a time; gptq and awq (calib.c, gptq.c, awq.c) hand back one block of
  * the model at a time, so the output is written in layer order for them. */
+#include "errmsg.h"
 #include "quantize.h"
 
 #include <errno.h>
@@ -24,17 +25,6 @@
 
 const char *const quant_linear_names[QL_COUNT] = { "attn_q", "attn_k", "attn_v", "attn_output",
 						   "ffn_gate", "ffn_up", "ffn_down" };
-
-static int __attribute__((format(printf, 4, 5))) fail(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-	if (errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
 
 static void __attribute__((format(printf, 2, 3))) note(const QuantParams *p, const char *fmt, ...)
 {
@@ -275,21 +265,21 @@ static int write_rtn(Job *j, const QPlanTensor *pt, char *err, size_t errlen)
 	const int64_t cols = t->ne[0], rows = (int64_t)(t->ne[1] * t->ne[2] * t->ne[3]);
 	uint64_t src_rs, dst_rs;
 	if (qd_row_size(t->type, (uint64_t)cols, &src_rs) < 0 || qd_row_size(pt->type, (uint64_t)cols, &dst_rs) < 0)
-		return fail(err, errlen, -EBADMSG, "%s: bad row length %lld", t->name, (long long)cols);
+		return qd_errf(err, errlen, -EBADMSG, "%s: bad row length %lld", t->name, (long long)cols);
 	int64_t chunk = (int64_t)(CHUNK_BYTES / (dst_rs ? dst_rs : 1));
 	if (chunk < 1)
 		chunk = 1;
 	int r;
 	if ((r = grow(j, (size_t)(dst_rs * (uint64_t)(chunk < rows ? chunk : rows)))) < 0)
-		return fail(err, errlen, r, "out of memory");
+		return qd_errf(err, errlen, r, "out of memory");
 	for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
 		int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
 		if ((r = quant_rows_rtn(j->tp, t->type, (const uint8_t *)t->data + (uint64_t)r0 * src_rs, n, cols,
 					pt->type, j->buf)) < 0)
-			return fail(err, errlen, r, "%s: cannot convert %s to %s", t->name,
+			return qd_errf(err, errlen, r, "%s: cannot convert %s to %s", t->name,
 				    qd_type_traits(t->type)->name, qd_type_traits(pt->type)->name);
 		if ((r = gguf_writer_append(j->w, j->buf, (size_t)(dst_rs * (uint64_t)n))) < 0)
-			return fail(err, errlen, r, "writing %s: %s", t->name, strerror(-r));
+			return qd_errf(err, errlen, r, "writing %s: %s", t->name, strerror(-r));
 		progress(j, src_rs * (uint64_t)n);
 	}
 	return 0;
@@ -319,7 +309,7 @@ static int write_layer(Job *j, int il, size_t *pi, const QuantLayerOut *out, cha
 			continue;
 		}
 		if ((r = gguf_writer_append(j->w, data, (size_t)pt->out_bytes)) < 0)
-			return fail(err, errlen, r, "writing %s: %s", pt->src->name, strerror(-r));
+			return qd_errf(err, errlen, r, "writing %s: %s", pt->src->name, strerror(-r));
 		progress(j, pt->src->nbytes);
 	}
 	return 0;
@@ -360,7 +350,7 @@ static int make_plan(Job *j, char *err, size_t errlen)
 	Fallback fb[16];
 	int n_fb = 0, src_quant = -1;
 	if (!j->plan)
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return qd_errf(err, errlen, -ENOMEM, "out of memory");
 	bool tied = !gguf_find_tensor(g, "output.weight");
 	for (size_t i = 0; i < j->n_plan; i++) {
 		const GgufTensor *t = gguf_tensor(g, i);
@@ -372,13 +362,13 @@ static int make_plan(Job *j, char *err, size_t errlen)
 		pt->idx = i;
 		pt->order = pt->layer >= 0 ? pt->layer : !strcmp(t->name, "token_embd.weight") ? -1 : INT32_MAX;
 		if (!can_dequantize(t->type))
-			return fail(err, errlen, -EOPNOTSUPP, "%s: type %s cannot be dequantized by this build", t->name,
+			return qd_errf(err, errlen, -EOPNOTSUPP, "%s: type %s cannot be dequantized by this build", t->name,
 				    tr ? tr->name : "?");
 		if (quant_pick_type(p->type, t->name, t->n_dims, t->ne, j->n_layer, tied, &pt->type, &pt->wanted) < 0)
-			return fail(err, errlen, -EINVAL, "%s: no type for this tensor", t->name);
+			return qd_errf(err, errlen, -EINVAL, "%s: no type for this tensor", t->name);
 		uint64_t rs;
 		if (qd_row_size(pt->type, (uint64_t)t->ne[0], &rs) < 0)
-			return fail(err, errlen, -EBADMSG, "%s: bad shape", t->name);
+			return qd_errf(err, errlen, -EBADMSG, "%s: bad shape", t->name);
 		pt->out_bytes = rs * (uint64_t)(t->ne[1] * t->ne[2] * t->ne[3]);
 		j->total += t->nbytes;
 		if (tr->quantized && t->n_dims == 2 && (src_quant < 0 || t->type != QD_TYPE_Q8_0))
@@ -487,18 +477,18 @@ static bool method_supports(int method, int type)
 static int check_params(const QuantParams *p, char *err, size_t errlen)
 {
 	if (!p || !strcmp(quant_type_name(p->type), "?"))
-		return fail(err, errlen, -EINVAL, "unknown target type");
+		return qd_errf(err, errlen, -EINVAL, "unknown target type");
 	if (p->method < QUANT_RTN || p->method > QUANT_AWQ)
-		return fail(err, errlen, -EINVAL, "unknown method");
+		return qd_errf(err, errlen, -EINVAL, "unknown method");
 	if (!method_supports(p->method, p->type))
-		return fail(err, errlen, -EOPNOTSUPP, "method %s is implemented for %s, not %s",
+		return qd_errf(err, errlen, -EOPNOTSUPP, "method %s is implemented for %s, not %s",
 			    quant_method_name(p->method),
 			    p->method == QUANT_AWQ ? "the quantized types" : "Q8_0, Q4_0 and Q4_1",
 			    quant_type_name(p->type));
 	if (p->method != QUANT_RTN &&
 	    (!p->calib_text || p->calib_seqs < 1 || p->calib_seqs > 4096 || p->calib_ctx < 16 ||
 	     p->calib_ctx > 1 << 16 || !(p->damp > 0 && p->damp < 1)))
-		return fail(err, errlen, -EINVAL, "%s needs calibration text and sane calibration settings",
+		return qd_errf(err, errlen, -EINVAL, "%s needs calibration text and sane calibration settings",
 			    quant_method_name(p->method));
 	return 0;
 }
@@ -536,7 +526,7 @@ static int write_all_tensors(Job *j, char *err, size_t errlen)
 			continue;
 		}
 		if (il != next_layer) {
-			r = fail(err, errlen, -EBADMSG, "block %d is missing or out of order", next_layer);
+			r = qd_errf(err, errlen, -EBADMSG, "block %d is missing or out of order", next_layer);
 			break;
 		}
 		QuantLayerOut out = { 0 };
@@ -556,42 +546,42 @@ int quantize_file(const char *in, const char *out, const QuantParams *p, QuantSt
 	if (r < 0)
 		return r;
 	if (!in || !out)
-		return fail(err, errlen, -EINVAL, "missing file name");
+		return qd_errf(err, errlen, -EINVAL, "missing file name");
 	if (same_file(in, out))
-		return fail(err, errlen, -EEXIST, "%s: input and output are the same file", out);
+		return qd_errf(err, errlen, -EEXIST, "%s: input and output are the same file", out);
 	double t0 = now();
 	Job j = { .p = p, .in = in };
 	char gerr[256] = "";
 	if ((r = gguf_open(in, &j.g, gerr, sizeof(gerr))) < 0) {
-		fail(err, errlen, r, "%s: %s", in, gerr[0] ? gerr : strerror(-r));
+		qd_errf(err, errlen, r, "%s: %s", in, gerr[0] ? gerr : strerror(-r));
 		goto out;
 	}
 	j.n_layer = block_count(j.g);
 	if ((r = kb_threadpool_new(p->n_threads, &j.tp)) < 0) {
-		fail(err, errlen, r, "cannot start threads: %s", strerror(-r));
+		qd_errf(err, errlen, r, "cannot start threads: %s", strerror(-r));
 		goto out;
 	}
 	if ((r = make_plan(&j, err, errlen)) < 0)
 		goto out;
 	if ((r = gguf_writer_new(&j.w)) < 0 || (r = set_metadata(&j)) < 0) {
-		fail(err, errlen, r, "metadata: %s", strerror(-r));
+		qd_errf(err, errlen, r, "metadata: %s", strerror(-r));
 		goto out;
 	}
 	for (size_t i = 0; i < j.n_plan; i++) {
 		const GgufTensor *t = j.plan[i].src;
 		if ((r = gguf_writer_add_tensor(j.w, t->name, j.plan[i].type, t->n_dims, t->ne)) < 0) {
-			fail(err, errlen, r, "%s: cannot declare the output tensor: %s", t->name, strerror(-r));
+			qd_errf(err, errlen, r, "%s: cannot declare the output tensor: %s", t->name, strerror(-r));
 			goto out;
 		}
 	}
 	if ((r = gguf_writer_begin(j.w, out)) < 0) {
-		fail(err, errlen, r, "%s: %s", out, strerror(-r));
+		qd_errf(err, errlen, r, "%s: %s", out, strerror(-r));
 		goto out;
 	}
 	if ((r = write_all_tensors(&j, err, errlen)) < 0)
 		goto out;
 	if ((r = gguf_writer_finish(j.w)) < 0) {
-		fail(err, errlen, r, "%s: %s", out, strerror(-r));
+		qd_errf(err, errlen, r, "%s: %s", out, strerror(-r));
 		goto out;
 	}
 	if (ret_stats) {

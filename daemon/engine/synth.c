@@ -1,10 +1,10 @@
 /* daemon/engine/synth.c: random-weight Llama GGUFs (see synth.h).  Tensors are declared in
  * the order llama.cpp's converter writes them, then their data is generated in pieces of
  * at most 8 MiB and appended. */
+#include "errmsg.h"
 #include "synth.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,17 +31,6 @@ const SynthShape *synth_shape(const char *name)
 const char *synth_shape_names(void)
 {
 	return "llama2-7b|llama3-8b|llama2-13b|llama2-70b|tiny";
-}
-
-static int fail(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-	if (errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return r;
 }
 
 static uint64_t next(uint64_t *s)
@@ -233,7 +222,7 @@ int synth_write(const char *path, const SynthShape *s, int type, int mix_q4_k_m,
 {
 	const QdTypeTraits *tr = qd_type_traits(mix_q4_k_m ? QD_TYPE_Q4_K : type);
 	if (!tr || !s)
-		return fail(err, errlen, -EINVAL, "unknown type");
+		return qd_errf(err, errlen, -EINVAL, "unknown type");
 	if (mix_q4_k_m)
 		type = QD_TYPE_Q4_K;
 	switch (type) {
@@ -241,7 +230,7 @@ int synth_write(const char *path, const SynthShape *s, int type, int mix_q4_k_m,
 	case QD_TYPE_Q8_0: case QD_TYPE_Q4_K: case QD_TYPE_Q6_K:
 		break;
 	default:
-		return fail(err, errlen, -EOPNOTSUPP, "type %s has no random block generator", tr->name);
+		return qd_errf(err, errlen, -EOPNOTSUPP, "type %s has no random block generator", tr->name);
 	}
 	TensorSpec *t = NULL;
 	size_t n_t = 0;
@@ -269,18 +258,18 @@ int synth_write(const char *path, const SynthShape *s, int type, int mix_q4_k_m,
 	    (r = gguf_writer_set_u32(w, "llama.attention.head_count_kv", (uint32_t)s->n_head_kv)) < 0 ||
 	    (r = gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f)) < 0 ||
 	    (r = set_vocab(w, s->n_vocab)) < 0) {
-		fail(err, errlen, r, "writing the header keys");
+		qd_errf(err, errlen, r, "writing the header keys");
 		goto out;
 	}
 	for (size_t i = 0; i < n_t; i++) {
 		int64_t ne[2] = { t[i].cols, t[i].rows };
 		if ((r = gguf_writer_add_tensor(w, t[i].name, t[i].type, t[i].rows > 1 ? 2 : 1, ne)) < 0) {
-			fail(err, errlen, r, "declaring %s", t[i].name);
+			qd_errf(err, errlen, r, "declaring %s", t[i].name);
 			goto out;
 		}
 	}
 	if ((r = gguf_writer_begin(w, path)) < 0) {
-		fail(err, errlen, r, "%s.tmp: cannot write", path);
+		qd_errf(err, errlen, r, "%s.tmp: cannot write", path);
 		goto out;
 	}
 	uint64_t rng = seed ? seed : 0x9e3779b97f4a7c15ull;
@@ -309,7 +298,7 @@ int synth_write(const char *path, const SynthShape *s, int type, int mix_q4_k_m,
 	r = 0;
 	goto out;
 io:
-	fail(err, errlen, r, "%s: write failed", path);
+	qd_errf(err, errlen, r, "%s: write failed", path);
 out:
 	gguf_writer_free(w);
 	free(buf);
