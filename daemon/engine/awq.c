@@ -24,16 +24,6 @@
 
 #define AWQ_ROWS 8 /* rows whose errors share one pass over H */
 
-static float dot(const float *x, const float *y, int64_t n)
-{
-	if (kb_cpu_use_avx2())
-		return gptq_dot_avx2(x, y, n);
-	float s = 0;
-	for (int64_t i = 0; i < n; i++)
-		s += x[i] * y[i];
-	return s;
-}
-
 void awq_absmean(const float *A, int64_t T, int64_t d, float *out)
 {
 	double *acc = calloc((size_t)d, sizeof(double));
@@ -124,7 +114,7 @@ static double quad_rows(const float *H, int64_t n, const float *E, int nr)
 			const float *e = E + (int64_t)r * n;
 			if (e[i] == 0)
 				continue;
-			float t = dot(h, e, i);
+			float t = gptq_dot(h, e, i);
 			acc += (double)e[i] * (2.0 * t + (double)h[i] * e[i]);
 		}
 	}

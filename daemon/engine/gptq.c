@@ -31,7 +31,7 @@ static void axpy(float *y, const float *x, float a, int64_t n)
 		y[i] += a * x[i];
 }
 
-static float dot(const float *x, const float *y, int64_t n)
+float gptq_dot(const float *x, const float *y, int64_t n)
 {
 	if (kb_cpu_use_avx2())
 		return gptq_dot_avx2(x, y, n);
@@ -117,7 +117,7 @@ static void gram_upper(const float *V, float *out, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++)
 		for (int64_t j = i; j < n; j++)
-			out[i * n + j] = dot(V + i * n + j, V + j * n + j, n - j);
+			out[i * n + j] = gptq_dot(V + i * n + j, V + j * n + j, n - j);
 }
 
 /* ---------------------------------------------------------------- block grids */

@@ -28,6 +28,8 @@ int gptq_quantize(KbThreadPool *tp, int type, float *W, int64_t rows, int64_t co
 /* AVX2/FMA kernels (gptq_avx2.c), used when kb_cpu_use_avx2(). */
 void gptq_axpy_avx2(float *y, const float *x, float a, int64_t n);
 float gptq_dot_avx2(const float *x, const float *y, int64_t n);
+/* The dispatched f32 dot product (AVX2 when in use), shared by gptq.c and awq.c. */
+float gptq_dot(const float *x, const float *y, int64_t n);
 void gptq_syrk_rows_avx2(float *H, int64_t d, const float *A, int64_t T, int64_t i0, int64_t i1);
 
 #endif
