@@ -103,20 +103,6 @@ static void dq_q4_1(const void *src, float *dst, int64_t n)
 	}
 }
 
-/* The 12 scale bytes of a Q4_K block hold 8 six-bit scales and 8 six-bit mins: sub-blocks
- * 0-3 in the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 take their low
- * 4 bits from the nibbles of bytes 8-11 and their top 2 bits from the top of bytes 0-7. */
-static inline void q4k_scale_min(const uint8_t *s, int j, int *ret_sc, int *ret_m)
-{
-	if (j < 4) {
-		*ret_sc = s[j] & 63;
-		*ret_m = s[j + 4] & 63;
-	} else {
-		*ret_sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-		*ret_m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-	}
-}
-
 static void dq_q4_k(const void *src, float *dst, int64_t n)
 {
 	const BlockQ4_K *b = src;
@@ -357,14 +343,7 @@ static void q_q4_k(const float *x, void *dst, int64_t n)
 			uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
 			ls = MIN(63, ls);
 			lm = MIN(63, lm);
-			if (j < 4) {
-				y[i].scales[j] |= ls;
-				y[i].scales[j + 4] |= lm;
-			} else {
-				y[i].scales[j + 4] = (uint8_t)((ls & 0x0f) | ((lm & 0x0f) << 4));
-				y[i].scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
-				y[i].scales[j] |= (uint8_t)((lm >> 4) << 6);
-			}
+			q4k_pack_scale_min(y[i].scales, j, ls, lm);
 		}
 		y[i].d = qd_f32_to_f16(max_scale / 63.0f);
 		y[i].dmin = qd_f32_to_f16(max_min / 63.0f);

@@ -109,7 +109,7 @@ static void dq_q4_1(const void *src, float *dst, int64_t n)
 }
 
 /* The 8 six-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K block; see
- * q4k_scale_min() in quant.c for the packing. */
+ * q4k_scale_min() in quant_internal.h for the packing. */
 static inline __m128i q4k_scales_mins(const uint8_t *s)
 {
 	uint32_t u[3];
@@ -693,22 +693,14 @@ static void q_q4_k(const float *x, void *dst, int64_t n)
 			uint8_t lm = (uint8_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(nearest_int_v(_mm256_set1_ps(inv_min * mins[j]))));
 			ls = ls < 63 ? ls : 63;
 			lm = lm < 63 ? lm : 63;
-			if (j < 4) {
-				y[i].scales[j] |= ls;
-				y[i].scales[j + 4] |= lm;
-			} else {
-				y[i].scales[j + 4] = (uint8_t)((ls & 0x0f) | ((lm & 0x0f) << 4));
-				y[i].scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
-				y[i].scales[j] |= (uint8_t)((lm >> 4) << 6);
-			}
+			q4k_pack_scale_min(y[i].scales, j, ls, lm);
 		}
 		y[i].d = qd_f32_to_f16(max_scale / 63.0f);
 		y[i].dmin = qd_f32_to_f16(max_min / 63.0f);
 		/* requantize each group against the scales as they will be decoded */
 		for (int j = 0; j < 8; j++) {
-			const uint8_t *s = y[i].scales;
-			int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-			int m = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+			int sc, m;
+			q4k_scale_min(y[i].scales, j, &sc, &m);
 			const float d = qd_f16_to_f32(y[i].d) * (float)sc;
 			if (!d)
 				continue;

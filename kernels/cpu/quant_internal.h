@@ -48,4 +48,32 @@ KbVecDotFn kb_avx2_vec_dot_fn(int wtype);
 KbVecDot4Fn kb_avx2_vec_dot4_fn(int wtype);
 const KbXPackKernels *kb_avx2_xpack_kernels(int wtype);
 
+/* The 12 scale bytes of a Q4_K block hold 8 six-bit scales and 8 six-bit mins: sub-blocks
+ * 0-3 in the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 take their low
+ * 4 bits from the nibbles of bytes 8-11 and their top 2 bits from the top of bytes 0-7. */
+static inline void q4k_scale_min(const uint8_t *s, int j, int *ret_sc, int *ret_m)
+{
+	if (j < 4) {
+		*ret_sc = s[j] & 63;
+		*ret_m = s[j + 4] & 63;
+	} else {
+		*ret_sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+		*ret_m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+	}
+}
+
+/* The inverse: stores six-bit scale LS and min LM of sub-block J (the 12 bytes start at 0
+ * and are OR-ed into for sub-blocks 0-3, so callers zero them first). */
+static inline void q4k_pack_scale_min(uint8_t *s, int j, uint8_t ls, uint8_t lm)
+{
+	if (j < 4) {
+		s[j] |= ls;
+		s[j + 4] |= lm;
+	} else {
+		s[j + 4] = (uint8_t)((ls & 0x0f) | ((lm & 0x0f) << 4));
+		s[j - 4] |= (uint8_t)((ls >> 4) << 6);
+		s[j] |= (uint8_t)((lm >> 4) << 6);
+	}
+}
+
 #endif
