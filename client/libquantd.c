@@ -100,6 +100,18 @@ static int call(qd_client *c, Quantd__Request *req, Quantd__Reply **ret, int *fd
 	}
 }
 
+/* call() for the requests whose reply must be of one kind: anything else is a protocol
+ * error named after WHAT. */
+static int call_expect(qd_client *c, Quantd__Request *req, int want, const char *what, Quantd__Reply **ret)
+{
+	int rc = call(c, req, ret, NULL, NULL);
+	if (rc < 0)
+		return rc;
+	if ((int)(*ret)->body_case != want)
+		return fail(c, -EPROTO, "unexpected reply to %s", what);
+	return 0;
+}
+
 static int map_session(qd_client *c, const int *fds, unsigned n)
 {
 	if (n != 3) {
@@ -482,11 +494,9 @@ int qd_models(qd_client *c, qd_model_info **ret, size_t *ret_n)
 	req.body_case = QUANTD__REQUEST__BODY_LIST_MODELS;
 	req.list_models = &lm;
 	Quantd__Reply *r;
-	int rc = call(c, &req, &r, NULL, NULL);
+	int rc = call_expect(c, &req, QUANTD__REPLY__BODY_MODELS, "ListModels", &r);
 	if (rc < 0)
 		return rc;
-	if (r->body_case != QUANTD__REPLY__BODY_MODELS)
-		return fail(c, -EPROTO, "unexpected reply to ListModels");
 	size_t n = r->models->n_models;
 	qd_model_info *out = calloc(n ? n : 1, sizeof *out);
 	if (!out)
@@ -510,11 +520,9 @@ int qd_load(qd_client *c, const char *path, const char *name, uint32_t n_slots, 
 	req.body_case = QUANTD__REQUEST__BODY_LOAD_MODEL;
 	req.load_model = &lm;
 	Quantd__Reply *r;
-	int rc = call(c, &req, &r, NULL, NULL);
+	int rc = call_expect(c, &req, QUANTD__REPLY__BODY_LOADED, "LoadModel", &r);
 	if (rc < 0)
 		return rc;
-	if (r->body_case != QUANTD__REPLY__BODY_LOADED)
-		return fail(c, -EPROTO, "unexpected reply to LoadModel");
 	if (ret_info)
 		info_from(ret_info, r->loaded);
 	return 0;
@@ -539,11 +547,9 @@ int qd_get_stats(qd_client *c, bool with_requests, qd_stats *ret)
 	req.body_case = QUANTD__REQUEST__BODY_STATS;
 	req.stats = &sr;
 	Quantd__Reply *r;
-	int rc = call(c, &req, &r, NULL, NULL);
+	int rc = call_expect(c, &req, QUANTD__REPLY__BODY_STATS, "Stats", &r);
 	if (rc < 0)
 		return rc;
-	if (r->body_case != QUANTD__REPLY__BODY_STATS)
-		return fail(c, -EPROTO, "unexpected reply to Stats");
 	const Quantd__StatsReply *s = r->stats;
 	qd_stats o = { .sessions = s->sessions, .uptime_s = s->uptime_s, .rss_bytes = s->rss_bytes,
 		       .requests_total = s->requests_total, .n_models = s->n_models,
@@ -606,11 +612,9 @@ int qd_get_health(qd_client *c, qd_health *ret)
 	req.body_case = QUANTD__REQUEST__BODY_HEALTH;
 	req.health = &h;
 	Quantd__Reply *r;
-	int rc = call(c, &req, &r, NULL, NULL);
+	int rc = call_expect(c, &req, QUANTD__REPLY__BODY_HEALTH, "Health", &r);
 	if (rc < 0)
 		return rc;
-	if (r->body_case != QUANTD__REPLY__BODY_HEALTH)
-		return fail(c, -EPROTO, "unexpected reply to Health");
 	memset(ret, 0, sizeof *ret);
 	ret->ok = r->health->ok;
 	copy_str(ret->status, sizeof ret->status, r->health->status);
@@ -635,11 +639,9 @@ int qd_tokenize(qd_client *c, const char *model, const char *text, size_t len, b
 	req.body_case = QUANTD__REQUEST__BODY_TOKENIZE;
 	req.tokenize = &tk;
 	Quantd__Reply *r;
-	int rc = call(c, &req, &r, NULL, NULL);
+	int rc = call_expect(c, &req, QUANTD__REPLY__BODY_TOKENIZED, "Tokenize", &r);
 	if (rc < 0)
 		return rc;
-	if (r->body_case != QUANTD__REPLY__BODY_TOKENIZED)
-		return fail(c, -EPROTO, "unexpected reply to Tokenize");
 	size_t n = r->tokenized->n_tokens;
 	int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
 	if (!ids)
@@ -668,11 +670,9 @@ int qd_detokenize(qd_client *c, const char *model, const int32_t *ids, size_t n,
 	req.body_case = QUANTD__REQUEST__BODY_DETOKENIZE;
 	req.detokenize = &dt;
 	Quantd__Reply *r;
-	int rc = call(c, &req, &r, NULL, NULL);
+	int rc = call_expect(c, &req, QUANTD__REPLY__BODY_DETOKENIZED, "Detokenize", &r);
 	if (rc < 0)
 		return rc;
-	if (r->body_case != QUANTD__REPLY__BODY_DETOKENIZED)
-		return fail(c, -EPROTO, "unexpected reply to Detokenize");
 	size_t len = r->detokenized->text.len;
 	char *text = malloc(len + 1);
 	if (!text)
