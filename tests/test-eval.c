@@ -11,18 +11,8 @@
 #include "kernels/types.h"
 #include "testutil.h"
 
-static char tmpdir[64];
 static char *text;
 static size_t text_len;
-
-static const char *tmp_path(const char *name)
-{
-	static char buf[4][128];
-	static int k;
-	k = (k + 1) % 4;
-	snprintf(buf[k], sizeof(buf[k]), "%s/%s", tmpdir, name);
-	return buf[k];
-}
 
 static const char *no_model(void)
 {
@@ -82,7 +72,7 @@ static void test_ordering(void)
 	const char *paths[3];
 	for (int i = 0; i < 3; i++) {
 		q.type = types[i];
-		paths[i] = strdup(tmp_path(names[i]));
+		paths[i] = strdup(tu_tmp_path(names[i]));
 		CU_ASSERT_EQUAL_FATAL(quantize_file(tu_model_path(), paths[i], &q, NULL, err, sizeof(err)), 0);
 	}
 	EvalResult r[3];
@@ -95,7 +85,7 @@ static void test_ordering(void)
 	CU_ASSERT_STRING_EQUAL(r[1].method, "rtn");
 	CU_ASSERT_STRING_EQUAL(r[2].type, "Q4_0");
 	/* the plot has one point per model with a positive KLD */
-	const char *svg = tmp_path("plot.svg");
+	const char *svg = tu_tmp_path("plot.svg");
 	CU_ASSERT_EQUAL_FATAL(eval_plot_svg(r + 1, 2, "t<&>", svg), 0);
 	size_t len;
 	char *s = tu_read_file(svg, &len);
@@ -114,7 +104,7 @@ static void test_ordering(void)
 
 static void test_bad(void)
 {
-	const char *paths[2] = { tu_model_path(), tmp_path("missing.gguf") };
+	const char *paths[2] = { tu_model_path(), tu_tmp_path("missing.gguf") };
 	EvalResult r[2];
 	EvalParams p = small();
 	char err[256] = "";
@@ -130,8 +120,7 @@ static void test_bad(void)
 
 int main(void)
 {
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/qd-test-eval.XXXXXX");
-	if (!mkdtemp(tmpdir))
+	if (!tu_tmp_path(""))
 		return 2;
 	text = tu_read_file("models/text/prideprejudice.txt", &text_len);
 	if (!text)
@@ -144,9 +133,6 @@ int main(void)
 	};
 	int r = tu_main("eval", tests);
 	free(text);
-	char cmd[128];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", tmpdir);
+	tu_tmp_cleanup();
 	return r;
 }

@@ -21,16 +21,6 @@
 #include "kernels/types.h"
 #include "testutil.h"
 
-static char tmpdir[64];
-
-static const char *tmp_path(const char *name)
-{
-	static char buf[4][128];
-	static int k;
-	k = (k + 1) % 4;
-	snprintf(buf[k], sizeof(buf[k]), "%s/%s", tmpdir, name);
-	return buf[k];
-}
 
 static const char *no_model(void)
 {
@@ -204,7 +194,7 @@ static void run_one(int target, const char *name)
 	p.n_threads = 2;
 	QuantStats st;
 	char err[512] = "";
-	const char *out = tmp_path(name);
+	const char *out = tu_tmp_path(name);
 	int r = quantize_file(tu_model_path(), out, &p, &st, err, sizeof(err));
 	if (r < 0)
 		printf("\n    quantize_file: %s\n", err);
@@ -246,7 +236,7 @@ static void test_notes(void)
 	p.note = on_note;
 	p.cb_arg = &nt;
 	char err[256];
-	CU_ASSERT_EQUAL_FATAL(quantize_file(tu_model_path(), tmp_path("notes.gguf"), &p, NULL, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL_FATAL(quantize_file(tu_model_path(), tu_tmp_path("notes.gguf"), &p, NULL, err, sizeof(err)), 0);
 	CU_ASSERT(nt.n >= 2);
 	CU_ASSERT(strstr(nt.last, "Q8_0") != NULL);
 }
@@ -258,15 +248,15 @@ static void test_bad_inputs(void)
 	/* same file in and out */
 	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tu_model_path(), &p, NULL, err, sizeof(err)), -EEXIST);
 	/* missing input */
-	CU_ASSERT_EQUAL(quantize_file(tmp_path("nope.gguf"), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -ENOENT);
+	CU_ASSERT_EQUAL(quantize_file(tu_tmp_path("nope.gguf"), tu_tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -ENOENT);
 	CU_ASSERT(strstr(err, "nope.gguf") != NULL);
 	/* not a GGUF, and a truncated one */
-	const char *junk = tmp_path("junk.gguf");
+	const char *junk = tu_tmp_path("junk.gguf");
 	FILE *f = fopen(junk, "wb");
 	CU_ASSERT_FATAL(f != NULL);
 	fputs("this is not a gguf file at all, it is text", f);
 	fclose(f);
-	CU_ASSERT_EQUAL(quantize_file(junk, tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EBADMSG);
+	CU_ASSERT_EQUAL(quantize_file(junk, tu_tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EBADMSG);
 	size_t len;
 	char *model = tu_read_file(tu_model_path(), &len);
 	CU_ASSERT_FATAL(model != NULL);
@@ -274,20 +264,20 @@ static void test_bad_inputs(void)
 	fwrite(model, 1, len / 2, f);
 	fclose(f);
 	free(model);
-	CU_ASSERT_EQUAL(quantize_file(junk, tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EBADMSG);
-	CU_ASSERT(access(tmp_path("x.gguf"), F_OK) != 0); /* nothing left behind */
+	CU_ASSERT_EQUAL(quantize_file(junk, tu_tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EBADMSG);
+	CU_ASSERT(access(tu_tmp_path("x.gguf"), F_OK) != 0); /* nothing left behind */
 	/* unknown type, method, and a calibrated method without text or for a K type */
 	p.type = 12345;
-	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tu_tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EINVAL);
 	p = quant_default_params();
 	p.method = 7;
-	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tu_tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EINVAL);
 	p.method = QUANT_GPTQ;
-	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tu_tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EINVAL);
 	p.type = QD_TYPE_Q6_K;
 	p.calib_text = "some text";
 	p.calib_len = 9;
-	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EOPNOTSUPP);
+	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), tu_tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EOPNOTSUPP);
 	/* an output directory that does not exist */
 	p = quant_default_params();
 	CU_ASSERT_EQUAL(quantize_file(tu_model_path(), "/nonexistent-dir/x.gguf", &p, NULL, err, sizeof(err)), -ENOENT);
@@ -575,7 +565,7 @@ static void test_awq_fold(void)
 static void test_awq_file(void)
 {
 	char err[512] = "";
-	const char *src = tmp_path("tiny-f32.gguf"), *out = tmp_path("tiny-awq.gguf");
+	const char *src = tu_tmp_path("tiny-f32.gguf"), *out = tu_tmp_path("tiny-awq.gguf");
 	CU_ASSERT_EQUAL_FATAL(synth_write(src, synth_shape("tiny"), QD_TYPE_F32, 0, 5, err, sizeof(err)), 0);
 	static char text[16384];
 	size_t len = 0;
@@ -633,7 +623,7 @@ static void test_awq_file(void)
 	check_generates(out, "Emma was"); /* byte-level vocabulary: one token a byte */
 	/* and refused where it means nothing */
 	p.type = QD_TYPE_F16;
-	CU_ASSERT_EQUAL(quantize_file(src, tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EOPNOTSUPP);
+	CU_ASSERT_EQUAL(quantize_file(src, tu_tmp_path("x.gguf"), &p, NULL, err, sizeof(err)), -EOPNOTSUPP);
 }
 
 static const char *no_python(void)
@@ -652,7 +642,7 @@ static void test_gguf_py(void)
 	QuantParams p = quant_default_params();
 	p.type = QD_TYPE_Q4_0;
 	char err[256], cmd[1024];
-	const char *out = tmp_path("py.gguf");
+	const char *out = tu_tmp_path("py.gguf");
 	CU_ASSERT_EQUAL_FATAL(quantize_file(tu_model_path(), out, &p, NULL, err, sizeof(err)), 0);
 	snprintf(cmd, sizeof(cmd), "python3 tools/check-quantized.py --max-rows 64 '%s' '%s'", tu_model_path(), out);
 	int r = system(cmd);
@@ -661,8 +651,7 @@ static void test_gguf_py(void)
 
 int main(void)
 {
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/qd-test-quantize.XXXXXX");
-	if (!mkdtemp(tmpdir))
+	if (!tu_tmp_path(""))
 		return 2;
 	static const TuTest tests[] = {
 		{ "pick_rules", test_pick_rules, NULL },
@@ -680,9 +669,6 @@ int main(void)
 		{ NULL, NULL, NULL },
 	};
 	int r = tu_main("quantize", tests);
-	char cmd[128];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", tmpdir);
+	tu_tmp_cleanup();
 	return r;
 }

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int tu_main(const char *name, const TuTest *tests)
 {
@@ -94,4 +95,33 @@ char *tu_read_file(const char *path, size_t *ret_len)
 	if (ret_len)
 		*ret_len = len;
 	return buf;
+}
+
+static char tmpdir[64];
+
+const char *tu_tmp_path(const char *name)
+{
+	static char buf[4][192];
+	static int k;
+	if (!tmpdir[0]) {
+		strcpy(tmpdir, "/tmp/qd-test.XXXXXX");
+		if (!mkdtemp(tmpdir)) {
+			tmpdir[0] = 0;
+			return NULL;
+		}
+	}
+	k = (k + 1) % 4;
+	snprintf(buf[k], sizeof(buf[k]), "%s/%s", tmpdir, name);
+	return buf[k];
+}
+
+void tu_tmp_cleanup(void)
+{
+	if (!tmpdir[0])
+		return;
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", tmpdir);
+	tmpdir[0] = 0;
 }

@@ -33,6 +33,12 @@ void tu_skip(const char *test, const char *why);
 uint64_t tu_rand_u64(uint64_t *state);
 float tu_rand_f32(uint64_t *state); /* uniform in [-1, 1) */
 
+/* DIR/NAME in a private temporary directory made on first use (/tmp/qd-test.XXXXXX); the
+ * result stays valid for the next 3 calls.  NULL if the directory cannot be made. */
+const char *tu_tmp_path(const char *name);
+/* Removes that directory and everything in it (no-op when none was made). */
+void tu_tmp_cleanup(void);
+
 /* Reads a whole file into a malloc'd buffer (NUL-terminated); NULL on error. */
 char *tu_read_file(const char *path, size_t *ret_len);
 
