@@ -70,8 +70,8 @@ typedef struct {
 	/* Writes k/v rows [n][n_head_kv*head_dim] into the caches at (seq[t], pos[t]). */
 	int (*kv_store)(KbBackend *b, const KbAttention *a, const float *k, const float *v);
 	int (*attention)(KbBackend *b, const KbAttention *a);
-	/* y = silu(g) * u over n elements. */
-	int (*swiglu)(KbBackend *b, const float *g, const float *u, int64_t n, float *y);
+	/* y = silu(g) * u over n rows of dim elements. */
+	int (*swiglu)(KbBackend *b, const float *g, const float *u, int n, int64_t dim, float *y);
 	/* x += y over n elements. */
 	int (*add)(KbBackend *b, float *x, const float *y, int64_t n);
 	int (*sync)(KbBackend *b);
@@ -88,6 +88,17 @@ typedef struct {
 	 * the calls again without a step, or the failed status. */
 	int (*step_begin)(KbBackend *b, const KbStep *s);
 	int (*step_end)(KbBackend *b, int status);
+
+	/* Optional fused forms of the calls above; forward.c falls back to those calls where
+	 * a backend leaves one NULL, and the results must be the same bits either way.
+	 * matmul_multi: y[i] = W[i] . x (acc: y[i] += W[i] . x) for nw <= 3 weights of equal
+	 * cols, so that q/k/v or gate/up read x once and run as one kernel.
+	 * rope_kv_store: rope on q (n_head heads) and k (n_head_kv heads) in place, then
+	 * kv_store of k and v (A's q and out are not used). */
+	int (*matmul_multi)(KbBackend *b, int nw, const KbWeight *const *w, const float *x, int n,
+			    float *const *y, int acc);
+	int (*rope_kv_store)(KbBackend *b, const KbAttention *a, float *q, float *k, const float *v,
+			     int rot_dim, float base);
 } KbOps;
 
 struct KbBackend {

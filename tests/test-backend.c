@@ -304,8 +304,8 @@ static void test_norm_rope_elementwise(void)
 	float *yc = malloc(sizeof(float) * (size_t)n), *yg = malloc(sizeof(float) * (size_t)n);
 	float *dg = buf_in(gpu, g, sizeof(float) * (size_t)n), *du = buf_in(gpu, u, sizeof(float) * (size_t)n);
 	CU_ASSERT_FATAL(g && u && yc && yg && dg && du);
-	CU_ASSERT_EQUAL(cpu->ops->swiglu(cpu, g, u, n, yc), 0);
-	CU_ASSERT_EQUAL(gpu->ops->swiglu(gpu, dg, du, n, dg), 0); /* in place, as forward.c does */
+	CU_ASSERT_EQUAL(cpu->ops->swiglu(cpu, g, u, 1, n, yc), 0);
+	CU_ASSERT_EQUAL(gpu->ops->swiglu(gpu, dg, du, 1, n, dg), 0); /* in place, as forward.c does */
 	CU_ASSERT_EQUAL(buf_out(gpu, yg, dg, sizeof(float) * (size_t)n), 0);
 	int64_t at = 0;
 	CU_ASSERT(worst(yg, yc, yc, n, 1e-7, 1e-6, &at) <= 1);
@@ -579,15 +579,29 @@ static void mini_free(KbBackend *b, Mini *m)
 		b->ops->release(b, ps[i]);
 }
 
-static int mini_ops(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *pos, const int32_t *seq, int n)
+/* The block op by op, or (FUSED) through the fused ops forward.c uses: q alone (its type
+ * differs), k and v in one product, RoPE with the cache store, the residual add riding on
+ * the wo product.  Both must give the same bits. */
+static int mini_ops(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *pos, const int32_t *seq, int n,
+		    int fused)
 {
 	const KbOps *o = b->ops;
 	KbAttention a = { .n_tokens = n, .n_head = MH, .n_head_kv = MKV, .head_dim = MHD, .pos = pos, .seq = seq,
 			  .q = m->q, .k_cache = m->kc, .v_cache = m->vc, .kv_slot_stride = MCTX * MKV * MHD,
 			  .scale = 0.125f, .out = m->att };
 	int r;
-	if ((r = o->get_rows(b, &m->emb, ids, n, m->x)) < 0 || (r = o->rmsnorm(b, m->x, m->norm, n, MD, 1e-5f, m->xn)) < 0 ||
-	    (r = o->matmul(b, &m->wq, m->xn, n, m->q)) < 0 || (r = o->matmul(b, &m->wkv, m->xn, n, m->k)) < 0 ||
+	if ((r = o->get_rows(b, &m->emb, ids, n, m->x)) < 0 || (r = o->rmsnorm(b, m->x, m->norm, n, MD, 1e-5f, m->xn)) < 0)
+		return r;
+	if (fused) {
+		const KbWeight *wq[1] = { &m->wq }, *wkv[2] = { &m->wkv, &m->wkv }, *wo[1] = { &m->wo };
+		float *yq[1] = { m->q }, *ykv[2] = { m->k, m->v }, *yx[1] = { m->x };
+		if ((r = o->matmul_multi(b, 1, wq, m->xn, n, yq, 0)) < 0 ||
+		    (r = o->matmul_multi(b, 2, wkv, m->xn, n, ykv, 0)) < 0 ||
+		    (r = o->rope_kv_store(b, &a, m->q, m->k, m->v, MHD, 1e4f)) < 0 || (r = o->attention(b, &a)) < 0)
+			return r;
+		return o->matmul_multi(b, 1, wo, m->att, n, yx, 1);
+	}
+	if ((r = o->matmul(b, &m->wq, m->xn, n, m->q)) < 0 || (r = o->matmul(b, &m->wkv, m->xn, n, m->k)) < 0 ||
 	    (r = o->matmul(b, &m->wkv, m->xn, n, m->v)) < 0 || (r = o->rope(b, m->q, pos, n, MH, MHD, MHD, 1e4f)) < 0 ||
 	    (r = o->rope(b, m->k, pos, n, MKV, MHD, MHD, 1e4f)) < 0 || (r = o->kv_store(b, &a, m->k, m->v)) < 0 ||
 	    (r = o->attention(b, &a)) < 0 || (r = o->matmul(b, &m->wo, m->att, n, m->y)) < 0)
@@ -596,22 +610,23 @@ static int mini_ops(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *po
 }
 
 /* One step as forward.c drives it: through step_begin/step_end when the backend has them. */
-static int mini_step(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *pos, const int32_t *seq, int n)
+static int mini_step(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *pos, const int32_t *seq, int n,
+		     int fused)
 {
 	const KbStep st = { n, ids, pos, seq };
 	int r = 0;
 	if (b->ops->step_begin && (r = b->ops->step_begin(b, &st)) != 0)
 		return r < 0 ? r : 0;
-	r = mini_ops(b, m, ids, pos, seq, n);
+	r = mini_ops(b, m, ids, pos, seq, n, fused);
 	if (b->ops->step_begin) {
 		int re = b->ops->step_end(b, r);
-		r = re == 1 ? mini_ops(b, m, ids, pos, seq, n) : re;
+		r = re == 1 ? mini_ops(b, m, ids, pos, seq, n, fused) : re;
 	}
 	return r;
 }
 
-/* Steps recorded and replayed as CUDA graphs (with shared activation conversions) give the
- * same bits as the plain op calls, step after step, while positions, slots and ids change;
+/* Steps recorded and replayed as CUDA graphs (with shared activation conversions and the
+ * fused ops) give the same bits as the plain op calls, step after step, while positions, slots and ids change;
  * the graphs are really used (one capture per batch size, the rest replays). */
 static void test_step_graphs(void)
 {
@@ -640,8 +655,8 @@ static void test_step_graphs(void)
 			seq[0] = 1;
 			pos[0] = i;
 		}
-		CU_ASSERT_EQUAL_FATAL(mini_step(bg, &mg, ids, pos, seq, n), 0);
-		CU_ASSERT_EQUAL_FATAL(mini_step(bp, &mp, ids, pos, seq, n), 0);
+		CU_ASSERT_EQUAL_FATAL(mini_step(bg, &mg, ids, pos, seq, n, 1), 0);
+		CU_ASSERT_EQUAL_FATAL(mini_step(bp, &mp, ids, pos, seq, n, 0), 0);
 		CU_ASSERT_EQUAL_FATAL(buf_out(bg, og, mg.x, sizeof(float) * (size_t)n * MD), 0);
 		CU_ASSERT_EQUAL_FATAL(buf_out(bp, op, mp.x, sizeof(float) * (size_t)n * MD), 0);
 		diffs += memcmp(og, op, sizeof(float) * (size_t)n * MD) != 0;

@@ -478,7 +478,7 @@ static void block_forward(KbBackend *be, const AwqBlock *b, float *X, int n)
 	CU_ASSERT_EQUAL_FATAL(o->rmsnorm(be, X, b->ffn_norm, n, d, 1e-5f, xn), 0);
 	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[4], xn, n, g), 0);
 	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[5], xn, n, u), 0);
-	CU_ASSERT_EQUAL_FATAL(o->swiglu(be, g, u, (int64_t)n * ff, h), 0);
+	CU_ASSERT_EQUAL_FATAL(o->swiglu(be, g, u, n, ff, h), 0);
 	CU_ASSERT_EQUAL_FATAL(o->matmul(be, &w[6], h, n, t), 0);
 	CU_ASSERT_EQUAL_FATAL(o->add(be, X, t, (int64_t)n * d), 0);
 	free(xn);

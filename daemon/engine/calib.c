@@ -276,7 +276,7 @@ static int ffn_forward(QuantCalib *c, const KbWeight *wg, const KbWeight *wu)
 	for (int64_t s = 0; s < c->n_seq && r == 0; s++) {
 		const float *xn = c->XN + s * c->ctx * d;
 		if ((r = o->matmul(c->be, wg, xn, n, c->gate)) == 0 && (r = o->matmul(c->be, wu, xn, n, c->up)) == 0)
-			r = o->swiglu(c->be, c->gate, c->up, (int64_t)n * ff, c->HID + s * c->ctx * ff);
+			r = o->swiglu(c->be, c->gate, c->up, n, ff, c->HID + s * c->ctx * ff);
 	}
 	return r;
 }

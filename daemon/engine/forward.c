@@ -274,6 +274,41 @@ static int check_batch(Context *c, const Batch *b)
 	return r;
 }
 
+/* y[i] = W[i] . x (acc: y[i] += W[i] . x) for i < nw through the backend's fused op, or
+ * one product at a time (acc through c->tmp and add) where it has none. */
+static int mm(Context *c, int nw, const KbWeight *const *w, const float *x, int n, float *const *y, int acc)
+{
+	const KbOps *o = c->be->ops;
+	if (o->matmul_multi)
+		return o->matmul_multi(c->be, nw, w, x, n, y, acc);
+	int r = 0;
+	for (int i = 0; i < nw && r == 0; i++) {
+		if (!acc)
+			r = o->matmul(c->be, w[i], x, n, y[i]);
+		else if (w[i]->rows > c->m->cfg.n_embd) /* c->tmp holds n_embd per token */
+			r = -EINVAL;
+		else if ((r = o->matmul(c->be, w[i], x, n, c->tmp)) == 0)
+			r = o->add(c->be, y[i], c->tmp, (int64_t)n * w[i]->rows);
+	}
+	return r;
+}
+
+/* RoPE on q and k, then k and v into the cache. */
+static int rope_store(Context *c, const KbAttention *a, const Batch *b)
+{
+	const ModelConfig *cfg = &c->m->cfg;
+	const KbOps *o = c->be->ops;
+	KbBackend *be = c->be;
+	const int n = b->n_tokens;
+	if (o->rope_kv_store)
+		return o->rope_kv_store(be, a, c->q, c->k, c->v, cfg->rope_dim, cfg->rope_base);
+	int r;
+	if ((r = o->rope(be, c->q, b->pos, n, cfg->n_head, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0 ||
+	    (r = o->rope(be, c->k, b->pos, n, cfg->n_head_kv, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0)
+		return r;
+	return o->kv_store(be, a, c->k, c->v);
+}
+
 /* The embedding and the layers: what a step does for any n tokens, reading the batch's
  * ids, positions and slots only through the ops' index arguments, so that a backend
  * may record it (step_begin/step_end) and replay it. */
@@ -291,24 +326,22 @@ static int run_layers(Context *c, const Batch *b)
 		.pos = b->pos, .seq = b->seq, .q = c->q, .kv_slot_stride = c->slot_stride,
 		.scale = 1.0f / sqrtf((float)cfg->head_dim), .out = c->att,
 	};
+	float *const qkv[3] = { c->q, c->k, c->v }, *const gu[2] = { c->gate, c->up }, *const res[1] = { c->x };
 	for (int il = 0; il < cfg->n_layer; il++) {
 		const Layer *l = &c->layers[il].l;
+		const KbWeight *const wqkv[3] = { &l->wq, &l->wk, &l->wv }, *const wgu[2] = { &l->w_gate, &l->w_up };
+		const KbWeight *const wo[1] = { &l->wo }, *const wd[1] = { &l->w_down };
 		a.k_cache = c->k_cache[il];
 		a.v_cache = c->v_cache[il];
+		/* the residual adds ride on the products (acc) */
 		if ((r = o->rmsnorm(be, c->x, l->attn_norm, n, d, cfg->norm_eps, c->xn)) < 0 ||
-		    (r = o->matmul(be, &l->wq, c->xn, n, c->q)) < 0 || (r = o->matmul(be, &l->wk, c->xn, n, c->k)) < 0 ||
-		    (r = o->matmul(be, &l->wv, c->xn, n, c->v)) < 0 ||
-		    (r = o->rope(be, c->q, b->pos, n, cfg->n_head, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0 ||
-		    (r = o->rope(be, c->k, b->pos, n, cfg->n_head_kv, cfg->head_dim, cfg->rope_dim, cfg->rope_base)) < 0 ||
-		    (r = o->kv_store(be, &a, c->k, c->v)) < 0 || (r = o->attention(be, &a)) < 0 ||
-		    (r = o->matmul(be, &l->wo, c->att, n, c->tmp)) < 0 || (r = o->add(be, c->x, c->tmp, (int64_t)n * d)) < 0)
+		    (r = mm(c, 3, wqkv, c->xn, n, qkv, 0)) < 0 || (r = rope_store(c, &a, b)) < 0 ||
+		    (r = o->attention(be, &a)) < 0 || (r = mm(c, 1, wo, c->att, n, res, 1)) < 0)
 			return r;
 		if ((r = o->rmsnorm(be, c->x, l->ffn_norm, n, d, cfg->norm_eps, c->xn)) < 0 ||
-		    (r = o->matmul(be, &l->w_gate, c->xn, n, c->gate)) < 0 ||
-		    (r = o->matmul(be, &l->w_up, c->xn, n, c->up)) < 0 ||
-		    (r = o->swiglu(be, c->gate, c->up, (int64_t)n * cfg->n_ff, c->gate)) < 0 ||
-		    (r = o->matmul(be, &l->w_down, c->gate, n, c->tmp)) < 0 ||
-		    (r = o->add(be, c->x, c->tmp, (int64_t)n * d)) < 0)
+		    (r = mm(c, 2, wgu, c->xn, n, gu, 0)) < 0 ||
+		    (r = o->swiglu(be, c->gate, c->up, n, cfg->n_ff, c->gate)) < 0 ||
+		    (r = mm(c, 1, wd, c->gate, n, res, 1)) < 0)
 			return r;
 	}
 	return 0;

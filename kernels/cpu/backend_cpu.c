@@ -205,8 +205,9 @@ static int cpu_attention(KbBackend *b, const KbAttention *a)
 	return 0;
 }
 
-static int cpu_swiglu(KbBackend *b, const float *g, const float *u, int64_t n, float *y)
+static int cpu_swiglu(KbBackend *b, const float *g, const float *u, int n_rows, int64_t dim, float *y)
 {
+	const int64_t n = (int64_t)n_rows * dim;
 	for (int64_t i = 0; i < n; i++)
 		y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 	return 0;

@@ -9,6 +9,7 @@
  * memory at the end. */
 #include <cuda_fp16.h>
 #include <math.h>
+#include <string.h>
 
 #include "internal.cuh"
 #include "ops.h"
@@ -38,6 +39,13 @@ extern "C" int kb_cuda_kv_store(KbCuda *ctx, const float *k, const float *v, uin
 	return kb_err(cudaGetLastError());
 }
 
+/* Where attention also stores its output in the product layout (xh NULL: nowhere). */
+typedef struct {
+	uint16_t *xh, *xhi, *xlo;
+	float *xs;
+	int64_t cap;
+} ActOut;
+
 #define ATT_WARPS 4
 #define ATT_MAXPER 8 /* head_dim / 32 */
 
@@ -58,7 +66,7 @@ __device__ __forceinline__ float warp_sum(float v)
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(const float *q, const __half *kc, const __half *vc,
 							      const int32_t *pos, const int32_t *seq, int n_head,
 							      int group, int hd, int kvd, int64_t stride, float scale,
-							      float *out)
+							      float *out, ActOut act)
 {
 	extern __shared__ float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
 	float *qs = sm, *wacc = sm + hd, *wm = wacc + ATT_WARPS * hd, *wl = wm + ATT_WARPS;
@@ -135,17 +143,20 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(const float *q, co
 	}
 	const float inv = 1.0f / L;
 	float *o = out + ((int64_t)t * n_head + h) * hd;
+	/* hd is a multiple of 32: whole warps reach kb_act_put together */
 	for (int i = threadIdx.x; i < hd; i += blockDim.x) {
 		float s = 0.f;
 		for (int w = 0; w < ATT_WARPS; w++)
 			s += wacc[w * hd + i] * f[w];
 		o[i] = s * inv;
+		if (act.xh)
+			kb_act_put(act.xh, act.xhi, act.xlo, act.xs, act.cap, t, (int64_t)h * hd + i, s * inv);
 	}
 }
 
 extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 				 const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
-				 int64_t slot_stride, float scale, float *out)
+				 int64_t slot_stride, float scale, float *out, KbCudaAct *act)
 {
 	if (!ctx || !q || !k_cache || !v_cache || !pos || !seq || !out || n < 0 || n_head < 1 || n_head_kv < 1 ||
 	    n_head % n_head_kv || head_dim < 32 || head_dim % 32 || head_dim > 32 * ATT_MAXPER)
@@ -155,9 +166,26 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	const int64_t blocks = (int64_t)n * n_head;
 	if (blocks > 0x7fffffff)
 		return -EINVAL;
+	/* the output also into ACT: it then holds what kb_cuda_act_prepare would make of it */
+	ActOut av;
+	memset(&av, 0, sizeof(av));
+	if (act) {
+		if (act->ctx != ctx || n > KB_CUDA_MAX_TOK || (int64_t)n_head * head_dim > act->cap)
+			return -EINVAL;
+		av.xh = act->xh;
+		av.xhi = act->xhi;
+		av.xlo = act->xlo;
+		av.xs = act->xs;
+		av.cap = act->cap;
+	}
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
 	k_attention<<<(unsigned)blocks, ATT_WARPS * 32, smem, ctx->stream>>>(
 		q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head, n_head / n_head_kv, head_dim,
-		n_head_kv * head_dim, slot_stride, scale, out);
-	return kb_err(cudaGetLastError());
+		n_head_kv * head_dim, slot_stride, scale, out, av);
+	int r = kb_err(cudaGetLastError());
+	if (r == 0 && act) {
+		act->cols = (int64_t)n_head * head_dim;
+		act->n_tok = n;
+	}
+	return r;
 }

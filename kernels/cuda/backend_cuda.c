@@ -326,36 +326,60 @@ static int cuda_get_rows(KbBackend *b, const KbWeight *w, const int32_t *ids, in
 	return kb_cuda_get_rows(c->ctx, w->type, cw->raw, cw->row_bytes, w->cols, dids, n, out);
 }
 
-static int cuda_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
+/* y[i] = W[i] . x (acc: +=) for nw weights; one launch per pass of KB_CUDA_MAX_TOK
+ * tokens when the weights share type and cols (q/k/v, gate/up), else one per weight. */
+static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, const float *x, int n,
+			     float *const *y, int acc)
 {
 	CudaBackend *c = cb(b);
-	CudaWeight *cw = w->priv;
-	if (!cw || n < 1)
+	const KbCudaWeight *mm[KB_CUDA_MMV_MAX_W];
+	if (nw < 1 || nw > KB_CUDA_MMV_MAX_W || n < 1 || !x)
 		return -EINVAL;
-	if (!cw->mm)
-		return -EOPNOTSUPP;
-	int r = act_ensure(c, w->cols);
+	int same = 1;
+	for (int i = 0; i < nw; i++) {
+		CudaWeight *cw = w[i] ? w[i]->priv : NULL;
+		if (!cw || !y[i] || w[i]->cols != w[0]->cols)
+			return -EINVAL;
+		if (!cw->mm)
+			return -EOPNOTSUPP;
+		mm[i] = cw->mm;
+		same &= w[i]->type == w[0]->type;
+	}
+	const int64_t cols = w[0]->cols;
+	int r = act_ensure(c, cols);
 	if (r < 0)
 		return r;
 	/* the activations are already converted when the last product or norm left x there */
-	const int reuse = c->fuse && x == c->act_x && n == c->act_n && w->cols == c->act_cols;
-	for (int t0 = 0; t0 < n; t0 += KB_CUDA_MAX_TOK) {
+	const int reuse = c->fuse && x == c->act_x && n == c->act_n && cols == c->act_cols;
+	for (int t0 = 0; t0 < n && r == 0; t0 += KB_CUDA_MAX_TOK) {
 		int nt = n - t0 < KB_CUDA_MAX_TOK ? n - t0 : KB_CUDA_MAX_TOK;
-		if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x + (int64_t)t0 * w->cols, w->cols, w->cols,
-						       nt)) < 0)
+		float *yt[KB_CUDA_MMV_MAX_W];
+		for (int i = 0; i < nw; i++)
+			yt[i] = y[i] + (int64_t)t0 * w[i]->rows;
+		if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x + (int64_t)t0 * cols, cols, cols, nt)) < 0)
 			break;
-		if ((r = kb_cuda_mmv_act(c->ctx, cw->mm, c->act, y + (int64_t)t0 * w->rows, w->rows)) < 0)
-			break;
+		if (same && c->fuse)
+			r = kb_cuda_mmv_multi(c->ctx, nw, mm, c->act, yt, acc);
+		else
+			for (int i = 0; i < nw && r == 0; i++)
+				r = kb_cuda_mmv_multi(c->ctx, 1, &mm[i], c->act, &yt[i], acc);
 	}
 	act_forget(c);
-	/* act holds x's last pass: all of x when there was one, unless y overwrote x */
-	const int overlap = (const float *)y < x + (int64_t)n * w->cols && x < y + (int64_t)n * w->rows;
+	/* act holds x's last pass: all of x when there was one, unless a y overwrote x */
+	int overlap = 0;
+	for (int i = 0; i < nw; i++)
+		overlap |= (const float *)y[i] < x + (int64_t)n * cols && x < y[i] + (int64_t)n * w[i]->rows;
 	if (r == 0 && n <= KB_CUDA_MAX_TOK && !overlap) {
 		c->act_x = x;
 		c->act_n = n;
-		c->act_cols = w->cols;
+		c->act_cols = cols;
 	}
 	return r;
+}
+
+static int cuda_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
+{
+	return cuda_matmul_multi(b, 1, &w, x, n, &y, 0);
 }
 
 static int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)
@@ -409,6 +433,23 @@ static int cuda_kv_store(KbBackend *b, const KbAttention *a, const float *k, con
 				a->n_head_kv * a->head_dim, a->kv_slot_stride);
 }
 
+static int cuda_rope_kv_store(KbBackend *b, const KbAttention *a, float *q, float *k, const float *v, int rot_dim,
+			      float base)
+{
+	CudaBackend *c = cb(b);
+	const int32_t *dpos, *dseq;
+	if (rot_dim > 512 || rot_dim % 2 || rot_dim > a->head_dim || a->n_tokens < 1)
+		return -EINVAL;
+	int r = idx_pos_seq(c, a, &dpos, &dseq);
+	if (r < 0)
+		return r;
+	const float theta_scale = powf(base, -2.0f / (float)rot_dim);
+	return kb_cuda_rope_kv_store(c->ctx, q, k, v, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head,
+				     a->n_head_kv, a->head_dim, rot_dim, theta_scale, a->kv_slot_stride);
+}
+
+/* Attention converts its output for the next product (wo) in the same launch when that
+ * fits one pass, as rmsnorm does. */
 static int cuda_attention(KbBackend *b, const KbAttention *a)
 {
 	CudaBackend *c = cb(b);
@@ -418,14 +459,36 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 	int r = idx_pos_seq(c, a, &dpos, &dseq);
 	if (r < 0)
 		return r;
-	return kb_cuda_attention(c->ctx, a->q, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head,
-				 a->n_head_kv, a->head_dim, a->kv_slot_stride, a->scale, a->out);
+	const int64_t cols = (int64_t)a->n_head * a->head_dim;
+	KbCudaAct *act = c->fuse && a->n_tokens <= KB_CUDA_MAX_TOK && c->act && cols <= kb_cuda_act_cap(c->act)
+				 ? c->act
+				 : NULL;
+	r = kb_cuda_attention(c->ctx, a->q, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head, a->n_head_kv,
+			      a->head_dim, a->kv_slot_stride, a->scale, a->out, act);
+	if (r == 0 && act) {
+		c->act_x = a->out;
+		c->act_n = a->n_tokens;
+		c->act_cols = cols;
+	}
+	return r;
 }
 
-static int cuda_swiglu(KbBackend *b, const float *g, const float *u, int64_t n, float *y)
+static int cuda_swiglu(KbBackend *b, const float *g, const float *u, int n, int64_t dim, float *y)
 {
-	act_forget(cb(b));
-	return kb_cuda_swiglu(cb(b)->ctx, g, u, n, y);
+	CudaBackend *c = cb(b);
+	act_forget(c);
+	if (n < 1 || dim < 1)
+		return n == 0 ? 0 : -EINVAL;
+	if (c->fuse && n <= KB_CUDA_MAX_TOK && c->act && dim <= kb_cuda_act_cap(c->act)) {
+		int r = kb_cuda_swiglu_act(c->ctx, g, u, n, dim, y, c->act);
+		if (r == 0) {
+			c->act_x = y;
+			c->act_n = n;
+			c->act_cols = dim;
+		}
+		return r;
+	}
+	return kb_cuda_swiglu(c->ctx, g, u, (int64_t)n * dim, y);
 }
 
 static int cuda_add(KbBackend *b, float *x, const float *y, int64_t n)
@@ -585,6 +648,8 @@ static const KbOps cuda_ops = {
 	.kv_store = cuda_kv_store,
 	.attention = cuda_attention,
 	.swiglu = cuda_swiglu,
+	.matmul_multi = cuda_matmul_multi,
+	.rope_kv_store = cuda_rope_kv_store,
 	.add = cuda_add,
 	.sync = cuda_sync,
 	.step_begin = cuda_step_begin,

@@ -126,6 +126,13 @@ int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_dev, int64_t
 int kb_cuda_mmv_act(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,
 		    int64_t ldy);
 
+/* Several products on one act in one launch: y_dev[i] ([n_tok][w[i]'s rows]) = W[i] x,
+ * or += W[i] x when acc (the same bits as the product followed by an add).  1 <= nw <=
+ * KB_CUDA_MMV_MAX_W weights of one type and of the act's cols.  Queued. */
+#define KB_CUDA_MMV_MAX_W 3
+int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act,
+		      float *const *y_dev, int acc);
+
 /* Both of the above, with an activation buffer kept by the context. */
 int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t ldx,
 		float *y_dev, int64_t ldy, int n_tok);

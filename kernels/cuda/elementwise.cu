@@ -1,5 +1,6 @@
-/* kernels/cuda/elementwise.cu: RMSNorm, RoPE, SwiGLU and add for the forward pass, and
- * the small asynchronous upload the ops table uses for index arrays.  These kernels are
+/* kernels/cuda/elementwise.cu: RMSNorm, RoPE (also fused with the KV-cache store), SwiGLU
+ * and add for the forward pass, and the small asynchronous upload the ops table uses
+ * for index arrays.  These kernels are
  * launched plainly (no programmatic dependent launch): each waits for its predecessor. */
 #include <math.h>
 
@@ -93,22 +94,23 @@ extern "C" int kb_cuda_rmsnorm_act(KbCuda *ctx, const float *x, const float *w, 
 	return r;
 }
 
-/* One block per (token, head): thread 0 builds the angles by repeated multiplication
- * (the same float sequence as the CPU), then each thread takes pairs of the head. */
-__global__ void __launch_bounds__(64) k_rope(float *x, const int32_t *pos, int n_head, int head_dim, int rot_dim,
-					      float theta_scale)
+/* Angles pos * theta_scale^i, i < half, built by thread 0 by repeated multiplication
+ * (the same float sequence as the CPU), into th. */
+__device__ static void rope_angles(float *th, int32_t pos, int half, float theta_scale)
 {
-	__shared__ float th[256];
-	const int half = rot_dim / 2;
 	if (threadIdx.x == 0) {
-		float theta = (float)pos[blockIdx.x];
+		float theta = (float)pos;
 		for (int i = 0; i < half; i++) {
 			th[i] = theta;
 			theta = __fmul_rn(theta, theta_scale);
 		}
 	}
 	__syncthreads();
-	float *xt = x + ((int64_t)blockIdx.x * n_head + blockIdx.y) * head_dim;
+}
+
+/* Rotates the pairs of one head (xt) by the angles th; each thread takes pairs. */
+__device__ static void rope_head(float *xt, const float *th, int half)
+{
 	for (int i = threadIdx.x; i < half; i += blockDim.x) {
 		float s, c;
 		sincosf(th[i], &s, &c);
@@ -117,6 +119,56 @@ __global__ void __launch_bounds__(64) k_rope(float *x, const int32_t *pos, int n
 		p[0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
 		p[1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
 	}
+}
+
+/* One block per (token, head). */
+__global__ void __launch_bounds__(64) k_rope(float *x, const int32_t *pos, int n_head, int head_dim, int rot_dim,
+					      float theta_scale)
+{
+	__shared__ float th[256];
+	rope_angles(th, pos[blockIdx.x], rot_dim / 2, theta_scale);
+	rope_head(x + ((int64_t)blockIdx.x * n_head + blockIdx.y) * head_dim, th, rot_dim / 2);
+}
+
+/* One block per (token, head of q or kv head): q heads rotate in place; a kv head
+ * rotates its k head, then stores k and v (f16, round to nearest even) into the caches
+ * at seq[t] * stride + pos[t] * kvd: rope twice and kv_store in one launch. */
+__global__ void __launch_bounds__(64) k_rope_kv(float *q, float *k, const float *v, __half *kc, __half *vc,
+						 const int32_t *pos, const int32_t *seq, int n_head, int n_head_kv,
+						 int hd, int rot_dim, float theta_scale, int64_t stride)
+{
+	__shared__ float th[256];
+	const int t = blockIdx.x, h = blockIdx.y;
+	rope_angles(th, pos[t], rot_dim / 2, theta_scale);
+	if (h < n_head) {
+		rope_head(q + ((int64_t)t * n_head + h) * hd, th, rot_dim / 2);
+		return;
+	}
+	const int kvd = n_head_kv * hd;
+	const int64_t src = (int64_t)t * kvd + (int64_t)(h - n_head) * hd;
+	rope_head(k + src, th, rot_dim / 2);
+	__syncthreads(); /* the rotated values come from other threads */
+	const int64_t dst = (int64_t)seq[t] * stride + (int64_t)pos[t] * kvd + (int64_t)(h - n_head) * hd;
+	for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+		kc[dst + i] = __float2half_rn(k[src + i]);
+		vc[dst + i] = __float2half_rn(v[src + i]);
+	}
+}
+
+extern "C" int kb_cuda_rope_kv_store(KbCuda *ctx, float *q, float *k, const float *v, uint16_t *k_cache,
+				     uint16_t *v_cache, const int32_t *pos, const int32_t *seq, int n, int n_head,
+				     int n_head_kv, int head_dim, int rot_dim, float theta_scale, int64_t slot_stride)
+{
+	if (!ctx || !q || !k || !v || !k_cache || !v_cache || !pos || !seq || n < 0 || n_head < 1 ||
+	    n_head_kv < 1 || head_dim < 1 || rot_dim < 0 || rot_dim % 2 || rot_dim > 512 || rot_dim > head_dim ||
+	    slot_stride < (int64_t)n_head_kv * head_dim)
+		return -EINVAL;
+	if (n == 0)
+		return 0;
+	k_rope_kv<<<dim3((unsigned)n, (unsigned)(n_head + n_head_kv)), 64, 0, ctx->stream>>>(
+		q, k, v, (__half *)k_cache, (__half *)v_cache, pos, seq, n_head, n_head_kv, head_dim, rot_dim,
+		theta_scale, slot_stride);
+	return kb_err(cudaGetLastError());
 }
 
 extern "C" int kb_cuda_rope(KbCuda *ctx, float *x, const int32_t *pos, int n, int n_head, int head_dim, int rot_dim,
@@ -159,6 +211,41 @@ extern "C" int kb_cuda_swiglu(KbCuda *ctx, const float *g, const float *u, int64
 		return 0;
 	k_swiglu<<<grid_for(n), 256, 0, ctx->stream>>>(g, u, n, y);
 	return kb_err(cudaGetLastError());
+}
+
+/* k_swiglu over one row per blockIdx.y, each result also stored in the product layout:
+ * grid (cols_pad / 256, n).  Padding columns get zeros. */
+__global__ void __launch_bounds__(256) k_swiglu_act(const float *g, const float *u, int64_t dim, float *y,
+						    uint16_t *xh, uint16_t *xhi, uint16_t *xlo, float *xs,
+						    int64_t cap)
+{
+	const int t = blockIdx.y;
+	const int64_t col = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, i = (int64_t)t * dim + col;
+	float v = 0.f;
+	if (col < dim) {
+		const float gi = g[i];
+		v = __fmul_rn(__fdiv_rn(gi, __fadd_rn(1.0f, expf(-gi))), u[i]);
+		y[i] = v;
+	}
+	kb_act_put(xh, xhi, xlo, xs, cap, t, col, v);
+}
+
+extern "C" int kb_cuda_swiglu_act(KbCuda *ctx, const float *g, const float *u, int n, int64_t dim, float *y,
+				  KbCudaAct *act)
+{
+	if (!ctx || !g || !u || !y || !act || act->ctx != ctx || n < 1 || n > KB_CUDA_MAX_TOK || dim < 1 ||
+	    dim > act->cap)
+		return -EINVAL;
+	const int64_t cols_pad = (dim + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
+	static_assert(KB_ACT_PAD % 256 == 0, "k_swiglu_act covers the padded columns with whole blocks");
+	k_swiglu_act<<<dim3((unsigned)(cols_pad / 256), (unsigned)n), 256, 0, ctx->stream>>>(
+		g, u, dim, y, act->xh, act->xhi, act->xlo, act->xs, act->cap);
+	int r = kb_err(cudaGetLastError());
+	if (r == 0) {
+		act->cols = dim;
+		act->n_tok = n;
+	}
+	return r;
 }
 
 extern "C" int kb_cuda_add(KbCuda *ctx, float *x, const float *y, int64_t n)

@@ -19,6 +19,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.cuh"
 
@@ -97,14 +98,37 @@ extern "C" int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_d
 
 /* ---- products ---- */
 
+/* One weight of a product launch: the launch's row groups [g0, g1) are its groups. */
 typedef struct {
-	const uint8_t *q, *s, *d;       /* regions, tile 0 */
-	int64_t q_tile, s_tile, d_tile; /* bytes per tile */
+	const uint8_t *q, *s, *d; /* regions, tile 0 */
 	int64_t rows, ldy;
-	int n_chunks, n_groups, prefetch;
-	KbActView x;
 	float *y;
+	int g0, g1;
+} KbMmvSeg;
+
+typedef struct {
+	KbMmvSeg seg[KB_CUDA_MMV_MAX_W];
+	int nseg;
+	int64_t q_tile, s_tile, d_tile; /* bytes per tile (equal for all: same type and cols) */
+	int n_chunks, n_groups, prefetch, acc;
+	KbActView x;
 } KbMmvArgs;
+
+/* The weight that owns row group jg, and jg's first tile within it.  Selects rather than
+ * an indexed load, so the argument block stays in constant space. */
+__device__ __forceinline__ KbTilePtr kb_group_tile(const KbMmvArgs &a, int jg, int RT, int *ret_seg,
+						   int64_t *ret_tile)
+{
+	const int si = a.nseg > 1 && jg >= a.seg[0].g1 ? (a.nseg > 2 && jg >= a.seg[1].g1 ? 2 : 1) : 0;
+	const KbMmvSeg &g = si == 0 ? a.seg[0] : si == 1 ? a.seg[1] : a.seg[2];
+	KbTilePtr t;
+	t.q = g.q;
+	t.s = g.s;
+	t.d = g.d;
+	*ret_seg = si;
+	*ret_tile = (int64_t)(jg - g.g0) * RT;
+	return t;
+}
 
 /* c += A * B on the tensor cores (m16n8k16, f32 accumulators). */
 /* volatile: keeps the mmas after the chunk's activation loads (also volatile), so
@@ -131,24 +155,27 @@ __device__ __forceinline__ void kb_prefetch_l2(const void *p)
 
 /* Requests chunk pc of the block's RT tiles into L2, one 128-byte line per lane. */
 template <int T, int RT>
-__device__ __forceinline__ void kb_prefetch_chunk(const KbMmvArgs &a, int64_t tile0, int64_t pc, int lane)
+__device__ __forceinline__ void kb_prefetch_chunk(const KbMmvArgs &a, int jg, int64_t pc, int lane)
 {
 	typedef Lay<T> L;
+	int si;
+	int64_t tile0;
+	const KbTilePtr b = kb_group_tile(a, jg, RT, &si, &tile0);
 	constexpr int QL = L::CPK * L::QV * 4;                /* q lines per tile per chunk */
 	constexpr int SL = (L::CPK * 8 * L::SB + 127) / 128;  /* s lines */
 	constexpr int DL = (8 * L::DB + 127) / 128;           /* d lines */
 	for (int i = lane; i < RT * QL; i += 32) {
 		const int rt = i / QL, k = i % QL;
-		kb_prefetch_l2(a.q + (tile0 + rt) * a.q_tile + pc * (QL * 128) + k * 128);
+		kb_prefetch_l2(b.q + (tile0 + rt) * a.q_tile + pc * (QL * 128) + k * 128);
 	}
 	if constexpr (SL + DL > 0) {
 		if (lane >= RT * (SL + DL))
 			return;
 		const int rt = lane / (SL + DL), k = lane % (SL + DL);
 		if (k < SL)
-			kb_prefetch_l2(a.s + (tile0 + rt) * a.s_tile + pc * (L::CPK * 8 * L::SB) + k * 128);
+			kb_prefetch_l2(b.s + (tile0 + rt) * a.s_tile + pc * (L::CPK * 8 * L::SB) + k * 128);
 		else
-			kb_prefetch_l2(a.d + (tile0 + rt) * a.d_tile + pc * (8 * L::DB) + (k - SL) * 128);
+			kb_prefetch_l2(b.d + (tile0 + rt) * a.d_tile + pc * (8 * L::DB) + (k - SL) * 128);
 	}
 }
 
@@ -189,19 +216,21 @@ template <int T, int RT>
 __device__ __forceinline__ void kb_load_item(const KbMmvArgs &a, int i, int j, int ch, int cnt, int total,
 					     int warp, int nw, int lane, KbWRegs<T> (&w)[RT])
 {
-	const int64_t tile0 = (int64_t)(blockIdx.x + j * gridDim.x) * RT;
+	int si;
+	int64_t tile0;
+	const KbTilePtr b = kb_group_tile(a, (int)blockIdx.x + j * (int)gridDim.x, RT, &si, &tile0);
 	if (a.prefetch) {
 		const int ip = i + 1 + a.prefetch;
 		if (ip < total)
-			kb_prefetch_chunk<T, RT>(a, (int64_t)(blockIdx.x + (ip / cnt) * gridDim.x) * RT,
-						 warp + (ip % cnt) * nw, lane);
+			kb_prefetch_chunk<T, RT>(a, (int)blockIdx.x + (ip / cnt) * (int)gridDim.x, warp + (ip % cnt) * nw,
+						 lane);
 	}
 	KB_UNROLL
 	for (int rt = 0; rt < RT; rt++) {
 		KbTilePtr tp;
-		tp.q = a.q + (tile0 + rt) * a.q_tile;
-		tp.s = a.s + (tile0 + rt) * a.s_tile;
-		tp.d = a.d + (tile0 + rt) * a.d_tile;
+		tp.q = b.q + (tile0 + rt) * a.q_tile;
+		tp.s = b.s + (tile0 + rt) * a.s_tile;
+		tp.d = b.d + (tile0 + rt) * a.d_tile;
 		kb_load_w<T>(tp, ch, lane, &w[rt]);
 	}
 }
@@ -220,7 +249,10 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 	}
 	__syncthreads();
 	const float *f = (const float *)slot;
-	const int64_t tile0 = (int64_t)(blockIdx.x + j * gridDim.x) * RT;
+	int si;
+	int64_t tile0;
+	kb_group_tile(a, (int)blockIdx.x + j * (int)gridDim.x, RT, &si, &tile0);
+	const KbMmvSeg &g = si == 0 ? a.seg[0] : si == 1 ? a.seg[1] : a.seg[2];
 	for (int v = threadIdx.x; v < RT * 128; v += blockDim.x) {
 		const int rt = v >> 7, l = (v >> 2) & 31, ci = v & 3;
 		float sum = 0.f;
@@ -228,8 +260,10 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			sum += f[((k * RT + rt) * 32 + l) * 4 + ci];
 		const int64_t row = (tile0 + rt) * 16 + (l >> 2) + 8 * (ci >> 1);
 		const int tok = 2 * (l & 3) + (ci & 1);
-		if (row < a.rows && tok < a.x.n_tok)
-			a.y[tok * a.ldy + row] = sum;
+		if (row < g.rows && tok < a.x.n_tok) {
+			float *yp = g.y + tok * g.ldy + row;
+			*yp = a.acc ? *yp + sum : sum; /* acc: the same bits as a product, then add */
+		}
 	}
 }
 
@@ -318,49 +352,80 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 }
 
 template <int T>
-static int launch_mmv(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y, int64_t ldy)
+static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
+		      const int64_t *ldy, int acc)
 {
 	const KbMmvConfig *c = &ctx->mmv[act->n_tok - 1];
 	KbMmvArgs a;
-	a.q = w->q;
-	a.s = w->s;
-	a.d = w->d;
-	a.q_tile = w->geo.q_tile;
-	a.s_tile = w->geo.s_tile;
-	a.d_tile = w->geo.d_tile;
-	a.rows = w->rows;
-	a.ldy = ldy;
-	a.n_chunks = (int)w->geo.n_chunks;
-	a.n_groups = (int)(w->n_tiles / c->row_tiles);
+	memset(&a, 0, sizeof(a));
+	int g = 0;
+	for (int i = 0; i < nw; i++) {
+		KbMmvSeg *sg = &a.seg[i];
+		sg->q = w[i]->q;
+		sg->s = w[i]->s;
+		sg->d = w[i]->d;
+		sg->rows = w[i]->rows;
+		sg->ldy = ldy[i];
+		sg->y = y[i];
+		sg->g0 = g;
+		g += (int)(w[i]->n_tiles / c->row_tiles);
+		sg->g1 = g;
+	}
+	a.nseg = nw;
+	a.q_tile = w[0]->geo.q_tile;
+	a.s_tile = w[0]->geo.s_tile;
+	a.d_tile = w[0]->geo.d_tile;
+	a.n_chunks = (int)w[0]->geo.n_chunks;
+	a.n_groups = g;
 	a.prefetch = c->prefetch;
+	a.acc = acc;
 	a.x.xh = act->xh;
 	a.x.xhi = act->xhi;
 	a.x.xlo = act->xlo;
 	a.x.xs = act->xs;
 	a.x.cap = act->cap;
 	a.x.n_tok = act->n_tok;
-	a.y = y;
 	if (c->row_tiles == 1)
 		return launch_rt<T, 1>(ctx, c, a);
 	return launch_rt<T, 2>(ctx, c, a);
 }
 
+static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
+		      const int64_t *ldy, int acc)
+{
+	if (!ctx || !act || act->ctx != ctx || act->n_tok < 1 || nw < 1 || nw > KB_CUDA_MMV_MAX_W)
+		return -EINVAL;
+	for (int i = 0; i < nw; i++)
+		if (!w[i] || w[i]->ctx != ctx || !y[i] || act->cols != w[i]->cols || ldy[i] < w[i]->rows ||
+		    w[i]->type != w[0]->type)
+			return -EINVAL;
+	switch (w[0]->type) {
+	case QD_TYPE_Q4_0: return launch_mmv<QD_TYPE_Q4_0>(ctx, nw, w, act, y, ldy, acc);
+	case QD_TYPE_Q4_1: return launch_mmv<QD_TYPE_Q4_1>(ctx, nw, w, act, y, ldy, acc);
+	case QD_TYPE_Q8_0: return launch_mmv<QD_TYPE_Q8_0>(ctx, nw, w, act, y, ldy, acc);
+	case QD_TYPE_Q4_K: return launch_mmv<QD_TYPE_Q4_K>(ctx, nw, w, act, y, ldy, acc);
+	case QD_TYPE_Q6_K: return launch_mmv<QD_TYPE_Q6_K>(ctx, nw, w, act, y, ldy, acc);
+	case QD_TYPE_F16: return launch_mmv<QD_TYPE_F16>(ctx, nw, w, act, y, ldy, acc);
+	case QD_TYPE_BF16: return launch_mmv<QD_TYPE_BF16>(ctx, nw, w, act, y, ldy, acc);
+	default: return -EINVAL;
+	}
+}
+
 extern "C" int kb_cuda_mmv_act(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,
 			       int64_t ldy)
 {
-	if (!ctx || !w || !act || w->ctx != ctx || act->ctx != ctx || !y_dev || act->n_tok < 1 ||
-	    act->cols != w->cols || ldy < w->rows)
+	return mmv_launch(ctx, 1, &w, act, &y_dev, &ldy, 0);
+}
+
+extern "C" int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act,
+				 float *const *y_dev, int acc)
+{
+	if (nw < 1 || nw > KB_CUDA_MMV_MAX_W || !w || !y_dev)
 		return -EINVAL;
-	switch (w->type) {
-	case QD_TYPE_Q4_0: return launch_mmv<QD_TYPE_Q4_0>(ctx, w, act, y_dev, ldy);
-	case QD_TYPE_Q4_1: return launch_mmv<QD_TYPE_Q4_1>(ctx, w, act, y_dev, ldy);
-	case QD_TYPE_Q8_0: return launch_mmv<QD_TYPE_Q8_0>(ctx, w, act, y_dev, ldy);
-	case QD_TYPE_Q4_K: return launch_mmv<QD_TYPE_Q4_K>(ctx, w, act, y_dev, ldy);
-	case QD_TYPE_Q6_K: return launch_mmv<QD_TYPE_Q6_K>(ctx, w, act, y_dev, ldy);
-	case QD_TYPE_F16: return launch_mmv<QD_TYPE_F16>(ctx, w, act, y_dev, ldy);
-	case QD_TYPE_BF16: return launch_mmv<QD_TYPE_BF16>(ctx, w, act, y_dev, ldy);
-	default: return -EINVAL;
-	}
+	int64_t ldy[KB_CUDA_MMV_MAX_W];
+	for (int i = 0; i < nw; i++)
+		ldy[i] = w[i] ? w[i]->rows : 0;
+	return mmv_launch(ctx, nw, w, act, y_dev, ldy, acc);
 }
 
 extern "C" int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t ldx,

@@ -43,6 +43,10 @@ int kb_cuda_rope(KbCuda *ctx, float *x, const int32_t *pos, int n, int n_head, i
 
 /* y = g * sigmoid(g) * u; x += y; over n elements. */
 int kb_cuda_swiglu(KbCuda *ctx, const float *g, const float *u, int64_t n, float *y);
+/* kb_cuda_swiglu over n rows of dim, y also converted into ACT in the same launch (as
+ * kb_cuda_rmsnorm_act does).  1 <= n <= KB_CUDA_MAX_TOK, dim <= the act's capacity. */
+int kb_cuda_swiglu_act(KbCuda *ctx, const float *g, const float *u, int n, int64_t dim, float *y,
+		       KbCudaAct *act);
 int kb_cuda_add(KbCuda *ctx, float *x, const float *y, int64_t n);
 
 /* Rows k[t], v[t] (kvd floats) -> f16 (round to nearest even) at cache offset
@@ -50,13 +54,21 @@ int kb_cuda_add(KbCuda *ctx, float *x, const float *y, int64_t n);
 int kb_cuda_kv_store(KbCuda *ctx, const float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
 		     const int32_t *pos, const int32_t *seq, int n, int kvd, int64_t slot_stride);
 
+/* kb_cuda_rope on q (n_head heads) and on k (n_head_kv heads), then kb_cuda_kv_store of
+ * k and v (kvd = n_head_kv * head_dim): the same bits, one launch. */
+int kb_cuda_rope_kv_store(KbCuda *ctx, float *q, float *k, const float *v, uint16_t *k_cache,
+			  uint16_t *v_cache, const int32_t *pos, const int32_t *seq, int n, int n_head,
+			  int n_head_kv, int head_dim, int rot_dim, float theta_scale, int64_t slot_stride);
+
 /* For each (token t, head h): q rounded to f16, scores against keys 0..pos[t] of slot
  * seq[t] (kv head h / (n_head / n_head_kv)), times scale, softmax, weighted sum of the
  * values into out[t][h*head_dim..].  Online softmax over 4 warps, so sums are ordered
- * differently from the CPU's.  head_dim a multiple of 32 and <= 256 (else -EINVAL). */
+ * differently from the CPU's.  head_dim a multiple of 32 and <= 256 (else -EINVAL).
+ * With ACT (non-NULL; n <= KB_CUDA_MAX_TOK, n_head*head_dim <= its capacity) out is
+ * also converted into it in the same launch, as by kb_cuda_rmsnorm_act. */
 int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 		      const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
-		      int64_t slot_stride, float scale, float *out);
+		      int64_t slot_stride, float scale, float *out, KbCudaAct *act);
 
 /* Queues a host -> device copy of a small pageable buffer: the host memory may be reused
  * as soon as this returns (the driver stages it), and the copy runs in stream order. */
