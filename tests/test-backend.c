@@ -180,6 +180,7 @@ static void test_matmul(void)
 		return;
 	static const struct { int64_t rows, cols; int n; } shapes[] = {
 		{ 1, 256, 1 }, { 37, 512, 3 }, { 100, 768, 8 }, { 129, 1280, 9 }, { 300, 2304, 20 },
+		{ 70, 512, 40 }, { 200, 1024, 100 }, /* the many-token kernel's three shapes */
 	};
 	uint64_t s = 0x77;
 	for (size_t ti = 0; ti < sizeof(all_types) / sizeof(all_types[0]); ti++) {
@@ -243,6 +244,77 @@ static void test_matmul(void)
 	uint8_t dummy[22 * 4] = { 0 };
 	KbWeight w5 = { QD_TYPE_Q5_0, 1, 128, dummy, NULL };
 	CU_ASSERT_EQUAL(gpu->ops->weight_prepare(gpu, &w5), -EOPNOTSUPP);
+}
+
+/* matmul_multi: two weights of one type (one launch), and those with a third of another
+ * type, with and without acc, equal (bit for bit) single products and a separate add,
+ * for a decode batch and for the many-token kernel (its columns split in 2). */
+static void test_matmul_multi(void)
+{
+	if (!ready())
+		return;
+	static const int ns[] = { 3, 40 };
+	static const struct { int type; int64_t rows; } ws[3] = {
+		{ QD_TYPE_Q4_K, 96 }, { QD_TYPE_Q4_K, 33 }, { QD_TYPE_Q6_K, 50 },
+	};
+	const int64_t cols = 2304;
+	uint64_t s = 0x3d;
+	uint8_t *raw[3];
+	KbWeight w[3];
+	for (int i = 0; i < 3; i++) {
+		size_t bytes;
+		raw[i] = rand_weight(ws[i].type, ws[i].rows, cols, &s, &bytes);
+		CU_ASSERT_FATAL(raw[i] != NULL);
+		w[i] = (KbWeight){ ws[i].type, ws[i].rows, cols, raw[i], NULL };
+		CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &w[i]), 0);
+	}
+	for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
+		const int n = ns[ni];
+		float *x = rand_f32((size_t)(n * cols), &s, 1.0f), *y0 = rand_f32((size_t)(n * 96), &s, 1.0f);
+		float *a = malloc(sizeof(float) * (size_t)(n * 96)), *b = malloc(sizeof(float) * (size_t)(n * 96));
+		float *dx = buf_in(gpu, x, sizeof(float) * (size_t)(n * cols));
+		float *dy[3], *ds[3];
+		CU_ASSERT_FATAL(x && y0 && a && b && dx);
+		for (int i = 0; i < 3; i++) {
+			dy[i] = buf_in(gpu, y0, sizeof(float) * (size_t)(n * ws[i].rows));
+			ds[i] = buf_in(gpu, NULL, sizeof(float) * (size_t)(n * ws[i].rows));
+			CU_ASSERT_FATAL(dy[i] && ds[i]);
+		}
+		const KbWeight *wp[3] = { &w[0], &w[1], &w[2] };
+		for (int run = 0; run < 4; run++) {
+			const int acc = run & 1, nw = 2 + (run >> 1);
+			for (int i = 0; i < 3; i++)
+				CU_ASSERT_EQUAL(gpu->ops->upload(gpu, dy[i], y0, sizeof(float) * (size_t)(n * ws[i].rows)), 0);
+			CU_ASSERT_EQUAL(gpu->ops->matmul_multi(gpu, nw, wp, dx, n, dy, acc), 0);
+			int diff = 0;
+			for (int i = 0; i < nw; i++) {
+				const int64_t m = (int64_t)n * ws[i].rows;
+				CU_ASSERT_EQUAL(gpu->ops->matmul(gpu, &w[i], dx, n, ds[i]), 0);
+				CU_ASSERT_EQUAL(buf_out(gpu, a, dy[i], sizeof(float) * (size_t)m), 0);
+				CU_ASSERT_EQUAL(buf_out(gpu, b, ds[i], sizeof(float) * (size_t)m), 0);
+				for (int64_t k = 0; k < m; k++) {
+					const float want = acc ? y0[k] + b[k] : b[k];
+					diff += memcmp(&a[k], &want, sizeof(float)) != 0;
+				}
+			}
+			CU_ASSERT_EQUAL(diff, 0);
+			if (diff)
+				printf("\n    matmul_multi n=%d nw=%d acc=%d: %d values differ\n", n, nw, acc, diff);
+		}
+		for (int i = 0; i < 3; i++) {
+			gpu->ops->release(gpu, dy[i]);
+			gpu->ops->release(gpu, ds[i]);
+		}
+		gpu->ops->release(gpu, dx);
+		free(x);
+		free(y0);
+		free(a);
+		free(b);
+	}
+	for (int i = 0; i < 3; i++) {
+		gpu->ops->weight_release(gpu, &w[i]);
+		free(raw[i]);
+	}
 }
 
 static void test_norm_rope_elementwise(void)
@@ -769,6 +841,7 @@ int main(void)
 	static const TuTest tests[] = {
 		{ "get_rows: every type, cuda = cpu", test_get_rows, gpu_skip },
 		{ "matmul: every type and odd shapes vs double reference", test_matmul, gpu_skip },
+		{ "matmul_multi (acc, mixed types) = single products", test_matmul_multi, gpu_skip },
 		{ "rmsnorm, rope, swiglu, add, copy", test_norm_rope_elementwise, gpu_skip },
 		{ "kv_store and attention, two slots, GQA", test_attention, gpu_skip },
 		{ "backend selection (cpu/cuda/auto)", test_select, NULL },

@@ -1,7 +1,8 @@
 /* kernels/cuda/attention.cu: f16 KV-cache stores and attention over the cache for a
  * batch of query tokens (decode and prefill alike).
  *
- * Attention: one block of 4 warps per (token, head).  Warp w takes keys in tiles of 32,
+ * Attention: blocks of 4 warps per (token, head), several per pair when there are few
+ * pairs (decode), each over a share of the keys (split-K, merged by the last one).  Warp w takes keys in tiles of 32,
  * w*32, w*32 + 128, ...: each lane scores one key of the tile (a whole dot product over
  * head_dim, 16-byte loads), the warp updates its running max and sum (online softmax),
  * then walks the tile's 32 weights accumulating values, each lane owning head_dim/32
@@ -47,6 +48,7 @@ typedef struct {
 } ActOut;
 
 #define ATT_WARPS 4
+#define KB_ATT_WAVE 4 /* split attention aims at this many blocks per multiprocessor */
 #define ATT_MAXPER 8 /* head_dim / 32 */
 
 __device__ __forceinline__ float warp_max(float v)
@@ -63,16 +65,59 @@ __device__ __forceinline__ float warp_sum(float v)
 	return v;
 }
 
+/* Splits: a (token, head) gets gridDim.y blocks, each over a contiguous share of its
+ * keys, so that a decode step with few (token, head) pairs still fills the GPU.  With
+ * more than one split each block leaves its (max, sum, unnormalized values) in PART;
+ * the last block of the pair to finish (a counter in CNT, reset by that block) merges
+ * them in split order, so the result does not depend on which block finished last. */
+/* PER = head_dim / 32 values per lane: lane l owns dimensions PER*l .. PER*l + PER-1, so
+ * that a value row is one load of 2*PER bytes per lane. */
+template <int PER>
+__device__ __forceinline__ void att_vload(const __half *vr, int lane, float (&v)[ATT_MAXPER])
+{
+	const __half *p = vr + PER * lane;
+	if constexpr (PER == 1) {
+		v[0] = __half2float(*p);
+	} else if constexpr (PER == 2) {
+		const float2 f = __half22float2(*(const __half2 *)p);
+		v[0] = f.x;
+		v[1] = f.y;
+	} else if constexpr (PER == 4) {
+		const uint2 u = *(const uint2 *)p;
+		const float2 a = __half22float2(*(const __half2 *)&u.x), b = __half22float2(*(const __half2 *)&u.y);
+		v[0] = a.x;
+		v[1] = a.y;
+		v[2] = b.x;
+		v[3] = b.y;
+	} else if constexpr (PER != 8) { /* 3, 5, 6, 7: not a vector size */
+#pragma unroll
+		for (int k = 0; k < PER; k++)
+			v[k] = __half2float(p[k]);
+	} else {
+		const uint4 u = *(const uint4 *)p;
+		const uint32_t w[4] = { u.x, u.y, u.z, u.w };
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			const float2 f = __half22float2(*(const __half2 *)&w[k]);
+			v[2 * k] = f.x;
+			v[2 * k + 1] = f.y;
+		}
+	}
+}
+
+template <int PER>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(const float *q, const __half *kc, const __half *vc,
 							      const int32_t *pos, const int32_t *seq, int n_head,
 							      int group, int hd, int kvd, int64_t stride, float scale,
-							      float *out, ActOut act)
+							      float *out, ActOut act, float *part, unsigned *cnt)
 {
 	extern __shared__ float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
+	__shared__ int last;
 	float *qs = sm, *wacc = sm + hd, *wm = wacc + ATT_WARPS * hd, *wl = wm + ATT_WARPS;
-	const int t = blockIdx.x / n_head, h = blockIdx.x % n_head;
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per = hd >> 5;
+	const int bh = blockIdx.x, t = bh / n_head, h = bh % n_head, S = gridDim.y, sp = blockIdx.y;
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int len = pos[t] + 1;
+	const int k0 = (int)((int64_t)len * sp / S), k1 = (int)((int64_t)len * (sp + 1) / S);
 	const int64_t base = (int64_t)seq[t] * stride + (int64_t)(h / group) * hd;
 	const float *qr = q + ((int64_t)t * n_head + h) * hd;
 	for (int i = threadIdx.x; i < hd; i += blockDim.x)
@@ -84,10 +129,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(const float *q, co
 	for (int k = 0; k < ATT_MAXPER; k++)
 		acc[k] = 0.f;
 	float m = -INFINITY, l = 0.f;
-	for (int j0 = warp * 32; j0 < len; j0 += ATT_WARPS * 32) {
+	for (int j0 = k0 + warp * 32; j0 < k1; j0 += ATT_WARPS * 32) {
 		const int j = j0 + lane;
 		float s = -INFINITY;
-		if (j < len) {
+		if (j < k1) {
 			const __half *kr = kc + base + (int64_t)j * kvd;
 			float d = 0.f;
 #pragma unroll 4
@@ -104,46 +149,99 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(const float *q, co
 			s = d * scale;
 		}
 		const float mnew = fmaxf(m, warp_max(s)); /* finite: lane 0's key is in range */
-		const float p = j < len ? expf(s - mnew) : 0.f;
+		const float p = j < k1 ? expf(s - mnew) : 0.f;
 		const float corr = expf(m - mnew);
 		l = l * corr + warp_sum(p);
 #pragma unroll
 		for (int k = 0; k < ATT_MAXPER; k++)
 			acc[k] *= corr;
-		const int cnt = len - j0 < 32 ? len - j0 : 32;
+		const int cnt_j = k1 - j0 < 32 ? k1 - j0 : 32;
 		/* unrolled so that several rows' loads are in flight together; each lane's
 		 * sums keep their order */
 #pragma unroll 8
-		for (int jj = 0; jj < cnt; jj++) {
+		for (int jj = 0; jj < cnt_j; jj++) {
 			const float pj = __shfl_sync(0xffffffffu, p, jj);
-			const __half *vr = vc + base + (int64_t)(j0 + jj) * kvd;
+			float v[ATT_MAXPER];
+			att_vload<PER>(vc + base + (int64_t)(j0 + jj) * kvd, lane, v);
 #pragma unroll
-			for (int k = 0; k < ATT_MAXPER; k++)
-				if (k < per)
-					acc[k] = fmaf(pj, __half2float(vr[lane + 32 * k]), acc[k]);
+			for (int k = 0; k < PER; k++)
+				acc[k] = fmaf(pj, v[k], acc[k]);
 		}
 		m = mnew;
 	}
 #pragma unroll
-	for (int k = 0; k < ATT_MAXPER; k++)
-		if (k < per)
-			wacc[warp * hd + lane + 32 * k] = acc[k];
+	for (int k = 0; k < PER; k++)
+		wacc[warp * hd + PER * lane + k] = acc[k];
 	if (lane == 0) {
 		wm[warp] = m;
 		wl[warp] = l;
 	}
 	__syncthreads();
+	/* warps without keys have m = -inf, l = 0 and weigh nothing */
 	float M = wm[0];
 	for (int w = 1; w < ATT_WARPS; w++)
 		M = fmaxf(M, wm[w]);
 	float L = 0.f, f[ATT_WARPS];
 	for (int w = 0; w < ATT_WARPS; w++) {
-		f[w] = wl[w] > 0.f ? expf(wm[w] - M) : 0.f; /* warps without keys: m = -inf */
+		f[w] = wl[w] > 0.f ? expf(wm[w] - M) : 0.f;
 		L += wl[w] * f[w];
 	}
-	const float inv = 1.0f / L;
 	float *o = out + ((int64_t)t * n_head + h) * hd;
-	/* hd is a multiple of 32: whole warps reach kb_act_put together */
+	if (S > 1) {
+		float *pp = part + ((int64_t)bh * S + sp) * (hd + 2);
+		for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+			float sum = 0.f;
+			for (int w = 0; w < ATT_WARPS; w++)
+				sum += wacc[w * hd + i] * f[w];
+			pp[i] = sum;
+		}
+		if (threadIdx.x == 0) {
+			pp[hd] = M;
+			pp[hd + 1] = L;
+		}
+		__threadfence();
+		__syncthreads();
+		if (threadIdx.x == 0) {
+			last = atomicAdd(&cnt[bh], 1u) == (unsigned)S - 1;
+			if (last)
+				cnt[bh] = 0; /* ready for the next launch (graph replays too) */
+		}
+		__syncthreads();
+		if (!last)
+			return;
+		__threadfence();
+		/* the splits' maxima, sums and weights in shared memory (wacc is free now) */
+		const float *p0 = part + (int64_t)bh * S * (hd + 2);
+		float *sm_m = wacc, *sm_l = wacc + 16, *sm_w = wacc + 32;
+		if (threadIdx.x < S) {
+			sm_m[threadIdx.x] = __ldcg(p0 + threadIdx.x * (hd + 2) + hd);
+			sm_l[threadIdx.x] = __ldcg(p0 + threadIdx.x * (hd + 2) + hd + 1);
+		}
+		__syncthreads();
+		M = -INFINITY;
+		for (int s2 = 0; s2 < S; s2++)
+			if (sm_l[s2] > 0.f)
+				M = fmaxf(M, sm_m[s2]);
+		if (threadIdx.x < S) /* splits without keys weigh nothing */
+			sm_w[threadIdx.x] = sm_l[threadIdx.x] > 0.f ? expf(sm_m[threadIdx.x] - M) : 0.f;
+		__syncthreads();
+		L = 0.f;
+		for (int s2 = 0; s2 < S; s2++)
+			L += sm_l[s2] * sm_w[s2];
+		const float inv = 1.0f / L;
+		/* hd is a multiple of 32: whole warps reach kb_act_put together */
+		for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+			float sum = 0.f;
+#pragma unroll 4
+			for (int s2 = 0; s2 < S; s2++)
+				sum += __ldcg(p0 + s2 * (hd + 2) + i) * sm_w[s2];
+			o[i] = sum * inv;
+			if (act.xh)
+				kb_act_put(act.xh, act.xhi, act.xlo, act.xs, act.cap, t, (int64_t)h * hd + i, sum * inv);
+		}
+		return;
+	}
+	const float inv = 1.0f / L;
 	for (int i = threadIdx.x; i < hd; i += blockDim.x) {
 		float s = 0.f;
 		for (int w = 0; w < ATT_WARPS; w++)
@@ -152,6 +250,16 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(const float *q, co
 		if (act.xh)
 			kb_act_put(act.xh, act.xhi, act.xlo, act.xs, act.cap, t, (int64_t)h * hd + i, s * inv);
 	}
+}
+
+/* Splits per (token, head): enough blocks for KB_ATT_WAVE in all, at most 16. */
+static int att_splits(const KbCuda *ctx, int64_t pairs)
+{
+	const int64_t want = (int64_t)KB_ATT_WAVE * ctx->sm_count;
+	if (pairs >= want)
+		return 1;
+	int64_t s = (want + pairs - 1) / pairs;
+	return (int)(s > 16 ? 16 : s);
 }
 
 extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
@@ -178,10 +286,41 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 		av.xs = act->xs;
 		av.cap = act->cap;
 	}
+	const int S = att_splits(ctx, blocks);
+	if (S > 1 && !ctx->att_part) {
+		/* room for every split launch (pairs * S < 2 * wave); allocated once, so that
+		 * recorded graphs never point at a freed buffer */
+		const size_t parts = (size_t)2 * KB_ATT_WAVE * ctx->sm_count;
+		int r = kb_cuda_alloc(ctx, parts * (32 * ATT_MAXPER + 2) * sizeof(float), (void **)&ctx->att_part);
+		if (r == 0)
+			r = kb_cuda_alloc(ctx, parts * sizeof(unsigned), (void **)&ctx->att_cnt);
+		if (r == 0)
+			r = kb_cuda_memset(ctx, ctx->att_cnt, 0, parts * sizeof(unsigned));
+		if (r < 0) {
+			kb_cuda_dev_free(ctx, ctx->att_part);
+			kb_cuda_dev_free(ctx, ctx->att_cnt);
+			ctx->att_part = NULL;
+			ctx->att_cnt = NULL;
+			return r;
+		}
+	}
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
-	k_attention<<<(unsigned)blocks, ATT_WARPS * 32, smem, ctx->stream>>>(
+	void (*k)(const float *, const __half *, const __half *, const int32_t *, const int32_t *, int, int, int, int,
+		  int64_t, float, float *, ActOut, float *, unsigned *) =
+		NULL;
+	switch (head_dim / 32) {
+	case 1: k = k_attention<1>; break;
+	case 2: k = k_attention<2>; break;
+	case 3: k = k_attention<3>; break;
+	case 4: k = k_attention<4>; break;
+	case 5: k = k_attention<5>; break;
+	case 6: k = k_attention<6>; break;
+	case 7: k = k_attention<7>; break;
+	default: k = k_attention<8>; break;
+	}
+	k<<<dim3((unsigned)blocks, (unsigned)S), ATT_WARPS * 32, smem, ctx->stream>>>(
 		q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head, n_head / n_head_kv, head_dim,
-		n_head_kv * head_dim, slot_stride, scale, out, av);
+		n_head_kv * head_dim, slot_stride, scale, out, av, ctx->att_part, ctx->att_cnt);
 	int r = kb_err(cudaGetLastError());
 	if (r == 0 && act) {
 		act->cols = (int64_t)n_head * head_dim;

@@ -1,8 +1,8 @@
 /* kernels/cuda/backend_cuda.c: the CUDA implementation of the ops table (kernels/backend.h).
  * Activations, norm vectors and the KV cache live in device memory; matrices are uploaded
  * and repacked once by weight_prepare (kb_cuda_weight_upload) and multiplied with the
- * tensor-core matrix-vector kernels of matmul.cu, eight tokens per pass (larger batches
- * run as several passes: correct, but each pass reads the weights again).  Embedding rows
+ * tensor-core matrix-vector kernels of matmul.cu for up to eight tokens, and with the
+ * many-token kernel of gemm.cu above that (prefill, large batches).  Embedding rows
  * are decoded on the device from a raw copy of the table, uploaded the first time
  * get_rows needs it.  Host index arrays (token ids, positions, slots) are copied to the
  * device in stream order; a copy is skipped when the array equals the previous one, so a
@@ -22,7 +22,9 @@
  * them may write that buffer.  So q/k/v and gate/up convert once, from the norm itself.
  *
  * QD_CUDA_GRAPHS=0 and QD_CUDA_FUSE=0 in the environment turn the graphs and the shared
- * conversions off (for measuring each; results are the same bits either way). */
+ * conversions off (for measuring each; results are the same bits either way);
+ * QD_CUDA_GEMM=0 runs many-token products as passes of eight through matmul.cu instead
+ * (slower; the last bits differ, see gemm.cu). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -49,6 +51,9 @@ typedef struct {
 } CudaWeight;
 
 #define STEP_GRAPH_MAX_TOK 64 /* larger steps (prefill) run op by op */
+/* Products of more tokens run on gemm.cu; up to this many, passes of eight through the
+ * decode kernels were faster on the H200 (bench/NOTES.md). */
+#define GEMM_MIN_TOK 16
 #define STEP_GRAPHS 8          /* graphs kept; the least recently used goes first */
 
 typedef struct {
@@ -81,6 +86,9 @@ typedef struct {
 	int act_n;
 	int64_t act_cols;
 	int fuse;
+	int gemm;               /* products of > KB_CUDA_MAX_TOK tokens through kb_cuda_mmq */
+	void *xq;               /* its f16 activation scratch */
+	size_t xq_bytes;
 	char desc[352];
 } CudaBackend;
 
@@ -168,6 +176,26 @@ static int act_ensure(CudaBackend *c, int64_t cols)
 	return 0;
 }
 
+/* c->xq with at least BYTES.  Like act_ensure: growing drops the graphs. */
+static int xq_ensure(CudaBackend *c, size_t bytes)
+{
+	void *p = NULL;
+	if (c->xq && c->xq_bytes >= bytes)
+		return 0;
+	if (c->step.capturing)
+		return -EBUSY;
+	int r = kb_cuda_sync(c->ctx);
+	if (r == 0)
+		r = kb_cuda_alloc(c->ctx, bytes, &p);
+	if (r < 0)
+		return r;
+	graphs_drop(c);
+	kb_cuda_dev_free(c->ctx, c->xq);
+	c->xq = p;
+	c->xq_bytes = bytes;
+	return 0;
+}
+
 /* Device copy of an index array: the step's own when HOST is one of the step's arrays
  * (WHICH: 0 ids, 1 positions, 2 slots), else through IB.  While capturing, any other
  * array is refused: its copy would be recorded and replay stale host memory. */
@@ -194,6 +222,7 @@ static void cuda_free(KbBackend *b)
 	kb_cuda_sync(c->ctx);
 	graphs_drop(c);
 	kb_cuda_act_free(c->act);
+	kb_cuda_dev_free(c->ctx, c->xq);
 	kb_cuda_dev_free(c->ctx, c->step.dev);
 	free(c->step.host);
 	idx_done(c->ctx, &c->ids);
@@ -346,8 +375,14 @@ static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, con
 		same &= w[i]->type == w[0]->type;
 	}
 	const int64_t cols = w[0]->cols;
-	int r = act_ensure(c, cols);
-	if (r < 0)
+	int r;
+	if (c->gemm && n > GEMM_MIN_TOK) {
+		act_forget(c);
+		if ((r = xq_ensure(c, kb_cuda_mmq_scratch(cols, n))) < 0)
+			return r;
+		return kb_cuda_mmq(c->ctx, nw, mm, x, n, c->xq, y, acc);
+	}
+	if ((r = act_ensure(c, cols)) < 0)
 		return r;
 	/* the activations are already converted when the last product or norm left x there */
 	const int reuse = c->fuse && x == c->act_x && n == c->act_n && cols == c->act_cols;
@@ -686,6 +721,7 @@ int kb_cuda_backend_new(int device, KbBackend **ret)
 	c->ctx = ctx;
 	c->step.enabled = env_on("QD_CUDA_GRAPHS");
 	c->fuse = env_on("QD_CUDA_FUSE");
+	c->gemm = env_on("QD_CUDA_GEMM");
 	KbCudaInfo info;
 	if (kb_cuda_info(ctx, &info) == 0)
 		snprintf(c->desc, sizeof(c->desc), "cuda %.200s (sm_%d%d, %d SMs, %.0f GiB), device %d", info.name,

@@ -133,6 +133,16 @@ int kb_cuda_mmv_act(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, fl
 int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act,
 		      float *const *y_dev, int acc);
 
+/* Products of any number of tokens (gemm.cu; meant for n > KB_CUDA_MAX_TOK): y[i]
+ * ([n][w[i]'s rows]) = W[i] x, or += when acc, for 1 <= nw <= KB_CUDA_MMV_MAX_W weights of
+ * equal cols; x device f32 [n][cols].  The weights are dequantized to f16 with their
+ * scales, so results differ from kb_cuda_mmv_act's in the last bits (but not between
+ * launches).  SCRATCH: device memory of kb_cuda_mmq_scratch(cols, n) bytes, for x in
+ * f16.  Queued. */
+size_t kb_cuda_mmq_scratch(int64_t cols, int n);
+int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const float *x, int n, void *scratch,
+		float *const *y, int acc);
+
 /* Both of the above, with an activation buffer kept by the context. */
 int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t ldx,
 		float *y_dev, int64_t ldy, int n_tok);

@@ -48,6 +48,14 @@ extern "C" void kb_cuda_free(KbCuda *ctx)
 	if (ctx->stream)
 		cudaStreamSynchronize(ctx->stream);
 	kb_cuda_act_free(ctx->act);
+	if (ctx->att_part)
+		cudaFree(ctx->att_part);
+	if (ctx->att_cnt)
+		cudaFree(ctx->att_cnt);
+	if (ctx->mmq_part)
+		cudaFree(ctx->mmq_part);
+	if (ctx->mmq_cnt)
+		cudaFree(ctx->mmq_cnt);
 	for (int i = 0; i < 2; i++) {
 		if (ctx->stage[i])
 			cudaFreeHost(ctx->stage[i]);

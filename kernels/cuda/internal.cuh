@@ -49,6 +49,10 @@ struct KbCuda {
 	uint64_t up_bytes;
 	double up_sec;
 	KbCudaAct *act;         /* for kb_cuda_mmv */
+	float *att_part;        /* split attention partials, KB_ATT_PARTS x (256 + 2) floats */
+	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
+	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */
+	unsigned *mmq_cnt;
 };
 
 struct KbCudaWeight {
