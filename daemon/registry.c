@@ -1,5 +1,6 @@
-/* daemon/registry.c: loading and freeing models on the engine thread, with a memory
- * estimate checked before anything large is allocated. */
+/* daemon/registry.c: loading and freeing models, with a memory estimate checked before
+ * anything large is allocated.  Nothing here touches the engine's shared state, so a load
+ * may run on the loader thread (loader.c) while the engine thread serves other models. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -148,7 +149,7 @@ static int check_host(uint64_t est, const RegEstimate *e, bool gpu, uint64_t lim
 	return -ENOMEM;
 }
 
-static void default_name(const char *path, char *out, size_t cap)
+void registry_default_name(const char *path, char *out, size_t cap)
 {
 	const char *b = strrchr(path, '/');
 	b = b ? b + 1 : path;
@@ -195,18 +196,19 @@ int registry_load(const SchedParams *p, const char *path, const char *name, int 
 	if (name && *name)
 		snprintf(m->name, sizeof m->name, "%s", name);
 	else
-		default_name(path, m->name, sizeof m->name);
+		registry_default_name(path, m->name, sizeof m->name);
 	rc = model_load(path, &m->model, err, errlen);
 	if (rc < 0)
 		goto fail;
+	char why[320] = "";
 	ContextParams cp = {
 		.n_seq = n_slots, .n_ctx = n_ctx, .n_batch = p->n_batch, .n_threads = p->n_threads,
-		.backend = p->backend, .device = p->device,
+		.backend = p->backend, .device = p->device, .err = why, .errlen = sizeof why,
 	};
 	rc = ctx_new(m->model, &cp, &m->ctx);
 	if (rc < 0) {
 		snprintf(err, errlen, "cannot create a context (%d slots x %d positions, %s "
-			 "backend, device %d): %s", n_slots, n_ctx, be, p->device, strerror(-rc));
+			 "backend, device %d): %s", n_slots, n_ctx, be, p->device, why[0] ? why : strerror(-rc));
 		goto fail;
 	}
 	if (gpu && !strncmp(ctx_backend_name(m->ctx), "cpu", 3)) {

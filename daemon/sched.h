@@ -94,11 +94,16 @@ int registry_estimate(const char *path, int n_slots, int n_ctx, int n_batch, Reg
 /* Bytes the system can still give us: MemAvailable, also bounded by our cgroup's
  * memory.max when there is one. */
 uint64_t registry_mem_available(void);
-/* Loads PATH as NAME (empty: file name without .gguf) after checking the estimate against
+/* The name a model loaded from PATH gets when none is given: the file name without
+ * ".gguf", cut to CAP - 1 bytes, into OUT.  Pure; any thread. */
+void registry_default_name(const char *path, char *out, size_t cap);
+/* Loads PATH as NAME (empty: registry_default_name()) after checking the estimate against
  * LIMIT_LEFT (bytes still allowed) and the system.  Returns 0, -ENOMEM with err explaining
  * the numbers, or -errno with err. */
 int registry_load(const SchedParams *p, const char *path, const char *name, int n_slots,
 		  int n_ctx, uint64_t limit_left, ModelEntry **ret, char *err, size_t errlen);
+/* registry_load() reads only P, its arguments, the file and /proc: it may run on any
+ * thread, and the entry it returns belongs to no list until the engine thread adopts it. */
 void registry_free(ModelEntry *m); /* NULL-safe; no requests may refer to it */
 
 /* sched.c */

@@ -1,4 +1,5 @@
-/* daemon/worker.c: the engine thread (see worker.h). */
+/* daemon/worker.c: the engine thread (see worker.h): its loop, the task dispatch, model
+ * loading and unloading, and the hooks sched.c calls.  Read-only queries are in query.c. */
 #include "worker.h"
 
 #include <errno.h>
@@ -11,33 +12,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon/engine/chat.h"
-#include "daemon/engine/tokenizer.h"
+#include "loader.h"
 #include "log.h"
 #include "proto/quantd.pb-c.h"
-
-#define MAX_PS_ROWS 100 /* keeps a StatsReply well under QD_MSG_MAX */
-
-typedef struct {
-	uint64_t session_id;
-	SessionShm *shm; /* a reference */
-} WakeEntry;
-
-struct Worker {
-	WorkerParams p;
-	Queue *tasks, *results;
-	pthread_t th;
-	ModelEntry *models;
-	Req *pending_final;
-	bool stop;
-	uint64_t last_watchdog;
-	_Atomic uint64_t beat_ns;
-	_Atomic int n_models;
-	/* sessions whose clients sleep and got records since the last flush (the shm
-	 * references keep a fallback possible when the hand-off cannot be allocated) */
-	WakeEntry *wake;
-	size_t n_wake, cap_wake;
-};
+#include "worker_internal.h"
 
 /* The result hooks sched.c calls have no context argument: there is one engine thread. */
 static Worker *g_worker;
@@ -143,7 +121,7 @@ static void flush_wakes(Worker *w)
 	w->n_wake = 0;
 }
 
-static void reply(Worker *w, const Task *t, Quantd__Reply *rep)
+void worker_reply(Worker *w, const Task *t, Quantd__Reply *rep)
 {
 	Quantd__Reply too_big = QUANTD__REPLY__INIT;
 	rep->id = t->reply_id;
@@ -163,15 +141,15 @@ static void reply(Worker *w, const Task *t, Quantd__Reply *rep)
 	post(w, r);
 }
 
-static void reply_err(Worker *w, const Task *t, int err, const char *msg)
+void worker_reply_err(Worker *w, const Task *t, int err, const char *msg)
 {
 	Quantd__Reply rep = QUANTD__REPLY__INIT;
 	rep.err = err < 0 ? -err : err;
 	rep.message = (char *)msg;
-	reply(w, t, &rep);
+	worker_reply(w, t, &rep);
 }
 
-static ModelEntry *find_model(Worker *w, const char *name)
+ModelEntry *worker_find_model(Worker *w, const char *name)
 {
 	if (!name[0])
 		return w->models;
@@ -198,56 +176,159 @@ static void set_status(Worker *w)
 	sd_notify(0, s);
 }
 
-static int load(Worker *w, const char *path, const char *name, int n_slots, int n_ctx,
-		ModelEntry **ret, char *err, size_t errlen)
+static uint64_t limit_left(const Worker *w)
 {
-	if (name[0] && find_model(w, name)) {
-		snprintf(err, errlen, "a model named %s is loaded already", name);
-		return -EEXIST;
-	}
-	uint64_t lim = w->p.sched.mem_limit;
-	uint64_t used = used_estimate(w);
-	uint64_t left = !lim ? UINT64_MAX : lim > used ? lim - used : 0;
-	char st[4200];
-	snprintf(st, sizeof st, "STATUS=Loading %s", path);
-	sd_notify(0, st);
-	ModelEntry *m = NULL;
-	uint64_t t0 = now_ns();
-	int rc = registry_load(&w->p.sched, path, name, n_slots, n_ctx, left, &m, err, errlen);
-	if (rc < 0)
-		return rc;
-	if (find_model(w, m->name)) { /* the derived name collides */
-		snprintf(err, errlen, "a model named %s is loaded already", m->name);
-		registry_free(m);
-		return -EEXIST;
-	}
+	uint64_t lim = w->p.sched.mem_limit, used = used_estimate(w);
+	return !lim ? UINT64_MAX : lim > used ? lim - used : 0;
+}
+
+/* Appends M (loaded in NS) to the model list. */
+static void adopt(Worker *w, ModelEntry *m, uint64_t ns)
+{
 	ModelEntry **pp = &w->models;
 	while (*pp)
 		pp = &(*pp)->next;
 	*pp = m;
 	atomic_store(&w->n_models, atomic_load(&w->n_models) + 1);
 	log_info("loaded model %s from %s in %.2f s: %d slots x %d positions, ~%.0f MiB",
-		 m->name, path, (now_ns() - t0) / 1e9, m->n_slots, m->n_ctx,
-		 m->estimate / (1024.0 * 1024.0));
+		 m->name, m->path, ns / 1e9, m->n_slots, m->n_ctx, m->estimate / (1024.0 * 1024.0));
+}
+
+/* A startup model, loaded on this thread (nothing runs yet that it could hold up). */
+static int load(Worker *w, const char *path, const char *name, ModelEntry **ret, char *err,
+		size_t errlen)
+{
+	if (name[0] && worker_find_model(w, name)) {
+		snprintf(err, errlen, "a model named %s is loaded already", name);
+		return -EEXIST;
+	}
+	char st[4200];
+	snprintf(st, sizeof st, "STATUS=Loading %s", path);
+	sd_notify(0, st);
+	ModelEntry *m = NULL;
+	uint64_t t0 = now_ns();
+	int rc = registry_load(&w->p.sched, path, name, 0, 0, limit_left(w), &m, err, errlen);
+	if (rc < 0)
+		return rc;
+	if (worker_find_model(w, m->name)) { /* the derived name collides */
+		snprintf(err, errlen, "a model named %s is loaded already", m->name);
+		registry_free(m);
+		return -EEXIST;
+	}
+	adopt(w, m, now_ns() - t0);
 	*ret = m;
 	return 0;
 }
 
-static void fill_info(const ModelEntry *m, Quantd__ModelInfo *mi)
+static void task_free(Task *t)
 {
-	quantd__model_info__init(mi);
-	mi->name = (char *)m->name;
-	mi->path = (char *)m->path;
-	mi->n_ctx = (uint32_t)m->n_ctx;
-	mi->n_vocab = (uint32_t)m->n_vocab;
-	mi->n_slots = (uint32_t)m->n_slots;
-	mi->weight_bytes = model_weight_bytes(m->model);
-	mi->kv_bytes = ctx_kv_bytes(m->ctx);
-	mi->chat_family = (char *)chat_family_name(m->chat_family);
+	shm_unref(t->shm);
+	free(t->prompt);
+	free(t);
+}
+
+static void reply_loaded(Worker *w, const Task *t, const ModelEntry *m)
+{
+	Quantd__ModelInfo mi;
+	query_fill_info(m, &mi);
+	Quantd__Reply rep = QUANTD__REPLY__INIT;
+	rep.body_case = QUANTD__REPLY__BODY_LOADED;
+	rep.loaded = &mi;
+	worker_reply(w, t, &rep);
+}
+
+/* LoadModel at run time: checks what can be refused at once, then hands the load to the
+ * loader thread so that the other models keep generating.  Returns true when T was kept
+ * (it is answered and freed by finish_load()), false when it was answered here.
+ *
+ * One load at a time.  A second LoadModel meanwhile is refused, not queued: -EEXIST when
+ * it asks for the same name, else -EBUSY ("try again"); a queue would only hide from the
+ * admin that loads are serialized, and a refusal is immediate and retryable.  The memory
+ * limit left is computed now: no other model can be added before this one is adopted,
+ * and an unload meanwhile only makes it more conservative. */
+static bool start_load(Worker *w, Task *t)
+{
+	char name[QD_NAME_MAX], err[QD_NAME_MAX + 128];
+	int rc;
+	if (t->model[0])
+		snprintf(name, sizeof name, "%s", t->model);
+	else
+		registry_default_name(t->path, name, sizeof name);
+	if (w->stop) {
+		rc = -ESHUTDOWN;
+		snprintf(err, sizeof err, "the daemon is stopping");
+	} else if (!name[0]) {
+		rc = -EINVAL;
+		snprintf(err, sizeof err, "no model name in the path: give one");
+	} else if (worker_find_model(w, name)) {
+		rc = -EEXIST;
+		snprintf(err, sizeof err, "a model named %s is loaded already", name);
+	} else if (loader_busy(w->loader)) {
+		bool same = !strcmp(loader_name(w->loader), name);
+		rc = same ? -EEXIST : -EBUSY;
+		snprintf(err, sizeof err, same ? "a model named %s is being loaded"
+			 : "busy loading %s: one LoadModel at a time, try again when it is done",
+			 same ? name : loader_name(w->loader));
+	} else {
+		rc = loader_start(w->loader, &w->p.sched, t->path, name, (int)t->n_slots,
+				  (int)t->n_ctx, limit_left(w));
+		if (rc == 0) {
+			char st[4200];
+			snprintf(st, sizeof st, "STATUS=Loading %s", t->path);
+			sd_notify(0, st);
+			w->load_task = t;
+			return true;
+		}
+		snprintf(err, sizeof err, "cannot start the loader: %s", strerror(-rc));
+	}
+	log_warn("LoadModel %s refused: %s", t->path, err);
+	worker_reply_err(w, t, rc, err);
+	return false;
+}
+
+/* The loader is done: adopt its model (or pass on its error) and answer the LoadModel. */
+static void finish_load(Worker *w)
+{
+	Task *t = w->load_task;
+	ModelEntry *m = NULL;
+	uint64_t ns = 0;
+	char err[512] = "";
+	int rc = loader_finish(w->loader, &m, &ns, err, sizeof err);
+	w->load_task = NULL;
+	if (rc == 0 && w->stop) {
+		registry_free(m);
+		rc = -ESHUTDOWN;
+		snprintf(err, sizeof err, "the daemon is stopping");
+	} else if (rc == 0 && worker_find_model(w, m->name)) { /* start_load() refused this already */
+		snprintf(err, sizeof err, "a model named %s is loaded already", m->name);
+		registry_free(m);
+		rc = -EEXIST;
+	}
+	if (rc < 0) {
+		log_warn("LoadModel %s failed: %s", t->path, err);
+		worker_reply_err(w, t, rc, err);
+	} else {
+		adopt(w, m, ns);
+		reply_loaded(w, t, m);
+	}
+	if (!w->stop) /* else STATUS=Stopping stays */
+		set_status(w);
+	task_free(t);
+}
+
+/* Why there is no model called NAME, into E. */
+void worker_no_model(const Worker *w, const char *name, char *e, size_t len)
+{
+	if (!name[0])
+		snprintf(e, len, "no model loaded");
+	else if (!strcmp(loader_name(w->loader), name))
+		snprintf(e, len, "model %s is still being loaded", name);
+	else
+		snprintf(e, len, "no model named %s", name);
 }
 
 /* Calls FN on every live request (queued or running) of every model; FN may finish it. */
-static void each_req(Worker *w, void (*fn)(Worker *, Req *, void *), void *arg)
+void worker_each_req(Worker *w, void (*fn)(Worker *, Req *, void *), void *arg)
 {
 	for (ModelEntry *m = w->models; m; m = m->next) {
 		for (int s = 0; s < m->n_slots; s++)
@@ -291,14 +372,13 @@ static void do_generate(Worker *w, Task *t)
 {
 	char err[256] = "";
 	int rc;
-	ModelEntry *m = find_model(w, t->model);
+	ModelEntry *m = worker_find_model(w, t->model);
 	if (w->stop) {
 		rc = -ESHUTDOWN;
 		snprintf(err, sizeof err, "the daemon is stopping");
 	} else if (!m) {
 		rc = -ENOENT;
-		snprintf(err, sizeof err, t->model[0] ? "no model named %s" : "no model loaded",
-			 t->model);
+		worker_no_model(w, t->model, err, sizeof err);
 	} else {
 		uint32_t pos = 0, n_prompt = 0;
 		rc = sched_submit(&w->p.sched, m, t, &pos, &n_prompt, err, sizeof err);
@@ -310,94 +390,13 @@ static void do_generate(Worker *w, Task *t)
 			g.queue_position = pos;
 			rep.body_case = QUANTD__REPLY__BODY_GENERATE;
 			rep.generate = &g;
-			reply(w, t, &rep);
+			worker_reply(w, t, &rep);
 			return;
 		}
 	}
-	reply_err(w, t, rc, err);
+	worker_reply_err(w, t, rc, err);
 	Req fake = { .session_id = t->session_id, .uid = t->uid, .tokens_reserved = t->max_tokens };
 	worker_req_done(&fake); /* give the loop its quota back */
-}
-
-/* The model T names, or an error reply (and NULL). */
-static ModelEntry *task_model(Worker *w, Task *t)
-{
-	ModelEntry *m = find_model(w, t->model);
-	if (!m) {
-		char e[200];
-		snprintf(e, sizeof e, t->model[0] ? "no model named %s" : "no model loaded",
-			 t->model);
-		reply_err(w, t, ENOENT, e);
-	}
-	return m;
-}
-
-static void do_tokenize(Worker *w, Task *t)
-{
-	ModelEntry *m = task_model(w, t);
-	if (!m)
-		return;
-	/* About a token per byte at most (plus BOS and a prefix space): one call normally. */
-	size_t cap = (size_t)t->prompt_len + 4;
-	int32_t *ids = NULL;
-	int n = -EIO;
-	for (int tries = 0; tries < 2; tries++) {
-		free(ids);
-		ids = malloc(cap * sizeof *ids);
-		n = ids ? tok_encode(m->tok, (const char *)t->prompt, t->prompt_len,
-				     t->add_bos && tok_add_bos(m->tok), true, ids, cap)
-			: -ENOMEM;
-		if (n < 0 || (size_t)n <= cap)
-			break;
-		cap = (size_t)n;
-		n = -EIO;
-	}
-	if (n < 0) {
-		reply_err(w, t, n, n == -ENOMEM ? "out of memory" : "cannot tokenize the text");
-	} else {
-		Quantd__TokenizeReply tr = QUANTD__TOKENIZE_REPLY__INIT;
-		tr.n_tokens = (size_t)n;
-		tr.tokens = ids;
-		Quantd__Reply rep = QUANTD__REPLY__INIT;
-		rep.body_case = QUANTD__REPLY__BODY_TOKENIZED;
-		rep.tokenized = &tr;
-		reply(w, t, &rep);
-	}
-	free(ids);
-}
-
-static void do_detokenize(Worker *w, Task *t)
-{
-	ModelEntry *m = task_model(w, t);
-	if (!m)
-		return;
-	const size_t n = t->prompt_len / sizeof(int32_t);
-	int32_t *ids = (int32_t *)(void *)t->prompt; /* malloc'd: aligned for int32 */
-	for (size_t i = 0; i < n; i++)
-		if (ids[i] < 0 || ids[i] >= m->n_vocab) {
-			char e[96];
-			snprintf(e, sizeof e, "token id %d is not in the vocabulary (0..%d)", ids[i],
-				 m->n_vocab - 1);
-			reply_err(w, t, EINVAL, e);
-			return;
-		}
-	/* The reply is bounded by a packet: a longer text is refused by reply() anyway. */
-	char *text = malloc(QD_MSG_MAX + 1);
-	int len = text ? tok_decode(m->tok, ids, n, t->show_special, text, QD_MSG_MAX) : -ENOMEM;
-	if (len < 0) {
-		reply_err(w, t, len, len == -ENOMEM ? "out of memory" : "cannot decode the ids");
-	} else if (len > (int)QD_MSG_MAX) {
-		reply_err(w, t, E2BIG, "the text does not fit in one control packet");
-	} else {
-		Quantd__DetokenizeReply dr = QUANTD__DETOKENIZE_REPLY__INIT;
-		dr.text.data = (uint8_t *)text;
-		dr.text.len = (size_t)len;
-		Quantd__Reply rep = QUANTD__REPLY__INIT;
-		rep.body_case = QUANTD__REPLY__BODY_DETOKENIZED;
-		rep.detokenized = &dr;
-		reply(w, t, &rep);
-	}
-	free(text);
 }
 
 static void do_unload(Worker *w, Task *t)
@@ -406,10 +405,18 @@ static void do_unload(Worker *w, Task *t)
 	while (*pp && strcmp((*pp)->name, t->model))
 		pp = &(*pp)->next;
 	ModelEntry *m = *pp;
+	if (!m && t->model[0] && !strcmp(loader_name(w->loader), t->model)) {
+		/* Nothing to unload yet; cancelling the load halfway is not possible. */
+		char e[200];
+		snprintf(e, sizeof e, "model %s is still being loaded: unload it once its "
+			 "LoadModel has answered", t->model);
+		worker_reply_err(w, t, EBUSY, e);
+		return;
+	}
 	if (!m) {
 		char e[200];
 		snprintf(e, sizeof e, "no model named %s", t->model);
-		reply_err(w, t, ENOENT, e);
+		worker_reply_err(w, t, ENOENT, e);
 		return;
 	}
 	for (int s = 0; s < m->n_slots; s++)
@@ -422,143 +429,23 @@ static void do_unload(Worker *w, Task *t)
 	log_info("unloaded model %s", m->name);
 	registry_free(m);
 	set_status(w);
-	reply_err(w, t, 0, "");
-}
-
-static uint64_t rss_bytes(void)
-{
-	FILE *f = fopen("/proc/self/statm", "re");
-	unsigned long long size = 0, rss = 0;
-	if (f) {
-		if (fscanf(f, "%llu %llu", &size, &rss) != 2)
-			rss = 0;
-		fclose(f);
-	}
-	return rss * (uint64_t)sysconf(_SC_PAGESIZE);
-}
-
-typedef struct {
-	Quantd__RequestInfo *rows;
-	Quantd__RequestInfo **ptrs;
-	size_t n;
-} PsArg;
-
-static void ps_one(Worker *w, Req *r, void *arg)
-{
-	static const char *const states[] = { "", "queued", "prefill", "decode", "final" };
-	PsArg *a = arg;
-	if (a->n == MAX_PS_ROWS)
-		return;
-	Quantd__RequestInfo *ri = &a->rows[a->n];
-	quantd__request_info__init(ri);
-	ri->id = r->id;
-	ri->session_id = r->session_id;
-	ri->uid = r->uid;
-	ri->pid = (uint32_t)r->pid;
-	ri->model = r->m ? r->m->name : "";
-	ri->state = (char *)(r->blocked ? "blocked" : states[r->state]);
-	ri->n_prompt = (uint32_t)r->n_prompt;
-	ri->n_generated = r->n_gen;
-	ri->max_tokens = r->max_tokens;
-	ri->age_s = (now_ns() - r->t_accept) / 1e9;
-	a->ptrs[a->n++] = ri;
-}
-
-static void do_stats(Worker *w, Task *t)
-{
-	int nm = atomic_load(&w->n_models);
-	Quantd__ModelStats *ms = calloc((size_t)nm + 1, sizeof *ms);
-	Quantd__ModelStats **mp = calloc((size_t)nm + 1, sizeof *mp);
-	PsArg ps = { calloc(MAX_PS_ROWS, sizeof *ps.rows), calloc(MAX_PS_ROWS, sizeof *ps.ptrs), 0 };
-	if (!ms || !mp || !ps.rows || !ps.ptrs) {
-		reply_err(w, t, ENOMEM, "out of memory");
-		goto out;
-	}
-	Quantd__StatsReply sr = QUANTD__STATS_REPLY__INIT;
-	uint64_t now = now_ns();
-	size_t i = 0;
-	for (ModelEntry *m = w->models; m; m = m->next, i++) {
-		Quantd__ModelStats *s = &ms[i];
-		quantd__model_stats__init(s);
-		s->name = m->name;
-		s->running = (uint32_t)m->n_running;
-		s->queued = (uint32_t)m->n_queued;
-		s->tokens_generated = m->tokens_generated;
-		s->prompt_tokens = m->prompt_tokens;
-		s->requests_done = m->requests_done;
-		s->tokens_per_second = now - m->win_t0 > 4000000000ull ? 0 : m->tps;
-		s->kv_bytes = ctx_kv_bytes(m->ctx);
-		s->slots_used = (uint32_t)m->n_running;
-		s->slots = (uint32_t)m->n_slots;
-		if (m->host_tokens) {
-			s->host_us_per_token = (double)m->host_ns / 1e3 / (double)m->host_tokens;
-			s->sample_us_per_token = (double)m->sample_ns / 1e3 / (double)m->host_tokens;
-			s->compute_us_per_token = (double)m->compute_ns / 1e3 / (double)m->host_tokens;
-		}
-		mp[i] = s;
-		sr.requests_total += m->requests_done + (uint64_t)m->n_running + (uint64_t)m->n_queued;
-	}
-	sr.n_models = i;
-	sr.models = mp;
-	sr.sessions = t->n_sessions;
-	sr.uptime_s = (now - w->p.t_start_ns) / 1e9;
-	sr.rss_bytes = rss_bytes();
-	if (t->list_requests) {
-		each_req(w, ps_one, &ps);
-		sr.n_requests = ps.n;
-		sr.requests = ps.ptrs;
-	}
-	Quantd__Reply rep = QUANTD__REPLY__INIT;
-	rep.body_case = QUANTD__REPLY__BODY_STATS;
-	rep.stats = &sr;
-	reply(w, t, &rep);
-out:
-	free(ms);
-	free(mp);
-	free(ps.rows);
-	free(ps.ptrs);
-}
-
-static void do_list(Worker *w, Task *t)
-{
-	int nm = atomic_load(&w->n_models);
-	Quantd__ModelInfo *mi = calloc((size_t)nm + 1, sizeof *mi);
-	Quantd__ModelInfo **mp = calloc((size_t)nm + 1, sizeof *mp);
-	if (!mi || !mp) {
-		reply_err(w, t, ENOMEM, "out of memory");
-	} else {
-		size_t i = 0;
-		for (ModelEntry *m = w->models; m; m = m->next, i++) {
-			fill_info(m, &mi[i]);
-			mp[i] = &mi[i];
-		}
-		Quantd__ModelList ml = QUANTD__MODEL_LIST__INIT;
-		ml.n_models = i;
-		ml.models = mp;
-		Quantd__Reply rep = QUANTD__REPLY__INIT;
-		rep.body_case = QUANTD__REPLY__BODY_MODELS;
-		rep.models = &ml;
-		reply(w, t, &rep);
-	}
-	free(mi);
-	free(mp);
+	worker_reply_err(w, t, 0, "");
 }
 
 static void do_task(Worker *w, Task *t)
 {
-	char err[512] = "";
 	switch (t->kind) {
 	case TASK_GENERATE:
 		do_generate(w, t);
 		break;
 	case TASK_CANCEL: {
 		CancelArg a = { t->request_id, t->session_id, false };
-		each_req(w, cancel_one, &a);
-		reply_err(w, t, a.found ? 0 : ENOENT, a.found ? "" : "no such running request");
+		worker_each_req(w, cancel_one, &a);
+		worker_reply_err(w, t, a.found ? 0 : ENOENT, a.found ? "" : "no such running request");
 		break;
 	}
 	case TASK_SESSION_GONE: {
-		each_req(w, session_gone_one, &t->session_id);
+		worker_each_req(w, session_gone_one, &t->session_id);
 		for (Req **pp = &w->pending_final; *pp;) {
 			Req *r = *pp;
 			if (r->session_id == t->session_id) {
@@ -572,54 +459,35 @@ static void do_task(Worker *w, Task *t)
 	}
 	case TASK_WAKE:
 		break; /* the next step re-checks ring space */
-	case TASK_LOAD: {
-		ModelEntry *m;
-		sd_notify(0, "WATCHDOG=1");
-		int rc = w->stop ? -ESHUTDOWN
-				 : load(w, t->path, t->model, (int)t->n_slots, (int)t->n_ctx, &m, err,
-					sizeof err);
-		sd_notify(0, "WATCHDOG=1");
-		if (rc < 0) {
-			log_warn("LoadModel %s refused: %s", t->path, err);
-			reply_err(w, t, rc, err[0] ? err : strerror(-rc));
-		} else {
-			Quantd__ModelInfo mi;
-			fill_info(m, &mi);
-			Quantd__Reply rep = QUANTD__REPLY__INIT;
-			rep.body_case = QUANTD__REPLY__BODY_LOADED;
-			rep.loaded = &mi;
-			reply(w, t, &rep);
-		}
-		set_status(w);
+	case TASK_LOAD:
+		if (start_load(w, t))
+			return; /* kept until the load is done */
 		break;
-	}
 	case TASK_UNLOAD:
 		do_unload(w, t);
 		break;
 	case TASK_LIST:
-		do_list(w, t);
+		query_list(w, t);
 		break;
 	case TASK_STATS:
-		do_stats(w, t);
+		query_stats(w, t);
 		break;
 	case TASK_TOKENIZE:
-		do_tokenize(w, t);
+		query_tokenize(w, t);
 		break;
 	case TASK_DETOKENIZE:
-		do_detokenize(w, t);
+		query_detokenize(w, t);
 		break;
 	case TASK_SHUTDOWN: {
 		int fin = QD_FINISH_SHUTDOWN;
 		w->stop = true;
-		each_req(w, shutdown_one, &fin);
+		worker_each_req(w, shutdown_one, &fin);
 		break;
 	}
 	default:
 		break;
 	}
-	shm_unref(t->shm);
-	free(t->prompt);
-	free(t);
+	task_free(t);
 }
 
 static void feed_watchdog(Worker *w)
@@ -660,7 +528,7 @@ static int load_startup(Worker *w)
 		snprintf(ext, sizeof ext, "EXTEND_TIMEOUT_USEC=%llu", 120ull * 1000000);
 		sd_notify(0, ext);
 		ModelEntry *m;
-		int rc = load(w, path, name, 0, 0, &m, err, sizeof err);
+		int rc = load(w, path, name, &m, err, sizeof err);
 		if (rc < 0) {
 			log_err("cannot load %s: %s", path, err[0] ? err : strerror(-rc));
 			return rc;
@@ -680,6 +548,9 @@ static void *worker_main(void *arg)
 	post(w, ready);
 	uint64_t stop_deadline = 0;
 	for (;;) {
+		/* before the tasks: a LoadModel among them may then start at once */
+		if (w->load_task && loader_done(w->loader))
+			finish_load(w);
 		for (QNode *n = queue_take(w->tasks), *next; n; n = next) {
 			next = n->next;
 			do_task(w, (Task *)n);
@@ -696,7 +567,9 @@ static void *worker_main(void *arg)
 			/* Final records get a moment to drain into slow clients' rings. */
 			if (!stop_deadline)
 				stop_deadline = now_ns() + 2000000000ull;
-			if (!w->pending_final || now_ns() > stop_deadline)
+			/* A load cannot be interrupted: wait for it (feeding the watchdog) so that
+			 * its LoadModel is answered and its memory freed. */
+			if ((!w->pending_final || now_ns() > stop_deadline) && !w->load_task)
 				break;
 		}
 		if (ran)
@@ -704,8 +577,9 @@ static void *worker_main(void *arg)
 		int timeout = w->p.watchdog_usec ? (int)(w->p.watchdog_usec / 4000) : 1000;
 		if (any_blocked(w) && timeout > 100)
 			timeout = 100; /* belt and braces: doorbells should wake us first */
-		struct pollfd pfd = { .fd = w->tasks->efd, .events = POLLIN };
-		poll(&pfd, 1, timeout);
+		struct pollfd pfd[2] = { { .fd = w->tasks->efd, .events = POLLIN },
+					 { .fd = loader_fd(w->loader), .events = POLLIN } };
+		poll(pfd, 2, timeout);
 	}
 	while (w->pending_final) {
 		Req *r = w->pending_final;
@@ -732,9 +606,15 @@ int worker_start(const WorkerParams *p, Queue *tasks, Queue *results, Worker **r
 	w->results = results;
 	atomic_init(&w->beat_ns, now_ns());
 	atomic_init(&w->n_models, 0);
+	int rc = loader_new(&w->loader);
+	if (rc < 0) {
+		free(w);
+		return rc;
+	}
 	g_worker = w;
-	int rc = pthread_create(&w->th, NULL, worker_main, w);
+	rc = pthread_create(&w->th, NULL, worker_main, w);
 	if (rc) {
+		loader_free(w->loader);
 		free(w);
 		g_worker = NULL;
 		return -rc;
@@ -749,6 +629,7 @@ void worker_join(Worker *w)
 		return;
 	pthread_join(w->th, NULL);
 	g_worker = NULL;
+	loader_free(w->loader); /* idle: the engine loop waited for any load */
 	free(w->wake);
 	free(w);
 }

@@ -1,7 +1,9 @@
 /* daemon/worker.h: the engine thread.  It loads the startup models, then loops: take tasks
  * from the loop thread, run one scheduler step per model, write records into session rings,
  * feed the systemd watchdog (only this loop does, so a wedged engine stops feeding it), and
- * answer through the result queue.  It owns every Model, Context and request. */
+ * answer through the result queue.  It owns every Model, Context and request, except a
+ * model that a run-time LoadModel is building: that one belongs to the loader thread
+ * (loader.h) until the engine thread adopts it. */
 #ifndef QD_DAEMON_WORKER_H
 #define QD_DAEMON_WORKER_H
 

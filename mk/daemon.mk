@@ -34,10 +34,13 @@ CLIENT_PIC := $(CLIENT_SRC:%.c=$(O)/pic/%.o) $(O)/pic/proto/quantd.pb-c.o
 DAEMON_TEST_SRC := $(wildcard tests/daemon/test-*.c)
 DAEMON_TEST_BIN := $(DAEMON_TEST_SRC:%.c=$(O)/%)
 TEST_BIN += $(DAEMON_TEST_BIN)
+# The end-to-end suites' shared daemon harness (start/stop, notify, raw sockets).
+DAEMON_HARNESS_OBJ := $(O)/tests/daemon/harness.o
 
 # Objects that include the generated header find it through -I$(O) and wait for it.
 QD_GEN_USERS := $(DAEMON_OBJ) $(CLIENT_OBJ) $(CLIENT_PIC) $(O)/client/quantctl.o \
-	$(DAEMON_TEST_SRC:%.c=$(O)/%.o) $(O)/tests/daemon/serve-main.o $(O)/bench/bench-ipc.o
+	$(DAEMON_TEST_SRC:%.c=$(O)/%.o) $(DAEMON_HARNESS_OBJ) $(O)/tests/daemon/serve-main.o \
+	$(O)/bench/bench-ipc.o
 $(QD_GEN_USERS): CFLAGS_ALL += -I$(O)
 $(QD_GEN_USERS): | $(O)/proto/quantd.pb-c.h
 
@@ -91,8 +94,13 @@ $(O)/tests/daemon/test-ring: $(O)/tests/daemon/test-ring.o $(TESTUTIL_OBJ) \
 
 # qd-serve and quantctl are real prerequisites (not order-only): the test runs them, so a
 # stale one would test old code.
-$(O)/tests/daemon/test-e2e: $(O)/tests/daemon/test-e2e.o $(TESTUTIL_OBJ) $(O)/libquantd.a \
-		$(O)/tests/daemon/qd-serve $(O)/quantctl
+$(O)/tests/daemon/test-e2e: $(O)/tests/daemon/test-e2e.o $(DAEMON_HARNESS_OBJ) $(TESTUTIL_OBJ) \
+		$(O)/libquantd.a $(O)/tests/daemon/qd-serve $(O)/quantctl
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) -lcunit -lprotobuf-c $(LDLIBS)
+
+$(O)/tests/daemon/test-load: $(O)/tests/daemon/test-load.o $(DAEMON_HARNESS_OBJ) $(TESTUTIL_OBJ) \
+		$(O)/libquantd.a $(O)/tests/daemon/qd-serve
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) -lcunit -lprotobuf-c $(LDLIBS)
 
@@ -125,4 +133,5 @@ install: $(O)/quantd $(O)/libquantd.a $(O)/libquantd.so $(O)/quantctl
 	install -m 0644 systemd/quantd.tmpfiles $(DESTDIR)$(TMPFILESDIR)/quantd.conf
 
 -include $(DAEMON_OBJ:.o=.d) $(CLIENT_OBJ:.o=.d) $(CLIENT_PIC:.o=.d) $(O)/client/quantctl.d \
-	$(DAEMON_TEST_SRC:%.c=$(O)/%.d) $(O)/bench/bench-ipc.d $(O)/tests/daemon/serve-main.d
+	$(DAEMON_TEST_SRC:%.c=$(O)/%.d) $(DAEMON_HARNESS_OBJ:.o=.d) $(O)/bench/bench-ipc.d \
+	$(O)/tests/daemon/serve-main.d

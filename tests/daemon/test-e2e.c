@@ -1,19 +1,14 @@
 /* tests/daemon/test-e2e.c: the real daemon with the real model, through libquantd and
  * through raw sockets and rings playing a hostile client.  The daemon is
- * $QD_BUILD/tests/daemon/qd-serve (`quantd serve` as its own binary); NOTIFY_SOCKET points
- * at a datagram socket this test reads. */
-#include <dirent.h>
+ * $QD_BUILD/tests/daemon/qd-serve (`quantd serve` as its own binary), started and stopped
+ * by harness.c; NOTIFY_SOCKET points at a datagram socket this test reads. */
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,19 +17,12 @@
 #include "proto/frame.h"
 #include "proto/quantd.pb-c.h"
 #include "proto/ring.h"
+#include "tests/daemon/harness.h"
 #include "tests/testutil.h"
 
 #define N_PROMPTS 4
 #define N_GEN 24
 #define N_CLIENTS 16
-
-typedef struct {
-	pid_t pid;
-	char dir[64], sock[108], notify[108], log[128];
-	int nfd;
-	char notes[8192];
-	size_t notes_len;
-} Daemon;
 
 static Daemon D; /* the daemon most tests share */
 static const char *const prompts[N_PROMPTS] = {
@@ -47,205 +35,17 @@ static int32_t ref[N_PROMPTS][N_GEN];
 static int ref_n[N_PROMPTS];
 static bool ref_ok;
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static const char *serve_bin(void)
-{
-	static char p[512];
-	snprintf(p, sizeof p, "%s/tests/daemon/qd-serve", tu_build_dir());
-	return p;
-}
-
-static bool can_run(const char *test)
-{
-	if (access(serve_bin(), X_OK) != 0) {
-		tu_skip(test, "no qd-serve binary (make $(O)/tests/daemon/qd-serve)");
-		return false;
-	}
-	if (access(tu_model_path(), R_OK) != 0) {
-		tu_skip(test, "model missing (make model)");
-		return false;
-	}
-	return true;
-}
-
-/* skip_if hook: why the end-to-end tests cannot run here, or NULL. */
-static const char *cannot_run(void)
-{
-	if (access(serve_bin(), X_OK) != 0)
-		return "no qd-serve binary (make $(O)/tests/daemon/qd-serve)";
-	if (access(tu_model_path(), R_OK) != 0)
-		return "model missing (make model)";
-	return NULL;
-}
-
-/* Collects notify datagrams for up to TIMEOUT_MS or until one contains WANT. */
-static bool notify_wait(Daemon *d, const char *want, int timeout_ms)
-{
-	uint64_t end = mono_ms() + (uint64_t)timeout_ms;
-	if (strstr(d->notes, want))
-		return true;
-	for (;;) {
-		uint64_t now = mono_ms();
-		if (now >= end)
-			return false;
-		struct pollfd p = { .fd = d->nfd, .events = POLLIN };
-		if (poll(&p, 1, (int)(end - now)) <= 0)
-			continue;
-		char buf[1024];
-		ssize_t n = recv(d->nfd, buf, sizeof buf - 1, 0);
-		if (n <= 0)
-			continue;
-		buf[n] = 0;
-		if (d->notes_len + (size_t)n + 2 < sizeof d->notes) {
-			memcpy(d->notes + d->notes_len, buf, (size_t)n);
-			d->notes_len += (size_t)n;
-			d->notes[d->notes_len++] = '\n';
-			d->notes[d->notes_len] = 0;
-		}
-		if (strstr(buf, want))
-			return true;
-	}
-}
-
-/* Starts the daemon (through systemd-socket-activate when ACTIVATE) with EXTRA args. */
-static bool daemon_start(Daemon *d, bool activate, const char *const *extra)
-{
-	memset(d, 0, sizeof *d);
-	static int seq;
-	snprintf(d->dir, sizeof d->dir, "/tmp/qd-e2e-%d-%d", (int)getpid(), seq++);
-	mkdir(d->dir, 0700);
-	snprintf(d->sock, sizeof d->sock, "%s/q.sock", d->dir);
-	snprintf(d->notify, sizeof d->notify, "%s/notify", d->dir);
-	snprintf(d->log, sizeof d->log, "%s/daemon.log", d->dir);
-	d->nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	strcpy(a.sun_path, d->notify);
-	if (bind(d->nfd, (struct sockaddr *)&a, sizeof a) < 0)
-		return false;
-	char envn[160];
-	snprintf(envn, sizeof envn, "NOTIFY_SOCKET=%s", d->notify);
-	const char *argv[48];
-	int n = 0;
-	if (activate) {
-		argv[n++] = "systemd-socket-activate";
-		argv[n++] = "--seqpacket";
-		argv[n++] = "-l";
-		argv[n++] = d->sock;
-		argv[n++] = "-E";
-		argv[n++] = envn;
-	}
-	argv[n++] = serve_bin();
-	argv[n++] = "-m";
-	argv[n++] = tu_model_path();
-	if (!activate) {
-		argv[n++] = "--socket";
-		argv[n++] = d->sock;
-	}
-	for (int i = 0; extra && extra[i] && n < 46; i++)
-		argv[n++] = extra[i];
-	argv[n] = NULL;
-	d->pid = fork();
-	if (d->pid == 0) {
-		int lf = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		if (lf >= 0) {
-			dup2(lf, 2);
-			dup2(lf, 1);
-		}
-		setenv("NOTIFY_SOCKET", d->notify, 1);
-		execvp(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	if (activate) { /* wait for the listening socket */
-		for (int i = 0; i < 200 && access(d->sock, F_OK) != 0; i++)
-			usleep(10000);
-		return access(d->sock, F_OK) == 0;
-	}
-	return notify_wait(d, "READY=1", 60000);
-}
-
-/* SIGTERM and wait; returns the exit status or -1. */
-static int daemon_stop(Daemon *d)
-{
-	if (d->pid <= 0)
-		return -1;
-	kill(d->pid, SIGTERM);
-	int st = 0;
-	for (int i = 0; i < 1000; i++) {
-		pid_t r = waitpid(d->pid, &st, WNOHANG);
-		if (r == d->pid) {
-			d->pid = 0;
-			notify_wait(d, "STOPPING=1", 10);
-			close(d->nfd);
-			unlink(d->notify);
-			unlink(d->sock);
-			if (getenv("QD_KEEP_LOGS") == NULL) {
-				unlink(d->log);
-				rmdir(d->dir);
-			}
-			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-		}
-		usleep(10000);
-	}
-	kill(d->pid, SIGKILL);
-	waitpid(d->pid, &st, 0);
-	d->pid = 0;
-	return -1;
-}
-
 static bool ensure_daemon(const char *test)
 {
-	if (!can_run(test))
-		return false;
-	if (D.pid > 0)
-		return true;
 	static const char *const extra[] = { "--slots", "16", "--ctx", "512", "--queue", "64",
 					     "--max-sessions-per-uid", "256", NULL };
-	bool ok = daemon_start(&D, false, extra);
-	if (!ok)
-		tu_skip(test, "daemon did not become ready");
-	return ok;
+	return daemon_ensure(&D, test, extra);
 }
 
 /* Greedy tokens of PROMPT through a fresh session (and their text into TEXT, if given). */
 static int run_greedy_text(const char *sock, const char *prompt, int32_t *toks, int *ret_n, char *text, size_t cap)
 {
-	size_t tl = 0;
-	qd_client *c;
-	char err[256];
-	int rc = qd_connect(sock, &c, err, sizeof err);
-	if (rc < 0)
-		return rc;
-	qd_gen_params p;
-	qd_gen_params_init(&p);
-	p.max_tokens = N_GEN;
-	uint64_t id;
-	rc = qd_generate(c, prompt, &p, &id);
-	int n = 0;
-	while (rc == 0) {
-		qd_event ev;
-		rc = qd_next(c, &ev, 60000);
-		if (rc < 0 || ev.request_id != id)
-			continue;
-		if (ev.kind == QD_EVENT_FINAL)
-			break;
-		if (n < N_GEN)
-			toks[n++] = ev.token;
-		if (text && tl + ev.piece_len < cap) {
-			memcpy(text + tl, ev.piece, ev.piece_len);
-			tl += ev.piece_len;
-		}
-	}
-	if (text)
-		text[tl] = 0;
-	qd_close(c);
-	*ret_n = n;
-	return rc;
+	return greedy_run(sock, NULL, prompt, N_GEN, toks, ret_n, text, cap);
 }
 
 static int run_greedy(const char *sock, const char *prompt, int32_t *toks, int *ret_n)
@@ -459,34 +259,6 @@ static void test_concurrent_clients(void)
 	CU_ASSERT_EQUAL(ok, N_CLIENTS);
 }
 
-static int count_fds(pid_t pid)
-{
-	char p[64];
-	snprintf(p, sizeof p, "/proc/%d/fd", (int)pid);
-	DIR *d = opendir(p);
-	int n = 0;
-	if (!d)
-		return -1;
-	while (readdir(d))
-		n++;
-	closedir(d);
-	return n;
-}
-
-static long rss_kb(pid_t pid)
-{
-	char p[64], line[256];
-	snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
-	FILE *f = fopen(p, "r");
-	long kb = -1;
-	while (f && fgets(line, sizeof line, f))
-		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return kb;
-}
-
 static int running_requests(void)
 {
 	qd_client *c;
@@ -610,46 +382,9 @@ static void test_cancel(void)
 	qd_close(c);
 }
 
-static int raw_connect(const char *sock)
-{
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	strcpy(a.sun_path, sock);
-	if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-		close(fd);
-		return -1;
-	}
-	struct timeval tv = { .tv_sec = 10 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	return fd;
-}
-
-/* Next reply's err (positive errno), 0 for success, -1 for end of stream / failure. */
-static int raw_reply(int fd, int *fds, unsigned *nfds)
-{
-	static uint8_t buf[QD_MSG_MAX], abuf[QD_ARENA_SIZE];
-	size_t len;
-	unsigned n = 0;
-	int tmp[QD_MSG_FDS];
-	if (qd_frame_recv(fd, buf, sizeof buf, &len, fds ? fds : tmp, QD_MSG_FDS, &n) < 0)
-		return -1;
-	if (nfds)
-		*nfds = n;
-	QdArena a;
-	qd_arena_init(&a, abuf, sizeof abuf);
-	Quantd__Reply *r = (Quantd__Reply *)qd_frame_unpack(&quantd__reply__descriptor, &a, buf, len);
-	return r ? r->err : -1;
-}
-
 static bool healthy(void)
 {
-	qd_client *c;
-	if (qd_connect(D.sock, &c, NULL, 0) < 0)
-		return false;
-	qd_health h;
-	bool ok = qd_get_health(c, &h) == 0 && h.ok;
-	qd_close(c);
-	return ok;
+	return daemon_healthy(D.sock);
 }
 
 static void test_malformed_packets(void)
