@@ -99,6 +99,10 @@ typedef struct {
 			    float *const *y, int acc);
 	int (*rope_kv_store)(KbBackend *b, const KbAttention *a, float *q, float *k, const float *v,
 			     int rot_dim, float base);
+
+	/* Optional, for backends with memory of their own (NULL on the CPU): bytes free and in
+	 * all on the device, so that a context can refuse up front what would not fit. */
+	int (*mem_info)(KbBackend *b, uint64_t *ret_free, uint64_t *ret_total);
 } KbOps;
 
 struct KbBackend {

@@ -503,6 +503,36 @@ static void test_select(void)
 	model_free(m);
 }
 
+/* A context whose KV cache no GPU has is refused before anything is uploaded, with the
+ * numbers; one that fits is not. */
+static void test_mem_refusal(void)
+{
+	if (!ready())
+		return;
+	char path[] = "/tmp/qd-test-backend-XXXXXX", err[256], why[320] = "";
+	int fd = mkstemp(path);
+	CU_ASSERT_FATAL(fd >= 0);
+	close(fd);
+	Model *m = NULL;
+	Context *c = NULL;
+	CU_ASSERT_EQUAL_FATAL(synth_write(path, synth_shape("tiny"), QD_TYPE_Q4_0, 1, 7, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL_FATAL(model_load(path, &m, err, sizeof(err)), 0);
+	ContextParams big = { .n_seq = 4096, .n_ctx = 1 << 20, .n_batch = 8, .backend = "cuda", .err = why,
+			      .errlen = sizeof why };
+	CU_ASSERT_EQUAL(ctx_new(m, &big, &c), -ENOMEM);
+	CU_ASSERT_PTR_NULL(c);
+	CU_ASSERT_PTR_NOT_NULL(strstr(why, "MiB of GPU memory"));
+	printf("\n    refused: %s\n", why);
+	why[0] = 0;
+	ContextParams small = { .n_seq = 2, .n_ctx = 64, .n_batch = 8, .backend = "cuda", .err = why,
+				.errlen = sizeof why };
+	CU_ASSERT_EQUAL(ctx_new(m, &small, &c), 0);
+	CU_ASSERT_EQUAL(why[0], 0);
+	ctx_free(c);
+	model_free(m);
+	unlink(path);
+}
+
 static int argmax(const float *x, int n)
 {
 	int b = 0;
@@ -848,6 +878,7 @@ int main(void)
 		{ "SmolLM2 greedy tokens cuda = cpu", test_model_greedy, gpu_model_skip },
 		{ "step graphs: replay = op by op, bit for bit", test_step_graphs, gpu_skip },
 		{ "step graphs: tiny synth model, logits bit for bit", test_step_model, gpu_skip },
+		{ "GPU memory: a context that cannot fit is refused up front", test_mem_refusal, gpu_skip },
 		{ "cleanup", test_cleanup, NULL },
 		{ NULL, NULL, NULL },
 	};

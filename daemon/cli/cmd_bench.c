@@ -153,13 +153,15 @@ int cmd_bench(int argc, char **argv)
 			max_b = batches[i];
 	int n_thr = threads ? (int)threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	const int n_ctx = (int)(n_prompt > 16 + n_gen ? n_prompt : 16 + n_gen) + 1;
+	char why[320] = "";
 	ContextParams cp = { .n_seq = max_b, .n_ctx = n_ctx, .n_batch = (int)(n_prompt > max_b ? n_prompt : max_b),
-			     .n_threads = n_thr, .backend = backend, .device = (int)device };
+			     .n_threads = n_thr, .backend = backend, .device = (int)device, .err = why,
+			     .errlen = sizeof why };
 	Context *ctx = NULL;
 	int r = ctx_new(m, &cp, &ctx);
 	if (r < 0) {
 		fprintf(stderr, "quantd bench: context (backend %s): %s\n", backend,
-			r == -ENODEV ? "no usable GPU" : strerror(-r));
+			r == -ENODEV ? "no usable GPU" : why[0] ? why : strerror(-r));
 		model_free(m);
 		return 1;
 	}

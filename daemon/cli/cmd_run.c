@@ -134,11 +134,12 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "quantd: %s: %s\n", model_path, err);
 		goto out;
 	}
+	char why[320] = "";
 	ContextParams cp = { .n_seq = 1, .n_ctx = (int)n_ctx, .n_batch = (int)n_batch, .n_threads = (int)threads,
-			      .backend = backend, .device = (int)device };
+			      .backend = backend, .device = (int)device, .err = why, .errlen = sizeof why };
 	if ((r = ctx_new(m, &cp, &ctx)) < 0) {
 		fprintf(stderr, "quantd: cannot create a context (backend %s): %s\n", backend,
-			r == -ENODEV ? "no usable GPU" : strerror(-r));
+			r == -ENODEV ? "no usable GPU" : why[0] ? why : strerror(-r));
 		goto out;
 	}
 	double t_load = cli_now() - t0;

@@ -222,10 +222,12 @@ int eval_run(const char *const *paths, int n, int base_idx, const char *text, si
 		goto out;
 	}
 	for (int i = 0; i < n; i++) {
+		char why[320] = "";
 		ContextParams cp = { .n_seq = 1, .n_ctx = n_ctx, .n_batch = n_ctx, .n_threads = pp.n_threads,
-				     .backend = pp.backend };
+				     .backend = pp.backend, .err = why, .errlen = sizeof why };
 		if ((r = ctx_new(s[i].m, &cp, &s[i].c)) < 0) {
-			qd_errf(err, errlen, r, "%s: cannot create a context: %s", paths[i], strerror(-r));
+			qd_errf(err, errlen, r, "%s: cannot create a context: %s", paths[i],
+				why[0] ? why : strerror(-r));
 			goto out;
 		}
 	}

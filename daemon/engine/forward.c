@@ -6,12 +6,15 @@
  *               x += Wdown · (silu(Wgate·n(x)) * Wup·n(x))
  *   logits = Wout · n(x)   (only for the tokens that ask for them) */
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "../../kernels/types.h"
 #include "model_internal.h"
 
 /* A layer's weights as this context's backend sees them: prepared (uploaded, repacked)
@@ -175,6 +178,41 @@ static int prepare_weights(Context *c)
 	return prepare_vector(c, m->output_norm, m->cfg.n_embd, &c->output_norm, &c->output_norm_buf);
 }
 
+/* Device memory a context needs: weights as uploaded (the products' copies, plus the
+ * embedding table as stored), the KV cache, the activation buffers, and a reserve for the
+ * backend's own buffers (converted activations, graphs, split scratch) and padding. */
+static int check_device_memory(Context *c, const ContextParams *p)
+{
+	const KbOps *o = c->be->ops;
+	const ModelConfig *cfg = &c->m->cfg;
+	uint64_t free_b = 0, total_b = 0, emb = 0;
+	if (!o->mem_info)
+		return 0;
+	int r = o->mem_info(c->be, &free_b, &total_b);
+	if (r < 0)
+		return r;
+	const KbWeight *e = &c->m->tok_embd;
+	if (qd_row_size(e->type, (uint64_t)e->cols, &emb) < 0)
+		return -EINVAL;
+	emb *= (uint64_t)e->rows;
+	const uint64_t mib = 1 << 20, weights = model_weight_bytes(c->m) + emb;
+	const uint64_t kv = 2ull * (uint64_t)cfg->n_layer * sizeof(uint16_t) * (uint64_t)c->slot_stride * (uint64_t)c->n_seq;
+	const uint64_t per_tok = 3ull * (uint64_t)cfg->n_embd + 2ull * (uint64_t)cfg->n_head * (uint64_t)cfg->head_dim +
+				 2ull * (uint64_t)c->kv_dim + 2ull * (uint64_t)cfg->n_ff + (uint64_t)cfg->n_vocab;
+	const uint64_t act = sizeof(float) * per_tok * (uint64_t)c->n_batch;
+	const uint64_t need = weights + weights / 50 + kv + act + 256 * mib;
+	if (need <= free_b)
+		return 0;
+	if (p->err && p->errlen)
+		snprintf(p->err, p->errlen,
+			 "needs about %" PRIu64 " MiB of GPU memory (weights %" PRIu64 ", KV cache %" PRIu64
+			 " for %d x %d positions, activations %" PRIu64 ", reserve %" PRIu64 "), the device has %" PRIu64
+			 " MiB free of %" PRIu64,
+			 need / mib, weights / mib, kv / mib, c->n_seq, c->n_ctx, act / mib,
+			 (weights / 50 + 256 * mib) / mib, free_b / mib, total_b / mib);
+	return -ENOMEM;
+}
+
 int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 {
 	const ModelConfig *cfg = &m->cfg;
@@ -197,7 +235,7 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 	if (r < 0)
 		goto err;
 	const KbOps *o = c->be->ops;
-	if ((r = prepare_weights(c)) < 0)
+	if ((r = check_device_memory(c, &pp)) < 0 || (r = prepare_weights(c)) < 0)
 		goto err;
 	r = -ENOMEM;
 	c->k_cache = calloc((size_t)cfg->n_layer, sizeof(*c->k_cache));

@@ -50,12 +50,16 @@ typedef struct {
 	int n_threads;  /* 0: online CPUs */
 	const char *backend; /* "cpu", "cuda" or "auto" (NULL: "cpu") */
 	int device;     /* GPU index for cuda */
+	char *err;      /* where ctx_new explains a refusal (NULL: nowhere) */
+	size_t errlen;
 } ContextParams;
 
 typedef struct Context Context;
 
 /* Returns 0, -ENOMEM, -EINVAL for bad parameters, -ENODEV when backend "cuda" was asked
- * for and no GPU is usable ("auto" falls back to the CPU). */
+ * for and no GPU is usable ("auto" falls back to the CPU).  On a GPU the weights, KV cache
+ * and activations are checked against the device's free memory before anything is
+ * uploaded: -ENOMEM at once, with the numbers in p->err, when they do not fit. */
 int ctx_new(const Model *m, const ContextParams *p, Context **ret);
 /* "cpu avx2+fma+f16c, 2 threads", "cuda NVIDIA H200 ...". */
 const char *ctx_backend_name(const Context *c);

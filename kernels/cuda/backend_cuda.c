@@ -565,7 +565,11 @@ static int cuda_step_begin(KbBackend *b, const KbStep *s)
 	if (st->active)
 		return -EBUSY;
 	const int n = s->n_tokens;
-	int r;
+	/* the daemon may create a model's context on its loader thread and step it on the
+	 * engine thread: kernel launches go to the calling thread's current device */
+	int r = kb_cuda_bind(c->ctx);
+	if (r < 0)
+		return r;
 	act_forget(c);
 	if (n > st->cap) {
 		/* recorded steps and queued kernels may use the old buffer */
@@ -659,6 +663,17 @@ static int cuda_step_end(KbBackend *b, int status)
 	return 1;
 }
 
+static int cuda_mem_info(KbBackend *b, uint64_t *ret_free, uint64_t *ret_total)
+{
+	KbCudaInfo info;
+	int r = kb_cuda_info(cb(b)->ctx, &info);
+	if (r < 0)
+		return r;
+	*ret_free = info.mem_free;
+	*ret_total = info.mem_total;
+	return 0;
+}
+
 static int cuda_sync(KbBackend *b)
 {
 	return kb_cuda_sync(cb(b)->ctx);
@@ -685,6 +700,7 @@ static const KbOps cuda_ops = {
 	.swiglu = cuda_swiglu,
 	.matmul_multi = cuda_matmul_multi,
 	.rope_kv_store = cuda_rope_kv_store,
+	.mem_info = cuda_mem_info,
 	.add = cuda_add,
 	.sync = cuda_sync,
 	.step_begin = cuda_step_begin,

@@ -158,6 +158,11 @@ int kb_cuda_set_mmv_config(KbCuda *ctx, int n_tok, int warps, int row_tiles, int
 			   int persist);
 void kb_cuda_set_pdl(KbCuda *ctx, int on);
 
+/* Makes CTX's device current on the calling thread (the runtime's current device is per
+ * thread: a context made on one thread and driven from another needs this there).
+ * Returns 0 or -errno. */
+int kb_cuda_bind(KbCuda *ctx);
+
 /* ---- graphs and timing ---- */
 
 /* Everything queued between begin and end is captured into a graph instead of run. */

@@ -40,6 +40,11 @@ static void default_config(KbCuda *ctx)
 	}
 }
 
+extern "C" int kb_cuda_bind(KbCuda *ctx)
+{
+	return ctx ? kb_err(cudaSetDevice(ctx->device)) : -EINVAL;
+}
+
 extern "C" void kb_cuda_free(KbCuda *ctx)
 {
 	if (!ctx)
