@@ -15,9 +15,12 @@
 #include "internal.cuh"
 #include "ops.h"
 
-__global__ void k_kv_store(const float *k, const float *v, __half *kc, __half *vc, const int32_t *pos,
+__global__ void k_kv_store(int trig, const float *k, const float *v, __half *kc, __half *vc, const int32_t *pos,
 			   const int32_t *seq, int kvd, int64_t stride)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	/* one element per thread over (token, column block): a decode step's few rows
 	 * spread over many multiprocessors instead of looping in one block */
 	const int t = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x;
@@ -35,9 +38,9 @@ extern "C" int kb_cuda_kv_store(KbCuda *ctx, const float *k, const float *v, uin
 		return -EINVAL;
 	if (n == 0)
 		return 0;
-	k_kv_store<<<dim3((unsigned)n, (unsigned)((kvd + 255) / 256)), 256, 0, ctx->stream>>>(k, v, (__half *)k_cache, (__half *)v_cache, pos, seq, kvd,
-							 slot_stride);
-	return kb_err(cudaGetLastError());
+	const int pdl = kb_small_pdl(n);
+	return kb_launch_ex(ctx, pdl, k_kv_store, dim3((unsigned)n, (unsigned)((kvd + 255) / 256)), dim3(256),
+			0, pdl, k, v, (__half *)k_cache, (__half *)v_cache, pos, seq, kvd, slot_stride);
 }
 
 /* Where attention also stores its output in the product layout (xh NULL: nowhere). */
@@ -106,11 +109,15 @@ __device__ __forceinline__ void att_vload(const __half *vr, int lane, float (&v)
 }
 
 template <int PER>
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(const float *q, const __half *kc, const __half *vc,
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const float *q, const __half *kc,
+							      const __half *vc,
 							      const int32_t *pos, const int32_t *seq, int n_head,
 							      int group, int hd, int kvd, int64_t stride, float scale,
 							      float *out, ActOut act, float *part, unsigned *cnt)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	extern __shared__ float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
 	__shared__ int last;
 	float *qs = sm, *wacc = sm + hd, *wm = wacc + ATT_WARPS * hd, *wl = wm + ATT_WARPS;
@@ -305,8 +312,8 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 		}
 	}
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
-	void (*k)(const float *, const __half *, const __half *, const int32_t *, const int32_t *, int, int, int, int,
-		  int64_t, float, float *, ActOut, float *, unsigned *) =
+	void (*k)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int, int, int,
+		  int, int64_t, float, float *, ActOut, float *, unsigned *) =
 		NULL;
 	switch (head_dim / 32) {
 	case 1: k = k_attention<1>; break;
@@ -318,10 +325,11 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	case 7: k = k_attention<7>; break;
 	default: k = k_attention<8>; break;
 	}
-	k<<<dim3((unsigned)blocks, (unsigned)S), ATT_WARPS * 32, smem, ctx->stream>>>(
-		q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head, n_head / n_head_kv, head_dim,
-		n_head_kv * head_dim, slot_stride, scale, out, av, ctx->att_part, ctx->att_cnt);
-	int r = kb_err(cudaGetLastError());
+	const int pdl = kb_small_pdl(n);
+	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, pdl,
+			q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head,
+			n_head / n_head_kv, head_dim, (int)(n_head_kv * head_dim), slot_stride, scale, out, av,
+			ctx->att_part, ctx->att_cnt);
 	if (r == 0 && act) {
 		act->cols = (int64_t)n_head * head_dim;
 		act->n_tok = n;

@@ -1,7 +1,8 @@
 /* kernels/cuda/elementwise.cu: RMSNorm, RoPE (also fused with the KV-cache store), SwiGLU
  * and add for the forward pass, and the small asynchronous upload the ops table uses
- * for index arrays.  These kernels are
- * launched plainly (no programmatic dependent launch): each waits for its predecessor. */
+ * for index arrays.  Like every kernel of the forward pass these launch with programmatic
+ * dependent launch (kb_launch): each lets its successor start at once and itself waits
+ * for its predecessor before touching memory, so launches overlap the kernel before. */
 #include <math.h>
 
 #include "internal.cuh"
@@ -27,8 +28,12 @@ __device__ static double block_sum(double v, double *red)
  * wide blocks (few loop trips, each a memory latency) matter more than many blocks. */
 #define RMS_THREADS 1024
 
-__global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm(const float *x, const float *w, int dim, float eps, float *y)
+__global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm(int trig, const float *x, const float *w, int dim, float eps,
+							  float *y)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	__shared__ double red[32];
 	const float *xr = x + (int64_t)blockIdx.x * dim;
 	float *yr = y + (int64_t)blockIdx.x * dim;
@@ -47,16 +52,21 @@ extern "C" int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int 
 		return -EINVAL;
 	if (n == 0)
 		return 0;
-	k_rmsnorm<<<(unsigned)n, RMS_THREADS, 0, ctx->stream>>>(x, w, dim, eps, y);
-	return kb_err(cudaGetLastError());
+	const int pdl = kb_small_pdl(n);
+	return kb_launch_ex(ctx, pdl, k_rmsnorm, dim3((unsigned)n), dim3(RMS_THREADS), 0, pdl, x, w, dim, eps,
+			y);
 }
 
 /* k_rmsnorm, and each result also stored in the product layout (kb_act_put), padding
  * columns as zeros: one launch instead of a norm and an act_prep. */
-__global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm_act(const float *x, const float *w, int dim, float eps, float *y,
+__global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm_act(int trig, const float *x, const float *w, int dim,
+							      float eps, float *y,
 						     uint16_t *xh, uint16_t *xhi, uint16_t *xlo, float *xs,
 						     int64_t cap, int64_t cols_pad)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	__shared__ double red[32];
 	const float *xr = x + (int64_t)blockIdx.x * dim;
 	float *yr = y + (int64_t)blockIdx.x * dim;
@@ -84,9 +94,9 @@ extern "C" int kb_cuda_rmsnorm_act(KbCuda *ctx, const float *x, const float *w, 
 		return -EINVAL;
 	const int64_t cols_pad = ((int64_t)dim + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
 	static_assert(KB_ACT_PAD % 32 == 0, "k_rmsnorm_act hands kb_act_put whole warps");
-	k_rmsnorm_act<<<(unsigned)n, RMS_THREADS, 0, ctx->stream>>>(x, w, dim, eps, y, act->xh, act->xhi, act->xlo, act->xs,
-							     act->cap, cols_pad);
-	int r = kb_err(cudaGetLastError());
+	const int pdl = kb_small_pdl(n);
+	int r = kb_launch_ex(ctx, pdl, k_rmsnorm_act, dim3((unsigned)n), dim3(RMS_THREADS), 0, pdl, x, w, dim,
+			eps, y, act->xh, act->xhi, act->xlo, act->xs, act->cap, cols_pad);
 	if (r == 0) {
 		act->cols = dim;
 		act->n_tok = n;
@@ -122,9 +132,13 @@ __device__ static void rope_head(float *xt, const float *th, int half)
 }
 
 /* One block per (token, head). */
-__global__ void __launch_bounds__(64) k_rope(float *x, const int32_t *pos, int n_head, int head_dim, int rot_dim,
+__global__ void __launch_bounds__(64) k_rope(int trig, float *x, const int32_t *pos, int n_head, int head_dim,
+					      int rot_dim,
 					      float theta_scale)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	__shared__ float th[256];
 	rope_angles(th, pos[blockIdx.x], rot_dim / 2, theta_scale);
 	rope_head(x + ((int64_t)blockIdx.x * n_head + blockIdx.y) * head_dim, th, rot_dim / 2);
@@ -133,10 +147,13 @@ __global__ void __launch_bounds__(64) k_rope(float *x, const int32_t *pos, int n
 /* One block per (token, head of q or kv head): q heads rotate in place; a kv head
  * rotates its k head, then stores k and v (f16, round to nearest even) into the caches
  * at seq[t] * stride + pos[t] * kvd: rope twice and kv_store in one launch. */
-__global__ void __launch_bounds__(64) k_rope_kv(float *q, float *k, const float *v, __half *kc, __half *vc,
+__global__ void __launch_bounds__(64) k_rope_kv(int trig, float *q, float *k, const float *v, __half *kc, __half *vc,
 						 const int32_t *pos, const int32_t *seq, int n_head, int n_head_kv,
 						 int hd, int rot_dim, float theta_scale, int64_t stride)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	__shared__ float th[256];
 	const int t = blockIdx.x, h = blockIdx.y;
 	rope_angles(th, pos[t], rot_dim / 2, theta_scale);
@@ -165,10 +182,10 @@ extern "C" int kb_cuda_rope_kv_store(KbCuda *ctx, float *q, float *k, const floa
 		return -EINVAL;
 	if (n == 0)
 		return 0;
-	k_rope_kv<<<dim3((unsigned)n, (unsigned)(n_head + n_head_kv)), 64, 0, ctx->stream>>>(
-		q, k, v, (__half *)k_cache, (__half *)v_cache, pos, seq, n_head, n_head_kv, head_dim, rot_dim,
-		theta_scale, slot_stride);
-	return kb_err(cudaGetLastError());
+	const int pdl = kb_small_pdl(n);
+	return kb_launch_ex(ctx, pdl, k_rope_kv, dim3((unsigned)n, (unsigned)(n_head + n_head_kv)), dim3(64),
+			0, pdl, q, k, v, (__half *)k_cache, (__half *)v_cache, pos, seq, n_head, n_head_kv,
+			head_dim, rot_dim, theta_scale, slot_stride);
 }
 
 extern "C" int kb_cuda_rope(KbCuda *ctx, float *x, const int32_t *pos, int n, int n_head, int head_dim, int rot_dim,
@@ -179,20 +196,27 @@ extern "C" int kb_cuda_rope(KbCuda *ctx, float *x, const int32_t *pos, int n, in
 		return -EINVAL;
 	if (n == 0 || rot_dim == 0)
 		return 0;
-	k_rope<<<dim3((unsigned)n, (unsigned)n_head), 64, 0, ctx->stream>>>(x, pos, n_head, head_dim, rot_dim, theta_scale);
-	return kb_err(cudaGetLastError());
+	const int pdl = kb_small_pdl(n);
+	return kb_launch_ex(ctx, pdl, k_rope, dim3((unsigned)n, (unsigned)n_head), dim3(64), 0, pdl, x, pos,
+			n_head, head_dim, rot_dim, theta_scale);
 }
 
-__global__ void k_swiglu(const float *g, const float *u, int64_t n, float *y)
+__global__ void k_swiglu(int trig, const float *g, const float *u, int64_t n, float *y)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
 		const float gi = g[i];
 		y[i] = __fmul_rn(__fdiv_rn(gi, __fadd_rn(1.0f, expf(-gi))), u[i]);
 	}
 }
 
-__global__ void k_add(float *x, const float *y, int64_t n)
+__global__ void k_add(int trig, float *x, const float *y, int64_t n)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
 		x[i] += y[i];
 }
@@ -209,16 +233,18 @@ extern "C" int kb_cuda_swiglu(KbCuda *ctx, const float *g, const float *u, int64
 		return -EINVAL;
 	if (n == 0)
 		return 0;
-	k_swiglu<<<grid_for(n), 256, 0, ctx->stream>>>(g, u, n, y);
-	return kb_err(cudaGetLastError());
+	return kb_launch_ex(ctx, 0, k_swiglu, dim3(grid_for(n)), dim3(256), 0, 0, g, u, n, y);
 }
 
 /* k_swiglu over one row per blockIdx.y, each result also stored in the product layout:
  * grid (cols_pad / 256, n).  Padding columns get zeros. */
-__global__ void __launch_bounds__(256) k_swiglu_act(const float *g, const float *u, int64_t dim, float *y,
+__global__ void __launch_bounds__(256) k_swiglu_act(int trig, const float *g, const float *u, int64_t dim, float *y,
 						    uint16_t *xh, uint16_t *xhi, uint16_t *xlo, float *xs,
 						    int64_t cap)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	const int t = blockIdx.y;
 	const int64_t col = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, i = (int64_t)t * dim + col;
 	float v = 0.f;
@@ -238,9 +264,9 @@ extern "C" int kb_cuda_swiglu_act(KbCuda *ctx, const float *g, const float *u, i
 		return -EINVAL;
 	const int64_t cols_pad = (dim + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
 	static_assert(KB_ACT_PAD % 256 == 0, "k_swiglu_act covers the padded columns with whole blocks");
-	k_swiglu_act<<<dim3((unsigned)(cols_pad / 256), (unsigned)n), 256, 0, ctx->stream>>>(
-		g, u, dim, y, act->xh, act->xhi, act->xlo, act->xs, act->cap);
-	int r = kb_err(cudaGetLastError());
+	const int pdl = kb_small_pdl(n);
+	int r = kb_launch_ex(ctx, pdl, k_swiglu_act, dim3((unsigned)(cols_pad / 256), (unsigned)n), dim3(256),
+			0, pdl, g, u, dim, y, act->xh, act->xhi, act->xlo, act->xs, act->cap);
 	if (r == 0) {
 		act->cols = dim;
 		act->n_tok = n;
@@ -254,8 +280,7 @@ extern "C" int kb_cuda_add(KbCuda *ctx, float *x, const float *y, int64_t n)
 		return -EINVAL;
 	if (n == 0)
 		return 0;
-	k_add<<<grid_for(n), 256, 0, ctx->stream>>>(x, y, n);
-	return kb_err(cudaGetLastError());
+	return kb_launch_ex(ctx, 0, k_add, dim3(grid_for(n)), dim3(256), 0, 0, x, y, n);
 }
 
 extern "C" int kb_cuda_upload_async(KbCuda *ctx, void *dev, const void *host, size_t bytes)

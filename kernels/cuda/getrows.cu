@@ -61,9 +61,12 @@ __device__ __forceinline__ float dq_elem(const uint8_t *row, int64_t e)
 }
 
 template <int T>
-__global__ void __launch_bounds__(256) k_get_rows(const uint8_t *raw, int64_t row_bytes, int64_t cols,
+__global__ void __launch_bounds__(256) k_get_rows(int trig, const uint8_t *raw, int64_t row_bytes, int64_t cols,
 						  const int32_t *ids, float *out)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait();
 	const uint8_t *row = raw + (int64_t)ids[blockIdx.x] * row_bytes;
 	float *o = out + (int64_t)blockIdx.x * cols;
 	for (int64_t e = threadIdx.x; e < cols; e += blockDim.x)
@@ -85,8 +88,9 @@ template <int T>
 static int launch(KbCuda *ctx, const void *raw, int64_t row_bytes, int64_t cols, const int32_t *ids, int n,
 		  float *out)
 {
-	k_get_rows<T><<<(unsigned)n, 256, 0, ctx->stream>>>((const uint8_t *)raw, row_bytes, cols, ids, out);
-	return kb_err(cudaGetLastError());
+	const int pdl = kb_small_pdl(n);
+	return kb_launch_ex(ctx, pdl, k_get_rows<T>, dim3((unsigned)n), dim3(256), 0, pdl,
+			(const uint8_t *)raw, row_bytes, cols, ids, out);
 }
 
 extern "C" int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, int64_t cols,
