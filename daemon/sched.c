@@ -308,7 +308,7 @@ static float logprob_of(const float *logits, int n, int32_t tok)
 }
 
 /* One sampled token for R; returns false when R finished. */
-static void on_token(ModelEntry *m, Req *r, float *logits, Req **pending_final)
+static void on_token(ModelEntry *m, Req *r, float *logits, int32_t greedy, Req **pending_final)
 {
 	uint64_t now = now_ns();
 	if (r->state == REQ_PREFILL) {
@@ -318,7 +318,7 @@ static void on_token(ModelEntry *m, Req *r, float *logits, Req **pending_final)
 	float lp = 0;
 	if (r->logprobs)
 		memcpy(m->scratch, logits, (size_t)m->n_vocab * sizeof *logits);
-	int32_t tok = sampler_sample(r->sampler, logits);
+	int32_t tok = sampler_sample_known(r->sampler, logits, greedy);
 	if (tok < 0 || tok >= m->n_vocab) {
 		sched_finish(r, QD_FINISH_ERROR, EIO, pending_final);
 		return;
@@ -461,13 +461,14 @@ int sched_step(ModelEntry *m, Req **pending_final)
 	for (int i = 0; i < n; i++) {
 		if (!m->b_want[i])
 			continue;
+		const int32_t greedy = ctx_argmax(m->ctx, li);
 		float *logits = ctx_logits(m->ctx, li++);
 		Req *r = m->b_req[i];
 		if (!logits) {
 			sched_finish(r, QD_FINISH_ERROR, EIO, pending_final);
 			continue;
 		}
-		on_token(m, r, logits, pending_final);
+		on_token(m, r, logits, greedy, pending_final);
 	}
 	m->host_ns += (t1 - t0) + (thread_cpu_ns() - t2);
 	m->compute_ns += t2 - t1;

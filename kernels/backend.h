@@ -100,6 +100,12 @@ typedef struct {
 	int (*rope_kv_store)(KbBackend *b, const KbAttention *a, float *q, float *k, const float *v,
 			     int rot_dim, float base);
 
+	/* Optional: matmul, and ret_idx[t] (host array of n) = the first index of the largest
+	 * y[t][r] (NaNs skipped; 0 when all are NaN), found while the product is computed,
+	 * so a greedy sampler need not read the logits again. */
+	int (*matmul_argmax)(KbBackend *b, const KbWeight *w, const float *x, int n, float *y,
+			     int32_t *ret_idx);
+
 	/* Optional, for backends with memory of their own (NULL on the CPU): bytes free and in
 	 * all on the device, so that a context can refuse up front what would not fit. */
 	int (*mem_info)(KbBackend *b, uint64_t *ret_free, uint64_t *ret_total);

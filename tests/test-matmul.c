@@ -321,6 +321,82 @@ static void test_matmul_batch_invariance(void)
 	kb_threadpool_free(tp);
 }
 
+/* First index of the largest value, NaNs skipped, -inf counting: the sampler's argmax. */
+static int32_t first_max(const float *y, int64_t n)
+{
+	int32_t b = -1;
+	for (int64_t i = 0; i < n; i++)
+		if (!isnan(y[i]) && (b < 0 || y[i] > y[b]))
+			b = (int32_t)i;
+	return b < 0 ? 0 : b;
+}
+
+/* kb_matmul_argmax gives kb_matmul's bits and each token's first largest output, for one
+ * token and batches (through the heap past 64 tokens), one and two threads; ties, NaN and
+ * -inf through an F32 identity-like weight whose outputs are chosen. */
+static void test_matmul_argmax(void)
+{
+	static const int64_t toks[] = { 1, 5, 70 };
+	const int64_t rows = 1000, cols = 256;
+	KbThreadPool *tp = NULL;
+	CU_ASSERT_EQUAL_FATAL(kb_threadpool_new(2, &tp), 0);
+	for (size_t ti = 0; ti < N_ELEMS(weight_types); ti++)
+		for (size_t ni = 0; ni < N_ELEMS(toks); ni++) {
+			const int wt = weight_types[ti];
+			const int64_t n_tok = toks[ni];
+			size_t wb = row_bytes(wt, cols) * (size_t)rows;
+			float *wf = malloc(sizeof(float) * (size_t)cols), *x = malloc(sizeof(float) * (size_t)(n_tok * cols));
+			uint8_t *w = malloc(wb);
+			float *ya = malloc(sizeof(float) * (size_t)(n_tok * rows));
+			float *yb = malloc(sizeof(float) * (size_t)(n_tok * rows));
+			int32_t *idx = malloc(sizeof(int32_t) * (size_t)n_tok);
+			void *scr = malloc(kb_matmul_scratch_size(wt, cols, n_tok));
+			CU_ASSERT_FATAL(wf && x && w && ya && yb && idx && scr);
+			uint64_t seed = 77 + (uint64_t)wt * 3 + (uint64_t)n_tok;
+			for (int64_t r = 0; r < rows; r++) {
+				for (int64_t c = 0; c < cols; c++)
+					wf[c] = tu_rand_f32(&seed);
+				CU_ASSERT_EQUAL_FATAL(kb_cpu_quantize_row(wt, wf, w + (size_t)r * row_bytes(wt, cols), cols), 0);
+			}
+			for (int64_t i = 0; i < n_tok * cols; i++)
+				x[i] = tu_rand_f32(&seed);
+			KbThreadPool *p = ni == 1 ? NULL : tp;
+			CU_ASSERT_EQUAL(kb_matmul(p, wt, w, rows, cols, x, n_tok, ya, scr), 0);
+			CU_ASSERT_EQUAL(kb_matmul_argmax(p, wt, w, rows, cols, x, n_tok, yb, scr, idx), 0);
+			CU_ASSERT_EQUAL(memcmp(ya, yb, sizeof(float) * (size_t)(n_tok * rows)), 0);
+			int wrong = 0;
+			for (int64_t t = 0; t < n_tok; t++)
+				wrong += idx[t] != first_max(ya + t * rows, rows);
+			CU_ASSERT_EQUAL(wrong, 0);
+			free(wf);
+			free(x);
+			free(w);
+			free(ya);
+			free(yb);
+			free(idx);
+			free(scr);
+		}
+
+	/* chosen outputs: F32 weights of one column times x = 1 give the weights themselves */
+	enum { R = 96 };
+	float wv[4][R], one = 1.f, y[R], scr[64];
+	for (int i = 0; i < R; i++) {
+		wv[0][i] = (float)(i % 7); /* ties: the first 6 (row 6) */
+		wv[1][i] = NAN;            /* all NaN: 0 */
+		wv[2][i] = -INFINITY;      /* all -inf but a NaN first: the first -inf (1) */
+		wv[3][i] = i == 50 ? 3.f : (i < 30 ? NAN : -1.f);
+	}
+	wv[2][0] = NAN;
+	static const int32_t want[4] = { 6, 0, 1, 50 };
+	for (int k = 0; k < 4; k++) {
+		int32_t idx1 = -7;
+		CU_ASSERT_EQUAL(kb_matmul_argmax(tp, QD_TYPE_F32, wv[k], R, 1, &one, 1, y, scr, &idx1), 0);
+		CU_ASSERT_EQUAL(idx1, want[k]);
+		CU_ASSERT_EQUAL(idx1, first_max(y, R));
+	}
+	kb_threadpool_free(tp);
+}
+
 static void test_matmul_args(void)
 {
 	float x[64] = { 0 }, y[4];
@@ -352,6 +428,7 @@ int main(void)
 		{ "matmul_types", test_matmul_types, NULL },
 		{ "matmul_scalar", test_matmul_scalar, NULL },
 		{ "matmul_batch_invariance", test_matmul_batch_invariance, NULL },
+		{ "matmul_argmax", test_matmul_argmax, NULL },
 		{ "matmul_args", test_matmul_args, NULL },
 		{ NULL, NULL, NULL },
 	};

@@ -261,11 +261,18 @@ static void test_multi_sequence_batch(void)
 	for (int t = 0; t < n; t++)
 		if (want[t])
 			row_of[seq[t]] = row++;
-	int bad = 0;
+	int bad = 0, argmax_bad = 0;
 	for (int step = 0; step < 32; step++) {
 		int32_t next[MAX_PROMPTS];
 		for (int s = 0; s < n_refs; s++) {
 			OurRun o;
+			/* the greedy token found during the product is the logits' first maximum */
+			const float *lg = ctx_logits(c, row_of[s]);
+			int32_t best = 0;
+			for (int32_t v = 1; v < model_config(model)->n_vocab; v++)
+				if (lg[v] > lg[best])
+					best = v;
+			argmax_bad += ctx_argmax(c, row_of[s]) != best;
 			record_step(ctx_logits(c, row_of[s]), &refs[s], step, &o);
 			next[s] = o.tok[step];
 			if (next[s] != baseline[s].tok[step] ||
@@ -287,6 +294,7 @@ static void test_multi_sequence_batch(void)
 		CU_ASSERT_EQUAL_FATAL(ctx_decode(c, &d), 0);
 	}
 	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT_EQUAL(argmax_bad, 0);
 	free(tok);
 	free(pos);
 	free(seq);

@@ -45,6 +45,52 @@ static void test_greedy(void)
 	sampler_free(s);
 }
 
+/* sampler_sample_known takes the caller's greedy token only for a plain greedy sampler. */
+static void test_known_greedy(void)
+{
+	float l[NV], tmp[NV];
+	fill(l, 1);
+	l[777] = 10;
+	SamplerParams p = sampler_defaults();
+	p.temp = 0;
+	Sampler *s;
+	CU_ASSERT_EQUAL_FATAL(sampler_new(&p, NV, &s), 0);
+	memcpy(tmp, l, sizeof tmp);
+	CU_ASSERT_EQUAL(sampler_sample_known(s, tmp, 777), 777);
+	memcpy(tmp, l, sizeof tmp);
+	CU_ASSERT_EQUAL(sampler_sample_known(s, tmp, -1), 777); /* unknown: reads the logits */
+	memcpy(tmp, l, sizeof tmp);
+	CU_ASSERT_EQUAL(sampler_sample_known(s, tmp, NV), 777); /* out of range: ignored */
+	sampler_free(s);
+	/* a repetition penalty changes the logits first: the hint is not used */
+	p.repeat_penalty = 100.f;
+	p.repeat_last_n = 4;
+	CU_ASSERT_EQUAL_FATAL(sampler_new(&p, NV, &s), 0);
+	sampler_accept(s, 777);
+	l[5] = 9.5f;
+	memcpy(tmp, l, sizeof tmp);
+	CU_ASSERT_EQUAL(sampler_sample_known(s, tmp, 777), 5);
+	sampler_free(s);
+	/* with a temperature the hint is not used either (seeded draw equals sampler_sample) */
+	p = sampler_defaults();
+	p.temp = 1.0f;
+	p.seed = 42;
+	Sampler *a, *b;
+	CU_ASSERT_EQUAL_FATAL(sampler_new(&p, NV, &a), 0);
+	CU_ASSERT_EQUAL_FATAL(sampler_new(&p, NV, &b), 0);
+	fill(l, 3);
+	int same = 0;
+	for (int i = 0; i < 20; i++) {
+		memcpy(tmp, l, sizeof tmp);
+		int32_t x = sampler_sample_known(a, tmp, 0);
+		memcpy(tmp, l, sizeof tmp);
+		same += x == sampler_sample(b, tmp);
+	}
+	CU_ASSERT_EQUAL(same, 20);
+	sampler_free(a);
+	sampler_free(b);
+}
+
 static void test_seed_determinism(void)
 {
 	float l[NV];
@@ -231,6 +277,7 @@ int main(void)
 {
 	static const TuTest tests[] = {
 		{ "greedy", test_greedy, NULL },
+		{ "known_greedy", test_known_greedy, NULL },
 		{ "seed_determinism", test_seed_determinism, NULL },
 		{ "distribution", test_distribution, NULL },
 		{ "filters", test_filters, NULL },

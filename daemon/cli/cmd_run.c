@@ -211,7 +211,7 @@ int cmd_run(int argc, char **argv)
 	const char *finish = "length";
 	char piece[256];
 	while (n_predict < 0 || n_gen < n_predict) {
-		int32_t next = sampler_sample(smp, ctx_logits(ctx, 0));
+		int32_t next = sampler_sample_known(smp, ctx_logits(ctx, 0), ctx_argmax(ctx, 0));
 		sampler_accept(smp, next);
 		n_gen++;
 		if (tok_is_eog(tok, next)) {

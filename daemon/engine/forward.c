@@ -40,7 +40,8 @@ struct Context {
 	float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up;
 	float *logits;                 /* [n_out][n_vocab] */
 	int32_t *out_rows;             /* [n_batch] batch index of each logits row */
-	int n_out;
+	int32_t *out_argmax;           /* [n_batch] greedy token of each logits row, if have_argmax */
+	int n_out, have_argmax;
 };
 
 static const ContextParams default_params = { .n_seq = 1, .n_ctx = 0, .n_batch = 512, .n_threads = 0 };
@@ -101,6 +102,7 @@ void ctx_free(Context *c)
 	free(c->v_cache);
 	free(c->seq_len);
 	free(c->out_rows);
+	free(c->out_argmax);
 	free(c);
 }
 
@@ -242,7 +244,8 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 	c->v_cache = calloc((size_t)cfg->n_layer, sizeof(*c->v_cache));
 	c->seq_len = calloc((size_t)c->n_seq, sizeof(*c->seq_len));
 	c->out_rows = calloc((size_t)c->n_batch, sizeof(*c->out_rows));
-	if (!c->k_cache || !c->v_cache || !c->seq_len || !c->out_rows)
+	c->out_argmax = calloc((size_t)c->n_batch, sizeof(*c->out_argmax));
+	if (!c->k_cache || !c->v_cache || !c->seq_len || !c->out_rows || !c->out_argmax)
 		goto err;
 	size_t layer_bytes = sizeof(uint16_t) * (size_t)c->slot_stride * (size_t)c->n_seq;
 	for (int il = 0; il < cfg->n_layer; il++)
@@ -285,6 +288,11 @@ float *ctx_logits(Context *c, int32_t i)
 	if (i < 0 || i >= c->n_out)
 		return NULL;
 	return (c->logits_host ? c->logits_host : c->logits) + (int64_t)i * c->m->cfg.n_vocab;
+}
+
+int32_t ctx_argmax(const Context *c, int32_t i)
+{
+	return c->have_argmax && i >= 0 && i < c->n_out ? c->out_argmax[i] : -1;
 }
 
 /* Checks ids, slots and positions, and that each sequence continues where its cache ends
@@ -396,6 +404,7 @@ int ctx_decode(Context *c, const Batch *b)
 	if (r < 0)
 		return r;
 	c->n_out = 0;
+	c->have_argmax = 0;
 
 	/* Backends with steps may replay the layers as a whole (see KbOps.step_begin). */
 	const KbStep st = { .n_tokens = n, .token = b->token, .pos = b->pos, .seq = b->seq };
@@ -421,8 +430,11 @@ int ctx_decode(Context *c, const Batch *b)
 	}
 	if (n_out == 0)
 		return o->sync(be);
-	if ((r = o->rmsnorm(be, c->x, c->output_norm, n_out, d, cfg->norm_eps, c->xn)) < 0 ||
-	    (r = o->matmul(be, &c->output, c->xn, n_out, c->logits)) < 0)
+	if ((r = o->rmsnorm(be, c->x, c->output_norm, n_out, d, cfg->norm_eps, c->xn)) < 0)
+		return r;
+	r = o->matmul_argmax ? o->matmul_argmax(be, &c->output, c->xn, n_out, c->logits, c->out_argmax)
+			     : o->matmul(be, &c->output, c->xn, n_out, c->logits);
+	if (r < 0)
 		return r;
 	if (c->logits_host && (r = o->download(be, c->logits_host, c->logits,
 					       sizeof(float) * (size_t)n_out * (size_t)cfg->n_vocab)) < 0)
@@ -430,5 +442,6 @@ int ctx_decode(Context *c, const Batch *b)
 	if ((r = o->sync(be)) < 0)
 		return r;
 	c->n_out = n_out;
+	c->have_argmax = o->matmul_argmax != NULL;
 	return 0;
 }

@@ -85,6 +85,10 @@ int ctx_decode(Context *c, const Batch *b);
 /* Logits [n_vocab] of the I-th token of the last batch that asked for them (in batch
  * order among those with want_logits set), or NULL. */
 float *ctx_logits(Context *c, int32_t i);
+/* The first index of the largest of those logits (NaNs skipped), when the backend found it
+ * during the product (the CPU does), else -1: what a greedy sampler would pick, without
+ * reading the logits again.  Valid until the next ctx_decode. */
+int32_t ctx_argmax(const Context *c, int32_t i);
 
 /* Forgets positions >= from of sequence slot SEQ (0 forgets it all). */
 int ctx_seq_truncate(Context *c, int seq, int32_t from);

@@ -194,6 +194,13 @@ static void softmax(Cand *c, int32_t n, double temp)
 		c[i].p /= sum;
 }
 
+int32_t sampler_sample_known(Sampler *s, float *logits, int32_t greedy)
+{
+	if (greedy >= 0 && greedy < s->n_vocab && s->p.temp <= 0 && s->p.repeat_penalty == 1.0f)
+		return greedy;
+	return sampler_sample(s, logits);
+}
+
 int32_t sampler_sample(Sampler *s, float *logits)
 {
 	const SamplerParams *p = &s->p;

@@ -92,9 +92,9 @@ static int cpu_get_rows(KbBackend *b, const KbWeight *w, const int32_t *ids, int
 	return 0;
 }
 
-static int cpu_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
+/* Scratch for a product of W with n tokens. */
+static int scratch_for(CpuBackend *c, const KbWeight *w, int n)
 {
-	CpuBackend *c = cpu(b);
 	size_t need = kb_matmul_scratch_size(w->type, w->cols, n);
 	if (!need)
 		return -EOPNOTSUPP;
@@ -106,7 +106,21 @@ static int cpu_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, fl
 		c->scratch = p;
 		c->scratch_size = need;
 	}
-	return kb_matmul(c->pool, w->type, w->data, w->rows, w->cols, x, n, y, c->scratch);
+	return 0;
+}
+
+static int cpu_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
+{
+	CpuBackend *c = cpu(b);
+	int r = scratch_for(c, w, n);
+	return r < 0 ? r : kb_matmul(c->pool, w->type, w->data, w->rows, w->cols, x, n, y, c->scratch);
+}
+
+static int cpu_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, int n, float *y, int32_t *ret_idx)
+{
+	CpuBackend *c = cpu(b);
+	int r = scratch_for(c, w, n);
+	return r < 0 ? r : kb_matmul_argmax(c->pool, w->type, w->data, w->rows, w->cols, x, n, y, c->scratch, ret_idx);
 }
 
 static int cpu_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)
@@ -244,6 +258,7 @@ static const KbOps cpu_ops = {
 	.kv_store = cpu_kv_store,
 	.attention = cpu_attention,
 	.swiglu = cpu_swiglu,
+	.matmul_argmax = cpu_matmul_argmax,
 	.add = cpu_add,
 	.sync = cpu_sync,
 };

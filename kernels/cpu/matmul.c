@@ -17,8 +17,12 @@
 #include "matmul.h"
 
 #include <errno.h>
-#include <stdbool.h>
+#include <math.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../types.h"
 #include "quant.h"
@@ -51,7 +55,42 @@ typedef struct {
 	size_t xq_row;
 	const KbXPackKernels *xk; /* packed activations, when the type has them */
 	uint8_t *xp_out;          /* [n_tok] packed rows, x_row bytes each */
+
+	/* kb_matmul_argmax: per token, the best (value, row) so far as one ordered key */
+	_Atomic uint64_t *best;
 } MatmulTask;
+
+/* (v, r) as a key whose unsigned order is: larger v first, then smaller r.  The float's
+ * bits are made monotonic (negative values flipped), the row complemented. */
+static uint64_t argmax_key(float v, int64_t r)
+{
+	uint32_t b;
+	memcpy(&b, &v, sizeof b);
+	b = b & 0x80000000u ? ~b : b | 0x80000000u;
+	return (uint64_t)b << 32 | (uint32_t)(0xffffffffu - (uint32_t)r);
+}
+
+/* Rows [r0, r1) of every token, just computed by this worker, into m->best. */
+static void argmax_rows(const MatmulTask *m, int64_t r0, int64_t r1)
+{
+	for (int64_t t = 0; t < m->n_tok; t++) {
+		const float *yt = m->y + t * m->rows;
+		float bv = -INFINITY;
+		int64_t br = -1;
+		for (int64_t r = r0; r < r1; r++)
+			/* NaN never qualifies; the first of equal values stays (-inf counts) */
+			if (yt[r] > bv || (br < 0 && yt[r] == bv)) {
+				bv = yt[r];
+				br = r;
+			}
+		if (br < 0)
+			continue;
+		uint64_t k = argmax_key(bv, br), cur = atomic_load_explicit(&m->best[t], memory_order_relaxed);
+		while (k > cur && !atomic_compare_exchange_weak_explicit(&m->best[t], &cur, k, memory_order_relaxed,
+									 memory_order_relaxed))
+			;
+	}
+}
 
 static void quant_task(void *arg, int ith, int nth)
 {
@@ -137,6 +176,8 @@ static void dot_task(void *arg, int ith, int nth)
 	while (take_rows(m, &r0, &r1)) {
 		if (m->n_tok == 1) {
 			rows_single(m, r0, r1, 0, 1);
+			if (m->best)
+				argmax_rows(m, r0, r1);
 			continue;
 		}
 		/* Several rows read side by side are several streams, which the hardware
@@ -147,6 +188,8 @@ static void dot_task(void *arg, int ith, int nth)
 		rows_quad(m, r0, r1, 1, m->tile < m->n_tok ? m->tile : m->n_tok);
 		for (int64_t t0 = m->tile; t0 < m->n_tok; t0 += m->tile)
 			rows_quad(m, r0, r1, t0, t0 + m->tile < m->n_tok ? t0 + m->tile : m->n_tok);
+		if (m->best)
+			argmax_rows(m, r0, r1);
 	}
 }
 
@@ -170,8 +213,8 @@ size_t kb_matmul_scratch_size(int wtype, int64_t cols, int64_t n_tok)
 	return total ? (size_t)total : 1;
 }
 
-int kb_matmul(KbThreadPool *tp, int wtype, const void *w, int64_t rows, int64_t cols,
-	      const float *x, int64_t n_tok, float *y, void *scratch)
+static int matmul(KbThreadPool *tp, int wtype, const void *w, int64_t rows, int64_t cols, const float *x,
+		  int64_t n_tok, float *y, void *scratch, _Atomic uint64_t *best)
 {
 	int dt = kb_cpu_vec_dot_type(wtype);
 	uint64_t w_row, x_row;
@@ -196,6 +239,7 @@ int kb_matmul(KbThreadPool *tp, int wtype, const void *w, int64_t rows, int64_t 
 		.xq_out = scratch,
 		.xq_row = x_row,
 		.xk = may_pack(wtype) ? kb_cpu_xpack_kernels(wtype) : NULL,
+		.best = best,
 	};
 	if (!m.dot || !m.quant)
 		return -EINVAL;
@@ -227,4 +271,31 @@ int kb_matmul(KbThreadPool *tp, int wtype, const void *w, int64_t rows, int64_t 
 	atomic_init(&m.next, 0);
 	kb_threadpool_run(tp, dot_task, &m);
 	return 0;
+}
+
+int kb_matmul(KbThreadPool *tp, int wtype, const void *w, int64_t rows, int64_t cols,
+	      const float *x, int64_t n_tok, float *y, void *scratch)
+{
+	return matmul(tp, wtype, w, rows, cols, x, n_tok, y, scratch, NULL);
+}
+
+/* The per-token keys: on the stack for the usual output batches, else on the heap. */
+int kb_matmul_argmax(KbThreadPool *tp, int wtype, const void *w, int64_t rows, int64_t cols,
+		     const float *x, int64_t n_tok, float *y, void *scratch, int32_t *ret_idx)
+{
+	_Atomic uint64_t stack_keys[64], *keys = stack_keys;
+	if (!ret_idx || n_tok < 0 || rows > INT32_MAX)
+		return -EINVAL;
+	if (n_tok > 64 && !(keys = malloc(sizeof(*keys) * (size_t)n_tok)))
+		return -ENOMEM;
+	for (int64_t t = 0; t < n_tok; t++)
+		atomic_init(&keys[t], 0);
+	int r = matmul(tp, wtype, w, rows, cols, x, n_tok, y, scratch, keys);
+	for (int64_t t = 0; r == 0 && t < n_tok; t++) {
+		uint64_t k = atomic_load_explicit(&keys[t], memory_order_relaxed);
+		ret_idx[t] = k ? (int32_t)(0xffffffffu - (uint32_t)k) : 0;
+	}
+	if (keys != stack_keys)
+		free(keys);
+	return r;
 }

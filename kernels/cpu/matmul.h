@@ -22,4 +22,11 @@ size_t kb_matmul_scratch_size(int wtype, int64_t cols, int64_t n_tok);
 int kb_matmul(KbThreadPool *tp, int wtype, const void *w, int64_t rows, int64_t cols,
 	      const float *x, int64_t n_tok, float *y, void *scratch);
 
+/* kb_matmul, and ret_idx[t] = the first r of the largest y[t][r] (NaNs skipped; 0 when
+ * every value is NaN), i.e. a greedy token for each row of logits.  Each worker scans the
+ * rows it has just computed while they are still in its cache, so the caller need not
+ * read the whole output again. */
+int kb_matmul_argmax(KbThreadPool *tp, int wtype, const void *w, int64_t rows, int64_t cols,
+		     const float *x, int64_t n_tok, float *y, void *scratch, int32_t *ret_idx);
+
 #endif
