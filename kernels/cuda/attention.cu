@@ -294,22 +294,13 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 		av.cap = act->cap;
 	}
 	const int S = att_splits(ctx, blocks);
-	if (S > 1 && !ctx->att_part) {
-		/* room for every split launch (pairs * S < 2 * wave); allocated once, so that
-		 * recorded graphs never point at a freed buffer */
+	if (S > 1) {
+		/* room for every split launch: pairs * S < 2 * wave */
 		const size_t parts = (size_t)2 * KB_ATT_WAVE * ctx->sm_count;
-		int r = kb_cuda_alloc(ctx, parts * (32 * ATT_MAXPER + 2) * sizeof(float), (void **)&ctx->att_part);
-		if (r == 0)
-			r = kb_cuda_alloc(ctx, parts * sizeof(unsigned), (void **)&ctx->att_cnt);
-		if (r == 0)
-			r = kb_cuda_memset(ctx, ctx->att_cnt, 0, parts * sizeof(unsigned));
-		if (r < 0) {
-			kb_cuda_dev_free(ctx, ctx->att_part);
-			kb_cuda_dev_free(ctx, ctx->att_cnt);
-			ctx->att_part = NULL;
-			ctx->att_cnt = NULL;
+		int r = kb_cuda_split_scratch(ctx, parts * (32 * ATT_MAXPER + 2) * sizeof(float), parts, &ctx->att_part,
+					      &ctx->att_cnt);
+		if (r < 0)
 			return r;
-		}
 	}
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
 	void (*k)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int, int, int,

@@ -40,6 +40,24 @@ static void default_config(KbCuda *ctx)
 	}
 }
 
+int kb_cuda_split_scratch(KbCuda *ctx, size_t part_bytes, size_t n_cnt, float **part, unsigned **cnt)
+{
+	if (*part)
+		return 0;
+	int r = kb_cuda_alloc(ctx, part_bytes, (void **)part);
+	if (r == 0)
+		r = kb_cuda_alloc(ctx, n_cnt * sizeof(unsigned), (void **)cnt);
+	if (r == 0)
+		r = kb_cuda_memset(ctx, *cnt, 0, n_cnt * sizeof(unsigned));
+	if (r < 0) {
+		kb_cuda_dev_free(ctx, *part);
+		kb_cuda_dev_free(ctx, *cnt);
+		*part = NULL;
+		*cnt = NULL;
+	}
+	return r;
+}
+
 extern "C" int kb_cuda_bind(KbCuda *ctx)
 {
 	return ctx ? kb_err(cudaSetDevice(ctx->device)) : -EINVAL;

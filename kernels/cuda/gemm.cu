@@ -292,9 +292,12 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 	}
 
 	constexpr int TV = MMQ_WARPS * RT * NT * 4 * 32; /* values of a block tile */
+	/* where this lane's acc[rt][nt][c] sits in a partial tile: lane-major, so that the
+	 * stores and loads of a warp coalesce */
+	auto pidx = [&](int rt, int nt, int c) { return (((warp * RT + rt) * NT + nt) * 4 + c) * 32 + lane; };
 	const int64_t bt = (int64_t)blockIdx.y * gridDim.x + blockIdx.x;
 	if (a.ks > 1) {
-		/* leave this split's sums, lane-major so that the stores coalesce */
+		/* leave this split's sums */
 		float *pp = a.part + ((int64_t)blockIdx.z * gridDim.x * gridDim.y + bt) * TV;
 		KB_UNROLL
 		for (int rt = 0; rt < RT; rt++)
@@ -302,7 +305,7 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 			for (int nt = 0; nt < NT; nt++)
 				KB_UNROLL
 				for (int c = 0; c < 4; c++)
-					pp[(((warp * RT + rt) * NT + nt) * 4 + c) * 32 + lane] = acc[rt][nt][c];
+					pp[pidx(rt, nt, c)] = acc[rt][nt][c];
 		__threadfence();
 		__syncthreads();
 		if (threadIdx.x == 0) {
@@ -329,7 +332,7 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 				for (int nt = 0; nt < NT; nt++)
 					KB_UNROLL
 					for (int c = 0; c < 4; c++)
-						acc[rt][nt][c] += __ldcg(pz + (((warp * RT + rt) * NT + nt) * 4 + c) * 32 + lane);
+						acc[rt][nt][c] += __ldcg(pz + pidx(rt, nt, c));
 		}
 	}
 	if (wtile >= sg.n_tiles)
@@ -429,21 +432,10 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 	constexpr size_t TV = (size_t)MMQ_WARPS * RT * NT * 4 * 32;
 	if (ks > 1) {
 		/* tiles * ks < 2 * want: room allocated once, so recorded graphs stay valid */
-		if (!ctx->mmq_part) {
-			const size_t bytes = MMQ_PART_TILES(ctx) * 2 * 8 * 4 * 32 * MMQ_WARPS * sizeof(float);
-			int r = kb_cuda_alloc(ctx, bytes, (void **)&ctx->mmq_part);
-			if (r == 0)
-				r = kb_cuda_alloc(ctx, MMQ_PART_TILES(ctx) * sizeof(unsigned), (void **)&ctx->mmq_cnt);
-			if (r == 0)
-				r = kb_cuda_memset(ctx, ctx->mmq_cnt, 0, MMQ_PART_TILES(ctx) * sizeof(unsigned));
-			if (r < 0) {
-				kb_cuda_dev_free(ctx, ctx->mmq_part);
-				kb_cuda_dev_free(ctx, ctx->mmq_cnt);
-				ctx->mmq_part = NULL;
-				ctx->mmq_cnt = NULL;
-				return r;
-			}
-		}
+		int r = kb_cuda_split_scratch(ctx, MMQ_PART_TILES(ctx) * 2 * 8 * 4 * 32 * MMQ_WARPS * sizeof(float),
+					      MMQ_PART_TILES(ctx), &ctx->mmq_part, &ctx->mmq_cnt);
+		if (r < 0)
+			return r;
 		if ((size_t)(tiles * ks) > MMQ_PART_TILES(ctx) || TV > (size_t)2 * 8 * 4 * 32 * MMQ_WARPS)
 			return -EINVAL; /* cannot happen with the choice above */
 		a.part = ctx->mmq_part;

@@ -175,6 +175,11 @@ __device__ __forceinline__ void kb_act_put(uint16_t *xh, uint16_t *xhi, uint16_t
 		xs[((col >> 6) * KB_MAX_TOK + t) * 2 + ((col >> 5) & 1)] = s;
 }
 
+/* Scratch for split kernels (attention.cu, gemm.cu): *part with PART_BYTES and *cnt with
+ * N_CNT zeroed counters, allocated the first time and kept (recorded graphs point at
+ * them, so they never move).  Returns 0 or -errno, leaving both NULL on failure. */
+int kb_cuda_split_scratch(KbCuda *ctx, size_t part_bytes, size_t n_cnt, float **part, unsigned **cnt);
+
 /* Repack kernels live in repack.cu; the activation buffer is reset by matmul.cu. */
 int kb_cuda_repack_band(KbCuda *ctx, KbCudaWeight *w, int64_t tile0, int64_t n_tiles,
 			const uint8_t *raw_dev, int64_t rows_valid, int64_t row_bytes);
