@@ -457,6 +457,19 @@ int sched_step(ModelEntry *m, Req **pending_final)
 		}
 		return n;
 	}
+	/* The forward pass has just streamed the weights through the caches: start every
+	 * miss the emission below will take (token tables, request and ring state) at once
+	 * instead of one after another. */
+	for (int i = 0, j = 0; i < n; i++) {
+		if (!m->b_want[i])
+			continue;
+		Req *r = m->b_req[i];
+		tok_prefetch(m->tok, ctx_argmax(m->ctx, j++));
+		__builtin_prefetch(r);
+		__builtin_prefetch(r->sampler);
+		__builtin_prefetch(r->shm, 1);
+		__builtin_prefetch(&r->shm->complete, 1);
+	}
 	int li = 0;
 	for (int i = 0; i < n; i++) {
 		if (!m->b_want[i])

@@ -457,6 +457,15 @@ bool tok_is_eog(const Tokenizer *t, int32_t id)
 	return id >= 0 && id < t->n_vocab && t->eog[id];
 }
 
+void tok_prefetch(const Tokenizer *t, int32_t id)
+{
+	if (id < 0 || id >= t->n_vocab)
+		return;
+	__builtin_prefetch(&t->eog[id]);
+	__builtin_prefetch(&t->tok[id]);
+	__builtin_prefetch(t->piece + t->tok[id].poff);
+}
+
 int32_t tok_find(const Tokenizer *t, const char *text)
 {
 	size_t len = strlen(text);

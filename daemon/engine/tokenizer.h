@@ -34,6 +34,9 @@ int32_t tok_eos(const Tokenizer *t);   /* -1 if none */
 bool tok_add_bos(const Tokenizer *t);  /* tokenizer.ggml.add_bos_token (default per kind) */
 /* True for end-of-generation tokens: eos, eot, <|im_end|>, <|eot_id|>, <|end_of_text|>… */
 bool tok_is_eog(const Tokenizer *t, int32_t id);
+/* Asks the CPU to bring in what tok_is_eog() and tok_piece() read for ID (a hint, no
+ * effect on results): a caller with several tokens to emit lets their cache misses overlap. */
+void tok_prefetch(const Tokenizer *t, int32_t id);
 /* Id of a token given its exact text, or -1. */
 int32_t tok_find(const Tokenizer *t, const char *text);
 
