@@ -1,0 +1,371 @@
+/* tests/test-steps.c: the CUDA backend on whole steps and models: the default model's
+ * greedy tokens on the GPU equal the CPU's (or the first divergence is a near-tie); steps
+ * recorded and replayed as CUDA graphs, with every fused op, give the same bits as plain op
+ * calls (a one-layer block, then a tiny random model); a context that cannot fit the GPU is
+ * refused before anything is uploaded.  Skipped without a GPU, like test-backend.c. */
+#include "tests/backend_util.h"
+
+/* A context whose KV cache no GPU has is refused before anything is uploaded, with the
+ * numbers; one that fits is not. */
+static void test_mem_refusal(void)
+{
+	if (!ready())
+		return;
+	char path[] = "/tmp/qd-test-backend-XXXXXX", err[256], why[320] = "";
+	int fd = mkstemp(path);
+	CU_ASSERT_FATAL(fd >= 0);
+	close(fd);
+	Model *m = NULL;
+	Context *c = NULL;
+	CU_ASSERT_EQUAL_FATAL(synth_write(path, synth_shape("tiny"), QD_TYPE_Q4_0, 1, 7, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL_FATAL(model_load(path, &m, err, sizeof(err)), 0);
+	ContextParams big = { .n_seq = 4096, .n_ctx = 1 << 20, .n_batch = 8, .backend = "cuda", .err = why,
+			      .errlen = sizeof why };
+	CU_ASSERT_EQUAL(ctx_new(m, &big, &c), -ENOMEM);
+	CU_ASSERT_PTR_NULL(c);
+	CU_ASSERT_PTR_NOT_NULL(strstr(why, "MiB of GPU memory"));
+	printf("\n    refused: %s\n", why);
+	why[0] = 0;
+	ContextParams small = { .n_seq = 2, .n_ctx = 64, .n_batch = 8, .backend = "cuda", .err = why,
+				.errlen = sizeof why };
+	CU_ASSERT_EQUAL(ctx_new(m, &small, &c), 0);
+	CU_ASSERT_EQUAL(why[0], 0);
+	ctx_free(c);
+	model_free(m);
+	unlink(path);
+}
+
+static int argmax(const float *x, int n)
+{
+	int b = 0;
+	for (int i = 1; i < n; i++)
+		if (x[i] > x[b])
+			b = i;
+	return b;
+}
+
+/* The whole model, greedy: the GPU's tokens equal the CPU's for 40 steps, or the first
+ * divergence is a near-tie (both backends' logits of the two tokens within 0.5). */
+static void test_model_greedy(void)
+{
+	if (!ready())
+		return;
+	static const char *prompts[] = {
+		"The capital of France is",
+		"Write a short poem about the sea.\nThe sea",
+		"def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+		"Once upon a time, in a small village at the edge of a forest, there lived",
+	};
+	char err[256];
+	Model *m = NULL;
+	CU_ASSERT_EQUAL_FATAL(model_load(tu_model_path(), &m, err, sizeof(err)), 0);
+	const int n_vocab = model_config(m)->n_vocab;
+	Context *cc = NULL, *cg = NULL;
+	ContextParams p = { .n_seq = 1, .n_ctx = 192, .n_batch = 64, .n_threads = 0, .backend = "cpu" };
+	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &cc), 0);
+	p.backend = "cuda";
+	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &cg), 0);
+	const int steps = 40;
+	float *lc = malloc(sizeof(float) * (size_t)n_vocab);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(lc);
+	for (size_t pi = 0; pi < sizeof(prompts) / sizeof(prompts[0]); pi++) {
+		int32_t ids[192], pos[192], seq[192] = { 0 };
+		const Tokenizer *tok = model_tokenizer(m);
+		int n = tok_encode(tok, prompts[pi], strlen(prompts[pi]), tok_add_bos(tok), false, ids, 64);
+		CU_ASSERT_FATAL(n > 0 && n <= 64);
+		for (int i = 0; i < n; i++)
+			pos[i] = i;
+		ctx_seq_truncate(cc, 0, 0);
+		ctx_seq_truncate(cg, 0, 0);
+		Batch b = { .n_tokens = n, .token = ids, .pos = pos, .seq = seq };
+		CU_ASSERT_EQUAL_FATAL(ctx_decode(cc, &b), 0);
+		CU_ASSERT_EQUAL_FATAL(ctx_decode(cg, &b), 0);
+		double max_diff = 0;
+		int same = 0, cur = n;
+		for (int step = 0; step < steps; step++) {
+			memcpy(lc, ctx_logits(cc, 0), sizeof(float) * (size_t)n_vocab);
+			const float *lg = ctx_logits(cg, 0);
+			for (int i = 0; i < n_vocab; i++)
+				if (fabs((double)lg[i] - lc[i]) > max_diff)
+					max_diff = fabs((double)lg[i] - lc[i]);
+			const int tc = argmax(lc, n_vocab), tg = argmax(lg, n_vocab);
+			if (tc != tg) {
+				const double gap_c = lc[tc] - lc[tg], gap_g = lg[tg] - lg[tc];
+				printf("\n    prompt %zu: first divergence at step %d: cpu %d, gpu %d; logit gaps cpu %.3f "
+				       "gpu %.3f\n", pi, step, tc, tg, gap_c, gap_g);
+				CU_ASSERT(gap_c <= 0.5 && gap_g <= 0.5);
+				break;
+			}
+			same++;
+			int32_t next = tc;
+			Batch d = { .n_tokens = 1, .token = &next, .pos = &cur, .seq = seq };
+			CU_ASSERT_EQUAL_FATAL(ctx_decode(cc, &d), 0);
+			CU_ASSERT_EQUAL_FATAL(ctx_decode(cg, &d), 0);
+			cur++;
+		}
+		printf("\n    prompt %zu (%d tokens): %d/%d greedy tokens equal, max |logit diff| %.4f", pi, n, same,
+		       steps, max_diff);
+		/* A sanity bound against broken kernels (which move logits by tens): the GPU rounds
+		 * activations to f16, the CPU to 8-bit blocks, and 40 steps of that moved logits by
+		 * 0.69 to 1.14 on the H200 (2026-11-29). */
+		CU_ASSERT(max_diff < 2.0);
+	}
+	printf("\n");
+	free(lc);
+	ctx_free(cc);
+	ctx_free(cg);
+	model_free(m);
+}
+
+/* A CUDA backend with graphs and shared conversions on (the default) or off. */
+static int cuda_new_mode(int on, KbBackend **ret)
+{
+	if (!on) {
+		setenv("QD_CUDA_GRAPHS", "0", 1);
+		setenv("QD_CUDA_FUSE", "0", 1);
+	}
+	int r = cuda_new(0, ret);
+	unsetenv("QD_CUDA_GRAPHS");
+	unsetenv("QD_CUDA_FUSE");
+	return r;
+}
+
+/* A one-layer attention block through the ops table, for the step tests. */
+enum { MD = 256, MH = 4, MKV = 2, MHD = 64, MCTX = 32, MVOCAB = 50 };
+typedef struct {
+	KbWeight emb, wq, wkv, wo;
+	uint8_t *raw[4];
+	float *norm, *x, *xn, *q, *k, *v, *att, *y;
+	uint16_t *kc, *vc;
+} Mini;
+
+static int mini_new(KbBackend *b, Mini *m, uint64_t seed)
+{
+	static const struct { int type; int64_t rows, cols; } ws[4] = {
+		{ QD_TYPE_Q8_0, MVOCAB, MD }, { QD_TYPE_Q4_0, MH * MHD, MD },
+		{ QD_TYPE_Q4_K, MKV * MHD, MD }, { QD_TYPE_Q6_K, MD, MH * MHD },
+	};
+	KbWeight *w[4] = { &m->emb, &m->wq, &m->wkv, &m->wo };
+	uint64_t s = seed;
+	memset(m, 0, sizeof(*m));
+	for (int i = 0; i < 4; i++) {
+		size_t bytes;
+		if (!(m->raw[i] = rand_weight(ws[i].type, ws[i].rows, ws[i].cols, &s, &bytes)))
+			return -ENOMEM;
+		*w[i] = (KbWeight){ ws[i].type, ws[i].rows, ws[i].cols, m->raw[i], NULL };
+		if (b->ops->weight_prepare(b, w[i]) < 0)
+			return -EIO;
+	}
+	float *nw = rand_f32(MD, &s, 1.0f);
+	m->norm = nw ? buf_in(b, nw, sizeof(float) * MD) : NULL;
+	free(nw);
+	const size_t act = sizeof(float) * 8 * MD, cache = sizeof(uint16_t) * 2 * MCTX * MKV * MHD;
+	float **fs[] = { &m->x, &m->xn, &m->q, &m->k, &m->v, &m->att, &m->y };
+	for (size_t i = 0; i < sizeof(fs) / sizeof(fs[0]); i++)
+		*fs[i] = buf_in(b, NULL, act);
+	m->kc = buf_in(b, NULL, cache);
+	m->vc = buf_in(b, NULL, cache);
+	if (!m->norm || !m->y || !m->kc || !m->vc)
+		return -ENOMEM;
+	return 0;
+}
+
+static void mini_free(KbBackend *b, Mini *m)
+{
+	KbWeight *w[4] = { &m->emb, &m->wq, &m->wkv, &m->wo };
+	void *ps[] = { m->norm, m->x, m->xn, m->q, m->k, m->v, m->att, m->y, m->kc, m->vc };
+	for (int i = 0; i < 4; i++) {
+		if (w[i]->priv)
+			b->ops->weight_release(b, w[i]);
+		free(m->raw[i]);
+	}
+	for (size_t i = 0; i < sizeof(ps) / sizeof(ps[0]); i++)
+		b->ops->release(b, ps[i]);
+}
+
+/* The block op by op, or (FUSED) through the fused ops forward.c uses: q alone (its type
+ * differs), k and v in one product, RoPE with the cache store, the residual add riding on
+ * the wo product.  Both must give the same bits. */
+static int mini_ops(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *pos, const int32_t *seq, int n,
+		    int fused)
+{
+	const KbOps *o = b->ops;
+	KbAttention a = { .n_tokens = n, .n_head = MH, .n_head_kv = MKV, .head_dim = MHD, .pos = pos, .seq = seq,
+			  .q = m->q, .k_cache = m->kc, .v_cache = m->vc, .kv_slot_stride = MCTX * MKV * MHD,
+			  .scale = 0.125f, .out = m->att };
+	int r;
+	if ((r = o->get_rows(b, &m->emb, ids, n, m->x)) < 0 || (r = o->rmsnorm(b, m->x, m->norm, n, MD, 1e-5f, m->xn)) < 0)
+		return r;
+	if (fused) {
+		const KbWeight *wq[1] = { &m->wq }, *wkv[2] = { &m->wkv, &m->wkv }, *wo[1] = { &m->wo };
+		float *yq[1] = { m->q }, *ykv[2] = { m->k, m->v }, *yx[1] = { m->x };
+		if ((r = o->matmul_multi(b, 1, wq, m->xn, n, yq, 0)) < 0 ||
+		    (r = o->matmul_multi(b, 2, wkv, m->xn, n, ykv, 0)) < 0 ||
+		    (r = o->rope_kv_store(b, &a, m->q, m->k, m->v, MHD, 1e4f)) < 0 || (r = o->attention(b, &a)) < 0)
+			return r;
+		return o->matmul_multi(b, 1, wo, m->att, n, yx, 1);
+	}
+	if ((r = o->matmul(b, &m->wq, m->xn, n, m->q)) < 0 || (r = o->matmul(b, &m->wkv, m->xn, n, m->k)) < 0 ||
+	    (r = o->matmul(b, &m->wkv, m->xn, n, m->v)) < 0 || (r = o->rope(b, m->q, pos, n, MH, MHD, MHD, 1e4f)) < 0 ||
+	    (r = o->rope(b, m->k, pos, n, MKV, MHD, MHD, 1e4f)) < 0 || (r = o->kv_store(b, &a, m->k, m->v)) < 0 ||
+	    (r = o->attention(b, &a)) < 0 || (r = o->matmul(b, &m->wo, m->att, n, m->y)) < 0)
+		return r;
+	return o->add(b, m->x, m->y, (int64_t)n * MD);
+}
+
+/* One step as forward.c drives it: through step_begin/step_end when the backend has them. */
+static int mini_step(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *pos, const int32_t *seq, int n,
+		     int fused)
+{
+	const KbStep st = { n, ids, pos, seq };
+	int r = 0;
+	if (b->ops->step_begin && (r = b->ops->step_begin(b, &st)) != 0)
+		return r < 0 ? r : 0;
+	r = mini_ops(b, m, ids, pos, seq, n, fused);
+	if (b->ops->step_begin) {
+		int re = b->ops->step_end(b, r);
+		r = re == 1 ? mini_ops(b, m, ids, pos, seq, n, fused) : re;
+	}
+	return r;
+}
+
+/* Steps recorded and replayed as CUDA graphs (with shared activation conversions and the
+ * fused ops) give the same bits as the plain op calls, step after step, while positions, slots and ids change;
+ * the graphs are really used (one capture per batch size, the rest replays). */
+static void test_step_graphs(void)
+{
+	if (!ready())
+		return;
+	KbBackend *bg = NULL, *bp = NULL;
+	CU_ASSERT_EQUAL_FATAL(cuda_new_mode(1, &bg), 0);
+	CU_ASSERT_EQUAL_FATAL(cuda_new_mode(0, &bp), 0);
+	Mini mg, mp;
+	CU_ASSERT_EQUAL_FATAL(mini_new(bg, &mg, 0x5e), 0);
+	CU_ASSERT_EQUAL_FATAL(mini_new(bp, &mp, 0x5e), 0);
+	float *og = malloc(sizeof(float) * 8 * MD), *op = malloc(sizeof(float) * 8 * MD);
+	CU_ASSERT_FATAL(og && op);
+	uint64_t s = 0x3c;
+	int diffs = 0, steps = 0;
+	/* 12 steps of two sequences, then 5 of one, then 3 of two again */
+	for (int i = 0; i < 20; i++) {
+		const int n = i < 12 || i >= 17 ? 2 : 1;
+		int32_t ids[2], pos[2], seq[2] = { 0, 1 };
+		for (int t = 0; t < n; t++)
+			ids[t] = (int32_t)(tu_rand_u64(&s) % MVOCAB);
+		if (n == 2) {
+			/* from step 17 both rewrite positions 12.. (slot 1 had reached 16) */
+			pos[0] = pos[1] = i < 12 ? i : i - 5;
+		} else {
+			seq[0] = 1;
+			pos[0] = i;
+		}
+		CU_ASSERT_EQUAL_FATAL(mini_step(bg, &mg, ids, pos, seq, n, 1), 0);
+		CU_ASSERT_EQUAL_FATAL(mini_step(bp, &mp, ids, pos, seq, n, 0), 0);
+		CU_ASSERT_EQUAL_FATAL(buf_out(bg, og, mg.x, sizeof(float) * (size_t)n * MD), 0);
+		CU_ASSERT_EQUAL_FATAL(buf_out(bp, op, mp.x, sizeof(float) * (size_t)n * MD), 0);
+		diffs += memcmp(og, op, sizeof(float) * (size_t)n * MD) != 0;
+		steps++;
+	}
+	CU_ASSERT_EQUAL(diffs, 0);
+#ifdef QD_HAVE_CUDA
+	KbCudaStepStats st, sp;
+	CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(bg, &st), 0);
+	CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(bp, &sp), 0);
+	/* per size: a plain warm-up, a capture, then replays (n=2: 15 steps, n=1: 5) */
+	CU_ASSERT_EQUAL(st.failed, 0);
+	CU_ASSERT_EQUAL(st.captures, 2);
+	CU_ASSERT_EQUAL(st.replays, 20 - 4);
+	CU_ASSERT_EQUAL(sp.captures + sp.replays, 0);
+	printf("\n    %d steps, %d differ; graphs: %llu captured, %llu replays, %llu plain, %llu failed\n", steps,
+	       diffs, (unsigned long long)st.captures, (unsigned long long)st.replays, (unsigned long long)st.plain,
+	       (unsigned long long)st.failed);
+#endif
+	free(og);
+	free(op);
+	mini_free(bg, &mg);
+	mini_free(bp, &mp);
+	bg->ops->free(bg);
+	bp->ops->free(bp);
+}
+
+/* A whole random-weight model (tiny shape, Q4_K_M mix): logits with graphs and shared
+ * conversions equal those without, bit for bit, over a multi-sequence prompt, decode
+ * steps of three sequences and of one. */
+static void test_step_model(void)
+{
+	if (!ready())
+		return;
+	char path[] = "/tmp/qd-test-backend-XXXXXX", err[256];
+	int fd = mkstemp(path);
+	CU_ASSERT_FATAL(fd >= 0);
+	close(fd);
+	Model *m = NULL;
+	Context *c[2] = { NULL, NULL };
+	int r = synth_write(path, synth_shape("tiny"), QD_TYPE_Q4_K, 1, 7, err, sizeof(err));
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	CU_ASSERT_EQUAL_FATAL(model_load(path, &m, err, sizeof(err)), 0);
+	ContextParams p = { .n_seq = 3, .n_ctx = 96, .n_batch = 64, .backend = "cuda" };
+	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &c[0]), 0);
+	setenv("QD_CUDA_GRAPHS", "0", 1);
+	setenv("QD_CUDA_FUSE", "0", 1);
+	r = ctx_new(m, &p, &c[1]);
+	unsetenv("QD_CUDA_GRAPHS");
+	unsetenv("QD_CUDA_FUSE");
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	const int n_vocab = model_config(m)->n_vocab;
+	float *l0 = malloc(sizeof(float) * (size_t)n_vocab * 3);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(l0);
+	uint64_t s = 0x11;
+	int32_t ids[64], pos[64], seq[64], len[3] = { 9, 4, 13 };
+	uint8_t want[64];
+	int n = 0, diffs = 0, outs = 0;
+	for (int q = 0; q < 3; q++)
+		for (int i = 0; i < len[q]; i++, n++) {
+			ids[n] = (int32_t)(tu_rand_u64(&s) % (uint64_t)n_vocab);
+			pos[n] = i;
+			seq[n] = q;
+			want[n] = i == len[q] - 1;
+		}
+	for (int step = 0; step < 25; step++) {
+		if (step > 0) {
+			/* steps 1-14: all three sequences; 15-24: sequence 2 alone */
+			const int first = step < 15 ? 0 : 2;
+			n = 0;
+			for (int q = first; q < 3; q++, n++) {
+				ids[n] = (int32_t)(tu_rand_u64(&s) % (uint64_t)n_vocab);
+				pos[n] = len[q]++;
+				seq[n] = q;
+				want[n] = 1;
+			}
+		}
+		Batch b = { .n_tokens = n, .token = ids, .pos = pos, .seq = seq, .want_logits = want };
+		CU_ASSERT_EQUAL_FATAL(ctx_decode(c[0], &b), 0);
+		int k = 0;
+		for (float *l; (l = ctx_logits(c[0], k)); k++)
+			memcpy(l0 + (size_t)k * n_vocab, l, sizeof(float) * (size_t)n_vocab);
+		CU_ASSERT_EQUAL_FATAL(ctx_decode(c[1], &b), 0);
+		for (int i = 0; i < k; i++, outs++)
+			diffs += memcmp(l0 + (size_t)i * n_vocab, ctx_logits(c[1], i), sizeof(float) * (size_t)n_vocab) != 0;
+		CU_ASSERT(k >= 1);
+	}
+	CU_ASSERT_EQUAL(diffs, 0);
+	printf("\n    %d logits rows compared, %d differ\n", outs, diffs);
+	free(l0);
+	ctx_free(c[0]);
+	ctx_free(c[1]);
+	model_free(m);
+	unlink(path);
+}
+
+int main(void)
+{
+	static const TuTest tests[] = {
+		{ "SmolLM2 greedy tokens cuda = cpu", test_model_greedy, gpu_model_skip },
+		{ "step graphs: replay = op by op, bit for bit", test_step_graphs, gpu_skip },
+		{ "step graphs: tiny synth model, logits bit for bit", test_step_model, gpu_skip },
+		{ "GPU memory: a context that cannot fit is refused up front", test_mem_refusal, gpu_skip },
+		{ "cleanup", test_cleanup, NULL },
+		{ NULL, NULL, NULL },
+	};
+	return tu_main("steps", tests);
+}
