@@ -120,8 +120,7 @@ static TB_UNUSED uint8_t *rand_weight(int type, int64_t rows, int64_t cols, uint
 
 /* max |a - b| / (tol_abs + tol_rel * |ref|) over n: <= 1 passes. */
 static TB_UNUSED double worst(const float *a, const float *b, const float *ref, int64_t n, double tol_abs,
-			      double tol_rel,
-		    int64_t *ret_at)
+			      double tol_rel, int64_t *ret_at)
 {
 	double w = 0;
 	for (int64_t i = 0; i < n; i++) {
