@@ -281,7 +281,9 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	const int64_t blocks = (int64_t)n * n_head;
 	if (blocks > 0x7fffffff)
 		return -EINVAL;
-	/* the output also into ACT: it then holds what kb_cuda_act_prepare would make of it */
+	/* the output also into ACT: columns [0, n_head*head_dim) as kb_cuda_act_prepare would
+	 * make them; padding columns keep what they held (finite: every producer clamps), and
+	 * the weights there are zeros, so products see the same sums */
 	ActOut av;
 	memset(&av, 0, sizeof(av));
 	if (act) {

@@ -376,7 +376,7 @@ static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, con
 	}
 	const int64_t cols = w[0]->cols;
 	int r;
-	if (c->gemm && n > GEMM_MIN_TOK) {
+	if (c->gemm && n > GEMM_MIN_TOK && kb_cuda_mmq_fits(x, cols)) {
 		act_forget(c);
 		if ((r = xq_ensure(c, kb_cuda_mmq_scratch(cols, n))) < 0)
 			return r;

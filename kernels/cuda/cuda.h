@@ -140,6 +140,8 @@ int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
  * launches).  SCRATCH: device memory of kb_cuda_mmq_scratch(cols, n) bytes, for x in
  * f16.  Queued. */
 size_t kb_cuda_mmq_scratch(int64_t cols, int n);
+/* Whether kb_cuda_mmq takes X with COLS columns (a multiple of 4, 16-byte aligned rows). */
+int kb_cuda_mmq_fits(const float *x, int64_t cols);
 int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const float *x, int n, void *scratch,
 		float *const *y, int acc);
 

@@ -114,6 +114,7 @@ extern "C" int kb_cuda_init(int device, KbCuda **ret_ctx)
 		goto fail;
 	ctx->cc_major = prop.major;
 	ctx->sm_count = prop.multiProcessorCount;
+	ctx->smem_optin = prop.sharedMemPerBlockOptin;
 	ctx->pdl = prop.major >= 9;
 	default_config(ctx);
 	if ((r = kb_err(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking))) < 0)

@@ -10,8 +10,10 @@
  * then feeds NT mmas.  Weights and activations of a chunk are staged in shared memory
  * with cp.async, two stages, so the next chunk's copies run under the current mmas.
  *
- * Rounding: the weights are f16 after scaling (relative error <= 2^-11), activations f16
- * as in the decode path, sums in f32.  So a token's results differ from the decode
+ * Rounding: the weights are f16 after scaling (relative error <= 2^-11; BF16 weights are
+ * converted, so values beyond the f16 range would clamp), activations f16 as in the decode
+ * path for every type but BF16 (whose decode path keeps activations as bf16 hi + lo), sums
+ * in f32.  So a token's results differ from the decode
  * kernels' in the last bits; they do not depend on the launch (column splits are summed
  * in a fixed order, whichever block finishes last), so a graph replay gives the same
  * bits.
@@ -451,14 +453,21 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 			 smem, a);
 }
 
-/* Tokens per block by token count: 32 for batched decode, 64 above. */
+/* Tokens per block by token count: 32 for batched decode, 64 above where the device lets a
+ * block have the shared memory (104-119 KiB; sm_86/89 allow 99 KiB, so they stay at 32;
+ * every type's 32-token block, at most 86 KiB, fits every device this is built for). */
 template <int T>
 static int mmq_type(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const uint16_t *xh, int64_t ldx, int n,
 		    float *const *y, int acc)
 {
-	if (n <= 32)
+	if (n <= 32 || mmq_smem<T, 2, 8>() + 64 > ctx->smem_optin)
 		return mmq_launch<T, 2, 4>(ctx, nw, w, xh, ldx, n, y, acc);
 	return mmq_launch<T, 2, 8>(ctx, nw, w, xh, ldx, n, y, acc);
+}
+
+extern "C" int kb_cuda_mmq_fits(const float *x, int64_t cols)
+{
+	return cols % 4 == 0 && (uintptr_t)x % 16 == 0;
 }
 
 extern "C" size_t kb_cuda_mmq_scratch(int64_t cols, int n)
@@ -479,8 +488,8 @@ extern "C" int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, co
 			return -EINVAL;
 	const int64_t cols = w[0]->cols, ldo = (cols + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
 	uint16_t *xh = (uint16_t *)scratch;
-	if (cols % 4)
-		return -EINVAL;
+	if (cols % 4 || (uintptr_t)x % 16)
+		return -EINVAL; /* the conversion reads float4s (kb_cuda_mmq_fits) */
 	const int64_t units = (int64_t)n * (ldo / 16), blocks = (units + 255) / 256;
 	const int64_t grid = blocks < 8 * ctx->sm_count ? blocks : 8 * ctx->sm_count;
 	int r = kb_launch(ctx, k_mmq_x, dim3((unsigned)grid), dim3(256), 0, x, cols, cols, xh, ldo, units);

@@ -36,6 +36,7 @@ static inline int kb_type_slot(int type)
 
 struct KbCuda {
 	int device, cc_major, sm_count;
+	size_t smem_optin;      /* shared memory a block may opt in to (99 KiB on sm_86/89) */
 	cudaStream_t stream;
 	void *stage[2];         /* pinned host staging */
 	cudaEvent_t stage_ev[2]; /* recorded after the copy out of stage[i] */
