@@ -19,6 +19,7 @@ typedef struct {
 	int64_t cols;      /* input features (row length, a block multiple) */
 	const void *data;  /* host bytes in GGUF layout (the mapping) */
 	void *priv;        /* backend's prepared copy, or NULL */
+	int rows_only;     /* only get_rows will read it: no need to prepare it for products */
 } KbWeight;
 
 /* Attention over a KV cache for a batch of query tokens.  The cache holds f16 keys and

@@ -168,6 +168,7 @@ static int prepare_weights(Context *c)
 			return r;
 	}
 	c->tok_embd = m->tok_embd;
+	c->tok_embd.rows_only = !m->cfg.tied_output; /* else it is the output head too */
 	if ((r = o->weight_prepare(c->be, &c->tok_embd)) < 0)
 		return r;
 	if (m->cfg.tied_output) {
@@ -197,10 +198,6 @@ static int check_device_memory(Context *c, const ContextParams *p)
 	if (qd_row_size(e->type, (uint64_t)e->cols, &emb) < 0)
 		return -EINVAL;
 	emb *= (uint64_t)e->rows;
-	/* an untied table is uploaded twice today: as stored (embedding rows) and repacked for
-	 * products it never takes part in */
-	if (!cfg->tied_output)
-		emb *= 2;
 	const uint64_t mib = 1 << 20, weights = model_weight_bytes(c->m) + emb;
 	const uint64_t kv = 2ull * (uint64_t)cfg->n_layer * sizeof(uint16_t) * (uint64_t)c->slot_stride * (uint64_t)c->n_seq;
 	const uint64_t per_tok = 3ull * (uint64_t)cfg->n_embd + 2ull * (uint64_t)cfg->n_head * (uint64_t)cfg->head_dim +

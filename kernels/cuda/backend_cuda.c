@@ -293,7 +293,9 @@ static int row_bytes_of(int type, int64_t cols, int64_t *ret)
 static int cuda_weight_prepare(KbBackend *b, KbWeight *w)
 {
 	CudaBackend *c = cb(b);
-	const int mm_ok = kb_cuda_type_supported(w->type);
+	/* a table only read by rows (an embedding not tied to the output head) stays as
+	 * stored: its rows are uploaded on first use, no product copy is made */
+	const int mm_ok = kb_cuda_type_supported(w->type) && !w->rows_only;
 	if (!mm_ok && !kb_cuda_get_rows_supported(w->type))
 		return -EOPNOTSUPP;
 	CudaWeight *cw = calloc(1, sizeof(*cw));
