@@ -1,0 +1,49 @@
+#!/bin/sh
+# tools/gpu-pack.sh: packs what a GPU machine without our build dependencies needs to run
+# the CUDA tests and benchmarks, into .dev/f (git-ignored): test-backend, test-steps and
+# qd-engine (run/bench/synth) built for sm_90a only (a third of the size of the three-arch
+# build), stripped, with the two shared libraries they need that such machines lack
+# (CUnit, PCRE2), and the default model split in two pieces, since a device call carries
+# at most 64 MiB.  On the device:
+#
+#   call 1 (carry .dev/f .dev/m.aa):  cp .dev/m.aa /tmp/m.aa; sh .dev/f/gpu-run.sh
+#   call 2 (carry .dev/f .dev/m.ab, within the machine's idle window):
+#           cat /tmp/m.aa .dev/m.ab > models/SmolLM2-135M-Instruct.Q4_1.gguf; sh .dev/f/gpu-run.sh
+#
+# gpu-run.sh runs both suites (the model test SKIPs until the model is there) and a 7B
+# Q4_0 benchmark on a random-weight model made there.
+set -eu
+cd "$(dirname "$0")/.."
+O=.dev/b90
+make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" \
+	$O/tests/test-backend $O/tests/test-steps $O/qd-engine
+mkdir -p .dev/f
+cp $O/tests/test-backend $O/tests/test-steps $O/qd-engine .dev/f/
+strip .dev/f/test-backend .dev/f/test-steps .dev/f/qd-engine
+for lib in libcunit.so.1 libpcre2-8.so.0; do
+	path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
+	[ -n "$path" ] || { echo "gpu-pack: $lib not found" >&2; exit 1; }
+	cp -L "$path" .dev/f/
+done
+M=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f $M ]; then
+	split -b 50000000 $M .dev/m.
+fi
+cat > .dev/f/gpu-run.sh <<'EOF'
+#!/bin/sh
+# Runs on the GPU machine from the repository root; results go to $OUT.
+export LD_LIBRARY_PATH="$PWD/.dev/f"
+F=.dev/f
+OUT=${OUT:-/tmp}
+for t in test-backend test-steps; do
+	timeout 300 $F/$t > "$OUT/$t.log" 2>&1
+	echo "$t rc=$?"
+	grep -E "asserts|differ|SKIP|FAIL|refused" "$OUT/$t.log"
+done
+[ -f /tmp/7b-q4_0.gguf ] || timeout 120 $F/qd-engine synth --shape llama2-7b --type q4_0 /tmp/7b-q4_0.gguf
+timeout 200 $F/qd-engine bench -m /tmp/7b-q4_0.gguf --backend cuda --batch 1,8,32,64 --prompt 512 --json \
+	> "$OUT/bench-7b-q4_0.jsonl"
+cut -c1-240 "$OUT/bench-7b-q4_0.jsonl"
+EOF
+chmod +x .dev/f/gpu-run.sh
+ls -la .dev/f .dev/m.* 2>/dev/null
