@@ -500,6 +500,19 @@ static void feed_watchdog(Worker *w)
 	}
 }
 
+/* While a stop waits for a load in flight: more time from systemd, every 10 s. */
+static void extend_stop(Worker *w)
+{
+	uint64_t now = now_ns();
+	if (w->last_extend && now - w->last_extend < 10000000000ull)
+		return;
+	char s[QD_NAME_MAX + 128];
+	snprintf(s, sizeof s, "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=Stopping: waiting for the load of %s to end",
+		 30ull * 1000000, loader_name(w->loader));
+	sd_notify(0, s);
+	w->last_extend = now;
+}
+
 static bool any_blocked(const Worker *w)
 {
 	if (w->pending_final)
@@ -567,8 +580,11 @@ static void *worker_main(void *arg)
 			/* Final records get a moment to drain into slow clients' rings. */
 			if (!stop_deadline)
 				stop_deadline = now_ns() + 2000000000ull;
-			/* A load cannot be interrupted: wait for it (feeding the watchdog) so that
-			 * its LoadModel is answered and its memory freed. */
+			/* A load cannot be interrupted: wait for it (feeding the watchdog, and
+			 * asking systemd for more than TimeoutStopSec= while it lasts) so that its
+			 * LoadModel is answered and its memory freed. */
+			if (w->load_task)
+				extend_stop(w);
 			if ((!w->pending_final || now_ns() > stop_deadline) && !w->load_task)
 				break;
 		}

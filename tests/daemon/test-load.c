@@ -370,8 +370,12 @@ static void test_sigterm_during_load(void)
 	CU_ASSERT_EQUAL(pthread_join(lt, NULL), 0);
 	/* answered (stopping) or, when the load won the race, loaded; never left hanging */
 	CU_ASSERT(l.rc == -ESHUTDOWN || l.rc == 0);
-	if (l.rc == -ESHUTDOWN)
+	if (l.rc == -ESHUTDOWN) {
 		CU_ASSERT_PTR_NOT_NULL(strstr(l.msg, "stopping"));
+		/* the stop waited for the load, and asked systemd for the time to do so */
+		CU_ASSERT_TRUE(notify_wait(&D, "STATUS=Stopping: waiting for the load of late", 5000));
+		CU_ASSERT_PTR_NOT_NULL(strstr(D.notes, "EXTEND_TIMEOUT_USEC=30000000"));
+	}
 	CU_ASSERT_EQUAL(daemon_stop(&D), 0);
 }
 
