@@ -32,7 +32,10 @@ void queue_push(Queue *q, QNode *n)
 	n->next = NULL;
 	pthread_mutex_lock(&q->mu);
 	int was_empty = q->head == NULL;
-	*q->tailp = n;
+	if (was_empty) /* read without the lock by queue_pending() */
+		__atomic_store_n(&q->head, n, __ATOMIC_RELEASE);
+	else
+		*q->tailp = n;
 	q->tailp = &n->next;
 	pthread_mutex_unlock(&q->mu);
 	if (was_empty) {
@@ -49,8 +52,21 @@ QNode *queue_take(Queue *q)
 	(void)r;
 	pthread_mutex_lock(&q->mu);
 	QNode *n = q->head;
-	q->head = NULL;
+	__atomic_store_n(&q->head, NULL, __ATOMIC_RELAXED);
 	q->tailp = &q->head;
 	pthread_mutex_unlock(&q->mu);
 	return n;
+}
+
+int queue_pending(Queue *q)
+{
+	return __atomic_load_n(&q->head, __ATOMIC_ACQUIRE) != NULL;
+}
+
+int queue_rearm(Queue *q)
+{
+	uint64_t v;
+	ssize_t r = read(q->efd, &v, sizeof v);
+	(void)r;
+	return queue_pending(q);
 }

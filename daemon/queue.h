@@ -23,5 +23,12 @@ void queue_done(Queue *q); /* the queue must be empty (the owner drains it first
 void queue_push(Queue *q, QNode *n);
 /* Takes everything queued, oldest first (NULL when empty), and resets the eventfd. */
 QNode *queue_take(Queue *q);
+/* Whether something is queued, without a lock or a system call (the consumer's check on
+ * its hot path; the eventfd is left as it is). */
+int queue_pending(Queue *q);
+/* Resets the eventfd, then says whether something is queued: a consumer about to sleep
+ * on the eventfd calls this first and sleeps only on 0, so that a doorbell rung for
+ * nodes it already took cannot wake it again and again. */
+int queue_rearm(Queue *q);
 
 #endif

@@ -60,8 +60,9 @@ struct ModelEntry {
 	uint64_t tokens_generated, prompt_tokens, requests_done;
 	uint64_t win_t0, win_tokens;
 	double tps;
-	/* the engine thread's own work per generated token: everything in a step but the
-	 * forward pass (batch building, sampling, detokenizing, ring write, wake-up) */
+	/* the engine thread's own work per generated token: its CPU time between forward
+	 * passes (emitting tokens: sampling, detokenizing, ring writes, wake-ups; the loop's
+	 * own work; batch building), charged to the model whose forward pass ends it */
 	uint64_t host_ns, sample_ns, host_tokens;
 	uint64_t compute_ns;        /* this thread's CPU time inside ctx_decode */
 };
