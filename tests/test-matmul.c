@@ -379,16 +379,17 @@ static void test_matmul_argmax(void)
 
 	/* chosen outputs: F32 weights of one column times x = 1 give the weights themselves */
 	enum { R = 96 };
-	float wv[4][R], one = 1.f, y[R], scr[64];
+	float wv[5][R], one = 1.f, y[R], scr[64];
 	for (int i = 0; i < R; i++) {
 		wv[0][i] = (float)(i % 7); /* ties: the first 6 (row 6) */
 		wv[1][i] = NAN;            /* all NaN: 0 */
 		wv[2][i] = -INFINITY;      /* all -inf but a NaN first: the first -inf (1) */
 		wv[3][i] = i == 50 ? 3.f : (i < 30 ? NAN : -1.f);
+		wv[4][i] = i == 20 ? -0.f : (i == 70 ? 0.f : -5.f); /* equal zeros: the first (20) */
 	}
 	wv[2][0] = NAN;
-	static const int32_t want[4] = { 6, 0, 1, 50 };
-	for (int k = 0; k < 4; k++) {
+	static const int32_t want[5] = { 6, 0, 1, 50, 20 };
+	for (int k = 0; k < 5; k++) {
 		int32_t idx1 = -7;
 		CU_ASSERT_EQUAL(kb_matmul_argmax(tp, QD_TYPE_F32, wv[k], R, 1, &one, 1, y, scr, &idx1), 0);
 		CU_ASSERT_EQUAL(idx1, want[k]);

@@ -65,6 +65,8 @@ typedef struct {
 static uint64_t argmax_key(float v, int64_t r)
 {
 	uint32_t b;
+	if (v == 0.0f)
+		v = 0.0f; /* -0 and +0 are equal logits: the earlier row must win, as in a scan */
 	memcpy(&b, &v, sizeof b);
 	b = b & 0x80000000u ? ~b : b | 0x80000000u;
 	return (uint64_t)b << 32 | (uint32_t)(0xffffffffu - (uint32_t)r);
