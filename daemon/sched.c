@@ -404,11 +404,19 @@ static void add(ModelEntry *m, int *n, Req *r, int32_t tok, int32_t pos, bool wa
 	(*n)++;
 }
 
-/* The engine thread's CPU time when its last forward pass ended (0: none yet). */
+/* The engine thread's CPU time when its last forward pass ended; 0: none since the engine
+ * last went idle (sched_idle), and the next step measures from its own start. */
 static _Thread_local uint64_t fwd_end_cpu;
+
+void sched_idle(void)
+{
+	fwd_end_cpu = 0;
+}
 
 int sched_step(ModelEntry *m, Req **pending_final)
 {
+	if (!fwd_end_cpu && (m->queue || m->n_running))
+		fwd_end_cpu = thread_cpu_ns(); /* the first step after idle: not the idle time */
 	admit(m);
 	int n = 0, n_pre = 0;
 	for (int s = 0; s < m->n_slots; s++) {

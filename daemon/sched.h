@@ -118,6 +118,9 @@ int sched_submit(const SchedParams *p, ModelEntry *m, Task *t, uint32_t *ret_que
  * token for every running request (and prompt chunks for those in prefill), writes token
  * and final records.  Returns the number of tokens computed (0: nothing could run). */
 int sched_step(ModelEntry *m, Req **pending_final);
+/* Tells the scheduler the engine thread is about to sleep: the CPU it spends idle is not
+ * charged to the next step's host work (ModelEntry.host_ns). */
+void sched_idle(void);
 /* Ends request R with FINISH (error: positive errno or 0), writing the final record now
  * or later (moved to *pending_final when the ring is full).  Frees its slot. */
 void sched_finish(Req *r, int finish, int error, Req **pending_final);

@@ -500,11 +500,18 @@ static void feed_watchdog(Worker *w)
 	}
 }
 
-/* While a stop waits for a load in flight: more time from systemd, every 10 s. */
+/* While a stop waits for a load in flight: more time from systemd, every 10 s, for at
+ * most 10 minutes. */
 static void extend_stop(Worker *w)
 {
 	uint64_t now = now_ns();
 	if (w->last_extend && now - w->last_extend < 10000000000ull)
+		return;
+	/* not for ever: a load that hangs (a stalled network mapping, a stuck upload) must
+	 * not keep systemd from escalating; 10 minutes, then its TimeoutStopSec= applies */
+	if (!w->first_extend)
+		w->first_extend = now;
+	if (now - w->first_extend > 600000000000ull)
 		return;
 	char s[QD_NAME_MAX + 128];
 	snprintf(s, sizeof s, "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=Stopping: waiting for the load of %s to end",
@@ -594,6 +601,7 @@ static void *worker_main(void *arg)
 			continue;
 		if (queue_rearm(w->tasks))
 			continue; /* queued since the check above */
+		sched_idle();
 		int timeout = w->p.watchdog_usec ? (int)(w->p.watchdog_usec / 4000) : 1000;
 		if (any_blocked(w) && timeout > 100)
 			timeout = 100; /* belt and braces: doorbells should wake us first */

@@ -30,7 +30,7 @@ struct Worker {
 	Task *load_task;  /* the LoadModel being served (kept for its reply), or NULL */
 	bool stop;
 	uint64_t last_watchdog;
-	uint64_t last_extend; /* last EXTEND_TIMEOUT_USEC sent while a stop waits for a load */
+	uint64_t last_extend, first_extend; /* EXTEND_TIMEOUT_USEC sent while a stop waits for a load */
 	_Atomic uint64_t beat_ns;
 	_Atomic int n_models;
 	/* sessions whose clients sleep and got records since the last flush (the shm

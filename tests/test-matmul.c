@@ -385,7 +385,9 @@ static void test_matmul_argmax(void)
 		wv[1][i] = NAN;            /* all NaN: 0 */
 		wv[2][i] = -INFINITY;      /* all -inf but a NaN first: the first -inf (1) */
 		wv[3][i] = i == 50 ? 3.f : (i < 30 ? NAN : -1.f);
-		wv[4][i] = i == 20 ? -0.f : (i == 70 ? 0.f : -5.f); /* equal zeros: the first (20) */
+		/* equal largest values in different chunks: the first (20).  (A product turns -0
+		 * into +0, so the -0 here does not reach y; argmax_key maps -0 to +0 as well.) */
+		wv[4][i] = i == 20 ? -0.f : (i == 70 ? 0.f : -5.f);
 	}
 	wv[2][0] = NAN;
 	static const int32_t want[5] = { 6, 0, 1, 50, 20 };
