@@ -36,6 +36,7 @@ struct Context {
 	int64_t kv_dim, slot_stride;
 	uint16_t **k_cache, **v_cache; /* per layer: [n_seq][n_ctx][kv_dim] f16 */
 	int32_t *seq_len;              /* [n_seq] positions held per slot */
+	int32_t *seq_len_next;         /* [n_seq] check_batch's scratch */
 	/* activations, [n_batch][...] */
 	float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up;
 	float *logits;                 /* [n_out][n_vocab] */
@@ -101,6 +102,7 @@ void ctx_free(Context *c)
 	free(c->k_cache);
 	free(c->v_cache);
 	free(c->seq_len);
+	free(c->seq_len_next);
 	free(c->out_rows);
 	free(c->out_argmax);
 	free(c);
@@ -244,9 +246,10 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 	c->k_cache = calloc((size_t)cfg->n_layer, sizeof(*c->k_cache));
 	c->v_cache = calloc((size_t)cfg->n_layer, sizeof(*c->v_cache));
 	c->seq_len = calloc((size_t)c->n_seq, sizeof(*c->seq_len));
+	c->seq_len_next = calloc((size_t)c->n_seq, sizeof(*c->seq_len_next));
 	c->out_rows = calloc((size_t)c->n_batch, sizeof(*c->out_rows));
 	c->out_argmax = calloc((size_t)c->n_batch, sizeof(*c->out_argmax));
-	if (!c->k_cache || !c->v_cache || !c->seq_len || !c->out_rows || !c->out_argmax)
+	if (!c->k_cache || !c->v_cache || !c->seq_len || !c->seq_len_next || !c->out_rows || !c->out_argmax)
 		goto err;
 	size_t layer_bytes = sizeof(uint16_t) * (size_t)c->slot_stride * (size_t)c->n_seq;
 	for (int il = 0; il < cfg->n_layer; il++)
@@ -302,9 +305,7 @@ static int check_batch(Context *c, const Batch *b)
 {
 	if (b->n_tokens < 1 || b->n_tokens > c->n_batch || !b->token || !b->pos || !b->seq)
 		return -EINVAL;
-	int32_t *len = malloc(sizeof(int32_t) * (size_t)c->n_seq);
-	if (!len)
-		return -ENOMEM;
+	int32_t *len = c->seq_len_next; /* the lengths as the batch leaves them, if it is valid */
 	memcpy(len, c->seq_len, sizeof(int32_t) * (size_t)c->n_seq);
 	int r = 0;
 	for (int t = 0; t < b->n_tokens && !r; t++) {
@@ -317,7 +318,6 @@ static int check_batch(Context *c, const Batch *b)
 	}
 	if (!r)
 		memcpy(c->seq_len, len, sizeof(int32_t) * (size_t)c->n_seq);
-	free(len);
 	return r;
 }
 

@@ -30,14 +30,6 @@
 /* Round to nearest, ties to even, through the float adder: adding 1.5 * 2^23 leaves the
  * integer in the low mantissa bits.  Valid for |f| < 2^22; ggml's K-quant reference rounds
  * this way, so we must too (roundf would break ties differently). */
-static inline int nearest_int(float f)
-{
-	float v = f + 12582912.f;
-	int32_t i;
-	memcpy(&i, &v, 4);
-	return (i & 0x007fffff) - 0x00400000;
-}
-
 /* ------------------------------------------------------------------ dequantization */
 
 static void dq_f32(const void *src, float *dst, int64_t n)
@@ -319,7 +311,6 @@ static void q_q4_k(const float *x, void *dst, int64_t n)
 	uint8_t L[QD_QK_K], Laux[32];
 	float w[32], mins[8], scales[8];
 	for (int64_t i = 0; i < n / QD_QK_K; i++, x += QD_QK_K) {
-		float max_scale = 0, max_min = 0;
 		for (int j = 0; j < 8; j++) {
 			const float *xs = x + 32 * j;
 			float sum_x2 = 0;
@@ -330,23 +321,8 @@ static void q_q4_k(const float *x, void *dst, int64_t n)
 			for (int l = 0; l < 32; l++)
 				w[l] = av_x + fabsf(xs[l]);
 			scales[j] = qkx2_fit(32, 15, xs, w, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
-			if (scales[j] > max_scale)
-				max_scale = scales[j];
-			if (mins[j] > max_min)
-				max_min = mins[j];
 		}
-		float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-		float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-		memset(y[i].scales, 0, sizeof y[i].scales);
-		for (int j = 0; j < 8; j++) {
-			uint8_t ls = (uint8_t)nearest_int(inv_scale * scales[j]);
-			uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
-			ls = MIN(63, ls);
-			lm = MIN(63, lm);
-			q4k_pack_scale_min(y[i].scales, j, ls, lm);
-		}
-		y[i].d = qd_f32_to_f16(max_scale / 63.0f);
-		y[i].dmin = qd_f32_to_f16(max_min / 63.0f);
+		q4k_set_header(&y[i], scales, mins);
 		/* requantize each group against the scales as they will be decoded */
 		for (int j = 0; j < 8; j++) {
 			int sc, m;

@@ -678,25 +678,7 @@ static void q_q4_k(const float *x, void *dst, int64_t n)
 			for (int j = 0; j < 8; j++)
 				L[j][l] = t[j];
 		}
-		float max_scale = 0, max_min = 0;
-		for (int j = 0; j < 8; j++) {
-			if (scales[j] > max_scale)
-				max_scale = scales[j];
-			if (mins[j] > max_min)
-				max_min = mins[j];
-		}
-		float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-		float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-		memset(y[i].scales, 0, sizeof y[i].scales);
-		for (int j = 0; j < 8; j++) {
-			uint8_t ls = (uint8_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(nearest_int_v(_mm256_set1_ps(inv_scale * scales[j]))));
-			uint8_t lm = (uint8_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(nearest_int_v(_mm256_set1_ps(inv_min * mins[j]))));
-			ls = ls < 63 ? ls : 63;
-			lm = lm < 63 ? lm : 63;
-			q4k_pack_scale_min(y[i].scales, j, ls, lm);
-		}
-		y[i].d = qd_f32_to_f16(max_scale / 63.0f);
-		y[i].dmin = qd_f32_to_f16(max_min / 63.0f);
+		q4k_set_header(&y[i], scales, mins);
 		/* requantize each group against the scales as they will be decoded */
 		for (int j = 0; j < 8; j++) {
 			int sc, m;

@@ -6,6 +6,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "../types.h"
 
 typedef void (*KbDequantFn)(const void *src, float *dst, int64_t n);
 typedef void (*KbQuantFn)(const float *src, void *dst, int64_t n);
@@ -74,6 +77,40 @@ static inline void q4k_pack_scale_min(uint8_t *s, int j, uint8_t ls, uint8_t lm)
 		s[j - 4] |= (uint8_t)((ls >> 4) << 6);
 		s[j] |= (uint8_t)((lm >> 4) << 6);
 	}
+}
+
+/* Round to nearest (ties to even) for |f| < 2^22, without the FPU's rounding mode: adding
+ * 1.5 * 2^23 puts the integer in the mantissa's low bits. */
+static inline int nearest_int(float f)
+{
+	float v = f + 12582912.f;
+	int32_t i;
+	memcpy(&i, &v, 4);
+	return (i & 0x007fffff) - 0x00400000;
+}
+
+/* A Q4_K superblock's header from its eight sub-blocks' fitted scales and mins: d and
+ * dmin as f16 of the largest over 63, and each scale and min as six bits of those
+ * (the scalar and AVX2 quantizers share it, so both write the same bytes). */
+static inline void q4k_set_header(BlockQ4_K *y, const float *scales, const float *mins)
+{
+	float max_scale = 0, max_min = 0;
+	for (int j = 0; j < 8; j++) {
+		if (scales[j] > max_scale)
+			max_scale = scales[j];
+		if (mins[j] > max_min)
+			max_min = mins[j];
+	}
+	const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+	const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+	memset(y->scales, 0, sizeof y->scales);
+	for (int j = 0; j < 8; j++) {
+		uint8_t ls = (uint8_t)nearest_int(inv_scale * scales[j]);
+		uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
+		q4k_pack_scale_min(y->scales, j, ls < 63 ? ls : 63, lm < 63 ? lm : 63);
+	}
+	y->d = qd_f32_to_f16(max_scale / 63.0f);
+	y->dmin = qd_f32_to_f16(max_min / 63.0f);
 }
 
 #endif

@@ -155,16 +155,21 @@ static void graphs_drop(CudaBackend *c)
 	}
 }
 
-/* c->act with room for COLS columns.  Growing waits for queued work and drops the graphs
- * (they point at the old buffer), so it cannot happen while a step is being captured. */
+/* Before a buffer that queued kernels and recorded graphs may use is replaced: refused
+ * while a step is being captured, and waits for queued work.  The caller then drops the
+ * graphs (they point at the old buffer) and frees it. */
+static int regrow_begin(CudaBackend *c)
+{
+	return c->step.capturing ? -EBUSY : kb_cuda_sync(c->ctx);
+}
+
+/* c->act with room for COLS columns (see regrow_begin). */
 static int act_ensure(CudaBackend *c, int64_t cols)
 {
 	KbCudaAct *a = NULL;
 	if (c->act && kb_cuda_act_cap(c->act) >= cols)
 		return 0;
-	if (c->step.capturing)
-		return -EBUSY;
-	int r = kb_cuda_sync(c->ctx);
+	int r = regrow_begin(c);
 	if (r == 0)
 		r = kb_cuda_act_new(c->ctx, cols, &a);
 	if (r < 0)
@@ -176,15 +181,13 @@ static int act_ensure(CudaBackend *c, int64_t cols)
 	return 0;
 }
 
-/* c->xq with at least BYTES.  Like act_ensure: growing drops the graphs. */
+/* c->xq with at least BYTES (see regrow_begin). */
 static int xq_ensure(CudaBackend *c, size_t bytes)
 {
 	void *p = NULL;
 	if (c->xq && c->xq_bytes >= bytes)
 		return 0;
-	if (c->step.capturing)
-		return -EBUSY;
-	int r = kb_cuda_sync(c->ctx);
+	int r = regrow_begin(c);
 	if (r == 0)
 		r = kb_cuda_alloc(c->ctx, bytes, &p);
 	if (r < 0)

@@ -28,20 +28,27 @@ __device__ static double block_sum(double v, double *red)
  * wide blocks (few loop trips, each a memory latency) matter more than many blocks. */
 #define RMS_THREADS 1024
 
+/* 1 / rms(xr) for this block's row (sum of squares in double, like the CPU); every thread
+ * gets it. */
+__device__ static float rms_scale(const float *xr, int dim, float eps)
+{
+	__shared__ double red[32];
+	double ss = 0;
+	for (int i = threadIdx.x; i < dim; i += blockDim.x)
+		ss += (double)xr[i] * xr[i];
+	ss = block_sum(ss, red);
+	return 1.0f / sqrtf((float)(ss / dim) + eps);
+}
+
 __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm(int trig, const float *x, const float *w, int dim, float eps,
 							  float *y)
 {
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
-	__shared__ double red[32];
 	const float *xr = x + (int64_t)blockIdx.x * dim;
 	float *yr = y + (int64_t)blockIdx.x * dim;
-	double ss = 0;
-	for (int i = threadIdx.x; i < dim; i += blockDim.x)
-		ss += (double)xr[i] * xr[i];
-	ss = block_sum(ss, red);
-	const float scale = 1.0f / sqrtf((float)(ss / dim) + eps);
+	const float scale = rms_scale(xr, dim, eps);
 	for (int i = threadIdx.x; i < dim; i += blockDim.x)
 		yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 }
@@ -60,21 +67,15 @@ extern "C" int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int 
 /* k_rmsnorm, and each result also stored in the product layout (kb_act_put), padding
  * columns as zeros: one launch instead of a norm and an act_prep. */
 __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm_act(int trig, const float *x, const float *w, int dim,
-							      float eps, float *y,
-						     uint16_t *xh, uint16_t *xhi, uint16_t *xlo, float *xs,
-						     int64_t cap, int64_t cols_pad)
+							      float eps, float *y, uint16_t *xh, uint16_t *xhi,
+							      uint16_t *xlo, float *xs, int64_t cap, int64_t cols_pad)
 {
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
-	__shared__ double red[32];
 	const float *xr = x + (int64_t)blockIdx.x * dim;
 	float *yr = y + (int64_t)blockIdx.x * dim;
-	double ss = 0;
-	for (int i = threadIdx.x; i < dim; i += blockDim.x)
-		ss += (double)xr[i] * xr[i];
-	ss = block_sum(ss, red);
-	const float scale = 1.0f / sqrtf((float)(ss / dim) + eps);
+	const float scale = rms_scale(xr, dim, eps);
 	/* cols_pad is a multiple of 32: whole warps reach kb_act_put together */
 	for (int64_t col = threadIdx.x; col < cols_pad; col += blockDim.x) {
 		float v = 0.f;

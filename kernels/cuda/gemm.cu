@@ -444,11 +444,16 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 		a.cnt = ctx->mmq_cnt;
 	}
 	constexpr size_t smem = mmq_smem<T, RT, NT>();
-	/* above 48 KiB needs the opt-in, which is per device: set it every time (a host-side
-	 * attribute, cheap, and allowed while a graph is being captured) */
-	int r = kb_err(cudaFuncSetAttribute(k_mmq<T, RT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-	if (r < 0)
-		return r;
+	/* above 48 KiB needs the opt-in, which is per device: once per context and kernel */
+	static_assert(RT == 2 && (NT == 4 || NT == 8), "mmq_smem_set covers these shapes");
+	uint8_t *set = &ctx->mmq_smem_set[kb_type_slot(T)][NT == 8];
+	if (!*set) {
+		int r = kb_err(cudaFuncSetAttribute(k_mmq<T, RT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+						    (int)smem));
+		if (r < 0)
+			return r;
+		*set = 1;
+	}
 	return kb_launch(ctx, k_mmq<T, RT, NT>, dim3((unsigned)gx, (unsigned)gy, (unsigned)ks), dim3(MMQ_WARPS * 32),
 			 smem, a);
 }
@@ -499,16 +504,9 @@ extern "C" int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, co
 		same &= w[i]->type == w[0]->type;
 	for (int i = 0; i < nw && r == 0; i += same ? nw : 1) {
 		const int m = same ? nw : 1;
-		switch (w[i]->type) {
-		case QD_TYPE_Q4_0: r = mmq_type<QD_TYPE_Q4_0>(ctx, m, w + i, xh, ldo, n, y + i, acc); break;
-		case QD_TYPE_Q4_1: r = mmq_type<QD_TYPE_Q4_1>(ctx, m, w + i, xh, ldo, n, y + i, acc); break;
-		case QD_TYPE_Q8_0: r = mmq_type<QD_TYPE_Q8_0>(ctx, m, w + i, xh, ldo, n, y + i, acc); break;
-		case QD_TYPE_Q4_K: r = mmq_type<QD_TYPE_Q4_K>(ctx, m, w + i, xh, ldo, n, y + i, acc); break;
-		case QD_TYPE_Q6_K: r = mmq_type<QD_TYPE_Q6_K>(ctx, m, w + i, xh, ldo, n, y + i, acc); break;
-		case QD_TYPE_F16: r = mmq_type<QD_TYPE_F16>(ctx, m, w + i, xh, ldo, n, y + i, acc); break;
-		case QD_TYPE_BF16: r = mmq_type<QD_TYPE_BF16>(ctx, m, w + i, xh, ldo, n, y + i, acc); break;
-		default: r = -EINVAL;
-		}
+		r = kb_with_product_type(w[i]->type, [&](auto t) {
+			return mmq_type<decltype(t)::value>(ctx, m, w + i, xh, ldo, n, y + i, acc);
+		});
 	}
 	return r;
 }

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 #include <errno.h>
 #include <stdint.h>
+#include <type_traits>
 
 #include "cuda.h"
 #include "layout.cuh"
@@ -19,6 +20,23 @@
 typedef struct {
 	int warps, row_tiles, prefetch, persist;
 } KbMmvConfig;
+
+/* Calls f(std::integral_constant<int, T>()) for the product type TYPE (the seven that
+ * layout.cuh packs), so that one generic lambda instantiates a kernel per type; -EINVAL
+ * for any other type. */
+template <typename F> static int kb_with_product_type(int type, F &&f)
+{
+	switch (type) {
+	case QD_TYPE_Q4_0: return f(std::integral_constant<int, QD_TYPE_Q4_0>());
+	case QD_TYPE_Q4_1: return f(std::integral_constant<int, QD_TYPE_Q4_1>());
+	case QD_TYPE_Q8_0: return f(std::integral_constant<int, QD_TYPE_Q8_0>());
+	case QD_TYPE_Q4_K: return f(std::integral_constant<int, QD_TYPE_Q4_K>());
+	case QD_TYPE_Q6_K: return f(std::integral_constant<int, QD_TYPE_Q6_K>());
+	case QD_TYPE_F16: return f(std::integral_constant<int, QD_TYPE_F16>());
+	case QD_TYPE_BF16: return f(std::integral_constant<int, QD_TYPE_BF16>());
+	default: return -EINVAL;
+	}
+}
 
 /* Index of a product type in per-type tables. */
 static inline int kb_type_slot(int type)
@@ -52,6 +70,7 @@ struct KbCuda {
 	KbCudaAct *act;         /* for kb_cuda_mmv */
 	float *att_part;        /* split attention partials, KB_ATT_PARTS x (256 + 2) floats */
 	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
+	uint8_t mmq_smem_set[7][2]; /* gemm.cu: shared-memory opt-in done, [type slot][64-token] */
 	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };

@@ -399,16 +399,9 @@ static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 		if (!w[i] || w[i]->ctx != ctx || !y[i] || act->cols != w[i]->cols || ldy[i] < w[i]->rows ||
 		    w[i]->type != w[0]->type)
 			return -EINVAL;
-	switch (w[0]->type) {
-	case QD_TYPE_Q4_0: return launch_mmv<QD_TYPE_Q4_0>(ctx, nw, w, act, y, ldy, acc);
-	case QD_TYPE_Q4_1: return launch_mmv<QD_TYPE_Q4_1>(ctx, nw, w, act, y, ldy, acc);
-	case QD_TYPE_Q8_0: return launch_mmv<QD_TYPE_Q8_0>(ctx, nw, w, act, y, ldy, acc);
-	case QD_TYPE_Q4_K: return launch_mmv<QD_TYPE_Q4_K>(ctx, nw, w, act, y, ldy, acc);
-	case QD_TYPE_Q6_K: return launch_mmv<QD_TYPE_Q6_K>(ctx, nw, w, act, y, ldy, acc);
-	case QD_TYPE_F16: return launch_mmv<QD_TYPE_F16>(ctx, nw, w, act, y, ldy, acc);
-	case QD_TYPE_BF16: return launch_mmv<QD_TYPE_BF16>(ctx, nw, w, act, y, ldy, acc);
-	default: return -EINVAL;
-	}
+	return kb_with_product_type(w[0]->type, [&](auto t) {
+		return launch_mmv<decltype(t)::value>(ctx, nw, w, act, y, ldy, acc);
+	});
 }
 
 extern "C" int kb_cuda_mmv_act(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,

@@ -38,14 +38,6 @@ int kb_cuda_repack_band(KbCuda *ctx, KbCudaWeight *w, int64_t tile0, int64_t n_t
 	r.q = w->q + tile0 * w->geo.q_tile;
 	r.s = w->s + tile0 * w->geo.s_tile;
 	r.d = w->d + tile0 * w->geo.d_tile;
-	switch (w->type) {
-	case QD_TYPE_Q4_0: return launch_repack<QD_TYPE_Q4_0>(ctx, &r, n_tiles);
-	case QD_TYPE_Q4_1: return launch_repack<QD_TYPE_Q4_1>(ctx, &r, n_tiles);
-	case QD_TYPE_Q8_0: return launch_repack<QD_TYPE_Q8_0>(ctx, &r, n_tiles);
-	case QD_TYPE_Q4_K: return launch_repack<QD_TYPE_Q4_K>(ctx, &r, n_tiles);
-	case QD_TYPE_Q6_K: return launch_repack<QD_TYPE_Q6_K>(ctx, &r, n_tiles);
-	case QD_TYPE_F16: return launch_repack<QD_TYPE_F16>(ctx, &r, n_tiles);
-	case QD_TYPE_BF16: return launch_repack<QD_TYPE_BF16>(ctx, &r, n_tiles);
-	default: return -EINVAL;
-	}
+	return kb_with_product_type(w->type,
+				    [&](auto t) { return launch_repack<decltype(t)::value>(ctx, &r, n_tiles); });
 }
