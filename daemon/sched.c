@@ -399,7 +399,8 @@ static void add(ModelEntry *m, int *n, Req *r, int32_t tok, int32_t pos, bool wa
 	m->b_tok[*n] = tok;
 	m->b_pos[*n] = pos;
 	m->b_seq[*n] = r->slot;
-	m->b_want[*n] = want;
+	/* a plain greedy request without logprobs needs only the row's greedy id */
+	m->b_want[*n] = !want ? WANT_NONE : sampler_is_greedy(r->sampler) && !r->logprobs ? WANT_ARGMAX : WANT_LOGITS;
 	m->b_req[*n] = r;
 	(*n)++;
 }
@@ -492,7 +493,7 @@ int sched_step(ModelEntry *m, Req **pending_final)
 		const int32_t greedy = ctx_argmax(m->ctx, li);
 		float *logits = ctx_logits(m->ctx, li++);
 		Req *r = m->b_req[i];
-		if (!logits) {
+		if (!logits && (greedy < 0 || m->b_want[i] != WANT_ARGMAX)) {
 			sched_finish(r, QD_FINISH_ERROR, EIO, pending_final);
 			continue;
 		}

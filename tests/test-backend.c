@@ -22,7 +22,7 @@ static void test_get_rows(void)
 		size_t bytes;
 		uint8_t *raw = rand_weight(types[ti], rows, cols, &s, &bytes);
 		CU_ASSERT_PTR_NOT_NULL_FATAL(raw);
-		KbWeight wc = { types[ti], rows, cols, raw, NULL }, wg = wc;
+		KbWeight wc = { types[ti], rows, cols, raw, NULL, 0 }, wg = wc;
 		CU_ASSERT_EQUAL_FATAL(cpu->ops->weight_prepare(cpu, &wc), 0);
 		CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &wg), 0);
 		int32_t ids[9] = { 0, 36, 5, 5, 17, 1, 35, 20, 0 };
@@ -72,7 +72,7 @@ static void test_matmul(void)
 			float *yc = malloc(sizeof(float) * (size_t)(n * rows)), *yg = malloc(sizeof(float) * (size_t)(n * rows));
 			float *wf = malloc(sizeof(float) * (size_t)cols);
 			CU_ASSERT_FATAL(raw && x && yc && yg && wf);
-			KbWeight wc = { type, rows, cols, raw, NULL }, wg = wc;
+			KbWeight wc = { type, rows, cols, raw, NULL, 0 }, wg = wc;
 			int cpu_ok = cpu->ops->weight_prepare(cpu, &wc) == 0;
 			CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &wg), 0);
 			float *dx = buf_in(gpu, x, sizeof(float) * (size_t)(n * cols));
@@ -120,7 +120,7 @@ static void test_matmul(void)
 	}
 	/* a type without a product kernel is refused, not mangled */
 	uint8_t dummy[22 * 4] = { 0 };
-	KbWeight w5 = { QD_TYPE_Q5_0, 1, 128, dummy, NULL };
+	KbWeight w5 = { QD_TYPE_Q5_0, 1, 128, dummy, NULL, 0 };
 	CU_ASSERT_EQUAL(gpu->ops->weight_prepare(gpu, &w5), -EOPNOTSUPP);
 }
 
@@ -143,7 +143,7 @@ static void test_matmul_multi(void)
 		size_t bytes;
 		raw[i] = rand_weight(ws[i].type, ws[i].rows, cols, &s, &bytes);
 		CU_ASSERT_FATAL(raw[i] != NULL);
-		w[i] = (KbWeight){ ws[i].type, ws[i].rows, cols, raw[i], NULL };
+		w[i] = (KbWeight){ ws[i].type, ws[i].rows, cols, raw[i], NULL, 0 };
 		CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &w[i]), 0);
 	}
 	for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
@@ -277,6 +277,69 @@ static void test_norm_rope_elementwise(void)
 
 /* KV stores must agree bit for bit (both round to nearest even); attention within float
  * rounding of differently ordered sums. */
+/* matmul_argmax on the GPU: the product's bits, and per token the first index of the
+ * largest output, on crafted rows: a tie between two equal rows (the earlier wins), -0
+ * against +0 (equal: the earlier wins), and all-NaN outputs (0).  The F16 weight rows are
+ * built so that each token's outputs are known exactly. */
+static void test_matmul_argmax(void)
+{
+	if (!ready())
+		return;
+	const int64_t rows = 3001, cols = 64;
+	const int n = 4;
+	uint16_t *raw = calloc((size_t)(rows * cols), sizeof(uint16_t));
+	float *x = calloc((size_t)(n * cols), sizeof(float)), *y = malloc(sizeof(float) * n * rows);
+	float *y2 = malloc(sizeof(float) * n * rows);
+	CU_ASSERT_FATAL(raw && x && y && y2);
+	uint64_t s = 0x77;
+	/* row r: column 0 = a value in (-1, 1) (+0 for every 7th row), column 1 = row-dependent
+	 * extra for the ties; columns >= 2 zero */
+	for (int64_t r = 0; r < rows; r++)
+		raw[r * cols] = qd_f32_to_f16(r % 7 ? qg_signed(&s, 0.01f, 1.f) : 0.f);
+	raw[2999 * cols] = raw[1200 * cols] = raw[17 * cols] = qd_f32_to_f16(3.0f); /* tie: 17 wins */
+	raw[5 * cols + 1] = qd_f32_to_f16(-1.0f);
+	x[0 * cols + 0] = 1.0f;                         /* token 0: column 0 as is */
+	x[1 * cols + 0] = -1.0f;                        /* token 1: negated; the largest is the most negative */
+	x[2 * cols + 1] = -0.0f;                        /* token 2: outputs +0 and -0 (equal): index 0 */
+	x[3 * cols + 0] = NAN;                          /* token 3: NaN everywhere: index 0 */
+	int32_t want[4] = { 17, 0, 0, 0 };
+	{
+		float best = INFINITY;
+		for (int64_t r = 0; r < rows; r++) {
+			const float v = qd_f16_to_f32(raw[r * cols]);
+			if (v < best) {
+				best = v;
+				want[1] = (int32_t)r;
+			}
+		}
+	}
+	KbWeight w = { QD_TYPE_F16, rows, cols, raw, NULL, 0 };
+	CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &w), 0);
+	float *dx = buf_in(gpu, x, sizeof(float) * n * cols), *dy = buf_in(gpu, NULL, sizeof(float) * n * rows);
+	float *dy2 = buf_in(gpu, NULL, sizeof(float) * n * rows);
+	CU_ASSERT_FATAL(dx && dy && dy2);
+	int32_t idx[4] = { -1, -1, -1, -1 };
+	CU_ASSERT_EQUAL(gpu->ops->matmul_argmax(gpu, &w, dx, n, dy, idx), 0);
+	CU_ASSERT_EQUAL(gpu->ops->matmul(gpu, &w, dx, n, dy2), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, y, dy, sizeof(float) * n * rows), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, y2, dy2, sizeof(float) * n * rows), 0);
+	CU_ASSERT(memcmp(y, y2, sizeof(float) * n * rows) == 0);
+	for (int t = 0; t < n; t++) {
+		CU_ASSERT_EQUAL(idx[t], want[t]);
+		if (idx[t] != want[t])
+			printf("\n    token %d: argmax %d, expected %d\n", t, idx[t], want[t]);
+	}
+	CU_ASSERT_EQUAL(gpu->ops->matmul_argmax(gpu, &w, dx, 0, dy, idx), -EINVAL);
+	gpu->ops->release(gpu, dx);
+	gpu->ops->release(gpu, dy);
+	gpu->ops->release(gpu, dy2);
+	gpu->ops->weight_release(gpu, &w);
+	free(raw);
+	free(x);
+	free(y);
+	free(y2);
+}
+
 static void test_attention(void)
 {
 	if (!ready())
@@ -388,6 +451,7 @@ int main(void)
 		{ "matmul: every type and odd shapes vs double reference", test_matmul, gpu_skip },
 		{ "matmul_multi (acc, mixed types) = single products", test_matmul_multi, gpu_skip },
 		{ "rmsnorm, rope, swiglu, add, copy", test_norm_rope_elementwise, gpu_skip },
+		{ "matmul_argmax: ties, -0, NaN rows", test_matmul_argmax, gpu_skip },
 		{ "kv_store and attention, two slots, GQA", test_attention, gpu_skip },
 		{ "backend selection (cpu/cuda/auto)", test_select, NULL },
 		{ "cleanup", test_cleanup, NULL },

@@ -89,6 +89,8 @@ static void test_model_greedy(void)
 				if (fabs((double)lg[i] - lc[i]) > max_diff)
 					max_diff = fabs((double)lg[i] - lc[i]);
 			const int tc = argmax(lc, n_vocab), tg = argmax(lg, n_vocab);
+			CU_ASSERT_EQUAL(ctx_argmax(cg, 0), tg); /* found on the device */
+			CU_ASSERT_EQUAL(ctx_argmax(cc, 0), tc);
 			if (tc != tg) {
 				const double gap_c = lc[tc] - lc[tg], gap_g = lg[tg] - lg[tc];
 				printf("\n    prompt %zu: first divergence at step %d: cpu %d, gpu %d; logit gaps cpu %.3f "
@@ -113,6 +115,68 @@ static void test_model_greedy(void)
 	printf("\n");
 	free(lc);
 	ctx_free(cc);
+	ctx_free(cg);
+	model_free(m);
+}
+
+/* WANT_ARGMAX rows: the GPU leaves their logits on the device (ctx_logits NULL) and
+ * gives their greedy ids, equal to the argmax of the same rows downloaded in full; rows
+ * asking for logits in the same batch still get them. */
+static void test_want_argmax(void)
+{
+	if (!ready())
+		return;
+	char err[256];
+	Model *m = NULL;
+	CU_ASSERT_EQUAL_FATAL(model_load(tu_model_path(), &m, err, sizeof(err)), 0);
+	const int n_vocab = model_config(m)->n_vocab;
+	Context *cg = NULL;
+	ContextParams p = { .n_seq = 4, .n_ctx = 64, .n_batch = 64, .n_threads = 0, .backend = "cuda" };
+	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &cg), 0);
+	const Tokenizer *tok = model_tokenizer(m);
+	static const char *text = "The quick brown fox jumps over the lazy dog because";
+	int32_t ids[16];
+	const int n = tok_encode(tok, text, strlen(text), tok_add_bos(tok), false, ids, 16);
+	CU_ASSERT_FATAL(n >= 4 && n <= 16);
+	int32_t t[64], pos[64], seq[64];
+	uint8_t want[64], all[64];
+	int k = 0;
+	for (int s = 0; s < 4; s++)
+		for (int i = 0; i < n - s; i++, k++) { /* sequences of different lengths */
+			t[k] = ids[i];
+			pos[k] = i;
+			seq[k] = s;
+			want[k] = i == n - s - 1 ? (s % 2 ? WANT_LOGITS : WANT_ARGMAX) : i == 2 ? WANT_ARGMAX : WANT_NONE;
+			all[k] = want[k] ? WANT_LOGITS : WANT_NONE;
+		}
+	Batch b = { .n_tokens = k, .token = t, .pos = pos, .seq = seq, .want_logits = want };
+	CU_ASSERT_EQUAL_FATAL(ctx_decode(cg, &b), 0);
+	int32_t got[64];
+	int rows = 0;
+	for (int i = 0; i < k; i++) {
+		if (!want[i])
+			continue;
+		got[rows] = ctx_argmax(cg, rows);
+		CU_ASSERT(got[rows] >= 0 && got[rows] < n_vocab);
+		if (want[i] == WANT_ARGMAX) {
+			CU_ASSERT_PTR_NULL(ctx_logits(cg, rows));
+		} else {
+			CU_ASSERT_PTR_NOT_NULL(ctx_logits(cg, rows));
+		}
+		rows++;
+	}
+	for (int s = 0; s < 4; s++)
+		ctx_seq_truncate(cg, s, 0);
+	b.want_logits = all;
+	CU_ASSERT_EQUAL_FATAL(ctx_decode(cg, &b), 0);
+	int bad = 0;
+	for (int r = 0; r < rows; r++) {
+		const float *l = ctx_logits(cg, r);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+		bad += argmax(l, n_vocab) != got[r] || ctx_argmax(cg, r) != got[r];
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	printf("\n    %d rows (%d tokens, 4 sequences), %d greedy ids differ\n", rows, k, bad);
 	ctx_free(cg);
 	model_free(m);
 }
@@ -152,7 +216,7 @@ static int mini_new(KbBackend *b, Mini *m, uint64_t seed)
 		size_t bytes;
 		if (!(m->raw[i] = rand_weight(ws[i].type, ws[i].rows, ws[i].cols, &s, &bytes)))
 			return -ENOMEM;
-		*w[i] = (KbWeight){ ws[i].type, ws[i].rows, ws[i].cols, m->raw[i], NULL };
+		*w[i] = (KbWeight){ ws[i].type, ws[i].rows, ws[i].cols, m->raw[i], NULL, 0 };
 		if (b->ops->weight_prepare(b, w[i]) < 0)
 			return -EIO;
 	}
@@ -361,6 +425,7 @@ int main(void)
 {
 	static const TuTest tests[] = {
 		{ "SmolLM2 greedy tokens cuda = cpu", test_model_greedy, gpu_model_skip },
+		{ "WANT_ARGMAX rows: ids without the logits", test_want_argmax, gpu_model_skip },
 		{ "step graphs: replay = op by op, bit for bit", test_step_graphs, gpu_skip },
 		{ "step graphs: tiny synth model, logits bit for bit", test_step_model, gpu_skip },
 		{ "GPU memory: a context that cannot fit is refused up front", test_mem_refusal, gpu_skip },

@@ -240,7 +240,7 @@ int cmd_bench(int argc, char **argv)
 				for (int s = 0; s < B; s++) {
 					pos[s] = 16 + step;
 					seq[s] = s;
-					want[s] = 1;
+					want[s] = WANT_ARGMAX; /* greedy, as the daemon decodes: only ids come back */
 				}
 				Batch b = { .n_tokens = B, .token = tok, .pos = pos, .seq = seq, .want_logits = want };
 				r = ctx_decode(ctx, &b);

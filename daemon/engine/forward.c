@@ -42,6 +42,8 @@ struct Context {
 	float *logits;                 /* [n_out][n_vocab] */
 	int32_t *out_rows;             /* [n_batch] batch index of each logits row */
 	int32_t *out_argmax;           /* [n_batch] greedy token of each logits row, if have_argmax */
+	uint8_t *out_want;             /* [n_batch] WANT_* of each logits row */
+	uint8_t *out_host;             /* [n_batch] whether the row is in logits_host */
 	int n_out, have_argmax;
 };
 
@@ -105,6 +107,7 @@ void ctx_free(Context *c)
 	free(c->seq_len_next);
 	free(c->out_rows);
 	free(c->out_argmax);
+	free(c->out_want);
 	free(c);
 }
 
@@ -249,7 +252,10 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 	c->seq_len_next = calloc((size_t)c->n_seq, sizeof(*c->seq_len_next));
 	c->out_rows = calloc((size_t)c->n_batch, sizeof(*c->out_rows));
 	c->out_argmax = calloc((size_t)c->n_batch, sizeof(*c->out_argmax));
-	if (!c->k_cache || !c->v_cache || !c->seq_len || !c->seq_len_next || !c->out_rows || !c->out_argmax)
+	c->out_want = calloc((size_t)c->n_batch, 2);
+	c->out_host = c->out_want ? c->out_want + c->n_batch : NULL;
+	if (!c->k_cache || !c->v_cache || !c->seq_len || !c->seq_len_next || !c->out_rows || !c->out_argmax ||
+	    !c->out_want)
 		goto err;
 	size_t layer_bytes = sizeof(uint16_t) * (size_t)c->slot_stride * (size_t)c->n_seq;
 	for (int il = 0; il < cfg->n_layer; il++)
@@ -289,7 +295,7 @@ int ctx_seq_truncate(Context *c, int seq, int32_t from)
 
 float *ctx_logits(Context *c, int32_t i)
 {
-	if (i < 0 || i >= c->n_out)
+	if (i < 0 || i >= c->n_out || (c->logits_host && !c->out_host[i]))
 		return NULL;
 	return (c->logits_host ? c->logits_host : c->logits) + (int64_t)i * c->m->cfg.n_vocab;
 }
@@ -422,10 +428,12 @@ int ctx_decode(Context *c, const Batch *b)
 	/* Gather the rows that want logits, then one product with the output head. */
 	int n_out = 0;
 	for (int t = 0; t < n; t++) {
-		if (b->want_logits ? b->want_logits[t] : t == n - 1) {
+		const int want = b->want_logits ? b->want_logits[t] : t == n - 1 ? WANT_LOGITS : WANT_NONE;
+		if (want) {
 			if (n_out != t &&
 			    (r = o->copy(be, c->x + (int64_t)n_out * d, c->x + (int64_t)t * d, sizeof(float) * (size_t)d)) < 0)
 				return r;
+			c->out_want[n_out] = (uint8_t)want;
 			c->out_rows[n_out++] = t;
 		}
 	}
@@ -437,9 +445,19 @@ int ctx_decode(Context *c, const Batch *b)
 			     : o->matmul(be, &c->output, c->xn, n_out, c->logits);
 	if (r < 0)
 		return r;
-	if (c->logits_host && (r = o->download(be, c->logits_host, c->logits,
-					       sizeof(float) * (size_t)n_out * (size_t)cfg->n_vocab)) < 0)
-		return r;
+	/* Rows go to the host in runs; a WANT_ARGMAX row whose id the backend found stays. */
+	const size_t row = sizeof(float) * (size_t)cfg->n_vocab;
+	for (int i = 0; c->logits_host && i < n_out;) {
+		const int keep = o->matmul_argmax && c->out_want[i] == WANT_ARGMAX;
+		int e = i + 1;
+		while (e < n_out && (o->matmul_argmax && c->out_want[e] == WANT_ARGMAX) == keep)
+			e++;
+		memset(c->out_host + i, !keep, (size_t)(e - i));
+		if (!keep && (r = o->download(be, (char *)c->logits_host + row * (size_t)i,
+					      (const char *)c->logits + row * (size_t)i, row * (size_t)(e - i))) < 0)
+			return r;
+		i = e;
+	}
 	if ((r = o->sync(be)) < 0)
 		return r;
 	c->n_out = n_out;

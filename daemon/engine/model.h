@@ -73,8 +73,16 @@ typedef struct {
 	const int32_t *token; /* [n_tokens] */
 	const int32_t *pos;   /* [n_tokens] position of each token in its sequence */
 	const int32_t *seq;   /* [n_tokens] sequence slot */
-	const uint8_t *want_logits; /* [n_tokens]; NULL: only the last token of the batch */
+	const uint8_t *want_logits; /* [n_tokens] WANT_*; NULL: WANT_LOGITS for the last token only */
 } Batch;
+
+/* Batch.want_logits values: what the caller will read of a token's output row. */
+enum {
+	WANT_NONE = 0,
+	WANT_LOGITS = 1, /* the row (ctx_logits), and ctx_argmax where the backend finds it */
+	WANT_ARGMAX = 2, /* only ctx_argmax: a backend that finds it on a device of its own
+			  * leaves the row there, and ctx_logits may then return NULL */
+};
 
 /* Runs the forward pass for B.  A token at position p attends to positions 0..p of its
  * sequence: positions before the batch must have been decoded earlier (they are in the
@@ -83,10 +91,11 @@ typedef struct {
 int ctx_decode(Context *c, const Batch *b);
 
 /* Logits [n_vocab] of the I-th token of the last batch that asked for them (in batch
- * order among those with want_logits set), or NULL. */
+ * order among those with want_logits set), or NULL (also for a WANT_ARGMAX row that was
+ * left on the device). */
 float *ctx_logits(Context *c, int32_t i);
 /* The first index of the largest of those logits (NaNs skipped), when the backend found it
- * during the product (the CPU does), else -1: what a greedy sampler would pick, without
+ * during or right after the product (the CPU and CUDA backends do), else -1: what a greedy sampler would pick, without
  * reading the logits again.  Valid until the next ctx_decode. */
 int32_t ctx_argmax(const Context *c, int32_t i);
 

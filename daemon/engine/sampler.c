@@ -194,10 +194,17 @@ static void softmax(Cand *c, int32_t n, double temp)
 		c[i].p /= sum;
 }
 
+bool sampler_is_greedy(const Sampler *s)
+{
+	return s->p.temp <= 0 && s->p.repeat_penalty == 1.0f;
+}
+
 int32_t sampler_sample_known(Sampler *s, float *logits, int32_t greedy)
 {
-	if (greedy >= 0 && greedy < s->n_vocab && s->p.temp <= 0 && s->p.repeat_penalty == 1.0f)
+	if (greedy >= 0 && greedy < s->n_vocab && sampler_is_greedy(s))
 		return greedy;
+	if (!logits)
+		return -EINVAL;
 	return sampler_sample(s, logits);
 }
 

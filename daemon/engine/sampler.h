@@ -30,9 +30,12 @@ void sampler_free(Sampler *s); /* NULL-safe */
 /* Picks a token from LOGITS [n_vocab] (scratch: may be modified). */
 int32_t sampler_sample(Sampler *s, float *logits);
 /* sampler_sample with GREEDY, the first index of the largest logit when the caller already
- * knows it (ctx_argmax; -1 when it does not): a plain greedy sampler (temperature 0, no
- * repetition penalty) returns it without reading the logits. */
+ * knows it (ctx_argmax; -1 when it does not): a plain greedy sampler (sampler_is_greedy)
+ * returns it without reading the logits, which may then be NULL. */
 int32_t sampler_sample_known(Sampler *s, float *logits, int32_t greedy);
+/* Whether S is a plain greedy sampler (temperature 0, no repetition penalty): one that
+ * sampler_sample_known answers from GREEDY alone, without reading the logits. */
+bool sampler_is_greedy(const Sampler *s);
 /* Records a token (prompt or generated) for the repetition penalty. */
 void sampler_accept(Sampler *s, int32_t token);
 

@@ -89,6 +89,8 @@ typedef struct {
 	int gemm;               /* products of > KB_CUDA_MAX_TOK tokens through kb_cuda_mmq */
 	void *xq;               /* its f16 activation scratch */
 	size_t xq_bytes;
+	int32_t *amax;          /* matmul_argmax: the rows' greedy ids on the device */
+	int amax_cap;
 	char desc[352];
 } CudaBackend;
 
@@ -226,6 +228,7 @@ static void cuda_free(KbBackend *b)
 	graphs_drop(c);
 	kb_cuda_act_free(c->act);
 	kb_cuda_dev_free(c->ctx, c->xq);
+	kb_cuda_dev_free(c->ctx, c->amax);
 	kb_cuda_dev_free(c->ctx, c->step.dev);
 	free(c->step.host);
 	idx_done(c->ctx, &c->ids);
@@ -420,6 +423,33 @@ static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, con
 static int cuda_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
 {
 	return cuda_matmul_multi(b, 1, &w, x, n, &y, 0);
+}
+
+/* The product, then each row's greedy id found on the device: only n ids cross to the
+ * host, so a caller that needs no more (a greedy request) can leave the logits there. */
+static int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, int n, float *y,
+			      int32_t *ret_idx)
+{
+	CudaBackend *c = cb(b);
+	if (!w || !ret_idx || n < 1)
+		return -EINVAL;
+	int r = cuda_matmul(b, w, x, n, y);
+	if (r < 0)
+		return r;
+	if (n > c->amax_cap) {
+		/* a queued kernel may still write the old buffer */
+		if ((r = kb_cuda_sync(c->ctx)) < 0)
+			return r;
+		kb_cuda_dev_free(c->ctx, c->amax);
+		c->amax = NULL;
+		c->amax_cap = 0;
+		if ((r = kb_cuda_alloc(c->ctx, sizeof(int32_t) * (size_t)n, (void **)&c->amax)) < 0)
+			return r;
+		c->amax_cap = n;
+	}
+	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax)) < 0)
+		return r;
+	return kb_cuda_download(c->ctx, ret_idx, c->amax, sizeof(int32_t) * (size_t)n);
 }
 
 static int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)
@@ -704,6 +734,7 @@ static const KbOps cuda_ops = {
 	.attention = cuda_attention,
 	.swiglu = cuda_swiglu,
 	.matmul_multi = cuda_matmul_multi,
+	.matmul_argmax = cuda_matmul_argmax,
 	.rope_kv_store = cuda_rope_kv_store,
 	.mem_info = cuda_mem_info,
 	.add = cuda_add,

@@ -1,8 +1,9 @@
 /* kernels/cuda/elementwise.cu: RMSNorm, RoPE (also fused with the KV-cache store), SwiGLU
- * and add for the forward pass, and the small asynchronous upload the ops table uses
- * for index arrays.  Like every kernel of the forward pass these launch with programmatic
+ * and add for the forward pass, greedy sampling (argmax of each logits row), and the small
+ * asynchronous upload the ops table uses for index arrays.  Like every kernel of the forward pass these launch with programmatic
  * dependent launch (kb_launch): each lets its successor start at once and itself waits
  * for its predecessor before touching memory, so launches overlap the kernel before. */
+#include <limits.h>
 #include <math.h>
 
 #include "internal.cuh"
@@ -291,4 +292,67 @@ extern "C" int kb_cuda_upload_async(KbCuda *ctx, void *dev, const void *host, si
 	if (bytes == 0)
 		return 0;
 	return kb_err(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, ctx->stream));
+}
+
+/* ---- greedy sampling: the first index of each row's largest value ---- */
+
+/* (v, i) beats (bv, bi): larger, or equal and earlier.  NaN never wins (every comparison
+ * with it is false), -0 equals +0, and -inf still beats "nothing yet" (bi = INT_MAX). */
+__device__ __forceinline__ bool kb_amax_better(float v, int i, float bv, int bi)
+{
+	return v > bv || (v == bv && i < bi);
+}
+
+/* One block per row: each thread scans a stride of the row, then the warps and the block
+ * reduce (value, index) pairs.  A row of only NaNs gives 0. */
+__global__ void __launch_bounds__(1024) k_argmax(const float *y, int64_t cols, int64_t ldy, int32_t *idx)
+{
+	const float *row = y + (int64_t)blockIdx.x * ldy;
+	float bv = -INFINITY;
+	int bi = INT_MAX;
+	for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+		const float v = row[c];
+		if (kb_amax_better(v, (int)c, bv, bi)) {
+			bv = v;
+			bi = (int)c;
+		}
+	}
+	for (int o = 16; o > 0; o >>= 1) {
+		const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+		const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+		if (kb_amax_better(ov, oi, bv, bi)) {
+			bv = ov;
+			bi = oi;
+		}
+	}
+	__shared__ float sv[32];
+	__shared__ int si[32];
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	if (lane == 0) {
+		sv[warp] = bv;
+		si[warp] = bi;
+	}
+	__syncthreads();
+	if (warp == 0) {
+		const int nw = (int)(blockDim.x >> 5);
+		bv = lane < nw ? sv[lane] : -INFINITY;
+		bi = lane < nw ? si[lane] : INT_MAX;
+		for (int o = 16; o > 0; o >>= 1) {
+			const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+			const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+			if (kb_amax_better(ov, oi, bv, bi)) {
+				bv = ov;
+				bi = oi;
+			}
+		}
+		if (lane == 0)
+			idx[blockIdx.x] = bi == INT_MAX ? 0 : bi;
+	}
+}
+
+extern "C" int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int32_t *idx_dev)
+{
+	if (!ctx || !y || !idx_dev || n < 1 || cols < 1 || cols > INT_MAX || ldy < cols)
+		return -EINVAL;
+	return kb_launch_ex(ctx, 0, k_argmax, dim3((unsigned)n), dim3(1024), 0, y, cols, ldy, idx_dev);
 }

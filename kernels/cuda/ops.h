@@ -24,6 +24,10 @@ int kb_cuda_get_rows_supported(int type);
 int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, int64_t cols,
 		     const int32_t *ids, int n, float *out);
 
+/* idx[t] = the first index of the largest of y[t][0..cols) (row t at y + t * ldy), NaNs
+ * skipped, -0 equal to +0, 0 for a row of NaNs: the CPU's kb_matmul_argmax rule. */
+int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int32_t *idx);
+
 /* y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w for n rows of dim; sum of squares in double
  * like the CPU.  x and y may not overlap partially (equal is fine). */
 int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int n, int dim, float eps, float *y);
