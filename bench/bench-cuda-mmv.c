@@ -379,9 +379,13 @@ int main(int argc, char **argv)
 	bench_copy();
 
 	if (sweep) {
-		/* warps, row tiles, prefetch, persist */
-		static const int cfg[][4] = { { 8, 1, 0, 64 }, { 8, 1, 0, 0 }, { 8, 2, 0, 64 }, { 4, 1, 0, 64 },
-					      { 4, 2, 0, 64 } };
+		/* warps, row tiles, prefetch, persist, bulk-copy stages */
+		static const int cfg[][5] = { { 8, 1, 0, 64, 0 }, { 8, 1, 0, 0, 0 }, { 8, 2, 0, 64, 0 },
+					      { 4, 1, 0, 64, 0 }, { 4, 2, 0, 64, 0 }, { 8, 1, 0, 64, 2 },
+					      { 8, 1, 0, 64, 4 }, { 8, 1, 0, 0, 2 },  { 8, 1, 0, 0, 4 },
+					      { 4, 1, 0, 64, 4 }, { 4, 1, 0, 64, 8 }, { 4, 1, 0, 0, 4 },
+					      { 8, 2, 0, 64, 2 }, { 8, 2, 0, 0, 2 },  { 4, 2, 0, 64, 4 },
+					      { 8, 1, 0, 2, 3 },  { 8, 1, 0, 1, 6 } };
 		printf("\nsweep: us per product (graph + PDL, rotating over the stack) and per chain pass "
 		       "(PDL, no prep)\n");
 		for (int ti = 0; ti < ntypes; ti++) {
@@ -393,19 +397,20 @@ int main(int argc, char **argv)
 					const char *tn = qd_type_traits(types[ti])->name;
 					double us[4];
 					CHECK(kb_cuda_set_mmv_config(ctx, 0, c[0], c[1], c[2], c[3]));
+					CHECK(kb_cuda_set_mmv_stages(ctx, 0, c[4]));
 					for (int k = 0; k < 3; k++)
 						us[k] = time_mmv(&s, k, ntoks[ni], 1);
 					us[3] = time_chain(&s, ntoks[ni], 1, 0);
-					printf("%-5s n=%d w%d/r%d/pf%d/ps%d: %7.2f %7.2f %7.2f us  chain %7.1f us %5.1f%%\n", tn,
-					       ntoks[ni], c[0], c[1], c[2], c[3], us[0], us[1], us[2], us[3],
+					printf("%-5s n=%d w%d/r%d/pf%d/ps%d/st%d: %7.2f %7.2f %7.2f us  chain %7.1f us %5.1f%%\n",
+					       tn, ntoks[ni], c[0], c[1], c[2], c[3], c[4], us[0], us[1], us[2], us[3],
 					       100.0 * (s.bytes[0] * s.count[0] + s.bytes[1] * s.count[1] + s.bytes[2] * s.count[2]) /
 						       (us[3] * 1e3) / REF_GBPS);
 					json_head("sweep");
 					if (jout)
 						fprintf(jout, ",\"type\":\"%s\",\"n_tok\":%d,\"warps\":%d,\"row_tiles\":%d,"
-							"\"prefetch\":%d,\"persist\":%d,\"us_4096x4096\":%.3f,\"us_11008x4096\":%.3f,"
-							"\"us_4096x11008\":%.3f,\"us_chain\":%.1f}\n", tn, ntoks[ni], c[0], c[1], c[2],
-							c[3], us[0], us[1], us[2], us[3]);
+							"\"prefetch\":%d,\"persist\":%d,\"stages\":%d,\"us_4096x4096\":%.3f,"
+							"\"us_11008x4096\":%.3f,\"us_4096x11008\":%.3f,\"us_chain\":%.1f}\n", tn,
+							ntoks[ni], c[0], c[1], c[2], c[3], c[4], us[0], us[1], us[2], us[3]);
 				}
 			stack_free(&s);
 		}

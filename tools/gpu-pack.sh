@@ -1,8 +1,8 @@
 #!/bin/sh
 # tools/gpu-pack.sh: packs what a GPU machine without our build dependencies needs to run
-# the CUDA tests and benchmarks, into .dev/f (git-ignored): test-backend, test-steps and
-# qd-engine (run/bench/synth) built for sm_90a only (a third of the size of the three-arch
-# build), stripped, with the two shared libraries they need that such machines lack
+# the CUDA tests and benchmarks, into .dev/f (git-ignored): test-backend, test-steps,
+# test-cuda-mmv, bench-cuda-mmv and qd-engine (run/bench/synth) built for sm_90a only (a
+# third of the size of the three-arch build), stripped, with the two shared libraries they need that such machines lack
 # (CUnit, PCRE2), and the default model split in two pieces, since a device call carries
 # at most 64 MiB.  On the device:
 #
@@ -16,10 +16,10 @@ set -eu
 cd "$(dirname "$0")/.."
 O=.dev/b90
 make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" \
-	$O/tests/test-backend $O/tests/test-steps $O/qd-engine
+	$O/tests/test-backend $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv $O/bench/bench-cuda-mmv
 mkdir -p .dev/f
-cp $O/tests/test-backend $O/tests/test-steps $O/qd-engine .dev/f/
-strip .dev/f/test-backend .dev/f/test-steps .dev/f/qd-engine
+cp $O/tests/test-backend $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv $O/bench/bench-cuda-mmv .dev/f/
+strip .dev/f/test-backend .dev/f/test-steps .dev/f/qd-engine .dev/f/test-cuda-mmv .dev/f/bench-cuda-mmv
 for lib in libcunit.so.1 libpcre2-8.so.0; do
 	path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
 	[ -n "$path" ] || { echo "gpu-pack: $lib not found" >&2; exit 1; }

@@ -774,6 +774,10 @@ int kb_cuda_backend_new(int device, KbBackend **ret)
 	c->step.enabled = env_on("QD_CUDA_GRAPHS");
 	c->fuse = env_on("QD_CUDA_FUSE");
 	c->gemm = env_on("QD_CUDA_GEMM");
+	/* QD_CUDA_MMV_STAGES=N: the decode products' bulk-copy ring (0: register loads, -1: by type) */
+	const char *st = getenv("QD_CUDA_MMV_STAGES");
+	if (st && *st)
+		kb_cuda_set_mmv_stages(ctx, 0, atoi(st));
 	KbCudaInfo info;
 	if (kb_cuda_info(ctx, &info) == 0)
 		snprintf(c->desc, sizeof(c->desc), "cuda %.200s (sm_%d%d, %d SMs, %.0f GiB), device %d", info.name,

@@ -158,6 +158,10 @@ int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t 
  * while the previous one finishes; sm_90 and newer; on by default there). */
 int kb_cuda_set_mmv_config(KbCuda *ctx, int n_tok, int warps, int row_tiles, int prefetch,
 			   int persist);
+/* stages > 0 (at most 8): weights reach shared memory by bulk copies, STAGES work items a
+ * warp in flight (sm_90 and newer; elsewhere ignored); 0: loads into registers; -1 (the
+ * default): by weight type and shape, whichever measured faster on the H200. */
+int kb_cuda_set_mmv_stages(KbCuda *ctx, int n_tok, int stages);
 void kb_cuda_set_pdl(KbCuda *ctx, int on);
 
 /* Makes CTX's device current on the calling thread (the runtime's current device is per

@@ -37,6 +37,7 @@ static void default_config(KbCuda *ctx)
 		ctx->mmv[t].row_tiles = 1;
 		ctx->mmv[t].prefetch = 0;
 		ctx->mmv[t].persist = 64; /* i.e. as many as fit */
+		ctx->mmv[t].stages = -1; /* by type (matmul.cu) */
 	}
 }
 
@@ -500,6 +501,16 @@ extern "C" int kb_cuda_timer_stop(KbCuda *ctx, double *ret_ms)
 	if (r == 0)
 		*ret_ms = ms;
 	return r;
+}
+
+extern "C" int kb_cuda_set_mmv_stages(KbCuda *ctx, int n_tok, int stages)
+{
+	if (!ctx || n_tok < 0 || n_tok > KB_CUDA_MAX_TOK || stages < -1 || stages > 8)
+		return -EINVAL;
+	for (int t = 0; t < KB_CUDA_MAX_TOK; t++)
+		if (!n_tok || t == n_tok - 1)
+			ctx->mmv[t].stages = stages;
+	return 0;
 }
 
 extern "C" void kb_cuda_set_pdl(KbCuda *ctx, int on)

@@ -19,6 +19,8 @@
 /* Product kernel configuration; index 0 is for 1 token, ..., 7 for 8 tokens. */
 typedef struct {
 	int warps, row_tiles, prefetch, persist;
+	int stages; /* > 0: the bulk-copy pipeline (matmul.cu, sm_90) with this many slots a warp;
+		     * 0: register loads; -1: by weight type */
 } KbMmvConfig;
 
 /* Calls f(std::integral_constant<int, T>()) for the product type TYPE (the seven that
@@ -71,6 +73,7 @@ struct KbCuda {
 	float *att_part;        /* split attention partials, KB_ATT_PARTS x (256 + 2) floats */
 	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
 	uint8_t mmq_smem_set[7][2]; /* gemm.cu: shared-memory opt-in done, [type slot][64-token] */
+	uint8_t mmv_smem_set[7][2]; /* matmul.cu bulk kernel: the same, [type slot][row tiles - 1] */
 	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };

@@ -60,6 +60,9 @@ static void test_errors(void)
 	CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, 0, 9, -1, -1, -1), -EINVAL);
 	CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, 0, -1, 3, -1, -1), -EINVAL);
 	CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, 9, -1, -1, -1, -1), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_stages(ctx, 0, 9), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_stages(ctx, 0, -2), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_stages(ctx, 9, 2), -EINVAL);
 
 	CU_ASSERT_EQUAL_FATAL(kb_cuda_weight_upload(ctx, QD_TYPE_Q4_0, 2, 64, raw, &w), 0);
 	CU_ASSERT_EQUAL_FATAL(kb_cuda_act_new(ctx, 128, &act), 0);
@@ -127,11 +130,15 @@ typedef struct {
 } Shape;
 
 typedef struct {
-	int warps, rt, pf, persist;
+	int warps, rt, pf, persist, stages;
 } Cfg;
 
 /* persist 1 (one block per multiprocessor) makes blocks walk several row groups */
-static const Cfg cfgs[] = { { 8, 1, 0, 64 }, { 8, 2, 1, 1 }, { 4, 2, 0, 0 }, { 1, 1, 2, 1 }, { 8, 1, 2, 0 } };
+/* stages > 0: the bulk-copy pipeline (sm_90; elsewhere the same configuration without it);
+ * 2 slots with persist 1 make each warp's ring wrap many times */
+static const Cfg cfgs[] = { { 8, 1, 0, 64, 0 }, { 8, 2, 1, 1, 0 }, { 4, 2, 0, 0, 0 }, { 1, 1, 2, 1, 0 },
+			    { 8, 1, 2, 0, 0 }, { 8, 1, 0, 64, 4 }, { 8, 2, 0, 1, 2 }, { 4, 1, 0, 0, 3 },
+			    { 1, 2, 0, 1, 8 } };
 
 /* Bound on ||y - ref|| / ||sum_c |w x|||: f16 activations round each product by at
  * most 2^-11 relative; bf16 hi + lo by about 2^-16.  (||ref|| itself can be small by
@@ -191,6 +198,7 @@ static void check_shape(int type, Shape sh, uint64_t seed)
 		for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
 			const Cfg *c = &cfgs[ci];
 			CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, nt, c->warps, c->rt, c->pf, c->persist), 0);
+			CU_ASSERT_EQUAL(kb_cuda_set_mmv_stages(ctx, nt, c->stages), 0);
 			/* poison: 0xffffffff is a NaN; rows past the end and tokens past n_tok
 			 * must keep it, every other element must be overwritten */
 			int rr = kb_cuda_memset(ctx, dy, 0xff, sizeof(float) * 8 * ldy);
@@ -226,9 +234,9 @@ static void check_shape(int type, Shape sh, uint64_t seed)
 				}
 			double rel = den > 0 ? sqrt(num / den) : INFINITY;
 			int ok = bad_guard == 0 && bad_val == 0 && rel <= bound_for(type);
-			printf("\n    %-4s %5lldx%-5lld n_tok=%d w%d/rt%d/pf%d/ps%d: rel %.2e (bound %.0e)%s",
+			printf("\n    %-4s %5lldx%-5lld n_tok=%d w%d/rt%d/pf%d/ps%d/st%d: rel %.2e (bound %.0e)%s",
 			       qd_type_traits(type)->name, (long long)rows, (long long)cols, nt, c->warps,
-			       c->rt, c->pf, c->persist, rel, bound_for(type), ok ? "" : "  FAIL");
+			       c->rt, c->pf, c->persist, c->stages, rel, bound_for(type), ok ? "" : "  FAIL");
 			if (bad_guard || bad_val)
 				printf(" guard %lld non-finite %lld", (long long)bad_guard, (long long)bad_val);
 			CU_ASSERT(ok);
@@ -268,6 +276,7 @@ static void check_type(int type, const char *test)
 		if (!small() || i == 0 || i == 3)
 			check_shape(type, shapes[i], 1000 + 17 * (uint64_t)type + (uint64_t)i);
 	kb_cuda_set_mmv_config(ctx, 0, 8, 1, 0, 64); /* back to the usual */
+	kb_cuda_set_mmv_stages(ctx, 0, -1);
 }
 
 static void test_q4_0(void) { check_type(QD_TYPE_Q4_0, "q4_0"); }
