@@ -230,9 +230,10 @@ int registry_load(const SchedParams *p, const char *path, const char *name, int 
 	m->b_pos = calloc((size_t)m->n_batch, sizeof *m->b_pos);
 	m->b_seq = calloc((size_t)m->n_batch, sizeof *m->b_seq);
 	m->b_want = calloc((size_t)m->n_batch, sizeof *m->b_want);
+	m->b_topk = calloc((size_t)m->n_batch, sizeof *m->b_topk);
 	m->b_req = calloc((size_t)m->n_batch, sizeof *m->b_req);
 	m->scratch = calloc((size_t)m->n_vocab, sizeof *m->scratch);
-	if (!m->slot || !m->b_tok || !m->b_pos || !m->b_seq || !m->b_want || !m->b_req ||
+	if (!m->slot || !m->b_tok || !m->b_pos || !m->b_seq || !m->b_want || !m->b_topk || !m->b_req ||
 	    !m->scratch) {
 		snprintf(err, errlen, "out of memory");
 		rc = -ENOMEM;
@@ -256,6 +257,7 @@ void registry_free(ModelEntry *m)
 	free(m->b_pos);
 	free(m->b_seq);
 	free(m->b_want);
+	free(m->b_topk);
 	free(m->b_req);
 	free(m->scratch);
 	free(m);

@@ -307,18 +307,32 @@ static float logprob_of(const float *logits, int n, int32_t tok)
 	return (float)((double)(logits[tok] - mx) - log(sum));
 }
 
-/* One sampled token for R; returns false when R finished. */
-static void on_token(ModelEntry *m, Req *r, float *logits, int32_t greedy, Req **pending_final)
+/* One sampled token for R, from output row LI of the step: its logits when they came to
+ * the host, else its greedy id or its top-k candidates (see add()). */
+static void on_token(ModelEntry *m, Req *r, int li, Req **pending_final)
 {
 	uint64_t now = now_ns();
 	if (r->state == REQ_PREFILL) {
 		r->state = REQ_DECODE;
 		r->t_first = now;
 	}
-	float lp = 0;
-	if (r->logprobs)
+	const int32_t greedy = ctx_argmax(m->ctx, li);
+	float *logits = ctx_logits(m->ctx, li);
+	const int32_t *top_ids;
+	const float *top_vals;
+	int n_top;
+	int32_t tok;
+	if (r->logprobs && logits) /* of the model's distribution, before any penalty */
 		memcpy(m->scratch, logits, (size_t)m->n_vocab * sizeof *logits);
-	int32_t tok = sampler_sample_known(r->sampler, logits, greedy);
+	if (logits)
+		tok = sampler_sample_known(r->sampler, logits, greedy);
+	else if ((n_top = ctx_topk(m->ctx, li, &top_ids, &top_vals)) >= 0)
+		tok = sampler_sample_top(r->sampler, top_ids, top_vals, n_top, greedy);
+	else
+		tok = sampler_sample_known(r->sampler, NULL, greedy); /* -EINVAL unless greedy */
+	float lp = 0;
+	if (r->logprobs && logits)
+		lp = logprob_of(m->scratch, m->n_vocab, tok >= 0 && tok < m->n_vocab ? tok : 0);
 	if (tok < 0 || tok >= m->n_vocab) {
 		sched_finish(r, QD_FINISH_ERROR, EIO, pending_final);
 		return;
@@ -331,8 +345,6 @@ static void on_token(ModelEntry *m, Req *r, float *logits, int32_t greedy, Req *
 		sched_finish(r, QD_FINISH_EOG, 0, pending_final);
 		return;
 	}
-	if (r->logprobs)
-		lp = logprob_of(m->scratch, m->n_vocab, tok);
 	char piece[QD_PIECE_MAX];
 	int n = tok_piece(m->tok, tok, false, piece, sizeof piece);
 	n = n < 0 ? 0 : n > (int)QD_PIECE_MAX ? (int)QD_PIECE_MAX : n;
@@ -399,8 +411,15 @@ static void add(ModelEntry *m, int *n, Req *r, int32_t tok, int32_t pos, bool wa
 	m->b_tok[*n] = tok;
 	m->b_pos[*n] = pos;
 	m->b_seq[*n] = r->slot;
-	/* a plain greedy request without logprobs needs only the row's greedy id */
-	m->b_want[*n] = !want ? WANT_NONE : sampler_is_greedy(r->sampler) && !r->logprobs ? WANT_ARGMAX : WANT_LOGITS;
+	/* Without logprobs, a plain greedy request needs only the row's greedy id, and one with
+	 * top_k (and no repetition penalty) only the row's top_k largest logits. */
+	const int k = sampler_topk(r->sampler);
+	m->b_want[*n] = !want		      ? WANT_NONE
+			: r->logprobs		      ? WANT_LOGITS
+			: sampler_is_greedy(r->sampler) ? WANT_ARGMAX
+			: k > 0			      ? WANT_TOPK
+						      : WANT_LOGITS;
+	m->b_topk[*n] = k;
 	m->b_req[*n] = r;
 	(*n)++;
 }
@@ -453,7 +472,7 @@ int sched_step(ModelEntry *m, Req **pending_final)
 	if (n == 0)
 		return 0;
 	Batch b = { .n_tokens = n, .token = m->b_tok, .pos = m->b_pos, .seq = m->b_seq,
-		    .want_logits = m->b_want };
+		    .want_logits = m->b_want, .top_k = m->b_topk };
 	/* CPU time of this thread, not wall time: the overhead figure must not count the
 	 * time other processes (clients included) held the cores.  Everything this thread did
 	 * between two forward passes (emitting the last step's tokens, the loop's own work,
@@ -490,14 +509,7 @@ int sched_step(ModelEntry *m, Req **pending_final)
 	for (int i = 0; i < n; i++) {
 		if (!m->b_want[i])
 			continue;
-		const int32_t greedy = ctx_argmax(m->ctx, li);
-		float *logits = ctx_logits(m->ctx, li++);
-		Req *r = m->b_req[i];
-		if (!logits && (greedy < 0 || m->b_want[i] != WANT_ARGMAX)) {
-			sched_finish(r, QD_FINISH_ERROR, EIO, pending_final);
-			continue;
-		}
-		on_token(m, r, logits, greedy, pending_final);
+		on_token(m, m->b_req[i], li++, pending_final);
 	}
 	m->host_ns += host;
 	m->compute_ns += t2 - t1;

@@ -54,6 +54,7 @@ struct ModelEntry {
 	/* one step's batch, [n_batch] each */
 	int32_t *b_tok, *b_pos, *b_seq;
 	uint8_t *b_want;
+	int32_t *b_topk;
 	Req **b_req;
 	float *scratch;             /* [n_vocab]: logits kept for logprobs */
 	/* statistics */

@@ -43,6 +43,8 @@ typedef struct {
 
 typedef struct KbBackend KbBackend;
 
+#define KB_TOPK_MAX 256 /* the largest k of KbOps.topk */
+
 typedef struct {
 	const char *name;
 	int host_memory; /* buffers are plain host memory (no upload/download needed) */
@@ -106,6 +108,15 @@ typedef struct {
 	 * so a greedy sampler need not read the logits again. */
 	int (*matmul_argmax)(KbBackend *b, const KbWeight *w, const float *x, int n, float *y,
 			     int32_t *ret_idx);
+
+	/* Optional, for backends with memory of their own (NULL on the CPU), so that a sampler
+	 * with top_k need not copy whole logits rows to the host: for each of the n rows of y
+	 * (cols values each, rows back to back), its k (1..KB_TOPK_MAX) largest values, NaN
+	 * and -inf never counted, of equal values those with the lower indices, as
+	 * ret_ids[t * k + 0 .. ret_n[t]) and ret_vals (host arrays) in no particular order;
+	 * ret_n[t] < k only when the row has fewer such values. */
+	int (*topk)(KbBackend *b, const float *y, int n, int64_t cols, int k, int32_t *ret_ids, float *ret_vals,
+		    int32_t *ret_n);
 
 	/* Optional, for backends with memory of their own (NULL on the CPU): bytes free and in
 	 * all on the device, so that a context can refuse up front what would not fit. */

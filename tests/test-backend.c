@@ -340,6 +340,109 @@ static void test_matmul_argmax(void)
 	free(y2);
 }
 
+typedef struct {
+	int32_t id;
+	float v;
+} TkCand;
+
+static int tk_by_rank(const void *a, const void *b) /* larger value, then lower id */
+{
+	const TkCand *x = a, *y = b;
+	if (x->v != y->v)
+		return x->v < y->v ? 1 : -1;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+static int tk_by_id(const void *a, const void *b)
+{
+	const TkCand *x = a, *y = b;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+/* topk on the GPU against a sort on the host: random rows, rows of few distinct values
+ * (ties at the k-th place), -0 and +0, NaN and -inf, rows with fewer valid values than k
+ * and with none; k from 1 to KB_TOPK_MAX, rows shorter and longer than a block. */
+static void test_topk(void)
+{
+	if (!ready())
+		return;
+	static const struct { int64_t cols; int k; } shapes[] = {
+		{ 1, 1 }, { 100, 7 }, { 1000, 40 }, { 49152, 40 }, { 32000, 256 }, { 128256, 64 }, { 5000, 1 },
+	};
+	const int n = 7;
+	uint64_t s = 0x99;
+	int bad_rows = 0, rows_checked = 0;
+	for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+		const int64_t cols = shapes[si].cols;
+		const int k = shapes[si].k;
+		float *y = malloc(sizeof(float) * (size_t)(n * cols));
+		TkCand *ref = malloc(sizeof(TkCand) * (size_t)cols), *got = malloc(sizeof(TkCand) * (size_t)k);
+		int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n * k)), cnt[7];
+		float *vals = malloc(sizeof(float) * (size_t)(n * k));
+		CU_ASSERT_FATAL(y && ref && got && ids && vals);
+		for (int t = 0; t < n; t++)
+			for (int64_t c = 0; c < cols; c++) {
+				float v = qg_signed(&s, 0.f, 8.f);
+				if (t == 1)
+					v = floorf(v); /* few distinct values: ties everywhere */
+				if (t == 2 && c % 5 == 0)
+					v = c % 2 ? NAN : -INFINITY;
+				if (t == 2 && c % 7 == 0)
+					v = c % 3 ? -0.0f : 0.0f;
+				if (t == 3 && c % 2)
+					v = INFINITY * (c % 4 == 1 ? 1.f : -1.f); /* +inf counts, -inf not */
+				if (t == 4 && c >= k / 2)
+					v = c % 2 ? NAN : -INFINITY; /* fewer valid than k */
+				if (t == 5)
+					v = c % 2 ? NAN : -INFINITY; /* none */
+				if (t == 6)
+					v = 1.5f; /* all equal: the k lowest indices */
+				y[t * cols + c] = v;
+			}
+		float *dy = buf_in(gpu, y, sizeof(float) * (size_t)(n * cols));
+		CU_ASSERT_FATAL(dy != NULL);
+		for (int t = 0; t < n; t++)
+			cnt[t] = -1;
+		CU_ASSERT_EQUAL(gpu->ops->topk(gpu, dy, n, cols, k, ids, vals, cnt), 0);
+		for (int t = 0; t < n; t++) {
+			int m = 0;
+			for (int64_t c = 0; c < cols; c++) {
+				const float v = y[t * cols + c];
+				if (!isnan(v) && v != -INFINITY)
+					ref[m++] = (TkCand){ (int32_t)c, v };
+			}
+			qsort(ref, (size_t)m, sizeof(TkCand), tk_by_rank);
+			if (m > k)
+				m = k;
+			qsort(ref, (size_t)m, sizeof(TkCand), tk_by_id);
+			int ok = cnt[t] == m;
+			for (int i = 0; ok && i < m; i++)
+				got[i] = (TkCand){ ids[t * k + i], vals[t * k + i] };
+			if (ok)
+				qsort(got, (size_t)m, sizeof(TkCand), tk_by_id);
+			for (int i = 0; ok && i < m; i++)
+				ok = got[i].id == ref[i].id && memcmp(&got[i].v, &ref[i].v, sizeof(float)) == 0;
+			if (!ok)
+				printf("\n    topk cols %lld k %d row %d: %d candidates, expected %d\n", (long long)cols, k, t,
+				       cnt[t], m);
+			bad_rows += !ok;
+			rows_checked++;
+		}
+		gpu->ops->release(gpu, dy);
+		free(y);
+		free(ref);
+		free(got);
+		free(ids);
+		free(vals);
+	}
+	CU_ASSERT_EQUAL(bad_rows, 0);
+	printf("\n    %d rows, %d differ\n", rows_checked, bad_rows);
+	int32_t i1, n1;
+	float v1;
+	CU_ASSERT_EQUAL(gpu->ops->topk(gpu, (const float *)&v1, 1, 1, KB_TOPK_MAX + 1, &i1, &v1, &n1), -EINVAL);
+	CU_ASSERT_EQUAL(gpu->ops->topk(gpu, (const float *)&v1, 1, 1, 0, &i1, &v1, &n1), -EINVAL);
+}
+
 static void test_attention(void)
 {
 	if (!ready())
@@ -348,14 +451,14 @@ static void test_attention(void)
 	uint64_t s = 0xa7;
 	for (size_t ci = 0; ci < 3; ci++) {
 		const int nh = cfgs[ci].n_head, nkv = cfgs[ci].n_head_kv, hd = cfgs[ci].head_dim, kvd = nkv * hd;
-		const int n_seq = 2, n_ctx = 300;
+		const int n_seq = 2, n_ctx = 1300;
 		const int64_t stride = (int64_t)n_ctx * kvd, cache = stride * n_seq;
-		/* fill: sequence 0 positions 0..199, sequence 1 positions 0..70 */
-		const int nf = 200 + 71;
+		/* fill: sequence 0 positions 0..1199, sequence 1 positions 0..70 */
+		const int nf = 1200 + 71;
 		int32_t *fpos = malloc(sizeof(int32_t) * nf), *fseq = malloc(sizeof(int32_t) * nf);
 		for (int i = 0; i < nf; i++) {
-			fpos[i] = i < 200 ? i : i - 200;
-			fseq[i] = i < 200 ? 0 : 1;
+			fpos[i] = i < 1200 ? i : i - 1200;
+			fseq[i] = i < 1200 ? 0 : 1;
 		}
 		float *k = rand_f32((size_t)nf * kvd, &s, 2.0f), *v = rand_f32((size_t)nf * kvd, &s, 1.0f);
 		uint16_t *kc = calloc((size_t)cache, 2), *vc = calloc((size_t)cache, 2);
@@ -376,8 +479,9 @@ static void test_attention(void)
 		CU_ASSERT(!memcmp(kc, kg, (size_t)cache * 2));
 		CU_ASSERT(!memcmp(vc, vg, (size_t)cache * 2));
 
-		/* queries: decode-like and prefill-like positions in both slots */
-		int32_t qpos[7] = { 199, 70, 0, 33, 5, 128, 129 }, qseq[7] = { 0, 1, 0, 0, 1, 0, 0 };
+		/* queries: decode-like and prefill-like positions in both slots; 1199, 700 and 256
+		 * take 5, 3 and 2 splits merged (256 keys a split at least), the rest one */
+		int32_t qpos[7] = { 1199, 70, 0, 33, 5, 256, 700 }, qseq[7] = { 0, 1, 0, 0, 1, 0, 0 };
 		const int nq = 7, qd = nh * hd;
 		float *q = rand_f32((size_t)nq * qd, &s, 3.0f);
 		float *oc = malloc(sizeof(float) * (size_t)nq * qd), *og = malloc(sizeof(float) * (size_t)nq * qd);
@@ -452,6 +556,7 @@ int main(void)
 		{ "matmul_multi (acc, mixed types) = single products", test_matmul_multi, gpu_skip },
 		{ "rmsnorm, rope, swiglu, add, copy", test_norm_rope_elementwise, gpu_skip },
 		{ "matmul_argmax: ties, -0, NaN rows", test_matmul_argmax, gpu_skip },
+		{ "topk: ties, -0, NaN/-inf, short rows vs a host sort", test_topk, gpu_skip },
 		{ "kv_store and attention, two slots, GQA", test_attention, gpu_skip },
 		{ "backend selection (cpu/cuda/auto)", test_select, NULL },
 		{ "cleanup", test_cleanup, NULL },

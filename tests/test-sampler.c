@@ -256,6 +256,116 @@ static void test_top_k_large_vocab(void)
 	free(t);
 }
 
+/* The row's m largest logits (NaN and -inf left out; of equal logits the lower ids), in a
+ * shuffled order, as a backend's top-k op gives them. */
+static int32_t ref_topk(const float *l, int m, uint64_t *seed, int32_t *ids, float *vals)
+{
+	int32_t n = 0;
+	for (int i = 0; i < NV; i++) {
+		if (isnan(l[i]) || l[i] == -INFINITY)
+			continue;
+		/* insert into the sorted list of the best n so far */
+		int j = n < m ? n++ : m;
+		if (j == m && !(l[i] > vals[m - 1]))
+			continue; /* equal to the last: the lower id (already there) stays */
+		if (j == m)
+			j = m - 1;
+		while (j > 0 && l[i] > vals[j - 1]) {
+			ids[j] = ids[j - 1];
+			vals[j] = vals[j - 1];
+			j--;
+		}
+		ids[j] = i;
+		vals[j] = l[i];
+	}
+	for (int32_t i = n - 1; i > 0; i--) { /* shuffle: the op's order is unspecified */
+		int32_t r = (int32_t)((tu_rand_f32(seed) + 1.0f) * 0.5f * (float)(i + 1)); /* 0..i */
+		r = r > i ? i : r < 0 ? 0 : r;
+		int32_t ti = ids[i];
+		float tv = vals[i];
+		ids[i] = ids[r];
+		vals[i] = vals[r];
+		ids[r] = ti;
+		vals[r] = tv;
+	}
+	return n;
+}
+
+/* sampler_sample_top on a row's top-k candidates draws the same tokens as sampler_sample
+ * on the whole row: rows with ties at the k-th place, -0 and +0, NaN and -inf, fewer valid
+ * logits than k, and none; several parameter sets, 200 draws each. */
+static void test_sample_top(void)
+{
+	static const struct { float temp, top_p, min_p; int top_k, extra; } ps[] = {
+		{ 0.8f, 0.95f, 0.05f, 40, 0 }, { 1.5f, 1.0f, 0.0f, 5, 3 }, { 0.3f, 0.5f, 0.0f, 100, 0 },
+		{ 1.0f, 1.0f, 0.2f, 1, 7 },
+	};
+	float l[NV], full[NV], vals[NV];
+	int32_t ids[NV];
+	int bad = 0, draws = 0;
+	for (size_t pi = 0; pi < sizeof(ps) / sizeof(ps[0]); pi++)
+		for (int kind = 0; kind < 5; kind++) {
+			SamplerParams p = sampler_defaults();
+			p.temp = ps[pi].temp;
+			p.top_p = ps[pi].top_p;
+			p.min_p = ps[pi].min_p;
+			p.top_k = ps[pi].top_k;
+			p.seed = 1000 * pi + (uint64_t)kind;
+			Sampler *a = NULL, *b = NULL;
+			CU_ASSERT_EQUAL_FATAL(sampler_new(&p, NV, &a), 0);
+			CU_ASSERT_EQUAL_FATAL(sampler_new(&p, NV, &b), 0);
+			CU_ASSERT_EQUAL(sampler_topk(a), p.top_k);
+			uint64_t seed = 77 + pi * 10 + (uint64_t)kind;
+			for (int d = 0; d < 200; d++) {
+				fill(l, seed + (uint64_t)d);
+				if (kind == 1) /* coarse values: many ties, also at the k-th place */
+					for (int i = 0; i < NV; i++)
+						l[i] = floorf(l[i] * 2.0f) * 0.5f;
+				if (kind == 2) /* -0 and +0 at the top, NaN and -inf around */
+					for (int i = 0; i < NV; i += 3) {
+						l[i] = i % 2 ? NAN : -INFINITY;
+						if (i + 1 < NV)
+							l[i + 1] = (i / 3) % 2 ? -0.0f : 0.0f;
+					}
+				if (kind == 3) /* fewer valid logits than top_k */
+					for (int i = 3; i < NV; i++)
+						l[i] = i % 2 ? NAN : -INFINITY;
+				if (kind == 4) /* none */
+					for (int i = 0; i < NV; i++)
+						l[i] = i % 2 ? NAN : -INFINITY;
+				memcpy(full, l, sizeof(l));
+				int32_t greedy = 0;
+				for (int i = 1; i < NV; i++)
+					if (l[i] > l[greedy] || (isnan(l[greedy]) && !isnan(l[i])))
+						greedy = i;
+				const int32_t n = ref_topk(l, p.top_k + ps[pi].extra, &seed, ids, vals);
+				const int32_t ta = sampler_sample(a, full), tb = sampler_sample_top(b, ids, vals, n, greedy);
+				if (ta != tb && bad < 5)
+					printf("\n    pi %zu kind %d d %d: full %d top %d (n %d)", pi, kind, d, ta, tb, n);
+				bad += ta != tb;
+				draws++;
+			}
+			sampler_free(a);
+			sampler_free(b);
+		}
+	CU_ASSERT_EQUAL(bad, 0);
+	if (bad)
+		printf("\n    %d of %d draws differ\n", bad, draws);
+	/* samplers that need the whole row refuse */
+	SamplerParams g = sampler_defaults();
+	g.temp = 0;
+	Sampler *s = NULL;
+	CU_ASSERT_EQUAL_FATAL(sampler_new(&g, NV, &s), 0);
+	CU_ASSERT_EQUAL(sampler_topk(s), 0);
+	CU_ASSERT_EQUAL(sampler_sample_top(s, ids, vals, 1, 0), -EINVAL);
+	sampler_free(s);
+	g = sampler_defaults();
+	g.repeat_penalty = 1.1f;
+	CU_ASSERT_EQUAL_FATAL(sampler_new(&g, NV, &s), 0);
+	CU_ASSERT_EQUAL(sampler_topk(s), 0);
+	sampler_free(s);
+}
+
 static void test_bad_params(void)
 {
 	SamplerParams p = sampler_defaults();
@@ -283,6 +393,7 @@ int main(void)
 		{ "filters", test_filters, NULL },
 		{ "repeat_penalty", test_repeat_penalty, NULL },
 		{ "top_k_large_vocab", test_top_k_large_vocab, NULL },
+		{ "sample_top: top-k candidates = the whole row", test_sample_top, NULL },
 		{ "bad_params", test_bad_params, NULL },
 		{ NULL, NULL, NULL },
 	};

@@ -119,9 +119,9 @@ static void test_model_greedy(void)
 	model_free(m);
 }
 
-/* WANT_ARGMAX rows: the GPU leaves their logits on the device (ctx_logits NULL) and
- * gives their greedy ids, equal to the argmax of the same rows downloaded in full; rows
- * asking for logits in the same batch still get them. */
+/* WANT_ARGMAX and WANT_TOPK rows: the GPU leaves their logits on the device (ctx_logits
+ * NULL) and gives their greedy ids and top-k candidates, equal to what the same rows
+ * downloaded in full give; rows asking for logits in the same batch still get them. */
 static void test_want_argmax(void)
 {
 	if (!ready())
@@ -138,45 +138,79 @@ static void test_want_argmax(void)
 	int32_t ids[16];
 	const int n = tok_encode(tok, text, strlen(text), tok_add_bos(tok), false, ids, 16);
 	CU_ASSERT_FATAL(n >= 4 && n <= 16);
-	int32_t t[64], pos[64], seq[64];
+	int32_t t[64], pos[64], seq[64], topk[64];
 	uint8_t want[64], all[64];
 	int k = 0;
+	static const uint8_t last[4] = { WANT_ARGMAX, WANT_LOGITS, WANT_TOPK, WANT_TOPK };
 	for (int s = 0; s < 4; s++)
 		for (int i = 0; i < n - s; i++, k++) { /* sequences of different lengths */
 			t[k] = ids[i];
 			pos[k] = i;
 			seq[k] = s;
-			want[k] = i == n - s - 1 ? (s % 2 ? WANT_LOGITS : WANT_ARGMAX) : i == 2 ? WANT_ARGMAX : WANT_NONE;
+			want[k] = i == n - s - 1 ? last[s] : i == 2 ? (s == 1 ? WANT_TOPK : WANT_ARGMAX) : WANT_NONE;
+			topk[k] = s == 3 ? 1 : 40 - 10 * s;
 			all[k] = want[k] ? WANT_LOGITS : WANT_NONE;
 		}
-	Batch b = { .n_tokens = k, .token = t, .pos = pos, .seq = seq, .want_logits = want };
+	Batch b = { .n_tokens = k, .token = t, .pos = pos, .seq = seq, .want_logits = want, .top_k = topk };
 	CU_ASSERT_EQUAL_FATAL(ctx_decode(cg, &b), 0);
-	int32_t got[64];
-	int rows = 0;
+	int32_t got[64], row_tok[64], ntop[64], top_ids[64][64];
+	float top_vals[64][64];
+	int rows = 0, n_topk_rows = 0;
 	for (int i = 0; i < k; i++) {
 		if (!want[i])
 			continue;
 		got[rows] = ctx_argmax(cg, rows);
+		row_tok[rows] = i;
 		CU_ASSERT(got[rows] >= 0 && got[rows] < n_vocab);
-		if (want[i] == WANT_ARGMAX) {
-			CU_ASSERT_PTR_NULL(ctx_logits(cg, rows));
-		} else {
+		const int32_t *ti;
+		const float *tv;
+		ntop[rows] = ctx_topk(cg, rows, &ti, &tv);
+		if (want[i] == WANT_LOGITS) {
 			CU_ASSERT_PTR_NOT_NULL(ctx_logits(cg, rows));
+			CU_ASSERT_EQUAL(ntop[rows], -1);
+		} else {
+			CU_ASSERT_PTR_NULL(ctx_logits(cg, rows));
+		}
+		if (want[i] == WANT_TOPK) {
+			/* the row's own k, or more (one op call serves the largest k asked) */
+			CU_ASSERT(ntop[rows] >= topk[i] && ntop[rows] <= 64);
+			if (ntop[rows] >= 0 && ntop[rows] <= 64) {
+				memcpy(top_ids[rows], ti, sizeof(int32_t) * (size_t)ntop[rows]);
+				memcpy(top_vals[rows], tv, sizeof(float) * (size_t)ntop[rows]);
+			}
+			n_topk_rows++;
+		} else if (want[i] == WANT_ARGMAX) {
+			CU_ASSERT_EQUAL(ntop[rows], -1);
 		}
 		rows++;
 	}
+	CU_ASSERT_EQUAL(n_topk_rows, 3);
 	for (int s = 0; s < 4; s++)
 		ctx_seq_truncate(cg, s, 0);
 	b.want_logits = all;
 	CU_ASSERT_EQUAL_FATAL(ctx_decode(cg, &b), 0);
-	int bad = 0;
+	int bad = 0, bad_top = 0;
 	for (int r = 0; r < rows; r++) {
 		const float *l = ctx_logits(cg, r);
 		CU_ASSERT_PTR_NOT_NULL_FATAL(l);
 		bad += argmax(l, n_vocab) != got[r] || ctx_argmax(cg, r) != got[r];
+		if (want[row_tok[r]] != WANT_TOPK || ntop[r] < 0 || ntop[r] > 64)
+			continue;
+		/* every candidate is one of the row's ntop largest (ties: lower ids), with its logit */
+		for (int j = 0; j < ntop[r]; j++) {
+			const int32_t id = top_ids[r][j];
+			int better = 0;
+			for (int v = 0; v < n_vocab; v++)
+				better += l[v] > l[id] || (l[v] == l[id] && v < id);
+			bad_top += id < 0 || id >= n_vocab || better >= ntop[r] || l[id] != top_vals[r][j];
+			for (int j2 = 0; j2 < j; j2++)
+				bad_top += top_ids[r][j2] == id;
+		}
 	}
 	CU_ASSERT_EQUAL(bad, 0);
-	printf("\n    %d rows (%d tokens, 4 sequences), %d greedy ids differ\n", rows, k, bad);
+	CU_ASSERT_EQUAL(bad_top, 0);
+	printf("\n    %d rows (%d tokens, 4 sequences), %d greedy ids differ, %d top-k candidates wrong\n", rows,
+	       k, bad, bad_top);
 	ctx_free(cg);
 	model_free(m);
 }
@@ -425,7 +459,8 @@ int main(void)
 {
 	static const TuTest tests[] = {
 		{ "SmolLM2 greedy tokens cuda = cpu", test_model_greedy, gpu_model_skip },
-		{ "WANT_ARGMAX rows: ids without the logits", test_want_argmax, gpu_model_skip },
+		{ "WANT_ARGMAX/WANT_TOPK rows: ids and candidates without the logits", test_want_argmax,
+		  gpu_model_skip },
 		{ "step graphs: replay = op by op, bit for bit", test_step_graphs, gpu_skip },
 		{ "step graphs: tiny synth model, logits bit for bit", test_step_model, gpu_skip },
 		{ "GPU memory: a context that cannot fit is refused up front", test_mem_refusal, gpu_skip },

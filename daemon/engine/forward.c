@@ -44,7 +44,10 @@ struct Context {
 	int32_t *out_argmax;           /* [n_batch] greedy token of each logits row, if have_argmax */
 	uint8_t *out_want;             /* [n_batch] WANT_* of each logits row */
 	uint8_t *out_host;             /* [n_batch] whether the row is in logits_host */
-	int n_out, have_argmax;
+	int32_t *topk_ids;             /* [n_out][topk_k] ops->topk's candidates, or NULL */
+	float *topk_vals;              /* the same */
+	int32_t *topk_n;               /* [n_batch] how many each row has */
+	int n_out, have_argmax, topk_k; /* topk_k: the k of the last ops->topk call, 0: none */
 };
 
 static const ContextParams default_params = { .n_seq = 1, .n_ctx = 0, .n_batch = 512, .n_threads = 0 };
@@ -108,6 +111,9 @@ void ctx_free(Context *c)
 	free(c->out_rows);
 	free(c->out_argmax);
 	free(c->out_want);
+	free(c->topk_ids);
+	free(c->topk_vals);
+	free(c->topk_n);
 	free(c);
 }
 
@@ -277,6 +283,16 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 		r = -ENOMEM;
 		goto err;
 	}
+	if (o->topk && o->matmul_argmax && c->logits_host) {
+		const size_t nk = (size_t)c->n_batch * KB_TOPK_MAX;
+		c->topk_ids = malloc(sizeof(int32_t) * nk);
+		c->topk_vals = malloc(sizeof(float) * nk);
+		c->topk_n = malloc(sizeof(int32_t) * (size_t)c->n_batch);
+		if (!c->topk_ids || !c->topk_vals || !c->topk_n) {
+			r = -ENOMEM;
+			goto err;
+		}
+	}
 	*ret = c;
 	return 0;
 err:
@@ -303,6 +319,15 @@ float *ctx_logits(Context *c, int32_t i)
 int32_t ctx_argmax(const Context *c, int32_t i)
 {
 	return c->have_argmax && i >= 0 && i < c->n_out ? c->out_argmax[i] : -1;
+}
+
+int ctx_topk(const Context *c, int32_t i, const int32_t **ids, const float **vals)
+{
+	if (!c->topk_k || i < 0 || i >= c->n_out || c->out_want[i] != WANT_TOPK || c->out_host[i])
+		return -1;
+	*ids = c->topk_ids + (size_t)i * (size_t)c->topk_k;
+	*vals = c->topk_vals + (size_t)i * (size_t)c->topk_k;
+	return c->topk_n[i];
 }
 
 /* Checks ids, slots and positions, and that each sequence continues where its cache ends
@@ -412,6 +437,7 @@ int ctx_decode(Context *c, const Batch *b)
 		return r;
 	c->n_out = 0;
 	c->have_argmax = 0;
+	c->topk_k = 0;
 
 	/* Backends with steps may replay the layers as a whole (see KbOps.step_begin). */
 	const KbStep st = { .n_tokens = n, .token = b->token, .pos = b->pos, .seq = b->seq };
@@ -426,9 +452,18 @@ int ctx_decode(Context *c, const Batch *b)
 		return r;
 
 	/* Gather the rows that want logits, then one product with the output head. */
-	int n_out = 0;
+	int n_out = 0, topk_k = 0;
 	for (int t = 0; t < n; t++) {
-		const int want = b->want_logits ? b->want_logits[t] : t == n - 1 ? WANT_LOGITS : WANT_NONE;
+		int want = b->want_logits ? b->want_logits[t] : t == n - 1 ? WANT_LOGITS : WANT_NONE;
+		if (want == WANT_TOPK) {
+			const int k = b->top_k ? b->top_k[t] : 0;
+			if (!c->topk_ids || k < 1 || k > KB_TOPK_MAX)
+				want = WANT_LOGITS; /* no candidates from the backend: the whole row */
+			else if (k > topk_k)
+				topk_k = k;
+		} else if (want > WANT_TOPK) {
+			return -EINVAL;
+		}
 		if (want) {
 			if (n_out != t &&
 			    (r = o->copy(be, c->x + (int64_t)n_out * d, c->x + (int64_t)t * d, sizeof(float) * (size_t)d)) < 0)
@@ -445,12 +480,18 @@ int ctx_decode(Context *c, const Batch *b)
 			     : o->matmul(be, &c->output, c->xn, n_out, c->logits);
 	if (r < 0)
 		return r;
-	/* Rows go to the host in runs; a WANT_ARGMAX row whose id the backend found stays. */
+	/* Rows go to the host in runs; a WANT_ARGMAX row whose id the backend found stays, and
+	 * so does a WANT_TOPK row, whose candidates come instead (top-k of every row, k the
+	 * largest asked for: one launch; a row asking less takes the best of them). */
+	if (topk_k && (r = o->topk(be, c->logits, n_out, cfg->n_vocab, topk_k, c->topk_ids, c->topk_vals,
+				    c->topk_n)) < 0)
+		return r;
 	const size_t row = sizeof(float) * (size_t)cfg->n_vocab;
+#define KEEP_ON_DEVICE(i) (o->matmul_argmax && c->out_want[i] >= WANT_ARGMAX)
 	for (int i = 0; c->logits_host && i < n_out;) {
-		const int keep = o->matmul_argmax && c->out_want[i] == WANT_ARGMAX;
+		const int keep = KEEP_ON_DEVICE(i);
 		int e = i + 1;
-		while (e < n_out && (o->matmul_argmax && c->out_want[e] == WANT_ARGMAX) == keep)
+		while (e < n_out && KEEP_ON_DEVICE(e) == keep)
 			e++;
 		memset(c->out_host + i, !keep, (size_t)(e - i));
 		if (!keep && (r = o->download(be, (char *)c->logits_host + row * (size_t)i,
@@ -460,7 +501,9 @@ int ctx_decode(Context *c, const Batch *b)
 	}
 	if ((r = o->sync(be)) < 0)
 		return r;
+#undef KEEP_ON_DEVICE
 	c->n_out = n_out;
 	c->have_argmax = o->matmul_argmax != NULL;
+	c->topk_k = topk_k;
 	return 0;
 }

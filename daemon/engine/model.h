@@ -74,6 +74,8 @@ typedef struct {
 	const int32_t *pos;   /* [n_tokens] position of each token in its sequence */
 	const int32_t *seq;   /* [n_tokens] sequence slot */
 	const uint8_t *want_logits; /* [n_tokens] WANT_*; NULL: WANT_LOGITS for the last token only */
+	const int32_t *top_k;       /* [n_tokens] k of each WANT_TOPK row (else unread); may be NULL
+				     * when there is none */
 } Batch;
 
 /* Batch.want_logits values: what the caller will read of a token's output row. */
@@ -82,6 +84,9 @@ enum {
 	WANT_LOGITS = 1, /* the row (ctx_logits), and ctx_argmax where the backend finds it */
 	WANT_ARGMAX = 2, /* only ctx_argmax: a backend that finds it on a device of its own
 			  * leaves the row there, and ctx_logits may then return NULL */
+	WANT_TOPK = 3,   /* ctx_argmax and the row's top_k largest logits (ctx_topk): a backend
+			  * that finds those on its device leaves the row there; where it
+			  * cannot (k > KB_TOPK_MAX, or no such op), the row comes as WANT_LOGITS */
 };
 
 /* Runs the forward pass for B.  A token at position p attends to positions 0..p of its
@@ -98,6 +103,11 @@ float *ctx_logits(Context *c, int32_t i);
  * during or right after the product (the CPU and CUDA backends do), else -1: what a greedy sampler would pick, without
  * reading the logits again.  Valid until the next ctx_decode. */
 int32_t ctx_argmax(const Context *c, int32_t i);
+/* For a WANT_TOPK row whose candidates the backend found: sets *ids and *vals to its k (or
+ * more) largest logits and their token ids, NaN and -inf left out, of equal logits the
+ * lower ids, in no particular order, and returns how many (fewer than k only when the row
+ * has fewer); -1 when there are none (then ctx_logits has the row). */
+int ctx_topk(const Context *c, int32_t i, const int32_t **ids, const float **vals);
 
 /* Forgets positions >= from of sequence slot SEQ (0 forgets it all). */
 int ctx_seq_truncate(Context *c, int seq, int32_t from);

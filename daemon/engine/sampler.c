@@ -182,6 +182,8 @@ static int32_t keep_top_logits(const float *logits, int32_t n, int32_t k, Cand *
 	return m;
 }
 
+static int32_t draw(Sampler *s, Cand *c, int32_t n);
+
 static void softmax(Cand *c, int32_t n, double temp)
 {
 	double mx = c[0].logit, sum = 0;
@@ -255,6 +257,36 @@ int32_t sampler_sample(Sampler *s, float *logits)
 	}
 	if (n == 0)
 		return argmax(logits, s->n_vocab);
+	return draw(s, c, n);
+}
+
+int sampler_topk(const Sampler *s)
+{
+	const SamplerParams *p = &s->p;
+	return p->temp > 0 && p->repeat_penalty == 1.0f && p->top_k > 0 && p->top_k < s->n_vocab ? p->top_k : 0;
+}
+
+int32_t sampler_sample_top(Sampler *s, const int32_t *ids, const float *vals, int32_t n, int32_t greedy)
+{
+	const int k = sampler_topk(s);
+	if (!k || n < 0 || n > s->n_vocab || (n && (!ids || !vals)))
+		return -EINVAL;
+	Cand *c = s->cand;
+	int32_t m = 0;
+	for (int32_t i = 0; i < n; i++)
+		if (!isnan(vals[i]) && vals[i] != -INFINITY && ids[i] >= 0 && ids[i] < s->n_vocab)
+			c[m++] = (Cand){ ids[i], vals[i], 0 };
+	if (m == 0) /* a row of NaN and -inf: what argmax gives */
+		return greedy >= 0 && greedy < s->n_vocab ? greedy : -EINVAL;
+	qsort(c, (size_t)m, sizeof(Cand), cmp_cand);
+	return draw(s, c, m < k ? m : k);
+}
+
+/* The chain after top-k: top-p, min-p, temperature and the draw, over the n candidates c
+ * (n >= 1; sorted best first where top-p is on). */
+static int32_t draw(Sampler *s, Cand *c, int32_t n)
+{
+	const SamplerParams *p = &s->p;
 	if (p->top_p < 1.0f) {
 		softmax(c, n, 1.0);
 		double cum = 0;

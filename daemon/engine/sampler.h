@@ -36,6 +36,14 @@ int32_t sampler_sample_known(Sampler *s, float *logits, int32_t greedy);
 /* Whether S is a plain greedy sampler (temperature 0, no repetition penalty): one that
  * sampler_sample_known answers from GREEDY alone, without reading the logits. */
 bool sampler_is_greedy(const Sampler *s);
+/* The top_k of a sampler that draws from the top_k largest logits alone (temperature > 0,
+ * no repetition penalty, 0 < top_k < n_vocab), else 0. */
+int sampler_topk(const Sampler *s);
+/* sampler_sample from candidates: IDS/VALS, the row's n largest logits in any order (at
+ * least sampler_topk(S) of them, or every one that is not NaN or -inf; of equal logits the
+ * lower ids), give the token sampler_sample would give from the whole row.  GREEDY: the
+ * row's argmax, the answer when n is 0.  -EINVAL when S is not such a sampler. */
+int32_t sampler_sample_top(Sampler *s, const int32_t *ids, const float *vals, int32_t n, int32_t greedy);
 /* Records a token (prompt or generated) for the repetition penalty. */
 void sampler_accept(Sampler *s, int32_t token);
 

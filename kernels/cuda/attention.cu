@@ -113,6 +113,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 							      const __half *vc,
 							      const int32_t *pos, const int32_t *seq, int n_head,
 							      int group, int hd, int kvd, int64_t stride, float scale,
+							      int split_keys,
 							      float *out, ActOut act, float *part, unsigned *cnt)
 {
 	if (trig)
@@ -121,9 +122,16 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	extern __shared__ float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
 	__shared__ int last;
 	float *qs = sm, *wacc = sm + hd, *wm = wacc + ATT_WARPS * hd, *wl = wm + ATT_WARPS;
-	const int bh = blockIdx.x, t = bh / n_head, h = bh % n_head, S = gridDim.y, sp = blockIdx.y;
+	const int bh = blockIdx.x, t = bh / n_head, h = bh % n_head, sp = blockIdx.y;
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int len = pos[t] + 1;
+	/* splits in use: at least split_keys keys each.  The launch (and a recorded graph)
+	 * has gridDim.y splits for the longest context; at shorter ones the merge would cost
+	 * more than the split saves, so the spare blocks leave at once. */
+	const int S_all = gridDim.y, S_need = (len + split_keys - 1) / split_keys;
+	const int S = S_need < S_all ? S_need : S_all;
+	if (sp >= S)
+		return;
 	const int k0 = (int)((int64_t)len * sp / S), k1 = (int)((int64_t)len * (sp + 1) / S);
 	const int64_t base = (int64_t)seq[t] * stride + (int64_t)(h / group) * hd;
 	const float *qr = q + ((int64_t)t * n_head + h) * hd;
@@ -141,6 +149,13 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		float s = -INFINITY;
 		if (j < k1) {
 			const __half *kr = kc + base + (int64_t)j * kvd;
+			/* the key's K and V rows on their way to L2 at once: the dot product's loads
+			 * below and the value loads after the softmax then wait for L2, not DRAM */
+			const __half *vr = vc + base + (int64_t)j * kvd;
+			for (int b = 0; b < hd; b += 64) {
+				asm volatile("prefetch.global.L2 [%0];" ::"l"(kr + b));
+				asm volatile("prefetch.global.L2 [%0];" ::"l"(vr + b));
+			}
 			float d = 0.f;
 #pragma unroll 4
 			for (int i = 0; i < hd; i += 8) {
@@ -195,7 +210,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	}
 	float *o = out + ((int64_t)t * n_head + h) * hd;
 	if (S > 1) {
-		float *pp = part + ((int64_t)bh * S + sp) * (hd + 2);
+		float *pp = part + ((int64_t)bh * S_all + sp) * (hd + 2);
 		for (int i = threadIdx.x; i < hd; i += blockDim.x) {
 			float sum = 0.f;
 			for (int w = 0; w < ATT_WARPS; w++)
@@ -218,7 +233,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 			return;
 		__threadfence();
 		/* the splits' maxima, sums and weights in shared memory (wacc is free now) */
-		const float *p0 = part + (int64_t)bh * S * (hd + 2);
+		const float *p0 = part + (int64_t)bh * S_all * (hd + 2);
 		float *sm_m = wacc, *sm_l = wacc + 16, *sm_w = wacc + 32;
 		if (threadIdx.x < S) {
 			sm_m[threadIdx.x] = __ldcg(p0 + threadIdx.x * (hd + 2) + hd);
@@ -257,6 +272,14 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		if (act.xh)
 			kb_act_put(act.xh, act.xhi, act.xlo, act.xs, act.cap, t, (int64_t)h * hd + i, s * inv);
 	}
+}
+
+extern "C" int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys)
+{
+	if (!ctx || keys < 1)
+		return -EINVAL;
+	ctx->att_split_keys = keys;
+	return 0;
 }
 
 /* Splits per (token, head): enough blocks for KB_ATT_WAVE in all, at most 16. */
@@ -306,7 +329,7 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	}
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
 	void (*k)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int, int, int,
-		  int, int64_t, float, float *, ActOut, float *, unsigned *) =
+		  int, int64_t, float, int, float *, ActOut, float *, unsigned *) =
 		NULL;
 	switch (head_dim / 32) {
 	case 1: k = k_attention<1>; break;
@@ -321,7 +344,8 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	const int pdl = kb_small_pdl(n);
 	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, pdl,
 			q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head,
-			n_head / n_head_kv, head_dim, (int)(n_head_kv * head_dim), slot_stride, scale, out, av,
+			n_head / n_head_kv, head_dim, (int)(n_head_kv * head_dim), slot_stride, scale, ctx->att_split_keys,
+			out, av,
 			ctx->att_part, ctx->att_cnt);
 	if (r == 0 && act) {
 		act->cols = (int64_t)n_head * head_dim;

@@ -91,6 +91,9 @@ typedef struct {
 	size_t xq_bytes;
 	int32_t *amax;          /* matmul_argmax: the rows' greedy ids on the device */
 	int amax_cap;
+	void *topk_dev;         /* topk: ids [n][k], values [n][k], counts [n] on the device */
+	void *topk_host;        /* and their copy on the host */
+	size_t topk_bytes;
 	char desc[352];
 } CudaBackend;
 
@@ -229,6 +232,8 @@ static void cuda_free(KbBackend *b)
 	kb_cuda_act_free(c->act);
 	kb_cuda_dev_free(c->ctx, c->xq);
 	kb_cuda_dev_free(c->ctx, c->amax);
+	kb_cuda_dev_free(c->ctx, c->topk_dev);
+	free(c->topk_host);
 	kb_cuda_dev_free(c->ctx, c->step.dev);
 	free(c->step.host);
 	idx_done(c->ctx, &c->ids);
@@ -450,6 +455,40 @@ static int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, i
 	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax)) < 0)
 		return r;
 	return kb_cuda_download(c->ctx, ret_idx, c->amax, sizeof(int32_t) * (size_t)n);
+}
+
+static int cuda_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, int32_t *ret_ids, float *ret_vals,
+		     int32_t *ret_n)
+{
+	CudaBackend *c = cb(b);
+	if (!y || !ret_ids || !ret_vals || !ret_n || n < 1 || cols < 1 || k < 1 || k > KB_TOPK_MAX ||
+	    k > KB_CUDA_TOPK_MAX)
+		return -EINVAL;
+	const size_t nk = (size_t)n * (size_t)k, bytes = (2 * nk + (size_t)n) * 4;
+	int r;
+	if (bytes > c->topk_bytes) {
+		if ((r = kb_cuda_sync(c->ctx)) < 0) /* a queued kernel may still write the old one */
+			return r;
+		kb_cuda_dev_free(c->ctx, c->topk_dev);
+		free(c->topk_host);
+		c->topk_dev = NULL;
+		c->topk_bytes = 0;
+		if (!(c->topk_host = malloc(bytes)))
+			return -ENOMEM;
+		if ((r = kb_cuda_alloc(c->ctx, bytes, &c->topk_dev)) < 0)
+			return r;
+		c->topk_bytes = bytes;
+	}
+	int32_t *ids = c->topk_dev, *cnt = ids + 2 * nk;
+	float *vals = (float *)(ids + nk);
+	if ((r = kb_cuda_topk(c->ctx, y, n, cols, cols, k, ids, vals, cnt)) < 0 ||
+	    (r = kb_cuda_download(c->ctx, c->topk_host, c->topk_dev, bytes)) < 0)
+		return r;
+	const int32_t *h = c->topk_host;
+	memcpy(ret_ids, h, nk * 4);
+	memcpy(ret_vals, h + nk, nk * 4);
+	memcpy(ret_n, h + 2 * nk, (size_t)n * 4);
+	return 0;
 }
 
 static int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)
@@ -735,6 +774,7 @@ static const KbOps cuda_ops = {
 	.swiglu = cuda_swiglu,
 	.matmul_multi = cuda_matmul_multi,
 	.matmul_argmax = cuda_matmul_argmax,
+	.topk = cuda_topk,
 	.rope_kv_store = cuda_rope_kv_store,
 	.mem_info = cuda_mem_info,
 	.add = cuda_add,
@@ -778,6 +818,10 @@ int kb_cuda_backend_new(int device, KbBackend **ret)
 	const char *st = getenv("QD_CUDA_MMV_STAGES");
 	if (st && *st)
 		kb_cuda_set_mmv_stages(ctx, 0, atoi(st));
+	/* QD_CUDA_ATT_SPLIT_KEYS=N: fewest keys an attention split takes */
+	const char *sk = getenv("QD_CUDA_ATT_SPLIT_KEYS");
+	if (sk && *sk)
+		kb_cuda_set_att_split_keys(ctx, atoi(sk));
 	KbCudaInfo info;
 	if (kb_cuda_info(ctx, &info) == 0)
 		snprintf(c->desc, sizeof(c->desc), "cuda %.200s (sm_%d%d, %d SMs, %.0f GiB), device %d", info.name,

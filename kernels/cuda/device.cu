@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "internal.cuh"
+#include "ops.h"
 
 static double now_sec(void)
 {
@@ -32,6 +33,7 @@ extern "C" int kb_cuda_device_count(int *ret_n)
  * 8 warps, one row tile per group, no extra L2 prefetch, as many blocks as fit. */
 static void default_config(KbCuda *ctx)
 {
+	ctx->att_split_keys = KB_ATT_SPLIT_KEYS;
 	for (int t = 0; t < KB_CUDA_MAX_TOK; t++) {
 		ctx->mmv[t].warps = 8;
 		ctx->mmv[t].row_tiles = 1;

@@ -1,8 +1,9 @@
 /* kernels/cuda/elementwise.cu: RMSNorm, RoPE (also fused with the KV-cache store), SwiGLU
- * and add for the forward pass, greedy sampling (argmax of each logits row), and the small
- * asynchronous upload the ops table uses for index arrays.  Like every kernel of the forward pass these launch with programmatic
- * dependent launch (kb_launch): each lets its successor start at once and itself waits
- * for its predecessor before touching memory, so launches overlap the kernel before. */
+ * and add for the forward pass, sampling help (each logits row's argmax and top-k), and
+ * the small asynchronous upload the ops table uses for index arrays.  Like every kernel of
+ * the forward pass these launch with programmatic dependent launch (kb_launch): each lets
+ * its successor start at once and itself waits for its predecessor before touching memory
+ * it writes, so launches overlap the kernel before. */
 #include <limits.h>
 #include <math.h>
 
@@ -29,13 +30,37 @@ __device__ static double block_sum(double v, double *red)
  * wide blocks (few loop trips, each a memory latency) matter more than many blocks. */
 #define RMS_THREADS 1024
 
-/* 1 / rms(xr) for this block's row (sum of squares in double, like the CPU); every thread
- * gets it. */
-__device__ static float rms_scale(const float *xr, int dim, float eps)
+/* Columns a thread keeps in registers: rows up to RMS_THREADS * RMS_VEC wide are read
+ * once, every load issued together (a decode step's norm is a chain of memory latencies:
+ * with one load per loop trip, each trip waited for its own weight from DRAM). */
+#define RMS_VEC 8
+
+/* The block's row and the norm weights, column threadIdx.x + j * blockDim.x in slot j,
+ * and the row's 1 / rms.  The weights never depend on the previous kernel, so they are
+ * requested before waiting for it (kb_pdl_wait is called here). */
+__device__ static float rms_load(const float *xr, const float *w, int dim, float eps, float (&xv)[RMS_VEC],
+				 float (&wv)[RMS_VEC])
 {
+	const int b = (int)blockDim.x;
+	KB_UNROLL
+	for (int j = 0; j < RMS_VEC; j++) {
+		const int col = (int)threadIdx.x + j * b;
+		wv[j] = col < dim ? w[col] : 0.f;
+	}
+	kb_pdl_wait();
 	__shared__ double red[32];
 	double ss = 0;
-	for (int i = threadIdx.x; i < dim; i += blockDim.x)
+	KB_UNROLL
+	for (int j = 0; j < RMS_VEC; j++) {
+		const int col = (int)threadIdx.x + j * b;
+		xv[j] = col < dim ? xr[col] : 0.f;
+	}
+	/* sum of squares in double, like the CPU */
+	KB_UNROLL
+	for (int j = 0; j < RMS_VEC; j++)
+		if ((int)threadIdx.x + j * b < dim)
+			ss += (double)xv[j] * xv[j];
+	for (int i = (int)threadIdx.x + RMS_VEC * b; i < dim; i += b)
 		ss += (double)xr[i] * xr[i];
 	ss = block_sum(ss, red);
 	return 1.0f / sqrtf((float)(ss / dim) + eps);
@@ -46,11 +71,18 @@ __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm(int trig, const float *
 {
 	if (trig)
 		kb_pdl_trigger();
-	kb_pdl_wait();
 	const float *xr = x + (int64_t)blockIdx.x * dim;
 	float *yr = y + (int64_t)blockIdx.x * dim;
-	const float scale = rms_scale(xr, dim, eps);
-	for (int i = threadIdx.x; i < dim; i += blockDim.x)
+	float xv[RMS_VEC], wv[RMS_VEC];
+	const float scale = rms_load(xr, w, dim, eps, xv, wv);
+	const int b = (int)blockDim.x;
+	KB_UNROLL
+	for (int j = 0; j < RMS_VEC; j++) {
+		const int col = (int)threadIdx.x + j * b;
+		if (col < dim)
+			yr[col] = __fmul_rn(__fmul_rn(xv[j], scale), wv[j]);
+	}
+	for (int i = (int)threadIdx.x + RMS_VEC * b; i < dim; i += b)
 		yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 }
 
@@ -73,12 +105,25 @@ __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm_act(int trig, const flo
 {
 	if (trig)
 		kb_pdl_trigger();
-	kb_pdl_wait();
 	const float *xr = x + (int64_t)blockIdx.x * dim;
 	float *yr = y + (int64_t)blockIdx.x * dim;
-	const float scale = rms_scale(xr, dim, eps);
+	float xv[RMS_VEC], wv[RMS_VEC];
+	const float scale = rms_load(xr, w, dim, eps, xv, wv);
 	/* cols_pad is a multiple of 32: whole warps reach kb_act_put together */
-	for (int64_t col = threadIdx.x; col < cols_pad; col += blockDim.x) {
+	const int b = (int)blockDim.x;
+	KB_UNROLL
+	for (int j = 0; j < RMS_VEC; j++) {
+		const int col = (int)threadIdx.x + j * b;
+		if (col >= cols_pad) /* the same for the whole warp */
+			break;
+		float v = 0.f;
+		if (col < dim) {
+			v = __fmul_rn(__fmul_rn(xv[j], scale), wv[j]);
+			yr[col] = v;
+		}
+		kb_act_put(xh, xhi, xlo, xs, cap, (int)blockIdx.x, col, v);
+	}
+	for (int64_t col = (int)threadIdx.x + RMS_VEC * b; col < cols_pad; col += b) {
 		float v = 0.f;
 		if (col < dim) {
 			v = __fmul_rn(__fmul_rn(xr[col], scale), w[col]);
@@ -355,4 +400,137 @@ extern "C" int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, 
 	if (!ctx || !y || !idx_dev || n < 1 || cols < 1 || cols > INT_MAX || ldy < cols)
 		return -EINVAL;
 	return kb_launch_ex(ctx, 0, k_argmax, dim3((unsigned)n), dim3(1024), 0, y, cols, ldy, idx_dev);
+}
+
+/* ---- top-k of each logits row (sampling with top_k on the host from k candidates) ----
+ *
+ * One block per row.  Logits map to unsigned keys that order like the floats (NaN and
+ * -inf to 0: never candidates).  A radix select, 8 bits a pass from the top, finds the
+ * key of the k-th largest and how many of the candidates share it; one more pass writes
+ * the candidates out in index order: all keys above it, and of the keys equal to it the
+ * ones with the lowest indices, which is the host sampler's order (higher logit, then
+ * lower id).  The row is read from L2 (the product has just written it) five times. */
+
+__device__ __forceinline__ uint32_t kb_topk_key(float v)
+{
+	if (!(v > -INFINITY)) /* NaN or -inf */
+		return 0;
+	const uint32_t b = __float_as_uint(v == 0.f ? 0.f : v); /* -0 is +0 */
+	return b & 0x80000000u ? ~b : b | 0x80000000u;
+}
+
+__global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int64_t ldy, int k, int32_t *ids,
+					       float *vals, int32_t *counts)
+{
+	__shared__ uint32_t hist[256];
+	__shared__ uint32_t sel_s[3]; /* the bin chosen, the rank left within it, candidates */
+	__shared__ uint32_t wgt[32], weq[32];
+	const float *row = y + (int64_t)blockIdx.x * ldy;
+	int32_t *oid = ids + (int64_t)blockIdx.x * k;
+	float *oval = vals + (int64_t)blockIdx.x * k;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = (int)(blockDim.x >> 5);
+	uint32_t prefix = 0, mask = 0, want = (uint32_t)k;
+	for (int pass = 0; pass < 4; pass++) {
+		const int shift = 24 - 8 * pass;
+		for (int i = tid; i < 256; i += blockDim.x)
+			hist[i] = 0;
+		__syncthreads();
+		for (int64_t c = tid; c < cols; c += blockDim.x) {
+			const uint32_t key = kb_topk_key(row[c]);
+			if (key && (key & mask) == prefix)
+				atomicAdd(&hist[(key >> shift) & 255u], 1u);
+		}
+		__syncthreads();
+		if (warp == 0) {
+			/* lane l holds bins 255 - 8l down to 248 - 8l; counts from the top */
+			uint32_t h[8], sum = 0;
+			for (int j = 0; j < 8; j++)
+				sum += h[j] = hist[255 - 8 * lane - j];
+			uint32_t incl = sum;
+			for (int o = 1; o < 32; o <<= 1) {
+				const uint32_t v = __shfl_up_sync(0xffffffffu, incl, o);
+				if (lane >= o)
+					incl += v;
+			}
+			const uint32_t total = __shfl_sync(0xffffffffu, incl, 31);
+			if (pass == 0 && want > total)
+				want = total; /* fewer candidates than k: all of them */
+			const uint32_t excl = incl - sum;
+			/* the lane whose bins hold the want-th key (none when want is 0) */
+			const bool mine = want > 0 && excl < want && want <= incl;
+			const uint32_t who = __ballot_sync(0xffffffffu, mine);
+			if (mine) {
+				uint32_t above = excl;
+				int j = 0;
+				while (above + h[j] < want) /* terminates: the lane's bins reach want */
+					above += h[j++];
+				sel_s[0] = 255u - 8u * (uint32_t)lane - (uint32_t)j;
+				sel_s[1] = want - above;
+			}
+			if (!who && lane == 0) {
+				sel_s[0] = 0;
+				sel_s[1] = 0;
+			}
+			if (pass == 0 && lane == 0) {
+				counts[blockIdx.x] = (int32_t)want;
+				sel_s[2] = want;
+			}
+		}
+		__syncthreads();
+		if (sel_s[2] == 0)
+			return; /* no candidates (the same for every thread) */
+		want = sel_s[1];
+		prefix |= sel_s[0] << shift;
+		mask |= 255u << shift;
+		__syncthreads();
+	}
+	/* prefix: the k-th key; want: how many of the keys equal to it are taken */
+	const uint32_t kth = prefix, n_eq = want;
+	const uint32_t n_gt = sel_s[2] - n_eq;
+	uint32_t base_gt = 0, base_eq = 0;
+	for (int64_t c0 = 0; c0 < cols && (base_gt < n_gt || base_eq < n_eq); c0 += blockDim.x) {
+		const int64_t c = c0 + tid;
+		const float v = c < cols ? row[c] : 0.f;
+		const uint32_t key = c < cols ? kb_topk_key(v) : 0u;
+		const bool gt = key > kth, eq = key && key == kth;
+		const uint32_t bg = __ballot_sync(0xffffffffu, gt), be = __ballot_sync(0xffffffffu, eq);
+		const uint32_t lt = (1u << lane) - 1u;
+		if (lane == 0) {
+			wgt[warp] = __popc(bg);
+			weq[warp] = __popc(be);
+		}
+		__syncthreads();
+		uint32_t pg = 0, pe = 0, tg = 0, te = 0;
+		for (int w = 0; w < nwarps; w++) {
+			if (w < warp) {
+				pg += wgt[w];
+				pe += weq[w];
+			}
+			tg += wgt[w];
+			te += weq[w];
+		}
+		if (gt) {
+			const uint32_t slot = base_gt + pg + __popc(bg & lt);
+			oid[slot] = (int32_t)c;
+			oval[slot] = v;
+		} else if (eq) {
+			const uint32_t r = base_eq + pe + __popc(be & lt);
+			if (r < n_eq) {
+				oid[n_gt + r] = (int32_t)c;
+				oval[n_gt + r] = v;
+			}
+		}
+		base_gt += tg;
+		base_eq += te;
+		__syncthreads();
+	}
+}
+
+extern "C" int kb_cuda_topk(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int k, int32_t *ids,
+			    float *vals, int32_t *counts)
+{
+	if (!ctx || !y || !ids || !vals || !counts || n < 1 || cols < 1 || cols > INT_MAX || ldy < cols || k < 1 ||
+	    k > KB_CUDA_TOPK_MAX)
+		return -EINVAL;
+	return kb_launch_ex(ctx, 0, k_topk, dim3((unsigned)n), dim3(1024), 0, y, cols, ldy, k, ids, vals, counts);
 }

@@ -72,6 +72,7 @@ struct KbCuda {
 	KbCudaAct *act;         /* for kb_cuda_mmv */
 	float *att_part;        /* split attention partials, KB_ATT_PARTS x (256 + 2) floats */
 	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
+	int att_split_keys;     /* fewest keys an attention split takes (KB_ATT_SPLIT_KEYS) */
 	uint8_t mmq_smem_set[7][2]; /* gemm.cu: shared-memory opt-in done, [type slot][64-token] */
 	uint8_t mmv_smem_set[7][2]; /* matmul.cu bulk kernel: the same, [type slot][row tiles - 1] */
 	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */

@@ -28,6 +28,14 @@ int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, 
  * skipped, -0 equal to +0, 0 for a row of NaNs: the CPU's kb_matmul_argmax rule. */
 int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int32_t *idx);
 
+/* For each of n rows of y: the k (1..KB_CUDA_TOPK_MAX) largest values, NaN and -inf never
+ * counted, of equal values the lowest indices: ids[t][0..counts[t]) and vals[t][...] (row
+ * strides k), in index order, not sorted; counts[t] < k only when the row has fewer such
+ * values.  Device arrays. */
+#define KB_CUDA_TOPK_MAX 256
+int kb_cuda_topk(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int k, int32_t *ids, float *vals,
+		 int32_t *counts);
+
 /* y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w for n rows of dim; sum of squares in double
  * like the CPU.  x and y may not overlap partially (equal is fine). */
 int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int n, int dim, float eps, float *y);
@@ -70,6 +78,12 @@ int kb_cuda_rope_kv_store(KbCuda *ctx, float *q, float *k, const float *v, uint1
  * differently from the CPU's.  head_dim a multiple of 32 and <= 256 (else -EINVAL).
  * With ACT (non-NULL; n <= KB_CUDA_MAX_TOK, n_head*head_dim <= its capacity) out is
  * also converted into it in the same launch, as by kb_cuda_rmsnorm_act. */
+/* Attention over a context of L keys runs in min(L / keys, the launch's splits) blocks
+ * per (token, head), merged at the end; fewer keys a split than this cost more in the
+ * merge than they save (H200, 7B decode).  The default, KB_ATT_SPLIT_KEYS. */
+#define KB_ATT_SPLIT_KEYS 256
+int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys);
+
 int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 		      const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
 		      int64_t slot_stride, float scale, float *out, KbCudaAct *act);
