@@ -94,17 +94,21 @@ int cmd_bench(int argc, char **argv)
 		{ "threads", required_argument, 0, 't' }, { "json", no_argument, 0, 'j' },
 		{ "reps", required_argument, 0, 'r' }, { "help", no_argument, 0, 'h' },
 		{ "backend", required_argument, 0, 'k' }, { "device", required_argument, 0, 'd' },
-		{ "bandwidth", required_argument, 0, 'w' }, { 0, 0, 0, 0 },
+		{ "bandwidth", required_argument, 0, 'w' }, { "rows", required_argument, 0, 'o' },
+		{ 0, 0, 0, 0 },
 	};
 	const char *path = NULL;
 	int batches[16] = { 1 }, n_batches = 1;
 	long n_prompt = 512, n_gen = 64, threads = 0, reps = 3, device = 0;
 	float bw_gbs = 0;
 	const char *backend = "cpu";
+	/* what each decode row brings back: greedy ids (the daemon's greedy requests), the
+	 * top 40 candidates (sampled requests with top_k), or whole logits rows */
+	uint8_t rows_want = WANT_ARGMAX;
 	bool json = false;
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "m:B:p:n:t:r:jhk:d:w:", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:B:p:n:t:r:jhk:d:w:o:", opts, NULL)) != -1) {
 		int r = 0;
 		switch (c) {
 		case 'm': path = optarg; break;
@@ -121,11 +125,21 @@ int cmd_bench(int argc, char **argv)
 			break;
 		case 'd': r = cli_parse_long(optarg, 0, 1024, &device); break;
 		case 'w': r = cli_parse_float(optarg, 1, 1e6f, &bw_gbs); break;
+		case 'o':
+			rows_want = !strcmp(optarg, "argmax") ? WANT_ARGMAX : !strcmp(optarg, "topk") ? WANT_TOPK
+				  : !strcmp(optarg, "logits")				    ? WANT_LOGITS
+											    : WANT_NONE;
+			r = rows_want == WANT_NONE ? -EINVAL : 0;
+			break;
 		case 'h':
 			printf("usage: quantd bench -m MODEL [--batch 1,8,32] [--prompt 512] [--gen 64] [--threads N] [--reps 3] [--json]\n"
 			       "                    [--backend cpu|cuda|auto] [--device N] [--bandwidth GB/s]\n"
+			       "                    [--rows argmax|topk|logits]\n"
 			       "  --bandwidth: memory bandwidth for the roofline (default: measured on the CPU;\n"
-			       "               on a GPU backend 4220, the H200's measured copy bandwidth)\n");
+			       "               on a GPU backend 4220, the H200's measured copy bandwidth)\n"
+			       "  --rows: what each decode step brings back per sequence: its greedy id (default,\n"
+			       "          as for greedy requests), its 40 best logits (sampling with top_k), or\n"
+			       "          the whole logits row\n");
 			return 0;
 		default: return 2;
 		}
@@ -177,7 +191,8 @@ int cmd_bench(int argc, char **argv)
 	int32_t *tok = malloc(sizeof(int32_t) * (size_t)cp.n_batch), *pos = malloc(sizeof(int32_t) * n_idx),
 		*seq = malloc(sizeof(int32_t) * n_idx);
 	uint8_t *want = malloc((size_t)cp.n_batch);
-	if (!tok || !pos || !seq || !want) {
+	int32_t *topk = malloc(sizeof(int32_t) * (size_t)cp.n_batch);
+	if (!tok || !pos || !seq || !want || !topk) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -240,9 +255,11 @@ int cmd_bench(int argc, char **argv)
 				for (int s = 0; s < B; s++) {
 					pos[s] = 16 + step;
 					seq[s] = s;
-					want[s] = WANT_ARGMAX; /* greedy, as the daemon decodes: only ids come back */
+					want[s] = rows_want;
+					topk[s] = 40;
 				}
-				Batch b = { .n_tokens = B, .token = tok, .pos = pos, .seq = seq, .want_logits = want };
+				Batch b = { .n_tokens = B, .token = tok, .pos = pos, .seq = seq, .want_logits = want,
+					    .top_k = topk };
 				r = ctx_decode(ctx, &b);
 			}
 			t = cli_now() - t;
@@ -256,12 +273,14 @@ int cmd_bench(int argc, char **argv)
 			printf("{\"gpu\": %s%s%s, \"backend\": \"%s\", \"cpu\": \"%s\", \"threads\": %d, \"model\": \"%s\", "
 			       "\"type\": \"%s\", \"batch\": %d, "
 			       "\"prefill_tok_s\": %.1f, \"decode_tok_s\": %.2f, \"mem_gib\": %.3f, \"roofline_tok_s\": %.1f, "
-			       "\"vram_gib\": %.3f, \"bandwidth_gb_s\": %.2f, \"weight_bytes\": %llu, \"load_ms\": %.0f}\n",
+			       "\"vram_gib\": %.3f, \"bandwidth_gb_s\": %.2f, \"weight_bytes\": %llu, \"load_ms\": %.0f, "
+			       "\"rows\": \"%s\"}\n",
 			       on_gpu ? "\"" : "", on_gpu ? be_name : "null", on_gpu ? "\"" : "", be_name, un.machine, n_thr,
 			       model_name(m), model_name(m), B, pp_tok_s, tg,
 			       (double)(wbytes + ctx_kv_bytes(ctx)) / (1 << 30), roof,
 			       on_gpu ? (double)(wbytes + ctx_kv_bytes(ctx)) / (1 << 30) : 0.0, bw / 1e9,
-			       (unsigned long long)wbytes, t_load * 1e3);
+			       (unsigned long long)wbytes, t_load * 1e3,
+			       rows_want == WANT_ARGMAX ? "argmax" : rows_want == WANT_TOPK ? "topk" : "logits");
 		else
 			printf("| %d | %.1f | %.1f | %.1f | %.0f%% |\n", B, pp_tok_s, tg, tg / B, 100.0 * (tg / B) / roof);
 	}
@@ -272,6 +291,7 @@ out:
 	free(pos);
 	free(seq);
 	free(want);
+	free(topk);
 	ctx_free(ctx);
 	model_free(m);
 	return r < 0 ? 1 : 0;
