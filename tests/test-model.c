@@ -329,6 +329,26 @@ static void test_bad_batches(void)
 	CU_ASSERT_EQUAL(ctx_decode(c, &b), 0);
 	CU_ASSERT_PTR_NOT_NULL(ctx_logits(c, 0));
 	CU_ASSERT_PTR_NULL(ctx_logits(c, 1));
+	/* an unknown want value is refused before anything moves, and a refused batch leaves
+	 * no rows of the one before readable */
+	uint8_t bad_want = WANT_TOPK + 1;
+	b.pos = &pos[1];
+	b.token = &tok[1];
+	b.want_logits = &bad_want;
+	CU_ASSERT_EQUAL(ctx_decode(c, &b), -EINVAL);
+	CU_ASSERT_PTR_NULL(ctx_logits(c, 0));
+	CU_ASSERT_EQUAL(ctx_argmax(c, 0), -1);
+	uint8_t ok_want = WANT_ARGMAX;
+	b.want_logits = &ok_want;
+	b.pos = &pos[2]; /* a gap unless the refused batch had moved seq 0 on to 2 */
+	CU_ASSERT_EQUAL(ctx_decode(c, &b), -EINVAL);
+	b.pos = &pos[1];
+	CU_ASSERT_EQUAL(ctx_decode(c, &b), 0);
+	CU_ASSERT(ctx_argmax(c, 0) >= 0);
+	CU_ASSERT_PTR_NOT_NULL(ctx_logits(c, 0)); /* host memory: the CPU keeps every row */
+	b.want_logits = NULL;
+	b.pos = pos;
+	b.token = tok;
 	CU_ASSERT_EQUAL(ctx_seq_truncate(c, 5, 0), -EINVAL);
 	ContextParams bad = { .n_seq = 0, .n_ctx = 16, .n_batch = 4 };
 	Context *c2 = NULL;

@@ -342,7 +342,7 @@ static int check_batch(Context *c, const Batch *b)
 	for (int t = 0; t < b->n_tokens && !r; t++) {
 		int32_t s = b->seq[t], p = b->pos[t];
 		if (b->token[t] < 0 || b->token[t] >= c->m->cfg.n_vocab || s < 0 || s >= c->n_seq || p < 0 ||
-		    p >= c->n_ctx || p > len[s])
+		    p >= c->n_ctx || p > len[s] || (b->want_logits && b->want_logits[t] > WANT_TOPK))
 			r = -EINVAL;
 		else
 			len[s] = p + 1;
@@ -432,12 +432,13 @@ int ctx_decode(Context *c, const Batch *b)
 	const KbOps *o = c->be->ops;
 	KbBackend *be = c->be;
 	const int n = b->n_tokens, d = cfg->n_embd;
-	int r = check_batch(c, b);
-	if (r < 0)
-		return r;
+	/* no row of an earlier batch stays readable, whatever happens below */
 	c->n_out = 0;
 	c->have_argmax = 0;
 	c->topk_k = 0;
+	int r = check_batch(c, b);
+	if (r < 0)
+		return r;
 
 	/* Backends with steps may replay the layers as a whole (see KbOps.step_begin). */
 	const KbStep st = { .n_tokens = n, .token = b->token, .pos = b->pos, .seq = b->seq };
@@ -461,8 +462,6 @@ int ctx_decode(Context *c, const Batch *b)
 				want = WANT_LOGITS; /* no candidates from the backend: the whole row */
 			else if (k > topk_k)
 				topk_k = k;
-		} else if (want > WANT_TOPK) {
-			return -EINVAL;
 		}
 		if (want) {
 			if (n_out != t &&

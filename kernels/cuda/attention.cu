@@ -276,7 +276,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 
 extern "C" int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys)
 {
-	if (!ctx || keys < 1)
+	if (!ctx || keys < 1 || keys > (1 << 24))
 		return -EINVAL;
 	ctx->att_split_keys = keys;
 	return 0;

@@ -67,6 +67,7 @@ struct KbCuda {
 	int pdl;
 	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
 	int occ[7][2][9];       /* resident blocks per SM: [type slot][row tiles - 1][warps] */
+	int occ_bulk[7][2][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
 	uint64_t up_bytes;
 	double up_sec;
 	KbCudaAct *act;         /* for kb_cuda_mmv */

@@ -552,7 +552,10 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 		KB_UNROLL
 		for (int rt = 0; rt < RT; rt++)
 			kb_bulk_regs<T, RT>(ring + (uint32_t)(st * B::BYTES + rt * B::TILE), lane, &w[rt]);
-		/* every lane has its slot's bytes in registers: the slot may be refilled */
+		/* every lane has its slot's bytes in registers: the slot may be refilled.  The
+		 * fence orders this lane's shared-memory reads (generic proxy) before the bulk
+		 * copy's writes (async proxy); __syncwarp alone orders only execution. */
+		asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 		__syncwarp();
 		if (i + S < total) {
 			if (lane == 0)
@@ -569,6 +572,8 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 			ph ^= 1;
 		}
 	}
+#else
+	__trap(); /* launched only on sm_90 and newer, which this build must then target */
 #endif
 }
 
@@ -584,12 +589,24 @@ template <int T> static int kb_auto_stages(int n_chunks)
 }
 
 template <int T, int RT>
+static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a);
+
+template <int T, int RT>
+static size_t kb_bulk_smem(int nw, int S)
+{
+	return kb_bulk_ring_off(nw, RT, S) + (size_t)nw * S * KbBulk<T, RT>::BYTES;
+}
+
+template <int T, int RT>
 static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 {
 	const int nw = c->warps;
-	const size_t smem = kb_bulk_ring_off(nw, RT, S) + (size_t)nw * S * KbBulk<T, RT>::BYTES;
+	/* a ring too large for a block: fewer slots (every type fits one at 8 warps) */
+	while (S > 1 && kb_bulk_smem<T, RT>(nw, S) > ctx->smem_optin)
+		S--;
+	const size_t smem = kb_bulk_smem<T, RT>(nw, S);
 	if (smem > ctx->smem_optin)
-		return -EINVAL;
+		return launch_rt<T, RT>(ctx, c, a);
 	a.stages = S;
 	uint8_t *set = &ctx->mmv_smem_set[kb_type_slot(T)][RT - 1];
 	if (!*set) {
@@ -601,11 +618,15 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 	}
 	int grid = a.n_groups;
 	if (c->persist) {
-		int n = 0;
-		int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_bulk<T, RT>, nw * 32, smem));
-		if (r < 0)
-			return r;
-		n = n > 0 ? n : 1;
+		int *occ = &ctx->occ_bulk[kb_type_slot(T)][RT - 1][nw][S];
+		if (*occ == 0) {
+			int n = 0;
+			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_bulk<T, RT>, nw * 32, smem));
+			if (r < 0)
+				return r;
+			*occ = n > 0 ? n : 1;
+		}
+		const int n = *occ;
 		const int per_sm = c->persist < n ? c->persist : n;
 		const int64_t fit = (int64_t)per_sm * ctx->sm_count;
 		if (fit < grid)

@@ -30,8 +30,8 @@ int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy
 
 /* For each of n rows of y: the k (1..KB_CUDA_TOPK_MAX) largest values, NaN and -inf never
  * counted, of equal values the lowest indices: ids[t][0..counts[t]) and vals[t][...] (row
- * strides k), in index order, not sorted; counts[t] < k only when the row has fewer such
- * values.  Device arrays. */
+ * strides k), not sorted by value (those above the k-th value, then those equal to it);
+ * counts[t] < k only when the row has fewer such values.  Device arrays. */
 #define KB_CUDA_TOPK_MAX 256
 int kb_cuda_topk(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int k, int32_t *ids, float *vals,
 		 int32_t *counts);
