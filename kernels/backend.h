@@ -102,6 +102,10 @@ typedef struct {
 			    float *const *y, int acc);
 	int (*rope_kv_store)(KbBackend *b, const KbAttention *a, float *q, float *k, const float *v,
 			     int rot_dim, float base);
+	/* matmul_multi of W = q, k, v into y[0..2] (acc 0), then rope_kv_store on them, in
+	 * one launch where the backend can (the same bits as the two calls). */
+	int (*matmul_rope_kv)(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,
+			      const KbAttention *a, int rot_dim, float base);
 
 	/* Optional: matmul, and ret_idx[t] (host array of n) = the first index of the largest
 	 * y[t][r] (NaNs skipped; 0 when all are NaN), found while the product is computed,

@@ -340,6 +340,108 @@ static void test_matmul_argmax(void)
 	free(y2);
 }
 
+/* matmul_rope_kv (q/k/v products with RoPE and the KV stores in their epilogue) against
+ * matmul_multi then rope_kv_store: the same bits in q, k, v and both caches.  GQA, partial
+ * rotary dims, positions up to 1,000 (large angles), 1..8 tokens in one pass and 12 (two
+ * passes: the separate launches), Q4_1 rows wide enough for the bulk-copy kernel. */
+static void test_matmul_rope_kv(void)
+{
+	if (!ready())
+		return;
+	static const struct { int type; int64_t cols; int rot; } cfgs[] = {
+		{ QD_TYPE_Q4_0, 512, 64 }, { QD_TYPE_Q8_0, 256, 32 }, { QD_TYPE_F16, 320, 64 }, { QD_TYPE_Q4_1, 2048, 64 },
+	};
+	const int nh = 8, nkv = 2, hd = 64, n_seq = 2, n_ctx = 1100;
+	const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, stride = (int64_t)n_ctx * kvd;
+	uint64_t s = 0x517;
+	int bad = 0, cases = 0;
+	for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
+		const int64_t cols = cfgs[ci].cols;
+		const int64_t rows[3] = { qd, kvd, kvd };
+		KbWeight w[3];
+		uint8_t *raw[3];
+		for (int i = 0; i < 3; i++) {
+			size_t bytes;
+			raw[i] = rand_weight(cfgs[ci].type, rows[i], cols, &s, &bytes);
+			CU_ASSERT_PTR_NOT_NULL_FATAL(raw[i]);
+			w[i] = (KbWeight){ cfgs[ci].type, rows[i], cols, raw[i], NULL, 0 };
+			CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &w[i]), 0);
+		}
+		const KbWeight *const wp[3] = { &w[0], &w[1], &w[2] };
+		static const int ns[] = { 1, 3, 8, 12 };
+		for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
+			const int n = ns[ni];
+			float *x = rand_f32((size_t)(n * cols), &s, 1.0f);
+			int32_t pos[12], seq[12];
+			for (int t = 0; t < n; t++) {
+				seq[t] = t % 2;
+				pos[t] = (int32_t)((t * 97 + (int)ci * 13) % 1000) + (t == 0 ? 999 - (int)ci : 0);
+			}
+			const size_t cache = (size_t)(stride * n_seq) * 2;
+			float *dx = buf_in(gpu, x, sizeof(float) * (size_t)(n * cols));
+			float *ya[3], *yb[3];
+			for (int i = 0; i < 3; i++) {
+				ya[i] = buf_in(gpu, NULL, sizeof(float) * (size_t)(n * rows[i]));
+				yb[i] = buf_in(gpu, NULL, sizeof(float) * (size_t)(n * rows[i]));
+			}
+			uint16_t *zero = calloc(cache, 1);
+			uint16_t *kca = buf_in(gpu, zero, cache), *vca = buf_in(gpu, zero, cache);
+			uint16_t *kcb = buf_in(gpu, zero, cache), *vcb = buf_in(gpu, zero, cache);
+			CU_ASSERT_FATAL(x && dx && zero && kca && vca && kcb && vcb && ya[2] && yb[2]);
+			KbAttention a = { .n_tokens = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .pos = pos,
+					  .seq = seq, .k_cache = kca, .v_cache = vca, .kv_slot_stride = stride };
+			KbAttention b2 = a;
+			b2.k_cache = kcb;
+			b2.v_cache = vcb;
+			float *const yap[3] = { ya[0], ya[1], ya[2] }, *const ybp[3] = { yb[0], yb[1], yb[2] };
+			CU_ASSERT_EQUAL(gpu->ops->matmul_rope_kv(gpu, wp, dx, n, yap, &a, cfgs[ci].rot, 10000.0f), 0);
+			CU_ASSERT_EQUAL(gpu->ops->matmul_multi(gpu, 3, wp, dx, n, ybp, 0), 0);
+			CU_ASSERT_EQUAL(gpu->ops->rope_kv_store(gpu, &b2, yb[0], yb[1], yb[2], cfgs[ci].rot, 10000.0f), 0);
+			int diff = 0;
+			for (int i = 0; i < 3; i++) {
+				const size_t bytes = sizeof(float) * (size_t)(n * rows[i]);
+				float *ha = malloc(bytes), *hb = malloc(bytes);
+				CU_ASSERT_FATAL(ha && hb);
+				CU_ASSERT_EQUAL(buf_out(gpu, ha, ya[i], bytes), 0);
+				CU_ASSERT_EQUAL(buf_out(gpu, hb, yb[i], bytes), 0);
+				diff += memcmp(ha, hb, bytes) != 0;
+				free(ha);
+				free(hb);
+			}
+			uint16_t *ca = malloc(cache), *cb2 = malloc(cache);
+			CU_ASSERT_FATAL(ca && cb2);
+			CU_ASSERT_EQUAL(buf_out(gpu, ca, kca, cache), 0);
+			CU_ASSERT_EQUAL(buf_out(gpu, cb2, kcb, cache), 0);
+			diff += memcmp(ca, cb2, cache) != 0;
+			int nonzero = 0;
+			for (size_t e = 0; e < cache / 2; e++)
+				nonzero += ca[e] != 0;
+			CU_ASSERT(nonzero > 0); /* the stores happened */
+			CU_ASSERT_EQUAL(buf_out(gpu, ca, vca, cache), 0);
+			CU_ASSERT_EQUAL(buf_out(gpu, cb2, vcb, cache), 0);
+			diff += memcmp(ca, cb2, cache) != 0;
+			if (diff)
+				printf("\n    matmul_rope_kv %s n=%d: %d of 5 outputs differ\n",
+				       qd_type_traits(cfgs[ci].type)->name, n, diff);
+			bad += diff != 0;
+			cases++;
+			void *bufs[] = { dx, ya[0], ya[1], ya[2], yb[0], yb[1], yb[2], kca, vca, kcb, vcb };
+			for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+				gpu->ops->release(gpu, bufs[i]);
+			free(ca);
+			free(cb2);
+			free(zero);
+			free(x);
+		}
+		for (int i = 0; i < 3; i++) {
+			gpu->ops->weight_release(gpu, &w[i]);
+			free(raw[i]);
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	printf("\n    %d cases, %d differ\n", cases, bad);
+}
+
 typedef struct {
 	int32_t id;
 	float v;
@@ -556,6 +658,7 @@ int main(void)
 		{ "matmul_multi (acc, mixed types) = single products", test_matmul_multi, gpu_skip },
 		{ "rmsnorm, rope, swiglu, add, copy", test_norm_rope_elementwise, gpu_skip },
 		{ "matmul_argmax: ties, -0, NaN rows", test_matmul_argmax, gpu_skip },
+		{ "matmul_rope_kv = matmul_multi + rope_kv_store, bit for bit", test_matmul_rope_kv, gpu_skip },
 		{ "topk: ties, -0, NaN/-inf, short rows vs a host sort", test_topk, gpu_skip },
 		{ "kv_store and attention, two slots, GQA", test_attention, gpu_skip },
 		{ "backend selection (cpu/cuda/auto)", test_select, NULL },

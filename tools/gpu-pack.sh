@@ -2,13 +2,14 @@
 # tools/gpu-pack.sh: packs what a GPU machine without our build dependencies needs to run
 # the CUDA tests and benchmarks, into .dev/f (git-ignored): test-backend, test-steps,
 # test-cuda-mmv, bench-cuda-mmv and qd-engine (run/bench/synth) built for sm_90a only (a
-# third of the size of the three-arch build), stripped, with the two shared libraries they need that such machines lack
-# (CUnit, PCRE2), and the default model split in two pieces, since a device call carries
-# at most 64 MiB.  On the device:
+# third of the size of the three-arch build), stripped, with the two shared libraries they
+# need that such machines lack (CUnit, PCRE2), and the default model split in three pieces, since a device call carries
+# at most 64 MiB with the tree.  On the device (each call within the machine's idle window):
 #
 #   call 1 (carry .dev/f .dev/m.aa):  cp .dev/m.aa /tmp/m.aa; sh .dev/f/gpu-run.sh
-#   call 2 (carry .dev/f .dev/m.ab, within the machine's idle window):
-#           cat /tmp/m.aa .dev/m.ab > models/SmolLM2-135M-Instruct.Q4_1.gguf; sh .dev/f/gpu-run.sh
+#   call 2 (carry .dev/f .dev/m.ab):  cp .dev/m.ab /tmp/m.ab
+#   call 3 (carry .dev/f .dev/m.ac):  mkdir -p models;
+#           cat /tmp/m.aa /tmp/m.ab .dev/m.ac > models/SmolLM2-135M-Instruct.Q4_1.gguf; sh .dev/f/gpu-run.sh
 #
 # gpu-run.sh runs both suites (the model test SKIPs until the model is there) and a 7B
 # Q4_0 benchmark on a random-weight model made there.
@@ -27,7 +28,8 @@ for lib in libcunit.so.1 libpcre2-8.so.0; do
 done
 M=models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f $M ]; then
-	split -b 50000000 $M .dev/m.
+	rm -f .dev/m.a?
+	split -b 35000000 $M .dev/m.
 fi
 cat > .dev/f/gpu-run.sh <<'EOF'
 #!/bin/sh

@@ -412,8 +412,13 @@ static int run_layers(Context *c, const Batch *b)
 		a.k_cache = c->k_cache[il];
 		a.v_cache = c->v_cache[il];
 		/* the residual adds ride on the products (acc) */
-		if ((r = o->rmsnorm(be, c->x, l->attn_norm, n, d, cfg->norm_eps, c->xn)) < 0 ||
-		    (r = mm(c, 3, wqkv, c->xn, n, qkv, 0)) < 0 || (r = rope_store(c, &a, b)) < 0 ||
+		if ((r = o->rmsnorm(be, c->x, l->attn_norm, n, d, cfg->norm_eps, c->xn)) < 0)
+			return r;
+		if (o->matmul_rope_kv)
+			r = o->matmul_rope_kv(be, wqkv, c->xn, n, qkv, &a, cfg->rope_dim, cfg->rope_base);
+		else if ((r = mm(c, 3, wqkv, c->xn, n, qkv, 0)) == 0)
+			r = rope_store(c, &a, b);
+		if (r < 0 ||
 		    (r = o->attention(be, &a)) < 0 || (r = mm(c, 1, wo, c->att, n, res, 1)) < 0)
 			return r;
 		if ((r = o->rmsnorm(be, c->x, l->ffn_norm, n, d, cfg->norm_eps, c->xn)) < 0 ||

@@ -370,10 +370,14 @@ static int cuda_get_rows(KbBackend *b, const KbWeight *w, const int32_t *ids, in
 
 /* y[i] = W[i] . x (acc: +=) for nw weights; one launch per pass of KB_CUDA_MAX_TOK
  * tokens when the weights share type and cols (q/k/v, gate/up), else one per weight. */
-static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, const float *x, int n,
-			     float *const *y, int acc)
+/* The products; with ROPE (nw 3, acc 0), also RoPE and the KV stores in the products'
+ * epilogue when the step takes one pass of the decode kernels, else *rope_done = 0 and
+ * the caller runs rope_kv_store. */
+static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const float *x, int n, float *const *y,
+		    int acc, const KbCudaRope *rope, int *rope_done)
 {
-	CudaBackend *c = cb(b);
+	if (rope_done)
+		*rope_done = 0;
 	const KbCudaWeight *mm[KB_CUDA_MMV_MAX_W];
 	if (nw < 1 || nw > KB_CUDA_MMV_MAX_W || n < 1 || !x)
 		return -EINVAL;
@@ -406,7 +410,10 @@ static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, con
 			yt[i] = y[i] + (int64_t)t0 * w[i]->rows;
 		if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x + (int64_t)t0 * cols, cols, cols, nt)) < 0)
 			break;
-		if (same && c->fuse)
+		if (same && c->fuse && rope && nt == n) {
+			if ((r = kb_cuda_mmv_qkv_rope(c->ctx, mm, c->act, yt, rope)) == 0)
+				*rope_done = 1;
+		} else if (same && c->fuse)
 			r = kb_cuda_mmv_multi(c->ctx, nw, mm, c->act, yt, acc);
 		else
 			for (int i = 0; i < nw && r == 0; i++)
@@ -423,6 +430,12 @@ static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, con
 		c->act_cols = cols;
 	}
 	return r;
+}
+
+static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, const float *x, int n,
+			     float *const *y, int acc)
+{
+	return mm_multi(cb(b), nw, w, x, n, y, acc, NULL, NULL);
 }
 
 static int cuda_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
@@ -555,6 +568,30 @@ static int cuda_rope_kv_store(KbBackend *b, const KbAttention *a, float *q, floa
 	const float theta_scale = powf(base, -2.0f / (float)rot_dim);
 	return kb_cuda_rope_kv_store(c->ctx, q, k, v, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head,
 				     a->n_head_kv, a->head_dim, rot_dim, theta_scale, a->kv_slot_stride);
+}
+
+static int cuda_matmul_rope_kv(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,
+			       const KbAttention *a, int rot_dim, float base)
+{
+	CudaBackend *c = cb(b);
+	if (!w || !y || !a || a->n_tokens != n || rot_dim > 512 || rot_dim < 0 || rot_dim % 2 ||
+	    rot_dim > a->head_dim || a->n_tokens < 1 || !w[0] || !w[1] || !w[2])
+		return -EINVAL;
+	const int32_t *dpos, *dseq;
+	/* not idx_pos_seq: the activations rmsnorm converted for these products stay valid */
+	int r = step_idx(c, &c->pos, 1, a->pos, a->n_tokens, &dpos);
+	if (r < 0 || (r = step_idx(c, &c->seq, 2, a->seq, a->n_tokens, &dseq)) < 0)
+		return r;
+	/* the same float as cuda_rope_kv_store */
+	const KbCudaRope rope = { .pos = dpos, .seq = dseq, .k_cache = a->k_cache, .v_cache = a->v_cache,
+				  .slot_stride = a->kv_slot_stride, .head_dim = a->head_dim, .rot_dim = rot_dim,
+				  .theta_scale = powf(base, -2.0f / (float)rot_dim) };
+	const int whole = w[0]->rows == (int64_t)a->n_head * a->head_dim &&
+			  w[1]->rows == (int64_t)a->n_head_kv * a->head_dim && w[2]->rows == w[1]->rows;
+	int done = 0;
+	if ((r = mm_multi(c, 3, w, x, n, y, 0, whole && rot_dim > 0 ? &rope : NULL, &done)) < 0)
+		return r;
+	return done ? 0 : cuda_rope_kv_store(b, a, y[0], y[1], y[2], rot_dim, base);
 }
 
 /* Attention converts its output for the next product (wo) in the same launch when that
@@ -776,6 +813,7 @@ static const KbOps cuda_ops = {
 	.matmul_argmax = cuda_matmul_argmax,
 	.topk = cuda_topk,
 	.rope_kv_store = cuda_rope_kv_store,
+	.matmul_rope_kv = cuda_matmul_rope_kv,
 	.mem_info = cuda_mem_info,
 	.add = cuda_add,
 	.sync = cuda_sync,

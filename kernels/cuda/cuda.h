@@ -133,6 +133,20 @@ int kb_cuda_mmv_act(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, fl
 int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act,
 		      float *const *y_dev, int acc);
 
+/* kb_cuda_mmv_multi of W = q, k, v (acc 0), with kb_cuda_rope_kv_store's work done as the
+ * products write their rows: RoPE on the q and k rows, then k and v into the caches at
+ * seq[t] * slot_stride + pos[t] * rows(k).  The same bits as the two calls.  pos/seq:
+ * device arrays of act's n_tok; theta_scale = base^(-2/rot_dim). */
+typedef struct {
+	const int32_t *pos, *seq;
+	uint16_t *k_cache, *v_cache;
+	int64_t slot_stride;
+	int head_dim, rot_dim;
+	float theta_scale;
+} KbCudaRope;
+int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y_dev,
+			 const KbCudaRope *rope);
+
 /* Products of any number of tokens (gemm.cu; meant for n > KB_CUDA_MAX_TOK): y[i]
  * ([n][w[i]'s rows]) = W[i] x, or += when acc, for 1 <= nw <= KB_CUDA_MMV_MAX_W weights of
  * equal cols; x device f32 [n][cols].  The weights are dequantized to f16 with their

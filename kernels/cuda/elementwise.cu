@@ -411,6 +411,8 @@ extern "C" int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, 
  * ones with the lowest indices, which is the host sampler's order (higher logit, then
  * lower id).  The row is read from L2 (the product has just written it) five times. */
 
+#define TOPK_UNROLL 8
+
 __device__ __forceinline__ uint32_t kb_topk_key(float v)
 {
 	if (!(v > -INFINITY)) /* NaN or -inf */
@@ -423,7 +425,8 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 					       float *vals, int32_t *counts)
 {
 	__shared__ uint32_t hist[256];
-	__shared__ uint32_t sel_s[3]; /* the bin chosen, the rank left within it, candidates */
+	/* the bin chosen, the rank left within it, candidates, the bin's count, output slots */
+	__shared__ uint32_t sel_s[5];
 	__shared__ uint32_t wgt[32], weq[32];
 	const float *row = y + (int64_t)blockIdx.x * ldy;
 	int32_t *oid = ids + (int64_t)blockIdx.x * k;
@@ -435,10 +438,26 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 		for (int i = tid; i < 256; i += blockDim.x)
 			hist[i] = 0;
 		__syncthreads();
-		for (int64_t c = tid; c < cols; c += blockDim.x) {
-			const uint32_t key = kb_topk_key(row[c]);
-			if (key && (key & mask) == prefix)
-				atomicAdd(&hist[(key >> shift) & 255u], 1u);
+		/* Logits of one row share their top bits, so most keys land in a few bins: the
+		 * lanes of a warp with the same bin add once, together (one shared-memory atomic
+		 * per bin per warp instead of 32 to the same address). */
+		for (int64_t c0 = 0; c0 < cols; c0 += TOPK_UNROLL * (int64_t)blockDim.x) {
+			/* the loads of TOPK_UNROLL columns first, all in flight together: a pass is
+			 * then a few L2 round trips, not one per column a thread takes */
+			float v[TOPK_UNROLL];
+			KB_UNROLL
+			for (int j = 0; j < TOPK_UNROLL; j++) {
+				const int64_t c = c0 + (int64_t)j * blockDim.x + tid;
+				v[j] = c < cols ? row[c] : NAN;
+			}
+			KB_UNROLL
+			for (int j = 0; j < TOPK_UNROLL; j++) {
+				const uint32_t key = kb_topk_key(v[j]);
+				const uint32_t bin = key && (key & mask) == prefix ? (key >> shift) & 255u : 256u;
+				const uint32_t same = __match_any_sync(0xffffffffu, bin);
+				if (bin < 256u && lane == __ffs(same) - 1)
+					atomicAdd(&hist[bin], (uint32_t)__popc(same));
+			}
 		}
 		__syncthreads();
 		if (warp == 0) {
@@ -466,6 +485,7 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 					above += h[j++];
 				sel_s[0] = 255u - 8u * (uint32_t)lane - (uint32_t)j;
 				sel_s[1] = want - above;
+				sel_s[3] = h[j];
 			}
 			if (!who && lane == 0) {
 				sel_s[0] = 0;
@@ -487,10 +507,38 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 	/* prefix: the k-th key; want: how many of the keys equal to it are taken */
 	const uint32_t kth = prefix, n_eq = want;
 	const uint32_t n_gt = sel_s[2] - n_eq;
+	if (sel_s[3] == n_eq) {
+		/* every key equal to the k-th is taken (the usual case: no tie across the k-th
+		 * place): the candidates are exactly the keys >= kth, written in any order */
+		if (tid == 0)
+			sel_s[4] = 0;
+		__syncthreads();
+		for (int64_t c0 = 0; c0 < cols; c0 += TOPK_UNROLL * (int64_t)blockDim.x) {
+			float v[TOPK_UNROLL];
+			KB_UNROLL
+			for (int j = 0; j < TOPK_UNROLL; j++) {
+				const int64_t c = c0 + (int64_t)j * blockDim.x + tid;
+				v[j] = c < cols ? row[c] : NAN;
+			}
+			KB_UNROLL
+			for (int j = 0; j < TOPK_UNROLL; j++) {
+				const uint32_t key = kb_topk_key(v[j]);
+				if (key && key >= kth) {
+					const uint32_t slot = atomicAdd(&sel_s[4], 1u);
+					oid[slot] = (int32_t)(c0 + (int64_t)j * blockDim.x + tid);
+					oval[slot] = v[j];
+				}
+			}
+		}
+		return;
+	}
+	/* a tie across the k-th place: of the equal keys the lowest indices, in index order */
 	uint32_t base_gt = 0, base_eq = 0;
+	float vn = tid < cols ? row[tid] : 0.f; /* the next trip's value, loaded a trip ahead */
 	for (int64_t c0 = 0; c0 < cols && (base_gt < n_gt || base_eq < n_eq); c0 += blockDim.x) {
-		const int64_t c = c0 + tid;
-		const float v = c < cols ? row[c] : 0.f;
+		const int64_t c = c0 + tid, cn = c + blockDim.x;
+		const float v = vn;
+		vn = cn < cols ? row[cn] : 0.f;
 		const uint32_t key = c < cols ? kb_topk_key(v) : 0u;
 		const bool gt = key > kth, eq = key && key == kth;
 		const uint32_t bg = __ballot_sync(0xffffffffu, gt), be = __ballot_sync(0xffffffffu, eq);

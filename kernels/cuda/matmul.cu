@@ -106,6 +106,17 @@ typedef struct {
 	int g0, g1;
 } KbMmvSeg;
 
+/* The q/k/v product's epilogue (KbCudaRope): RoPE on the q and k rows and the KV-cache
+ * stores of k and v, done where the flush has each row pair's sums (rope_kv_store's
+ * arithmetic, so the same bits as the two launches). */
+typedef struct {
+	const int32_t *pos, *seq;
+	__half *kc, *vc;
+	int64_t stride;
+	int on, hd, rot_dim, kvd;
+	float theta_scale;
+} KbMmvRope;
+
 typedef struct {
 	KbMmvSeg seg[KB_CUDA_MMV_MAX_W];
 	int nseg;
@@ -113,6 +124,7 @@ typedef struct {
 	int n_chunks, n_groups, prefetch, acc;
 	int stages; /* k_mmv_bulk: ring slots per warp */
 	KbActView x;
+	KbMmvRope rope; /* segments 0, 1, 2 = q, k, v when on */
 } KbMmvArgs;
 
 /* The weight that owns row group jg, and jg's first tile within it.  Selects rather than
@@ -280,6 +292,34 @@ __device__ __forceinline__ void kb_load_item(const KbMmvArgs &a, int i, int j, i
 	}
 }
 
+/* One output of the q/k/v product with the RoPE + KV-store epilogue: segment si (0 q,
+ * 1 k, 2 v), row, token, its sum and its pair partner's (row ^ 1).  The angle is built by
+ * repeated multiplication and the rotation rounded step by step exactly as rope_kv_store
+ * does (elementwise.cu), so fused and separate launches give the same bits. */
+__device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, int si, int64_t row, int tok, bool store,
+						 float sum, float other, float *y, int64_t ldy)
+{
+	if (!store)
+		return;
+	float val = sum;
+	const int rh = (int)(row % r.hd);
+	if (si < 2 && rh < r.rot_dim) {
+		float theta = (float)r.pos[tok];
+		for (int i = 0; i < rh / 2; i++)
+			theta = __fmul_rn(theta, r.theta_scale);
+		float sn, cs;
+		sincosf(theta, &sn, &cs);
+		const bool odd = rh & 1;
+		const float x0 = odd ? other : sum, x1 = odd ? sum : other;
+		val = odd ? __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs)) : __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+	}
+	y[tok * ldy + row] = val;
+	if (si > 0) {
+		const int64_t dst = (int64_t)r.seq[tok] * r.stride + (int64_t)r.pos[tok] * r.kvd + row;
+		(si == 1 ? r.kc : r.vc)[dst] = __float2half_rn(val);
+	}
+}
+
 /* End of the block's group j: the warps' partial sums meet in shared memory (two
  * slots, alternating, so one barrier per group suffices) and go to y. */
 template <int RT>
@@ -305,6 +345,13 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			sum += f[((k * RT + rt) * 32 + l) * 4 + ci];
 		const int64_t row = (tile0 + rt) * 16 + (l >> 2) + 8 * (ci >> 1);
 		const int tok = 2 * (l & 3) + (ci & 1);
+		if (a.rope.on) {
+			/* rows 2i and 2i+1 are in threads v and v ^ 16 of the same warp (whole warps
+			 * run this loop, so the shuffle is uniform) */
+			const float other = __shfl_xor_sync(0xffffffffu, sum, 16);
+			kb_rope_epilogue(a.rope, si, row, tok, row < g.rows && tok < a.x.n_tok, sum, other, g.y, g.ldy);
+			continue;
+		}
 		if (row < g.rows && tok < a.x.n_tok) {
 			float *yp = g.y + tok * g.ldy + row;
 			*yp = a.acc ? *yp + sum : sum; /* acc: the same bits as a product, then add */
@@ -661,7 +708,7 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 
 template <int T>
 static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
-		      const int64_t *ldy, int acc)
+		      const int64_t *ldy, int acc, const KbCudaRope *rope)
 {
 	const KbMmvConfig *c = &ctx->mmv[act->n_tok - 1];
 	KbMmvArgs a;
@@ -693,6 +740,18 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	a.x.xs = act->xs;
 	a.x.cap = act->cap;
 	a.x.n_tok = act->n_tok;
+	if (rope) {
+		a.rope.on = 1;
+		a.rope.pos = rope->pos;
+		a.rope.seq = rope->seq;
+		a.rope.kc = (__half *)rope->k_cache;
+		a.rope.vc = (__half *)rope->v_cache;
+		a.rope.stride = rope->slot_stride;
+		a.rope.hd = rope->head_dim;
+		a.rope.rot_dim = rope->rot_dim;
+		a.rope.kvd = (int)w[1]->rows;
+		a.rope.theta_scale = rope->theta_scale;
+	}
 	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
 	if (S > 0 && ctx->cc_major >= 9)
 		return c->row_tiles == 1 ? launch_bulk<T, 1>(ctx, c, S, a) : launch_bulk<T, 2>(ctx, c, S, a);
@@ -702,23 +761,29 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 }
 
 static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
-		      const int64_t *ldy, int acc)
+		      const int64_t *ldy, int acc, const KbCudaRope *rope)
 {
 	if (!ctx || !act || act->ctx != ctx || act->n_tok < 1 || nw < 1 || nw > KB_CUDA_MMV_MAX_W)
+		return -EINVAL;
+	/* the epilogue: q, k, v of whole heads, k and v alike, a row pair never split */
+	if (rope && (nw != 3 || acc || !rope->pos || !rope->seq || !rope->k_cache || !rope->v_cache ||
+		     rope->head_dim < 2 || rope->head_dim % 2 || rope->rot_dim < 0 || rope->rot_dim % 2 ||
+		     rope->rot_dim > rope->head_dim || w[0]->rows % rope->head_dim || w[1]->rows % rope->head_dim ||
+		     w[1]->rows != w[2]->rows || rope->slot_stride < w[1]->rows))
 		return -EINVAL;
 	for (int i = 0; i < nw; i++)
 		if (!w[i] || w[i]->ctx != ctx || !y[i] || act->cols != w[i]->cols || ldy[i] < w[i]->rows ||
 		    w[i]->type != w[0]->type)
 			return -EINVAL;
 	return kb_with_product_type(w[0]->type, [&](auto t) {
-		return launch_mmv<decltype(t)::value>(ctx, nw, w, act, y, ldy, acc);
+		return launch_mmv<decltype(t)::value>(ctx, nw, w, act, y, ldy, acc, rope);
 	});
 }
 
 extern "C" int kb_cuda_mmv_act(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,
 			       int64_t ldy)
 {
-	return mmv_launch(ctx, 1, &w, act, &y_dev, &ldy, 0);
+	return mmv_launch(ctx, 1, &w, act, &y_dev, &ldy, 0, NULL);
 }
 
 extern "C" int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act,
@@ -729,7 +794,18 @@ extern "C" int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const 
 	int64_t ldy[KB_CUDA_MMV_MAX_W];
 	for (int i = 0; i < nw; i++)
 		ldy[i] = w[i] ? w[i]->rows : 0;
-	return mmv_launch(ctx, nw, w, act, y_dev, ldy, acc);
+	return mmv_launch(ctx, nw, w, act, y_dev, ldy, acc, NULL);
+}
+
+extern "C" int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, const KbCudaAct *act,
+				    float *const *y_dev, const KbCudaRope *rope)
+{
+	if (!w || !y_dev || !rope)
+		return -EINVAL;
+	int64_t ldy[3];
+	for (int i = 0; i < 3; i++)
+		ldy[i] = w[i] ? w[i]->rows : 0;
+	return mmv_launch(ctx, 3, w, act, y_dev, ldy, 0, rope);
 }
 
 extern "C" int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t ldx,
