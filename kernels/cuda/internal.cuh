@@ -66,8 +66,8 @@ struct KbCuda {
 	cudaEvent_t t0, t1;
 	int pdl;
 	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
-	int occ[7][2][9];       /* resident blocks per SM: [type slot][row tiles - 1][warps] */
-	int occ_bulk[7][2][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
+	int occ[7][3][9];       /* resident blocks per SM: [type slot][variant (matmul.cu)][warps] */
+	int occ_bulk[7][3][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
 	uint64_t up_bytes;
 	double up_sec;
 	KbCudaAct *act;         /* for kb_cuda_mmv */
@@ -75,7 +75,7 @@ struct KbCuda {
 	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
 	int att_split_keys;     /* fewest keys an attention split takes (KB_ATT_SPLIT_KEYS) */
 	uint8_t mmq_smem_set[7][2]; /* gemm.cu: shared-memory opt-in done, [type slot][64-token] */
-	uint8_t mmv_smem_set[7][2]; /* matmul.cu bulk kernel: the same, [type slot][row tiles - 1] */
+	uint8_t mmv_smem_set[7][3]; /* matmul.cu bulk kernel: the same, [type slot][variant] */
 	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };

@@ -113,7 +113,7 @@ typedef struct {
 	const int32_t *pos, *seq;
 	__half *kc, *vc;
 	int64_t stride;
-	int on, hd, rot_dim, kvd;
+	int hd, rot_dim, kvd;
 	float theta_scale;
 } KbMmvRope;
 
@@ -124,7 +124,7 @@ typedef struct {
 	int n_chunks, n_groups, prefetch, acc;
 	int stages; /* k_mmv_bulk: ring slots per warp */
 	KbActView x;
-	KbMmvRope rope; /* segments 0, 1, 2 = q, k, v when on */
+	KbMmvRope rope; /* k_mmv<..., true>: segments 0, 1, 2 = q, k, v */
 } KbMmvArgs;
 
 /* The weight that owns row group jg, and jg's first tile within it.  Selects rather than
@@ -322,7 +322,7 @@ __device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, int si, int
 
 /* End of the block's group j: the warps' partial sums meet in shared memory (two
  * slots, alternating, so one barrier per group suffices) and go to y. */
-template <int RT>
+template <int RT, bool ROPE>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
 					 float (&acc)[RT][4], float4 *red)
 {
@@ -345,7 +345,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			sum += f[((k * RT + rt) * 32 + l) * 4 + ci];
 		const int64_t row = (tile0 + rt) * 16 + (l >> 2) + 8 * (ci >> 1);
 		const int tok = 2 * (l & 3) + (ci & 1);
-		if (a.rope.on) {
+		if constexpr (ROPE) {
 			/* rows 2i and 2i+1 are in threads v and v ^ 16 of the same warp (whole warps
 			 * run this loop, so the shuffle is uniform) */
 			const float other = __shfl_xor_sync(0xffffffffu, sum, 16);
@@ -363,7 +363,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
  * takes chunks w, w + nw, ... of each, so its work is a list of (group, chunk) items
  * that it walks with two register stages: the next item's loads are in flight while
  * it computes the current one, across group boundaries too. */
-template <int T, int RT>
+template <int T, int RT, bool ROPE>
 __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 {
 	extern __shared__ float4 kb_red[]; /* [2][warps][RT][32 lanes] */
@@ -383,7 +383,7 @@ __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 	kb_pdl_wait();
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT>(a, j, warp, nw, lane, acc, kb_red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red);
 		return;
 	}
 	/* item i is chunk ch of group j; (jn, chn) is item i + 1 */
@@ -398,7 +398,7 @@ __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 			kb_load_item<T, RT>(a, i + 1, jn, chn, cnt, total, warp, nw, lane, wb);
 		kb_chunk<T, RT>(a, wa, ch, lane, acc);
 		if (jn != j)
-			kb_flush<RT>(a, j, warp, nw, lane, acc, kb_red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red);
 		if (i + 1 >= total)
 			break;
 		j = jn;
@@ -413,7 +413,7 @@ __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 			kb_load_item<T, RT>(a, i + 2, jn, chn, cnt, total, warp, nw, lane, wa);
 		kb_chunk<T, RT>(a, wb, ch, lane, acc);
 		if (jn != j)
-			kb_flush<RT>(a, j, warp, nw, lane, acc, kb_red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red);
 		j = jn;
 		ch = chn;
 	}
@@ -550,7 +550,7 @@ __device__ __forceinline__ void kb_bulk_regs(uint32_t tile, int lane, KbWRegs<T>
 }
 #endif
 
-template <int T, int RT>
+template <int T, int RT, bool ROPE>
 __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -589,7 +589,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT>(a, j, warp, nw, lane, acc, red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, red);
 		return;
 	}
 	int st = 0, ph = 0;
@@ -613,7 +613,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 		const int j = cur.j;
 		kb_cursor_next<T, RT>(a, cnt, warp, nw, &cur);
 		if (cur.j != j)
-			kb_flush<RT>(a, j, warp, nw, lane, acc, red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, red);
 		if (++st == S) {
 			st = 0;
 			ph ^= 1;
@@ -635,7 +635,7 @@ template <int T> static int kb_auto_stages(int n_chunks)
 	return T == QD_TYPE_Q4_1 && n_chunks >= 8 ? 2 : 0;
 }
 
-template <int T, int RT>
+template <int T, int RT, bool ROPE>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a);
 
 template <int T, int RT>
@@ -644,7 +644,13 @@ static size_t kb_bulk_smem(int nw, int S)
 	return kb_bulk_ring_off(nw, RT, S) + (size_t)nw * S * KbBulk<T, RT>::BYTES;
 }
 
-template <int T, int RT>
+/* Cache slots of a kernel variant: [row tiles - 1], or 2 for the RoPE epilogue (RT 1). */
+template <int RT, bool ROPE> static constexpr int kb_variant()
+{
+	return ROPE ? 2 : RT - 1;
+}
+
+template <int T, int RT, bool ROPE>
 static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 {
 	const int nw = c->warps;
@@ -653,11 +659,11 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 		S--;
 	const size_t smem = kb_bulk_smem<T, RT>(nw, S);
 	if (smem > ctx->smem_optin)
-		return launch_rt<T, RT>(ctx, c, a);
+		return launch_rt<T, RT, ROPE>(ctx, c, a);
 	a.stages = S;
-	uint8_t *set = &ctx->mmv_smem_set[kb_type_slot(T)][RT - 1];
+	uint8_t *set = &ctx->mmv_smem_set[kb_type_slot(T)][kb_variant<RT, ROPE>()];
 	if (!*set) {
-		int r = kb_err(cudaFuncSetAttribute(k_mmv_bulk<T, RT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		int r = kb_err(cudaFuncSetAttribute(k_mmv_bulk<T, RT, ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						    (int)ctx->smem_optin));
 		if (r < 0)
 			return r;
@@ -665,10 +671,10 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 	}
 	int grid = a.n_groups;
 	if (c->persist) {
-		int *occ = &ctx->occ_bulk[kb_type_slot(T)][RT - 1][nw][S];
+		int *occ = &ctx->occ_bulk[kb_type_slot(T)][kb_variant<RT, ROPE>()][nw][S];
 		if (*occ == 0) {
 			int n = 0;
-			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_bulk<T, RT>, nw * 32, smem));
+			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_bulk<T, RT, ROPE>, nw * 32, smem));
 			if (r < 0)
 				return r;
 			*occ = n > 0 ? n : 1;
@@ -679,10 +685,10 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 		if (fit < grid)
 			grid = (int)fit;
 	}
-	return kb_launch(ctx, k_mmv_bulk<T, RT>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
+	return kb_launch(ctx, k_mmv_bulk<T, RT, ROPE>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
 
-template <int T, int RT>
+template <int T, int RT, bool ROPE>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 {
 	const int nw = c->warps;
@@ -690,10 +696,10 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 	int grid = a.n_groups;
 	if (c->persist) {
 		/* as many blocks as fit at once, each walking several groups */
-		int *occ = &ctx->occ[kb_type_slot(T)][RT - 1][nw];
+		int *occ = &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>()][nw];
 		if (*occ == 0) {
 			int n = 0;
-			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv<T, RT>, nw * 32, smem));
+			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv<T, RT, ROPE>, nw * 32, smem));
 			if (r < 0)
 				return r;
 			*occ = n > 0 ? n : 1;
@@ -703,7 +709,7 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 		if (fit < grid)
 			grid = (int)fit;
 	}
-	return kb_launch(ctx, k_mmv<T, RT>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
+	return kb_launch(ctx, k_mmv<T, RT, ROPE>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
 
 template <int T>
@@ -741,7 +747,6 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	a.x.cap = act->cap;
 	a.x.n_tok = act->n_tok;
 	if (rope) {
-		a.rope.on = 1;
 		a.rope.pos = rope->pos;
 		a.rope.seq = rope->seq;
 		a.rope.kc = (__half *)rope->k_cache;
@@ -753,11 +758,14 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 		a.rope.theta_scale = rope->theta_scale;
 	}
 	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
-	if (S > 0 && ctx->cc_major >= 9)
-		return c->row_tiles == 1 ? launch_bulk<T, 1>(ctx, c, S, a) : launch_bulk<T, 2>(ctx, c, S, a);
+	const bool bulk = S > 0 && ctx->cc_major >= 9;
+	if (rope) /* its own instances (one row tile), so the other products carry none of it */
+		return bulk ? launch_bulk<T, 1, true>(ctx, c, S, a) : launch_rt<T, 1, true>(ctx, c, a);
+	if (bulk)
+		return c->row_tiles == 1 ? launch_bulk<T, 1, false>(ctx, c, S, a) : launch_bulk<T, 2, false>(ctx, c, S, a);
 	if (c->row_tiles == 1)
-		return launch_rt<T, 1>(ctx, c, a);
-	return launch_rt<T, 2>(ctx, c, a);
+		return launch_rt<T, 1, false>(ctx, c, a);
+	return launch_rt<T, 2, false>(ctx, c, a);
 }
 
 static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
