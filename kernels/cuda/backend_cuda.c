@@ -8,13 +8,9 @@
  * device in stream order; a copy is skipped when the array equals the previous one, so a
  * forward pass uploads its positions once, not once per layer.
  *
- * Steps (step_begin/step_end): the step's index arrays go to the device in one copy, and
- * the ops in between read them from there.  A step of n_tokens <= STEP_GRAPH_MAX_TOK runs
- * op by op the first time (which also grows buffers and uploads tables), is captured into
- * a CUDA graph the second time and replayed from then on: one launch instead of ~600
- * (7B).  The recorded kernels read everything that changes between steps (ids,
- * positions, slots, hence attention lengths) from device memory, so a replay is the same
- * computation as the op calls.
+ * Steps (step_begin/step_end, recorded as CUDA graphs) are in backend_steps.c; the ops
+ * here take a step's index arrays from its device copy (step_idx) and refuse what a
+ * capture cannot record.  The structs both files use are in backend_internal.h.
  *
  * Products share converted activations: the backend remembers which f32 buffer its
  * activation buffer holds (set by a product or by rmsnorm, which converts in the same
@@ -33,74 +29,9 @@
 
 #include "../backend.h"
 #include "../types.h"
+#include "backend_internal.h"
 #include "cuda.h"
 #include "ops.h"
-
-/* A device copy of the last host index array of one kind. */
-typedef struct {
-	int32_t *dev;
-	int32_t *shadow; /* host copy of what dev holds */
-	int cap, n;
-} IdxBuf;
-
-/* What weight_prepare leaves in KbWeight.priv. */
-typedef struct {
-	KbCudaWeight *mm; /* repacked for the products; NULL if the type has no product kernel */
-	uint8_t *raw;     /* GGUF rows for get_rows, uploaded on first use */
-	int64_t row_bytes;
-} CudaWeight;
-
-#define STEP_GRAPH_MAX_TOK 64 /* larger steps (prefill) run op by op */
-/* Products of more tokens run on gemm.cu; up to this many, passes of eight through the
- * decode kernels were faster on the H200 (bench/NOTES.md). */
-#define GEMM_MIN_TOK 16
-#define STEP_GRAPHS 8          /* graphs kept; the least recently used goes first */
-
-typedef struct {
-	int n;          /* n_tokens of the step it replays; 0: free */
-	KbCudaGraph *g;
-	uint64_t used;  /* clock of the last replay */
-} StepGraph;
-
-/* The step in progress and the graph cache. */
-typedef struct {
-	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step */
-	int32_t *host;          /* staging for the one copy, [3][cap] */
-	int cap;
-	int active, capturing, n;
-	const int32_t *tok, *pos, *seq; /* the step's host arrays, as the ops will pass them */
-	StepGraph graphs[STEP_GRAPHS];
-	uint8_t state[STEP_GRAPH_MAX_TOK + 1]; /* per n: 0 new, 1 ran once (warm), 2 not capturable */
-	uint64_t clock;
-	KbCudaStepStats stats;
-	int enabled;
-} StepState;
-
-typedef struct {
-	KbBackend base;
-	KbCuda *ctx;
-	IdxBuf ids, pos, seq;
-	StepState step;
-	KbCudaAct *act;         /* converted activations for the products */
-	const float *act_x;     /* the f32 buffer act holds (act_n tokens x act_cols), or NULL */
-	int act_n;
-	int64_t act_cols;
-	int fuse;
-	int gemm;               /* products of > KB_CUDA_MAX_TOK tokens through kb_cuda_mmq */
-	void *xq;               /* its f16 activation scratch */
-	size_t xq_bytes;
-	int32_t *amax;          /* matmul_argmax: the rows' greedy ids on the device */
-	int amax_cap;
-	void *topk_dev;         /* topk: ids [n][k], values [n][k], counts [n] on the device */
-	void *topk_host;        /* and their copy on the host */
-	size_t topk_bytes;
-	char desc[352];
-} CudaBackend;
-
-static CudaBackend *cb(KbBackend *b)
-{
-	return (CudaBackend *)b;
-}
 
 static void idx_done(KbCuda *ctx, IdxBuf *ib)
 {
@@ -147,17 +78,9 @@ static int idx_get(KbCuda *ctx, IdxBuf *ib, const int32_t *host, int n, const in
 }
 
 /* Any op but a product may write the buffer the activations were converted from. */
-static void act_forget(CudaBackend *c)
+void act_forget(CudaBackend *c)
 {
 	c->act_x = NULL;
-}
-
-static void graphs_drop(CudaBackend *c)
-{
-	for (int i = 0; i < STEP_GRAPHS; i++) {
-		kb_cuda_graph_free(c->step.graphs[i].g);
-		memset(&c->step.graphs[i], 0, sizeof(c->step.graphs[i]));
-	}
 }
 
 /* Before a buffer that queued kernels and recorded graphs may use is replaced: refused
@@ -643,137 +566,6 @@ static int cuda_add(KbBackend *b, float *x, const float *y, int64_t n)
 	return kb_cuda_add(cb(b)->ctx, x, y, n);
 }
 
-static StepGraph *graph_find(StepState *st, int n)
-{
-	for (int i = 0; i < STEP_GRAPHS; i++)
-		if (st->graphs[i].n == n)
-			return &st->graphs[i];
-	return NULL;
-}
-
-/* A free slot, or the least recently replayed one, emptied.  A graph still running
- * is freed by the driver once it completes. */
-static StepGraph *graph_slot(StepState *st)
-{
-	StepGraph *v = &st->graphs[0];
-	for (int i = 0; i < STEP_GRAPHS; i++) {
-		if (!st->graphs[i].n)
-			return &st->graphs[i];
-		if (st->graphs[i].used < v->used)
-			v = &st->graphs[i];
-	}
-	kb_cuda_graph_free(v->g);
-	memset(v, 0, sizeof(*v));
-	return v;
-}
-
-static int cuda_step_begin(KbBackend *b, const KbStep *s)
-{
-	CudaBackend *c = cb(b);
-	StepState *st = &c->step;
-	if (!s || s->n_tokens < 1 || !s->token || !s->pos || !s->seq)
-		return -EINVAL;
-	if (st->active)
-		return -EBUSY;
-	const int n = s->n_tokens;
-	/* the daemon may create a model's context on its loader thread and step it on the
-	 * engine thread: kernel launches go to the calling thread's current device */
-	int r = kb_cuda_bind(c->ctx);
-	if (r < 0)
-		return r;
-	act_forget(c);
-	if (n > st->cap) {
-		/* recorded steps and queued kernels may use the old buffer */
-		int cap = n > 2 * st->cap ? n : 2 * st->cap;
-		int32_t *host = malloc(sizeof(int32_t) * 3 * (size_t)cap);
-		void *dev = NULL;
-		if (!host)
-			return -ENOMEM;
-		if ((r = kb_cuda_sync(c->ctx)) < 0 ||
-		    (r = kb_cuda_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &dev)) < 0) {
-			free(host);
-			return r;
-		}
-		graphs_drop(c);
-		kb_cuda_dev_free(c->ctx, st->dev);
-		free(st->host);
-		st->dev = dev;
-		st->host = host;
-		st->cap = cap;
-	}
-	/* one copy for the three arrays; the staging is free again once this returns (a
-	 * copy from pageable memory is staged by the driver) */
-	memcpy(st->host, s->token, sizeof(int32_t) * (size_t)n);
-	memcpy(st->host + n, s->pos, sizeof(int32_t) * (size_t)n);
-	memcpy(st->host + 2 * n, s->seq, sizeof(int32_t) * (size_t)n);
-	if ((r = kb_cuda_upload_async(c->ctx, st->dev, st->host, sizeof(int32_t) * 3 * (size_t)n)) < 0)
-		return r;
-	if (st->enabled && n <= STEP_GRAPH_MAX_TOK) {
-		StepGraph *g = graph_find(st, n);
-		if (g) {
-			g->used = ++st->clock;
-			if ((r = kb_cuda_graph_launch(c->ctx, g->g)) < 0)
-				return r;
-			st->stats.replays++;
-			return 1;
-		}
-	}
-	st->active = 1;
-	st->n = n;
-	st->tok = s->token;
-	st->pos = s->pos;
-	st->seq = s->seq;
-	if (!st->enabled || n > STEP_GRAPH_MAX_TOK || st->state[n] == 2) {
-		st->stats.plain++;
-		return 0;
-	}
-	if (st->state[n] == 0) {
-		/* warm-up: buffers grow and tables upload outside any capture */
-		st->state[n] = 1;
-		st->stats.plain++;
-		return 0;
-	}
-	if (kb_cuda_capture_begin(c->ctx) < 0) {
-		st->state[n] = 2;
-		st->stats.plain++;
-		return 0;
-	}
-	st->capturing = 1;
-	return 0;
-}
-
-static int cuda_step_end(KbBackend *b, int status)
-{
-	CudaBackend *c = cb(b);
-	StepState *st = &c->step;
-	if (!st->active)
-		return -EINVAL;
-	st->active = 0;
-	act_forget(c);
-	if (!st->capturing)
-		return status < 0 ? status : 0;
-	st->capturing = 0;
-	KbCudaGraph *g = NULL;
-	int r = kb_cuda_capture_end(c->ctx, &g);
-	if (status >= 0 && r == 0) {
-		StepGraph *slot = graph_slot(st);
-		slot->n = st->n;
-		slot->g = g;
-		slot->used = ++st->clock;
-		st->stats.captures++;
-		if ((r = kb_cuda_graph_launch(c->ctx, g)) < 0)
-			return r;
-		return 0;
-	}
-	/* Nothing recorded ran.  Whatever broke the capture (an op that cannot be
-	 * recorded, or a failing one), this size now runs op by op: the caller runs
-	 * the ops again, which reports a real failure as such. */
-	kb_cuda_graph_free(g);
-	st->state[st->n] = 2;
-	st->stats.failed++;
-	return 1;
-}
-
 static int cuda_mem_info(KbBackend *b, uint64_t *ret_free, uint64_t *ret_total)
 {
 	KbCudaInfo info;
@@ -790,7 +582,7 @@ static int cuda_sync(KbBackend *b)
 	return kb_cuda_sync(cb(b)->ctx);
 }
 
-static const KbOps cuda_ops = {
+const KbOps cuda_ops = {
 	.name = "cuda",
 	.host_memory = 0,
 	.free = cuda_free,
@@ -826,14 +618,6 @@ static int env_on(const char *name)
 {
 	const char *v = getenv(name);
 	return !(v && !strcmp(v, "0"));
-}
-
-int kb_cuda_backend_step_stats(KbBackend *b, KbCudaStepStats *ret)
-{
-	if (!b || b->ops != &cuda_ops || !ret)
-		return -EINVAL;
-	*ret = cb(b)->step.stats;
-	return 0;
 }
 
 int kb_cuda_backend_new(int device, KbBackend **ret)

@@ -196,7 +196,7 @@ void kb_cuda_graph_free(KbCudaGraph *graph);               /* NULL-safe */
 int kb_cuda_timer_start(KbCuda *ctx);
 int kb_cuda_timer_stop(KbCuda *ctx, double *ret_ms);
 
-/* ---- the ops-table backend (backend_cuda.c) ---- */
+/* ---- the ops-table backend (backend_cuda.c; step recording in backend_steps.c) ---- */
 
 /* How the steps of a backend made by kb_cuda_backend_new ran so far: captured into a
  * graph (and run), replayed, run op by op, and captures that failed (that size then

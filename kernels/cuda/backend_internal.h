@@ -1,0 +1,96 @@
+/* kernels/cuda/backend_internal.h: private to the CUDA ops table, shared by backend_cuda.c
+ * (the ops) and backend_steps.c (step recording with CUDA graphs): the backend's structs
+ * and the few functions one of the two files calls in the other.  Include it nowhere else. */
+#ifndef QD_KERNELS_CUDA_BACKEND_INTERNAL_H
+#define QD_KERNELS_CUDA_BACKEND_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../backend.h"
+#include "cuda.h"
+
+/* A device copy of the last host index array of one kind. */
+typedef struct {
+	int32_t *dev;
+	int32_t *shadow; /* host copy of what dev holds */
+	int cap, n;
+} IdxBuf;
+
+/* What weight_prepare leaves in KbWeight.priv. */
+typedef struct {
+	KbCudaWeight *mm; /* repacked for the products; NULL if the type has no product kernel */
+	uint8_t *raw;     /* GGUF rows for get_rows, uploaded on first use */
+	int64_t row_bytes;
+} CudaWeight;
+
+#define STEP_GRAPH_MAX_TOK 64 /* larger steps (prefill) run op by op */
+/* Products of more tokens run on gemm.cu; up to this many, passes of eight through the
+ * decode kernels were faster on the H200 (bench/NOTES.md). */
+#define GEMM_MIN_TOK 16
+#define STEP_GRAPHS 8          /* graphs kept; the least recently used goes first */
+
+typedef struct {
+	int n;          /* n_tokens of the step it replays; 0: free */
+	KbCudaGraph *g;
+	uint64_t used;  /* clock of the last replay */
+} StepGraph;
+
+/* The step in progress and the graph cache. */
+typedef struct {
+	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step */
+	int32_t *host;          /* staging for the one copy, [3][cap] */
+	int cap;
+	int active, capturing, n;
+	const int32_t *tok, *pos, *seq; /* the step's host arrays, as the ops will pass them */
+	StepGraph graphs[STEP_GRAPHS];
+	uint8_t state[STEP_GRAPH_MAX_TOK + 1]; /* per n: 0 new, 1 ran once (warm), 2 not capturable */
+	uint64_t clock;
+	KbCudaStepStats stats;
+	int enabled;
+} StepState;
+
+typedef struct {
+	KbBackend base;
+	KbCuda *ctx;
+	IdxBuf ids, pos, seq;
+	StepState step;
+	KbCudaAct *act;         /* converted activations for the products */
+	const float *act_x;     /* the f32 buffer act holds (act_n tokens x act_cols), or NULL */
+	int act_n;
+	int64_t act_cols;
+	int fuse;
+	int gemm;               /* products of > KB_CUDA_MAX_TOK tokens through kb_cuda_mmq */
+	void *xq;               /* its f16 activation scratch */
+	size_t xq_bytes;
+	int32_t *amax;          /* matmul_argmax: the rows' greedy ids on the device */
+	int amax_cap;
+	void *topk_dev;         /* topk: ids [n][k], values [n][k], counts [n] on the device */
+	void *topk_host;        /* and their copy on the host */
+	size_t topk_bytes;
+	char desc[352];
+} CudaBackend;
+
+static inline CudaBackend *cb(KbBackend *b)
+{
+	return (CudaBackend *)b;
+}
+
+/* ---- backend_cuda.c ---- */
+
+/* The table of every backend kb_cuda_backend_new makes; its address tells them apart. */
+extern const KbOps cuda_ops;
+
+/* Forgets which f32 buffer c->act holds: every op but a product calls it before running. */
+void act_forget(CudaBackend *c);
+
+/* ---- backend_steps.c ---- */
+
+/* Frees every recorded step graph; called before a buffer they may point at is freed. */
+void graphs_drop(CudaBackend *c);
+
+/* The table's step_begin and step_end, with the contract of kernels/backend.h. */
+int cuda_step_begin(KbBackend *b, const KbStep *s);
+int cuda_step_end(KbBackend *b, int status);
+
+#endif

@@ -1,0 +1,164 @@
+/* kernels/cuda/backend_steps.c: step recording (CUDA graphs) for the ops table of
+ * backend_cuda.c.  At step_begin the step's index arrays go to the device in one copy, and
+ * the ops up to step_end read them from there.  A step of n_tokens <= STEP_GRAPH_MAX_TOK
+ * runs op by op the first time (which also grows buffers and uploads tables), is captured
+ * into a CUDA graph the second time and replayed from then on: one launch instead of ~600
+ * (7B).  The recorded kernels read everything that changes between steps (ids,
+ * positions, slots, hence attention lengths) from device memory, so a replay is the same
+ * computation as the op calls.  STEP_GRAPHS graphs are kept, the least recently replayed
+ * going first; QD_CUDA_GRAPHS=0 (read by kb_cuda_backend_new) turns recording off. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backend.h"
+#include "backend_internal.h"
+#include "cuda.h"
+#include "ops.h"
+
+void graphs_drop(CudaBackend *c)
+{
+	for (int i = 0; i < STEP_GRAPHS; i++) {
+		kb_cuda_graph_free(c->step.graphs[i].g);
+		memset(&c->step.graphs[i], 0, sizeof(c->step.graphs[i]));
+	}
+}
+
+static StepGraph *graph_find(StepState *st, int n)
+{
+	for (int i = 0; i < STEP_GRAPHS; i++)
+		if (st->graphs[i].n == n)
+			return &st->graphs[i];
+	return NULL;
+}
+
+/* A free slot, or the least recently replayed one, emptied.  A graph still running
+ * is freed by the driver once it completes. */
+static StepGraph *graph_slot(StepState *st)
+{
+	StepGraph *v = &st->graphs[0];
+	for (int i = 0; i < STEP_GRAPHS; i++) {
+		if (!st->graphs[i].n)
+			return &st->graphs[i];
+		if (st->graphs[i].used < v->used)
+			v = &st->graphs[i];
+	}
+	kb_cuda_graph_free(v->g);
+	memset(v, 0, sizeof(*v));
+	return v;
+}
+
+int cuda_step_begin(KbBackend *b, const KbStep *s)
+{
+	CudaBackend *c = cb(b);
+	StepState *st = &c->step;
+	if (!s || s->n_tokens < 1 || !s->token || !s->pos || !s->seq)
+		return -EINVAL;
+	if (st->active)
+		return -EBUSY;
+	const int n = s->n_tokens;
+	/* the daemon may create a model's context on its loader thread and step it on the
+	 * engine thread: kernel launches go to the calling thread's current device */
+	int r = kb_cuda_bind(c->ctx);
+	if (r < 0)
+		return r;
+	act_forget(c);
+	if (n > st->cap) {
+		/* recorded steps and queued kernels may use the old buffer */
+		int cap = n > 2 * st->cap ? n : 2 * st->cap;
+		int32_t *host = malloc(sizeof(int32_t) * 3 * (size_t)cap);
+		void *dev = NULL;
+		if (!host)
+			return -ENOMEM;
+		if ((r = kb_cuda_sync(c->ctx)) < 0 ||
+		    (r = kb_cuda_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &dev)) < 0) {
+			free(host);
+			return r;
+		}
+		graphs_drop(c);
+		kb_cuda_dev_free(c->ctx, st->dev);
+		free(st->host);
+		st->dev = dev;
+		st->host = host;
+		st->cap = cap;
+	}
+	/* one copy for the three arrays; the staging is free again once this returns (a
+	 * copy from pageable memory is staged by the driver) */
+	memcpy(st->host, s->token, sizeof(int32_t) * (size_t)n);
+	memcpy(st->host + n, s->pos, sizeof(int32_t) * (size_t)n);
+	memcpy(st->host + 2 * n, s->seq, sizeof(int32_t) * (size_t)n);
+	if ((r = kb_cuda_upload_async(c->ctx, st->dev, st->host, sizeof(int32_t) * 3 * (size_t)n)) < 0)
+		return r;
+	if (st->enabled && n <= STEP_GRAPH_MAX_TOK) {
+		StepGraph *g = graph_find(st, n);
+		if (g) {
+			g->used = ++st->clock;
+			if ((r = kb_cuda_graph_launch(c->ctx, g->g)) < 0)
+				return r;
+			st->stats.replays++;
+			return 1;
+		}
+	}
+	st->active = 1;
+	st->n = n;
+	st->tok = s->token;
+	st->pos = s->pos;
+	st->seq = s->seq;
+	if (!st->enabled || n > STEP_GRAPH_MAX_TOK || st->state[n] == 2) {
+		st->stats.plain++;
+		return 0;
+	}
+	if (st->state[n] == 0) {
+		/* warm-up: buffers grow and tables upload outside any capture */
+		st->state[n] = 1;
+		st->stats.plain++;
+		return 0;
+	}
+	if (kb_cuda_capture_begin(c->ctx) < 0) {
+		st->state[n] = 2;
+		st->stats.plain++;
+		return 0;
+	}
+	st->capturing = 1;
+	return 0;
+}
+
+int cuda_step_end(KbBackend *b, int status)
+{
+	CudaBackend *c = cb(b);
+	StepState *st = &c->step;
+	if (!st->active)
+		return -EINVAL;
+	st->active = 0;
+	act_forget(c);
+	if (!st->capturing)
+		return status < 0 ? status : 0;
+	st->capturing = 0;
+	KbCudaGraph *g = NULL;
+	int r = kb_cuda_capture_end(c->ctx, &g);
+	if (status >= 0 && r == 0) {
+		StepGraph *slot = graph_slot(st);
+		slot->n = st->n;
+		slot->g = g;
+		slot->used = ++st->clock;
+		st->stats.captures++;
+		if ((r = kb_cuda_graph_launch(c->ctx, g)) < 0)
+			return r;
+		return 0;
+	}
+	/* Nothing recorded ran.  Whatever broke the capture (an op that cannot be
+	 * recorded, or a failing one), this size now runs op by op: the caller runs
+	 * the ops again, which reports a real failure as such. */
+	kb_cuda_graph_free(g);
+	st->state[st->n] = 2;
+	st->stats.failed++;
+	return 1;
+}
+
+int kb_cuda_backend_step_stats(KbBackend *b, KbCudaStepStats *ret)
+{
+	if (!b || b->ops != &cuda_ops || !ret)
+		return -EINVAL;
+	*ret = cb(b)->step.stats;
+	return 0;
+}
