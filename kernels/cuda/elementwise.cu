@@ -413,6 +413,17 @@ extern "C" int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, 
 
 #define TOPK_UNROLL 8
 
+/* Columns c0 + j * blockDim.x + threadIdx.x (j < TOPK_UNROLL) of a row, all loads in flight
+ * together; NaN (never a candidate) past the end. */
+__device__ __forceinline__ void topk_load(const float *row, int64_t cols, int64_t c0, float (&v)[TOPK_UNROLL])
+{
+	KB_UNROLL
+	for (int j = 0; j < TOPK_UNROLL; j++) {
+		const int64_t c = c0 + (int64_t)j * blockDim.x + threadIdx.x;
+		v[j] = c < cols ? row[c] : NAN;
+	}
+}
+
 __device__ __forceinline__ uint32_t kb_topk_key(float v)
 {
 	if (!(v > -INFINITY)) /* NaN or -inf */
@@ -445,11 +456,7 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 			/* the loads of TOPK_UNROLL columns first, all in flight together: a pass is
 			 * then a few L2 round trips, not one per column a thread takes */
 			float v[TOPK_UNROLL];
-			KB_UNROLL
-			for (int j = 0; j < TOPK_UNROLL; j++) {
-				const int64_t c = c0 + (int64_t)j * blockDim.x + tid;
-				v[j] = c < cols ? row[c] : NAN;
-			}
+			topk_load(row, cols, c0, v);
 			KB_UNROLL
 			for (int j = 0; j < TOPK_UNROLL; j++) {
 				const uint32_t key = kb_topk_key(v[j]);
@@ -515,11 +522,7 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 		__syncthreads();
 		for (int64_t c0 = 0; c0 < cols; c0 += TOPK_UNROLL * (int64_t)blockDim.x) {
 			float v[TOPK_UNROLL];
-			KB_UNROLL
-			for (int j = 0; j < TOPK_UNROLL; j++) {
-				const int64_t c = c0 + (int64_t)j * blockDim.x + tid;
-				v[j] = c < cols ? row[c] : NAN;
-			}
+			topk_load(row, cols, c0, v);
 			KB_UNROLL
 			for (int j = 0; j < TOPK_UNROLL; j++) {
 				const uint32_t key = kb_topk_key(v[j]);
