@@ -115,6 +115,73 @@ static void test_reference(void)
 	CU_ASSERT_EQUAL(memcmp(again, ref[0], (size_t)n * 4), 0);
 }
 
+/* A seeded sampled generation (temperature, top-k, top-p, min-p) through the daemon gives
+ * the text `quantd run` prints with the same settings and seed: the daemon's sampler path
+ * (which asks for top-k candidates where a backend finds them, whole rows on the CPU) draws
+ * the same tokens from the same logits. */
+static void test_seeded_sampling(void)
+{
+	if (!ensure_daemon("seeded sampling"))
+		return;
+	static const uint64_t seeds[2] = { 7, 1234567 };
+	for (int k = 0; k < 2; k++) {
+		const char *prompt = prompts[k == 0 ? 3 : 1];
+		qd_client *c;
+		CU_ASSERT_EQUAL_FATAL(qd_connect(D.sock, &c, NULL, 0), 0);
+		qd_gen_params p;
+		qd_gen_params_init(&p);
+		p.temperature = 0.9f;
+		p.top_k = 40;
+		p.top_p = 0.9f;
+		p.min_p = 0.05f;
+		p.seed = seeds[k];
+		p.max_tokens = N_GEN;
+		uint64_t id;
+		char text[4096];
+		size_t tl = 0;
+		int rc = qd_generate(c, prompt, &p, &id);
+		CU_ASSERT_EQUAL(rc, 0);
+		while (rc == 0) {
+			qd_event ev;
+			rc = qd_next(c, &ev, 60000);
+			if (rc < 0 || ev.request_id != id)
+				continue;
+			if (ev.kind == QD_EVENT_FINAL)
+				break;
+			if (tl + ev.piece_len < sizeof text) {
+				memcpy(text + tl, ev.piece, ev.piece_len);
+				tl += ev.piece_len;
+			}
+		}
+		text[tl] = 0;
+		qd_close(c);
+		CU_ASSERT_EQUAL(rc, 0);
+		char cmd[1024], cli[4096];
+		char *q = cmd + snprintf(cmd, sizeof cmd,
+					 "%s/quantd run -m %s -n %d --temp 0.9 --top-k 40 --top-p 0.9 --min-p 0.05 "
+					 "--repeat-penalty 1 --seed %llu -t 2 -p '",
+					 tu_build_dir(), tu_model_path(), N_GEN, (unsigned long long)seeds[k]);
+		for (const char *s = prompt; *s && q < cmd + sizeof cmd - 8; s++) {
+			if (*s == '\'')
+				q += sprintf(q, "'\\''");
+			else
+				*q++ = *s;
+		}
+		strcpy(q, "' 2>/dev/null");
+		FILE *f = popen(cmd, "r");
+		CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+		size_t n = fread(cli, 1, sizeof cli - 1, f);
+		CU_ASSERT_EQUAL(pclose(f), 0);
+		cli[n] = 0;
+		if (n && cli[n - 1] == '\n')
+			cli[n - 1] = 0;
+		if (strcmp(text, cli) != 0)
+			printf("\n    seed %llu: daemon \"%s\" vs quantd run \"%s\"", (unsigned long long)seeds[k], text, cli);
+		CU_ASSERT_STRING_EQUAL(text, cli);
+		CU_ASSERT(tl > 0);
+	}
+}
+
 /* Tokenize/Detokenize: the ids are the ones Generate counts for the same prompt, text
  * comes back byte for byte, and bad input or an oversized reply fails that call only. */
 static void test_tokenize(void)
@@ -635,6 +702,7 @@ int main(void)
 		{ .name = "daemon not running", .fn = test_not_running },
 		{ .name = "READY=1 after the model is loaded", .fn = test_ready_after_load, .skip_if = cannot_run },
 		{ .name = "greedy reference run", .fn = test_reference, .skip_if = cannot_run },
+		{ .name = "seeded sampling = quantd run", .fn = test_seeded_sampling, .skip_if = cannot_run },
 		{ .name = "tokenize and detokenize", .fn = test_tokenize, .skip_if = cannot_run },
 		{ .name = "16 clients x 4 requests match the single run", .fn = test_concurrent_clients, .skip_if = cannot_run },
 		{ .name = "SIGKILLed client costs nothing", .fn = test_sigkill_client, .skip_if = cannot_run },
