@@ -43,7 +43,9 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: quantctl [--socket PATH] COMMAND [ARGS]\n"
 		"  generate [-n N] [--temp T] [--seed S] [--top-k K] [--top-p P] [--model NAME]\n"
-		"           [--stop STR] [--json] PROMPT...   stream a completion (PROMPT '-' reads stdin)\n"
+		"           [--stop STR] [--json] PROMPT...   stream a completion (PROMPT '-' reads stdin;\n"
+		"           greedy by default; --temp T > 0 samples with top-k 40, top-p 0.95, min-p\n"
+		"           0.05 as quantd run does, unless --top-k or --top-p are given)\n"
 		"  chat [-n N] [--temp T] [--model NAME] [--system TEXT]   multi-turn chat on stdin;\n"
 		"           Ctrl-C stops the current reply, Ctrl-D ends\n"
 		"  models                     loaded models\n"
@@ -180,6 +182,7 @@ static const struct option gen_opts[] = {
 
 typedef struct {
 	qd_gen_params p;
+	bool top_k_set, top_p_set;
 	const char *stops[8];
 	bool json;
 	const char *system, *name;
@@ -197,8 +200,14 @@ static int parse_cmd_opts(int argc, char **argv, CmdOpts *o)
 		case 'n': o->p.max_tokens = (uint32_t)strtoul(optarg, NULL, 10); break;
 		case O_TEMP: o->p.temperature = strtof(optarg, NULL); break;
 		case O_SEED: o->p.seed = strtoull(optarg, NULL, 10); break;
-		case O_TOPK: o->p.top_k = atoi(optarg); break;
-		case O_TOPP: o->p.top_p = strtof(optarg, NULL); break;
+		case O_TOPK:
+			o->p.top_k = atoi(optarg);
+			o->top_k_set = true;
+			break;
+		case O_TOPP:
+			o->p.top_p = strtof(optarg, NULL);
+			o->top_p_set = true;
+			break;
 		case O_MODEL: o->p.model = optarg; break;
 		case O_STOP:
 			if (o->p.n_stop < 8)
@@ -211,6 +220,14 @@ static int parse_cmd_opts(int argc, char **argv, CmdOpts *o)
 		case O_CTX: o->ctx = (uint32_t)strtoul(optarg, NULL, 10); break;
 		default: return -EINVAL;
 		}
+	}
+	/* Sampling without filters would draw from the whole vocabulary's tail (and cost a
+	 * softmax over all of it per token): --temp T > 0 filters like `quantd run` (top-k
+	 * 40, top-p 0.95, min-p 0.05) unless --top-k or --top-p say otherwise. */
+	if (o->p.temperature > 0 && !o->top_k_set && !o->top_p_set) {
+		o->p.top_k = 40;
+		o->p.top_p = 0.95f;
+		o->p.min_p = 0.05f;
 	}
 	return 0;
 }
