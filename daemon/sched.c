@@ -324,10 +324,10 @@ static void on_token(ModelEntry *m, Req *r, int li, Req **pending_final)
 	int32_t tok;
 	if (r->logprobs && logits) /* of the model's distribution, before any penalty */
 		memcpy(m->scratch, logits, (size_t)m->n_vocab * sizeof *logits);
-	if (logits)
-		tok = sampler_sample_known(r->sampler, logits, greedy);
-	else if ((n_top = ctx_topk(m->ctx, li, &top_ids, &top_vals)) >= 0)
+	if ((n_top = ctx_topk(m->ctx, li, &top_ids, &top_vals)) >= 0)
 		tok = sampler_sample_top(r->sampler, top_ids, top_vals, n_top, greedy);
+	else if (logits)
+		tok = sampler_sample_known(r->sampler, logits, greedy);
 	else
 		tok = sampler_sample_known(r->sampler, NULL, greedy); /* -EINVAL unless greedy */
 	float lp = 0;

@@ -113,8 +113,8 @@ typedef struct {
 	int (*matmul_argmax)(KbBackend *b, const KbWeight *w, const float *x, int n, float *y,
 			     int32_t *ret_idx);
 
-	/* Optional, for backends with memory of their own (NULL on the CPU), so that a sampler
-	 * with top_k need not copy whole logits rows to the host: for each of the n rows of y
+	/* Optional, so that a sampler with top_k need not scan (or, from a device, copy) whole
+	 * logits rows on the caller's thread: for each of the n rows of y
 	 * (cols values each, rows back to back), its k (1..KB_TOPK_MAX) largest values, NaN
 	 * and -inf never counted, of equal values those with the lower indices, as
 	 * ret_ids[t * k + 0 .. ret_n[t]) and ret_vals (host arrays) in no particular order;

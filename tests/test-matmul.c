@@ -18,6 +18,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/threadpool.h"
+#include "kernels/cpu/topk.h"
 #include "tests/testutil.h"
 
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
@@ -423,6 +424,104 @@ static void test_matmul_args(void)
 	CU_ASSERT_EQUAL(y[0], 10.0f);
 }
 
+typedef struct {
+	int32_t id;
+	float v;
+} TkCand;
+
+static int tk_rank(const void *a, const void *b) /* larger value, then lower id */
+{
+	const TkCand *x = a, *y = b;
+	if (x->v != y->v)
+		return x->v < y->v ? 1 : -1;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+static int tk_id(const void *a, const void *b)
+{
+	const TkCand *x = a, *y = b;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+/* kb_topk_rows against a sort: rows shared among 1-3 threads and rows split into pieces
+ * (fewer rows than threads), random rows, few distinct values (ties at the k-th place),
+ * -0 and +0, NaN and -inf, fewer candidates than k, none, all equal. */
+static void test_topk_rows(void)
+{
+	static const struct { int64_t cols; int k, n; } shapes[] = {
+		{ 49152, 40, 1 }, { 49152, 40, 2 }, { 5000, 7, 7 }, { 100, 40, 3 }, { 1, 1, 1 }, { 32000, 256, 1 },
+	};
+	uint64_t s = 0x70;
+	int bad = 0, rows_checked = 0;
+	for (int nt = 1; nt <= 3; nt++) {
+		KbThreadPool *tp = NULL;
+		CU_ASSERT_EQUAL_FATAL(kb_threadpool_new(nt, &tp), 0);
+		for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+			const int64_t cols = shapes[si].cols;
+			const int k = shapes[si].k, n = shapes[si].n;
+			float *y = malloc(sizeof(float) * (size_t)(n * cols));
+			int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n * k)), *cnt = malloc(sizeof(int32_t) * (size_t)n);
+			float *vals = malloc(sizeof(float) * (size_t)(n * k));
+			TkCand *ref = malloc(sizeof(TkCand) * (size_t)cols), *got = malloc(sizeof(TkCand) * (size_t)k);
+			const size_t sb = kb_topk_scratch(tp, n, k);
+			void *scratch = sb ? aligned_alloc(64, (sb + 63) / 64 * 64) : NULL;
+			CU_ASSERT_FATAL(y && ids && cnt && vals && ref && got && (!sb || scratch));
+			for (int t = 0; t < n; t++)
+				for (int64_t c = 0; c < cols; c++) {
+					const int kind = (t + (int)si + nt) % 6;
+					float v = 8.0f * tu_rand_f32(&s);
+					if (kind == 1)
+						v = floorf(v);
+					if (kind == 2 && c % 5 == 0)
+						v = c % 2 ? NAN : -INFINITY;
+					if (kind == 2 && c % 7 == 0)
+						v = c % 3 ? -0.0f : 0.0f;
+					if (kind == 3 && c >= k / 2)
+						v = c % 2 ? NAN : -INFINITY;
+					if (kind == 4)
+						v = c % 2 ? NAN : -INFINITY;
+					if (kind == 5)
+						v = 1.5f;
+					y[t * cols + c] = v;
+				}
+			CU_ASSERT_EQUAL(kb_topk_rows(tp, y, n, cols, k, ids, vals, cnt, scratch), 0);
+			for (int t = 0; t < n; t++) {
+				int m = 0;
+				for (int64_t c = 0; c < cols; c++)
+					if (!isnan(y[t * cols + c]) && y[t * cols + c] != -INFINITY)
+						ref[m++] = (TkCand){ (int32_t)c, y[t * cols + c] };
+				qsort(ref, (size_t)m, sizeof(TkCand), tk_rank);
+				m = m > k ? k : m;
+				qsort(ref, (size_t)m, sizeof(TkCand), tk_id);
+				int ok = cnt[t] == m;
+				for (int i = 0; ok && i < m; i++)
+					got[i] = (TkCand){ ids[t * k + i], vals[t * k + i] };
+				if (ok)
+					qsort(got, (size_t)m, sizeof(TkCand), tk_id);
+				for (int i = 0; ok && i < m; i++)
+					ok = got[i].id == ref[i].id && memcmp(&got[i].v, &ref[i].v, sizeof(float)) == 0;
+				if (!ok)
+					printf("\n    %d thread(s), cols %lld k %d row %d: %d candidates, expected %d", nt,
+					       (long long)cols, k, t, cnt[t], m);
+				bad += !ok;
+				rows_checked++;
+			}
+			free(y);
+			free(ids);
+			free(cnt);
+			free(vals);
+			free(ref);
+			free(got);
+			free(scratch);
+		}
+		kb_threadpool_free(tp);
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT_EQUAL(kb_topk_rows(NULL, (const float *)&s, 1, 1, 0, (int32_t *)&s, (float *)&s, (int32_t *)&s, NULL),
+			-EINVAL);
+	printf("\n    %d rows, %d differ\n", rows_checked, bad);
+}
+
 int main(void)
 {
 	static const TuTest tests[] = {
@@ -432,6 +531,7 @@ int main(void)
 		{ "matmul_scalar", test_matmul_scalar, NULL },
 		{ "matmul_batch_invariance", test_matmul_batch_invariance, NULL },
 		{ "matmul_argmax", test_matmul_argmax, NULL },
+		{ "topk_rows: vs a sort, pieces and ties", test_topk_rows, NULL },
 		{ "matmul_args", test_matmul_args, NULL },
 		{ NULL, NULL, NULL },
 	};

@@ -283,7 +283,7 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 		r = -ENOMEM;
 		goto err;
 	}
-	if (o->topk && o->matmul_argmax && c->logits_host) {
+	if (o->topk && o->matmul_argmax) {
 		const size_t nk = (size_t)c->n_batch * KB_TOPK_MAX;
 		c->topk_ids = malloc(sizeof(int32_t) * nk);
 		c->topk_vals = malloc(sizeof(float) * nk);
@@ -323,7 +323,7 @@ int32_t ctx_argmax(const Context *c, int32_t i)
 
 int ctx_topk(const Context *c, int32_t i, const int32_t **ids, const float **vals)
 {
-	if (!c->topk_k || i < 0 || i >= c->n_out || c->out_want[i] != WANT_TOPK || c->out_host[i])
+	if (!c->topk_k || i < 0 || i >= c->n_out || c->out_want[i] != WANT_TOPK || (c->logits_host && c->out_host[i]))
 		return -1;
 	*ids = c->topk_ids + (size_t)i * (size_t)c->topk_k;
 	*vals = c->topk_vals + (size_t)i * (size_t)c->topk_k;

@@ -84,9 +84,10 @@ enum {
 	WANT_LOGITS = 1, /* the row (ctx_logits), and ctx_argmax where the backend finds it */
 	WANT_ARGMAX = 2, /* only ctx_argmax: a backend that finds it on a device of its own
 			  * leaves the row there, and ctx_logits may then return NULL */
-	WANT_TOPK = 3,   /* ctx_argmax and the row's top_k largest logits (ctx_topk): a backend
-			  * that finds those on its device leaves the row there; where it
-			  * cannot (k > KB_TOPK_MAX, or no such op), the row comes as WANT_LOGITS */
+	WANT_TOPK = 3,   /* ctx_argmax and the row's top_k largest logits (ctx_topk), found by
+			  * the backend (the CPU's thread pool; a device leaves the row there);
+			  * where it cannot (k > KB_TOPK_MAX, or no such op), the row comes as
+			  * WANT_LOGITS */
 };
 
 /* Runs the forward pass for B.  A token at position p attends to positions 0..p of its

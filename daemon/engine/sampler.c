@@ -9,9 +9,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
+
+#include "../../kernels/cpu/topk.h"
 
 typedef struct {
 	int32_t id;
@@ -26,7 +25,8 @@ struct Sampler {
 	int32_t *recent; /* ring of the last repeat_last_n accepted tokens */
 	int n_recent, recent_pos;
 	Cand *cand;      /* [n_vocab] */
-	Cand *heap;      /* [top_k] when 0 < top_k < n_vocab */
+	int32_t *top_ids; /* [top_k] keep_top_logits' scratch, when 0 < top_k < n_vocab */
+	float *top_vals;
 };
 
 SamplerParams sampler_defaults(void)
@@ -75,9 +75,11 @@ int sampler_new(const SamplerParams *p, int32_t n_vocab, Sampler **ret)
 		s->rng[i] = splitmix64(&seed);
 	s->cand = malloc(sizeof(Cand) * (size_t)n_vocab);
 	s->recent = malloc(sizeof(int32_t) * (size_t)(p->repeat_last_n ? p->repeat_last_n : 1));
-	if (p->top_k > 0 && p->top_k < n_vocab)
-		s->heap = malloc(sizeof(Cand) * (size_t)p->top_k);
-	if (!s->cand || !s->recent || (p->top_k > 0 && p->top_k < n_vocab && !s->heap)) {
+	if (p->top_k > 0 && p->top_k < n_vocab) {
+		s->top_ids = malloc(sizeof(int32_t) * (size_t)p->top_k);
+		s->top_vals = malloc(sizeof(float) * (size_t)p->top_k);
+	}
+	if (!s->cand || !s->recent || (p->top_k > 0 && p->top_k < n_vocab && (!s->top_ids || !s->top_vals))) {
 		sampler_free(s);
 		return -ENOMEM;
 	}
@@ -90,7 +92,8 @@ void sampler_free(Sampler *s)
 	if (!s)
 		return;
 	free(s->cand);
-	free(s->heap);
+	free(s->top_ids);
+	free(s->top_vals);
 	free(s->recent);
 	free(s);
 }
@@ -135,112 +138,14 @@ static int cmp_cand(const void *a, const void *b)
 	return x->id < y->id ? -1 : x->id > y->id; /* stable across libcs */
 }
 
-/* "a ranks after b": lower logit, or the same logit and a higher id. */
-static bool worse(const Cand *a, const Cand *b)
+/* The k best logits (NaN and -inf excluded; of equal logits the lower ids) into
+ * out[0..m), sorted best first (kernels/cpu/topk.c: one pass, blocks that cannot enter
+ * skipped; ids/vals: [k] scratch). */
+static int32_t keep_top_logits(const float *logits, int32_t n, int32_t k, int32_t *ids, float *vals, Cand *out)
 {
-	return a->logit < b->logit || (a->logit == b->logit && a->id > b->id);
-}
-
-static void sift_down(Cand *h, int32_t n, int32_t i)
-{
-	for (;;) {
-		int32_t l = 2 * i + 1, r = l + 1, w = i;
-		if (l < n && worse(&h[l], &h[w]))
-			w = l;
-		if (r < n && worse(&h[r], &h[w]))
-			w = r;
-		if (w == i)
-			return;
-		Cand t = h[i];
-		h[i] = h[w];
-		h[w] = t;
-		i = w;
-	}
-}
-
-#define TOPK_BLOCK 64 /* logits keep_top_logits tests at once */
-
-/* The largest of x[0..n) (NaNs skipped; -inf when none), eight running maxima at a time
- * (with SSE2: four vectors of four; maxps(x, acc) keeps acc where x is NaN). */
-static float block_max(const float *x, int32_t n)
-{
-#ifdef __SSE2__
-	if (n == TOPK_BLOCK) {
-		__m128 a0 = _mm_set1_ps(-INFINITY), a1 = a0, a2 = a0, a3 = a0;
-		for (int32_t i = 0; i < TOPK_BLOCK; i += 16) {
-			a0 = _mm_max_ps(_mm_loadu_ps(x + i), a0);
-			a1 = _mm_max_ps(_mm_loadu_ps(x + i + 4), a1);
-			a2 = _mm_max_ps(_mm_loadu_ps(x + i + 8), a2);
-			a3 = _mm_max_ps(_mm_loadu_ps(x + i + 12), a3);
-		}
-		float v[4];
-		_mm_storeu_ps(v, _mm_max_ps(_mm_max_ps(a0, a1), _mm_max_ps(a2, a3)));
-		const float ab = v[0] > v[1] ? v[0] : v[1], cd = v[2] > v[3] ? v[2] : v[3];
-		return ab > cd ? ab : cd;
-	}
-#endif
-	float a[8];
-	for (int j = 0; j < 8; j++)
-		a[j] = -INFINITY;
-	int32_t i = 0;
-	for (; i + 8 <= n; i += 8)
-		for (int j = 0; j < 8; j++)
-			a[j] = x[i + j] > a[j] ? x[i + j] : a[j];
-	float mx = -INFINITY;
-	for (int j = 0; j < 8; j++)
-		mx = a[j] > mx ? a[j] : mx;
-	for (; i < n; i++)
-		mx = x[i] > mx ? x[i] : mx;
-	return mx;
-}
-
-/* The k best logits (NaN and -inf excluded) into out[0..m), sorted best first: one pass
- * through a min-heap of k.  Once the heap is full, a block of logits whose largest is not
- * above the heap's root is skipped whole: its logits are all worse than the root (an equal
- * one comes later, so its id is higher).  That is most blocks, so the pass costs about a
- * maximum per logit (SmolLM2's 49,152: 45 -> ~10 µs with the default chain). */
-static int32_t keep_top_logits(const float *logits, int32_t n, int32_t k, Cand *heap, Cand *out)
-{
-	int32_t m = 0;
-	for (int32_t b0 = 0; b0 < n; b0 += TOPK_BLOCK) {
-		const int32_t b1 = n - b0 < TOPK_BLOCK ? n : b0 + TOPK_BLOCK;
-		if (m == k && !(block_max(logits + b0, b1 - b0) > heap[0].logit))
-			continue;
-		int32_t i = b0;
-#ifdef __SSE2__
-		/* heap full: only logits above the root can enter (NaN, -inf and equal ones never
-		 * do), four compared at once; the root rises as they enter */
-		for (; m == k && i + 4 <= b1; i += 4) {
-			int bits = _mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(logits + i), _mm_set1_ps(heap[0].logit)));
-			while (bits) {
-				const int j = __builtin_ctz((unsigned)bits);
-				bits &= bits - 1;
-				const Cand x = { i + j, logits[i + j], 0 };
-				if (worse(&heap[0], &x)) {
-					heap[0] = x;
-					sift_down(heap, m, 0);
-				}
-			}
-		}
-#endif
-		for (; i < b1; i++) {
-			Cand x = { i, logits[i], 0 };
-			if (isnan(x.logit) || x.logit == -INFINITY)
-				continue;
-			if (m < k) {
-				heap[m] = x;
-				for (int32_t j = m++; j > 0 && worse(&heap[j], &heap[(j - 1) / 2]); j = (j - 1) / 2) {
-					Cand t = heap[j];
-					heap[j] = heap[(j - 1) / 2];
-					heap[(j - 1) / 2] = t;
-				}
-			} else if (worse(&heap[0], &x)) {
-				heap[0] = x;
-				sift_down(heap, m, 0);
-			}
-		}
-	}
-	memcpy(out, heap, sizeof(Cand) * (size_t)m);
+	const int32_t m = kb_topk_row(logits, n, k, 0, ids, vals);
+	for (int32_t i = 0; i < m; i++)
+		out[i] = (Cand){ ids[i], vals[i], 0 };
 	qsort(out, (size_t)m, sizeof(Cand), cmp_cand);
 	return m;
 }
@@ -297,7 +202,7 @@ int32_t sampler_sample(Sampler *s, float *logits)
 	/* Only top-p needs the candidates in order; top-k finds its k in one pass over the
 	 * logits, and min-p and plain temperature work on any order. */
 	if (p->top_k > 0 && p->top_k < s->n_vocab) {
-		n = keep_top_logits(logits, s->n_vocab, p->top_k, s->heap, c);
+		n = keep_top_logits(logits, s->n_vocab, p->top_k, s->top_ids, s->top_vals, c);
 	} else {
 		for (int32_t i = 0; i < s->n_vocab; i++)
 			if (!isnan(logits[i]) && logits[i] != -INFINITY)

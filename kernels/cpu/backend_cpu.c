@@ -12,13 +12,17 @@
 #include "attention.h"
 #include "matmul.h"
 #include "quant.h"
+#include "topk.h"
 #include "threadpool.h"
+#include "topk.h"
 
 typedef struct {
 	KbBackend base;
 	KbThreadPool *pool;
 	void *scratch; /* kb_matmul activation scratch, grown on demand */
 	size_t scratch_size;
+	void *topk_scratch; /* kb_topk_rows' pieces, grown on demand */
+	size_t topk_size;
 	char desc[96];
 } CpuBackend;
 
@@ -34,6 +38,7 @@ static void cpu_free(KbBackend *b)
 		return;
 	kb_threadpool_free(c->pool);
 	free(c->scratch);
+	free(c->topk_scratch);
 	free(c);
 }
 
@@ -121,6 +126,27 @@ static int cpu_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, in
 	CpuBackend *c = cpu(b);
 	int r = scratch_for(c, w, n);
 	return r < 0 ? r : kb_matmul_argmax(c->pool, w->type, w->data, w->rows, w->cols, x, n, y, c->scratch, ret_idx);
+}
+
+/* Top-k candidates of logits rows, spread over the pool (rows, or pieces of a row when
+ * there are fewer rows than threads), so a sampler with top_k reads k candidates instead
+ * of scanning a whole row on the engine thread. */
+static int cpu_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, int32_t *ret_ids, float *ret_vals,
+		    int32_t *ret_n)
+{
+	CpuBackend *c = cpu(b);
+	if (n < 1 || k < 1 || k > KB_TOPK_MAX)
+		return -EINVAL;
+	const size_t need = kb_topk_scratch(c->pool, n, k);
+	if (need > c->topk_size) {
+		void *p = NULL;
+		if (posix_memalign(&p, 64, need))
+			return -ENOMEM;
+		free(c->topk_scratch);
+		c->topk_scratch = p;
+		c->topk_size = need;
+	}
+	return kb_topk_rows(c->pool, y, n, cols, k, ret_ids, ret_vals, ret_n, c->topk_scratch);
 }
 
 static int cpu_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)
@@ -259,6 +285,7 @@ static const KbOps cpu_ops = {
 	.attention = cpu_attention,
 	.swiglu = cpu_swiglu,
 	.matmul_argmax = cpu_matmul_argmax,
+	.topk = cpu_topk,
 	.add = cpu_add,
 	.sync = cpu_sync,
 };

@@ -1,0 +1,26 @@
+/* kernels/cpu/topk.h: the k largest values of float rows (sampling with top-k): one row on
+ * the calling thread (the sampler), or many rows and long rows spread over the thread pool
+ * (the CPU backend's KbOps.topk).  Candidates leave out NaN and -inf; of equal values the
+ * lower indices win; the order of the output is unspecified. */
+#ifndef QD_KERNELS_CPU_TOPK_H
+#define QD_KERNELS_CPU_TOPK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "threadpool.h"
+
+/* The k (>= 1) best of x[0..n) into ids/vals [k], as indices base + i; returns how many
+ * (fewer than k only when x has fewer candidates). */
+int32_t kb_topk_row(const float *x, int32_t n, int32_t k, int32_t base, int32_t *ids, float *vals);
+
+/* For each of n rows of y (cols values each, back to back): its k best into ids[t * k ..]
+ * and vals, counts[t] of them.  Rows are shared among the pool's workers, and split among
+ * them when there are fewer rows than workers; SCRATCH holds the pieces' candidates,
+ * kb_topk_scratch(tp, n, k) bytes (16-byte aligned; may be NULL when that is 0).  Returns
+ * 0 or -EINVAL. */
+size_t kb_topk_scratch(const KbThreadPool *tp, int n, int k);
+int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, int32_t *ids, float *vals,
+		 int32_t *counts, void *scratch);
+
+#endif
