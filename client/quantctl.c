@@ -42,11 +42,12 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: quantctl [--socket PATH] COMMAND [ARGS]\n"
-		"  generate [-n N] [--temp T] [--seed S] [--top-k K] [--top-p P] [--model NAME]\n"
+		"  generate [-n N] [--temp T] [--seed S] [--top-k K] [--top-p P] [--min-p P] [--model NAME]\n"
 		"           [--stop STR] [--json] PROMPT...   stream a completion (PROMPT '-' reads stdin;\n"
-		"           greedy by default; --temp T > 0 samples with top-k 40, top-p 0.95, min-p\n"
-		"           0.05 as quantd run does, unless --top-k or --top-p are given)\n"
-		"  chat [-n N] [--temp T] [--model NAME] [--system TEXT]   multi-turn chat on stdin;\n"
+		"           greedy by default; --temp T > 0 samples with top-k 40, top-p 0.95 and\n"
+		"           min-p 0.05 as quantd run does, each unless given; 0 turns one off)\n"
+		"  chat [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--model NAME] [--system TEXT]\n"
+		"           multi-turn chat on stdin (sampling defaults as generate);\n"
 		"           Ctrl-C stops the current reply, Ctrl-D ends\n"
 		"  models                     loaded models\n"
 		"  ps                         running and queued requests\n"
@@ -168,12 +169,13 @@ static int stream(qd_client *c, uint64_t id, Printer *p, qd_event *ret_final)
 	}
 }
 
-enum { O_TEMP = 256, O_SEED, O_TOPK, O_TOPP, O_MODEL, O_STOP, O_JSON, O_SYSTEM, O_NAME, O_SLOTS,
+enum { O_TEMP = 256, O_SEED, O_TOPK, O_TOPP, O_MINP, O_MODEL, O_STOP, O_JSON, O_SYSTEM, O_NAME, O_SLOTS,
        O_CTX };
 
 static const struct option gen_opts[] = {
 	{ "temp", required_argument, NULL, O_TEMP }, { "seed", required_argument, NULL, O_SEED },
 	{ "top-k", required_argument, NULL, O_TOPK }, { "top-p", required_argument, NULL, O_TOPP },
+	{ "min-p", required_argument, NULL, O_MINP },
 	{ "model", required_argument, NULL, O_MODEL }, { "stop", required_argument, NULL, O_STOP },
 	{ "json", no_argument, NULL, O_JSON }, { "system", required_argument, NULL, O_SYSTEM },
 	{ "name", required_argument, NULL, O_NAME }, { "slots", required_argument, NULL, O_SLOTS },
@@ -182,7 +184,7 @@ static const struct option gen_opts[] = {
 
 typedef struct {
 	qd_gen_params p;
-	bool top_k_set, top_p_set;
+	bool top_k_set, top_p_set, min_p_set;
 	const char *stops[8];
 	bool json;
 	const char *system, *name;
@@ -208,6 +210,10 @@ static int parse_cmd_opts(int argc, char **argv, CmdOpts *o)
 			o->p.top_p = strtof(optarg, NULL);
 			o->top_p_set = true;
 			break;
+		case O_MINP:
+			o->p.min_p = strtof(optarg, NULL);
+			o->min_p_set = true;
+			break;
 		case O_MODEL: o->p.model = optarg; break;
 		case O_STOP:
 			if (o->p.n_stop < 8)
@@ -222,12 +228,15 @@ static int parse_cmd_opts(int argc, char **argv, CmdOpts *o)
 		}
 	}
 	/* Sampling without filters would draw from the whole vocabulary's tail (and cost a
-	 * softmax over all of it per token): --temp T > 0 filters like `quantd run` (top-k
-	 * 40, top-p 0.95, min-p 0.05) unless --top-k or --top-p say otherwise. */
-	if (o->p.temperature > 0 && !o->top_k_set && !o->top_p_set) {
-		o->p.top_k = 40;
-		o->p.top_p = 0.95f;
-		o->p.min_p = 0.05f;
+	 * softmax over all of it per token): --temp T > 0 filters like `quantd run`, each of
+	 * top-k 40, top-p 0.95 and min-p 0.05 unless given (0 turns one off). */
+	if (o->p.temperature > 0) {
+		if (!o->top_k_set)
+			o->p.top_k = 40;
+		if (!o->top_p_set)
+			o->p.top_p = 0.95f;
+		if (!o->min_p_set)
+			o->p.min_p = 0.05f;
 	}
 	return 0;
 }

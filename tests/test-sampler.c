@@ -366,6 +366,34 @@ static void test_sample_top(void)
 	sampler_free(s);
 }
 
+/* A +inf logit takes the token (the lowest id of several), on the whole-row path with and
+ * without top-k and on the candidates path alike, without reading outside the candidates
+ * (an all-NaN softmax used to leave min-p with nothing). */
+static void test_inf_logit(void)
+{
+	float l[NV], full[NV];
+	fill(l, 5);
+	l[321] = INFINITY;
+	l[777] = INFINITY;
+	static const int ks[] = { 40, 0 };
+	for (int ki = 0; ki < 2; ki++) {
+		SamplerParams p = sampler_defaults();
+		p.top_k = ks[ki];
+		Sampler *a = NULL;
+		CU_ASSERT_EQUAL_FATAL(sampler_new(&p, NV, &a), 0);
+		for (int d = 0; d < 5; d++) {
+			memcpy(full, l, sizeof(l));
+			CU_ASSERT_EQUAL(sampler_sample(a, full), 321);
+		}
+		if (ks[ki]) {
+			const int32_t ids[3] = { 777, 5, 321 };
+			const float vals[3] = { INFINITY, 1.0f, INFINITY };
+			CU_ASSERT_EQUAL(sampler_sample_top(a, ids, vals, 3, 321), 321);
+		}
+		sampler_free(a);
+	}
+}
+
 static void test_bad_params(void)
 {
 	SamplerParams p = sampler_defaults();
@@ -394,6 +422,7 @@ int main(void)
 		{ "repeat_penalty", test_repeat_penalty, NULL },
 		{ "top_k_large_vocab", test_top_k_large_vocab, NULL },
 		{ "sample_top: top-k candidates = the whole row", test_sample_top, NULL },
+		{ "inf_logit: +inf takes the token", test_inf_logit, NULL },
 		{ "bad_params", test_bad_params, NULL },
 		{ NULL, NULL, NULL },
 	};

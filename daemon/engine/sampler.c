@@ -150,6 +150,18 @@ static int32_t keep_top_logits(const float *logits, int32_t n, int32_t k, int32_
 	return m;
 }
 
+/* The lowest id of the candidates at +inf, or -1.  A +inf logit takes all the probability
+ * (and would turn the softmax into NaNs): every path picks it before any softmax, without
+ * a draw. */
+static int32_t inf_pick(const Cand *c, int32_t n)
+{
+	int32_t best = -1;
+	for (int32_t i = 0; i < n; i++)
+		if (c[i].logit == INFINITY && (best < 0 || c[i].id < best))
+			best = c[i].id;
+	return best;
+}
+
 static int32_t draw(Sampler *s, Cand *c, int32_t n);
 
 static void softmax(Cand *c, int32_t n, double temp)
@@ -209,6 +221,9 @@ int32_t sampler_sample(Sampler *s, float *logits)
 				c[n++] = (Cand){ i, logits[i], 0 };
 		if (n == 0)
 			return argmax(logits, s->n_vocab);
+		const int32_t inf = inf_pick(c, n);
+		if (inf >= 0)
+			return inf;
 		if (p->top_p < 1.0f) {
 			/* A token with p <= (1 - top_p) / n is never in the top-p set: had it been
 			 * needed, the mass left before it (> 1 - top_p) would be spread over at
@@ -255,6 +270,9 @@ int32_t sampler_sample_top(Sampler *s, const int32_t *ids, const float *vals, in
 static int32_t draw(Sampler *s, Cand *c, int32_t n)
 {
 	const SamplerParams *p = &s->p;
+	const int32_t inf = inf_pick(c, n);
+	if (inf >= 0)
+		return inf;
 	if (p->top_p < 1.0f) {
 		softmax(c, n, 1.0);
 		double cum = 0;
@@ -277,7 +295,7 @@ static int32_t draw(Sampler *s, Cand *c, int32_t n)
 		for (int32_t i = 0; i < n; i++)
 			if (c[i].p >= pmax * p->min_p)
 				c[keep++] = c[i];
-		n = keep;
+		n = keep > 0 ? keep : 1; /* the most likely always stays (finite p: it passes) */
 	}
 	softmax(c, n, p->temp);
 	double u = (double)(next_u64(s->rng) >> 11) * (1.0 / 9007199254740992.0), cum = 0;

@@ -14,7 +14,6 @@
 #include "quant.h"
 #include "topk.h"
 #include "threadpool.h"
-#include "topk.h"
 
 typedef struct {
 	KbBackend base;

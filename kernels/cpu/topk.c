@@ -176,13 +176,13 @@ size_t kb_topk_scratch(const KbThreadPool *tp, int n, int k)
 	if (segs == 1)
 		return 0;
 	const size_t units = (size_t)n * (size_t)segs;
-	return units * (size_t)k * 8 + units * 4 + (size_t)segs * (size_t)k * sizeof(Cand) + 64;
+	return units * (size_t)k * 8 + units * 4 + (size_t)segs * (size_t)k * sizeof(Cand);
 }
 
 int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, int32_t *ids, float *vals,
 		 int32_t *counts, void *scratch)
 {
-	if (!y || !ids || !vals || !counts || n < 1 || cols < 1 || cols > INT32_MAX || k < 1)
+	if (!y || !ids || !vals || !counts || n < 1 || cols < 1 || cols > INT32_MAX - TOPK_BLOCK || k < 1)
 		return -EINVAL;
 	const int most = pieces(tp, n);
 	int segs = most;
@@ -191,19 +191,19 @@ int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, i
 	if (most > 1 && !scratch)
 		return -EINVAL;
 	TopkTask t = { .y = y, .cols = cols, .n = n, .k = k, .segs = segs, .ids = ids, .vals = vals, .cnt = counts };
+	if (segs == 1) {
+		kb_threadpool_run(tp, topk_task, &t);
+		return 0;
+	}
 	/* the scratch is laid out for `most` pieces a row; fewer use a prefix of each array */
 	const size_t units = (size_t)n * (size_t)most;
 	int32_t *sid = scratch, *scnt = sid + units * (size_t)k;
 	float *sval = (float *)(scnt + units);
-	Cand *c = (Cand *)(((uintptr_t)(sval + units * (size_t)k) + 15) & ~(uintptr_t)15);
-	if (segs > 1) {
-		t.ids = sid;
-		t.vals = sval;
-		t.cnt = scnt;
-	}
+	Cand *c = (Cand *)(sval + units * (size_t)k);
+	t.ids = sid;
+	t.vals = sval;
+	t.cnt = scnt;
 	kb_threadpool_run(tp, topk_task, &t);
-	if (segs == 1)
-		return 0;
 	/* each row: the best k of its pieces' candidates */
 	for (int r = 0; r < n; r++) {
 		int32_t m = 0;

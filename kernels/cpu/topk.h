@@ -17,7 +17,7 @@ int32_t kb_topk_row(const float *x, int32_t n, int32_t k, int32_t base, int32_t 
 /* For each of n rows of y (cols values each, back to back): its k best into ids[t * k ..]
  * and vals, counts[t] of them.  Rows are shared among the pool's workers, and split among
  * them when there are fewer rows than workers; SCRATCH holds the pieces' candidates,
- * kb_topk_scratch(tp, n, k) bytes (16-byte aligned; may be NULL when that is 0).  Returns
+ * kb_topk_scratch(tp, n, k) bytes (4-byte aligned; may be NULL when that is 0).  Returns
  * 0 or -EINVAL. */
 size_t kb_topk_scratch(const KbThreadPool *tp, int n, int k);
 int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, int32_t *ids, float *vals,

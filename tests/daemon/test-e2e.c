@@ -117,7 +117,7 @@ static void test_reference(void)
 
 /* A seeded sampled generation (temperature, top-k, top-p, min-p) through the daemon gives
  * the text `quantd run` prints with the same settings and seed: the daemon's sampler path
- * (which asks for top-k candidates where a backend finds them, whole rows on the CPU) draws
+ * (top-k candidates from the backend, here the CPU thread pool) draws
  * the same tokens from the same logits. */
 static void test_seeded_sampling(void)
 {
