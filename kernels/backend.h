@@ -1,5 +1,5 @@
-/* kernels/backend.h: the ops table every compute backend implements (kernels/cpu now,
- * kernels/cuda next).  The forward pass (daemon/engine/forward.c) calls only these.
+/* kernels/backend.h: the ops table every compute backend implements (kernels/cpu and
+ * kernels/cuda).  The forward pass (daemon/engine/forward.c) calls only these.
  *
  * Memory: activation buffers come from the backend's alloc (host memory on the CPU,
  * device memory on CUDA); small per-batch index arrays (token ids, positions, sequence
@@ -108,7 +108,7 @@ typedef struct {
 			      const KbAttention *a, int rot_dim, float base);
 
 	/* Optional: matmul, and ret_idx[t] (host array of n) = the first index of the largest
-	 * y[t][r] (NaNs skipped; 0 when all are NaN), found while the product is computed,
+	 * y[t][r] (NaNs skipped; 0 when all are NaN), found during or right after the product,
 	 * so a greedy sampler need not read the logits again. */
 	int (*matmul_argmax)(KbBackend *b, const KbWeight *w, const float *x, int n, float *y,
 			     int32_t *ret_idx);

@@ -93,12 +93,13 @@ enum {
 /* Runs the forward pass for B.  A token at position p attends to positions 0..p of its
  * sequence: positions before the batch must have been decoded earlier (they are in the
  * cache), those inside the batch are written first.  Returns 0, or -EINVAL (bad token id,
- * slot, position >= n_ctx, n_tokens > n_batch), or -errno from the backend. */
+ * slot, position >= n_ctx, n_tokens > n_batch, a want_logits value above WANT_TOPK), or
+ * -errno from the backend. */
 int ctx_decode(Context *c, const Batch *b);
 
 /* Logits [n_vocab] of the I-th token of the last batch that asked for them (in batch
- * order among those with want_logits set), or NULL (also for a WANT_ARGMAX row that was
- * left on the device). */
+ * order among those with want_logits set), or NULL (also for a WANT_ARGMAX or WANT_TOPK
+ * row that was left on the device). */
 float *ctx_logits(Context *c, int32_t i);
 /* The first index of the largest of those logits (NaNs skipped), when the backend found it
  * during or right after the product (the CPU and CUDA backends do), else -1: what a greedy sampler would pick, without

@@ -2,7 +2,8 @@
  * batch of query tokens (decode and prefill alike).
  *
  * Attention: blocks of 4 warps per (token, head), several per pair when there are few
- * pairs (decode), each over a share of the keys (split-K, merged by the last one).  Warp w takes keys in tiles of 32,
+ * pairs (decode) and the context is long (at least att_split_keys keys a split), each
+ * over a share of the keys (split-K, merged by the last one).  Warp w takes keys in tiles of 32,
  * w*32, w*32 + 128, ...: each lane scores one key of the tile (a whole dot product over
  * head_dim, 16-byte loads), the warp updates its running max and sum (online softmax),
  * then walks the tile's 32 weights accumulating values, each lane owning head_dim/32

@@ -17,10 +17,13 @@
  * launch when the next product can use it), and every other op forgets it, since any of
  * them may write that buffer.  So q/k/v and gate/up convert once, from the norm itself.
  *
- * QD_CUDA_GRAPHS=0 and QD_CUDA_FUSE=0 in the environment turn the graphs and the shared
- * conversions off (for measuring each; results are the same bits either way);
- * QD_CUDA_GEMM=0 runs many-token products as passes of eight through matmul.cu instead
- * (slower; the last bits differ, see gemm.cu). */
+ * QD_CUDA_GRAPHS=0 and QD_CUDA_FUSE=0 in the environment turn the graphs and the fused
+ * launches (shared conversions, multi-weight products, the q/k/v RoPE epilogue) off (for
+ * measuring each; results are the same bits either way); QD_CUDA_GEMM=0 runs many-token
+ * products as passes of eight through matmul.cu instead (slower; the last bits differ,
+ * see gemm.cu); QD_CUDA_MMV_STAGES=N and QD_CUDA_ATT_SPLIT_KEYS=N override the product
+ * kernels' bulk-copy ring and attention's split size (kb_cuda_set_mmv_stages,
+ * kb_cuda_set_att_split_keys). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>

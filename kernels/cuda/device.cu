@@ -30,7 +30,9 @@ extern "C" int kb_cuda_device_count(int *ret_n)
 }
 
 /* Defaults chosen by bench-cuda-mmv --sweep on the H200 (bench/results/gpu-mmv-sweep-*):
- * 8 warps, one row tile per group, no extra L2 prefetch, as many blocks as fit. */
+ * 8 warps, one row tile per group, no extra L2 prefetch, as many blocks as fit, the
+ * bulk-copy ring by weight type (stages -1); attention splits of at least
+ * KB_ATT_SPLIT_KEYS keys. */
 static void default_config(KbCuda *ctx)
 {
 	ctx->att_split_keys = KB_ATT_SPLIT_KEYS;
@@ -39,7 +41,7 @@ static void default_config(KbCuda *ctx)
 		ctx->mmv[t].row_tiles = 1;
 		ctx->mmv[t].prefetch = 0;
 		ctx->mmv[t].persist = 64; /* i.e. as many as fit */
-		ctx->mmv[t].stages = -1; /* by type (matmul.cu) */
+		ctx->mmv[t].stages = -1; /* by type and row length (kb_auto_stages, matmul_bulk.cuh) */
 	}
 }
 

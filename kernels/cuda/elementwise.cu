@@ -1,9 +1,10 @@
 /* kernels/cuda/elementwise.cu: RMSNorm, RoPE (also fused with the KV-cache store), SwiGLU
  * and add for the forward pass, sampling help (each logits row's argmax and top-k), and
- * the small asynchronous upload the ops table uses for index arrays.  Like every kernel of
- * the forward pass these launch with programmatic dependent launch (kb_launch): each lets
- * its successor start at once and itself waits for its predecessor before touching memory
- * it writes, so launches overlap the kernel before. */
+ * the small asynchronous upload the ops table uses for index arrays.  In steps of up to
+ * KB_CUDA_MAX_TOK tokens (kb_small_pdl) the forward pass's kernels here launch with
+ * programmatic dependent launch: each lets its successor start at once and itself waits
+ * for its predecessor before touching memory it writes, so launches overlap the kernel
+ * before.  Argmax and top-k, after the step, launch plainly. */
 #include <limits.h>
 #include <math.h>
 
@@ -407,9 +408,11 @@ extern "C" int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, 
  * One block per row.  Logits map to unsigned keys that order like the floats (NaN and
  * -inf to 0: never candidates).  A radix select, 8 bits a pass from the top, finds the
  * key of the k-th largest and how many of the candidates share it; one more pass writes
- * the candidates out in index order: all keys above it, and of the keys equal to it the
- * ones with the lowest indices, which is the host sampler's order (higher logit, then
- * lower id).  The row is read from L2 (the product has just written it) five times. */
+ * the candidates out: all keys above it, and of the keys equal to it the ones with the
+ * lowest indices, which is the host sampler's order (higher logit, then lower id).  When
+ * every key equal to the k-th is taken (no tie across the k-th place, the usual case)
+ * that pass writes in any order; otherwise in index order.  The row is read from L2 (the
+ * product has just written it) five times. */
 
 #define TOPK_UNROLL 8
 

@@ -19,7 +19,7 @@
 /* Product kernel configuration; index 0 is for 1 token, ..., 7 for 8 tokens. */
 typedef struct {
 	int warps, row_tiles, prefetch, persist;
-	int stages; /* > 0: the bulk-copy pipeline (matmul.cu, sm_90) with this many slots a warp;
+	int stages; /* > 0: the bulk-copy pipeline (matmul_bulk.cuh, sm_90) with this many slots a warp;
 		     * 0: register loads; -1: by weight type */
 } KbMmvConfig;
 
@@ -66,7 +66,7 @@ struct KbCuda {
 	cudaEvent_t t0, t1;
 	int pdl;
 	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
-	int occ[7][3][9];       /* resident blocks per SM: [type slot][variant (matmul.cu)][warps] */
+	int occ[7][3][9];       /* resident blocks per SM: [type slot][variant (kb_variant)][warps] */
 	int occ_bulk[7][3][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
 	uint64_t up_bytes;
 	double up_sec;
@@ -75,7 +75,7 @@ struct KbCuda {
 	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
 	int att_split_keys;     /* fewest keys an attention split takes (KB_ATT_SPLIT_KEYS) */
 	uint8_t mmq_smem_set[7][2]; /* gemm.cu: shared-memory opt-in done, [type slot][64-token] */
-	uint8_t mmv_smem_set[7][3]; /* matmul.cu bulk kernel: the same, [type slot][variant] */
+	uint8_t mmv_smem_set[7][3]; /* bulk kernel (matmul_bulk.cuh): the same, [type slot][variant] */
 	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };

@@ -12,10 +12,13 @@
  * Where the time goes (H200, Nsight Compute, Q4_0 11008x4096, 1 token): DRAM at 42% of
  * peak, each scheduler issuing every 2.2 cycles with 3.7 resident warps (127 registers),
  * 8 cycles between a warp's instructions, a third of them waiting for global loads.
- * The quantized paths are bound by instruction issue and latency, not by bandwidth: the
- * f16 decode costs ~10 instructions per mma (8 weights per lane).  Deeper pipelines
- * (cp.async stages, activations loaded an item ahead) were measured and did not help;
- * fewer instructions per weight (int8 m16n8k32 with int8 activations) is the next step. */
+ * The quantized paths are bound by dependency latency inside each item (decode -> mma ->
+ * scale) at low occupancy, not by bandwidth: deeper pipelines (cp.async stages,
+ * activations loaded an item ahead, the bulk-copy ring of matmul_bulk.cuh) and a third
+ * fewer instructions per item (an item cursor) were measured and did not move Q4_0
+ * (bench/NOTES.md, sessions 2 and 3).  The bulk-copy variant is the default for Q4_1,
+ * where it wins by occupancy (kb_auto_stages).  The q/k/v product may carry RoPE and the
+ * KV-cache stores in its flush (kb_rope_epilogue, its own kernel instances). */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdlib.h>
@@ -229,11 +232,11 @@ template <int T> struct KbChunkBytes {
 	static constexpr int Q = L::CPK * L::QV * 512, S = L::CPK * 8 * L::SB, D = 8 * L::DB;
 };
 
-/* A warp's walk over its (group, chunk) items: where the current item's chunk starts in
- * tile 0 of its group, in each region.  Within a group the next item is a few adds away;
- * only at a group's end are the pointers worked out again from the group's weight (the
- * per-item 64-bit address arithmetic this replaces was ~40% of the kernel's instructions
- * on the H200, Q4_0 4096x4096). */
+/* A warp's walk over its (group, chunk) items (k_mmv_bulk's, matmul_bulk.cuh): where the
+ * current item's chunk starts in tile 0 of its group, in each region.  Within a group the
+ * next item is a few adds away; only at a group's end are the pointers worked out again
+ * from the group's weight.  (Tried in k_mmv too, replacing its per-item 64-bit address
+ * arithmetic: no gain for Q4_0, F16 20% slower; reverted there.) */
 typedef struct {
 	const uint8_t *q, *s, *d;
 	int j;  /* block-local group */

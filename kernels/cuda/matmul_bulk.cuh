@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
  * (k_mmv).  Q4_1 rows of 4096 (7B shape, batch 1): 336 -> 391 tok/s; but rows of 576
  * (SmolLM2: three chunks a row, so each warp has little to keep in flight and the ring's
  * set-up is not repaid): 1,368 -> 1,268.  Q4_K and Q6_K (7B Q4_K_M) came out even, Q4_0
- * even, Q8_0 and F16 slower (bench/NOTES.md). */
+ * 5% slower (441 -> 418), Q8_0 and F16 slower (bench/NOTES.md). */
 template <int T> static int kb_auto_stages(int n_chunks)
 {
 	return T == QD_TYPE_Q4_1 && n_chunks >= 8 ? 2 : 0;

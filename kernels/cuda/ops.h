@@ -1,6 +1,7 @@
 /* kernels/cuda/ops.h: the forward pass's small ops on the device (plain C API), used by
  * the ops table in backend_cuda.c: embedding rows, RMSNorm, RoPE, SwiGLU, add, KV-cache
- * stores and attention.  Every pointer is device memory, index arrays included; every
+ * stores and attention, and the argmax and top-k of logits rows (their rules: those of
+ * kernels/cpu/matmul.c and kernels/cpu/topk.c).  Every pointer is device memory, index arrays included; every
  * function queues its kernel on the context's stream and returns 0, -EINVAL for bad
  * arguments or -EIO when the launch fails.  Semantics follow kernels/cpu/backend_cpu.c
  * (the reference) operation by operation; where the order of float operations differs
@@ -30,8 +31,8 @@ int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy
 
 /* For each of n rows of y: the k (1..KB_CUDA_TOPK_MAX) largest values, NaN and -inf never
  * counted, of equal values the lowest indices: ids[t][0..counts[t]) and vals[t][...] (row
- * strides k), not sorted by value (those above the k-th value, then those equal to it);
- * counts[t] < k only when the row has fewer such values.  Device arrays. */
+ * strides k), in no particular order; counts[t] < k only when the row has fewer such
+ * values.  Device arrays. */
 #define KB_CUDA_TOPK_MAX 256
 int kb_cuda_topk(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int k, int32_t *ids, float *vals,
 		 int32_t *counts);
@@ -72,18 +73,20 @@ int kb_cuda_rope_kv_store(KbCuda *ctx, float *q, float *k, const float *v, uint1
 			  uint16_t *v_cache, const int32_t *pos, const int32_t *seq, int n, int n_head,
 			  int n_head_kv, int head_dim, int rot_dim, float theta_scale, int64_t slot_stride);
 
+/* Attention over a context of L keys runs in min(ceil(L / keys), the launch's splits)
+ * blocks per (token, head), merged at the end; fewer keys a split than this cost more in
+ * the merge than they save (H200, 7B decode).  The default is KB_ATT_SPLIT_KEYS; the
+ * setter returns 0 or -EINVAL (keys outside 1..2^24).  Steps recorded as graphs keep the
+ * value they were recorded with. */
+#define KB_ATT_SPLIT_KEYS 256
+int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys);
+
 /* For each (token t, head h): q rounded to f16, scores against keys 0..pos[t] of slot
  * seq[t] (kv head h / (n_head / n_head_kv)), times scale, softmax, weighted sum of the
  * values into out[t][h*head_dim..].  Online softmax over 4 warps, so sums are ordered
  * differently from the CPU's.  head_dim a multiple of 32 and <= 256 (else -EINVAL).
  * With ACT (non-NULL; n <= KB_CUDA_MAX_TOK, n_head*head_dim <= its capacity) out is
  * also converted into it in the same launch, as by kb_cuda_rmsnorm_act. */
-/* Attention over a context of L keys runs in min(L / keys, the launch's splits) blocks
- * per (token, head), merged at the end; fewer keys a split than this cost more in the
- * merge than they save (H200, 7B decode).  The default, KB_ATT_SPLIT_KEYS. */
-#define KB_ATT_SPLIT_KEYS 256
-int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys);
-
 int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 		      const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
 		      int64_t slot_stride, float scale, float *out, KbCudaAct *act);
