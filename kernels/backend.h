@@ -118,9 +118,10 @@ typedef struct {
 	 * (cols values each, rows back to back), its k (1..KB_TOPK_MAX) largest values, NaN
 	 * and -inf never counted, of equal values those with the lower indices, as
 	 * ret_ids[t * k + 0 .. ret_n[t]) and ret_vals (host arrays) in no particular order;
-	 * ret_n[t] < k only when the row has fewer such values. */
-	int (*topk)(KbBackend *b, const float *y, int n, int64_t cols, int k, int32_t *ret_ids, float *ret_vals,
-		    int32_t *ret_n);
+	 * ret_n[t] < k only when the row has fewer such values.  NEED (host, [n]; NULL: all):
+	 * the rows the caller reads; a backend may skip the others (then ret_n[t] = 0). */
+	int (*topk)(KbBackend *b, const float *y, int n, int64_t cols, int k, const uint8_t *need, int32_t *ret_ids,
+		    float *ret_vals, int32_t *ret_n);
 
 	/* Optional, for backends with memory of their own (NULL on the CPU): bytes free and in
 	 * all on the device, so that a context can refuse up front what would not fit. */

@@ -1,6 +1,7 @@
 /* tests/testutil.c */
 #include "testutil.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,4 +125,49 @@ void tu_tmp_cleanup(void)
 	if (system(cmd) != 0)
 		fprintf(stderr, "could not remove %s\n", tmpdir);
 	tmpdir[0] = 0;
+}
+
+typedef struct {
+	int32_t id;
+	float v;
+} TuCand;
+
+static int tu_cand_rank(const void *a, const void *b) /* larger value, then lower id */
+{
+	const TuCand *x = a, *y = b;
+	if (x->v != y->v)
+		return x->v < y->v ? 1 : -1;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+static int tu_cand_id(const void *a, const void *b)
+{
+	const TuCand *x = a, *y = b;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+bool tu_topk_matches(const float *row, int64_t cols, int k, const int32_t *ids, const float *vals, int32_t count)
+{
+	TuCand *ref = malloc(sizeof(TuCand) * (size_t)(cols > 0 ? cols : 1));
+	TuCand *got = malloc(sizeof(TuCand) * (size_t)(count > 0 ? count : 1));
+	bool ok = ref && got && count >= 0;
+	int64_t m = 0;
+	for (int64_t c = 0; ok && c < cols; c++)
+		if (!isnan(row[c]) && row[c] != -INFINITY)
+			ref[m++] = (TuCand){ (int32_t)c, row[c] };
+	if (ok) {
+		qsort(ref, (size_t)m, sizeof(TuCand), tu_cand_rank);
+		m = m > k ? k : m;
+		qsort(ref, (size_t)m, sizeof(TuCand), tu_cand_id);
+		ok = count == m;
+	}
+	for (int32_t i = 0; ok && i < count; i++)
+		got[i] = (TuCand){ ids[i], vals[i] };
+	if (ok)
+		qsort(got, (size_t)count, sizeof(TuCand), tu_cand_id);
+	for (int32_t i = 0; ok && i < count; i++)
+		ok = got[i].id == ref[i].id && memcmp(&got[i].v, &ref[i].v, sizeof(float)) == 0;
+	free(ref);
+	free(got);
+	return ok;
 }

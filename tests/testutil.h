@@ -5,6 +5,7 @@
 
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct {
@@ -32,6 +33,11 @@ void tu_skip(const char *test, const char *why);
 /* Deterministic xorshift random numbers for test data. */
 uint64_t tu_rand_u64(uint64_t *state);
 float tu_rand_f32(uint64_t *state); /* uniform in [-1, 1) */
+
+/* Whether IDS/VALS (COUNT of them, any order) are exactly ROW's top K: its largest values,
+ * NaN and -inf left out, of equal values the lower indices (the rule of every top-k op),
+ * found here by sorting the whole row.  ROW has COLS values. */
+bool tu_topk_matches(const float *row, int64_t cols, int k, const int32_t *ids, const float *vals, int32_t count);
 
 /* DIR/NAME in a private temporary directory made on first use (/tmp/qd-test.XXXXXX); the
  * result stays valid for the next 3 calls.  NULL if the directory cannot be made. */

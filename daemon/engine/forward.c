@@ -44,6 +44,7 @@ struct Context {
 	int32_t *out_argmax;           /* [n_batch] greedy token of each logits row, if have_argmax */
 	uint8_t *out_want;             /* [n_batch] WANT_* of each logits row */
 	uint8_t *out_host;             /* [n_batch] whether the row is in logits_host */
+	uint8_t *out_topk;             /* [n_batch] whether the row is WANT_TOPK (ops->topk's need) */
 	int32_t *topk_ids;             /* [n_out][topk_k] ops->topk's candidates, or NULL */
 	float *topk_vals;              /* the same */
 	int32_t *topk_n;               /* [n_batch] how many each row has */
@@ -258,8 +259,9 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 	c->seq_len_next = calloc((size_t)c->n_seq, sizeof(*c->seq_len_next));
 	c->out_rows = calloc((size_t)c->n_batch, sizeof(*c->out_rows));
 	c->out_argmax = calloc((size_t)c->n_batch, sizeof(*c->out_argmax));
-	c->out_want = calloc((size_t)c->n_batch, 2);
+	c->out_want = calloc((size_t)c->n_batch, 3);
 	c->out_host = c->out_want ? c->out_want + c->n_batch : NULL;
+	c->out_topk = c->out_want ? c->out_want + 2 * (size_t)c->n_batch : NULL;
 	if (!c->k_cache || !c->v_cache || !c->seq_len || !c->seq_len_next || !c->out_rows || !c->out_argmax ||
 	    !c->out_want)
 		goto err;
@@ -473,6 +475,7 @@ int ctx_decode(Context *c, const Batch *b)
 			    (r = o->copy(be, c->x + (int64_t)n_out * d, c->x + (int64_t)t * d, sizeof(float) * (size_t)d)) < 0)
 				return r;
 			c->out_want[n_out] = (uint8_t)want;
+			c->out_topk[n_out] = want == WANT_TOPK;
 			c->out_rows[n_out++] = t;
 		}
 	}
@@ -485,10 +488,10 @@ int ctx_decode(Context *c, const Batch *b)
 	if (r < 0)
 		return r;
 	/* Rows go to the host in runs; a WANT_ARGMAX row whose id the backend found stays, and
-	 * so does a WANT_TOPK row, whose candidates come instead (top-k of every row, k the
-	 * largest asked for: one launch; a row asking less takes the best of them). */
-	if (topk_k && (r = o->topk(be, c->logits, n_out, cfg->n_vocab, topk_k, c->topk_ids, c->topk_vals,
-				    c->topk_n)) < 0)
+	 * so does a WANT_TOPK row, whose candidates come instead (the WANT_TOPK rows' top-k in
+	 * one call, k the largest asked for; a row asking less takes the best of them). */
+	if (topk_k && (r = o->topk(be, c->logits, n_out, cfg->n_vocab, topk_k, c->out_topk, c->topk_ids,
+				    c->topk_vals, c->topk_n)) < 0)
 		return r;
 	const size_t row = sizeof(float) * (size_t)cfg->n_vocab;
 #define KEEP_ON_DEVICE(i) (o->matmul_argmax && c->out_want[i] >= WANT_ARGMAX)

@@ -130,22 +130,22 @@ static int cpu_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, in
 /* Top-k candidates of logits rows, spread over the pool (rows, or pieces of a row when
  * there are fewer rows than threads), so a sampler with top_k reads k candidates instead
  * of scanning a whole row on the engine thread. */
-static int cpu_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, int32_t *ret_ids, float *ret_vals,
-		    int32_t *ret_n)
+static int cpu_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, const uint8_t *need,
+		    int32_t *ret_ids, float *ret_vals, int32_t *ret_n)
 {
 	CpuBackend *c = cpu(b);
 	if (n < 1 || k < 1 || k > KB_TOPK_MAX)
 		return -EINVAL;
-	const size_t need = kb_topk_scratch(c->pool, n, k);
-	if (need > c->topk_size) {
+	const size_t bytes = kb_topk_scratch(c->pool, n, k);
+	if (bytes > c->topk_size) {
 		void *p = NULL;
-		if (posix_memalign(&p, 64, need))
+		if (posix_memalign(&p, 64, bytes))
 			return -ENOMEM;
 		free(c->topk_scratch);
 		c->topk_scratch = p;
-		c->topk_size = need;
+		c->topk_size = bytes;
 	}
-	return kb_topk_rows(c->pool, y, n, cols, k, ret_ids, ret_vals, ret_n, c->topk_scratch);
+	return kb_topk_rows(c->pool, y, n, cols, k, need, ret_ids, ret_vals, ret_n, c->topk_scratch);
 }
 
 static int cpu_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)

@@ -25,6 +25,16 @@ static inline bool worse(float va, int32_t ia, float vb, int32_t ib)
 	return va < vb || (va == vb && ia > ib);
 }
 
+static inline void swap(int32_t *ids, float *vals, int32_t i, int32_t j)
+{
+	const int32_t ti = ids[i];
+	const float tv = vals[i];
+	ids[i] = ids[j];
+	vals[i] = vals[j];
+	ids[j] = ti;
+	vals[j] = tv;
+}
+
 static void sift_down(int32_t *ids, float *vals, int32_t n, int32_t i)
 {
 	for (;;) {
@@ -35,12 +45,7 @@ static void sift_down(int32_t *ids, float *vals, int32_t n, int32_t i)
 			w = r;
 		if (w == i)
 			return;
-		const int32_t ti = ids[i];
-		const float tv = vals[i];
-		ids[i] = ids[w];
-		vals[i] = vals[w];
-		ids[w] = ti;
-		vals[w] = tv;
+		swap(ids, vals, i, w);
 		i = w;
 	}
 }
@@ -51,13 +56,8 @@ static void push(int32_t *ids, float *vals, int32_t *m, int32_t id, float v)
 	ids[j] = id;
 	vals[j] = v;
 	while (j > 0 && worse(vals[j], ids[j], vals[(j - 1) / 2], ids[(j - 1) / 2])) {
-		const int32_t p = (j - 1) / 2, ti = ids[j];
-		const float tv = vals[j];
-		ids[j] = ids[p];
-		vals[j] = vals[p];
-		ids[p] = ti;
-		vals[p] = tv;
-		j = p;
+		swap(ids, vals, j, (j - 1) / 2);
+		j = (j - 1) / 2;
 	}
 }
 
@@ -130,9 +130,10 @@ int32_t kb_topk_row(const float *x, int32_t n, int32_t k, int32_t base, int32_t 
 
 typedef struct {
 	const float *y;
+	const int32_t *rows;   /* the needed rows, n of them */
 	int64_t cols;
 	int n, k, segs;        /* segs: pieces a row is split into (1 when rows >= workers) */
-	int32_t *ids, *cnt;    /* [n * segs][k], [n * segs] */
+	int32_t *ids, *cnt;    /* segs 1: the caller's [row][k], [row]; else [n * segs][k], [n * segs] */
 	float *vals;
 } TopkTask;
 
@@ -142,11 +143,12 @@ static void topk_task(void *arg, int ith, int nth)
 	int64_t lo, hi;
 	kb_split((int64_t)t->n * t->segs, 1, ith, nth, &lo, &hi);
 	for (int64_t u = lo; u < hi; u++) {
-		const int row = (int)(u / t->segs), seg = (int)(u % t->segs);
+		const int row = t->rows[u / t->segs], seg = (int)(u % t->segs);
+		const int64_t slot = t->segs == 1 ? row : u;
 		int64_t c0, c1;
 		kb_split(t->cols, TOPK_BLOCK, seg, t->segs, &c0, &c1);
-		t->cnt[u] = kb_topk_row(t->y + (int64_t)row * t->cols + c0, (int32_t)(c1 - c0), t->k, (int32_t)c0,
-					t->ids + u * t->k, t->vals + u * t->k);
+		t->cnt[slot] = kb_topk_row(t->y + (int64_t)row * t->cols + c0, (int32_t)(c1 - c0), t->k, (int32_t)c0,
+					   t->ids + slot * t->k, t->vals + slot * t->k);
 	}
 }
 
@@ -162,42 +164,51 @@ static int by_rank(const void *a, const void *b)
 }
 
 /* Pieces a row is split into: 1 when there are as many rows as workers, else up to the
- * workers per row, each piece at least 16 blocks (with cols unknown here, the scratch size
- * assumes the most pieces; kb_topk_rows may use fewer). */
+ * workers per row (kb_topk_rows may use fewer, each piece at least 16 blocks). */
 static int pieces(const KbThreadPool *tp, int n)
 {
 	const int nth = tp ? kb_threadpool_size(tp) : 1;
 	return n >= nth ? 1 : nth / n;
 }
 
+/* The scratch: the row list [n], then, for pieces (at most a worker's worth: nr * segs <=
+ * workers), their ids [units][k], counts [units], values [units][k] and a row's merge
+ * candidates [units * k]. */
 size_t kb_topk_scratch(const KbThreadPool *tp, int n, int k)
 {
-	const int segs = n > 0 && k > 0 ? pieces(tp, n) : 1;
-	if (segs == 1)
+	if (n < 1 || k < 1)
 		return 0;
-	const size_t units = (size_t)n * (size_t)segs;
-	return units * (size_t)k * 8 + units * 4 + (size_t)segs * (size_t)k * sizeof(Cand);
+	const size_t units = (size_t)(tp ? kb_threadpool_size(tp) : 1);
+	return (size_t)n * 4 + units * (size_t)k * 8 + units * 4 + units * (size_t)k * sizeof(Cand);
 }
 
-int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, int32_t *ids, float *vals,
-		 int32_t *counts, void *scratch)
+int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, const uint8_t *need, int32_t *ids,
+		 float *vals, int32_t *counts, void *scratch)
 {
-	if (!y || !ids || !vals || !counts || n < 1 || cols < 1 || cols > INT32_MAX - TOPK_BLOCK || k < 1)
+	if (!y || !ids || !vals || !counts || !scratch || n < 1 || cols < 1 || cols > INT32_MAX - TOPK_BLOCK ||
+	    k < 1)
 		return -EINVAL;
-	const int most = pieces(tp, n);
-	int segs = most;
+	int32_t *rows = scratch;
+	int nr = 0;
+	for (int t = 0; t < n; t++) {
+		if (!need || need[t])
+			rows[nr++] = t;
+		else
+			counts[t] = 0;
+	}
+	if (nr == 0)
+		return 0;
+	int segs = pieces(tp, nr);
 	while (segs > 1 && cols / segs < 16 * TOPK_BLOCK)
 		segs--;
-	if (most > 1 && !scratch)
-		return -EINVAL;
-	TopkTask t = { .y = y, .cols = cols, .n = n, .k = k, .segs = segs, .ids = ids, .vals = vals, .cnt = counts };
+	TopkTask t = { .y = y, .rows = rows, .cols = cols, .n = nr, .k = k, .segs = segs, .ids = ids, .vals = vals,
+		       .cnt = counts };
 	if (segs == 1) {
 		kb_threadpool_run(tp, topk_task, &t);
 		return 0;
 	}
-	/* the scratch is laid out for `most` pieces a row; fewer use a prefix of each array */
-	const size_t units = (size_t)n * (size_t)most;
-	int32_t *sid = scratch, *scnt = sid + units * (size_t)k;
+	const size_t units = (size_t)nr * (size_t)segs;
+	int32_t *sid = rows + n, *scnt = sid + units * (size_t)k;
 	float *sval = (float *)(scnt + units);
 	Cand *c = (Cand *)(sval + units * (size_t)k);
 	t.ids = sid;
@@ -205,7 +216,7 @@ int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, i
 	t.cnt = scnt;
 	kb_threadpool_run(tp, topk_task, &t);
 	/* each row: the best k of its pieces' candidates */
-	for (int r = 0; r < n; r++) {
+	for (int r = 0; r < nr; r++) {
 		int32_t m = 0;
 		for (int s = 0; s < segs; s++) {
 			const int64_t u = (int64_t)r * segs + s;
@@ -213,10 +224,11 @@ int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, i
 				c[m++] = (Cand){ sid[u * k + i], sval[u * k + i] };
 		}
 		qsort(c, (size_t)m, sizeof(Cand), by_rank);
-		counts[r] = m < k ? m : k;
-		for (int32_t i = 0; i < counts[r]; i++) {
-			ids[(int64_t)r * k + i] = c[i].id;
-			vals[(int64_t)r * k + i] = c[i].v;
+		const int64_t row = rows[r];
+		counts[row] = m < k ? m : k;
+		for (int32_t i = 0; i < counts[row]; i++) {
+			ids[row * k + i] = c[i].id;
+			vals[row * k + i] = c[i].v;
 		}
 	}
 	return 0;

@@ -14,13 +14,13 @@
  * (fewer than k only when x has fewer candidates). */
 int32_t kb_topk_row(const float *x, int32_t n, int32_t k, int32_t base, int32_t *ids, float *vals);
 
-/* For each of n rows of y (cols values each, back to back): its k best into ids[t * k ..]
- * and vals, counts[t] of them.  Rows are shared among the pool's workers, and split among
- * them when there are fewer rows than workers; SCRATCH holds the pieces' candidates,
- * kb_topk_scratch(tp, n, k) bytes (4-byte aligned; may be NULL when that is 0).  Returns
- * 0 or -EINVAL. */
+/* For each of n rows of y (cols values each, back to back) that NEED marks ([n]; NULL:
+ * all): its k best into ids[t * k ..] and vals, counts[t] of them (0 for rows not
+ * needed).  The needed rows are shared among the pool's workers, and split among them when
+ * there are fewer than workers; SCRATCH (kb_topk_scratch(tp, n, k) bytes, 4-byte aligned)
+ * holds the row list and the pieces' candidates.  Returns 0 or -EINVAL. */
 size_t kb_topk_scratch(const KbThreadPool *tp, int n, int k);
-int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, int32_t *ids, float *vals,
-		 int32_t *counts, void *scratch);
+int kb_topk_rows(KbThreadPool *tp, const float *y, int n, int64_t cols, int k, const uint8_t *need, int32_t *ids,
+		 float *vals, int32_t *counts, void *scratch);
 
 #endif

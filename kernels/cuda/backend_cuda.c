@@ -396,9 +396,12 @@ static int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, i
 	return kb_cuda_download(c->ctx, ret_idx, c->amax, sizeof(int32_t) * (size_t)n);
 }
 
-static int cuda_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, int32_t *ret_ids, float *ret_vals,
-		     int32_t *ret_n)
+/* Every row, NEED or not: one block per row runs side by side, and one launch and one copy
+ * serve them all. */
+static int cuda_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, const uint8_t *need,
+		     int32_t *ret_ids, float *ret_vals, int32_t *ret_n)
 {
+	(void)need;
 	CudaBackend *c = cb(b);
 	if (!y || !ret_ids || !ret_vals || !ret_n || n < 1 || cols < 1 || k < 1 || k > KB_TOPK_MAX ||
 	    k > KB_CUDA_TOPK_MAX)

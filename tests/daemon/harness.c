@@ -199,8 +199,8 @@ bool daemon_ensure(Daemon *d, const char *test, const char *const *extra)
 	return ok;
 }
 
-int greedy_run(const char *sock, const char *model, const char *prompt, int max_tokens,
-	       int32_t *toks, int *ret_n, char *text, size_t cap)
+int gen_run(const char *sock, const qd_gen_params *p, const char *prompt, int32_t *toks, int *ret_n, char *text,
+	    size_t cap)
 {
 	size_t tl = 0;
 	qd_client *c;
@@ -208,12 +208,9 @@ int greedy_run(const char *sock, const char *model, const char *prompt, int max_
 	int rc = qd_connect(sock, &c, err, sizeof err);
 	if (rc < 0)
 		return rc;
-	qd_gen_params p;
-	qd_gen_params_init(&p);
-	p.model = model;
-	p.max_tokens = (uint32_t)max_tokens;
+	const int max_tokens = (int)p->max_tokens;
 	uint64_t id;
-	rc = qd_generate(c, prompt, &p, &id);
+	rc = qd_generate(c, prompt, p, &id);
 	int n = 0;
 	while (rc == 0) {
 		qd_event ev;
@@ -234,6 +231,16 @@ int greedy_run(const char *sock, const char *model, const char *prompt, int max_
 	qd_close(c);
 	*ret_n = n;
 	return rc;
+}
+
+int greedy_run(const char *sock, const char *model, const char *prompt, int max_tokens,
+	       int32_t *toks, int *ret_n, char *text, size_t cap)
+{
+	qd_gen_params p;
+	qd_gen_params_init(&p);
+	p.model = model;
+	p.max_tokens = (uint32_t)max_tokens;
+	return gen_run(sock, &p, prompt, toks, ret_n, text, cap);
 }
 
 bool daemon_healthy(const char *sock)

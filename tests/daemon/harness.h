@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "client/quantd.h"
+
 /* One daemon under test.  All fields are written by daemon_start() and read by the tests;
  * pid is 0 once daemon_stop() reaped it. */
 typedef struct {
@@ -58,10 +60,13 @@ int daemon_stop(Daemon *d);
  * TEST, when the tests cannot run here or the daemon did not become ready. */
 bool daemon_ensure(Daemon *d, const char *test, const char *const *extra);
 
-/* Greedy run of PROMPT on MODEL (NULL: the first model) through a fresh session:
- * up to MAX_TOKENS ids into TOKS (room for MAX_TOKENS), their count into *ret_n, and, when
- * TEXT is not NULL, the generated text NUL-terminated into TEXT (CAP bytes, cut short
- * when longer).  Returns 0 or the client's -errno. */
+/* A generation of PROMPT with P through a fresh session: up to P->max_tokens ids into TOKS
+ * (room for that many), their count into *ret_n, and, when TEXT is not NULL, the generated
+ * text NUL-terminated into TEXT (CAP bytes, cut short when longer).  Returns 0 or the
+ * client's -errno. */
+int gen_run(const char *sock, const qd_gen_params *p, const char *prompt, int32_t *toks, int *ret_n, char *text,
+	    size_t cap);
+/* gen_run greedy on MODEL (NULL: the first model), MAX_TOKENS at most. */
 int greedy_run(const char *sock, const char *model, const char *prompt, int max_tokens,
 	       int32_t *toks, int *ret_n, char *text, size_t cap);
 /* True when a fresh session on SOCK gets a Health reply that says ok. */

@@ -53,12 +53,13 @@ static int run_greedy(const char *sock, const char *prompt, int32_t *toks, int *
 	return run_greedy_text(sock, prompt, toks, ret_n, NULL, 0);
 }
 
-/* What `quantd run -p PROMPT -n N_GEN --temp 0` prints (the generated text, then one
+/* What `quantd run -p PROMPT -n N_GEN SAMPLING` prints (the generated text, then one
  * newline of its own). */
-static int quantd_run_text(const char *prompt, char *out, size_t cap)
+static int quantd_run_text(const char *prompt, const char *sampling, char *out, size_t cap)
 {
 	char cmd[1024], *q = cmd;
-	q += snprintf(cmd, sizeof cmd, "%s/quantd run -m %s -n %d --temp 0 -t 2 -p '", tu_build_dir(), tu_model_path(), N_GEN);
+	q += snprintf(cmd, sizeof cmd, "%s/quantd run -m %s -n %d %s -t 2 -p '", tu_build_dir(), tu_model_path(), N_GEN,
+		      sampling);
 	for (const char *p = prompt; *p && q < cmd + sizeof cmd - 8; p++) {
 		if (*p == '\'')
 			q += sprintf(q, "'\\''");
@@ -102,7 +103,7 @@ static void test_reference(void)
 		CU_ASSERT(ref_n[i] > 0);
 		ref_ok &= ref_n[i] > 0;
 		/* the daemon's greedy text is what `quantd run` prints for the same prompt */
-		CU_ASSERT_EQUAL(quantd_run_text(prompts[i], cli, sizeof cli), 0);
+		CU_ASSERT_EQUAL(quantd_run_text(prompts[i], "--temp 0", cli, sizeof cli), 0);
 		if (strcmp(text, cli) != 0)
 			printf("\n    prompt %d: daemon \"%s\" vs quantd run \"%s\"", i, text, cli);
 		CU_ASSERT_STRING_EQUAL(text, cli);
@@ -126,8 +127,6 @@ static void test_seeded_sampling(void)
 	static const uint64_t seeds[2] = { 7, 1234567 };
 	for (int k = 0; k < 2; k++) {
 		const char *prompt = prompts[k == 0 ? 3 : 1];
-		qd_client *c;
-		CU_ASSERT_EQUAL_FATAL(qd_connect(D.sock, &c, NULL, 0), 0);
 		qd_gen_params p;
 		qd_gen_params_init(&p);
 		p.temperature = 0.9f;
@@ -136,49 +135,18 @@ static void test_seeded_sampling(void)
 		p.min_p = 0.05f;
 		p.seed = seeds[k];
 		p.max_tokens = N_GEN;
-		uint64_t id;
-		char text[4096];
-		size_t tl = 0;
-		int rc = qd_generate(c, prompt, &p, &id);
-		CU_ASSERT_EQUAL(rc, 0);
-		while (rc == 0) {
-			qd_event ev;
-			rc = qd_next(c, &ev, 60000);
-			if (rc < 0 || ev.request_id != id)
-				continue;
-			if (ev.kind == QD_EVENT_FINAL)
-				break;
-			if (tl + ev.piece_len < sizeof text) {
-				memcpy(text + tl, ev.piece, ev.piece_len);
-				tl += ev.piece_len;
-			}
-		}
-		text[tl] = 0;
-		qd_close(c);
-		CU_ASSERT_EQUAL(rc, 0);
-		char cmd[1024], cli[4096];
-		char *q = cmd + snprintf(cmd, sizeof cmd,
-					 "%s/quantd run -m %s -n %d --temp 0.9 --top-k 40 --top-p 0.9 --min-p 0.05 "
-					 "--repeat-penalty 1 --seed %llu -t 2 -p '",
-					 tu_build_dir(), tu_model_path(), N_GEN, (unsigned long long)seeds[k]);
-		for (const char *s = prompt; *s && q < cmd + sizeof cmd - 8; s++) {
-			if (*s == '\'')
-				q += sprintf(q, "'\\''");
-			else
-				*q++ = *s;
-		}
-		strcpy(q, "' 2>/dev/null");
-		FILE *f = popen(cmd, "r");
-		CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-		size_t n = fread(cli, 1, sizeof cli - 1, f);
-		CU_ASSERT_EQUAL(pclose(f), 0);
-		cli[n] = 0;
-		if (n && cli[n - 1] == '\n')
-			cli[n - 1] = 0;
+		int32_t toks[N_GEN];
+		int n = 0;
+		char text[4096], cli[4096], sampling[160];
+		CU_ASSERT_EQUAL(gen_run(D.sock, &p, prompt, toks, &n, text, sizeof text), 0);
+		snprintf(sampling, sizeof sampling,
+			 "--temp 0.9 --top-k 40 --top-p 0.9 --min-p 0.05 --repeat-penalty 1 --seed %llu",
+			 (unsigned long long)seeds[k]);
+		CU_ASSERT_EQUAL(quantd_run_text(prompt, sampling, cli, sizeof cli), 0);
 		if (strcmp(text, cli) != 0)
 			printf("\n    seed %llu: daemon \"%s\" vs quantd run \"%s\"", (unsigned long long)seeds[k], text, cli);
 		CU_ASSERT_STRING_EQUAL(text, cli);
-		CU_ASSERT(tl > 0);
+		CU_ASSERT(strlen(text) > 0 && n > 0);
 	}
 }
 
