@@ -109,7 +109,7 @@ __device__ __forceinline__ void att_vload(const __half *vr, int lane, float (&v)
 	}
 }
 
-template <int PER>
+template <int PER, bool VPRE>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const float *q, const __half *kc,
 							      const __half *vc,
 							      const int32_t *pos, const int32_t *seq, int n_head,
@@ -145,50 +145,104 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	for (int k = 0; k < ATT_MAXPER; k++)
 		acc[k] = 0.f;
 	float m = -INFINITY, l = 0.f;
-	for (int j0 = k0 + warp * 32; j0 < k1; j0 += ATT_WARPS * 32) {
+	/* each warp takes a contiguous quarter of the split's keys, in tiles of 32: a short
+	 * context (decode) keeps all four warps busy on a few keys each rather than one
+	 * warp walking them all */
+	const int kw0 = k0 + (int)((int64_t)(k1 - k0) * warp / ATT_WARPS);
+	const int kw1 = k0 + (int)((int64_t)(k1 - k0) * (warp + 1) / ATT_WARPS);
+	/* VPRE (head sizes 64 and 128, PER 2 or 4): a tile's 32 V rows are requested with its
+	 * K rows, before the scores (32 words or pairs of words a lane), so a tile costs one
+	 * memory latency instead of one per eight V rows.  Taken when the launch is at most a
+	 * wave of (token, head) pairs: its 130 registers a thread (against 76) cost occupancy
+	 * that many blocks need (7B, 64 tokens: -1.5%). */
+	static_assert(!VPRE || PER == 2 || PER == 4, "V rows preloaded for head sizes 64 and 128");
+	for (int j0 = kw0; j0 < kw1; j0 += 32) {
 		const int j = j0 + lane;
-		float s = -INFINITY;
-		if (j < k1) {
-			const __half *kr = kc + base + (int64_t)j * kvd;
-			/* the key's K and V rows on their way to L2 at once: the dot product's loads
-			 * below and the value loads after the softmax then wait for L2, not DRAM */
-			const __half *vr = vc + base + (int64_t)j * kvd;
-			for (int b = 0; b < hd; b += 64) {
-				asm volatile("prefetch.global.L2 [%0];" ::"l"(kr + b));
-				asm volatile("prefetch.global.L2 [%0];" ::"l"(vr + b));
-			}
-			float d = 0.f;
-#pragma unroll 4
-			for (int i = 0; i < hd; i += 8) {
-				const uint4 u = *(const uint4 *)(kr + i);
-				const __half2 *h2 = (const __half2 *)&u;
+		uint2 vpre[VPRE ? 32 : 1];
+		if constexpr (VPRE) {
 #pragma unroll
-				for (int e = 0; e < 4; e++) {
-					const float2 f = __half22float2(h2[e]);
-					d = fmaf(qs[i + 2 * e], f.x, d);
-					d = fmaf(qs[i + 2 * e + 1], f.y, d);
+			for (int jj = 0; jj < 32; jj++) {
+				const __half *vr = vc + base + (int64_t)(j0 + jj) * kvd + PER * lane;
+				uint2 u = { 0, 0 };
+				if (j0 + jj < kw1) {
+					if constexpr (PER == 4)
+						u = *(const uint2 *)vr;
+					else
+						u.x = *(const uint32_t *)vr;
 				}
+				vpre[jj] = u;
 			}
-			s = d * scale;
+		}
+		float s = -INFINITY;
+		if (j < kw1) {
+			const __half *kr = kc + base + (int64_t)j * kvd;
+			if constexpr (!VPRE) {
+				/* the key's V row on its way to L2 while the score is computed */
+				const __half *vr = vc + base + (int64_t)j * kvd;
+				for (int b = 0; b < hd; b += 64)
+					asm volatile("prefetch.global.L2 [%0];" ::"l"(vr + b));
+			}
+			/* the whole K row requested at once (hd = 32 * PER halves, 4 * PER loads),
+			 * then four independent sums: one memory latency and a quarter of the
+			 * dependent adds of a single running sum */
+			constexpr int NV = 4 * PER;
+			uint4 u[NV];
+#pragma unroll
+			for (int v = 0; v < NV; v++)
+				u[v] = *(const uint4 *)(kr + 8 * v);
+			float d4[4] = { 0.f, 0.f, 0.f, 0.f };
+#pragma unroll
+			for (int v = 0; v < NV; v++) {
+				const __half2 *h2 = (const __half2 *)&u[v];
+				const float4 qa = *(const float4 *)(qs + 8 * v), qb = *(const float4 *)(qs + 8 * v + 4);
+				const float2 f0 = __half22float2(h2[0]), f1 = __half22float2(h2[1]);
+				const float2 f2 = __half22float2(h2[2]), f3 = __half22float2(h2[3]);
+				d4[v & 3] = fmaf(qa.x, f0.x, d4[v & 3]);
+				d4[v & 3] = fmaf(qa.y, f0.y, d4[v & 3]);
+				d4[v & 3] = fmaf(qa.z, f1.x, d4[v & 3]);
+				d4[v & 3] = fmaf(qa.w, f1.y, d4[v & 3]);
+				d4[v & 3] = fmaf(qb.x, f2.x, d4[v & 3]);
+				d4[v & 3] = fmaf(qb.y, f2.y, d4[v & 3]);
+				d4[v & 3] = fmaf(qb.z, f3.x, d4[v & 3]);
+				d4[v & 3] = fmaf(qb.w, f3.y, d4[v & 3]);
+			}
+			s = ((d4[0] + d4[1]) + (d4[2] + d4[3])) * scale;
 		}
 		const float mnew = fmaxf(m, warp_max(s)); /* finite: lane 0's key is in range */
-		const float p = j < k1 ? expf(s - mnew) : 0.f;
+		const float p = j < kw1 ? expf(s - mnew) : 0.f;
 		const float corr = expf(m - mnew);
 		l = l * corr + warp_sum(p);
 #pragma unroll
 		for (int k = 0; k < ATT_MAXPER; k++)
 			acc[k] *= corr;
-		const int cnt_j = k1 - j0 < 32 ? k1 - j0 : 32;
-		/* unrolled so that several rows' loads are in flight together; each lane's
-		 * sums keep their order */
-#pragma unroll 8
-		for (int jj = 0; jj < cnt_j; jj++) {
-			const float pj = __shfl_sync(0xffffffffu, p, jj);
-			float v[ATT_MAXPER];
-			att_vload<PER>(vc + base + (int64_t)(j0 + jj) * kvd, lane, v);
+		const int cnt_j = kw1 - j0 < 32 ? kw1 - j0 : 32;
+		if constexpr (VPRE) {
 #pragma unroll
-			for (int k = 0; k < PER; k++)
-				acc[k] = fmaf(pj, v[k], acc[k]);
+			for (int jj = 0; jj < 32; jj++) {
+				if (jj >= cnt_j) /* the same for the whole warp */
+					break;
+				const float pj = __shfl_sync(0xffffffffu, p, jj);
+				const float2 a = __half22float2(*(const __half2 *)&vpre[jj].x);
+				acc[0] = fmaf(pj, a.x, acc[0]);
+				acc[1] = fmaf(pj, a.y, acc[1]);
+				if constexpr (PER == 4) {
+					const float2 b = __half22float2(*(const __half2 *)&vpre[jj].y);
+					acc[2] = fmaf(pj, b.x, acc[2]);
+					acc[3] = fmaf(pj, b.y, acc[3]);
+				}
+			}
+		} else {
+			/* unrolled so that several rows' loads are in flight together; each
+			 * lane's sums keep their order */
+#pragma unroll 8
+			for (int jj = 0; jj < cnt_j; jj++) {
+				const float pj = __shfl_sync(0xffffffffu, p, jj);
+				float v[ATT_MAXPER];
+				att_vload<PER>(vc + base + (int64_t)(j0 + jj) * kvd, lane, v);
+#pragma unroll
+				for (int k = 0; k < PER; k++)
+					acc[k] = fmaf(pj, v[k], acc[k]);
+			}
 		}
 		m = mnew;
 	}
@@ -332,15 +386,17 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	void (*k)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int, int, int,
 		  int, int64_t, float, int, float *, ActOut, float *, unsigned *) =
 		NULL;
+	/* at most a wave of (token, head) pairs (decode): V rows preloaded (k_attention's VPRE) */
+	const bool pre = (head_dim == 64 || head_dim == 128) && blocks <= (int64_t)KB_ATT_WAVE * ctx->sm_count;
 	switch (head_dim / 32) {
-	case 1: k = k_attention<1>; break;
-	case 2: k = k_attention<2>; break;
-	case 3: k = k_attention<3>; break;
-	case 4: k = k_attention<4>; break;
-	case 5: k = k_attention<5>; break;
-	case 6: k = k_attention<6>; break;
-	case 7: k = k_attention<7>; break;
-	default: k = k_attention<8>; break;
+	case 1: k = k_attention<1, false>; break;
+	case 2: k = pre ? k_attention<2, true> : k_attention<2, false>; break;
+	case 3: k = k_attention<3, false>; break;
+	case 4: k = pre ? k_attention<4, true> : k_attention<4, false>; break;
+	case 5: k = k_attention<5, false>; break;
+	case 6: k = k_attention<6, false>; break;
+	case 7: k = k_attention<7, false>; break;
+	default: k = k_attention<8, false>; break;
 	}
 	const int pdl = kb_small_pdl(n);
 	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, pdl,

@@ -21,7 +21,8 @@
  * launches (shared conversions, multi-weight products, the q/k/v RoPE epilogue) off (for
  * measuring each; results are the same bits either way); QD_CUDA_GEMM=0 runs many-token
  * products as passes of eight through matmul.cu instead (slower; the last bits differ,
- * see gemm.cu); QD_CUDA_MMV_STAGES=N and QD_CUDA_ATT_SPLIT_KEYS=N override the product
+ * see gemm.cu); QD_CUDA_ATT_TC=0 keeps many-token steps' attention on the per-token
+ * kernel instead of attention_tc.cu; QD_CUDA_MMV_STAGES=N and QD_CUDA_ATT_SPLIT_KEYS=N override the product
  * kernels' bulk-copy ring and attention's split size (kb_cuda_set_mmv_stages,
  * kb_cuda_set_att_split_keys). */
 #include <errno.h>
@@ -164,6 +165,8 @@ static void cuda_free(KbBackend *b)
 	free(c->step.host);
 	idx_done(c->ctx, &c->ids);
 	idx_done(c->ctx, &c->pos);
+	idx_done(c->ctx, &c->att_tiles);
+	free(c->tiles_host);
 	idx_done(c->ctx, &c->seq);
 	kb_cuda_free(c->ctx);
 	free(c);
@@ -523,8 +526,35 @@ static int cuda_matmul_rope_kv(KbBackend *b, const KbWeight *const *w, const flo
 	return done ? 0 : cuda_rope_kv_store(b, a, y[0], y[1], y[2], rot_dim, base);
 }
 
+/* Tiles for kb_cuda_attention_tc: runs of consecutive tokens of one sequence, at most 16
+ * each, on the device.  Returns the count or -errno. */
+static int att_tiles(CudaBackend *c, const KbAttention *a, const int32_t **ret_dev)
+{
+	const int n = a->n_tokens;
+	if (n > c->tiles_cap) {
+		int32_t *h = realloc(c->tiles_host, sizeof(int32_t) * 2 * (size_t)n);
+		if (!h)
+			return -ENOMEM;
+		c->tiles_host = h;
+		c->tiles_cap = n;
+	}
+	int nt = 0;
+	for (int t = 0; t < n;) {
+		int e = t + 1;
+		while (e < n && e - t < 16 && a->seq[e] == a->seq[t])
+			e++;
+		c->tiles_host[2 * nt] = t;
+		c->tiles_host[2 * nt + 1] = e - t;
+		nt++;
+		t = e;
+	}
+	int r = idx_get(c->ctx, &c->att_tiles, c->tiles_host, 2 * nt, ret_dev);
+	return r < 0 ? r : nt;
+}
+
 /* Attention converts its output for the next product (wo) in the same launch when that
- * fits one pass, as rmsnorm does. */
+ * fits one pass, as rmsnorm does.  Steps too large for a recorded graph (the host's
+ * positions and slots are this call's) take the tensor cores where the head size allows. */
 static int cuda_attention(KbBackend *b, const KbAttention *a)
 {
 	CudaBackend *c = cb(b);
@@ -534,6 +564,15 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 	int r = idx_pos_seq(c, a, &dpos, &dseq);
 	if (r < 0)
 		return r;
+	if (c->att_tc && a->n_tokens > STEP_GRAPH_MAX_TOK && !c->step.capturing &&
+	    (a->head_dim == 64 || a->head_dim == 128)) {
+		const int32_t *dtiles;
+		const int nt = att_tiles(c, a, &dtiles);
+		if (nt < 0)
+			return nt;
+		return kb_cuda_attention_tc(c->ctx, a->q, a->k_cache, a->v_cache, dpos, dseq, dtiles, nt, a->n_head,
+					    a->n_head_kv, a->head_dim, a->kv_slot_stride, a->scale, a->out);
+	}
 	const int64_t cols = (int64_t)a->n_head * a->head_dim;
 	KbCudaAct *act = c->fuse && a->n_tokens <= KB_CUDA_MAX_TOK && c->act && cols <= kb_cuda_act_cap(c->act)
 				 ? c->act
@@ -642,6 +681,7 @@ int kb_cuda_backend_new(int device, KbBackend **ret)
 	c->step.enabled = env_on("QD_CUDA_GRAPHS");
 	c->fuse = env_on("QD_CUDA_FUSE");
 	c->gemm = env_on("QD_CUDA_GEMM");
+	c->att_tc = env_on("QD_CUDA_ATT_TC");
 	/* QD_CUDA_MMV_STAGES=N: the decode products' bulk-copy ring (0: register loads, -1: by type) */
 	const char *st = getenv("QD_CUDA_MMV_STAGES");
 	if (st && *st)

@@ -54,12 +54,16 @@ typedef struct {
 	KbBackend base;
 	KbCuda *ctx;
 	IdxBuf ids, pos, seq;
+	IdxBuf att_tiles;       /* tensor-core attention's tiles of the last many-token step */
+	int32_t *tiles_host;    /* and their host staging, [2 * n] */
+	int tiles_cap;
 	StepState step;
 	KbCudaAct *act;         /* converted activations for the products */
 	const float *act_x;     /* the f32 buffer act holds (act_n tokens x act_cols), or NULL */
 	int act_n;
 	int64_t act_cols;
 	int fuse;
+	int att_tc;             /* many-token attention on the tensor cores (attention_tc.cu) */
 	int gemm;               /* products of > KB_CUDA_MAX_TOK tokens through kb_cuda_mmq */
 	void *xq;               /* its f16 activation scratch */
 	size_t xq_bytes;

@@ -91,6 +91,14 @@ int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, cons
 		      const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
 		      int64_t slot_stride, float scale, float *out, KbCudaAct *act);
 
+/* The same for steps of many tokens (attention_tc.cu), on the tensor cores: TILES (device,
+ * [n_tiles][2]: first batch token, count 1..16) are runs of batch tokens of one sequence
+ * each.  head_dim 64 or 128 (else -EINVAL); no ACT.  Products of P and V are summed in
+ * another order than kb_cuda_attention's, with P split into f16 hi + lo parts. */
+int kb_cuda_attention_tc(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
+			 const int32_t *pos, const int32_t *seq, const int32_t *tiles, int n_tiles, int n_head,
+			 int n_head_kv, int head_dim, int64_t slot_stride, float scale, float *out);
+
 /* Queues a host -> device copy of a small pageable buffer: the host memory may be reused
  * as soon as this returns (the driver stages it), and the copy runs in stream order. */
 int kb_cuda_upload_async(KbCuda *ctx, void *dev, const void *host, size_t bytes);
