@@ -90,19 +90,24 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_attention_tc(const float *q, 
 	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 	const uint4 z4 = { 0, 0, 0, 0 };
 
-	for (int kb = 0; kb <= pm; kb += 16) {
-		/* this block's K rows kb + 8j + g (a quarter each) and V rows kb + {2tq, 2tq+1,
-		 * 2tq+8, 2tq+9} (an eighth each), all requested before any use; keys past the
-		 * tile's last position read as zeros (they may lie past the slot's end) */
-		uint4 uk[2][KV], uv[4][VV];
+	/* a block's K rows kb + 8j + g (a quarter each) and V rows kb + {2tq, 2tq+1, 2tq+8,
+	 * 2tq+9} (an eighth each); keys past the tile's last position read as zeros (they
+	 * may lie past the slot's end).  K runs a block ahead: the next block's rows are
+	 * requested before this block's softmax and P V, so only V's latency is waited on. */
+	uint4 uk[2][KV];
+	auto load_k = [&](int kb, uint4 (&dst)[2][KV]) {
 #pragma unroll
 		for (int j = 0; j < 2; j++) {
 			const int key = kb + 8 * j + g;
 			const __half *kr = kc + base + (int64_t)key * kvd + DQ * tq;
 #pragma unroll
 			for (int v = 0; v < KV; v++)
-				uk[j][v] = key <= pm ? *(const uint4 *)(kr + 8 * v) : z4;
+				dst[j][v] = key <= pm ? *(const uint4 *)(kr + 8 * v) : z4;
 		}
+	};
+	load_k(0, uk);
+	for (int kb = 0; kb <= pm; kb += 16) {
+		uint4 uv[4][VV];
 #pragma unroll
 		for (int kk = 0; kk < 4; kk++) {
 			const int key = kb + 2 * tq + (kk & 1) + 8 * (kk >> 1);
@@ -120,6 +125,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_attention_tc(const float *q, 
 			for (int i = 0; i < KS; i++)
 				tc_mma(s[j], qa[i], tc_word(uk[j][i / 2], 2 * (i % 2)), tc_word(uk[j][i / 2], 2 * (i % 2) + 1));
 		}
+		load_k(kb + 16, uk);
 		float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
 		for (int j = 0; j < 2; j++)

@@ -220,6 +220,38 @@ __global__ void __launch_bounds__(64) k_rope_kv(int trig, float *q, float *k, co
 	}
 }
 
+/* k_rope_kv for steps of many tokens: one block per token over all its heads, the angles'
+ * sines and cosines computed once (the same calls, so the same bits).  A block per
+ * (token, head) of 64 threads, each building its angles in one thread, was bound by
+ * launching 32k small blocks for a 512-token step. */
+__global__ void __launch_bounds__(256) k_rope_kv_tok(float *q, float *k, const float *v, __half *kc, __half *vc,
+						      const int32_t *pos, const int32_t *seq, int n_head,
+						      int n_head_kv, int hd, int rot_dim, float theta_scale,
+						      int64_t stride)
+{
+	__shared__ float th[256], sn[256], cs[256];
+	const int t = blockIdx.x, half = rot_dim / 2, b = (int)blockDim.x;
+	rope_angles(th, pos[t], half, theta_scale);
+	for (int i = threadIdx.x; i < half; i += b)
+		sincosf(th[i], &sn[i], &cs[i]);
+	__syncthreads();
+	const int kvd = n_head_kv * hd;
+	for (int e = threadIdx.x; e < (n_head + n_head_kv) * half; e += b) {
+		const int h = e / half, i = e % half;
+		float *p = h < n_head ? q + ((int64_t)t * n_head + h) * hd + 2 * i
+				      : k + (int64_t)t * kvd + (int64_t)(h - n_head) * hd + 2 * i;
+		const float x0 = p[0], x1 = p[1], s = sn[i], c = cs[i];
+		p[0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+		p[1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+	}
+	__syncthreads(); /* the rotated values come from other threads */
+	const int64_t src = (int64_t)t * kvd, dst = (int64_t)seq[t] * stride + (int64_t)pos[t] * kvd;
+	for (int i = threadIdx.x; i < kvd; i += b) {
+		kc[dst + i] = __float2half_rn(k[src + i]);
+		vc[dst + i] = __float2half_rn(v[src + i]);
+	}
+}
+
 extern "C" int kb_cuda_rope_kv_store(KbCuda *ctx, float *q, float *k, const float *v, uint16_t *k_cache,
 				     uint16_t *v_cache, const int32_t *pos, const int32_t *seq, int n, int n_head,
 				     int n_head_kv, int head_dim, int rot_dim, float theta_scale, int64_t slot_stride)
@@ -230,6 +262,10 @@ extern "C" int kb_cuda_rope_kv_store(KbCuda *ctx, float *q, float *k, const floa
 		return -EINVAL;
 	if (n == 0)
 		return 0;
+	if (n > KB_CUDA_MAX_TOK)
+		return kb_launch(ctx, k_rope_kv_tok, dim3((unsigned)n), dim3(256), 0, q, k, v, (__half *)k_cache,
+				 (__half *)v_cache, pos, seq, n_head, n_head_kv, head_dim, rot_dim, theta_scale,
+				 slot_stride);
 	const int pdl = kb_small_pdl(n);
 	return kb_launch_ex(ctx, pdl, k_rope_kv, dim3((unsigned)n, (unsigned)(n_head + n_head_kv)), dim3(64),
 			0, pdl, q, k, v, (__half *)k_cache, (__half *)v_cache, pos, seq, n_head, n_head_kv,
@@ -249,14 +285,18 @@ extern "C" int kb_cuda_rope(KbCuda *ctx, float *x, const int32_t *pos, int n, in
 			n_head, head_dim, rot_dim, theta_scale);
 }
 
+__device__ __forceinline__ float kb_silu_mul(float g, float u)
+{
+	return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
 __global__ void k_swiglu(int trig, const float *g, const float *u, int64_t n, float *y)
 {
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-		const float gi = g[i];
-		y[i] = __fmul_rn(__fdiv_rn(gi, __fadd_rn(1.0f, expf(-gi))), u[i]);
+		y[i] = kb_silu_mul(g[i], u[i]);
 	}
 }
 
@@ -275,12 +315,28 @@ static unsigned grid_for(int64_t n)
 	return (unsigned)(b > 65536 ? 65536 : b);
 }
 
+/* k_swiglu over float4s (n4 of them), grid-stride: a 512-token step of a 7B shape is 1.4 M
+ * of them, and a block per 256 single values spent its time launching blocks. */
+__global__ void __launch_bounds__(256) k_swiglu4(const float4 *g, const float4 *u, int64_t n4, float4 *y)
+{
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += (int64_t)gridDim.x * blockDim.x) {
+		const float4 a = g[i], b = u[i];
+		y[i] = make_float4(kb_silu_mul(a.x, b.x), kb_silu_mul(a.y, b.y), kb_silu_mul(a.z, b.z),
+				   kb_silu_mul(a.w, b.w));
+	}
+}
+
 extern "C" int kb_cuda_swiglu(KbCuda *ctx, const float *g, const float *u, int64_t n, float *y)
 {
 	if (!ctx || !g || !u || !y || n < 0)
 		return -EINVAL;
 	if (n == 0)
 		return 0;
+	if (n % 4 == 0 && ((uintptr_t)g | (uintptr_t)u | (uintptr_t)y) % 16 == 0 && n >= 4 * 256 * 64) {
+		const int64_t n4 = n / 4, blocks = (n4 + 255) / 256, cap = (int64_t)4 * ctx->sm_count;
+		return kb_launch(ctx, k_swiglu4, dim3((unsigned)(blocks < cap ? blocks : cap)), dim3(256),
+				 0, (const float4 *)g, (const float4 *)u, n4, (float4 *)y);
+	}
 	return kb_launch_ex(ctx, 0, k_swiglu, dim3(grid_for(n)), dim3(256), 0, 0, g, u, n, y);
 }
 
@@ -297,8 +353,7 @@ __global__ void __launch_bounds__(256) k_swiglu_act(int trig, const float *g, co
 	const int64_t col = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, i = (int64_t)t * dim + col;
 	float v = 0.f;
 	if (col < dim) {
-		const float gi = g[i];
-		v = __fmul_rn(__fdiv_rn(gi, __fadd_rn(1.0f, expf(-gi))), u[i]);
+		v = kb_silu_mul(g[i], u[i]);
 		y[i] = v;
 	}
 	kb_act_put(xh, xhi, xlo, xs, cap, t, col, v);
