@@ -442,6 +442,85 @@ static void test_matmul_rope_kv(void)
 	printf("\n    %d cases, %d differ\n", cases, bad);
 }
 
+/* rope_kv_store for a prefill-sized step (one block per token) against the same tokens in
+ * steps of 8 (a block per token and head): the same bits in q, k and both caches. */
+static void test_rope_kv_many(void)
+{
+	if (!ready())
+		return;
+	const int n = 300, nh = 6, nkv = 2, hd = 64, rot = 48, n_ctx = 400;
+	const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, stride = (int64_t)n_ctx * kvd;
+	const size_t cache = (size_t)(2 * stride) * 2;
+	uint64_t s = 0x2a7;
+	int32_t pos[300], seq[300];
+	for (int t = 0; t < n; t++) {
+		seq[t] = t < 200 ? 0 : 1;
+		pos[t] = t < 200 ? t : 399 - (t - 200);
+	}
+	float *q = rand_f32((size_t)(n * qd), &s, 2.0f), *k = rand_f32((size_t)(n * kvd), &s, 2.0f);
+	float *v = rand_f32((size_t)(n * kvd), &s, 2.0f);
+	uint16_t *zero = calloc(cache, 1);
+	CU_ASSERT_FATAL(q && k && v && zero);
+	float *dq[2], *dk[2], *dv = buf_in(gpu, v, sizeof(float) * (size_t)(n * kvd));
+	uint16_t *kc[2], *vc[2];
+	for (int i = 0; i < 2; i++) {
+		dq[i] = buf_in(gpu, q, sizeof(float) * (size_t)(n * qd));
+		dk[i] = buf_in(gpu, k, sizeof(float) * (size_t)(n * kvd));
+		kc[i] = buf_in(gpu, zero, cache);
+		vc[i] = buf_in(gpu, zero, cache);
+		CU_ASSERT_FATAL(dq[i] && dk[i] && kc[i] && vc[i]);
+	}
+	CU_ASSERT_FATAL(dv != NULL);
+	KbAttention a = { .n_tokens = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .pos = pos, .seq = seq,
+			  .k_cache = kc[0], .v_cache = vc[0], .kv_slot_stride = stride };
+	CU_ASSERT_EQUAL(gpu->ops->rope_kv_store(gpu, &a, dq[0], dk[0], dv, rot, 10000.0f), 0);
+	for (int t0 = 0; t0 < n; t0 += 8) {
+		KbAttention b = a;
+		b.n_tokens = n - t0 < 8 ? n - t0 : 8;
+		b.pos = pos + t0;
+		b.seq = seq + t0;
+		b.k_cache = kc[1];
+		b.v_cache = vc[1];
+		CU_ASSERT_EQUAL(gpu->ops->rope_kv_store(gpu, &b, dq[1] + t0 * qd, dk[1] + t0 * kvd, dv + t0 * kvd, rot,
+						       10000.0f), 0);
+	}
+	int diff = 0;
+	const size_t qb = sizeof(float) * (size_t)(n * qd), kb = sizeof(float) * (size_t)(n * kvd);
+	float *h0 = malloc(qb), *h1 = malloc(qb);
+	uint16_t *c0 = malloc(cache), *c1 = malloc(cache);
+	CU_ASSERT_FATAL(h0 && h1 && c0 && c1);
+	CU_ASSERT_EQUAL(buf_out(gpu, h0, dq[0], qb), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, h1, dq[1], qb), 0);
+	diff += memcmp(h0, h1, qb) != 0;
+	diff += memcmp(h0, q, qb) == 0; /* rotated at all */
+	CU_ASSERT_EQUAL(buf_out(gpu, h0, dk[0], kb), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, h1, dk[1], kb), 0);
+	diff += memcmp(h0, h1, kb) != 0;
+	for (int i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL(buf_out(gpu, c0, i ? vc[0] : kc[0], cache), 0);
+		CU_ASSERT_EQUAL(buf_out(gpu, c1, i ? vc[1] : kc[1], cache), 0);
+		diff += memcmp(c0, c1, cache) != 0;
+		diff += memcmp(c0, zero, cache) == 0; /* stored at all */
+	}
+	CU_ASSERT_EQUAL(diff, 0);
+	printf("\n    %d tokens in one step vs steps of 8: %d checks fail", n, diff);
+	for (int i = 0; i < 2; i++) {
+		gpu->ops->release(gpu, dq[i]);
+		gpu->ops->release(gpu, dk[i]);
+		gpu->ops->release(gpu, kc[i]);
+		gpu->ops->release(gpu, vc[i]);
+	}
+	gpu->ops->release(gpu, dv);
+	free(q);
+	free(k);
+	free(v);
+	free(zero);
+	free(h0);
+	free(h1);
+	free(c0);
+	free(c1);
+}
+
 /* topk on the GPU against a sort on the host: random rows, rows of few distinct values
  * (ties at the k-th place), -0 and +0, NaN and -inf, rows with fewer valid values than k
  * and with none; k from 1 to KB_TOPK_MAX, rows shorter and longer than a block. */
@@ -672,6 +751,7 @@ int main(void)
 		{ "rmsnorm, rope, swiglu, add, copy", test_norm_rope_elementwise, gpu_skip },
 		{ "matmul_argmax: ties, -0, NaN rows", test_matmul_argmax, gpu_skip },
 		{ "matmul_rope_kv = matmul_multi + rope_kv_store, bit for bit", test_matmul_rope_kv, gpu_skip },
+		{ "rope_kv_store: a 300-token step = steps of 8, bit for bit", test_rope_kv_many, gpu_skip },
 		{ "topk: ties, -0, NaN/-inf, short rows vs a host sort", test_topk, gpu_skip },
 		{ "kv_store and attention, two slots, GQA", test_attention, gpu_skip },
 		{ "backend selection (cpu/cuda/auto)", test_select, NULL },

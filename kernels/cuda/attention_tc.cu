@@ -58,6 +58,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_attention_tc(const float *q, 
 	constexpr int DQ = HD / 4;  /* a lane's dimensions of a Q or K row */
 	constexpr int KV = DQ / 8;  /* ... in 16-byte loads */
 	constexpr int VV = NT / 8;  /* 16-byte loads of a lane's eighth of a V row */
+	kb_pdl_wait(); /* launched without early start (many tokens); kept should that change */
 	const int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
 	const int h = (int)blockIdx.y * TC_WARPS + (int)(threadIdx.x >> 5);
 	if (h >= n_head)
@@ -229,8 +230,8 @@ extern "C" int kb_cuda_attention_tc(KbCuda *ctx, const float *q, const uint16_t 
 	const float sl2 = scale * 1.4426950408889634f; /* exp(x) = exp2(x log2 e) */
 	const int kvd = n_head_kv * head_dim, group = n_head / n_head_kv;
 	if (head_dim == 64)
-		return kb_launch(ctx, k_attention_tc<64>, grid, dim3(TC_WARPS * 32), 0, q, (const __half *)k_cache,
+		return kb_launch_ex(ctx, 0, k_attention_tc<64>, grid, dim3(TC_WARPS * 32), 0, q, (const __half *)k_cache,
 				 (const __half *)v_cache, pos, seq, tiles, n_head, group, kvd, slot_stride, sl2, out);
-	return kb_launch(ctx, k_attention_tc<128>, grid, dim3(TC_WARPS * 32), 0, q, (const __half *)k_cache,
+	return kb_launch_ex(ctx, 0, k_attention_tc<128>, grid, dim3(TC_WARPS * 32), 0, q, (const __half *)k_cache,
 			 (const __half *)v_cache, pos, seq, tiles, n_head, group, kvd, slot_stride, sl2, out);
 }
