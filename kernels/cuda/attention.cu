@@ -1,14 +1,16 @@
 /* kernels/cuda/attention.cu: f16 KV-cache stores and attention over the cache for a
- * batch of query tokens (decode and prefill alike).
+ * batch of query tokens (decode, and steps small enough to be recorded as graphs; larger
+ * steps take attention_tc.cu when the head size allows).
  *
  * Attention: blocks of 4 warps per (token, head), several per pair when there are few
  * pairs (decode) and the context is long (at least att_split_keys keys a split), each
- * over a share of the keys (split-K, merged by the last one).  Warp w takes keys in tiles of 32,
- * w*32, w*32 + 128, ...: each lane scores one key of the tile (a whole dot product over
- * head_dim, 16-byte loads), the warp updates its running max and sum (online softmax),
- * then walks the tile's 32 weights accumulating values, each lane owning head_dim/32
- * dimensions (coalesced row reads).  The four warps' partial results meet in shared
- * memory at the end. */
+ * over a share of the keys (split-K, merged by the last one).  Warp w takes the w-th
+ * quarter of its block's keys, in tiles of 32: each lane scores one key of the tile (a
+ * whole dot product over head_dim, the row in one round of 16-byte loads), the warp
+ * updates its running max and sum (online softmax), then walks the tile's 32 weights
+ * accumulating values, each lane owning head_dim/32 dimensions (coalesced row reads; at
+ * decode sizes the tile's V rows are requested with its K rows, VPRE).  The four warps'
+ * partial results meet in shared memory at the end. */
 #include <cuda_fp16.h>
 #include <math.h>
 #include <string.h>
