@@ -647,27 +647,31 @@ static void test_attention(void)
 			printf("\n    attention cfg %zu: element %lld gpu %g cpu %g\n", ci, (long long)at, og[at], oc[at]);
 		/* many-token steps (above a recorded graph's size): the tensor-core kernel for head
 		 * sizes 64 and 128, the per-token one for 32.  First the fill itself, as a prefill
-		 * of both slots (tiles break where the slot changes), then a mixed batch: runs of
-		 * 1..20 tokens alternating between the slots, at random filled positions. */
-		for (int pass = 0; pass < 2; pass++) {
+		 * of both slots (tiles break where the slot changes); then a mixed batch of runs of
+		 * 1..20 tokens at consecutive positions, alternating between the slots (prefill
+		 * chunks of several sequences); then single tokens alternating between the slots
+		 * at random positions (decode of many sequences: tiles of one token, which go to
+		 * the per-token kernel, without preloaded V rows at this many pairs). */
+		for (int pass = 0; pass < 3; pass++) {
 			const int nm = pass == 0 ? nf : 300;
 			int32_t *mpos = malloc(sizeof(int32_t) * nm), *mseq = malloc(sizeof(int32_t) * nm);
 			float *mq = rand_f32((size_t)nm * qd, &s, 3.0f);
 			float *mc = malloc(sizeof(float) * (size_t)nm * qd), *mg = malloc(sizeof(float) * (size_t)nm * qd);
 			CU_ASSERT_FATAL(mpos && mseq && mq && mc && mg);
-			for (int i = 0, run = 0, sq = 0; i < nm; i++) {
+			for (int i = 0, run = 0, sq = 0, p = 0; i < nm; i++) {
 				if (pass == 0) {
 					mpos[i] = fpos[i];
 					mseq[i] = fseq[i];
 					continue;
 				}
 				if (run == 0) {
-					run = 1 + (int)(tu_rand_u64(&s) % 20);
+					run = pass == 1 ? 1 + (int)(tu_rand_u64(&s) % 20) : 1;
 					sq ^= 1;
+					p = (int)(tu_rand_u64(&s) % (uint64_t)((sq == 0 ? 1200 : 71) - run + 1));
 				}
 				run--;
 				mseq[i] = sq;
-				mpos[i] = (int32_t)(tu_rand_u64(&s) % (sq == 0 ? 1200 : 71));
+				mpos[i] = p++;
 			}
 			float *dmq = buf_in(gpu, mq, sizeof(float) * (size_t)nm * qd);
 			float *dmo = buf_in(gpu, NULL, sizeof(float) * (size_t)nm * qd);
@@ -685,7 +689,8 @@ static void test_attention(void)
 			CU_ASSERT_EQUAL(buf_out(gpu, mg, dmo, sizeof(float) * (size_t)nm * qd), 0);
 			w = worst(mg, mc, mc, (int64_t)nm * qd, 2e-5, 1e-4, &at);
 			CU_ASSERT(w <= 1);
-			printf("\n    attention cfg %zu, %d tokens: worst %.3f of the bound", ci, nm, w);
+			printf("\n    attention cfg %zu, %s (%d tokens): worst %.3f of the bound", ci,
+			       pass == 0 ? "prefill" : pass == 1 ? "runs" : "single tokens", nm, w);
 			if (w > 1)
 				printf(" (element %lld gpu %g cpu %g)", (long long)at, mg[at], mc[at]);
 			gpu->ops->release(gpu, dmq);

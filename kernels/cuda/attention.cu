@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
-	extern __shared__ float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
+	extern __shared__ __align__(16) float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
 	__shared__ int last;
 	float *qs = sm, *wacc = sm + hd, *wm = wacc + ATT_WARPS * hd, *wl = wm + ATT_WARPS;
 	const int bh = blockIdx.x, t = bh / n_head, h = bh % n_head, sp = blockIdx.y;
@@ -155,8 +155,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	/* VPRE (head sizes 64 and 128, PER 2 or 4): a tile's 32 V rows are requested with its
 	 * K rows, before the scores (32 words or pairs of words a lane), so a tile costs one
 	 * memory latency instead of one per eight V rows.  Taken when the launch is at most a
-	 * wave of (token, head) pairs: its 130 registers a thread (against 76) cost occupancy
-	 * that many blocks need (7B, 64 tokens: -1.5%). */
+	 * wave of (token, head) pairs: its registers (130 a thread at PER 4, against 44) cost
+	 * occupancy that many blocks need (7B, 64 tokens: -1.5%). */
 	static_assert(!VPRE || PER == 2 || PER == 4, "V rows preloaded for head sizes 64 and 128");
 	for (int j0 = kw0; j0 < kw1; j0 += 32) {
 		const int j = j0 + lane;

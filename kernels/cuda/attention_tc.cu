@@ -19,8 +19,10 @@
  * f32 (the per-token kernel's); Q is rounded to f16 as there.
  *
  * Tiles come from the host (kb_cuda_attention_tc): runs of consecutive batch tokens of one
- * sequence, at most 16 each; positions within a tile may be anything, each row masks the
- * keys after its own position. */
+ * sequence, at most 16 each.  Each row masks the keys after its own position, but a warp
+ * reads (and multiplies by a zero weight) the keys up to its tile's last position for
+ * every row, so those must hold finite values: the host makes tiles of consecutive
+ * positions, whose keys the step itself has just written. */
 #include <cuda_fp16.h>
 #include <math.h>
 
@@ -223,8 +225,12 @@ extern "C" int kb_cuda_attention_tc(KbCuda *ctx, const float *q, const uint16_t 
 				    int n_head, int n_head_kv, int head_dim, int64_t slot_stride, float scale,
 				    float *out)
 {
+	const int64_t kvd64 = (int64_t)n_head_kv * head_dim;
+	/* the kernel reads float4s of q and out and 16-byte pieces of the caches' rows */
 	if (!ctx || !q || !k_cache || !v_cache || !pos || !seq || !tiles || !out || n_tiles < 1 || n_head < 1 ||
-	    n_head_kv < 1 || n_head % n_head_kv || (head_dim != 64 && head_dim != 128))
+	    n_head_kv < 1 || n_head % n_head_kv || (head_dim != 64 && head_dim != 128) || slot_stride < kvd64 ||
+	    slot_stride % 8 || (n_head + TC_WARPS - 1) / TC_WARPS > 65535 ||
+	    ((uintptr_t)q | (uintptr_t)out | (uintptr_t)k_cache | (uintptr_t)v_cache) % 16)
 		return -EINVAL;
 	const dim3 grid((unsigned)n_tiles, (unsigned)((n_head + TC_WARPS - 1) / TC_WARPS));
 	const float sl2 = scale * 1.4426950408889634f; /* exp(x) = exp2(x log2 e) */

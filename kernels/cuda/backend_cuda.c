@@ -27,6 +27,7 @@
  * kb_cuda_set_att_split_keys). */
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -526,9 +527,11 @@ static int cuda_matmul_rope_kv(KbBackend *b, const KbWeight *const *w, const flo
 	return done ? 0 : cuda_rope_kv_store(b, a, y[0], y[1], y[2], rot_dim, base);
 }
 
-/* Tiles for kb_cuda_attention_tc: runs of consecutive tokens of one sequence, at most 16
- * each, on the device.  Returns the count or -errno. */
-static int att_tiles(CudaBackend *c, const KbAttention *a, const int32_t **ret_dev)
+/* Tiles for kb_cuda_attention_tc, into c->tiles_host: runs of consecutive tokens of one
+ * sequence at consecutive positions, at most 16 each (a tile reads the keys up to its last
+ * position for every row, so those must be keys the step itself wrote or older ones).
+ * Returns the count or -errno. */
+static int att_tiles(CudaBackend *c, const KbAttention *a)
 {
 	const int n = a->n_tokens;
 	if (n > c->tiles_cap) {
@@ -541,15 +544,14 @@ static int att_tiles(CudaBackend *c, const KbAttention *a, const int32_t **ret_d
 	int nt = 0;
 	for (int t = 0; t < n;) {
 		int e = t + 1;
-		while (e < n && e - t < 16 && a->seq[e] == a->seq[t])
+		while (e < n && e - t < 16 && a->seq[e] == a->seq[t] && a->pos[e] == a->pos[e - 1] + 1)
 			e++;
 		c->tiles_host[2 * nt] = t;
 		c->tiles_host[2 * nt + 1] = e - t;
 		nt++;
 		t = e;
 	}
-	int r = idx_get(c->ctx, &c->att_tiles, c->tiles_host, 2 * nt, ret_dev);
-	return r < 0 ? r : nt;
+	return nt;
 }
 
 /* Attention converts its output for the next product (wo) in the same launch when that
@@ -564,14 +566,23 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 	int r = idx_pos_seq(c, a, &dpos, &dseq);
 	if (r < 0)
 		return r;
-	if (c->att_tc && a->n_tokens > STEP_GRAPH_MAX_TOK && !c->step.capturing &&
-	    (a->head_dim == 64 || a->head_dim == 128)) {
-		const int32_t *dtiles;
-		const int nt = att_tiles(c, a, &dtiles);
+	const int tc_shape = (a->head_dim == 64 || a->head_dim == 128) && a->kv_slot_stride % 8 == 0 &&
+			     ((uintptr_t)a->q | (uintptr_t)a->out | (uintptr_t)a->k_cache | (uintptr_t)a->v_cache) % 16 == 0;
+	if (c->att_tc && a->n_tokens > STEP_GRAPH_MAX_TOK && !c->step.capturing && tc_shape) {
+		const int nt = att_tiles(c, a);
 		if (nt < 0)
 			return nt;
-		return kb_cuda_attention_tc(c->ctx, a->q, a->k_cache, a->v_cache, dpos, dseq, dtiles, nt, a->n_head,
-					    a->n_head_kv, a->head_dim, a->kv_slot_stride, a->scale, a->out);
+		/* tiles of 4 tokens or more on average: a tile is one warp over its whole
+		 * context, so single decode tokens of many sequences stay with the per-token
+		 * kernel's 4 warps a token */
+		if (a->n_tokens >= 4 * nt) {
+			const int32_t *dtiles;
+			if ((r = idx_get(c->ctx, &c->att_tiles, c->tiles_host, 2 * nt, &dtiles)) < 0)
+				return r;
+			return kb_cuda_attention_tc(c->ctx, a->q, a->k_cache, a->v_cache, dpos, dseq, dtiles, nt,
+						    a->n_head, a->n_head_kv, a->head_dim, a->kv_slot_stride, a->scale,
+						    a->out);
+		}
 	}
 	const int64_t cols = (int64_t)a->n_head * a->head_dim;
 	KbCudaAct *act = c->fuse && a->n_tokens <= KB_CUDA_MAX_TOK && c->act && cols <= kb_cuda_act_cap(c->act)

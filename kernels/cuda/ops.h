@@ -93,7 +93,9 @@ int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, cons
 
 /* The same for steps of many tokens (attention_tc.cu), on the tensor cores: TILES (device,
  * [n_tiles][2]: first batch token, count 1..16) are runs of batch tokens of one sequence
- * each.  head_dim 64 or 128 (else -EINVAL); no ACT.  Products of P and V are summed in
+ * each, at consecutive positions (a tile reads every row's keys up to its last position,
+ * masked but multiplied, so they must be finite).  q, out and the caches 16-byte aligned,
+ * slot_stride a multiple of 8.  head_dim 64 or 128 (else -EINVAL); no ACT.  Products of P and V are summed in
  * another order than kb_cuda_attention's, with P split into f16 hi + lo parts. */
 int kb_cuda_attention_tc(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 			 const int32_t *pos, const int32_t *seq, const int32_t *tiles, int n_tiles, int n_head,
