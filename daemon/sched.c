@@ -326,13 +326,8 @@ static void on_token(ModelEntry *m, Req *r, int li, Req **pending_final)
 		memcpy(m->scratch, logits, (size_t)m->n_vocab * sizeof *logits);
 	if ((n_top = ctx_topk(m->ctx, li, &top_ids, &top_vals)) >= 0)
 		tok = sampler_sample_top(r->sampler, top_ids, top_vals, n_top, greedy);
-	else if (logits)
+	else /* logits NULL (left on the device): -EINVAL unless a plain greedy sampler */
 		tok = sampler_sample_known(r->sampler, logits, greedy);
-	else
-		tok = sampler_sample_known(r->sampler, NULL, greedy); /* -EINVAL unless greedy */
-	float lp = 0;
-	if (r->logprobs && logits)
-		lp = logprob_of(m->scratch, m->n_vocab, tok >= 0 && tok < m->n_vocab ? tok : 0);
 	if (tok < 0 || tok >= m->n_vocab) {
 		sched_finish(r, QD_FINISH_ERROR, EIO, pending_final);
 		return;
@@ -345,6 +340,9 @@ static void on_token(ModelEntry *m, Req *r, int li, Req **pending_final)
 		sched_finish(r, QD_FINISH_EOG, 0, pending_final);
 		return;
 	}
+	float lp = 0;
+	if (r->logprobs && logits)
+		lp = logprob_of(m->scratch, m->n_vocab, tok);
 	char piece[QD_PIECE_MAX];
 	int n = tok_piece(m->tok, tok, false, piece, sizeof piece);
 	n = n < 0 ? 0 : n > (int)QD_PIECE_MAX ? (int)QD_PIECE_MAX : n;

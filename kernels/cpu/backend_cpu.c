@@ -96,21 +96,27 @@ static int cpu_get_rows(KbBackend *b, const KbWeight *w, const int32_t *ids, int
 	return 0;
 }
 
+/* *buf (64-byte aligned, *size bytes) with room for NEED bytes; its contents are not kept. */
+static int grow_aligned(void **buf, size_t *size, size_t need)
+{
+	if (need <= *size)
+		return 0;
+	void *p = NULL;
+	if (posix_memalign(&p, 64, need))
+		return -ENOMEM;
+	free(*buf);
+	*buf = p;
+	*size = need;
+	return 0;
+}
+
 /* Scratch for a product of W with n tokens. */
 static int scratch_for(CpuBackend *c, const KbWeight *w, int n)
 {
 	size_t need = kb_matmul_scratch_size(w->type, w->cols, n);
 	if (!need)
 		return -EOPNOTSUPP;
-	if (need > c->scratch_size) {
-		void *p = NULL;
-		if (posix_memalign(&p, 64, need))
-			return -ENOMEM;
-		free(c->scratch);
-		c->scratch = p;
-		c->scratch_size = need;
-	}
-	return 0;
+	return grow_aligned(&c->scratch, &c->scratch_size, need);
 }
 
 static int cpu_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
@@ -136,16 +142,8 @@ static int cpu_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, co
 	CpuBackend *c = cpu(b);
 	if (n < 1 || k < 1 || k > KB_TOPK_MAX)
 		return -EINVAL;
-	const size_t bytes = kb_topk_scratch(c->pool, n, k);
-	if (bytes > c->topk_size) {
-		void *p = NULL;
-		if (posix_memalign(&p, 64, bytes))
-			return -ENOMEM;
-		free(c->topk_scratch);
-		c->topk_scratch = p;
-		c->topk_size = bytes;
-	}
-	return kb_topk_rows(c->pool, y, n, cols, k, need, ret_ids, ret_vals, ret_n, c->topk_scratch);
+	const int r = grow_aligned(&c->topk_scratch, &c->topk_size, kb_topk_scratch(c->pool, n, k));
+	return r < 0 ? r : kb_topk_rows(c->pool, y, n, cols, k, need, ret_ids, ret_vals, ret_n, c->topk_scratch);
 }
 
 static int cpu_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)

@@ -27,9 +27,6 @@
 /* ggml treats a group whose largest magnitude is below this as all zero. */
 #define GROUP_MAX_EPS 1e-15f
 
-/* Round to nearest, ties to even, through the float adder: adding 1.5 * 2^23 leaves the
- * integer in the low mantissa bits.  Valid for |f| < 2^22; ggml's K-quant reference rounds
- * this way, so we must too (roundf would break ties differently). */
 /* ------------------------------------------------------------------ dequantization */
 
 static void dq_f32(const void *src, float *dst, int64_t n)

@@ -79,8 +79,9 @@ static inline void q4k_pack_scale_min(uint8_t *s, int j, uint8_t ls, uint8_t lm)
 	}
 }
 
-/* Round to nearest (ties to even) for |f| < 2^22, without the FPU's rounding mode: adding
- * 1.5 * 2^23 puts the integer in the mantissa's low bits. */
+/* Round to nearest (ties to even) for |f| < 2^22, through the float adder: adding 1.5 * 2^23
+ * puts the integer in the mantissa's low bits.  ggml's K-quant reference rounds this way,
+ * so we must too (roundf would break ties differently). */
 static inline int nearest_int(float f)
 {
 	float v = f + 12582912.f;

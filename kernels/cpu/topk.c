@@ -61,6 +61,14 @@ static void push(int32_t *ids, float *vals, int32_t *m, int32_t id, float v)
 	}
 }
 
+/* The root (the worst kept) gives way to (id, v). */
+static void replace_root(int32_t *ids, float *vals, int32_t m, int32_t id, float v)
+{
+	ids[0] = id;
+	vals[0] = v;
+	sift_down(ids, vals, m, 0);
+}
+
 /* The largest of x[0..n) (NaNs skipped; -inf when none). */
 static float block_max(const float *x, int32_t n)
 {
@@ -104,11 +112,8 @@ int32_t kb_topk_row(const float *x, int32_t n, int32_t k, int32_t base, int32_t 
 			while (bits) {
 				const int j = __builtin_ctz((unsigned)bits);
 				bits &= bits - 1;
-				if (worse(vals[0], ids[0], x[i + j], base + i + j)) {
-					ids[0] = base + i + j;
-					vals[0] = x[i + j];
-					sift_down(ids, vals, m, 0);
-				}
+				if (worse(vals[0], ids[0], x[i + j], base + i + j))
+					replace_root(ids, vals, m, base + i + j, x[i + j]);
 			}
 		}
 #endif
@@ -119,9 +124,7 @@ int32_t kb_topk_row(const float *x, int32_t n, int32_t k, int32_t base, int32_t 
 			if (m < k) {
 				push(ids, vals, &m, base + i, v);
 			} else if (worse(vals[0], ids[0], v, base + i)) {
-				ids[0] = base + i;
-				vals[0] = v;
-				sift_down(ids, vals, m, 0);
+				replace_root(ids, vals, m, base + i, v);
 			}
 		}
 	}

@@ -114,22 +114,32 @@ static int act_ensure(CudaBackend *c, int64_t cols)
 	return 0;
 }
 
-/* c->xq with at least BYTES (see regrow_begin). */
-static int xq_ensure(CudaBackend *c, size_t bytes)
+/* Device buffer *buf (*have bytes) with at least BYTES, its contents not kept (see
+ * regrow_begin).  Returns 1 when it was replaced, 0 when it was large enough, or -errno
+ * (the old buffer then stays). */
+static int dev_grow(CudaBackend *c, void **buf, size_t *have, size_t bytes)
 {
 	void *p = NULL;
-	if (c->xq && c->xq_bytes >= bytes)
+	if (*buf && *have >= bytes)
 		return 0;
 	int r = regrow_begin(c);
 	if (r == 0)
 		r = kb_cuda_alloc(c->ctx, bytes, &p);
 	if (r < 0)
 		return r;
-	graphs_drop(c);
-	kb_cuda_dev_free(c->ctx, c->xq);
-	c->xq = p;
-	c->xq_bytes = bytes;
-	return 0;
+	kb_cuda_dev_free(c->ctx, *buf);
+	*buf = p;
+	*have = bytes;
+	return 1;
+}
+
+/* c->xq with at least BYTES; recorded steps that used the old one are dropped. */
+static int xq_ensure(CudaBackend *c, size_t bytes)
+{
+	const int r = dev_grow(c, &c->xq, &c->xq_bytes, bytes);
+	if (r > 0)
+		graphs_drop(c);
+	return r < 0 ? r : 0;
 }
 
 /* Device copy of an index array: the step's own when HOST is one of the step's arrays
@@ -384,17 +394,8 @@ static int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, i
 	int r = cuda_matmul(b, w, x, n, y);
 	if (r < 0)
 		return r;
-	if (n > c->amax_cap) {
-		/* a queued kernel may still write the old buffer */
-		if ((r = kb_cuda_sync(c->ctx)) < 0)
-			return r;
-		kb_cuda_dev_free(c->ctx, c->amax);
-		c->amax = NULL;
-		c->amax_cap = 0;
-		if ((r = kb_cuda_alloc(c->ctx, sizeof(int32_t) * (size_t)n, (void **)&c->amax)) < 0)
-			return r;
-		c->amax_cap = n;
-	}
+	if ((r = dev_grow(c, (void **)&c->amax, &c->amax_bytes, sizeof(int32_t) * (size_t)n)) < 0)
+		return r;
 	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax)) < 0)
 		return r;
 	return kb_cuda_download(c->ctx, ret_idx, c->amax, sizeof(int32_t) * (size_t)n);
@@ -411,19 +412,15 @@ static int cuda_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, c
 	    k > KB_CUDA_TOPK_MAX)
 		return -EINVAL;
 	const size_t nk = (size_t)n * (size_t)k, bytes = (2 * nk + (size_t)n) * 4;
-	int r;
-	if (bytes > c->topk_bytes) {
-		if ((r = kb_cuda_sync(c->ctx)) < 0) /* a queued kernel may still write the old one */
-			return r;
-		kb_cuda_dev_free(c->ctx, c->topk_dev);
+	int r = dev_grow(c, &c->topk_dev, &c->topk_bytes, bytes);
+	if (r < 0)
+		return r;
+	if (r > 0) { /* the host copy follows the device buffer */
 		free(c->topk_host);
-		c->topk_dev = NULL;
-		c->topk_bytes = 0;
-		if (!(c->topk_host = malloc(bytes)))
+		if (!(c->topk_host = malloc(bytes))) {
+			c->topk_bytes = 0; /* both again next time */
 			return -ENOMEM;
-		if ((r = kb_cuda_alloc(c->ctx, bytes, &c->topk_dev)) < 0)
-			return r;
-		c->topk_bytes = bytes;
+		}
 	}
 	int32_t *ids = c->topk_dev, *cnt = ids + 2 * nk;
 	float *vals = (float *)(ids + nk);

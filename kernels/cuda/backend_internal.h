@@ -68,7 +68,7 @@ typedef struct {
 	void *xq;               /* its f16 activation scratch */
 	size_t xq_bytes;
 	int32_t *amax;          /* matmul_argmax: the rows' greedy ids on the device */
-	int amax_cap;
+	size_t amax_bytes;
 	void *topk_dev;         /* topk: ids [n][k], values [n][k], counts [n] on the device */
 	void *topk_host;        /* and their copy on the host */
 	size_t topk_bytes;

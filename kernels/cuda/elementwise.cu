@@ -67,24 +67,45 @@ __device__ static float rms_load(const float *xr, const float *w, int dim, float
 	return 1.0f / sqrtf((float)(ss / dim) + eps);
 }
 
+/* The normalized row (the columns rms_load read, kept in xv/wv, then the rest) into yr,
+ * and each of its first END columns' value (0 past dim) to put(column, value); END >= dim.
+ * Columns go threadIdx.x + j * blockDim.x, so whole warps reach put together. */
+template <typename F>
+__device__ __forceinline__ void rms_store(const float *xr, const float *w, int dim, float scale,
+					  const float (&xv)[RMS_VEC], const float (&wv)[RMS_VEC], float *yr, int end, F &&put)
+{
+	const int b = (int)blockDim.x;
+	KB_UNROLL
+	for (int j = 0; j < RMS_VEC; j++) {
+		const int col = (int)threadIdx.x + j * b;
+		if (col >= end) /* the same for the whole warp when END is a multiple of 32 */
+			break;
+		float v = 0.f;
+		if (col < dim) {
+			v = __fmul_rn(__fmul_rn(xv[j], scale), wv[j]);
+			yr[col] = v;
+		}
+		put(col, v);
+	}
+	for (int col = (int)threadIdx.x + RMS_VEC * b; col < end; col += b) {
+		float v = 0.f;
+		if (col < dim) {
+			v = __fmul_rn(__fmul_rn(xr[col], scale), w[col]);
+			yr[col] = v;
+		}
+		put(col, v);
+	}
+}
+
 __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm(int trig, const float *x, const float *w, int dim, float eps,
 							  float *y)
 {
 	if (trig)
 		kb_pdl_trigger();
 	const float *xr = x + (int64_t)blockIdx.x * dim;
-	float *yr = y + (int64_t)blockIdx.x * dim;
 	float xv[RMS_VEC], wv[RMS_VEC];
 	const float scale = rms_load(xr, w, dim, eps, xv, wv);
-	const int b = (int)blockDim.x;
-	KB_UNROLL
-	for (int j = 0; j < RMS_VEC; j++) {
-		const int col = (int)threadIdx.x + j * b;
-		if (col < dim)
-			yr[col] = __fmul_rn(__fmul_rn(xv[j], scale), wv[j]);
-	}
-	for (int i = (int)threadIdx.x + RMS_VEC * b; i < dim; i += b)
-		yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+	rms_store(xr, w, dim, scale, xv, wv, y + (int64_t)blockIdx.x * dim, dim, [](int, float) {});
 }
 
 extern "C" int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int n, int dim, float eps, float *y)
@@ -102,36 +123,17 @@ extern "C" int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int 
  * columns as zeros: one launch instead of a norm and an act_prep. */
 __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm_act(int trig, const float *x, const float *w, int dim,
 							      float eps, float *y, uint16_t *xh, uint16_t *xhi,
-							      uint16_t *xlo, float *xs, int64_t cap, int64_t cols_pad)
+							      uint16_t *xlo, float *xs, int64_t cap, int cols_pad)
 {
 	if (trig)
 		kb_pdl_trigger();
 	const float *xr = x + (int64_t)blockIdx.x * dim;
-	float *yr = y + (int64_t)blockIdx.x * dim;
 	float xv[RMS_VEC], wv[RMS_VEC];
 	const float scale = rms_load(xr, w, dim, eps, xv, wv);
 	/* cols_pad is a multiple of 32: whole warps reach kb_act_put together */
-	const int b = (int)blockDim.x;
-	KB_UNROLL
-	for (int j = 0; j < RMS_VEC; j++) {
-		const int col = (int)threadIdx.x + j * b;
-		if (col >= cols_pad) /* the same for the whole warp */
-			break;
-		float v = 0.f;
-		if (col < dim) {
-			v = __fmul_rn(__fmul_rn(xv[j], scale), wv[j]);
-			yr[col] = v;
-		}
+	rms_store(xr, w, dim, scale, xv, wv, y + (int64_t)blockIdx.x * dim, cols_pad, [&](int col, float v) {
 		kb_act_put(xh, xhi, xlo, xs, cap, (int)blockIdx.x, col, v);
-	}
-	for (int64_t col = (int)threadIdx.x + RMS_VEC * b; col < cols_pad; col += b) {
-		float v = 0.f;
-		if (col < dim) {
-			v = __fmul_rn(__fmul_rn(xr[col], scale), w[col]);
-			yr[col] = v;
-		}
-		kb_act_put(xh, xhi, xlo, xs, cap, (int)blockIdx.x, col, v);
-	}
+	});
 }
 
 extern "C" int kb_cuda_rmsnorm_act(KbCuda *ctx, const float *x, const float *w, int n, int dim, float eps, float *y,
@@ -141,10 +143,12 @@ extern "C" int kb_cuda_rmsnorm_act(KbCuda *ctx, const float *x, const float *w, 
 	    dim > act->cap)
 		return -EINVAL;
 	const int64_t cols_pad = ((int64_t)dim + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
+	if (cols_pad > INT_MAX)
+		return -EINVAL;
 	static_assert(KB_ACT_PAD % 32 == 0, "k_rmsnorm_act hands kb_act_put whole warps");
 	const int pdl = kb_small_pdl(n);
 	int r = kb_launch_ex(ctx, pdl, k_rmsnorm_act, dim3((unsigned)n), dim3(RMS_THREADS), 0, pdl, x, w, dim,
-			eps, y, act->xh, act->xhi, act->xlo, act->xs, act->cap, cols_pad);
+			eps, y, act->xh, act->xhi, act->xlo, act->xs, act->cap, (int)cols_pad);
 	if (r == 0) {
 		act->cols = dim;
 		act->n_tok = n;
@@ -166,16 +170,22 @@ __device__ static void rope_angles(float *th, int32_t pos, int half, float theta
 	__syncthreads();
 }
 
+/* Rotates the pair p[0], p[1] by the angle whose sine and cosine are s and c, rounding
+ * each step as the CPU does. */
+__device__ __forceinline__ void rope_pair(float *p, float s, float c)
+{
+	const float x0 = p[0], x1 = p[1];
+	p[0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+	p[1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+}
+
 /* Rotates the pairs of one head (xt) by the angles th; each thread takes pairs. */
 __device__ static void rope_head(float *xt, const float *th, int half)
 {
 	for (int i = threadIdx.x; i < half; i += blockDim.x) {
 		float s, c;
 		sincosf(th[i], &s, &c);
-		float *p = xt + 2 * i;
-		const float x0 = p[0], x1 = p[1];
-		p[0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-		p[1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+		rope_pair(xt + 2 * i, s, c);
 	}
 }
 
@@ -239,11 +249,9 @@ __global__ void __launch_bounds__(256) k_rope_kv_tok(float *q, float *k, const f
 	const int kvd = n_head_kv * hd;
 	for (int e = threadIdx.x; e < (n_head + n_head_kv) * half; e += b) {
 		const int h = e / half, i = e % half;
-		float *p = h < n_head ? q + ((int64_t)t * n_head + h) * hd + 2 * i
-				      : k + (int64_t)t * kvd + (int64_t)(h - n_head) * hd + 2 * i;
-		const float x0 = p[0], x1 = p[1], s = sn[i], c = cs[i];
-		p[0] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-		p[1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+		rope_pair(h < n_head ? q + ((int64_t)t * n_head + h) * hd + 2 * i
+				     : k + (int64_t)t * kvd + (int64_t)(h - n_head) * hd + 2 * i,
+			  sn[i], cs[i]);
 	}
 	__syncthreads(); /* the rotated values come from other threads */
 	const int64_t src = (int64_t)t * kvd, dst = (int64_t)seq[t] * stride + (int64_t)pos[t] * kvd;
@@ -406,6 +414,19 @@ __device__ __forceinline__ bool kb_amax_better(float v, int i, float bv, int bi)
 	return v > bv || (v == bv && i < bi);
 }
 
+/* The best (value, index) pair of the warp, into every lane's bv, bi. */
+__device__ __forceinline__ void kb_amax_warp(float &bv, int &bi)
+{
+	for (int o = 16; o > 0; o >>= 1) {
+		const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+		const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+		if (kb_amax_better(ov, oi, bv, bi)) {
+			bv = ov;
+			bi = oi;
+		}
+	}
+}
+
 /* One block per row: each thread scans a stride of the row, then the warps and the block
  * reduce (value, index) pairs.  A row of only NaNs gives 0. */
 __global__ void __launch_bounds__(1024) k_argmax(const float *y, int64_t cols, int64_t ldy, int32_t *idx)
@@ -420,14 +441,7 @@ __global__ void __launch_bounds__(1024) k_argmax(const float *y, int64_t cols, i
 			bi = (int)c;
 		}
 	}
-	for (int o = 16; o > 0; o >>= 1) {
-		const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-		const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-		if (kb_amax_better(ov, oi, bv, bi)) {
-			bv = ov;
-			bi = oi;
-		}
-	}
+	kb_amax_warp(bv, bi);
 	__shared__ float sv[32];
 	__shared__ int si[32];
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -440,14 +454,7 @@ __global__ void __launch_bounds__(1024) k_argmax(const float *y, int64_t cols, i
 		const int nw = (int)(blockDim.x >> 5);
 		bv = lane < nw ? sv[lane] : -INFINITY;
 		bi = lane < nw ? si[lane] : INT_MAX;
-		for (int o = 16; o > 0; o >>= 1) {
-			const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-			const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-			if (kb_amax_better(ov, oi, bv, bi)) {
-				bv = ov;
-				bi = oi;
-			}
-		}
+		kb_amax_warp(bv, bi);
 		if (lane == 0)
 			idx[blockIdx.x] = bi == INT_MAX ? 0 : bi;
 	}
@@ -473,14 +480,22 @@ extern "C" int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, 
 
 #define TOPK_UNROLL 8
 
-/* Columns c0 + j * blockDim.x + threadIdx.x (j < TOPK_UNROLL) of a row, all loads in flight
- * together; NaN (never a candidate) past the end. */
-__device__ __forceinline__ void topk_load(const float *row, int64_t cols, int64_t c0, float (&v)[TOPK_UNROLL])
+/* f(column, value) for every column of a row this thread takes (threadIdx.x + i *
+ * blockDim.x, then NaN, never a candidate, for the padding past the end up to a whole
+ * round), TOPK_UNROLL columns a round with their loads in flight together: a pass is then
+ * a few L2 round trips, not one per column.  Whole warps call f together. */
+template <typename F> __device__ __forceinline__ void topk_scan(const float *row, int64_t cols, F &&f)
 {
-	KB_UNROLL
-	for (int j = 0; j < TOPK_UNROLL; j++) {
-		const int64_t c = c0 + (int64_t)j * blockDim.x + threadIdx.x;
-		v[j] = c < cols ? row[c] : NAN;
+	for (int64_t c0 = 0; c0 < cols; c0 += TOPK_UNROLL * (int64_t)blockDim.x) {
+		float v[TOPK_UNROLL];
+		KB_UNROLL
+		for (int j = 0; j < TOPK_UNROLL; j++) {
+			const int64_t c = c0 + (int64_t)j * blockDim.x + threadIdx.x;
+			v[j] = c < cols ? row[c] : NAN;
+		}
+		KB_UNROLL
+		for (int j = 0; j < TOPK_UNROLL; j++)
+			f(c0 + (int64_t)j * blockDim.x + threadIdx.x, v[j]);
 	}
 }
 
@@ -512,20 +527,13 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 		/* Logits of one row share their top bits, so most keys land in a few bins: the
 		 * lanes of a warp with the same bin add once, together (one shared-memory atomic
 		 * per bin per warp instead of 32 to the same address). */
-		for (int64_t c0 = 0; c0 < cols; c0 += TOPK_UNROLL * (int64_t)blockDim.x) {
-			/* the loads of TOPK_UNROLL columns first, all in flight together: a pass is
-			 * then a few L2 round trips, not one per column a thread takes */
-			float v[TOPK_UNROLL];
-			topk_load(row, cols, c0, v);
-			KB_UNROLL
-			for (int j = 0; j < TOPK_UNROLL; j++) {
-				const uint32_t key = kb_topk_key(v[j]);
-				const uint32_t bin = key && (key & mask) == prefix ? (key >> shift) & 255u : 256u;
-				const uint32_t same = __match_any_sync(0xffffffffu, bin);
-				if (bin < 256u && lane == __ffs(same) - 1)
-					atomicAdd(&hist[bin], (uint32_t)__popc(same));
-			}
-		}
+		topk_scan(row, cols, [&](int64_t, float v) {
+			const uint32_t key = kb_topk_key(v);
+			const uint32_t bin = key && (key & mask) == prefix ? (key >> shift) & 255u : 256u;
+			const uint32_t same = __match_any_sync(0xffffffffu, bin);
+			if (bin < 256u && lane == __ffs(same) - 1)
+				atomicAdd(&hist[bin], (uint32_t)__popc(same));
+		});
 		__syncthreads();
 		if (warp == 0) {
 			/* lane l holds bins 255 - 8l down to 248 - 8l; counts from the top */
@@ -580,19 +588,14 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 		if (tid == 0)
 			sel_s[4] = 0;
 		__syncthreads();
-		for (int64_t c0 = 0; c0 < cols; c0 += TOPK_UNROLL * (int64_t)blockDim.x) {
-			float v[TOPK_UNROLL];
-			topk_load(row, cols, c0, v);
-			KB_UNROLL
-			for (int j = 0; j < TOPK_UNROLL; j++) {
-				const uint32_t key = kb_topk_key(v[j]);
-				if (key && key >= kth) {
-					const uint32_t slot = atomicAdd(&sel_s[4], 1u);
-					oid[slot] = (int32_t)(c0 + (int64_t)j * blockDim.x + tid);
-					oval[slot] = v[j];
-				}
+		topk_scan(row, cols, [&](int64_t c, float v) {
+			const uint32_t key = kb_topk_key(v);
+			if (key && key >= kth) {
+				const uint32_t slot = atomicAdd(&sel_s[4], 1u);
+				oid[slot] = (int32_t)c;
+				oval[slot] = v;
 			}
-		}
+		});
 		return;
 	}
 	/* a tie across the k-th place: of the equal keys the lowest indices, in index order */
