@@ -192,29 +192,45 @@ static constexpr size_t mmq_smem(void)
 	return (size_t)2 * (MMQ_WARPS * RT * MmqGeo<T>::WB + NT * 8 * MmqGeo<T>::XR);
 }
 
+/* Copies one region (q, s or d) of the block's TILES tiles for one chunk: P 16-byte pieces
+ * a tile, at dst + tile * WB + piece * 16.  P and the thread count are constants, so a
+ * piece's tile and offset cost a multiply-shift instead of a division and branches on the
+ * region (this address arithmetic was ~40% of the staging's instructions). */
+template <int P, int TILES, int WB>
+__device__ __forceinline__ void mmq_stage_region(const uint8_t *base, int64_t tile_bytes, int64_t tile0,
+						 int64_t n_tiles, uint8_t *dst, const uint8_t *any)
+{
+	constexpr int N = TILES * P, NTH = MMQ_WARPS * 32;
+	KB_UNROLL
+	for (int j = 0; j < (N + NTH - 1) / NTH; j++) {
+		const int i = (int)threadIdx.x + j * NTH;
+		if (N % NTH == 0 || i < N) {
+			const int tl = i / P, k = (i % P) * 16;
+			const bool on = tile0 + tl < n_tiles;
+			kb_cp16(dst + tl * WB + k, on ? base + (tile0 + tl) * tile_bytes + k : any, on);
+		}
+	}
+}
+
 template <int T, int RT, int NT>
 __device__ __forceinline__ void mmq_stage(const KbMmqArgs &a, const KbMmqSeg &sg, uint8_t *st, int ch,
 					  int64_t tile0, int tok0)
 {
 	typedef Lay<T> L;
 	typedef MmqGeo<T> G;
-	constexpr int TILES = MMQ_WARPS * RT, WP = G::WB / 16, XP = L::CC * 2 / 16;
+	constexpr int TILES = MMQ_WARPS * RT, XP = L::CC * 2 / 16, NTH = MMQ_WARPS * 32;
+	mmq_stage_region<G::QB / 16, TILES, G::WB>(sg.q + (int64_t)ch * G::QB, a.q_tile, tile0, sg.n_tiles, st, sg.q);
+	if constexpr (G::SBY > 0)
+		mmq_stage_region<G::SBY / 16, TILES, G::WB>(sg.s + (int64_t)ch * G::SBY, a.s_tile, tile0, sg.n_tiles,
+							     st + G::QB, sg.q);
+	if constexpr (G::DBY > 0)
+		mmq_stage_region<G::DBY / 16, TILES, G::WB>(sg.d + (int64_t)ch * G::DBY, a.d_tile, tile0, sg.n_tiles,
+							     st + G::QB + G::SBY, sg.q);
 	uint8_t *sx = st + TILES * G::WB;
-	for (int i = threadIdx.x; i < TILES * WP; i += MMQ_WARPS * 32) {
-		const int tl = i / WP, k = (i % WP) * 16;
-		const int64_t tile = tile0 + tl;
-		const bool on = tile < sg.n_tiles;
-		const uint8_t *src;
-		if (k < G::QB)
-			src = sg.q + tile * a.q_tile + (int64_t)ch * G::QB + k;
-		else if (k < G::QB + G::SBY)
-			src = sg.s + tile * a.s_tile + (int64_t)ch * G::SBY + (k - G::QB);
-		else
-			src = sg.d + tile * a.d_tile + (int64_t)ch * G::DBY + (k - G::QB - G::SBY);
-		kb_cp16(st + tl * G::WB + k, on ? src : sg.q, on);
-	}
-	for (int i = threadIdx.x; i < NT * 8 * XP; i += MMQ_WARPS * 32) {
-		const int r = i / XP, k = i % XP;
+	static_assert(NT * 8 * XP % NTH == 0, "whole rounds of activation pieces");
+	KB_UNROLL
+	for (int j = 0; j < NT * 8 * XP / NTH; j++) {
+		const int i = (int)threadIdx.x + j * NTH, r = i / XP, k = i % XP;
 		const bool on = tok0 + r < a.n;
 		const uint16_t *src = a.x + (int64_t)(on ? tok0 + r : 0) * a.ldx + (int64_t)ch * L::CC + k * 8;
 		kb_cp16(sx + r * G::XR + k * 16, src, on);
