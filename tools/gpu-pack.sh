@@ -8,9 +8,10 @@
 #
 #   call 1 (carry .dev/f .dev/m.aa):  cp .dev/m.aa /tmp/m.aa; sh .dev/f/gpu-run.sh
 #   call 2 (carry .dev/f .dev/m.ab):  cp .dev/m.ab /tmp/m.ab
-#   call 3 (carry .dev/f .dev/m.ac):  mkdir -p models;
+#   call 3 (carry .dev/f .dev/m.ac [.dev/d]):  mkdir -p models;
 #           cat /tmp/m.aa /tmp/m.ab .dev/m.ac > models/SmolLM2-135M-Instruct.Q4_1.gguf; sh .dev/f/gpu-run.sh
 #
+# With .dev/d carried too, `sh .dev/d/gpu-daemon.sh` then measures the daemon on the GPU.
 # gpu-run.sh runs both suites (the model test SKIPs until the model is there) and a 7B
 # Q4_0 benchmark on a random-weight model made there.
 set -eu
@@ -26,6 +27,20 @@ for lib in libcunit.so.1 libpcre2-8.so.0; do
 	[ -n "$path" ] || { echo "gpu-pack: $lib not found" >&2; exit 1; }
 	cp -L "$path" .dev/f/
 done
+# The daemon and its CLI with the runtime libraries such machines lack (protobuf-c,
+# liburing, libsystemd and what libsystemd links), in .dev/d: carried on the last model
+# call, `sh .dev/d/gpu-daemon.sh` measures the daemon's own work per token on the GPU.
+make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" $O/quantd $O/quantctl
+mkdir -p .dev/d
+cp $O/quantd $O/quantctl .dev/d/
+strip .dev/d/quantd .dev/d/quantctl
+for lib in libprotobuf-c.so.1 liburing.so.2 libsystemd.so.0 libcap.so.2 libgcrypt.so.20 liblzma.so.5 \
+	libzstd.so.1 liblz4.so.1 libgpg-error.so.0 libpcre2-8.so.0; do
+	path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
+	[ -n "$path" ] || { echo "gpu-pack: $lib not found" >&2; exit 1; }
+	cp -L "$path" .dev/d/
+done
+cp tools/gpu-daemon.sh .dev/d/
 M=models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f $M ]; then
 	rm -f .dev/m.a?
