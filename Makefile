@@ -62,6 +62,18 @@ $(O)/%.o: %.c $(FLAGS_STAMP)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CFLAGS_ALL) $(if $(findstring _avx2,$<),$(AVX2_FLAGS)) -c $< -o $@
 
+# The source revision `quantd bench --json` records; the header is rewritten only when the
+# revision changes, so only cmd_bench.c recompiles after a commit.
+QD_REVISION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+$(O)/gen/revision.h: FORCE
+	@mkdir -p $(dir $@)
+	@echo '#define QD_REVISION "$(QD_REVISION)"' | cmp -s - $@ 2>/dev/null || \
+		echo '#define QD_REVISION "$(QD_REVISION)"' > $@
+$(O)/daemon/cli/cmd_bench.o: $(O)/gen/revision.h
+$(O)/daemon/cli/cmd_bench.o: CFLAGS_ALL += -I$(O)/gen
+.PHONY: FORCE
+FORCE:
+
 $(O)/libqdengine.a: $(ENGINE_OBJ)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^

@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include "../daemon/engine/model.h"
+#include "../daemon/engine/synth.h"
+#include "../kernels/types.h"
 #include "testutil.h"
 
 #define MAX_PROMPTS 32
@@ -388,6 +390,29 @@ static void test_config(void)
 	CU_ASSERT_DOUBLE_EQUAL(c->rope_base, 100000.0, 1e-3);
 }
 
+/* The labels `quantd bench --json` records: the real model's shape from its config and
+ * its type; a synth model's shape name, and the Q4_K_M mix named as such. */
+static void test_labels(void)
+{
+	char buf[96];
+	CU_ASSERT_STRING_EQUAL(model_type_label(model, buf, sizeof(buf)), "Q4_1");
+	CU_ASSERT_STRING_EQUAL(model_shape_label(model, buf, sizeof(buf)), "L30 d576 ff1536 h9/3 v49152");
+	static const struct { int type, mix; const char *want; } cs[] = {
+		{ QD_TYPE_Q8_0, 0, "Q8_0" }, { QD_TYPE_Q4_K, 1, "Q4_K_M" }, { QD_TYPE_F16, 0, "F16" },
+	};
+	for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
+		const char *path = tu_tmp_path("labels.gguf");
+		char err[256];
+		Model *m = NULL;
+		CU_ASSERT_EQUAL_FATAL(synth_write(path, synth_shape("tiny"), cs[i].type, cs[i].mix, 7, err, sizeof(err)), 0);
+		CU_ASSERT_EQUAL_FATAL(model_load(path, &m, err, sizeof(err)), 0);
+		CU_ASSERT_STRING_EQUAL(model_type_label(m, buf, sizeof(buf)), cs[i].want);
+		CU_ASSERT_STRING_EQUAL(model_shape_label(m, buf, sizeof(buf)), "tiny");
+		model_free(m);
+		remove(path);
+	}
+}
+
 int main(void)
 {
 	char err[256];
@@ -398,6 +423,7 @@ int main(void)
 		snprintf(skip_reason, sizeof(skip_reason), "model %s: %s", tu_model_path(), err);
 	static const TuTest tests[] = {
 		{ "config", test_config, no_model },
+		{ "bench labels: type and shape", test_labels, no_model },
 		{ "greedy_matches_reference", test_greedy_matches_reference, no_model },
 		{ "chunked_prompt", test_chunked_prompt, no_model },
 		{ "multi_sequence_batch", test_multi_sequence_batch, no_model },

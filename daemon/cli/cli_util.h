@@ -12,5 +12,7 @@ int cli_parse_u64(const char *s, unsigned long long *ret);
 int cli_read_file(const char *path, size_t max, char **ret, size_t *ret_len);
 /* Monotonic seconds. */
 double cli_now(void);
+/* S as a JSON string (quotes, escapes) on stdout. */
+void cli_json_str(const char *s);
 
 #endif

@@ -35,21 +35,6 @@ static const char *base_name(const char *path)
 	return s ? s + 1 : path;
 }
 
-static void json_str(const char *s)
-{
-	putchar('"');
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\')
-			printf("\\%c", ch);
-		else if (ch < 0x20)
-			printf("\\u%04x", ch);
-		else
-			putchar(ch);
-	}
-	putchar('"');
-}
-
 static void json_num(const char *key, double v, const char *fmt)
 {
 	printf(", \"%s\": ", key);
@@ -153,11 +138,11 @@ int cmd_eval(int argc, char **argv)
 	if (json) {
 		for (int i = 0; i < n_models; i++) {
 			printf("{\"model\": ");
-			json_str(paths[i]);
+			cli_json_str(paths[i]);
 			printf(", \"type\": ");
-			json_str(res[i].type);
+			cli_json_str(res[i].type);
 			printf(", \"method\": ");
-			json_str(res[i].method);
+			cli_json_str(res[i].method);
 			printf(", \"size_bytes\": %llu", (unsigned long long)res[i].size_bytes);
 			json_num("bpw", res[i].bpw, "%.4f");
 			json_num("ppl", res[i].ppl, "%.5f");

@@ -209,6 +209,45 @@ const char *model_name(const Model *m)
 	return m->name;
 }
 
+const char *model_type_label(const Model *m, char *buf, size_t n)
+{
+	const int t = m->layers[0].wq.type, down = m->layers[0].w_down.type;
+	bool mixed = false;
+	for (int il = 0; il < m->cfg.n_layer; il++) {
+		const Layer *l = &m->layers[il];
+		const KbWeight *ws[] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down };
+		for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++)
+			mixed |= ws[i]->type != t;
+	}
+	const QdTypeTraits *tr = qd_type_traits(t);
+	const char *name = tr ? tr->name : "?";
+	if (!mixed)
+		snprintf(buf, n, "%s", name);
+	else if (t == QD_TYPE_Q4_K && down == QD_TYPE_Q6_K)
+		snprintf(buf, n, "Q4_K_M");
+	else
+		snprintf(buf, n, "%s mix", name);
+	return buf;
+}
+
+const char *model_shape_label(const Model *m, char *buf, size_t n)
+{
+	const char *nm;
+	size_t len;
+	/* synth.c names its models "synth SHAPE ..." */
+	if (gguf_get_str(m->gguf, "general.name", &nm, &len) == 0 && len > 6 && !memcmp(nm, "synth ", 6)) {
+		size_t e = 6;
+		while (e < len && nm[e] != ' ')
+			e++;
+		snprintf(buf, n, "%.*s", (int)(e - 6), nm + 6);
+		return buf;
+	}
+	const ModelConfig *c = &m->cfg;
+	snprintf(buf, n, "L%d d%d ff%d h%d/%d v%d", c->n_layer, c->n_embd, c->n_ff, c->n_head, c->n_head_kv,
+		 c->n_vocab);
+	return buf;
+}
+
 static uint64_t weight_bytes(const KbWeight *w)
 {
 	uint64_t b = 0;

@@ -42,6 +42,12 @@ const GgufFile *model_gguf(const Model *m);
 uint64_t model_weight_bytes(const Model *m);
 /* Short name such as "SmolLM2 135M Q4_1". */
 const char *model_name(const Model *m);
+/* For benchmark records: the layers' weight type ("Q4_0"; Q4_K layers whose ffn_down is
+ * Q6_K: "Q4_K_M"; other mixes: the q weight's type + " mix"), and the shape (a synth
+ * model's shape name, e.g. "llama2-7b", else "L<layers> d<embd> ff<ffn> h<heads>/<kv heads>
+ * v<vocab>").  Both into BUF (N bytes), which they return. */
+const char *model_type_label(const Model *m, char *buf, size_t n);
+const char *model_shape_label(const Model *m, char *buf, size_t n);
 
 typedef struct {
 	int n_seq;      /* sequence slots (>= 1) */

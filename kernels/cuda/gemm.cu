@@ -455,6 +455,10 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 		gy += (int)((w[i]->n_tiles + MMQ_WARPS * RT - 1) / (MMQ_WARPS * RT));
 		sg->y1 = gy;
 	}
+	/* the staging's offsets within a block's tiles are 32 bits (mmq_stage_region): a
+	 * tile of ~19M F16 columns would wrap them */
+	if ((uint64_t)w[0]->geo.q_tile * MMQ_WARPS * RT > UINT32_MAX)
+		return -EINVAL;
 	a.nseg = nw;
 	a.q_tile = w[0]->geo.q_tile;
 	a.s_tile = w[0]->geo.s_tile;
