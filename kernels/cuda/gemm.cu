@@ -373,7 +373,8 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 		*in = row < rows && tok < a.n;
 		return (int64_t)tok * rows + row;
 	};
-	if (a.acc) {
+	/* f(value, its offset in y) for each of the lane's values inside y */
+	auto each = [&](auto &&f) {
 		KB_UNROLL
 		for (int rt = 0; rt < RT; rt++)
 			KB_UNROLL
@@ -383,20 +384,12 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 					bool in;
 					const int64_t o = yoff(rt, nt, c, &in);
 					if (in)
-						acc[rt][nt][c] += __ldcg(yb + o);
+						f(acc[rt][nt][c], o);
 				}
-	}
-	KB_UNROLL
-	for (int rt = 0; rt < RT; rt++)
-		KB_UNROLL
-		for (int nt = 0; nt < NT; nt++)
-			KB_UNROLL
-			for (int c = 0; c < 4; c++) {
-				bool in;
-				const int64_t o = yoff(rt, nt, c, &in);
-				if (in)
-					yb[o] = acc[rt][nt][c];
-			}
+	};
+	if (a.acc)
+		each([&](float &v, int64_t o) { v += __ldcg(yb + o); });
+	each([&](float &v, int64_t o) { yb[o] = v; });
 }
 
 /* x (f32 [n][ldx], cols a multiple of 4) -> f16 in the decode activations' column order
