@@ -1,22 +1,27 @@
 #!/bin/sh
 # tools/gpu-pack.sh: packs what a GPU machine without our build dependencies needs to run
-# the CUDA tests and benchmarks, into .dev/f (git-ignored): test-backend, test-steps,
-# test-cuda-mmv, bench-cuda-mmv and qd-engine (run/bench/synth) built for sm_90a only (a
-# third of the size of the three-arch build), stripped, with the two shared libraries they
-# need that such machines lack (CUnit, PCRE2), and the default model split in three pieces, since a device call carries
-# at most 64 MiB with the tree.  On the device (each call within the machine's idle window):
+# the CUDA tests, the benchmarks and the daemon, built for sm_90a only (a third of the size
+# of the three-arch build) and stripped:
+#   .dev/f  test-backend, test-steps, test-cuda-mmv, bench-cuda-mmv, qd-engine (run/bench/
+#           synth), the libraries they need that such machines lack (CUnit, PCRE2), gpu-run.sh;
+#   .dev/d  quantd and quantctl with theirs (protobuf-c, liburing, libsystemd and what it
+#           links), gpu-daemon.sh;
+# both in one xz archive, .dev/x/pack.tar.xz (~5 MB: the binaries compress 6x), and the
+# default model in two halves, .dev/m.aa and .dev/m.ab (a device call carries at most 64
+# MiB with the tree).  On the device, the second call within the first one's idle window:
 #
-#   call 1 (carry .dev/f .dev/m.aa):  cp .dev/m.aa /tmp/m.aa; sh .dev/f/gpu-run.sh
-#   call 2 (carry .dev/f .dev/m.ab):  cp .dev/m.ab /tmp/m.ab
-#   call 3 (carry .dev/f .dev/m.ac [.dev/d]):  mkdir -p models;
-#           cat /tmp/m.aa /tmp/m.ab .dev/m.ac > models/SmolLM2-135M-Instruct.Q4_1.gguf; sh .dev/f/gpu-run.sh
+#   call 1 (carry .dev/x .dev/m.aa):  tar -xJf .dev/x/pack.tar.xz; cp .dev/m.aa /tmp/m.aa
+#   call 2 (carry .dev/x .dev/m.ab):  tar -xJf .dev/x/pack.tar.xz; mkdir -p models;
+#           cat /tmp/m.aa .dev/m.ab > models/SmolLM2-135M-Instruct.Q4_1.gguf;
+#           sh .dev/f/gpu-run.sh; sh .dev/d/gpu-daemon.sh
 #
-# With .dev/d carried too, `sh .dev/d/gpu-daemon.sh` then measures the daemon on the GPU.
-# gpu-run.sh runs both suites (the model test SKIPs until the model is there) and a 7B
-# Q4_0 benchmark on a random-weight model made there.
+# gpu-run.sh runs both GPU suites and a 7B Q4_0 benchmark on a random-weight model made
+# there; gpu-daemon.sh measures the daemon's own work per token with the CUDA backend.
+# Later calls on a warm machine need only `.dev/x` (the model stays in models/).
 set -eu
 cd "$(dirname "$0")/.."
 O=.dev/b90
+rm -rf .dev/f .dev/d
 make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" \
 	$O/tests/test-backend $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv $O/bench/bench-cuda-mmv
 mkdir -p .dev/f
@@ -44,7 +49,7 @@ cp tools/gpu-daemon.sh .dev/d/
 M=models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f $M ]; then
 	rm -f .dev/m.a?
-	split -b 35000000 $M .dev/m.
+	split -n 2 $M .dev/m.
 fi
 cat > .dev/f/gpu-run.sh <<'EOF'
 #!/bin/sh
@@ -63,4 +68,6 @@ timeout 200 $F/qd-engine bench -m /tmp/7b-q4_0.gguf --backend cuda --batch 1,8,3
 cut -c1-240 "$OUT/bench-7b-q4_0.jsonl"
 EOF
 chmod +x .dev/f/gpu-run.sh
-ls -la .dev/f .dev/m.* 2>/dev/null
+mkdir -p .dev/x
+tar -cJf .dev/x/pack.tar.xz -C . .dev/f .dev/d
+ls -la .dev/x/pack.tar.xz .dev/m.* 2>/dev/null
