@@ -2,9 +2,10 @@
 # tools/gpu-daemon.sh: the daemon's own work per generated token (quantctl stats, HOST
 # US/TOK: the engine thread's CPU time between forward passes) with the CUDA backend, on a
 # GPU machine where the daemon's build dependencies are not installed: run there as
-# `sh .dev/d/gpu-daemon.sh` from the repository root after tools/gpu-pack.sh's model calls
-# (carry .dev/d with the last one; B=cpu runs it on the CPU backend).  Greedy clients that sleep between tokens (the default)
-# and ones that spin (QUANTD_SPIN_US), 1 and 16 of them; output to $OUT (or /tmp).
+# `sh .dev/d/gpu-daemon.sh` from the repository root once tools/gpu-pack.sh's archive is
+# unpacked and the model is in models/ (its header has the calls; B=cpu runs this on the
+# CPU backend).  Greedy clients that sleep between tokens (the default) and ones that spin
+# (QUANTD_SPIN_US): 1, 16 and 64 of them; output to $OUT (or /tmp).
 export LD_LIBRARY_PATH="$PWD/.dev/d:$PWD/.dev/f"
 D=.dev/d
 OUT=${OUT:-/tmp}
