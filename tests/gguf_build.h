@@ -121,24 +121,19 @@ static GB_UNUSED const char *skip_no_model(void)
 	return access(tu_model_path(), R_OK) == 0 ? NULL : "model file not found (make model)";
 }
 
-/* Test files live in one private directory, made on first use and removed (once empty)
- * by cleanup_tmpdir() at the end of main. */
-static GB_UNUSED char tmpdir[64];
-
+/* Test files live in testutil's private directory (tu_tmp_path, removed by tu_tmp_cleanup
+ * at the end of main); copied into BUF, which the callers keep.  Its creation is asserted
+ * once a program, as before testutil took it over. */
 static GB_UNUSED const char *tmp_path(const char *name, char *buf, size_t len)
 {
-	if (!tmpdir[0]) {
-		strcpy(tmpdir, "/tmp/qd-test-gguf-XXXXXX");
-		CU_ASSERT_FATAL(mkdtemp(tmpdir) != NULL);
+	static bool checked;
+	const char *p = tu_tmp_path(name);
+	if (!checked) {
+		CU_ASSERT_FATAL(p != NULL);
+		checked = true;
 	}
-	snprintf(buf, len, "%s/%s", tmpdir, name);
+	snprintf(buf, len, "%s", p);
 	return buf;
-}
-
-static GB_UNUSED void cleanup_tmpdir(void)
-{
-	if (tmpdir[0])
-		rmdir(tmpdir);
 }
 
 #endif

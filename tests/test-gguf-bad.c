@@ -446,6 +446,6 @@ int main(void)
 		{ NULL, NULL, NULL },
 	};
 	int r = tu_main("gguf-bad", tests);
-	cleanup_tmpdir();
+	tu_tmp_cleanup();
 	return r;
 }

@@ -503,6 +503,6 @@ int main(void)
 		{ NULL, NULL, NULL },
 	};
 	int r = tu_main("gguf", tests);
-	cleanup_tmpdir();
+	tu_tmp_cleanup();
 	return r;
 }

@@ -27,11 +27,17 @@ make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" \
 mkdir -p .dev/f
 cp $O/tests/test-backend $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv $O/bench/bench-cuda-mmv .dev/f/
 strip .dev/f/test-backend .dev/f/test-steps .dev/f/qd-engine .dev/f/test-cuda-mmv .dev/f/bench-cuda-mmv
-for lib in libcunit.so.1 libpcre2-8.so.0; do
-	path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
-	[ -n "$path" ] || { echo "gpu-pack: $lib not found" >&2; exit 1; }
-	cp -L "$path" .dev/f/
-done
+# copy_libs DIR LIB...: this machine's x86-64 copies of the libraries into DIR
+copy_libs() {
+	dir=$1
+	shift
+	for lib; do
+		path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
+		[ -n "$path" ] || { echo "gpu-pack: $lib not found" >&2; exit 1; }
+		cp -L "$path" "$dir"/
+	done
+}
+copy_libs .dev/f libcunit.so.1 libpcre2-8.so.0
 # The daemon and its CLI with the runtime libraries such machines lack (protobuf-c,
 # liburing, libsystemd and what libsystemd links), in .dev/d: carried on the last model
 # call, `sh .dev/d/gpu-daemon.sh` measures the daemon's own work per token on the GPU.
@@ -39,12 +45,8 @@ make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" $O/q
 mkdir -p .dev/d
 cp $O/quantd $O/quantctl .dev/d/
 strip .dev/d/quantd .dev/d/quantctl
-for lib in libprotobuf-c.so.1 liburing.so.2 libsystemd.so.0 libcap.so.2 libgcrypt.so.20 liblzma.so.5 \
-	libzstd.so.1 liblz4.so.1 libgpg-error.so.0 libpcre2-8.so.0; do
-	path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
-	[ -n "$path" ] || { echo "gpu-pack: $lib not found" >&2; exit 1; }
-	cp -L "$path" .dev/d/
-done
+copy_libs .dev/d libprotobuf-c.so.1 liburing.so.2 libsystemd.so.0 libcap.so.2 libgcrypt.so.20 liblzma.so.5 \
+	libzstd.so.1 liblz4.so.1 libgpg-error.so.0 libpcre2-8.so.0
 cp tools/gpu-daemon.sh .dev/d/
 M=models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f $M ]; then

@@ -120,9 +120,8 @@ static void command_line(int argc, char **argv, char *buf, size_t n)
 
 int cmd_bench(int argc, char **argv)
 {
-	char command[1024], driver[64];
+	char command[1024];
 	command_line(argc, argv, command, sizeof(command));
-	nvidia_driver(driver, sizeof(driver));
 	static const struct option opts[] = {
 		{ "model", required_argument, 0, 'm' }, { "batch", required_argument, 0, 'B' },
 		{ "prompt", required_argument, 0, 'p' }, { "gen", required_argument, 0, 'n' },
@@ -221,6 +220,11 @@ int cmd_bench(int argc, char **argv)
 	double bw = bw_gbs > 0 ? bw_gbs * 1e9 : on_gpu ? 4.22e12 : measure_bandwidth(n_thr);
 	uint64_t wbytes = model_weight_bytes(m);
 	double roof = bw / (double)wbytes;
+	/* what every --json record repeats */
+	char shape[96], type[96], driver[64];
+	model_shape_label(m, shape, sizeof(shape));
+	model_type_label(m, type, sizeof(type));
+	nvidia_driver(driver, sizeof(driver));
 	/* positions and slots also hold the 16-token prompts of all max_b sequences */
 	const size_t n_idx = (size_t)(cp.n_batch > 16 * max_b ? cp.n_batch : 16 * max_b);
 	int32_t *tok = malloc(sizeof(int32_t) * (size_t)cp.n_batch), *pos = malloc(sizeof(int32_t) * n_idx),
@@ -309,7 +313,6 @@ int cmd_bench(int argc, char **argv)
 			 * prefill_tok_s, decode_tok_s, vram_gib, roofline_tok_s) and what makes it
 			 * reproducible (source revision, driver, the exact command) */
 			const double gib = (double)(wbytes + ctx_kv_bytes(ctx)) / (1 << 30);
-			char lab[96];
 			printf("{\"gpu\": ");
 			if (on_gpu)
 				cli_json_str(be_name);
@@ -322,9 +325,9 @@ int cmd_bench(int argc, char **argv)
 			printf(", \"threads\": %d, \"model\": ", n_thr);
 			cli_json_str(model_name(m));
 			printf(", \"shape\": ");
-			cli_json_str(model_shape_label(m, lab, sizeof(lab)));
+			cli_json_str(shape);
 			printf(", \"type\": ");
-			cli_json_str(model_type_label(m, lab, sizeof(lab)));
+			cli_json_str(type);
 			printf(", \"batch\": %d, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.2f, \"mem_gib\": %.3f, "
 			       "\"roofline_tok_s\": %.1f, \"vram_gib\": %.3f, \"bandwidth_gb_s\": %.2f, "
 			       "\"weight_bytes\": %llu, \"load_ms\": %.0f, \"rows\": \"%s\", \"revision\": ",
