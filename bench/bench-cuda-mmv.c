@@ -14,8 +14,10 @@
  * bandwidth) and of the copy bandwidth this run measures.
  *
  *   bench-cuda-mmv [-o OUT.jsonl] [-t q4_0,q8_0,...] [-n 1,2,4,8] [-l LAYERS] [-d DEV]
- *                  [--sweep] [--commit SHA]
- * --sweep times the product kernels over their configurations instead (mode "graph"). */
+ *                  [--i8 -1|0|1] [--sweep] [--commit SHA]
+ * --sweep times the product kernels over their configurations instead (mode "graph");
+ * --i8 1 / 0 gives Q4_0, Q4_1 and Q8_0 int8 / f16 activations (-1, the default: the
+ * backend's choice, kb_i8_use). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -318,7 +320,7 @@ static int parse_list(const char *arg, int *out, int max, int types)
 int main(int argc, char **argv)
 {
 	int types[16] = { QD_TYPE_Q4_0, QD_TYPE_Q4_1, QD_TYPE_Q8_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_F16, QD_TYPE_BF16 };
-	int ntypes = 7, ntoks[8] = { 1, 2, 4, 8 }, nntok = 4, layers = 32, device = 0, sweep = 0;
+	int ntypes = 7, ntoks[8] = { 1, 2, 4, 8 }, nntok = 4, layers = 32, device = 0, sweep = 0, i8 = -1;
 	const char *out = NULL;
 	size_t cl = 0;
 	for (int i = 0; i < argc && cl < sizeof(command) - 1; i++)
@@ -333,7 +335,7 @@ int main(int argc, char **argv)
 			continue;
 		}
 		if (!v) {
-			fprintf(stderr, "usage: %s [-o OUT.jsonl] [-t TYPES] [-n NTOKS] [-l LAYERS] [-d DEV] [--sweep] [--commit SHA]\n", argv[0]);
+			fprintf(stderr, "usage: %s [-o OUT.jsonl] [-t TYPES] [-n NTOKS] [-l LAYERS] [-d DEV] [--i8 -1|0|1] [--sweep] [--commit SHA]\n", argv[0]);
 			return 2;
 		}
 		i++;
@@ -347,6 +349,8 @@ int main(int argc, char **argv)
 			layers = atoi(v);
 		else if (!strcmp(a, "-d"))
 			device = atoi(v);
+		else if (!strcmp(a, "--i8"))
+			i8 = atoi(v);
 		else if (!strcmp(a, "--commit"))
 			snprintf(commit, sizeof(commit), "%s", v);
 		else {
@@ -369,6 +373,7 @@ int main(int argc, char **argv)
 	CHECK(kb_cuda_info(ctx, &info));
 	snprintf(gpu_name, sizeof(gpu_name), "%s", info.name);
 	read_driver();
+	CHECK(kb_cuda_set_mmv_i8(ctx, 0, i8));
 	printf("%s, %d SMs, %.0f GiB, L2 %.0f MiB, driver %s (CUDA %d), runtime %d\n", info.name, info.sm_count,
 	       info.mem_total / 1073741824.0, info.l2_bytes / 1048576.0, driver, info.driver_version,
 	       info.runtime_version);

@@ -46,13 +46,6 @@ extern "C" int kb_cuda_kv_store(KbCuda *ctx, const float *k, const float *v, uin
 			0, pdl, k, v, (__half *)k_cache, (__half *)v_cache, pos, seq, kvd, slot_stride);
 }
 
-/* Where attention also stores its output in the product layout (xh NULL: nowhere). */
-typedef struct {
-	uint16_t *xh, *xhi, *xlo;
-	float *xs;
-	int64_t cap;
-} ActOut;
-
 #define ATT_WARPS 4
 #define KB_ATT_WAVE 4 /* split attention aims at this many blocks per multiprocessor */
 #define ATT_MAXPER 8 /* head_dim / 32 */
@@ -117,7 +110,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 							      const int32_t *pos, const int32_t *seq, int n_head,
 							      int group, int hd, int kvd, int64_t stride, float scale,
 							      int split_keys,
-							      float *out, ActOut act, float *part, unsigned *cnt)
+							      float *out, KbActOut act /* planes 0: none */, float *part,
+							      unsigned *cnt)
 {
 	if (trig)
 		kb_pdl_trigger();
@@ -315,8 +309,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 			for (int s2 = 0; s2 < S; s2++)
 				sum += __ldcg(p0 + s2 * (hd + 2) + i) * sm_w[s2];
 			o[i] = sum * inv;
-			if (act.xh)
-				kb_act_put(act.xh, act.xhi, act.xlo, act.xs, act.cap, t, (int64_t)h * hd + i, sum * inv);
+			if (act.planes)
+				kb_act_put(act, t, (int64_t)h * hd + i, sum * inv);
 		}
 		return;
 	}
@@ -326,8 +320,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		for (int w = 0; w < ATT_WARPS; w++)
 			s += wacc[w * hd + i] * f[w];
 		o[i] = s * inv;
-		if (act.xh)
-			kb_act_put(act.xh, act.xhi, act.xlo, act.xs, act.cap, t, (int64_t)h * hd + i, s * inv);
+		if (act.planes)
+			kb_act_put(act, t, (int64_t)h * hd + i, s * inv);
 	}
 }
 
@@ -364,16 +358,12 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	/* the output also into ACT: columns [0, n_head*head_dim) as kb_cuda_act_prepare would
 	 * make them; padding columns keep what they held (finite: every producer clamps), and
 	 * the weights there are zeros, so products see the same sums */
-	ActOut av;
+	KbActOut av;
 	memset(&av, 0, sizeof(av));
 	if (act) {
 		if (act->ctx != ctx || n > KB_CUDA_MAX_TOK || (int64_t)n_head * head_dim > act->cap)
 			return -EINVAL;
-		av.xh = act->xh;
-		av.xhi = act->xhi;
-		av.xlo = act->xlo;
-		av.xs = act->xs;
-		av.cap = act->cap;
+		av = kb_act_out(act, n);
 	}
 	const int S = att_splits(ctx, blocks);
 	if (S > 1) {
@@ -386,7 +376,7 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	}
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
 	void (*k)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int, int, int,
-		  int, int64_t, float, int, float *, ActOut, float *, unsigned *) =
+		  int, int64_t, float, int, float *, KbActOut, float *, unsigned *) =
 		NULL;
 	/* at most a wave of (token, head) pairs (decode): V rows preloaded (k_attention's VPRE) */
 	const bool pre = (head_dim == 64 || head_dim == 128) && blocks <= (int64_t)KB_ATT_WAVE * ctx->sm_count;

@@ -255,6 +255,8 @@ static int cuda_weight_prepare(KbBackend *b, KbWeight *w)
 	int r = row_bytes_of(w->type, w->cols, &cw->row_bytes);
 	if (r == 0 && mm_ok)
 		r = kb_cuda_weight_upload(c->ctx, w->type, w->rows, w->cols, w->data, &cw->mm);
+	/* a new type may need activation planes the last producer did not write */
+	c->act_x = NULL;
 	if (r < 0) {
 		free(cw);
 		return r;
@@ -694,6 +696,11 @@ int kb_cuda_backend_new(int device, KbBackend **ret)
 	const char *st = getenv("QD_CUDA_MMV_STAGES");
 	if (st && *st)
 		kb_cuda_set_mmv_stages(ctx, 0, atoi(st));
+	/* QD_CUDA_MMV_I8=0 / 1: the Q4_0, Q4_1 and Q8_0 decode products take f16 / int8
+	 * activations (unset: kb_i8_use's choice) */
+	const char *i8 = getenv("QD_CUDA_MMV_I8");
+	if (i8 && *i8)
+		kb_cuda_set_mmv_i8(ctx, 0, atoi(i8) != 0);
 	/* QD_CUDA_ATT_SPLIT_KEYS=N: fewest keys an attention split takes */
 	const char *sk = getenv("QD_CUDA_ATT_SPLIT_KEYS");
 	if (sk && *sk)

@@ -42,6 +42,7 @@ static void default_config(KbCuda *ctx)
 		ctx->mmv[t].prefetch = 0;
 		ctx->mmv[t].persist = 64; /* i.e. as many as fit */
 		ctx->mmv[t].stages = -1; /* by type and row length (kb_auto_stages, matmul_bulk.cuh) */
+		ctx->mmv[t].i8 = -1; /* where it measured faster (kb_i8_use) */
 	}
 }
 
@@ -417,6 +418,7 @@ extern "C" int kb_cuda_weight_upload(KbCuda *ctx, int type, int64_t rows, int64_
 	ctx->up_bytes += w->gguf_bytes;
 	ctx->up_sec += now_sec() - t;
 	*ret_w = w;
+	ctx->types_seen |= 1u << type; /* kb_act_planes */
 	return 0;
 fail_stage:
 	/* leave the context usable with the default staging size */
@@ -514,6 +516,16 @@ extern "C" int kb_cuda_set_mmv_stages(KbCuda *ctx, int n_tok, int stages)
 	for (int t = 0; t < KB_CUDA_MAX_TOK; t++)
 		if (!n_tok || t == n_tok - 1)
 			ctx->mmv[t].stages = stages;
+	return 0;
+}
+
+extern "C" int kb_cuda_set_mmv_i8(KbCuda *ctx, int n_tok, int on)
+{
+	if (!ctx || n_tok < 0 || n_tok > KB_CUDA_MAX_TOK || on < -1 || on > 1)
+		return -EINVAL;
+	for (int t = 0; t < KB_CUDA_MAX_TOK; t++)
+		if (!n_tok || t == n_tok - 1)
+			ctx->mmv[t].i8 = on;
 	return 0;
 }
 

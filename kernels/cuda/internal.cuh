@@ -13,6 +13,7 @@
 
 #include "cuda.h"
 #include "layout.cuh"
+#include "layout_i8.cuh"
 
 #define KB_STAGE_BYTES ((size_t)32 << 20)
 
@@ -21,6 +22,8 @@ typedef struct {
 	int warps, row_tiles, prefetch, persist;
 	int stages; /* > 0: the bulk-copy pipeline (matmul_bulk.cuh, sm_90) with this many slots a warp;
 		     * 0: register loads; -1: by weight type */
+	int i8;     /* int8 activations (matmul_i8.cuh) for the types that have them (KbI8):
+		     * 1 on, 0 off, -1 where they measured faster (kb_i8_use) */
 } KbMmvConfig;
 
 /* Calls f(std::integral_constant<int, T>()) for the product type TYPE (the seven that
@@ -57,6 +60,7 @@ static inline int kb_type_slot(int type)
 struct KbCuda {
 	int device, cc_major, sm_count;
 	size_t smem_optin;      /* shared memory a block may opt in to (99 KiB on sm_86/89) */
+	uint32_t types_seen;    /* bit t: a weight of type t was uploaded (which planes producers write) */
 	cudaStream_t stream;
 	void *stage[2];         /* pinned host staging */
 	cudaEvent_t stage_ev[2]; /* recorded after the copy out of stage[i] */
@@ -66,7 +70,7 @@ struct KbCuda {
 	cudaEvent_t t0, t1;
 	int pdl;
 	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
-	int occ[7][3][9];       /* resident blocks per SM: [type slot][variant (kb_variant)][warps] */
+	int occ[7][9][9];       /* resident blocks per SM: [type slot][variant (kb_variant) + 3 I8][warps] */
 	int occ_bulk[7][3][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
 	uint64_t up_bytes;
 	double up_sec;
@@ -97,7 +101,65 @@ struct KbCudaAct {
 	void *base;
 	uint16_t *xh, *xhi, *xlo;
 	float *xs;
+	int8_t *xq;    /* int8 levels, [8][cap] in kb_act8_pos order */
+	float *xd;     /* their 32-column block scales, kb_act8_d order */
+	float *xe;     /* each block's scale x sum of levels, rounded to f16 (Q8_1's s), kb_act8_d order */
 };
+
+/* Whether products of TYPE over n_tok tokens take int8 activations (matmul_i8.cuh).  By
+ * default only where that measured faster on the H200 (bench/NOTES.md, session 6): one
+ * token (a 7B Q4_0 decode step +5%, 70B +9%); at 4-8 tokens the Q4_0 kernel was 4-6%
+ * slower and Q4_1's 8%. */
+static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
+{
+	if ((type != QD_TYPE_Q4_0 && type != QD_TYPE_Q4_1 && type != QD_TYPE_Q8_0) || n_tok < 1 ||
+	    n_tok > KB_CUDA_MAX_TOK)
+		return 0;
+	const int v = ctx->mmv[n_tok - 1].i8;
+	return v >= 0 ? v : n_tok == 1;
+}
+
+/* Planes of KbCudaAct a producer fills: f16, bf16 hi + lo, block sums, int8 + scales,
+ * and the int8 blocks' scaled level sums (for Q4_1's minimum). */
+enum { KB_PL_H = 1, KB_PL_B = 2, KB_PL_S = 4, KB_PL_Q = 8, KB_PL_E = 16, KB_PL_ALL = 31 };
+
+/* The planes products of n_tok tokens read, for the weight types uploaded so far (all of
+ * them before any upload).  Writing only those keeps the one-block producers (RMSNorm)
+ * short: each plane costs every thread a few instructions per column. */
+static inline unsigned kb_act_planes(const KbCuda *ctx, int n_tok)
+{
+	const uint32_t seen = ctx->types_seen;
+	if (!seen)
+		return KB_PL_ALL;
+	unsigned p = 0;
+	for (int t = 0; t < 32; t++) {
+		if (!(seen >> t & 1))
+			continue;
+		if (kb_i8_use(ctx, t, n_tok))
+			p |= KB_PL_Q | (t == QD_TYPE_Q4_1 ? KB_PL_E : 0);
+		else if (t == QD_TYPE_BF16)
+			p |= KB_PL_B;
+		else
+			p |= KB_PL_H | (t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K ? KB_PL_S : 0);
+	}
+	return p;
+}
+
+/* Where a producer stores activations in the product layout (planes: which of them). */
+typedef struct {
+	uint16_t *xh, *xhi, *xlo;
+	float *xs;
+	int8_t *xq;
+	float *xd, *xe;
+	int64_t cap;
+	unsigned planes; /* KB_PL_*; 0: none */
+} KbActOut;
+
+static inline KbActOut kb_act_out(const KbCudaAct *a, int n_tok)
+{
+	KbActOut o = { a->xh, a->xhi, a->xlo, a->xs, a->xq, a->xd, a->xe, a->cap, kb_act_planes(a->ctx, n_tok) };
+	return o;
+}
 
 struct KbCudaGraph {
 	cudaGraph_t graph;
@@ -178,26 +240,51 @@ __device__ __forceinline__ void kb_pdl_wait(void)
 #endif
 }
 
-/* Stores activation value v of token t, column col, into the product layout (f16,
- * bf16 hi + lo, 32-column sums; see KbActView).  Called by all 32 lanes of a warp
- * together, lane i holding column col0 + i of a 32-aligned col0: the sum of the 32 is a
- * butterfly over the warp whose lane-0 result is kept, so every kernel that stores
- * activations this way (k_act_prep and the fused producers) writes the same bits. */
-__device__ __forceinline__ void kb_act_put(uint16_t *xh, uint16_t *xhi, uint16_t *xlo, float *xs, int64_t cap,
-					   int t, int64_t col, float v)
+/* Stores activation value v of token t, column col, into the planes o.planes of the
+ * product layout (f16, bf16 hi + lo, 32-column sums, int8 levels with their block scale;
+ * see KbActView).
+ * Called by all 32 lanes of a warp together, lane i holding column col0 + i of a
+ * 32-aligned col0: the block's sum is a butterfly over the warp whose lane-0 result is
+ * kept, so every kernel that stores activations this way (k_act_prep and the fused
+ * producers) writes the same bits.  The int8 levels are the CPU backend's Q8_0
+ * activations (quant.c: d = amax / 127, q = roundf(x / d), d kept as f16), taken of the
+ * f16-clamped value so that an infinite input gives a finite scale as the f16 plane does;
+ * with them, for Q4_1's minimum, Q8_1's s.  So the int8 products see exactly the levels
+ * and scales the CPU backend's dot products do. */
+__device__ __forceinline__ void kb_act_put(const KbActOut &o, int t, int64_t col, float v)
 {
-	const int64_t dst = t * cap + kb_act_pos(col);
+	const int64_t dst = t * o.cap + kb_act_pos(col);
 	/* clamp to the f16 range (NaN stays NaN: both comparisons are false) */
 	const float vc = v > 65504.f ? 65504.f : (v < -65504.f ? -65504.f : v);
-	xh[dst] = __half_as_ushort(__float2half_rn(vc));
-	const __nv_bfloat16 hi = __float2bfloat16_rn(v);
-	xhi[dst] = __bfloat16_as_ushort(hi);
-	xlo[dst] = __bfloat16_as_ushort(__float2bfloat16_rn(v - __bfloat162float(hi)));
-	float s = v;
-	for (int o = 16; o; o >>= 1)
-		s += __shfl_xor_sync(0xffffffffu, s, o);
-	if ((threadIdx.x & 31) == 0)
-		xs[((col >> 6) * KB_MAX_TOK + t) * 2 + ((col >> 5) & 1)] = s;
+	const bool lead = (threadIdx.x & 31) == 0;
+	if (o.planes & KB_PL_H)
+		o.xh[dst] = __half_as_ushort(__float2half_rn(vc));
+	if (o.planes & KB_PL_B) {
+		const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+		o.xhi[dst] = __bfloat16_as_ushort(hi);
+		o.xlo[dst] = __bfloat16_as_ushort(__float2bfloat16_rn(v - __bfloat162float(hi)));
+	}
+	if (o.planes & KB_PL_S) {
+		float s = v;
+		for (int off = 16; off; off >>= 1)
+			s += __shfl_xor_sync(0xffffffffu, s, off);
+		if (lead)
+			o.xs[((col >> 6) * KB_MAX_TOK + t) * 2 + ((col >> 5) & 1)] = s;
+	}
+	if (o.planes & KB_PL_Q) {
+		/* |vc| as bits orders like the values (NaN above every finite one) */
+		const float amax = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(fabsf(vc))));
+		const float d = amax / 127.0f, id = d != 0.f ? 1.0f / d : 0.f;
+		const int q = __float2int_rz(roundf(vc * id));
+		o.xq[t * o.cap + kb_act8_pos(col)] = (int8_t)q;
+		if (lead)
+			o.xd[kb_act8_d(col >> 5, t)] = __half2float(__float2half_rn(d));
+		if (o.planes & KB_PL_E) { /* as quant.c's Q8_1: s = f16(sum of levels x d), d before its rounding */
+			const int qs = __reduce_add_sync(0xffffffffu, q);
+			if (lead)
+				o.xe[kb_act8_d(col >> 5, t)] = __half2float(__float2half_rn((float)qs * d));
+		}
+	}
 }
 
 /* Scratch for split kernels (attention.cu, gemm.cu): *part with PART_BYTES and *cnt with

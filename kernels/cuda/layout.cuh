@@ -48,7 +48,8 @@
  * Activations ("act"): per token, f16 (and bf16 hi/lo for BF16 weights) in a permuted
  * order, so that a lane's B fragments of four mmas are 32 contiguous bytes: within each
  * group of 64 columns, x[64q + 16i + 4tq + j] is stored at 64q + 16tq + 4i + j.  For
- * Q4_1 and Q4_K, sums of each 32-column block: xs[group][token 0..7][2]. */
+ * Q4_1 and Q4_K, sums of each 32-column block: xs[group][token 0..7][2].  For the int8
+ * products, int8 levels and an f32 scale per 32-column block (layout_i8.cuh). */
 #ifndef QD_KERNELS_CUDA_LAYOUT_CUH
 #define QD_KERNELS_CUDA_LAYOUT_CUH
 
@@ -337,17 +338,25 @@ KB_HD float kb_s8f(uint32_t w, int k)
 
 #define KB_H2_1024 0x64006400u
 
-/* (a & b) | c in one LOP3 (the compiler otherwise emits two). */
-KB_HD uint32_t kb_andor(uint32_t a, uint32_t b, uint32_t c)
+/* Any function of three words in one LOP3: LUT is its truth table over a = 0xF0,
+ * b = 0xCC, c = 0xAA (written out, so that the compiler neither splits it in two nor
+ * folds two constant operands into one).  kb_andor (a & b) | c, kb_andxor (a & b) ^ c. */
+template <int LUT> KB_HD uint32_t kb_lop3(uint32_t a, uint32_t b, uint32_t c)
 {
 #ifdef __CUDA_ARCH__
 	uint32_t d;
-	asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+	asm("lop3.b32 %0, %1, %2, %3, %4;" : "=r"(d) : "r"(a), "r"(b), "r"(c), "n"(LUT));
 	return d;
 #else
-	return (a & b) | c;
+	uint32_t r = 0;
+	for (int i = 0; i < 8; i++)
+		if (LUT >> i & 1)
+			r |= (i & 4 ? a : ~a) & (i & 2 ? b : ~b) & (i & 1 ? c : ~c);
+	return r;
 #endif
 }
+KB_HD uint32_t kb_andor(uint32_t a, uint32_t b, uint32_t c) { return kb_lop3<0xEA>(a, b, c); }
+KB_HD uint32_t kb_andxor(uint32_t a, uint32_t b, uint32_t c) { return kb_lop3<0x6A>(a, b, c); }
 
 /* A registers of one mma from a Q4 word; values are nibble - off. off_lo is f16x2 of
  * 1024 + off, off_hi of -(64 + off). */
@@ -498,6 +507,8 @@ template <int T> KB_HD void kb_load_w(KbTilePtr t, int64_t ch, int lane, KbWRegs
 typedef struct {
 	const uint16_t *xh, *xhi, *xlo; /* [8][cap] permuted */
 	const float *xs;                /* [cap/64][8][2] */
+	const int8_t *xq;               /* [8][cap], kb_act8_pos (layout_i8.cuh) */
+	const float *xd, *xe;           /* kb_act8_d (layout_i8.cuh) */
 	int64_t cap;
 	int n_tok;
 } KbActView;

@@ -30,15 +30,13 @@
 
 /* x (f32) -> permuted f16, bf16 hi/lo, and 32-column sums.  Grid (cols_pad/64, n_tok),
  * 64 threads: thread c converts column 64*blockIdx.x + c; each warp is one 32-block. */
-__global__ void __launch_bounds__(64) k_act_prep(const float *x, int64_t ldx, int64_t cols,
-						 uint16_t *xh, uint16_t *xhi, uint16_t *xlo,
-						 float *xs, int64_t cap)
+__global__ void __launch_bounds__(64) k_act_prep(const float *x, int64_t ldx, int64_t cols, const KbActOut o)
 {
 	kb_pdl_trigger();
 	kb_pdl_wait();
 	const int t = blockIdx.y;
 	const int64_t col = (int64_t)blockIdx.x * 64 + threadIdx.x;
-	kb_act_put(xh, xhi, xlo, xs, cap, t, col, col < cols ? x[t * ldx + col] : 0.f);
+	kb_act_put(o, t, col, col < cols ? x[t * ldx + col] : 0.f);
 }
 
 extern "C" void kb_cuda_act_free(KbCudaAct *act)
@@ -59,7 +57,10 @@ extern "C" int kb_cuda_act_new(KbCuda *ctx, int64_t max_cols, KbCudaAct **ret_ac
 	a->ctx = ctx;
 	a->cap = (max_cols + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
 	const size_t h = (size_t)KB_MAX_TOK * (size_t)a->cap * 2;
-	const size_t bytes = 3 * h + (size_t)a->cap / 64 * KB_MAX_TOK * 2 * sizeof(float);
+	const size_t xs = (size_t)a->cap / 64 * KB_MAX_TOK * 2 * sizeof(float);
+	const size_t xq = (size_t)KB_MAX_TOK * (size_t)a->cap;
+	const size_t xd = (size_t)a->cap / 32 * KB_MAX_TOK * sizeof(float);
+	const size_t bytes = 3 * h + xs + xq + 2 * xd;
 	int r = kb_cuda_alloc(ctx, bytes, &a->base);
 	/* zeros: columns and tokens never prepared must read as finite values */
 	if (r == 0)
@@ -74,6 +75,9 @@ extern "C" int kb_cuda_act_new(KbCuda *ctx, int64_t max_cols, KbCudaAct **ret_ac
 	a->xhi = (uint16_t *)((uint8_t *)a->base + h);
 	a->xlo = (uint16_t *)((uint8_t *)a->base + 2 * h);
 	a->xs = (float *)((uint8_t *)a->base + 3 * h);
+	a->xq = (int8_t *)((uint8_t *)a->base + 3 * h + xs);
+	a->xd = (float *)((uint8_t *)a->base + 3 * h + xs + xq); /* 16-byte aligned: cap is a multiple of 256 */
+	a->xe = (float *)((uint8_t *)a->base + 3 * h + xs + xq + xd);
 	*ret_act = a;
 	return 0;
 }
@@ -91,7 +95,7 @@ extern "C" int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_d
 		return -EINVAL;
 	const int64_t cols_pad = (cols + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
 	int r = kb_launch(ctx, k_act_prep, dim3((unsigned)(cols_pad / 64), (unsigned)n_tok), dim3(64), 0,
-			  x_dev, ldx, cols, act->xh, act->xhi, act->xlo, act->xs, act->cap);
+			  x_dev, ldx, cols, kb_act_out(act, n_tok));
 	if (r == 0) {
 		act->cols = cols;
 		act->n_tok = n_tok;
@@ -226,6 +230,8 @@ __device__ __forceinline__ void kb_chunk(const KbMmvArgs &a, const KbWRegs<T> (&
 	}
 }
 
+#include "matmul_i8.cuh"
+
 /* Bytes of one chunk of one tile in each region. */
 template <int T> struct KbChunkBytes {
 	typedef Lay<T> L;
@@ -327,7 +333,7 @@ __device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, int si, int
  * slots, alternating, so one barrier per group suffices) and go to y. */
 template <int RT, bool ROPE>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
-					 float (&acc)[RT][4], float4 *red)
+					 float (&acc)[RT][4], float4 *red, float post = 1.0f)
 {
 	float4 *slot = red + (size_t)(j & 1) * nw * RT * 32;
 	KB_UNROLL
@@ -346,6 +352,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		float sum = 0.f;
 		for (int k = 0; k < nw; k++)
 			sum += f[((k * RT + rt) * 32 + l) * 4 + ci];
+		sum *= post; /* 1 but for kb_i8_post */
 		const int64_t row = (tile0 + rt) * 16 + (l >> 2) + 8 * (ci >> 1);
 		const int tok = 2 * (l & 3) + (ci & 1);
 		if constexpr (ROPE) {
@@ -366,9 +373,22 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
  * takes chunks w, w + nw, ... of each, so its work is a list of (group, chunk) items
  * that it walks with two register stages: the next item's loads are in flight while
  * it computes the current one, across group boundaries too. */
-template <int T, int RT, bool ROPE>
-__global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
+template <int T, int RT, bool ROPE, int I8>
+__device__ __forceinline__ void kb_item(const KbMmvArgs &a, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
+					float (&acc)[RT][4])
 {
+	if constexpr (I8 != 0)
+		kb_chunk8<T, RT, kb_i8_one(I8)>(a.x, w, ch, lane, acc);
+	else
+		kb_chunk<T, RT>(a, w, ch, lane, acc);
+}
+
+/* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  The kernels are
+ * k_mmv and k_mmv_2 below. */
+template <int T, int RT, bool ROPE, int I8>
+__device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
+{
+	constexpr float post = kb_i8_post<T, I8>();
 	extern __shared__ float4 kb_red[]; /* [2][warps][RT][32 lanes] */
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 	const int J = (a.n_groups - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
@@ -386,7 +406,7 @@ __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 	kb_pdl_wait();
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red, post);
 		return;
 	}
 	/* item i is chunk ch of group j; (jn, chn) is item i + 1 */
@@ -399,9 +419,9 @@ __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 		}
 		if (i + 1 < total)
 			kb_load_item<T, RT>(a, i + 1, jn, chn, cnt, total, warp, nw, lane, wb);
-		kb_chunk<T, RT>(a, wa, ch, lane, acc);
+		kb_item<T, RT, ROPE, I8>(a, wa, ch, lane, acc);
 		if (jn != j)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red, post);
 		if (i + 1 >= total)
 			break;
 		j = jn;
@@ -414,17 +434,43 @@ __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 		}
 		if (i + 2 < total)
 			kb_load_item<T, RT>(a, i + 2, jn, chn, cnt, total, warp, nw, lane, wa);
-		kb_chunk<T, RT>(a, wb, ch, lane, acc);
+		kb_item<T, RT, ROPE, I8>(a, wb, ch, lane, acc);
 		if (jn != j)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red, post);
 		j = jn;
 		ch = chn;
 	}
 }
 
+/* The products.  Q4_1's int8 kernels take 137-162 registers, so one block of 256 threads
+ * fits a multiprocessor; capped at 128 (two blocks) they spill 32 bytes and ran 9% faster
+ * at one token (bench/NOTES.md, session 6).  Every other instance keeps the plain bound:
+ * naming a minimum of even 1 block changed ptxas's schedule of the f16 kernels and cost
+ * 4% of a 7B Q4_0 decode step. */
+template <int T, int RT, bool ROPE, int I8>
+__global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
+{
+	kb_mmv_body<T, RT, ROPE, I8>(a);
+}
+
+template <int T, int RT, bool ROPE, int I8>
+__global__ void __launch_bounds__(256, 2) k_mmv_2(const KbMmvArgs a)
+{
+	kb_mmv_body<T, RT, ROPE, I8>(a);
+}
+
+/* The kernel instance for these parameters. */
+template <int T, int RT, bool ROPE, int I8> static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
+{
+	if constexpr (T == QD_TYPE_Q4_1 && I8 != 0)
+		return k_mmv_2<T, RT, ROPE, I8>;
+	else
+		return k_mmv<T, RT, ROPE, I8>;
+}
+
 #include "matmul_bulk.cuh"
 
-template <int T, int RT, bool ROPE>
+template <int T, int RT, bool ROPE, int I8>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 {
 	const int nw = c->warps;
@@ -432,10 +478,11 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 	int grid = a.n_groups;
 	if (c->persist) {
 		/* as many blocks as fit at once, each walking several groups */
-		int *occ = &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>()][nw];
+		int *occ = &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8][nw];
 		if (*occ == 0) {
 			int n = 0;
-			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv<T, RT, ROPE>, nw * 32, smem));
+			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kb_mmv_kernel<T, RT, ROPE, I8>(),
+										     nw * 32, smem));
 			if (r < 0)
 				return r;
 			*occ = n > 0 ? n : 1;
@@ -445,7 +492,15 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 		if (fit < grid)
 			grid = (int)fit;
 	}
-	return kb_launch(ctx, k_mmv<T, RT, ROPE>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
+	return kb_launch(ctx, kb_mmv_kernel<T, RT, ROPE, I8>(), dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
+}
+
+/* The int8 products (register loads only: the bulk-copy ring has no int8 form). */
+template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c, const KbMmvArgs &a, bool rope)
+{
+	if (rope)
+		return launch_rt<T, 1, true, I8>(ctx, c, a);
+	return c->row_tiles == 1 ? launch_rt<T, 1, false, I8>(ctx, c, a) : launch_rt<T, 2, false, I8>(ctx, c, a);
 }
 
 template <int T>
@@ -480,6 +535,9 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	a.x.xhi = act->xhi;
 	a.x.xlo = act->xlo;
 	a.x.xs = act->xs;
+	a.x.xq = act->xq;
+	a.x.xd = act->xd;
+	a.x.xe = act->xe;
 	a.x.cap = act->cap;
 	a.x.n_tok = act->n_tok;
 	if (rope) {
@@ -493,15 +551,20 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 		a.rope.kvd = (int)w[1]->rows;
 		a.rope.theta_scale = rope->theta_scale;
 	}
+	if constexpr (KbI8<T>::ok) {
+		if (kb_i8_use(ctx, T, act->n_tok))
+			return act->n_tok == 1 ? launch_i8<T, 2>(ctx, c, a, rope != NULL)
+					       : launch_i8<T, 1>(ctx, c, a, rope != NULL);
+	}
 	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
 	const bool bulk = S > 0 && ctx->cc_major >= 9;
 	if (rope) /* its own instances (one row tile), so the other products carry none of it */
-		return bulk ? launch_bulk<T, 1, true>(ctx, c, S, a) : launch_rt<T, 1, true>(ctx, c, a);
+		return bulk ? launch_bulk<T, 1, true>(ctx, c, S, a) : launch_rt<T, 1, true, 0>(ctx, c, a);
 	if (bulk)
 		return c->row_tiles == 1 ? launch_bulk<T, 1, false>(ctx, c, S, a) : launch_bulk<T, 2, false>(ctx, c, S, a);
 	if (c->row_tiles == 1)
-		return launch_rt<T, 1, false>(ctx, c, a);
-	return launch_rt<T, 2, false>(ctx, c, a);
+		return launch_rt<T, 1, false, 0>(ctx, c, a);
+	return launch_rt<T, 2, false, 0>(ctx, c, a);
 }
 
 static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,

@@ -222,7 +222,7 @@ template <int T> static int kb_auto_stages(int n_chunks)
 	return T == QD_TYPE_Q4_1 && n_chunks >= 8 ? 2 : 0;
 }
 
-template <int T, int RT, bool ROPE>
+template <int T, int RT, bool ROPE, int I8>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a);
 
 template <int T, int RT>
@@ -246,7 +246,7 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 		S--;
 	const size_t smem = kb_bulk_smem<T, RT>(nw, S);
 	if (smem > ctx->smem_optin)
-		return launch_rt<T, RT, ROPE>(ctx, c, a);
+		return launch_rt<T, RT, ROPE, 0>(ctx, c, a);
 	a.stages = S;
 	uint8_t *set = &ctx->mmv_smem_set[kb_type_slot(T)][kb_variant<RT, ROPE>()];
 	if (!*set) {

@@ -5,7 +5,9 @@
  * tensor-core mma with a warp-wide emulation that follows the PTX fragment layout of
  * mma.m16n8k16 (A row-major 16x16, B 16x8, C 16x8).  The result is compared with a
  * double-precision product on the dequantized weights (tests/gpu/qgen.h), for every
- * type, several token counts and shapes that are not multiples of the tile sizes.
+ * type, several token counts and shapes that are not multiples of the tile sizes.  For
+ * the types with int8 activations (layout_i8.cuh) the m16n8k32 int8 path is emulated too
+ * and compared with the product on the activations rounded to Q8_0 levels.
  * Prints one line per case and "N passed, N failed"; exits non-zero on a failure. */
 #include <math.h>
 #include <stdio.h>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "kernels/cuda/layout.cuh"
+#include "kernels/cuda/layout_i8.cuh"
 #include "tests/gpu/qgen.h"
 
 static double half_bits(uint16_t h, bool bf)
@@ -21,10 +24,74 @@ static double half_bits(uint16_t h, bool bf)
 	return bf ? qd_bf16_to_f32(h) : qd_f16_to_f32(h);
 }
 
+/* The int8 path for one tile: y8[tok * rows + row] of its 16 rows, from the repacked
+ * tile and the int8 activation planes, through kb_load_x8 / kb_frag_a8 / kb_post8 with the
+ * m16n8k32 emulated (A 16x32 row-major, B 32x8, PTX fragment layout). */
+template <int T>
+static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView &av, int64_t t, int64_t rows,
+		    int n_tok, std::vector<double> &y8)
+{
+	typedef Lay<T> L;
+	std::vector<KbWRegs<T>> w(32);
+	std::vector<KbX8Regs<T>> xr(32);
+	float acc[32][4] = {};
+	for (int64_t ch = 0; ch < geo.n_chunks; ch++) {
+		for (int lane = 0; lane < 32; lane++) {
+			kb_load_w<T>(tp, ch, lane, &w[(size_t)lane]);
+			if (n_tok == 1)
+				kb_load_x8<T, true>(&av, ch, lane, &xr[(size_t)lane]);
+			else
+				kb_load_x8<T, false>(&av, ch, lane, &xr[(size_t)lane]);
+		}
+		for (int bi = 0; bi < L::CC / 32; bi++) {
+			int A[16][32], B[32][8];
+			for (int lane = 0; lane < 32; lane++) {
+				const int g = lane >> 2, tq = lane & 3;
+				uint32_t fa[4];
+				kb_frag_a8<T>(&w[(size_t)lane], bi, 0x80808080u, fa);
+				const uint32_t fb[2] = { xr[(size_t)lane].b[bi / 2][2 * (bi % 2)],
+							 xr[(size_t)lane].b[bi / 2][2 * (bi % 2) + 1] };
+				for (int rg = 0; rg < 4; rg++)
+					for (int e = 0; e < 4; e++) {
+						const uint32_t byte = (fa[rg] >> (8 * e)) & 0xff;
+						A[g + 8 * (rg & 1)][4 * tq + e + 16 * (rg >> 1)] =
+							T == QD_TYPE_Q4_1 ? (int)byte : (int)(int8_t)byte;
+					}
+				for (int rg = 0; rg < 2; rg++)
+					for (int e = 0; e < 4; e++)
+						B[4 * tq + e + 16 * rg][g] = (int8_t)((fb[rg] >> (8 * e)) & 0xff);
+			}
+			for (int lane = 0; lane < 32; lane++) {
+				const int g = lane >> 2, tq = lane & 3;
+				int c[4];
+				for (int ci = 0; ci < 4; ci++) {
+					const int row = g + 8 * (ci >> 1), n = 2 * tq + (ci & 1);
+					c[ci] = 0;
+					for (int k = 0; k < 32; k++)
+						c[ci] += A[row][k] * B[k][n];
+				}
+				if (n_tok == 1)
+					kb_post8<T, true>(&w[(size_t)lane], &xr[(size_t)lane], bi, c, acc[lane]);
+				else
+					kb_post8<T, false>(&w[(size_t)lane], &xr[(size_t)lane], bi, c, acc[lane]);
+			}
+		}
+	}
+	for (int lane = 0; lane < 32; lane++)
+		for (int ci = 0; ci < 4; ci++) {
+			const int64_t row = t * 16 + (lane >> 2) + 8 * (ci >> 1);
+			const int tok = 2 * (lane & 3) + (ci & 1);
+			if (row < rows && tok < n_tok)
+				y8[(size_t)(tok * rows + row)] = acc[lane][ci] * kb_i8_post<T, 1>();
+		}
+}
+
 /* Error of the emulated product: ||y - ref|| / ||sum_c |w x|||, the scale the f16
  * rounding of the activations follows (||ref|| itself can be small by cancellation; a
- * layout error still shows as about 1/sqrt(cols)). */
-template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, uint64_t seed)
+ * layout error still shows as about 1/sqrt(cols)).  For the int8 types *rel8 is the same
+ * measure for the int8 path against the product on x rounded to Q8_0 levels (for Q4_1 the
+ * minimum times Q8_1's s, as the CPU backend's dot product); otherwise -1. */
+template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, uint64_t seed, double *rel8)
 {
 	typedef Lay<T> L;
 	int bsz, blck = qg_block(T, &bsz);
@@ -63,6 +130,14 @@ template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, u
 		v = qg_signed(&seed, 0.f, 2.f);
 	std::vector<uint16_t> xh((size_t)(8 * cap), 0), xhi((size_t)(8 * cap), 0), xlo((size_t)(8 * cap), 0);
 	std::vector<float> xs((size_t)(cap / 64 * 16), 0.f);
+	/* int8 levels as kb_act_put makes them (the CPU backend's Q8_0 rounding), and x8: x
+	 * rounded to them */
+	std::vector<int8_t> xq((size_t)(8 * cap), 0);
+	std::vector<float> xd((size_t)(cap / 32 * 8), 0.f), xe((size_t)(cap / 32 * 8), 0.f);
+	std::vector<double> x8((size_t)(n_tok * cols));
+	/* Q4_1's minimum meets s = f16(d sum(q)) (Q8_1), not sum(x8) = d16 sum(q): the
+	 * difference per (token, block), for the reference */
+	std::vector<double> corr((size_t)(n_tok * (cols + 31) / 32), 0.0);
 	for (int t = 0; t < n_tok; t++)
 		for (int64_t c = 0; c < cap; c++) {
 			const float v = c < cols ? x[(size_t)(t * cols + c)] : 0.f;
@@ -72,16 +147,39 @@ template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, u
 			xhi[(size_t)dst] = hi;
 			xlo[(size_t)dst] = qd_f32_to_bf16(v - qd_bf16_to_f32(hi));
 			xs[(size_t)(((c / 64) * 8 + t) * 2 + (c % 64) / 32)] += v;
+			if (c % 32 == 0) {
+				float amax = 0.f;
+				for (int64_t j = c; j < c + 32; j++)
+					amax = fmaxf(amax, fabsf(j < cols ? x[(size_t)(t * cols + j)] : 0.f));
+				const float dd = amax / 127.0f, id = dd != 0.f ? 1.0f / dd : 0.f;
+				const float d16 = qd_f16_to_f32(qd_f32_to_f16(dd));
+				xd[(size_t)kb_act8_d(c / 32, t)] = d16;
+				int qsum = 0;
+				for (int64_t j = c; j < c + 32; j++) {
+					const float vj = j < cols ? x[(size_t)(t * cols + j)] : 0.f;
+					const int lv = (int)roundf(vj * id);
+					qsum += lv;
+					xq[(size_t)(t * cap + kb_act8_pos(j))] = (int8_t)lv;
+					if (j < cols)
+						x8[(size_t)(t * cols + j)] = (double)d16 * lv;
+				}
+				const float e = qd_f16_to_f32(qd_f32_to_f16((float)qsum * dd));
+				xe[(size_t)kb_act8_d(c / 32, t)] = e;
+				if (c < cols)
+					corr[(size_t)(t * ((cols + 31) / 32) + c / 32)] = (double)e - (double)d16 * qsum;
+			}
 		}
-	const KbActView av = { xh.data(), xhi.data(), xlo.data(), xs.data(), cap, n_tok };
+	const KbActView av = { xh.data(), xhi.data(), xlo.data(), xs.data(), xq.data(), xd.data(), xe.data(), cap, n_tok };
 
 	/* one warp per tile walking all chunks; mma emulated across the 32 lanes */
-	std::vector<double> y((size_t)(n_tok * rows), 0.0);
+	std::vector<double> y((size_t)(n_tok * rows), 0.0), y8((size_t)(n_tok * rows), 0.0);
 	const bool bf = T == QD_TYPE_BF16;
 	std::vector<KbWRegs<T>> w(32);
 	std::vector<KbXRegs<T>> xr(32);
 	for (int64_t t = 0; t < n_tiles; t++) {
 		const KbTilePtr tp = { q.data() + t * geo.q_tile, s.data() + t * geo.s_tile, d.data() + t * geo.d_tile };
+		if constexpr (KbI8<T>::ok)
+			tile_i8<T>(tp, geo, av, t, rows, n_tok, y8);
 		float acc[32][4] = {};
 		for (int64_t ch = 0; ch < geo.n_chunks; ch++) {
 			for (int lane = 0; lane < 32; lane++) {
@@ -134,20 +232,28 @@ template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, u
 	}
 
 	std::vector<double> wrow((size_t)cols);
-	double num = 0, den = 0;
+	double num = 0, den = 0, num8 = 0;
 	for (int64_t rr = 0; rr < rows; rr++) {
 		qg_dequant_row(T, raw.data() + rr * row_bytes, cols, wrow.data());
 		for (int t = 0; t < n_tok; t++) {
-			double ref = 0, mag = 0;
+			double ref = 0, mag = 0, ref8 = 0;
 			for (int64_t c = 0; c < cols; c++) {
 				ref += wrow[(size_t)c] * x[(size_t)(t * cols + c)];
 				mag += fabs(wrow[(size_t)c] * x[(size_t)(t * cols + c)]);
+				ref8 += wrow[(size_t)c] * x8[(size_t)(t * cols + c)];
 			}
+			if (T == QD_TYPE_Q4_1)
+				for (int64_t b = 0; b < cols / 32; b++) /* + m (s - sum(x8)) */
+					ref8 += qd_f16_to_f32(qg_get16(raw.data() + rr * row_bytes + b * 20 + 2)) *
+						corr[(size_t)(t * ((cols + 31) / 32) + b)];
 			const double e = y[(size_t)(t * rows + rr)] - ref;
+			const double e8 = y8[(size_t)(t * rows + rr)] - ref8;
 			num += e * e;
+			num8 += e8 * e8;
 			den += mag * mag;
 		}
 	}
+	*rel8 = !KbI8<T>::ok ? -1.0 : den > 0 ? sqrt(num8 / den) : INFINITY;
 	return den > 0 ? sqrt(num / den) : INFINITY;
 }
 
@@ -156,10 +262,16 @@ static int passed, failed;
 template <int T> static void check(int64_t rows, int64_t cols, int n_tok, uint64_t seed)
 {
 	const double bound = T == QD_TYPE_BF16 ? 1e-4 : 1e-3;
-	const double rel = run_case<T>(rows, cols, n_tok, seed);
-	const bool ok = rel <= bound;
-	printf("%-4s %5lldx%-5lld n_tok=%d: rel %.2e%s\n", qd_type_traits(T)->name, (long long)rows,
-	       (long long)cols, n_tok, rel, ok ? "" : "  FAIL");
+	/* int8: exact up to f32 accumulation against the CPU backend's int8 dot product */
+	const double bound8 = 1e-5;
+	double rel8;
+	const double rel = run_case<T>(rows, cols, n_tok, seed, &rel8);
+	const bool ok = rel <= bound && rel8 <= bound8;
+	printf("%-4s %5lldx%-5lld n_tok=%d: rel %.2e", qd_type_traits(T)->name, (long long)rows, (long long)cols,
+	       n_tok, rel);
+	if (rel8 >= 0)
+		printf(", int8 %.2e", rel8);
+	printf("%s\n", ok ? "" : "  FAIL");
 	ok ? passed++ : failed++;
 }
 

@@ -141,12 +141,48 @@ static const Cfg cfgs[] = { { 8, 1, 0, 64, 0 }, { 8, 2, 1, 1, 0 }, { 4, 2, 0, 0,
 			    { 1, 2, 0, 1, 8 } };
 
 /* Bound on ||y - ref|| / ||sum_c |w x|||: f16 activations round each product by at
- * most 2^-11 relative; bf16 hi + lo by about 2^-16.  (||ref|| itself can be small by
- * cancellation; a wrong layout still shows as about 1/sqrt(cols), >= 1e-2 here.) */
-static double bound_for(int type)
+ * most 2^-11 relative; bf16 hi + lo by about 2^-16; int8 levels by up to 1/254 of their
+ * block's largest value (a one-row 32-column product reaches 1.5e-3), so those get the
+ * CPU backend's bound and a much tighter one against the rounded x (I8_EXACT_BOUND).
+ * (||ref|| itself can be small by cancellation; a wrong layout still shows as about
+ * 1/sqrt(cols), >= 1e-2 here.) */
+static double bound_for(int type, int i8)
 {
-	return type == QD_TYPE_BF16 ? 1e-4 : 1e-3;
+	return i8 ? 1e-2 : type == QD_TYPE_BF16 ? 1e-4 : 1e-3;
 }
+
+/* Types whose products can take int8 activations (kb_cuda_set_mmv_i8). */
+static int has_i8(int type)
+{
+	return type == QD_TYPE_Q4_0 || type == QD_TYPE_Q4_1 || type == QD_TYPE_Q8_0;
+}
+
+/* x rounded as the int8 products see it: each 32-column block to Q8_0 levels exactly as
+ * the CPU backend's activations (d = amax / 127, q = roundf(x / d), d kept as f16); and
+ * per block corr = s - sum(out) with s Q8_1's f16(d sum(q)), which Q4_1's minimum meets. */
+static void q8_levels(const float *x, int64_t cols, double *out, double *corr)
+{
+	for (int64_t b = 0; b < (cols + 31) / 32; b++) {
+		const int64_t c0 = b * 32, n = cols - c0 < 32 ? cols - c0 : 32;
+		float amax = 0.f;
+		for (int64_t j = 0; j < n; j++)
+			amax = fabsf(x[c0 + j]) > amax ? fabsf(x[c0 + j]) : amax;
+		const float d = amax / 127.0f, id = d != 0.f ? 1.0f / d : 0.f;
+		const double d16 = qd_f16_to_f32(qd_f32_to_f16(d));
+		int qsum = 0;
+		for (int64_t j = 0; j < n; j++) {
+			const float q = roundf(x[c0 + j] * id);
+			qsum += (int)q;
+			out[c0 + j] = d16 * (double)q;
+		}
+		corr[b] = (double)qd_f16_to_f32(qd_f32_to_f16((float)qsum * d)) - d16 * qsum;
+	}
+}
+
+/* With int8 activations the products must equal the CPU backend's int8 dot products,
+ * (weight) x (rounded x), up to f32 accumulation: any misplaced level or block scale is
+ * far above this. */
+#define I8_EXACT_BOUND 1e-5
 
 /* One (type, shape): the reference for 8 tokens once, then every n_tok and config. */
 static void check_shape(int type, Shape sh, uint64_t seed)
@@ -159,22 +195,32 @@ static void check_shape(int type, Shape sh, uint64_t seed)
 	float *x = malloc(sizeof(float) * 8 * ldx);
 	double *ref = calloc((size_t)(8 * rows), sizeof(double));
 	double *mag = calloc((size_t)(8 * rows), sizeof(double)); /* sum_c |w x| */
+	double *ref8 = calloc((size_t)(8 * rows), sizeof(double)); /* the same with x8 */
+	double *x8 = malloc(sizeof(double) * 8 * cols), *corr = calloc((size_t)(8 * (cols / 32 + 1)), sizeof(double));
 	double *wrow = malloc(sizeof(double) * cols);
 	uint32_t *y = malloc(sizeof(float) * 8 * ldy);
-	CU_ASSERT_FATAL(raw && x && ref && mag && wrow && y);
+	CU_ASSERT_FATAL(raw && x && ref && mag && ref8 && x8 && corr && wrow && y);
 	qg_fill(type, raw, rows * (cols / blck), &s);
 	for (int64_t i = 0; i < 8 * ldx; i++)
 		x[i] = qg_signed(&s, 0.f, 2.f);
+	for (int t = 0; t < 8; t++)
+		q8_levels(x + t * ldx, cols, x8 + t * cols, corr + t * (cols / 32 + 1));
 	for (int64_t r = 0; r < rows; r++) {
 		qg_dequant_row(type, raw + r * row_bytes, cols, wrow);
 		for (int t = 0; t < 8; t++) {
-			double acc = 0, am = 0;
+			double acc = 0, am = 0, a8 = 0;
 			for (int64_t c = 0; c < cols; c++) {
 				acc += wrow[c] * x[t * ldx + c];
 				am += fabs(wrow[c] * x[t * ldx + c]);
+				a8 += wrow[c] * x8[t * cols + c];
 			}
+			if (type == QD_TYPE_Q4_1)
+				for (int64_t b = 0; b < cols / 32; b++) /* + m (s - sum(x8)) */
+					a8 += qd_f16_to_f32(qg_get16(raw + r * row_bytes + b * 20 + 2)) *
+					      corr[t * (cols / 32 + 1) + b];
 			ref[t * rows + r] = acc;
 			mag[t * rows + r] = am;
+			ref8[t * rows + r] = a8;
 		}
 	}
 
@@ -193,12 +239,16 @@ static void check_shape(int type, Shape sh, uint64_t seed)
 		r = kb_cuda_upload(ctx, dx, x, sizeof(float) * 8 * ldx);
 	CU_ASSERT_EQUAL(r, 0);
 	static const int ntoks[] = { 1, 2, 3, 8 };
+	const size_t ncfg = sizeof(cfgs) / sizeof(cfgs[0]);
 	for (size_t k = 0; r == 0 && k < sizeof(ntoks) / sizeof(ntoks[0]); k++) {
 		const int nt = ntoks[k];
-		for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
-			const Cfg *c = &cfgs[ci];
+		/* the int8 types: every configuration with int8 activations, then with f16 */
+		for (size_t cj = 0; cj < (has_i8(type) ? 2 * ncfg : ncfg); cj++) {
+			const Cfg *c = &cfgs[cj % ncfg];
+			const int i8 = has_i8(type) && cj < ncfg;
 			CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, nt, c->warps, c->rt, c->pf, c->persist), 0);
 			CU_ASSERT_EQUAL(kb_cuda_set_mmv_stages(ctx, nt, c->stages), 0);
+			CU_ASSERT_EQUAL(kb_cuda_set_mmv_i8(ctx, nt, i8), 0);
 			/* poison: 0xffffffff is a NaN; rows past the end and tokens past n_tok
 			 * must keep it, every other element must be overwritten */
 			int rr = kb_cuda_memset(ctx, dy, 0xff, sizeof(float) * 8 * ldy);
@@ -213,7 +263,7 @@ static void check_shape(int type, Shape sh, uint64_t seed)
 				r = rr;
 				break;
 			}
-			double num = 0, den = 0;
+			double num = 0, den = 0, num8 = 0;
 			int64_t bad_guard = 0, bad_val = 0;
 			for (int t = 0; t < 8; t++)
 				for (int64_t i = 0; i < ldy; i++) {
@@ -228,15 +278,23 @@ static void check_shape(int type, Shape sh, uint64_t seed)
 						bad_val++;
 						continue;
 					}
-					double e = v - ref[t * rows + i];
+					double e = v - ref[t * rows + i], e8 = v - ref8[t * rows + i];
 					num += e * e;
+					num8 += e8 * e8;
 					den += mag[t * rows + i] * mag[t * rows + i];
 				}
 			double rel = den > 0 ? sqrt(num / den) : INFINITY;
-			int ok = bad_guard == 0 && bad_val == 0 && rel <= bound_for(type);
-			printf("\n    %-4s %5lldx%-5lld n_tok=%d w%d/rt%d/pf%d/ps%d/st%d: rel %.2e (bound %.0e)%s",
+			double rel8 = den > 0 ? sqrt(num8 / den) : INFINITY;
+			const int exact = i8;
+			int ok = bad_guard == 0 && bad_val == 0 && rel <= bound_for(type, i8) &&
+				 (!exact || rel8 <= I8_EXACT_BOUND);
+			printf("\n    %-4s %5lldx%-5lld n_tok=%d w%d/rt%d/pf%d/ps%d/st%d%s: rel %.2e (bound %.0e)",
 			       qd_type_traits(type)->name, (long long)rows, (long long)cols, nt, c->warps,
-			       c->rt, c->pf, c->persist, c->stages, rel, bound_for(type), ok ? "" : "  FAIL");
+			       c->rt, c->pf, c->persist, c->stages, i8 ? "/i8" : "", rel,
+			       bound_for(type, i8));
+			if (exact)
+				printf(", to rounded x %.2e (bound %.0e)", rel8, I8_EXACT_BOUND);
+			printf("%s", ok ? "" : "  FAIL");
 			if (bad_guard || bad_val)
 				printf(" guard %lld non-finite %lld", (long long)bad_guard, (long long)bad_val);
 			CU_ASSERT(ok);
@@ -251,6 +309,9 @@ static void check_shape(int type, Shape sh, uint64_t seed)
 	free(x);
 	free(ref);
 	free(mag);
+	free(ref8);
+	free(x8);
+	free(corr);
 	free(wrow);
 	free(y);
 }
@@ -277,6 +338,7 @@ static void check_type(int type, const char *test)
 			check_shape(type, shapes[i], 1000 + 17 * (uint64_t)type + (uint64_t)i);
 	kb_cuda_set_mmv_config(ctx, 0, 8, 1, 0, 64); /* back to the usual */
 	kb_cuda_set_mmv_stages(ctx, 0, -1);
+	kb_cuda_set_mmv_i8(ctx, 0, -1);
 }
 
 static void test_q4_0(void) { check_type(QD_TYPE_Q4_0, "q4_0"); }

@@ -1,0 +1,175 @@
+/* kernels/cuda/layout_i8.cuh: the int8 side of the decode products' layout (Q4_0, Q4_1,
+ * Q8_0 weights with int8 activations; the kernels are in matmul_i8.cuh): where the int8
+ * activation levels and scales live, how a repacked weight word becomes int8 A registers,
+ * and the per-block scaling.  __host__ __device__ like layout.cuh, so
+ * tests/gpu/check-cuda-layout.cu runs the same functions on the host with an emulated
+ * m16n8k32. */
+#ifndef QD_KERNELS_CUDA_LAYOUT_I8_CUH
+#define QD_KERNELS_CUDA_LAYOUT_I8_CUH
+
+#include "layout.cuh"
+
+/* Types whose decode products can take int8 activations (matmul_i8.cuh). */
+template <int T> struct KbI8 {
+	static constexpr bool ok = T == QD_TYPE_Q4_0 || T == QD_TYPE_Q4_1 || T == QD_TYPE_Q8_0;
+};
+
+/* The int8 activations (decode products with int8 mma, matmul_i8.cuh).  Within each
+ * 64-column group the 16 bytes of lane tq are, for blocks b = 0, 1 of the group, columns
+ * 32b + 4tq..+3 then 32b + 16 + 4tq..+3: the two B registers of an m16n8k32 whose k is the
+ * block's natural column order. */
+KB_HD int64_t kb_act8_pos(int64_t c)
+{
+	const int r = (int)(c & 31), b = (int)((c >> 5) & 1);
+	return (c & ~(int64_t)63) + 16 * ((r >> 2) & 3) + 8 * b + 4 * (r >> 4) + (r & 3);
+}
+
+/* Index of the scale of 32-column block blk of token t: four consecutive blocks of one
+ * token are one 16-byte vector. */
+KB_HD int64_t kb_act8_d(int64_t blk, int t)
+{
+	return ((blk >> 2) * KB_MAX_TOK + t) * 4 + (blk & 3);
+}
+
+/* Int8 A registers (m16n8k32: rows g / g+8, k = 4tq..4tq+3) from a Q4 word: r0 row g,
+ * r8 row g+8, the word's four nibbles of each row in k order (slots as in layout.cuh's top
+ * comment: t0 holds the low nibbles, (g +0, g+8 +0, g +1, g+8 +1), t1 the high ones at +2, +3).
+ * Signed (Q4_0): 16 (q - 8), the nibble in the byte's high half with its top bit flipped
+ * by k80 = 0x80808080 (a value the caller holds in a register, so each byte op is one
+ * LOP3 with an immediate); unsigned (Q4_1): q. */
+template <bool SIGNED> KB_HD void kb_dec_q4_i8(uint32_t w, uint32_t k80, uint32_t *r0, uint32_t *r8)
+{
+	uint32_t t0, t1;
+	if (SIGNED) {
+		t0 = kb_andxor(w << 4, 0xf0f0f0f0u, k80);
+		t1 = kb_andxor(w, 0xf0f0f0f0u, k80);
+	} else {
+		t0 = w & 0x0f0f0f0fu;
+		t1 = (w >> 4) & 0x0f0f0f0fu;
+	}
+	*r0 = kb_prmt(t0, t1, 0x6420);
+	*r8 = kb_prmt(t0, t1, 0x7531);
+}
+
+/* Int8 A registers of the m16n8k32 of 32-column block bi (0..CC/32-1) of the chunk, its
+ * k the block's natural column order: Q4_0 16 (q - 8), Q4_1 q, Q8_0 q.  k80: 0x80808080. */
+template <int T> KB_HD void kb_frag_a8(const KbWRegs<T> *w, int bi, uint32_t k80, uint32_t a[4])
+{
+	static_assert(KbI8<T>::ok, "an int8 decode type");
+	if constexpr (T == QD_TYPE_Q8_0) {
+		/* words (g c0, g c1, g+8 c0, g+8 c1), (the same for c2, c3), then the next 16 columns */
+		const uint4 v = w->q[bi][0];
+		a[0] = kb_prmt(v.x, v.y, 0x5410);
+		a[1] = kb_prmt(v.x, v.y, 0x7632);
+		a[2] = kb_prmt(v.z, v.w, 0x5410);
+		a[3] = kb_prmt(v.z, v.w, 0x7632);
+	} else {
+		const uint4 v = w->q[bi / 2][0];
+		kb_dec_q4_i8<T == QD_TYPE_Q4_0>(bi % 2 == 0 ? v.x : v.z, k80, &a[0], &a[1]);
+		kb_dec_q4_i8<T == QD_TYPE_Q4_0>(bi % 2 == 0 ? v.y : v.w, k80, &a[2], &a[3]);
+	}
+}
+
+/* Activation registers of one chunk: token g's levels (per 64-column group: block 0's two
+ * B registers, then block 1's), the block scales of tokens 2tq and 2tq + 1 (four blocks a
+ * vector), and for Q4_1 their scaled level sums (xe) the same way. */
+template <int T> struct KbX8Regs {
+	typedef Lay<T> L;
+	static constexpr int ND = (L::CC / 32 + 3) / 4;
+	uint32_t dep; /* 0, computed from every load (as KbXRegs::dep) */
+	uint32_t b[L::NG][4];
+	float4 d[2][ND];
+	float4 e[T == QD_TYPE_Q4_1 ? 2 : 1][T == QD_TYPE_Q4_1 ? ND : 1];
+};
+
+template <int T, bool ONE>
+KB_HD void kb_load_x8(const KbActView *a, int64_t ch, int lane, KbX8Regs<T> *x)
+{
+	typedef Lay<T> L;
+	const int g = lane >> 2, tq = lane & 3;
+	const int64_t col0 = ch * L::CC; /* a multiple of 128 */
+	uint32_t dep = 0;
+	KB_UNROLL
+	for (int q = 0; q < L::NG; q++) {
+		const uint4 v = kb_ld_x16(a->xq + g * a->cap + col0 + 64 * q + 16 * tq, g < a->n_tok);
+		dep ^= v.x;
+		x->b[q][0] = v.x;
+		x->b[q][1] = v.y;
+		x->b[q][2] = v.z;
+		x->b[q][3] = v.w;
+	}
+	KB_UNROLL
+	for (int j = 0; j < 2; j++) {
+		const int tk = 2 * tq + j;
+		KB_UNROLL
+		for (int k = 0; k < KbX8Regs<T>::ND; k++) {
+			uint4 u = { 0, 0, 0, 0 }, e = { 0, 0, 0, 0 };
+			if (!ONE || j == 0) {
+				u = kb_ld_x16(a->xd + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
+				dep ^= u.x;
+				if constexpr (T == QD_TYPE_Q4_1) {
+					e = kb_ld_x16(a->xe + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
+					dep ^= e.x;
+				}
+			}
+			memcpy(&x->d[j][k], &u, 16);
+			if constexpr (T == QD_TYPE_Q4_1)
+				memcpy(&x->e[j][k], &e, 16);
+		}
+	}
+	x->dep = dep & (uint32_t)(a->n_tok >> 8); /* see kb_load_x */
+}
+
+KB_HD float kb_f4at(float4 v, int i)
+{
+	return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+/* acc += the scaled sums of block bi (C layout: c[0], c[1] row g tokens 2tq, 2tq + 1;
+ * c[2], c[3] row g + 8): the CPU backend's dot products (quant.c) block by block,
+ * d_w d_x sum(q_w q_x), + m_w s_x for Q4_1.  ONE: only token 0 exists, so c[1] and c[3]
+ * are skipped. */
+template <int T, bool ONE>
+KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int c[4],
+		      float acc[4])
+{
+	uint32_t dv;
+	uint4 s = { 0, 0, 0, 0 };
+	if constexpr (T == QD_TYPE_Q8_0) {
+		dv = w->s[bi].x;
+	} else {
+		s = w->s[bi / 2];
+		dv = bi % 2 == 0 ? s.x : s.y;
+	}
+	const float d0 = kb_f16lo(dv), d1 = kb_f16hi(dv);
+	const float xa = kb_f4at(x->d[0][bi / 4], bi % 4);
+	acc[0] = fmaf(d0 * xa, (float)c[0], acc[0]);
+	acc[2] = fmaf(d1 * xa, (float)c[2], acc[2]);
+	float xb = 0.f;
+	if constexpr (!ONE) {
+		xb = kb_f4at(x->d[1][bi / 4], bi % 4);
+		acc[1] = fmaf(d0 * xb, (float)c[1], acc[1]);
+		acc[3] = fmaf(d1 * xb, (float)c[3], acc[3]);
+	}
+	if constexpr (T == QD_TYPE_Q4_1) { /* + m_w s: the minimum times the rounded x's block sum */
+		const uint32_t mv = bi % 2 == 0 ? s.z : s.w;
+		const float m0 = kb_f16lo(mv), m1 = kb_f16hi(mv);
+		const float sa = kb_f4at(x->e[0][bi / 4], bi % 4);
+		acc[0] = fmaf(m0, sa, acc[0]);
+		acc[2] = fmaf(m1, sa, acc[2]);
+		if constexpr (!ONE) {
+			const float sb = kb_f4at(x->e[1][bi / 4], bi % 4);
+			acc[1] = fmaf(m0, sb, acc[1]);
+			acc[3] = fmaf(m1, sb, acc[3]);
+		}
+	}
+	(void)xb;
+}
+
+/* What the flush multiplies a product's sums by: Q4_0's int8 A is 16 (q - 8). */
+template <int T, int I8> KB_HD constexpr float kb_i8_post()
+{
+	return I8 && T == QD_TYPE_Q4_0 ? 0.0625f : 1.0f;
+}
+
+#endif
