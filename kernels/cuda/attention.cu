@@ -104,7 +104,8 @@ __device__ __forceinline__ void att_vload(const __half *vr, int lane, float (&v)
 	}
 }
 
-template <int PER, bool VPRE>
+/* Q8: the instance that can write int8 activation planes (kb_act_put). */
+template <int PER, bool VPRE, bool Q8>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const float *q, const __half *kc,
 							      const __half *vc,
 							      const int32_t *pos, const int32_t *seq, int n_head,
@@ -310,7 +311,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 				sum += __ldcg(p0 + s2 * (hd + 2) + i) * sm_w[s2];
 			o[i] = sum * inv;
 			if (act.planes)
-				kb_act_put(act, t, (int64_t)h * hd + i, sum * inv);
+				kb_act_put<Q8>(act, t, (int64_t)h * hd + i, sum * inv);
 		}
 		return;
 	}
@@ -321,7 +322,25 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 			s += wacc[w * hd + i] * f[w];
 		o[i] = s * inv;
 		if (act.planes)
-			kb_act_put(act, t, (int64_t)h * hd + i, s * inv);
+			kb_act_put<Q8>(act, t, (int64_t)h * hd + i, s * inv);
+	}
+}
+
+typedef void (*AttKernel)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int,
+			  int, int, int, int64_t, float, int, float *, KbActOut, float *, unsigned *);
+
+/* The k_attention instance for a head size (a multiple of 32, at most 256). */
+template <bool Q8> static AttKernel att_kernel(int head_dim, bool pre)
+{
+	switch (head_dim / 32) {
+	case 1: return k_attention<1, false, Q8>;
+	case 2: return pre ? k_attention<2, true, Q8> : k_attention<2, false, Q8>;
+	case 3: return k_attention<3, false, Q8>;
+	case 4: return pre ? k_attention<4, true, Q8> : k_attention<4, false, Q8>;
+	case 5: return k_attention<5, false, Q8>;
+	case 6: return k_attention<6, false, Q8>;
+	case 7: return k_attention<7, false, Q8>;
+	default: return k_attention<8, false, Q8>;
 	}
 }
 
@@ -375,21 +394,9 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 			return r;
 	}
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
-	void (*k)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int, int, int,
-		  int, int64_t, float, int, float *, KbActOut, float *, unsigned *) =
-		NULL;
 	/* at most a wave of (token, head) pairs (decode): V rows preloaded (k_attention's VPRE) */
 	const bool pre = (head_dim == 64 || head_dim == 128) && blocks <= (int64_t)KB_ATT_WAVE * ctx->sm_count;
-	switch (head_dim / 32) {
-	case 1: k = k_attention<1, false>; break;
-	case 2: k = pre ? k_attention<2, true> : k_attention<2, false>; break;
-	case 3: k = k_attention<3, false>; break;
-	case 4: k = pre ? k_attention<4, true> : k_attention<4, false>; break;
-	case 5: k = k_attention<5, false>; break;
-	case 6: k = k_attention<6, false>; break;
-	case 7: k = k_attention<7, false>; break;
-	default: k = k_attention<8, false>; break;
-	}
+	AttKernel k = kb_act_q8(av) ? att_kernel<true>(head_dim, pre) : att_kernel<false>(head_dim, pre);
 	const int pdl = kb_small_pdl(n);
 	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, pdl,
 			q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head,

@@ -108,15 +108,17 @@ struct KbCudaAct {
 
 /* Whether products of TYPE over n_tok tokens take int8 activations (matmul_i8.cuh).  By
  * default only where that measured faster on the H200 (bench/NOTES.md, session 6): one
- * token (a 7B Q4_0 decode step +5%, 70B +9%); at 4-8 tokens the Q4_0 kernel was 4-6%
- * slower and Q4_1's 8%. */
+ * token, with at least KB_I8_MIN_BYTES of weights uploaded (7B Q4_0 decode step +4%, 70B
+ * +9%).  At 4-8 tokens the Q4_0 kernel was 4-6% slower and Q4_1's 8%; and in a small
+ * model (SmolLM2, 0.1 GB) the products gain less than rounding to int8 costs the norms. */
+#define KB_I8_MIN_BYTES ((uint64_t)1 << 30)
 static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
 {
 	if ((type != QD_TYPE_Q4_0 && type != QD_TYPE_Q4_1 && type != QD_TYPE_Q8_0) || n_tok < 1 ||
 	    n_tok > KB_CUDA_MAX_TOK)
 		return 0;
 	const int v = ctx->mmv[n_tok - 1].i8;
-	return v >= 0 ? v : n_tok == 1;
+	return v >= 0 ? v : n_tok == 1 && ctx->up_bytes >= KB_I8_MIN_BYTES;
 }
 
 /* Planes of KbCudaAct a producer fills: f16, bf16 hi + lo, block sums, int8 + scales,
@@ -154,6 +156,12 @@ typedef struct {
 	int64_t cap;
 	unsigned planes; /* KB_PL_*; 0: none */
 } KbActOut;
+
+/* Whether a producer writing O needs its instance with the int8 code (kb_act_put's Q8). */
+static inline bool kb_act_q8(const KbActOut &o)
+{
+	return (o.planes & KB_PL_Q) != 0;
+}
 
 static inline KbActOut kb_act_out(const KbCudaAct *a, int n_tok)
 {
@@ -250,7 +258,10 @@ __device__ __forceinline__ void kb_pdl_wait(void)
  * activations (quant.c: d = amax / 127, q = roundf(x / d), d kept as f16), taken of the
  * f16-clamped value so that an infinite input gives a finite scale as the f16 plane does;
  * with them, for Q4_1's minimum, Q8_1's s.  So the int8 products see exactly the levels
- * and scales the CPU backend's dot products do. */
+ * and scales the CPU backend's dot products do.  Q8 false leaves the int8 code out: the
+ * small producers have an instance without it (kb_act_q8), since its presence alone made
+ * them slower where no int8 plane was written (bench/NOTES.md, session 6). */
+template <bool Q8 = true>
 __device__ __forceinline__ void kb_act_put(const KbActOut &o, int t, int64_t col, float v)
 {
 	const int64_t dst = t * o.cap + kb_act_pos(col);
@@ -271,7 +282,7 @@ __device__ __forceinline__ void kb_act_put(const KbActOut &o, int t, int64_t col
 		if (lead)
 			o.xs[((col >> 6) * KB_MAX_TOK + t) * 2 + ((col >> 5) & 1)] = s;
 	}
-	if (o.planes & KB_PL_Q) {
+	if (Q8 && (o.planes & KB_PL_Q)) {
 		/* |vc| as bits orders like the values (NaN above every finite one) */
 		const float amax = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(fabsf(vc))));
 		const float d = amax / 127.0f, id = d != 0.f ? 1.0f / d : 0.f;
