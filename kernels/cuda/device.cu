@@ -309,6 +309,10 @@ extern "C" void kb_cuda_weight_free(KbCudaWeight *w)
 {
 	if (!w)
 		return;
+	if (w->live) {
+		w->ctx->type_live[w->type]--;
+		w->ctx->live_bytes -= w->gguf_bytes;
+	}
 	kb_cuda_dev_free(w->ctx, w->base);
 	free(w);
 }
@@ -418,7 +422,9 @@ extern "C" int kb_cuda_weight_upload(KbCuda *ctx, int type, int64_t rows, int64_
 	ctx->up_bytes += w->gguf_bytes;
 	ctx->up_sec += now_sec() - t;
 	*ret_w = w;
-	ctx->types_seen |= 1u << type; /* kb_act_planes */
+	ctx->type_live[type]++; /* kb_act_planes, kb_i8_use */
+	ctx->live_bytes += w->gguf_bytes;
+	w->live = 1;
 	return 0;
 fail_stage:
 	/* leave the context usable with the default staging size */

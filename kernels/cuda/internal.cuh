@@ -60,7 +60,8 @@ static inline int kb_type_slot(int type)
 struct KbCuda {
 	int device, cc_major, sm_count;
 	size_t smem_optin;      /* shared memory a block may opt in to (99 KiB on sm_86/89) */
-	uint32_t types_seen;    /* bit t: a weight of type t was uploaded (which planes producers write) */
+	int type_live[32];      /* product weights of each type now uploaded (which planes producers write) */
+	uint64_t live_bytes;    /* and their GGUF bytes (kb_i8_use) */
 	cudaStream_t stream;
 	void *stage[2];         /* pinned host staging */
 	cudaEvent_t stage_ev[2]; /* recorded after the copy out of stage[i] */
@@ -91,6 +92,7 @@ struct KbCudaWeight {
 	KbTileGeom geo;
 	uint8_t *base, *q, *s, *d; /* one allocation */
 	uint64_t gguf_bytes, dev_bytes;
+	int live; /* counted in ctx->type_live and live_bytes */
 };
 
 struct KbCudaAct {
@@ -104,11 +106,12 @@ struct KbCudaAct {
 	int8_t *xq;    /* int8 levels, [8][cap] in kb_act8_pos order */
 	float *xd;     /* their 32-column block scales, kb_act8_d order */
 	float *xe;     /* each block's scale x sum of levels, rounded to f16 (Q8_1's s), kb_act8_d order */
+	unsigned planes; /* KB_PL_* the last producer wrote (mmv_launch checks a product's) */
 };
 
 /* Whether products of TYPE over n_tok tokens take int8 activations (matmul_i8.cuh).  By
  * default only where that measured faster on the H200 (bench/NOTES.md, session 6): one
- * token, with at least KB_I8_MIN_BYTES of weights uploaded (7B Q4_0 decode step +4%, 70B
+ * token, with at least KB_I8_MIN_BYTES of product weights uploaded (7B Q4_0 decode step +4%, 70B
  * +9%).  At 4-8 tokens the Q4_0 kernel was 4-6% slower and Q4_1's 8%; and in a small
  * model (SmolLM2, 0.1 GB) the products gain less than rounding to int8 costs the norms. */
 #define KB_I8_MIN_BYTES ((uint64_t)1 << 30)
@@ -118,33 +121,33 @@ static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
 	    n_tok > KB_CUDA_MAX_TOK)
 		return 0;
 	const int v = ctx->mmv[n_tok - 1].i8;
-	return v >= 0 ? v : n_tok == 1 && ctx->up_bytes >= KB_I8_MIN_BYTES;
+	return v >= 0 ? v : n_tok == 1 && ctx->live_bytes >= KB_I8_MIN_BYTES;
 }
 
 /* Planes of KbCudaAct a producer fills: f16, bf16 hi + lo, block sums, int8 + scales,
  * and the int8 blocks' scaled level sums (for Q4_1's minimum). */
 enum { KB_PL_H = 1, KB_PL_B = 2, KB_PL_S = 4, KB_PL_Q = 8, KB_PL_E = 16, KB_PL_ALL = 31 };
 
-/* The planes products of n_tok tokens read, for the weight types uploaded so far (all of
- * them before any upload).  Writing only those keeps the one-block producers (RMSNorm)
+/* The planes a product of TYPE over n_tok tokens reads. */
+static inline unsigned kb_act_need(const KbCuda *ctx, int type, int n_tok)
+{
+	if (kb_i8_use(ctx, type, n_tok))
+		return KB_PL_Q | (type == QD_TYPE_Q4_1 ? KB_PL_E : 0);
+	if (type == QD_TYPE_BF16)
+		return KB_PL_B;
+	return KB_PL_H | (type == QD_TYPE_Q4_1 || type == QD_TYPE_Q4_K ? KB_PL_S : 0);
+}
+
+/* The planes products of n_tok tokens read, for the product weights uploaded now (all of
+ * them when there are none).  Writing only those keeps the one-block producers (RMSNorm)
  * short: each plane costs every thread a few instructions per column. */
 static inline unsigned kb_act_planes(const KbCuda *ctx, int n_tok)
 {
-	const uint32_t seen = ctx->types_seen;
-	if (!seen)
-		return KB_PL_ALL;
 	unsigned p = 0;
-	for (int t = 0; t < 32; t++) {
-		if (!(seen >> t & 1))
-			continue;
-		if (kb_i8_use(ctx, t, n_tok))
-			p |= KB_PL_Q | (t == QD_TYPE_Q4_1 ? KB_PL_E : 0);
-		else if (t == QD_TYPE_BF16)
-			p |= KB_PL_B;
-		else
-			p |= KB_PL_H | (t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K ? KB_PL_S : 0);
-	}
-	return p;
+	for (int t = 0; t < 32; t++)
+		if (ctx->type_live[t] > 0)
+			p |= kb_act_need(ctx, t, n_tok);
+	return p ? p : (unsigned)KB_PL_ALL;
 }
 
 /* Where a producer stores activations in the product layout (planes: which of them). */
@@ -163,9 +166,12 @@ static inline bool kb_act_q8(const KbActOut &o)
 	return (o.planes & KB_PL_Q) != 0;
 }
 
-static inline KbActOut kb_act_out(const KbCudaAct *a, int n_tok)
+/* A producer's view of A for a step of n_tok tokens; records the planes in A (the caller
+ * launches the producer next). */
+static inline KbActOut kb_act_out(KbCudaAct *a, int n_tok)
 {
 	KbActOut o = { a->xh, a->xhi, a->xlo, a->xs, a->xq, a->xd, a->xe, a->cap, kb_act_planes(a->ctx, n_tok) };
+	a->planes = o.planes;
 	return o;
 }
 
@@ -292,8 +298,11 @@ __device__ __forceinline__ void kb_act_put(const KbActOut &o, int t, int64_t col
 			o.xd[kb_act8_d(col >> 5, t)] = __half2float(__float2half_rn(d));
 		if (o.planes & KB_PL_E) { /* as quant.c's Q8_1: s = f16(sum of levels x d), d before its rounding */
 			const int qs = __reduce_add_sync(0xffffffffu, q);
+			/* finite where the CPU's would be infinite (|s| > 65504): a padding block a
+			 * later product multiplies by a zero minimum must not give 0 x inf */
+			const float sv = fminf(fmaxf((float)qs * d, -65504.f), 65504.f);
 			if (lead)
-				o.xe[kb_act8_d(col >> 5, t)] = __half2float(__float2half_rn((float)qs * d));
+				o.xe[kb_act8_d(col >> 5, t)] = __half2float(__float2half_rn(sv));
 		}
 	}
 }

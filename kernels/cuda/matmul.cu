@@ -584,6 +584,11 @@ static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 		if (!w[i] || w[i]->ctx != ctx || !y[i] || act->cols != w[i]->cols || ldy[i] < w[i]->rows ||
 		    w[i]->type != w[0]->type)
 			return -EINVAL;
+	/* the planes this product reads must be the ones its producer wrote (a weight uploaded
+	 * or the int8 setting changed in between asks for another prepare) */
+	const unsigned need = kb_act_need(ctx, w[0]->type, act->n_tok);
+	if ((act->planes & need) != need)
+		return -EINVAL;
 	return kb_with_product_type(w[0]->type, [&](auto t) {
 		return launch_mmv<decltype(t)::value>(ctx, nw, w, act, y, ldy, acc, rope);
 	});

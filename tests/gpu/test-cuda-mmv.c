@@ -81,6 +81,15 @@ static void test_errors(void)
 	CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, x, 64, 64, 1), 0);
 	CU_ASSERT_EQUAL(kb_cuda_mmv_act(ctx, w, act, y, 1), -EINVAL); /* ldy < rows */
 	CU_ASSERT_EQUAL(kb_cuda_mmv_act(ctx, w, act, y, 2), 0);
+	/* prepared for f16 products, then int8 turned on: the int8 planes were never written */
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_i8(ctx, 1, 0), 0);
+	CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, x, 64, 64, 1), 0);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_i8(ctx, 1, 1), 0);
+	CU_ASSERT_EQUAL(kb_cuda_mmv_act(ctx, w, act, y, 2), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, x, 64, 64, 1), 0);
+	CU_ASSERT_EQUAL(kb_cuda_mmv_act(ctx, w, act, y, 2), 0);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_i8(ctx, 0, -1), 0);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmv_i8(ctx, 0, 2), -EINVAL);
 	CU_ASSERT_EQUAL(kb_cuda_mmv(ctx, w, x, 64, y, 2, 0), -EINVAL);
 	CU_ASSERT_EQUAL(kb_cuda_sync(ctx), 0);
 	KbCudaWeightInfo wi;
