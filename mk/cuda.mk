@@ -8,7 +8,8 @@
 #                    libraries (protobuf-c, liburing, systemd), for GPU machines lacking them
 #   make gpu-tools   $(O)/tests/gpu/test-cuda-mmv and $(O)/bench/bench-cuda-mmv
 #   make test-gpu    builds and runs the GPU test (every test SKIPs without a GPU) and
-#                    the host-only layout check, which needs nvcc but no GPU
+#                    the host-only layout check, which needs nvcc but no GPU (`make test`
+#                    runs that check too)
 #   CUDA_HOME        CUDA installation (default: two levels above nvcc)
 #   CUNIT_CFLAGS / CUNIT_LIBS   where CUnit lives if not in the system paths
 #
@@ -38,6 +39,8 @@ LDLIBS += $(CUDA_LDLIBS)
 GPU_TEST_BIN := $(O)/tests/gpu/test-cuda-mmv
 GPU_BENCH_BIN := $(O)/bench/bench-cuda-mmv
 GPU_CHECK_BIN := $(O)/tests/gpu/check-cuda-layout
+# The layout check needs no GPU: `make test` runs it wherever nvcc is (CI included).
+TEST_BIN += $(GPU_CHECK_BIN)
 
 $(O)/kernels/cuda/%.o: kernels/cuda/%.cu
 	@mkdir -p $(dir $@)
