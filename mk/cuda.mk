@@ -70,10 +70,14 @@ $(GPU_BENCH_BIN): $(O)/bench/bench-cuda-mmv.o $(O)/kernels/types.o $(O)/libqdcud
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LDLIBS)
 
 # Host code only (layout.cuh's __host__ side); see the file's comment.
-$(GPU_CHECK_BIN): tests/gpu/check-cuda-layout.cu $(O)/kernels/types.o
+# It links the CPU quantizer to compare the int8 rounding with it.
+GPU_CHECK_DEPS := $(O)/kernels/types.o $(O)/kernels/cpu/quant.o $(O)/kernels/cpu/quant_avx2.o \
+	$(O)/kernels/cpu/matmul_avx2.o
+$(GPU_CHECK_BIN): tests/gpu/check-cuda-layout.cu $(GPU_CHECK_DEPS)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC    $<")
-	$(Q)$(NVCC) $(NVCCFLAGS) -std=c++17 -I. -MMD -MP -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $< $(O)/kernels/types.o -o $@
+	$(Q)$(NVCC) $(NVCCFLAGS) -std=c++17 -I. -MMD -MP -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $< \
+		$(GPU_CHECK_DEPS) -lm -Xcompiler -pthread -o $@
 
 gpu-tools: $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN)
 

@@ -291,18 +291,17 @@ __device__ __forceinline__ void kb_act_put(const KbActOut &o, int t, int64_t col
 	if (Q8 && (o.planes & KB_PL_Q)) {
 		/* |vc| as bits orders like the values (NaN above every finite one) */
 		const float amax = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(fabsf(vc))));
-		const float d = amax / 127.0f, id = d != 0.f ? 1.0f / d : 0.f;
-		const int q = __float2int_rz(roundf(vc * id));
+		float id;
+		const float d = kb_q8_scale(amax, &id);
+		const int q = kb_q8_level(vc, id);
 		o.xq[t * o.cap + kb_act8_pos(col)] = (int8_t)q;
 		if (lead)
-			o.xd[kb_act8_d(col >> 5, t)] = __half2float(__float2half_rn(d));
-		if (o.planes & KB_PL_E) { /* as quant.c's Q8_1: s = f16(sum of levels x d), d before its rounding */
+			o.xd[kb_act8_d(col >> 5, t)] = kb_f16_round(d);
+		if (o.planes & KB_PL_E) { /* Q8_1's s, held finite: a padding block a later product
+					   * multiplies by a zero minimum must not give 0 x inf */
 			const int qs = __reduce_add_sync(0xffffffffu, q);
-			/* finite where the CPU's would be infinite (|s| > 65504): a padding block a
-			 * later product multiplies by a zero minimum must not give 0 x inf */
-			const float sv = fminf(fmaxf((float)qs * d, -65504.f), 65504.f);
 			if (lead)
-				o.xe[kb_act8_d(col >> 5, t)] = __half2float(__float2half_rn(sv));
+				o.xe[kb_act8_d(col >> 5, t)] = kb_q8_sum_scale(qs, d);
 		}
 	}
 }

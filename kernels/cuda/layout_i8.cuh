@@ -31,6 +31,35 @@ KB_HD int64_t kb_act8_d(int64_t blk, int t)
 	return ((blk >> 2) * KB_MAX_TOK + t) * 4 + (blk & 3);
 }
 
+/* The int8 rounding of one 32-column block, exactly the CPU backend's Q8_0 / Q8_1
+ * (kernels/cpu/quant.c): from the block's largest |x|, the scale d = amax / 127 and its
+ * reciprocal; a level round(x / d) half away from zero, as x times that reciprocal; d kept
+ * as f16; Q8_1's s = f16(sum of levels x d), d before its rounding (here held to the f16
+ * range: the CPU's is infinite beyond it).  tests/gpu/check-cuda-layout.cu compares these
+ * with the CPU's quantizer. */
+KB_HD float kb_f16_round(float x)
+{
+#ifdef __CUDA_ARCH__
+	return __half2float(__float2half_rn(x));
+#else
+	return qd_f16_to_f32(qd_f32_to_f16(x));
+#endif
+}
+KB_HD float kb_q8_scale(float amax, float *ret_id)
+{
+	const float d = amax / 127.0f;
+	*ret_id = d != 0.f ? 1.0f / d : 0.f;
+	return d;
+}
+KB_HD int kb_q8_level(float x, float id)
+{
+	return (int)roundf(x * id);
+}
+KB_HD float kb_q8_sum_scale(int qsum, float d)
+{
+	return kb_f16_round(fminf(fmaxf((float)qsum * d, -65504.f), 65504.f));
+}
+
 /* Int8 A registers (m16n8k32: rows g / g+8, k = 4tq..4tq+3) from a Q4 word: r0 row g,
  * r8 row g+8, the word's four nibbles of each row in k order (slots as in layout.cuh's top
  * comment: t0 holds the low nibbles, (g +0, g+8 +0, g +1, g+8 +1), t1 the high ones at +2, +3).

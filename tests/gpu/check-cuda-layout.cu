@@ -17,6 +17,9 @@
 
 #include "kernels/cuda/layout.cuh"
 #include "kernels/cuda/layout_i8.cuh"
+extern "C" {
+#include "kernels/cpu/quant.h"
+}
 #include "tests/gpu/qgen.h"
 
 static double half_bits(uint16_t h, bool bf)
@@ -148,22 +151,22 @@ template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, u
 			xlo[(size_t)dst] = qd_f32_to_bf16(v - qd_bf16_to_f32(hi));
 			xs[(size_t)(((c / 64) * 8 + t) * 2 + (c % 64) / 32)] += v;
 			if (c % 32 == 0) {
-				float amax = 0.f;
+				float amax = 0.f, id;
 				for (int64_t j = c; j < c + 32; j++)
 					amax = fmaxf(amax, fabsf(j < cols ? x[(size_t)(t * cols + j)] : 0.f));
-				const float dd = amax / 127.0f, id = dd != 0.f ? 1.0f / dd : 0.f;
-				const float d16 = qd_f16_to_f32(qd_f32_to_f16(dd));
+				const float dd = kb_q8_scale(amax, &id);
+				const float d16 = kb_f16_round(dd);
 				xd[(size_t)kb_act8_d(c / 32, t)] = d16;
 				int qsum = 0;
 				for (int64_t j = c; j < c + 32; j++) {
 					const float vj = j < cols ? x[(size_t)(t * cols + j)] : 0.f;
-					const int lv = (int)roundf(vj * id);
+					const int lv = kb_q8_level(vj, id);
 					qsum += lv;
 					xq[(size_t)(t * cap + kb_act8_pos(j))] = (int8_t)lv;
 					if (j < cols)
 						x8[(size_t)(t * cols + j)] = (double)d16 * lv;
 				}
-				const float e = qd_f16_to_f32(qd_f32_to_f16((float)qsum * dd));
+				const float e = kb_q8_sum_scale(qsum, dd);
 				xe[(size_t)kb_act8_d(c / 32, t)] = e;
 				if (c < cols)
 					corr[(size_t)(t * ((cols + 31) / 32) + c / 32)] = (double)e - (double)d16 * qsum;
@@ -259,6 +262,56 @@ template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, u
 
 static int passed, failed;
 
+/* The int8 rounding the CUDA producers use (layout_i8.cuh: kb_q8_scale, kb_q8_level,
+ * kb_q8_sum_scale) against the CPU backend's Q8_1 quantizer, dispatched (AVX2 where the
+ * machine has it) and scalar: the same d, s and levels, bit for bit, on random blocks of
+ * several sizes and on values that sit on rounding boundaries. */
+static void check_rounding(void)
+{
+	const int nblk = 4096;
+	std::vector<float> x((size_t)nblk * 32);
+	std::vector<BlockQ8_1> cpu((size_t)nblk), ref((size_t)nblk);
+	uint64_t s = 99;
+	for (int b = 0; b < nblk; b++) {
+		const float scale = ldexpf(1.0f, (b % 24) - 12); /* 2^-12 .. 2^11 */
+		for (int j = 0; j < 32; j++) {
+			float v = qg_signed(&s, 0.f, scale);
+			if (b % 7 == 3) /* halfway cases: k + 0.5 levels of a block whose amax is 127 */
+				v = j == 0 ? 127.f : (float)((int)(qg_signed(&s, 0.f, 126.f))) + 0.5f;
+			if (b % 11 == 5 && j > 0) /* all zero but one, and one all zero */
+				v = 0.f;
+			x[(size_t)b * 32 + j] = b == 1 ? 0.f : v;
+		}
+	}
+	kb_cpu_init();
+	int r = kb_cpu_quantize_row(QD_TYPE_Q8_1, x.data(), cpu.data(), (int64_t)nblk * 32);
+	int r2 = kb_cpu_quantize_row_ref(QD_TYPE_Q8_1, x.data(), ref.data(), (int64_t)nblk * 32);
+	int64_t bad = 0;
+	for (int b = 0; b < nblk && r == 0 && r2 == 0; b++) {
+		const float *v = &x[(size_t)b * 32];
+		float amax = 0.f, id;
+		for (int j = 0; j < 32; j++)
+			amax = fmaxf(amax, fabsf(v[j]));
+		const float d = kb_q8_scale(amax, &id);
+		int qsum = 0, lv[32];
+		for (int j = 0; j < 32; j++) {
+			lv[j] = kb_q8_level(v[j], id);
+			qsum += lv[j];
+		}
+		const uint16_t dh = qd_f32_to_f16(kb_f16_round(d)), sh = qd_f32_to_f16(kb_q8_sum_scale(qsum, d));
+		for (const BlockQ8_1 *c : { &cpu[(size_t)b], &ref[(size_t)b] }) {
+			int ok = c->d == dh && c->s == sh;
+			for (int j = 0; j < 32; j++)
+				ok &= c->qs[j] == lv[j];
+			bad += !ok;
+		}
+	}
+	const bool ok = r == 0 && r2 == 0 && bad == 0;
+	printf("int8 rounding vs the CPU's Q8_1 (%s and scalar), %d blocks: %lld differ%s\n", kb_cpu_init(), nblk,
+	       (long long)bad, ok ? "" : "  FAIL");
+	ok ? passed++ : failed++;
+}
+
 template <int T> static void check(int64_t rows, int64_t cols, int n_tok, uint64_t seed)
 {
 	const double bound = T == QD_TYPE_BF16 ? 1e-4 : 1e-3;
@@ -277,6 +330,7 @@ template <int T> static void check(int64_t rows, int64_t cols, int n_tok, uint64
 
 int main(void)
 {
+	check_rounding();
 	static const int64_t shapes[][2] = { { 37, 0 }, { 130, 1 }, { 17, 2 }, { 1, 3 } };
 	static const int ntoks[] = { 1, 3, 8 };
 	for (const auto &sh : shapes)
