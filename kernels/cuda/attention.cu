@@ -311,7 +311,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 				sum += __ldcg(p0 + s2 * (hd + 2) + i) * sm_w[s2];
 			o[i] = sum * inv;
 			if (act.planes)
-				kb_act_put<Q8>(act, t, (int64_t)h * hd + i, sum * inv);
+				kb_act_put<Q8 ? KB_PL_DYN : KB_PL_DYN16>(act, t, (int64_t)h * hd + i, sum * inv);
 		}
 		return;
 	}
@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 			s += wacc[w * hd + i] * f[w];
 		o[i] = s * inv;
 		if (act.planes)
-			kb_act_put<Q8>(act, t, (int64_t)h * hd + i, s * inv);
+			kb_act_put<Q8 ? KB_PL_DYN : KB_PL_DYN16>(act, t, (int64_t)h * hd + i, s * inv);
 	}
 }
 

@@ -121,7 +121,7 @@ extern "C" int kb_cuda_rmsnorm(KbCuda *ctx, const float *x, const float *w, int 
 
 /* k_rmsnorm, and each result also stored in the product layout (kb_act_put), padding
  * columns as zeros: one launch instead of a norm and an act_prep. */
-template <bool Q8>
+template <unsigned PL>
 __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm_act(int trig, const float *x, const float *w, int dim,
 							      float eps, float *y, const KbActOut o, int cols_pad)
 {
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm_act(int trig, const flo
 	const float scale = rms_load(xr, w, dim, eps, xv, wv);
 	/* cols_pad is a multiple of 32: whole warps reach kb_act_put together */
 	rms_store(xr, w, dim, scale, xv, wv, y + (int64_t)blockIdx.x * dim, cols_pad, [&](int col, float v) {
-		kb_act_put<Q8>(o, (int)blockIdx.x, col, v);
+		kb_act_put<PL>(o, (int)blockIdx.x, col, v);
 	});
 }
 
@@ -148,8 +148,10 @@ extern "C" int kb_cuda_rmsnorm_act(KbCuda *ctx, const float *x, const float *w, 
 	static_assert(KB_ACT_PAD % 32 == 0, "k_rmsnorm_act hands kb_act_put whole warps");
 	const int pdl = kb_small_pdl(n);
 	const KbActOut o = kb_act_out(act, n);
-	int r = kb_launch_ex(ctx, pdl, kb_act_q8(o) ? k_rmsnorm_act<true> : k_rmsnorm_act<false>, dim3((unsigned)n),
-			dim3(RMS_THREADS), 0, pdl, x, w, dim, eps, y, o, (int)cols_pad);
+	int r = kb_with_planes(o, [&](auto pl) {
+		return kb_launch_ex(ctx, pdl, k_rmsnorm_act<decltype(pl)::value>, dim3((unsigned)n), dim3(RMS_THREADS), 0,
+				    pdl, x, w, dim, eps, y, o, (int)cols_pad);
+	});
 	if (r == 0) {
 		act->cols = dim;
 		act->n_tok = n;
@@ -353,7 +355,7 @@ extern "C" int kb_cuda_swiglu(KbCuda *ctx, const float *g, const float *u, int64
 
 /* k_swiglu over one row per blockIdx.y, each result also stored in the product layout:
  * grid (cols_pad / 256, n).  Padding columns get zeros. */
-template <bool Q8>
+template <unsigned PL>
 __global__ void __launch_bounds__(256) k_swiglu_act(int trig, const float *g, const float *u, int64_t dim, float *y,
 						    const KbActOut o)
 {
@@ -367,7 +369,7 @@ __global__ void __launch_bounds__(256) k_swiglu_act(int trig, const float *g, co
 		v = kb_silu_mul(g[i], u[i]);
 		y[i] = v;
 	}
-	kb_act_put<Q8>(o, t, col, v);
+	kb_act_put<PL>(o, t, col, v);
 }
 
 extern "C" int kb_cuda_swiglu_act(KbCuda *ctx, const float *g, const float *u, int n, int64_t dim, float *y,
@@ -380,8 +382,10 @@ extern "C" int kb_cuda_swiglu_act(KbCuda *ctx, const float *g, const float *u, i
 	static_assert(KB_ACT_PAD % 256 == 0, "k_swiglu_act covers the padded columns with whole blocks");
 	const int pdl = kb_small_pdl(n);
 	const KbActOut o = kb_act_out(act, n);
-	int r = kb_launch_ex(ctx, pdl, kb_act_q8(o) ? k_swiglu_act<true> : k_swiglu_act<false>,
-			dim3((unsigned)(cols_pad / 256), (unsigned)n), dim3(256), 0, pdl, g, u, dim, y, o);
+	int r = kb_with_planes(o, [&](auto pl) {
+		return kb_launch_ex(ctx, pdl, k_swiglu_act<decltype(pl)::value>, dim3((unsigned)(cols_pad / 256), (unsigned)n),
+				    dim3(256), 0, pdl, g, u, dim, y, o);
+	});
 	if (r == 0) {
 		act->cols = dim;
 		act->n_tok = n;

@@ -127,6 +127,8 @@ static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
 /* Planes of KbCudaAct a producer fills: f16, bf16 hi + lo, block sums, int8 + scales,
  * and the int8 blocks' scaled level sums (for Q4_1's minimum). */
 enum { KB_PL_H = 1, KB_PL_B = 2, KB_PL_S = 4, KB_PL_Q = 8, KB_PL_E = 16, KB_PL_ALL = 31 };
+#define KB_PL_DYN 0x100u   /* kb_act_put: the planes read at run time, int8 code included */
+#define KB_PL_DYN16 0x200u /* ... without the int8 code */
 
 /* The planes a product of TYPE over n_tok tokens reads. */
 static inline unsigned kb_act_need(const KbCuda *ctx, int type, int n_tok)
@@ -160,7 +162,22 @@ typedef struct {
 	unsigned planes; /* KB_PL_*; 0: none */
 } KbActOut;
 
-/* Whether a producer writing O needs its instance with the int8 code (kb_act_put's Q8). */
+/* Calls f(std::integral_constant<unsigned, PL>()) with the producer instance for O's planes:
+ * the plane sets models use have their own (no per-column branches: the one-block RMSNorm
+ * runs its code cold from the instruction cache every launch), anything else KB_PL_DYN. */
+template <typename F> static auto kb_with_planes(const KbActOut &o, F &&f)
+{
+	switch (o.planes) {
+	case KB_PL_H: return f(std::integral_constant<unsigned, KB_PL_H>());
+	case KB_PL_H | KB_PL_S: return f(std::integral_constant<unsigned, KB_PL_H | KB_PL_S>());
+	case KB_PL_Q: return f(std::integral_constant<unsigned, KB_PL_Q>());
+	case KB_PL_Q | KB_PL_E: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_E>());
+	case KB_PL_Q | KB_PL_H: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_H>());
+	default: return f(std::integral_constant<unsigned, KB_PL_DYN>());
+	}
+}
+
+/* Whether a producer writing O needs an instance with the int8 code. */
 static inline bool kb_act_q8(const KbActOut &o)
 {
 	return (o.planes & KB_PL_Q) != 0;
@@ -264,31 +281,34 @@ __device__ __forceinline__ void kb_pdl_wait(void)
  * activations (quant.c: d = amax / 127, q = roundf(x / d), d kept as f16), taken of the
  * f16-clamped value so that an infinite input gives a finite scale as the f16 plane does;
  * with them, for Q4_1's minimum, Q8_1's s.  So the int8 products see exactly the levels
- * and scales the CPU backend's dot products do.  Q8 false leaves the int8 code out: the
- * small producers have an instance without it (kb_act_q8), since its presence alone made
- * them slower where no int8 plane was written (bench/NOTES.md, session 6). */
-template <bool Q8 = true>
+ * and scales the CPU backend's dot products do.
+ * PL: the planes as a compile-time set (no branches; kb_with_planes), or o.planes at run
+ * time: KB_PL_DYN with the int8 code, KB_PL_DYN16 without it.  Code a producer does not
+ * run still costs it (the int8 code alone made SmolLM2's steps slower where no int8 plane
+ * was written: bench/NOTES.md, session 6). */
+template <unsigned PL = KB_PL_DYN>
 __device__ __forceinline__ void kb_act_put(const KbActOut &o, int t, int64_t col, float v)
 {
+	const unsigned pl = PL >= KB_PL_DYN ? o.planes : PL;
 	const int64_t dst = t * o.cap + kb_act_pos(col);
 	/* clamp to the f16 range (NaN stays NaN: both comparisons are false) */
 	const float vc = v > 65504.f ? 65504.f : (v < -65504.f ? -65504.f : v);
 	const bool lead = (threadIdx.x & 31) == 0;
-	if (o.planes & KB_PL_H)
+	if (pl & KB_PL_H)
 		o.xh[dst] = __half_as_ushort(__float2half_rn(vc));
-	if (o.planes & KB_PL_B) {
+	if (pl & KB_PL_B) {
 		const __nv_bfloat16 hi = __float2bfloat16_rn(v);
 		o.xhi[dst] = __bfloat16_as_ushort(hi);
 		o.xlo[dst] = __bfloat16_as_ushort(__float2bfloat16_rn(v - __bfloat162float(hi)));
 	}
-	if (o.planes & KB_PL_S) {
+	if (pl & KB_PL_S) {
 		float s = v;
 		for (int off = 16; off; off >>= 1)
 			s += __shfl_xor_sync(0xffffffffu, s, off);
 		if (lead)
 			o.xs[((col >> 6) * KB_MAX_TOK + t) * 2 + ((col >> 5) & 1)] = s;
 	}
-	if (Q8 && (o.planes & KB_PL_Q)) {
+	if ((PL == KB_PL_DYN || (PL < KB_PL_DYN && (PL & KB_PL_Q))) && (pl & KB_PL_Q)) {
 		/* |vc| as bits orders like the values (NaN above every finite one) */
 		const float amax = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(fabsf(vc))));
 		float id;
@@ -297,7 +317,7 @@ __device__ __forceinline__ void kb_act_put(const KbActOut &o, int t, int64_t col
 		o.xq[t * o.cap + kb_act8_pos(col)] = (int8_t)q;
 		if (lead)
 			o.xd[kb_act8_d(col >> 5, t)] = kb_f16_round(d);
-		if (o.planes & KB_PL_E) { /* Q8_1's s, held finite: a padding block a later product
+		if (pl & KB_PL_E) { /* Q8_1's s, held finite: a padding block a later product
 					   * multiplies by a zero minimum must not give 0 x inf */
 			const int qs = __reduce_add_sync(0xffffffffu, q);
 			if (lead)

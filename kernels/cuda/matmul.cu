@@ -30,14 +30,14 @@
 
 /* x (f32) -> permuted f16, bf16 hi/lo, and 32-column sums.  Grid (cols_pad/64, n_tok),
  * 64 threads: thread c converts column 64*blockIdx.x + c; each warp is one 32-block. */
-template <bool Q8>
+template <unsigned PL>
 __global__ void __launch_bounds__(64) k_act_prep(const float *x, int64_t ldx, int64_t cols, const KbActOut o)
 {
 	kb_pdl_trigger();
 	kb_pdl_wait();
 	const int t = blockIdx.y;
 	const int64_t col = (int64_t)blockIdx.x * 64 + threadIdx.x;
-	kb_act_put<Q8>(o, t, col, col < cols ? x[t * ldx + col] : 0.f);
+	kb_act_put<PL>(o, t, col, col < cols ? x[t * ldx + col] : 0.f);
 }
 
 extern "C" void kb_cuda_act_free(KbCudaAct *act)
@@ -96,8 +96,10 @@ extern "C" int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_d
 		return -EINVAL;
 	const int64_t cols_pad = (cols + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
 	const KbActOut o = kb_act_out(act, n_tok);
-	int r = kb_launch(ctx, kb_act_q8(o) ? k_act_prep<true> : k_act_prep<false>, dim3((unsigned)(cols_pad / 64),
-			  (unsigned)n_tok), dim3(64), 0, x_dev, ldx, cols, o);
+	int r = kb_with_planes(o, [&](auto pl) {
+		return kb_launch(ctx, k_act_prep<decltype(pl)::value>, dim3((unsigned)(cols_pad / 64), (unsigned)n_tok),
+				 dim3(64), 0, x_dev, ldx, cols, o);
+	});
 	if (r == 0) {
 		act->cols = cols;
 		act->n_tok = n_tok;
