@@ -69,15 +69,21 @@ $(GPU_BENCH_BIN): $(O)/bench/bench-cuda-mmv.o $(O)/kernels/types.o $(O)/libqdcud
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LDLIBS)
 
-# Host code only (layout.cuh's __host__ side); see the file's comment.
-# It links the CPU quantizer to compare the int8 rounding with it.
-GPU_CHECK_DEPS := $(O)/kernels/types.o $(O)/kernels/cpu/quant.o $(O)/kernels/cpu/quant_avx2.o \
-	$(O)/kernels/cpu/matmul_avx2.o
-$(GPU_CHECK_BIN): tests/gpu/check-cuda-layout.cu $(GPU_CHECK_DEPS)
+# Host code only (layout.cuh's __host__ side); see the file's comment.  It links the CPU
+# quantizer to compare the int8 rounding with it, so under SANITIZE=1 its host code is
+# sanitized too and it links like the C binaries.
+GPU_CHECK_SAN := $(if $(filter 1,$(SANITIZE)),-Xcompiler -fsanitize=address -Xcompiler -fsanitize=undefined \
+	-Xcompiler -fno-omit-frame-pointer -Xcompiler -fno-sanitize-recover=undefined)
+$(GPU_CHECK_BIN).o: tests/gpu/check-cuda-layout.cu
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC    $<")
-	$(Q)$(NVCC) $(NVCCFLAGS) -std=c++17 -I. -MMD -MP -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $< \
-		$(GPU_CHECK_DEPS) -lm -Xcompiler -pthread -o $@
+	$(Q)$(NVCC) $(NVCCFLAGS) -std=c++17 -I. -MMD -MP -Xcompiler -Wall,-Wextra,-Wno-unused-parameter \
+		$(GPU_CHECK_SAN) -c $< -o $@
+
+$(GPU_CHECK_BIN): $(GPU_CHECK_BIN).o $(O)/kernels/types.o $(O)/kernels/cpu/quant.o $(O)/kernels/cpu/quant_avx2.o \
+		$(O)/kernels/cpu/matmul_avx2.o
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LDLIBS)
 
 gpu-tools: $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN)
 
