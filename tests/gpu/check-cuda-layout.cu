@@ -7,7 +7,9 @@
  * double-precision product on the dequantized weights (tests/gpu/qgen.h), for every
  * type, several token counts and shapes that are not multiples of the tile sizes.  For
  * the types with int8 activations (layout_i8.cuh) the m16n8k32 int8 path is emulated too
- * and compared with the product on the activations rounded to Q8_0 levels.
+ * and compared with the product on the activations rounded to Q8_0 levels; the int8
+ * rounding is compared with the CPU's quantizer, and the activation planes producers write
+ * (internal.cuh) with those the products read.
  * Prints one line per case and "N passed, N failed"; exits non-zero on a failure. */
 #include <math.h>
 #include <stdio.h>
@@ -15,8 +17,7 @@
 
 #include <vector>
 
-#include "kernels/cuda/layout.cuh"
-#include "kernels/cuda/layout_i8.cuh"
+#include "kernels/cuda/internal.cuh"
 extern "C" {
 #include "kernels/cpu/quant.h"
 }
@@ -328,9 +329,84 @@ template <int T> static void check(int64_t rows, int64_t cols, int n_tok, uint64
 	ok ? passed++ : failed++;
 }
 
+/* Which activation planes the producers write and which the products read (internal.cuh:
+ * kb_i8_use, kb_act_need, kb_act_planes, kb_with_planes), for the weight sets models have. */
+static void check_planes(void)
+{
+	KbCuda *c = (KbCuda *)calloc(1, sizeof(KbCuda));
+	if (!c)
+		abort();
+	for (int t = 0; t < KB_CUDA_MAX_TOK; t++)
+		c->mmv[t].i8 = -1;
+	int bad = 0;
+	const uint64_t MB = 1 << 20;
+	auto expect = [&](const char *what, unsigned got, unsigned want) {
+		if (got != want) {
+			printf("planes: %s: 0x%x, expected 0x%x  FAIL\n", what, got, want);
+			bad++;
+		}
+	};
+	auto set = [&](int t1, int t2, uint64_t bytes) {
+		memset(c->type_live, 0, sizeof(c->type_live));
+		c->type_live[t1]++;
+		if (t2 >= 0)
+			c->type_live[t2]++;
+		c->live_bytes = bytes;
+	};
+	expect("nothing uploaded", kb_act_planes(c, 1), KB_PL_ALL);
+	set(QD_TYPE_Q4_1, QD_TYPE_Q8_0, 98 * MB); /* SmolLM2: f16 activations at any size */
+	expect("SmolLM2, 1 token", kb_act_planes(c, 1), KB_PL_H | KB_PL_S);
+	expect("SmolLM2, 8 tokens", kb_act_planes(c, 8), KB_PL_H | KB_PL_S);
+	set(QD_TYPE_Q4_1, QD_TYPE_Q8_0, 3900 * MB); /* 7B Q4_1: int8 at one token */
+	expect("7B Q4_1, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E);
+	expect("7B Q4_1, 8 tokens", kb_act_planes(c, 8), KB_PL_H | KB_PL_S);
+	set(QD_TYPE_Q4_0, QD_TYPE_Q6_K, 3700 * MB); /* 7B Q4_0 with a Q6_K head */
+	expect("7B Q4_0 + Q6_K, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_H);
+	expect("7B Q4_0 + Q6_K, 2 tokens", kb_act_planes(c, 2), KB_PL_H);
+	set(QD_TYPE_Q4_K, QD_TYPE_Q6_K, 4000 * MB);
+	expect("7B Q4_K_M, 1 token", kb_act_planes(c, 1), KB_PL_H | KB_PL_S);
+	set(QD_TYPE_BF16, -1, 13000 * MB);
+	expect("7B BF16", kb_act_planes(c, 1), KB_PL_B);
+	set(QD_TYPE_Q8_0, -1, 6800 * MB);
+	c->mmv[0].i8 = 0; /* forced off at one token, on at eight */
+	c->mmv[7].i8 = 1;
+	expect("Q8_0 forced off, 1 token", kb_act_planes(c, 1), KB_PL_H);
+	expect("Q8_0 forced on, 8 tokens", kb_act_planes(c, 8), KB_PL_Q);
+	/* every product's planes are among what the producers write for the live types */
+	static const int types[] = { QD_TYPE_Q4_0, QD_TYPE_Q4_1, QD_TYPE_Q8_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K,
+				     QD_TYPE_F16, QD_TYPE_BF16 };
+	for (int t1 : types)
+		for (int t2 : types)
+			for (uint64_t bytes : { 100 * MB, 2048 * MB })
+				for (int n = 1; n <= KB_CUDA_MAX_TOK; n++) {
+					set(t1, t2, bytes);
+					c->mmv[n - 1].i8 = -1;
+					const unsigned p = kb_act_planes(c, n);
+					for (int t : { t1, t2 })
+						if ((p & kb_act_need(c, t, n)) != kb_act_need(c, t, n)) {
+							printf("planes: type %d of {%d, %d}, %d tokens: 0x%x lacks 0x%x  FAIL\n", t,
+							       t1, t2, n, p, kb_act_need(c, t, n));
+							bad++;
+						}
+					/* the producer instance writes exactly those planes, or reads them at run time */
+					KbActOut o;
+					memset(&o, 0, sizeof(o));
+					o.planes = p;
+					const unsigned inst = kb_with_planes(o, [](auto pl) { return decltype(pl)::value; });
+					if (inst != p && inst != KB_PL_DYN) {
+						printf("planes: 0x%x launched as instance 0x%x  FAIL\n", p, inst);
+						bad++;
+					}
+				}
+	free(c);
+	printf("activation planes of producers and products: %d wrong%s\n", bad, bad ? "  FAIL" : "");
+	bad ? failed++ : passed++;
+}
+
 int main(void)
 {
 	check_rounding();
+	check_planes();
 	static const int64_t shapes[][2] = { { 37, 0 }, { 130, 1 }, { 17, 2 }, { 1, 3 } };
 	static const int ntoks[] = { 1, 3, 8 };
 	for (const auto &sh : shapes)
