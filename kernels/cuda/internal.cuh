@@ -111,9 +111,10 @@ struct KbCudaAct {
 
 /* Whether products of TYPE over n_tok tokens take int8 activations (matmul_i8.cuh).  By
  * default only where that measured faster on the H200 (bench/NOTES.md, session 6): one
- * token, with at least KB_I8_MIN_BYTES of product weights uploaded (7B Q4_0 decode step +4%, 70B
- * +9%).  At 4-8 tokens the Q4_0 kernel was 4-6% slower and Q4_1's 8%; and in a small
- * model (SmolLM2, 0.1 GB) the products gain less than rounding to int8 costs the norms. */
+ * token, with at least KB_I8_MIN_BYTES of product weights uploaded (7B Q4_0 decode step
+ * +4%, 70B +9%).  At 4-8 tokens the Q4_0 kernel was 4-6% slower and Q4_1's 8%; and in a
+ * small model (SmolLM2, 0.1 GB) the products gain less than rounding to int8 costs the
+ * norms. */
 #define KB_I8_MIN_BYTES ((uint64_t)1 << 30)
 static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
 {
