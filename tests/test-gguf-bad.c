@@ -101,6 +101,15 @@ static void one_tensor(Bld *b, const char *name, uint32_t n_dims, const uint64_t
 	b_zeros(b, data);
 }
 
+/* The start of a file of one key-value pair: KEY and its value TYPE; the value follows. */
+static void one_kv(Bld *b, const char *key, uint32_t type)
+{
+	b->len = 0;
+	b_head(b, 0, 1);
+	b_str(b, key);
+	b_u32(b, type);
+}
+
 static void test_corrupt_headers(void)
 {
 	Bld b = { 0 };
@@ -142,31 +151,19 @@ static void test_corrupt_headers(void)
 	b_u64(&b, 1ull << 40);
 	b_zeros(&b, 64);
 	expect_refused(&b, "key length 1099511627776 exceeds the limit 65535");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, GGUF_STRING);
+	one_kv(&b, "k", GGUF_STRING);
 	b_u64(&b, 1ull << 31);
 	b_zeros(&b, 64);
 	expect_refused(&b, "key 'k': string length 2147483648 exceeds the limit");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, GGUF_STRING);
+	one_kv(&b, "k", GGUF_STRING);
 	b_u64(&b, UINT64_MAX - 3); /* pos + len would wrap */
 	b_zeros(&b, 64);
 	expect_refused(&b, "string length 18446744073709551612 exceeds");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, GGUF_STRING);
+	one_kv(&b, "k", GGUF_STRING);
 	b_u64(&b, 100);
 	b_zeros(&b, 20);
 	expect_refused(&b, "string length 100 runs past end of file (20 bytes left)");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "");
-	b_u32(&b, GGUF_U32);
+	one_kv(&b, "", GGUF_U32);
 	b_u32(&b, 1);
 	expect_refused(&b, "empty key");
 	b.len = 0;
@@ -178,55 +175,34 @@ static void test_corrupt_headers(void)
 	expect_refused(&b, "key contains a NUL byte");
 
 	/* value types */
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, 13);
+	one_kv(&b, "k", 13);
 	b_zeros(&b, 16);
 	expect_refused(&b, "key 'k': unknown value type 13");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, GGUF_BOOL);
+	one_kv(&b, "k", GGUF_BOOL);
 	b_u8(&b, 2);
 	b_zeros(&b, 16);
 	expect_refused(&b, "bool value 2 is not 0 or 1");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, GGUF_ARRAY);
+	one_kv(&b, "k", GGUF_ARRAY);
 	b_u32(&b, GGUF_U8);
 	b_u64(&b, 1ull << 62);
 	b_zeros(&b, 16);
 	expect_refused(&b, "array of 4611686018427387904 elements exceeds the limit");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, GGUF_ARRAY);
+	one_kv(&b, "k", GGUF_ARRAY);
 	b_u32(&b, GGUF_U64);
 	b_u64(&b, 1ull << 32);
 	b_zeros(&b, 16);
 	expect_refused(&b, "array of 4294967296 u64 (34359738368 bytes) runs past end of file");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, GGUF_ARRAY);
+	one_kv(&b, "k", GGUF_ARRAY);
 	b_u32(&b, GGUF_STRING);
 	b_u64(&b, 1ull << 32);
 	b_zeros(&b, 16);
 	expect_refused(&b, "array of 4294967296 strings runs past end of file");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, GGUF_ARRAY);
+	one_kv(&b, "k", GGUF_ARRAY);
 	b_u32(&b, GGUF_ARRAY);
 	b_u64(&b, 1);
 	b_zeros(&b, 16);
 	expect_refused(&b, "nested arrays are not supported");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "k");
-	b_u32(&b, GGUF_ARRAY);
+	one_kv(&b, "k", GGUF_ARRAY);
 	b_u32(&b, 77);
 	b_u64(&b, 1);
 	b_zeros(&b, 16);
@@ -244,10 +220,7 @@ static void test_corrupt_headers(void)
 	b_head(&b, 0, 1);
 	b_kv_u32(&b, "general.alignment", 0);
 	expect_refused(&b, "general.alignment 0 is not a power of two");
-	b.len = 0;
-	b_head(&b, 0, 1);
-	b_str(&b, "general.alignment");
-	b_u32(&b, GGUF_U64);
+	one_kv(&b, "general.alignment", GGUF_U64);
 	b_u64(&b, 32);
 	expect_refused(&b, "general.alignment has type u64, expected u32");
 

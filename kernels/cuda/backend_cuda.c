@@ -256,7 +256,7 @@ static int cuda_weight_prepare(KbBackend *b, KbWeight *w)
 	if (r == 0 && mm_ok)
 		r = kb_cuda_weight_upload(c->ctx, w->type, w->rows, w->cols, w->data, &cw->mm);
 	/* a new type may need activation planes the last producer did not write */
-	c->act_x = NULL;
+	act_forget(c);
 	if (r < 0) {
 		free(cw);
 		return r;

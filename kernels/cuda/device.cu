@@ -515,24 +515,25 @@ extern "C" int kb_cuda_timer_stop(KbCuda *ctx, double *ret_ms)
 	return r;
 }
 
-extern "C" int kb_cuda_set_mmv_stages(KbCuda *ctx, int n_tok, int stages)
+/* Sets field F of the product configuration for n_tok tokens (0: all) to V in [lo, hi]. */
+static int set_mmv_field(KbCuda *ctx, int n_tok, int KbMmvConfig::*f, int v, int lo, int hi)
 {
-	if (!ctx || n_tok < 0 || n_tok > KB_CUDA_MAX_TOK || stages < -1 || stages > 8)
+	if (!ctx || n_tok < 0 || n_tok > KB_CUDA_MAX_TOK || v < lo || v > hi)
 		return -EINVAL;
 	for (int t = 0; t < KB_CUDA_MAX_TOK; t++)
 		if (!n_tok || t == n_tok - 1)
-			ctx->mmv[t].stages = stages;
+			ctx->mmv[t].*f = v;
 	return 0;
+}
+
+extern "C" int kb_cuda_set_mmv_stages(KbCuda *ctx, int n_tok, int stages)
+{
+	return set_mmv_field(ctx, n_tok, &KbMmvConfig::stages, stages, -1, 8);
 }
 
 extern "C" int kb_cuda_set_mmv_i8(KbCuda *ctx, int n_tok, int on)
 {
-	if (!ctx || n_tok < 0 || n_tok > KB_CUDA_MAX_TOK || on < -1 || on > 1)
-		return -EINVAL;
-	for (int t = 0; t < KB_CUDA_MAX_TOK; t++)
-		if (!n_tok || t == n_tok - 1)
-			ctx->mmv[t].i8 = on;
-	return 0;
+	return set_mmv_field(ctx, n_tok, &KbMmvConfig::i8, on, -1, 1);
 }
 
 extern "C" void kb_cuda_set_pdl(KbCuda *ctx, int on)

@@ -118,8 +118,7 @@ struct KbCudaAct {
 #define KB_I8_MIN_BYTES ((uint64_t)1 << 30)
 static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
 {
-	if ((type != QD_TYPE_Q4_0 && type != QD_TYPE_Q4_1 && type != QD_TYPE_Q8_0) || n_tok < 1 ||
-	    n_tok > KB_CUDA_MAX_TOK)
+	if (!kb_i8_type(type) || n_tok < 1 || n_tok > KB_CUDA_MAX_TOK)
 		return 0;
 	const int v = ctx->mmv[n_tok - 1].i8;
 	return v >= 0 ? v : n_tok == 1 && ctx->live_bytes >= KB_I8_MIN_BYTES;

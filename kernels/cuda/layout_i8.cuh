@@ -10,8 +10,12 @@
 #include "layout.cuh"
 
 /* Types whose decode products can take int8 activations (matmul_i8.cuh). */
+__host__ __device__ constexpr bool kb_i8_type(int t)
+{
+	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q8_0;
+}
 template <int T> struct KbI8 {
-	static constexpr bool ok = T == QD_TYPE_Q4_0 || T == QD_TYPE_Q4_1 || T == QD_TYPE_Q8_0;
+	static constexpr bool ok = kb_i8_type(T);
 };
 
 /* The int8 activations (decode products with int8 mma, matmul_i8.cuh).  Within each
