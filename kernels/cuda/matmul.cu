@@ -387,6 +387,18 @@ __device__ __forceinline__ void kb_item(const KbMmvArgs &a, const KbWRegs<T> (&w
 		kb_chunk<T, RT>(a, w, ch, lane, acc);
 }
 
+/* A warp's next (group, chunk) item after chunk ch of group j; true when it starts a new
+ * group. */
+__device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, int n_chunks)
+{
+	ch += nw;
+	if (ch < n_chunks)
+		return false;
+	ch = warp;
+	j++;
+	return true;
+}
+
 /* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  The kernels are
  * k_mmv and k_mmv_2 below. */
 template <int T, int RT, bool ROPE, int I8>
@@ -404,45 +416,42 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	KB_UNROLL
 	for (int rt = 0; rt < RT; rt++)
 		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
+	/* the first two items' weights are requested before waiting for the previous kernel:
+	 * while it finishes (a norm, attention, SwiGLU: one to a few microseconds) two items a
+	 * warp are on their way, a decode step's 4096 x 4096 products nearly whole */
 	KbWRegs<T> wa[RT], wb[RT];
+	int lj = 0, lch = warp; /* the next item to load: chunk lch of group lj */
 	if (total > 0)
-		kb_load_item<T, RT>(a, 0, 0, warp, cnt, total, warp, nw, lane, wa);
+		kb_load_item<T, RT>(a, 0, lj, lch, cnt, total, warp, nw, lane, wa);
+	if (total > 1) {
+		kb_walk_next(lj, lch, warp, nw, a.n_chunks);
+		kb_load_item<T, RT>(a, 1, lj, lch, cnt, total, warp, nw, lane, wb);
+	}
 	kb_pdl_wait();
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
 			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red, post);
 		return;
 	}
-	/* item i is chunk ch of group j; (jn, chn) is item i + 1 */
+	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
 	int j = 0, ch = warp;
 	for (int i = 0; i < total; i += 2) {
-		int jn = j, chn = ch + nw;
-		if (chn >= a.n_chunks) {
-			jn++;
-			chn = warp;
-		}
-		if (i + 1 < total)
-			kb_load_item<T, RT>(a, i + 1, jn, chn, cnt, total, warp, nw, lane, wb);
 		kb_item<T, RT, ROPE, I8>(a, wa, ch, lane, acc);
-		if (jn != j)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red, post);
+		if (kb_walk_next(j, ch, warp, nw, a.n_chunks))
+			kb_flush<RT, ROPE>(a, j - 1, warp, nw, lane, acc, kb_red, post);
+		if (i + 2 < total) {
+			kb_walk_next(lj, lch, warp, nw, a.n_chunks);
+			kb_load_item<T, RT>(a, i + 2, lj, lch, cnt, total, warp, nw, lane, wa);
+		}
 		if (i + 1 >= total)
 			break;
-		j = jn;
-		ch = chn;
-		jn = j;
-		chn = ch + nw;
-		if (chn >= a.n_chunks) {
-			jn++;
-			chn = warp;
-		}
-		if (i + 2 < total)
-			kb_load_item<T, RT>(a, i + 2, jn, chn, cnt, total, warp, nw, lane, wa);
 		kb_item<T, RT, ROPE, I8>(a, wb, ch, lane, acc);
-		if (jn != j)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red, post);
-		j = jn;
-		ch = chn;
+		if (kb_walk_next(j, ch, warp, nw, a.n_chunks))
+			kb_flush<RT, ROPE>(a, j - 1, warp, nw, lane, acc, kb_red, post);
+		if (i + 3 < total) {
+			kb_walk_next(lj, lch, warp, nw, a.n_chunks);
+			kb_load_item<T, RT>(a, i + 3, lj, lch, cnt, total, warp, nw, lane, wb);
+		}
 	}
 }
 
