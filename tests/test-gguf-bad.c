@@ -101,6 +101,18 @@ static void one_tensor(Bld *b, const char *name, uint32_t n_dims, const uint64_t
 	b_zeros(b, data);
 }
 
+/* A file of two 16-value F32 tensors NA and NB at data offsets OA and OB, 128 data bytes. */
+static void two_tensors(Bld *b, const char *na, uint64_t oa, const char *nb, uint64_t ob)
+{
+	static const uint64_t ne16[1] = { 16 };
+	b->len = 0;
+	b_head(b, 2, 0);
+	b_tensor(b, na, 1, ne16, QD_TYPE_F32, oa);
+	b_tensor(b, nb, 1, ne16, QD_TYPE_F32, ob);
+	b_pad(b, 32);
+	b_zeros(b, 128);
+}
+
 /* The start of a file of one key-value pair: KEY and its value TYPE; the value follows. */
 static void one_kv(Bld *b, const char *key, uint32_t type)
 {
@@ -280,27 +292,12 @@ static void test_corrupt_headers(void)
 	expect_refused(&b, "tensor 'w': truncated");
 
 	/* two tensors */
-	b.len = 0;
-	b_head(&b, 2, 0);
-	b_tensor(&b, "a", 1, ne16, QD_TYPE_F32, 0);
-	b_tensor(&b, "b", 1, ne16, QD_TYPE_F32, 32);
-	b_pad(&b, 32);
-	b_zeros(&b, 128);
+	two_tensors(&b, "a", 0, "b", 32);
 	expect_refused(&b, "tensor 'b' data [");
 	expect_refused(&b, "overlaps tensor 'a'");
-	b.len = 0;
-	b_head(&b, 2, 0);
-	b_tensor(&b, "a", 1, ne16, QD_TYPE_F32, 64);
-	b_tensor(&b, "b", 1, ne16, QD_TYPE_F32, 64);
-	b_pad(&b, 32);
-	b_zeros(&b, 128);
+	two_tensors(&b, "a", 64, "b", 64);
 	expect_refused(&b, "overlaps");
-	b.len = 0;
-	b_head(&b, 2, 0);
-	b_tensor(&b, "a", 1, ne16, QD_TYPE_F32, 0);
-	b_tensor(&b, "a", 1, ne16, QD_TYPE_F32, 64);
-	b_pad(&b, 32);
-	b_zeros(&b, 128);
+	two_tensors(&b, "a", 0, "a", 64);
 	expect_refused(&b, "duplicate tensor name 'a'");
 	/* the same two tensors with distinct names are fine */
 	b.len = 0;

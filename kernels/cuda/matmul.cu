@@ -400,6 +400,23 @@ __device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, 
 	return true;
 }
 
+/* Item i of kb_mmv_body's walk, chunk ch of the block's group j: computed from W (the group
+ * flushed when it ends), then W refilled with item i + 2, the next to load after chunk lch
+ * of group lj. */
+template <int T, int RT, bool ROPE, int I8>
+__device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
+					    int &j, int &ch, int &lj, int &lch, int warp, int nw, int lane,
+					    float (&acc)[RT][4], float4 *red, float post)
+{
+	kb_item<T, RT, ROPE, I8>(a, w, ch, lane, acc);
+	if (kb_walk_next(j, ch, warp, nw, a.n_chunks))
+		kb_flush<RT, ROPE>(a, j - 1, warp, nw, lane, acc, red, post);
+	if (i + 2 < total) {
+		kb_walk_next(lj, lch, warp, nw, a.n_chunks);
+		kb_load_item<T, RT>(a, i + 2, lj, lch, cnt, total, warp, nw, lane, w);
+	}
+}
+
 /* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  The kernels are
  * k_mmv and k_mmv_2 below. */
 template <int T, int RT, bool ROPE, int I8>
@@ -437,22 +454,10 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
 	int j = 0, ch = warp;
 	for (int i = 0; i < total; i += 2) {
-		kb_item<T, RT, ROPE, I8>(a, wa, ch, lane, acc);
-		if (kb_walk_next(j, ch, warp, nw, a.n_chunks))
-			kb_flush<RT, ROPE>(a, j - 1, warp, nw, lane, acc, kb_red, post);
-		if (i + 2 < total) {
-			kb_walk_next(lj, lch, warp, nw, a.n_chunks);
-			kb_load_item<T, RT>(a, i + 2, lj, lch, cnt, total, warp, nw, lane, wa);
-		}
+		kb_mmv_step<T, RT, ROPE, I8>(a, wa, i, cnt, total, j, ch, lj, lch, warp, nw, lane, acc, kb_red, post);
 		if (i + 1 >= total)
 			break;
-		kb_item<T, RT, ROPE, I8>(a, wb, ch, lane, acc);
-		if (kb_walk_next(j, ch, warp, nw, a.n_chunks))
-			kb_flush<RT, ROPE>(a, j - 1, warp, nw, lane, acc, kb_red, post);
-		if (i + 3 < total) {
-			kb_walk_next(lj, lch, warp, nw, a.n_chunks);
-			kb_load_item<T, RT>(a, i + 3, lj, lch, cnt, total, warp, nw, lane, wb);
-		}
+		kb_mmv_step<T, RT, ROPE, I8>(a, wb, i + 1, cnt, total, j, ch, lj, lch, warp, nw, lane, acc, kb_red, post);
 	}
 }
 
