@@ -400,20 +400,99 @@ __device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, 
 	return true;
 }
 
+/* Where a warp loads its next item from.  CUR (the int8 kernels): tile 0 of the block's
+ * group in each region, kept as pointers, since the block's next group is grid groups on,
+ * a constant number of bytes within one weight; only crossing into the next weight (q/k/v,
+ * gate/up) works them out again (kb_group_tile).  An item's load path is then ~60-80
+ * instructions instead of ~103 (SASS, Q4_0 int8): 7B Q4_0 batch 1 +2.2% on the H200
+ * (bench/NOTES.md, session 8).  Without CUR each item's pointers are
+ * worked out from (group, chunk) as kb_load_item does: the cursor's registers would cost
+ * the f16 kernels occupancy (Q4_K 128 -> 168). */
+template <int T, int RT, bool CUR> struct KbLoader {
+	int lj, lch;             /* the next item: chunk lch of the block's group lj */
+	KbTilePtr b;             /* CUR: tile 0 of that group */
+	int jg, g1;              /* CUR: its launch group, and its weight's end */
+	int64_t sq, ss, sd;      /* CUR: bytes from one of the block's groups to the next */
+
+	__device__ __forceinline__ void set(const KbMmvArgs &a)
+	{
+		int si;
+		int64_t tile0;
+		const KbTilePtr t = kb_group_tile(a, jg, RT, &si, &tile0);
+		b.q = t.q + tile0 * a.q_tile;
+		b.s = t.s + tile0 * a.s_tile;
+		b.d = t.d + tile0 * a.d_tile;
+		g1 = si == 0 ? a.seg[0].g1 : si == 1 ? a.seg[1].g1 : a.seg[2].g1;
+	}
+
+	__device__ __forceinline__ void init(const KbMmvArgs &a, int warp)
+	{
+		lj = 0;
+		lch = warp;
+		if constexpr (CUR) {
+			const int64_t gs = (int64_t)gridDim.x * RT;
+			sq = gs * a.q_tile;
+			ss = gs * a.s_tile;
+			sd = gs * a.d_tile;
+			jg = (int)blockIdx.x;
+			set(a);
+		}
+	}
+
+	/* to the item after this one */
+	__device__ __forceinline__ void next(const KbMmvArgs &a, int warp, int nw)
+	{
+		if (!kb_walk_next(lj, lch, warp, nw, a.n_chunks) || !CUR)
+			return;
+		jg += (int)gridDim.x;
+		if (jg < g1) {
+			b.q += sq;
+			b.s += ss;
+			b.d += sd;
+		} else {
+			set(a);
+		}
+	}
+
+	/* item i (the list position, for the L2 prefetch) into w */
+	__device__ __forceinline__ void load(const KbMmvArgs &a, int i, int cnt, int total, int warp, int nw, int lane,
+					     KbWRegs<T> (&w)[RT])
+	{
+		if constexpr (!CUR) {
+			kb_load_item<T, RT>(a, i, lj, lch, cnt, total, warp, nw, lane, w);
+		} else {
+			if (a.prefetch) {
+				const int ip = i + 1 + a.prefetch;
+				if (ip < total)
+					kb_prefetch_chunk<T, RT>(a, (int)blockIdx.x + (ip / cnt) * (int)gridDim.x,
+								 warp + (ip % cnt) * nw, lane);
+			}
+			KB_UNROLL
+			for (int rt = 0; rt < RT; rt++) {
+				KbTilePtr tp;
+				tp.q = b.q + rt * a.q_tile;
+				tp.s = b.s + rt * a.s_tile;
+				tp.d = b.d + rt * a.d_tile;
+				kb_load_w<T>(tp, lch, lane, &w[rt]);
+			}
+		}
+	}
+};
+
 /* Item i of kb_mmv_body's walk, chunk ch of the block's group j: computed from W (the group
  * flushed when it ends), then W refilled with item i + 2, the next to load after chunk lch
  * of group lj. */
 template <int T, int RT, bool ROPE, int I8>
 __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
-					    int &j, int &ch, int &lj, int &lch, int warp, int nw, int lane,
+					    int &j, int &ch, KbLoader<T, RT, I8 != 0> &ld, int warp, int nw, int lane,
 					    float (&acc)[RT][4], float4 *red, float post)
 {
 	kb_item<T, RT, ROPE, I8>(a, w, ch, lane, acc);
 	if (kb_walk_next(j, ch, warp, nw, a.n_chunks))
 		kb_flush<RT, ROPE>(a, j - 1, warp, nw, lane, acc, red, post);
 	if (i + 2 < total) {
-		kb_walk_next(lj, lch, warp, nw, a.n_chunks);
-		kb_load_item<T, RT>(a, i + 2, lj, lch, cnt, total, warp, nw, lane, w);
+		ld.next(a, warp, nw);
+		ld.load(a, i + 2, cnt, total, warp, nw, lane, w);
 	}
 }
 
@@ -438,12 +517,14 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	 * while it finishes (a norm, attention, SwiGLU: one to a few microseconds) two items a
 	 * warp are on their way, a decode step's 4096 x 4096 products nearly whole */
 	KbWRegs<T> wa[RT], wb[RT];
-	int lj = 0, lch = warp; /* the next item to load: chunk lch of group lj */
-	if (total > 0)
-		kb_load_item<T, RT>(a, 0, lj, lch, cnt, total, warp, nw, lane, wa);
+	KbLoader<T, RT, I8 != 0> ld;
+	if (total > 0) {
+		ld.init(a, warp);
+		ld.load(a, 0, cnt, total, warp, nw, lane, wa);
+	}
 	if (total > 1) {
-		kb_walk_next(lj, lch, warp, nw, a.n_chunks);
-		kb_load_item<T, RT>(a, 1, lj, lch, cnt, total, warp, nw, lane, wb);
+		ld.next(a, warp, nw);
+		ld.load(a, 1, cnt, total, warp, nw, lane, wb);
 	}
 	kb_pdl_wait();
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
@@ -454,10 +535,10 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
 	int j = 0, ch = warp;
 	for (int i = 0; i < total; i += 2) {
-		kb_mmv_step<T, RT, ROPE, I8>(a, wa, i, cnt, total, j, ch, lj, lch, warp, nw, lane, acc, kb_red, post);
+		kb_mmv_step<T, RT, ROPE, I8>(a, wa, i, cnt, total, j, ch, ld, warp, nw, lane, acc, kb_red, post);
 		if (i + 1 >= total)
 			break;
-		kb_mmv_step<T, RT, ROPE, I8>(a, wb, i + 1, cnt, total, j, ch, lj, lch, warp, nw, lane, acc, kb_red, post);
+		kb_mmv_step<T, RT, ROPE, I8>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, lane, acc, kb_red, post);
 	}
 }
 
