@@ -104,6 +104,36 @@ __device__ __forceinline__ void att_vload(const __half *vr, int lane, float (&v)
 	}
 }
 
+/* A tile's loads (k_attention): lane l's key j0 + l (the whole K row, 4 * PER 16-byte
+ * loads) and, with VPRE, the tile's 32 V rows (lane l's PER halves of each), for keys in
+ * [lo, hi) below kw1; other registers keep what they hold. */
+template <int PER, bool VPRE>
+__device__ __forceinline__ void att_tile_load(const __half *kc, const __half *vc, int64_t base, int kvd, int j0,
+					      int kw1, int lo, int hi, int lane, uint4 (&u)[4 * PER],
+					      uint2 (&vpre)[VPRE ? 32 : 1])
+{
+	const int j = j0 + lane;
+	if (j < kw1 && j >= lo && j < hi) {
+		const __half *kr = kc + base + (int64_t)j * kvd;
+#pragma unroll
+		for (int v = 0; v < 4 * PER; v++)
+			u[v] = *(const uint4 *)(kr + 8 * v);
+	}
+	if constexpr (VPRE) {
+#pragma unroll
+		for (int jj = 0; jj < 32; jj++) {
+			const int jv = j0 + jj;
+			if (jv < kw1 && jv >= lo && jv < hi) {
+				const __half *vr = vc + base + (int64_t)jv * kvd + PER * lane;
+				if constexpr (PER == 4)
+					vpre[jj] = *(const uint2 *)vr;
+				else
+					vpre[jj].x = *(const uint32_t *)vr;
+			}
+		}
+	}
+}
+
 /* Q8: the instance that can write int8 activation planes (kb_act_put). */
 template <int PER, bool VPRE, bool Q8>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const float *q, const __half *kc,
@@ -116,12 +146,21 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 {
 	if (trig)
 		kb_pdl_trigger();
-	kb_pdl_wait();
 	extern __shared__ __align__(16) float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
 	__shared__ int last;
 	float *qs = sm, *wacc = sm + hd, *wm = wacc + ATT_WARPS * hd, *wl = wm + ATT_WARPS;
 	const int bh = blockIdx.x, t = bh / n_head, h = bh % n_head, sp = blockIdx.y;
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	/* Read before waiting for the previous kernel (the q/k/v product or RoPE, which
+	 * write q and this step's K and V rows): the positions and slots, and in the decode
+	 * instances (VPRE; elsewhere the held rows would cost occupancy: 44 -> 126 registers
+	 * at PER 4) the first tile's K and V rows of keys below the smallest position this
+	 * step writes in the token's slot (a step may rewind a sequence: positions 5, 6, 2).
+	 * Both were written
+	 * before the step's first kernel started: a step begins with the copy of its
+	 * indices (cuda_step_begin), which waits for every earlier kernel (outside steps,
+	 * test-backend's direct calls, positions are copied when they change: idx_get).
+	 * Without an early launch (trig 0) everything before has finished. */
 	const int len = pos[t] + 1;
 	/* splits in use: at least split_keys keys each.  The launch (and a recorded graph)
 	 * has gridDim.y splits for the longest context; at shorter ones the merge would cost
@@ -131,17 +170,17 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	if (sp >= S)
 		return;
 	const int k0 = (int)((int64_t)len * sp / S), k1 = (int)((int64_t)len * (sp + 1) / S);
-	const int64_t base = (int64_t)seq[t] * stride + (int64_t)(h / group) * hd;
-	const float *qr = q + ((int64_t)t * n_head + h) * hd;
-	for (int i = threadIdx.x; i < hd; i += blockDim.x)
-		qs[i] = __half2float(__float2half_rn(qr[i]));
-	__syncthreads();
-
-	float acc[ATT_MAXPER];
-#pragma unroll
-	for (int k = 0; k < ATT_MAXPER; k++)
-		acc[k] = 0.f;
-	float m = -INFINITY, l = 0.f;
+	const int sl = seq[t];
+	int kready = len;
+	if (VPRE && trig) {
+		const int n_tok = (int)gridDim.x / n_head;
+		for (int u = 0; u < n_tok; u++) {
+			const int pu = pos[u];
+			if (seq[u] == sl && pu < kready)
+				kready = pu;
+		}
+	}
+	const int64_t base = (int64_t)sl * stride + (int64_t)(h / group) * hd;
 	/* each warp takes a contiguous quarter of the split's keys, in tiles of 32: a short
 	 * context (decode) keeps all four warps busy on a few keys each rather than one
 	 * warp walking them all */
@@ -153,40 +192,43 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	 * wave of (token, head) pairs: its registers (130 a thread at PER 4, against 44) cost
 	 * occupancy that many blocks need (7B, 64 tokens: -1.5%). */
 	static_assert(!VPRE || PER == 2 || PER == 4, "V rows preloaded for head sizes 64 and 128");
+	constexpr int NV = 4 * PER;
+	uint4 u[NV];
+	uint2 vpre[VPRE ? 32 : 1];
+	if (VPRE && kw0 < kw1)
+		att_tile_load<PER, VPRE>(kc, vc, base, kvd, kw0, kw1, 0, kready, lane, u, vpre);
+	kb_pdl_wait();
+	const float *qr = q + ((int64_t)t * n_head + h) * hd;
+	for (int i = threadIdx.x; i < hd; i += blockDim.x)
+		qs[i] = __half2float(__float2half_rn(qr[i]));
+	if (VPRE && kw0 < kw1 && kready < kw1) /* the rows this step wrote */
+		att_tile_load<PER, VPRE>(kc, vc, base, kvd, kw0, kw1, kready, kw1, lane, u, vpre);
+	__syncthreads();
+
+	float acc[ATT_MAXPER];
+#pragma unroll
+	for (int k = 0; k < ATT_MAXPER; k++)
+		acc[k] = 0.f;
+	float m = -INFINITY, l = 0.f;
 	for (int j0 = kw0; j0 < kw1; j0 += 32) {
 		const int j = j0 + lane;
-		uint2 vpre[VPRE ? 32 : 1];
-		if constexpr (VPRE) {
-#pragma unroll
-			for (int jj = 0; jj < 32; jj++) {
-				const __half *vr = vc + base + (int64_t)(j0 + jj) * kvd + PER * lane;
-				uint2 u = { 0, 0 };
-				if (j0 + jj < kw1) {
-					if constexpr (PER == 4)
-						u = *(const uint2 *)vr;
-					else
-						u.x = *(const uint32_t *)vr;
-				}
-				vpre[jj] = u;
-			}
-		}
+		if (VPRE && j0 > kw0) /* the first tile's rows are loaded above */
+			att_tile_load<PER, VPRE>(kc, vc, base, kvd, j0, kw1, 0, kw1, lane, u, vpre);
 		float s = -INFINITY;
 		if (j < kw1) {
-			const __half *kr = kc + base + (int64_t)j * kvd;
 			if constexpr (!VPRE) {
 				/* the key's V row on its way to L2 while the score is computed */
 				const __half *vr = vc + base + (int64_t)j * kvd;
 				for (int b = 0; b < hd; b += 64)
 					asm volatile("prefetch.global.L2 [%0];" ::"l"(vr + b));
+				const __half *kr = kc + base + (int64_t)j * kvd;
+#pragma unroll
+				for (int v = 0; v < NV; v++)
+					u[v] = *(const uint4 *)(kr + 8 * v);
 			}
 			/* the whole K row requested at once (hd = 32 * PER halves, 4 * PER loads),
 			 * then four independent sums: one memory latency and a quarter of the
 			 * dependent adds of a single running sum */
-			constexpr int NV = 4 * PER;
-			uint4 u[NV];
-#pragma unroll
-			for (int v = 0; v < NV; v++)
-				u[v] = *(const uint4 *)(kr + 8 * v);
 			float d4[4] = { 0.f, 0.f, 0.f, 0.f };
 #pragma unroll
 			for (int v = 0; v < NV; v++) {
