@@ -72,7 +72,7 @@ struct KbCuda {
 	int pdl;
 	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
 	int occ[7][9][9];       /* resident blocks per SM: [type slot][variant (kb_variant) + 3 I8][warps] */
-	int occ_bulk[7][3][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
+	int occ_bulk[7][9][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
 	uint64_t up_bytes;
 	double up_sec;
 	KbCudaAct *act;         /* for kb_cuda_mmv */
@@ -80,7 +80,7 @@ struct KbCuda {
 	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
 	int att_split_keys;     /* fewest keys an attention split takes (KB_ATT_SPLIT_KEYS) */
 	uint8_t mmq_smem_set[7][2]; /* gemm.cu: shared-memory opt-in done, [type slot][64-token] */
-	uint8_t mmv_smem_set[7][3]; /* bulk kernel (matmul_bulk.cuh): the same, [type slot][variant] */
+	uint8_t mmv_smem_set[7][9]; /* bulk kernel (matmul_bulk.cuh): the same, [type slot][variant] */
 	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };

@@ -595,9 +595,17 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 	return kb_launch(ctx, kb_mmv_kernel<T, RT, ROPE, I8>(), dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
 
-/* The int8 products (register loads only: the bulk-copy ring has no int8 form). */
+/* The int8 products: register loads, or the bulk-copy ring where kb_auto_stages (or the
+ * configuration) asks for it. */
 template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c, const KbMmvArgs &a, bool rope)
 {
+	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
+	if (S > 0 && ctx->cc_major >= 9) {
+		if (rope)
+			return launch_bulk<T, 1, true, I8>(ctx, c, S, a);
+		return c->row_tiles == 1 ? launch_bulk<T, 1, false, I8>(ctx, c, S, a)
+					 : launch_bulk<T, 2, false, I8>(ctx, c, S, a);
+	}
 	if (rope)
 		return launch_rt<T, 1, true, I8>(ctx, c, a);
 	return c->row_tiles == 1 ? launch_rt<T, 1, false, I8>(ctx, c, a) : launch_rt<T, 2, false, I8>(ctx, c, a);
@@ -659,9 +667,9 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
 	const bool bulk = S > 0 && ctx->cc_major >= 9;
 	if (rope) /* its own instances (one row tile), so the other products carry none of it */
-		return bulk ? launch_bulk<T, 1, true>(ctx, c, S, a) : launch_rt<T, 1, true, 0>(ctx, c, a);
+		return bulk ? launch_bulk<T, 1, true, 0>(ctx, c, S, a) : launch_rt<T, 1, true, 0>(ctx, c, a);
 	if (bulk)
-		return c->row_tiles == 1 ? launch_bulk<T, 1, false>(ctx, c, S, a) : launch_bulk<T, 2, false>(ctx, c, S, a);
+		return c->row_tiles == 1 ? launch_bulk<T, 1, false, 0>(ctx, c, S, a) : launch_bulk<T, 2, false, 0>(ctx, c, S, a);
 	if (c->row_tiles == 1)
 		return launch_rt<T, 1, false, 0>(ctx, c, a);
 	return launch_rt<T, 2, false, 0>(ctx, c, a);

@@ -16,7 +16,8 @@
  * arithmetic of the current one takes; with programmatic dependent launch the first
  * `stages` items are requested before the previous kernel has finished; and without a
  * second register stage the kernel needs fewer registers (Q4_1: 128 instead of 170, so
- * two blocks fit a multiprocessor instead of one).  Where it is used by default:
+ * two blocks fit a multiprocessor instead of one).  The arithmetic is k_mmv's for either
+ * activation form (kb_item: f16, or int8 with I8).  Where it is used by default:
  * kb_auto_stages. */
 template <int T, int RT> struct KbBulk {
 	typedef KbChunkBytes<T> C;
@@ -137,11 +138,12 @@ __device__ __forceinline__ void kb_bulk_regs(uint32_t tile, int lane, KbWRegs<T>
 }
 #endif
 
-template <int T, int RT, bool ROPE>
+template <int T, int RT, bool ROPE, int I8>
 __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 	typedef KbBulk<T, RT> B;
+	constexpr float post = kb_i8_post<T, I8>();
 	extern __shared__ __align__(128) uint8_t kb_bulk_sm[];
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 	const int S = a.stages;
@@ -176,7 +178,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, red, post);
 		return;
 	}
 	int st = 0, ph = 0;
@@ -196,11 +198,11 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 				kb_bulk_issue<T, RT>(a, iss, st, ring, bar0);
 			kb_cursor_next<T, RT>(a, cnt, warp, nw, &iss);
 		}
-		kb_chunk<T, RT>(a, w, warp + (int64_t)cur.k * nw, lane, acc);
+		kb_item<T, RT, ROPE, I8>(a, w, warp + (int64_t)cur.k * nw, lane, acc);
 		const int j = cur.j;
 		kb_cursor_next<T, RT>(a, cnt, warp, nw, &cur);
 		if (cur.j != j)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, red);
+			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, red, post);
 		if (++st == S) {
 			st = 0;
 			ph ^= 1;
@@ -211,12 +213,15 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 #endif
 }
 
-/* Ring slots per warp when the configuration leaves the choice to the weight (stages < 0):
- * two where the bulk-copy kernel measured faster in whole models on the H200, else none
- * (k_mmv).  Q4_1 rows of 4096 (7B shape, batch 1): 336 -> 391 tok/s; but rows of 576
- * (SmolLM2: three chunks a row, so each warp has little to keep in flight and the ring's
- * set-up is not repaid): 1,368 -> 1,268.  Q4_K and Q6_K (7B Q4_K_M) came out even, Q4_0
- * 5% slower (441 -> 418), Q8_0 and F16 slower (bench/NOTES.md). */
+/* Ring slots per warp when the configuration leaves the choice to the weight (stages < 0),
+ * for f16 and int8 activations alike: two where the bulk-copy kernel measured faster in
+ * whole models on the H200, else none (k_mmv).  Q4_1 rows of 4096 (7B shape, batch 1):
+ * f16 336 -> 391 tok/s (session 3), int8 478 -> 499-503 (session 8: 103 registers
+ * instead of k_mmv_2's 128 with spills); but rows of 576 (SmolLM2: three chunks a row, so
+ * each warp has little to keep in flight and the ring's set-up is not repaid): 1,368 ->
+ * 1,268.  Q4_K and Q6_K (7B Q4_K_M) came out even, Q4_0 5% slower (441 -> 418), Q8_0 and
+ * F16 slower; with int8 activations Q4_0 558 -> 521 (2 slots) / 502 (3) / 546 (4) and
+ * Q8_0 416 -> 370 / 386 (bench/NOTES.md). */
 template <int T> static int kb_auto_stages(int n_chunks)
 {
 	return T == QD_TYPE_Q4_1 && n_chunks >= 8 ? 2 : 0;
@@ -237,7 +242,7 @@ template <int RT, bool ROPE> static constexpr int kb_variant()
 	return ROPE ? 2 : RT - 1;
 }
 
-template <int T, int RT, bool ROPE>
+template <int T, int RT, bool ROPE, int I8>
 static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 {
 	const int nw = c->warps;
@@ -246,11 +251,11 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 		S--;
 	const size_t smem = kb_bulk_smem<T, RT>(nw, S);
 	if (smem > ctx->smem_optin)
-		return launch_rt<T, RT, ROPE, 0>(ctx, c, a);
+		return launch_rt<T, RT, ROPE, I8>(ctx, c, a);
 	a.stages = S;
-	uint8_t *set = &ctx->mmv_smem_set[kb_type_slot(T)][kb_variant<RT, ROPE>()];
+	uint8_t *set = &ctx->mmv_smem_set[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8];
 	if (!*set) {
-		int r = kb_err(cudaFuncSetAttribute(k_mmv_bulk<T, RT, ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		int r = kb_err(cudaFuncSetAttribute(k_mmv_bulk<T, RT, ROPE, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						    (int)ctx->smem_optin));
 		if (r < 0)
 			return r;
@@ -258,10 +263,10 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 	}
 	int grid = a.n_groups;
 	if (c->persist) {
-		int *occ = &ctx->occ_bulk[kb_type_slot(T)][kb_variant<RT, ROPE>()][nw][S];
+		int *occ = &ctx->occ_bulk[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8][nw][S];
 		if (*occ == 0) {
 			int n = 0;
-			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_bulk<T, RT, ROPE>, nw * 32, smem));
+			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_bulk<T, RT, ROPE, I8>, nw * 32, smem));
 			if (r < 0)
 				return r;
 			*occ = n > 0 ? n : 1;
@@ -272,7 +277,7 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 		if (fit < grid)
 			grid = (int)fit;
 	}
-	return kb_launch(ctx, k_mmv_bulk<T, RT, ROPE>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
+	return kb_launch(ctx, k_mmv_bulk<T, RT, ROPE, I8>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
 
 #endif
