@@ -22,12 +22,19 @@
  * harmless because the activations use the same permutation).  Within a 16-bit pair
  * (an f16x2 register) the lower column is in the low half.
  *
- *   Q4 word (one per mma; Q4_0, Q4_1, Q4_K, and the low nibbles of Q6_K): nibble slot s
- *   (bits 4s..4s+3) holds row g + 8*((s>>1)&1), column 4tq + 2*(s&1) + (s>>2).  So
- *   w & 0x000f000f gives A reg 0 (row g, cols +0,+1), (w >> 4) reg 2 (row g, +2,+3),
- *   (w >> 8) reg 1 (row g+8, +0,+1), (w >> 12) reg 3 (row g+8, +2,+3).
- *   Q6_K high bits: one word per mma pair (2j, 2j+1): nibble slot s holds the two high
- *   bits of slot s of mma 2j in its bits 0-1 and of mma 2j+1 in bits 2-3.
+ *   Q4 word (Q4_0, Q4_1, Q4_K): one per row and 32-column block (mmas 2j, 2j+1 of the
+ *   packet), the lane's words in the order (block 0 row g, block 0 row g+8, block 1 row g,
+ *   block 1 row g+8).  Nibble slot s (bits 4s..4s+3) holds column
+ *   16*((s>>1)&1) + 4tq + 2*(s&1) + (s>>2) of the block.  So w & 0x000f000f gives the
+ *   row's A reg of mma 2j for cols +0,+1, (w >> 4) for +2,+3, and (w >> 8), (w >> 12) the
+ *   same for mma 2j+1; and the low nibbles in byte order are the row's int8 A register for
+ *   k = 4tq..4tq+3 of the block's m16n8k32, the high ones for k = 16 + 4tq.. (layout_i8.cuh),
+ *   with no byte permute.  (Until session 8 a word held rows g and g+8 of one mma, which
+ *   cost the int8 path two PRMT a word.)
+ *   Q6_K low nibbles: one word per mma, nibble slot s holding row g + 8*((s>>1)&1),
+ *   column 4tq + 2*(s&1) + (s>>2) of the mma's 16.  Q6_K high bits: one word per mma
+ *   pair (2j, 2j+1): nibble slot s holds the two high bits of slot s of mma 2j in its
+ *   bits 0-1 and of mma 2j+1 in bits 2-3.
  *   Q8_0: two words per mma: bytes (row g c0, row g c1, row g+8 c0, row g+8 c1), then
  *   the same for columns c2, c3.
  *   F16/BF16: the four A registers of the mma, in order (row g c0c1, row g+8 c0c1,
@@ -183,8 +190,17 @@ template <int T> KB_HD void kb_repack_lane(const KbRepack *r, int64_t tl, int64_
 	for (int i = 0; i < L::QV * 4; i++)
 		w[i] = 0;
 
-	if constexpr (T == QD_TYPE_Q4_0 || T == QD_TYPE_Q4_1 || T == QD_TYPE_Q4_K || T == QD_TYPE_Q6_K) {
-		/* nibble words, one per mma (Q6_K: the low four bits, then high-bit words) */
+	if constexpr (T == QD_TYPE_Q4_0 || T == QD_TYPE_Q4_1 || T == QD_TYPE_Q4_K) {
+		/* a nibble word per row and 32-column block: row g's, then row g+8's */
+		for (int j = 0; j < L::P / 32; j++)
+			for (int h = 0; h < 2; h++)
+				for (int s = 0; s < 8; s++) {
+					int64_t c = c0 + 32 * j + 16 * ((s >> 1) & 1) + 4 * tq + 2 * (s & 1) + (s >> 2);
+					int q = ok[h] && c < r->cols ? kb_raw_q<T>(row[h], c) : 0;
+					w[2 * j + h] |= (uint32_t)(q & 15) << (4 * s);
+				}
+	} else if constexpr (T == QD_TYPE_Q6_K) {
+		/* nibble words, one per mma (the low four bits), then high-bit words */
 		for (int i = 0; i < L::P / 16; i++)
 			for (int s = 0; s < 8; s++) {
 				int h = (s >> 1) & 1;
@@ -358,15 +374,15 @@ template <int LUT> KB_HD uint32_t kb_lop3(uint32_t a, uint32_t b, uint32_t c)
 KB_HD uint32_t kb_andor(uint32_t a, uint32_t b, uint32_t c) { return kb_lop3<0xEA>(a, b, c); }
 KB_HD uint32_t kb_andxor(uint32_t a, uint32_t b, uint32_t c) { return kb_lop3<0x6A>(a, b, c); }
 
-/* A registers of one mma from a Q4 word; values are nibble - off. off_lo is f16x2 of
- * 1024 + off, off_hi of -(64 + off). */
-KB_HD void kb_dec_q4(uint32_t w, uint32_t off_lo, uint32_t off_hi, uint32_t a[4])
+/* A registers of one mma from the Q4 words of its rows g (wg) and g+8 (w8), already
+ * shifted right by 8 for the second mma of their block; values are nibble - off. off_lo
+ * is f16x2 of 1024 + off, off_hi of -(64 + off). */
+KB_HD void kb_dec_q4(uint32_t wg, uint32_t w8, uint32_t off_lo, uint32_t off_hi, uint32_t a[4])
 {
-	const uint32_t w2 = w >> 8;
-	a[0] = kb_h2sub(kb_andor(w, 0x000f000fu, KB_H2_1024), off_lo);
-	a[2] = kb_h2fma(kb_andor(w, 0x00f000f0u, KB_H2_1024), 0x2c002c00u /* 1/16 */, off_hi);
-	a[1] = kb_h2sub(kb_andor(w2, 0x000f000fu, KB_H2_1024), off_lo);
-	a[3] = kb_h2fma(kb_andor(w2, 0x00f000f0u, KB_H2_1024), 0x2c002c00u, off_hi);
+	a[0] = kb_h2sub(kb_andor(wg, 0x000f000fu, KB_H2_1024), off_lo);
+	a[2] = kb_h2fma(kb_andor(wg, 0x00f000f0u, KB_H2_1024), 0x2c002c00u /* 1/16 */, off_hi);
+	a[1] = kb_h2sub(kb_andor(w8, 0x000f000fu, KB_H2_1024), off_lo);
+	a[3] = kb_h2fma(kb_andor(w8, 0x00f000f0u, KB_H2_1024), 0x2c002c00u, off_hi);
 }
 
 /* Q6_K: low nibbles w, high bits already shifted to bits 0-1 of each slot in hh. */
@@ -583,12 +599,14 @@ template <int T> KB_HD void kb_frag_a(const KbWRegs<T> *w, int m, uint32_t a[4])
 	typedef Lay<T> L;
 	const int p = m / (L::P / 16), i = m % (L::P / 16);
 	if constexpr (T == QD_TYPE_Q4_0 || T == QD_TYPE_Q4_1 || T == QD_TYPE_Q4_K) {
+		/* block i / 2's words (rows g, g+8); its second mma takes nibble slots 2, 3, 6, 7 */
 		const uint4 v = w->q[p][0];
-		const uint32_t word = i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+		const int sh = 8 * (i & 1);
+		const uint32_t wg = (i < 2 ? v.x : v.z) >> sh, w8 = (i < 2 ? v.y : v.w) >> sh;
 		if constexpr (T == QD_TYPE_Q4_0)
-			kb_dec_q4(word, 0x64086408u /* 1032 */, 0xd480d480u /* -72 */, a);
+			kb_dec_q4(wg, w8, 0x64086408u /* 1032 */, 0xd480d480u /* -72 */, a);
 		else
-			kb_dec_q4(word, KB_H2_1024, 0xd400d400u /* -64 */, a);
+			kb_dec_q4(wg, w8, KB_H2_1024, 0xd400d400u /* -64 */, a);
 	} else if constexpr (T == QD_TYPE_Q6_K) {
 		const uint4 v = w->q[p][i / 4], h = w->q[p][2];
 		const int k = i % 4, j = i / 2;

@@ -19,13 +19,16 @@ template <int T> struct KbI8 {
 };
 
 /* The int8 activations (decode products with int8 mma, matmul_i8.cuh).  Within each
- * 64-column group the 16 bytes of lane tq are, for blocks b = 0, 1 of the group, columns
- * 32b + 4tq..+3 then 32b + 16 + 4tq..+3: the two B registers of an m16n8k32 whose k is the
- * block's natural column order. */
+ * 64-column group the 16 bytes of lane tq are, for blocks b = 0, 1 of the group, the two B
+ * registers of block b's m16n8k32: k = 4tq..4tq+3, then k = 16 + 4tq..+3.  The mma's k
+ * runs over the block's columns in the order of a Q4 word's nibbles (layout.cuh: low
+ * nibbles, then high ones), so that one word is two A registers without a byte permute:
+ * k = 4tq + j is column 4tq + j/2 + 16 (j & 1), k = 16 + 4tq + j column 4tq + 2 + j/2 +
+ * 16 (j & 1). */
 KB_HD int64_t kb_act8_pos(int64_t c)
 {
-	const int r = (int)(c & 31), b = (int)((c >> 5) & 1);
-	return (c & ~(int64_t)63) + 16 * ((r >> 2) & 3) + 8 * b + 4 * (r >> 4) + (r & 3);
+	const int r = (int)(c & 31), b = (int)((c >> 5) & 1), r4 = r & 3;
+	return (c & ~(int64_t)63) + 16 * ((r >> 2) & 3) + 8 * b + 4 * (r4 >> 1) + 2 * (r4 & 1) + (r >> 4);
 }
 
 /* Index of the scale of 32-column block blk of token t: four consecutive blocks of one
@@ -64,24 +67,21 @@ KB_HD float kb_q8_sum_scale(int qsum, float d)
 	return kb_f16_round(fminf(fmaxf((float)qsum * d, -65504.f), 65504.f));
 }
 
-/* Int8 A registers (m16n8k32: rows g / g+8, k = 4tq..4tq+3) from a Q4 word: r0 row g,
- * r8 row g+8, the word's four nibbles of each row in k order (slots as in layout.cuh's top
- * comment: t0 holds the low nibbles, (g +0, g+8 +0, g +1, g+8 +1), t1 the high ones at +2, +3).
- * Signed (Q4_0): 16 (q - 8), the nibble in the byte's high half with its top bit flipped
- * by k80 = 0x80808080 (a value the caller holds in a register, so each byte op is one
- * LOP3 with an immediate); unsigned (Q4_1): q. */
-template <bool SIGNED> KB_HD void kb_dec_q4_i8(uint32_t w, uint32_t k80, uint32_t *r0, uint32_t *r8)
+/* Int8 A registers (m16n8k32) of one row from its Q4 word (layout.cuh: one row, one 32-column
+ * block): lo = k 4tq..4tq+3 (the word's low nibbles), hi = k 16 + 4tq..+3 (the high ones),
+ * in kb_act8_pos's k order; 3 instructions (with session 7's word of two rows, whose bytes
+ * had to be regathered by two PRMT, 5).  Signed (Q4_0): 16 (q - 8), the nibble in the
+ * byte's high half with its top bit flipped by k80 = 0x80808080 (a value the caller holds
+ * in a register, so each byte op is one LOP3 with an immediate); unsigned (Q4_1): q. */
+template <bool SIGNED> KB_HD void kb_dec_q4_i8(uint32_t w, uint32_t k80, uint32_t *lo, uint32_t *hi)
 {
-	uint32_t t0, t1;
 	if (SIGNED) {
-		t0 = kb_andxor(w << 4, 0xf0f0f0f0u, k80);
-		t1 = kb_andxor(w, 0xf0f0f0f0u, k80);
+		*lo = kb_andxor(w << 4, 0xf0f0f0f0u, k80);
+		*hi = kb_andxor(w, 0xf0f0f0f0u, k80);
 	} else {
-		t0 = w & 0x0f0f0f0fu;
-		t1 = (w >> 4) & 0x0f0f0f0fu;
+		*lo = w & 0x0f0f0f0fu;
+		*hi = (w >> 4) & 0x0f0f0f0fu;
 	}
-	*r0 = kb_prmt(t0, t1, 0x6420);
-	*r8 = kb_prmt(t0, t1, 0x7531);
 }
 
 /* Int8 A registers of the m16n8k32 of 32-column block bi (0..CC/32-1) of the chunk, its
@@ -90,16 +90,19 @@ template <int T> KB_HD void kb_frag_a8(const KbWRegs<T> *w, int bi, uint32_t k80
 {
 	static_assert(KbI8<T>::ok, "an int8 decode type");
 	if constexpr (T == QD_TYPE_Q8_0) {
-		/* words (g c0, g c1, g+8 c0, g+8 c1), (the same for c2, c3), then the next 16 columns */
+		/* words (g c0, g c1, g+8 c0, g+8 c1), (the same for c2, c3), then the next 16
+		 * columns; gathered into kb_act8_pos's k order: (c0, 16 + c0, c1, 16 + c1) and
+		 * (c2, 16 + c2, c3, 16 + c3) */
 		const uint4 v = w->q[bi][0];
-		a[0] = kb_prmt(v.x, v.y, 0x5410);
-		a[1] = kb_prmt(v.x, v.y, 0x7632);
-		a[2] = kb_prmt(v.z, v.w, 0x5410);
-		a[3] = kb_prmt(v.z, v.w, 0x7632);
+		a[0] = kb_prmt(v.x, v.z, 0x5140);
+		a[1] = kb_prmt(v.x, v.z, 0x7362);
+		a[2] = kb_prmt(v.y, v.w, 0x5140);
+		a[3] = kb_prmt(v.y, v.w, 0x7362);
 	} else {
+		/* block bi's words: row g, then row g+8 */
 		const uint4 v = w->q[bi / 2][0];
-		kb_dec_q4_i8<T == QD_TYPE_Q4_0>(bi % 2 == 0 ? v.x : v.z, k80, &a[0], &a[1]);
-		kb_dec_q4_i8<T == QD_TYPE_Q4_0>(bi % 2 == 0 ? v.y : v.w, k80, &a[2], &a[3]);
+		kb_dec_q4_i8<T == QD_TYPE_Q4_0>(bi % 2 == 0 ? v.x : v.z, k80, &a[0], &a[2]);
+		kb_dec_q4_i8<T == QD_TYPE_Q4_0>(bi % 2 == 0 ? v.y : v.w, k80, &a[1], &a[3]);
 	}
 }
 

@@ -6,8 +6,9 @@
  * sessions 2-5).  Each Q4 word becomes four f16x2 A registers in 9 integer and f16
  * instructions, and a 32-column block takes two m16n8k16 and six more for its scale.  With
  * the activations as int8 levels and a scale per 32-column block (the CPU backend's Q8_0
- * activations, kb_act_put), a block is one m16n8k32 whose A registers are 5 instructions a
- * Q4 word (kb_dec_q4_i8) or 4 for a Q8_0 block, its activation registers half as many, and
+ * activations, kb_act_put), a block is one m16n8k32 whose A registers are 3 instructions a
+ * Q4 word (kb_dec_q4_i8; a word is one row of one block) or 4 PRMT for a Q8_0 block, its
+ * activation registers half as many, and
  * at one token the scale work of the odd token columns is skipped (ONE).
  *
  * Arithmetic: c = sum over the block of A q_x in int32 (exact), then acc += (d_w d_x) c,
