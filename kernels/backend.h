@@ -106,6 +106,15 @@ typedef struct {
 	 * one launch where the backend can (the same bits as the two calls). */
 	int (*matmul_rope_kv)(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,
 			      const KbAttention *a, int rot_dim, float base);
+	/* The residual product y_res[t] += W . x[t], then rmsnorm(y_res, norm_w, eps) into
+	 * y_norm for the products that follow, which must come next and take y_norm as their
+	 * x: a backend may leave y_norm's memory unwritten and give those products the norm
+	 * by other means (the CUDA backend: each product scales its sums by 1 / rms, so no
+	 * norm kernel runs between).  The one fused form that is not the same bits as the
+	 * plain calls: the products round y * norm_w rather than the norm's output, so their
+	 * results may differ in the last bits (tests/test-steps.c bounds it). */
+	int (*matmul_res_norm)(KbBackend *b, const KbWeight *w, const float *x, int n, float *y_res,
+			       const float *norm_w, int dim, float eps, float *y_norm);
 
 	/* Optional: matmul, and ret_idx[t] (host array of n) = the first index of the largest
 	 * y[t][r] (NaNs skipped; 0 when all are NaN), found during or right after the product,

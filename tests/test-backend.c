@@ -305,6 +305,94 @@ static void test_norm_rope_elementwise(void)
  * largest output, on crafted rows: a tie between two equal rows (the earlier wins), -0
  * against +0 (equal: the earlier wins), and all-NaN outputs (0).  The F16 weight rows are
  * built so that each token's outputs are known exactly. */
+/* matmul_res_norm on a backend whose one-token Q4_0 products take int8 activations (where
+ * the CUDA backend fuses it): the residual y and the products that follow equal the plain
+ * calls' (matmul acc, rmsnorm, matmul) up to the activations' rounding, both for a product
+ * that scales by 1 / rms (Q4_0) and for one that makes the backend run the norm after all
+ * (Q4_K); and y_norm read after another op is refused, not read stale. */
+static void test_matmul_res_norm(void)
+{
+	if (!ready())
+		return;
+	KbBackend *g = NULL;
+	setenv("QD_CUDA_MMV_I8", "1", 1);
+	int r = cuda_new(0, &g);
+	unsetenv("QD_CUDA_MMV_I8");
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	enum { D = 4096, R = 320 };
+	static const int types[3] = { QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q4_K };
+	static const int64_t rows[3] = { D, R, R };
+	uint64_t s = 0x5e;
+	uint8_t *raw[3];
+	KbWeight w[3];
+	for (int i = 0; i < 3; i++) {
+		size_t bytes;
+		raw[i] = rand_weight(types[i], rows[i], D, &s, &bytes);
+		CU_ASSERT_FATAL(raw[i] != NULL);
+		w[i] = (KbWeight){ types[i], rows[i], D, raw[i], NULL, 0 };
+		CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
+	}
+	float *x = rand_f32(D, &s, 1.0f), *y0 = rand_f32(D, &s, 4.0f), *gw = rand_f32(D, &s, 1.0f);
+	CU_ASSERT_FATAL(x && y0 && gw);
+	for (int i = 0; i < D; i++)
+		gw[i] += 1.5f; /* norm weights around 1.5, none near 0 */
+	float *dx = buf_in(g, x, sizeof(float) * D), *dg = buf_in(g, gw, sizeof(float) * D);
+	float *dy = buf_in(g, y0, sizeof(float) * D), *dn = buf_in(g, NULL, sizeof(float) * D);
+	float *dout = buf_in(g, NULL, sizeof(float) * R);
+	CU_ASSERT_FATAL(dx && dg && dy && dn && dout);
+	const float eps = 1e-5f;
+	float yf[D], yp[D], of[2][R], op[2][R];
+	for (int k = 1; k < 3; k++) {
+		/* fused: the residual product and the norm in one call, then the product */
+		CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+		CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, &w[0], dx, 1, dy, dg, D, eps, dn), 0);
+		CU_ASSERT_EQUAL(g->ops->matmul(g, &w[k], dn, 1, dout), 0);
+		CU_ASSERT_EQUAL(buf_out(g, of[k - 1], dout, sizeof(float) * R), 0);
+		CU_ASSERT_EQUAL(buf_out(g, yf, dy, sizeof(float) * D), 0);
+		/* plain calls */
+		const KbWeight *w0 = &w[0];
+		CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+		CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 1, &w0, dx, 1, &dy, 1), 0);
+		CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dy, dg, 1, D, eps, dn), 0);
+		CU_ASSERT_EQUAL(g->ops->matmul(g, &w[k], dn, 1, dout), 0);
+		CU_ASSERT_EQUAL(buf_out(g, op[k - 1], dout, sizeof(float) * R), 0);
+		CU_ASSERT_EQUAL(buf_out(g, yp, dy, sizeof(float) * D), 0);
+		int64_t at = 0;
+		const double wy = worst(yf, yp, yp, D, 1e-6, 1e-6, &at);
+		CU_ASSERT(wy <= 1);
+		/* the products' own int8 rounding of their input (1/254 of a block's largest
+		 * value) is what differs: bounded like test_matmul's int8 products */
+		double num = 0, den = 0;
+		for (int i = 0; i < R; i++) {
+			num += ((double)of[k - 1][i] - op[k - 1][i]) * ((double)of[k - 1][i] - op[k - 1][i]);
+			den += (double)op[k - 1][i] * op[k - 1][i];
+		}
+		const double rel = sqrt(num / (den > 0 ? den : 1));
+		CU_ASSERT(rel < 1e-2);
+		printf("\n    %s after matmul_res_norm: residual %.2g of its bound, product %.2e relative to the "
+		       "plain calls'", k == 1 ? "Q4_0" : "Q4_K", wy, rel);
+	}
+	/* y_norm after another op than a product: refused */
+	CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+	CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, &w[0], dx, 1, dy, dg, D, eps, dn), 0);
+	CU_ASSERT_EQUAL(g->ops->upload(g, dx, x, sizeof(float) * D), 0);
+	CU_ASSERT_EQUAL(g->ops->matmul(g, &w[1], dn, 1, dout), -EINVAL);
+	printf("\n");
+	for (int i = 0; i < 3; i++) {
+		g->ops->weight_release(g, &w[i]);
+		free(raw[i]);
+	}
+	g->ops->release(g, dx);
+	g->ops->release(g, dg);
+	g->ops->release(g, dy);
+	g->ops->release(g, dn);
+	g->ops->release(g, dout);
+	free(x);
+	free(y0);
+	free(gw);
+	g->ops->free(g);
+}
+
 static void test_matmul_argmax(void)
 {
 	if (!ready())
@@ -777,6 +865,7 @@ int main(void)
 		{ "rmsnorm, rope, swiglu, add, copy", test_norm_rope_elementwise, gpu_skip },
 		{ "matmul_argmax: ties, -0, NaN rows", test_matmul_argmax, gpu_skip },
 		{ "matmul_rope_kv = matmul_multi + rope_kv_store, bit for bit", test_matmul_rope_kv, gpu_skip },
+		{ "matmul_res_norm = matmul + rmsnorm, to the activations' rounding", test_matmul_res_norm, gpu_skip },
 		{ "rope_kv_store: a 300-token step = steps of 8, bit for bit", test_rope_kv_many, gpu_skip },
 		{ "topk: ties, -0, NaN/-inf, short rows vs a host sort", test_topk, gpu_skip },
 		{ "kv_store and attention, two slots, GQA", test_attention, gpu_skip },

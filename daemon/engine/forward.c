@@ -392,6 +392,19 @@ static int rope_store(Context *c, const KbAttention *a, const Batch *b)
 /* The embedding and the layers: what a step does for any n tokens, reading the batch's
  * ids, positions and slots only through the ops' index arguments, so that a backend
  * may record it (step_begin/step_end) and replay it. */
+/* x += W . in (the residual product), then xn = rmsnorm(x, norm_w): one op where the
+ * backend has it (KbOps.matmul_res_norm), else the product and the norm. */
+static int res_norm(Context *c, const KbWeight *w, const float *in, int n, const float *norm_w)
+{
+	const KbOps *o = c->be->ops;
+	const ModelConfig *cfg = &c->m->cfg;
+	float *const res[1] = { c->x };
+	if (o->matmul_res_norm)
+		return o->matmul_res_norm(c->be, w, in, n, c->x, norm_w, cfg->n_embd, cfg->norm_eps, c->xn);
+	int r = mm(c, 1, (const KbWeight *const[1]){ w }, in, n, res, 1);
+	return r < 0 ? r : o->rmsnorm(c->be, c->x, norm_w, n, cfg->n_embd, cfg->norm_eps, c->xn);
+}
+
 static int run_layers(Context *c, const Batch *b)
 {
 	const ModelConfig *cfg = &c->m->cfg;
@@ -407,26 +420,32 @@ static int run_layers(Context *c, const Batch *b)
 		.scale = 1.0f / sqrtf((float)cfg->head_dim), .out = c->att,
 	};
 	float *const qkv[3] = { c->q, c->k, c->v }, *const gu[2] = { c->gate, c->up }, *const res[1] = { c->x };
+	int normed = 0; /* the last layer's down product also did this layer's attn_norm */
 	for (int il = 0; il < cfg->n_layer; il++) {
 		const Layer *l = &c->layers[il].l;
 		const KbWeight *const wqkv[3] = { &l->wq, &l->wk, &l->wv }, *const wgu[2] = { &l->w_gate, &l->w_up };
-		const KbWeight *const wo[1] = { &l->wo }, *const wd[1] = { &l->w_down };
 		a.k_cache = c->k_cache[il];
 		a.v_cache = c->v_cache[il];
-		/* the residual adds ride on the products (acc) */
-		if ((r = o->rmsnorm(be, c->x, l->attn_norm, n, d, cfg->norm_eps, c->xn)) < 0)
+		/* the residual adds ride on the products (acc), and so may the norms after them */
+		if (!normed && (r = o->rmsnorm(be, c->x, l->attn_norm, n, d, cfg->norm_eps, c->xn)) < 0)
 			return r;
 		if (o->matmul_rope_kv)
 			r = o->matmul_rope_kv(be, wqkv, c->xn, n, qkv, &a, cfg->rope_dim, cfg->rope_base);
 		else if ((r = mm(c, 3, wqkv, c->xn, n, qkv, 0)) == 0)
 			r = rope_store(c, &a, b);
-		if (r < 0 ||
-		    (r = o->attention(be, &a)) < 0 || (r = mm(c, 1, wo, c->att, n, res, 1)) < 0)
-			return r;
-		if ((r = o->rmsnorm(be, c->x, l->ffn_norm, n, d, cfg->norm_eps, c->xn)) < 0 ||
+		if (r < 0 || (r = o->attention(be, &a)) < 0 ||
+		    (r = res_norm(c, &l->wo, c->att, n, l->ffn_norm)) < 0 ||
 		    (r = mm(c, 2, wgu, c->xn, n, gu, 0)) < 0 ||
-		    (r = o->swiglu(be, c->gate, c->up, n, cfg->n_ff, c->gate)) < 0 ||
-		    (r = mm(c, 1, wd, c->gate, n, res, 1)) < 0)
+		    (r = o->swiglu(be, c->gate, c->up, n, cfg->n_ff, c->gate)) < 0)
+			return r;
+		/* the next layer's attn_norm with this down product; the output norm stays
+		 * separate (ctx_decode gathers the rows that want logits first) */
+		normed = il + 1 < cfg->n_layer && o->matmul_res_norm;
+		if (normed)
+			r = res_norm(c, &l->w_down, c->gate, n, c->layers[il + 1].l.attn_norm);
+		else
+			r = mm(c, 1, (const KbWeight *const[1]){ &l->w_down }, c->gate, n, res, 1);
+		if (r < 0)
 			return r;
 	}
 	return 0;

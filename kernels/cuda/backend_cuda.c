@@ -109,7 +109,9 @@ static int act_ensure(CudaBackend *c, int64_t cols)
 		return r;
 	graphs_drop(c);
 	kb_cuda_act_free(c->act);
+	kb_cuda_act_free(c->act_alt); /* regrown with act's room when next needed */
 	c->act = a;
+	c->act_alt = NULL;
 	act_forget(c);
 	return 0;
 }
@@ -168,6 +170,8 @@ static void cuda_free(KbBackend *b)
 	kb_cuda_sync(c->ctx);
 	graphs_drop(c);
 	kb_cuda_act_free(c->act);
+	kb_cuda_act_free(c->act_alt);
+	kb_cuda_dev_free(c->ctx, c->norm_part);
 	kb_cuda_dev_free(c->ctx, c->xq);
 	kb_cuda_dev_free(c->ctx, c->amax);
 	kb_cuda_dev_free(c->ctx, c->topk_dev);
@@ -315,6 +319,8 @@ static int cuda_get_rows(KbBackend *b, const KbWeight *w, const int32_t *ids, in
 /* The products; with ROPE (nw 3, acc 0), also RoPE and the KV stores in the products'
  * epilogue when the step takes one pass of the decode kernels, else *rope_done = 0 and
  * the caller runs rope_kv_store. */
+static int norm_settle(CudaBackend *c);
+
 static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const float *x, int n, float *const *y,
 		    int acc, const KbCudaRope *rope, int *rope_done)
 {
@@ -345,6 +351,12 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 		return r;
 	/* the activations are already converted when the last product or norm left x there */
 	const int reuse = c->fuse && x == c->act_x && n == c->act_n && cols == c->act_cols;
+	if (x == c->xn_stale && !reuse)
+		return -EINVAL; /* matmul_res_norm's y_norm after another op: its memory was not written */
+	/* act holds y * g (matmul_res_norm): products that cannot scale by 1 / rms get the norm */
+	if (reuse && x == c->xn_stale && (!same || !kb_cuda_mmv_rms_ok(c->ctx, w[0]->type, n)) &&
+	    (r = norm_settle(c)) < 0)
+		return r;
 	for (int t0 = 0; t0 < n && r == 0; t0 += KB_CUDA_MAX_TOK) {
 		int nt = n - t0 < KB_CUDA_MAX_TOK ? n - t0 : KB_CUDA_MAX_TOK;
 		float *yt[KB_CUDA_MMV_MAX_W];
@@ -378,6 +390,89 @@ static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, con
 			     float *const *y, int acc)
 {
 	return mm_multi(cb(b), nw, w, x, n, y, acc, NULL, NULL);
+}
+
+static int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y);
+
+/* The norm matmul_res_norm left to the products, run now: y_norm written, act converted. */
+static int norm_settle(CudaBackend *c)
+{
+	const float *y = c->xn_stale;
+	int r = cuda_rmsnorm(&c->base, c->pend.y_res, c->pend.norm_w, c->pend.n, c->pend.dim, c->pend.eps,
+			     (float *)y);
+	if (r == 0 && c->act_x != y) /* not converted there (never: matmul_res_norm's dims fit act) */
+		r = kb_cuda_act_prepare(c->ctx, c->act, y, c->pend.dim, c->pend.dim, c->pend.n);
+	c->act_x = y;
+	c->act_n = c->pend.n;
+	c->act_cols = c->pend.dim;
+	return r;
+}
+
+/* Fewest rows for which matmul_res_norm runs fused: the residual product's 32-row groups
+ * are its blocks, so at least about as many as the H200's 132 multiprocessors (7B: 128
+ * groups, batch 1 +2.6% (Q4_0) and +6.6% (Q8_0); SmolLM2's 18 lost 11%, bench/NOTES.md,
+ * session 8). */
+#define RES_NORM_MIN_ROWS 4096
+
+/* The residual product with the next norm's first half in its epilogue
+ * (kb_cuda_mmv_res_norm) when the step is one token whose products take int8 activations
+ * (the only kernels that scale by 1 / rms: kb_cuda_mmv_rms_ok, asked of W's type, which
+ * the norm's products share in the models we make) and the rows are many enough: y_norm
+ * is not written; act (act_alt before the swap) holds y_res * norm_w and the products
+ * that read it scale by 1 / rms (a product that cannot runs the norm first: norm_settle).
+ * Elsewhere the product and the norm kernel. */
+static int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x, int n, float *y_res,
+				const float *norm_w, int dim, float eps, float *y_norm)
+{
+	CudaBackend *c = cb(b);
+	CudaWeight *cw = w ? w->priv : NULL;
+	if (!cw || !x || !y_res || !norm_w || !y_norm || n < 1 || dim < 1 || w->rows != dim)
+		return -EINVAL;
+	float *const yr[1] = { y_res };
+	if (!c->fuse || !cw->mm || n != 1 || !kb_cuda_mmv_rms_ok(c->ctx, w->type, n) || dim % 32 ||
+	    dim < RES_NORM_MIN_ROWS) {
+		int r = mm_multi(c, 1, &w, x, n, yr, 1, NULL, NULL);
+		return r < 0 ? r : cuda_rmsnorm(b, y_res, norm_w, n, dim, eps, y_norm);
+	}
+	const int64_t cols = w->cols;
+	int r = act_ensure(c, cols > dim ? cols : dim);
+	if (r < 0)
+		return r;
+	if (!c->act_alt || kb_cuda_act_cap(c->act_alt) < kb_cuda_act_cap(c->act)) {
+		KbCudaAct *a = NULL;
+		if ((r = regrow_begin(c)) < 0 || (r = kb_cuda_act_new(c->ctx, kb_cuda_act_cap(c->act), &a)) < 0)
+			return r;
+		graphs_drop(c);
+		kb_cuda_act_free(c->act_alt);
+		c->act_alt = a;
+	}
+	if ((r = dev_grow(c, (void **)&c->norm_part, &c->norm_part_bytes,
+			  sizeof(double) * KB_CUDA_MAX_TOK * (size_t)(dim / 32))) < 0)
+		return r;
+	if (r > 0)
+		graphs_drop(c);
+	const int reuse = x == c->act_x && n == c->act_n && cols == c->act_cols;
+	if (x == c->xn_stale && !reuse)
+		return -EINVAL;
+	if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x, cols, cols, n)) < 0)
+		return r;
+	r = kb_cuda_mmv_res_norm(c->ctx, cw->mm, c->act, y_res, norm_w, eps, c->norm_part, c->act_alt);
+	act_forget(c);
+	if (r < 0)
+		return r;
+	KbCudaAct *t = c->act;
+	c->act = c->act_alt;
+	c->act_alt = t;
+	c->act_x = y_norm;
+	c->act_n = n;
+	c->act_cols = dim;
+	c->xn_stale = y_norm;
+	c->pend.y_res = y_res;
+	c->pend.norm_w = norm_w;
+	c->pend.n = n;
+	c->pend.dim = dim;
+	c->pend.eps = eps;
+	return 0;
 }
 
 static int cuda_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
@@ -440,6 +535,8 @@ static int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n
 {
 	CudaBackend *c = cb(b);
 	act_forget(c);
+	if (y == c->xn_stale)
+		c->xn_stale = NULL;
 	/* convert for the next products in the same launch when they fit one pass */
 	if (c->fuse && n >= 1 && n <= KB_CUDA_MAX_TOK && c->act && dim <= kb_cuda_act_cap(c->act)) {
 		int r = kb_cuda_rmsnorm_act(c->ctx, x, weight, n, dim, eps, y, c->act);
@@ -661,6 +758,7 @@ const KbOps cuda_ops = {
 	.topk = cuda_topk,
 	.rope_kv_store = cuda_rope_kv_store,
 	.matmul_rope_kv = cuda_matmul_rope_kv,
+	.matmul_res_norm = cuda_matmul_res_norm,
 	.mem_info = cuda_mem_info,
 	.add = cuda_add,
 	.sync = cuda_sync,

@@ -59,6 +59,16 @@ typedef struct {
 	int tiles_cap;
 	StepState step;
 	KbCudaAct *act;         /* converted activations for the products */
+	KbCudaAct *act_alt;     /* the other one of matmul_res_norm (it reads act, writes this; then they swap) */
+	double *norm_part;      /* its sums of squares, [KB_CUDA_MAX_TOK][rows / 32] */
+	size_t norm_part_bytes;
+	const float *xn_stale;  /* matmul_res_norm's y_norm: not written, readable only through act */
+	struct {                /* and the norm it stands for, run after all (norm_settle) when a
+				 * product cannot take act's y * g (kb_cuda_mmv_rms_ok) */
+		const float *y_res, *norm_w;
+		int n, dim;
+		float eps;
+	} pend;
 	const float *act_x;     /* the f32 buffer act holds (act_n tokens x act_cols), or NULL */
 	int act_n;
 	int64_t act_cols;

@@ -147,6 +147,20 @@ typedef struct {
 int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y_dev,
 			 const KbCudaRope *rope);
 
+/* The residual product y_dev[t] += W x_t (W's rows a multiple of 32, y_dev [n_tok][rows]),
+ * which also starts the RMSNorm of the new y with weights norm_w (device, rows): OUT (not
+ * ACT) then holds y * norm_w in the planes the products read, and each token's sum of
+ * squares of y goes to PART (device, KB_CUDA_MAX_TOK x rows / 32 doubles), from which the
+ * products that read OUT scale their sums by 1 / sqrt(mean + eps): those products compute
+ * W' rmsnorm(y), without a norm kernel between.  Only products for which
+ * kb_cuda_mmv_rms_ok holds can read OUT (the others refuse it: -EINVAL).  Queued. */
+int kb_cuda_mmv_res_norm(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,
+			 const float *norm_w, float eps, double *part, KbCudaAct *out);
+
+/* Whether products of TYPE over n_tok tokens can read the activations kb_cuda_mmv_res_norm
+ * leaves (only their int8 one-token kernels scale by 1 / rms). */
+int kb_cuda_mmv_rms_ok(const KbCuda *ctx, int type, int n_tok);
+
 /* Products of any number of tokens (gemm.cu; meant for n > KB_CUDA_MAX_TOK): y[i]
  * ([n][w[i]'s rows]) = W[i] x, or += when acc, for 1 <= nw <= KB_CUDA_MMV_MAX_W weights of
  * equal cols; x device f32 [n][cols].  The weights are dequantized to f16 with their

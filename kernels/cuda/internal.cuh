@@ -71,8 +71,9 @@ struct KbCuda {
 	cudaEvent_t t0, t1;
 	int pdl;
 	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
-	int occ[7][9][9];       /* resident blocks per SM: [type slot][variant (kb_variant) + 3 I8][warps] */
-	int occ_bulk[7][9][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
+	int occ[7][18][9];      /* resident blocks per SM: [type slot][variant (kb_variant) + 3 I8 + 9 RMS][warps] */
+	int occ_norm[7][3];     /* the same for k_mmv_norm: [type slot][I8] */
+	int occ_bulk[7][18][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
 	uint64_t up_bytes;
 	double up_sec;
 	KbCudaAct *act;         /* for kb_cuda_mmv */
@@ -80,7 +81,7 @@ struct KbCuda {
 	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
 	int att_split_keys;     /* fewest keys an attention split takes (KB_ATT_SPLIT_KEYS) */
 	uint8_t mmq_smem_set[7][2]; /* gemm.cu: shared-memory opt-in done, [type slot][64-token] */
-	uint8_t mmv_smem_set[7][9]; /* bulk kernel (matmul_bulk.cuh): the same, [type slot][variant] */
+	uint8_t mmv_smem_set[7][18]; /* bulk kernel (matmul_bulk.cuh): the same, [type slot][variant] */
 	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };
@@ -107,6 +108,12 @@ struct KbCudaAct {
 	float *xd;     /* their 32-column block scales, kb_act8_d order */
 	float *xe;     /* each block's scale x sum of levels, rounded to f16 (Q8_1's s), kb_act8_d order */
 	unsigned planes; /* KB_PL_* the last producer wrote (mmv_launch checks a product's) */
+	/* rms_on: the planes hold y * g, not the norm's output y / rms(y) * g, and the products
+	 * scale their sums by 1 / rms from rms_part (kb_cuda_mmv_res_norm); every other
+	 * producer clears it (kb_act_out) */
+	int rms_on;
+	const double *rms_part;
+	float rms_eps;
 };
 
 /* Whether products of TYPE over n_tok tokens take int8 activations (matmul_i8.cuh).  By
@@ -189,6 +196,7 @@ static inline KbActOut kb_act_out(KbCudaAct *a, int n_tok)
 {
 	KbActOut o = { a->xh, a->xhi, a->xlo, a->xs, a->xq, a->xd, a->xe, a->cap, kb_act_planes(a->ctx, n_tok) };
 	a->planes = o.planes;
+	a->rms_on = 0;
 	return o;
 }
 

@@ -129,6 +129,26 @@ typedef struct {
 	float theta_scale;
 } KbMmvRope;
 
+/* The residual product's epilogue that starts the next RMSNorm (k_mmv_norm): each 32-row
+ * group's new rows y (after the add) go to y as usual, their sum of squares (double, per
+ * token) to part[token][group], and y * g into the activation planes o, so the products
+ * that read the norm's output need no norm kernel: they scale their sums by the row's
+ * 1 / rms instead (KbMmvRms). */
+typedef struct {
+	const float *g; /* the norm's weights */
+	double *part;   /* [KB_MAX_TOK][nb] */
+	KbActOut o;
+	int nb;         /* 32-row groups of the row: rows / 32 */
+} KbMmvNorm;
+
+/* Activations that hold y * g rather than the norm's output (KbCudaAct.rms): the flush
+ * multiplies a token's sums by 1 / sqrt(sum(part) / dim + eps), the CPU's formula. */
+typedef struct {
+	const double *part;
+	int nb, dim, on;
+	float eps;
+} KbMmvRms;
+
 typedef struct {
 	KbMmvSeg seg[KB_CUDA_MMV_MAX_W];
 	int nseg;
@@ -137,7 +157,14 @@ typedef struct {
 	int stages; /* k_mmv_bulk: ring slots per warp */
 	KbActView x;
 	KbMmvRope rope; /* k_mmv<..., true>: segments 0, 1, 2 = q, k, v */
+	KbMmvNorm nrm;  /* k_mmv_norm */
+	KbMmvRms rms;
 } KbMmvArgs;
+
+/* Shared memory of the products after the reduction slots ([2][warps][RT][32] float4):
+ * the tokens' 1 / rms (KbMmvRms), then for k_mmv_norm the group's new rows, two buffers. */
+#define KB_RMS_SM_BYTES 32
+#define KB_NORM_SM_BYTES (2 * KB_MAX_TOK * 32 * 4)
 
 /* The weight that owns row group jg, and jg's first tile within it.  Selects rather than
  * an indexed load, so the argument block stays in constant space. */
@@ -283,14 +310,16 @@ __device__ __forceinline__ void kb_cursor_next(const KbMmvArgs &a, int cnt, int 
 
 /* Loads (group, chunk) item i of this warp's list into w, and asks L2 for the item
  * `prefetch` places after the next one. */
-template <int T, int RT>
+template <int T, int RT, int RG = 1>
 __device__ __forceinline__ void kb_load_item(const KbMmvArgs &a, int i, int j, int ch, int cnt, int total,
-					     int warp, int nw, int lane, KbWRegs<T> (&w)[RT])
+					     int warp, int nw, int lane, KbWRegs<T> (&w)[RT], int wt = 0)
 {
 	int si;
 	int64_t tile0;
-	const KbTilePtr b = kb_group_tile(a, (int)blockIdx.x + j * (int)gridDim.x, RT, &si, &tile0);
-	if (a.prefetch) {
+	const KbTilePtr b = kb_group_tile(a, (int)blockIdx.x + j * (int)gridDim.x, RT * RG, &si, &tile0);
+	if constexpr (RG > 1)
+		tile0 += wt * RT; /* this warp's tiles of the group */
+	if (RG == 1 && a.prefetch) {
 		const int ip = i + 1 + a.prefetch;
 		if (ip < total)
 			kb_prefetch_chunk<T, RT>(a, (int)blockIdx.x + (ip / cnt) * (int)gridDim.x, warp + (ip % cnt) * nw,
@@ -334,32 +363,59 @@ __device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, int si, int
 	}
 }
 
+/* 1 / rms of token w (KbMmvRms) from the partial sums of squares, by warp w. */
+__device__ __forceinline__ float kb_rms_inv(const KbMmvRms &r, int w, int lane)
+{
+	double s = 0;
+	for (int i = lane; i < r.nb; i += 32)
+		s += r.part[(int64_t)w * r.nb + i];
+	for (int o = 16; o; o >>= 1)
+		s += __shfl_xor_sync(0xffffffffu, s, o);
+	return 1.0f / sqrtf((float)(s / r.dim) + r.eps);
+}
+
 /* End of the block's group j: the warps' partial sums meet in shared memory (two
- * slots, alternating, so one barrier per group suffices) and go to y. */
-template <int RT, bool ROPE>
+ * slots, alternating, so one barrier per group suffices) and go to y.  RG: the group's
+ * tiles are split among the warps (warps [t nw/RG, (t+1) nw/RG) take tile t), as
+ * k_mmv_norm's 32-row groups are; NORM: that kernel's epilogue (KbMmvNorm); RMS: the
+ * activations hold y * g (KbMmvRms: only the instances that read them have the code, so
+ * every other keeps its registers). */
+template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
 					 float (&acc)[RT][4], float4 *red, float post = 1.0f)
 {
+	static_assert(!NORM || (RG == 2 && RT == 1 && !ROPE), "k_mmv_norm: 32-row groups, one tile a warp");
 	float4 *slot = red + (size_t)(j & 1) * nw * RT * 32;
+	float *rsm = (float *)(red + (size_t)2 * nw * RT * 32); /* KB_RMS_SM_BYTES */
 	KB_UNROLL
 	for (int rt = 0; rt < RT; rt++) {
 		slot[(warp * RT + rt) * 32 + lane] = make_float4(acc[rt][0], acc[rt][1], acc[rt][2], acc[rt][3]);
 		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
 	}
+	if (RMS && j == 0 && warp < a.x.n_tok) {
+		const float r = kb_rms_inv(a.rms, warp, lane);
+		if (lane == 0)
+			rsm[warp] = r;
+	}
 	__syncthreads();
 	const float *f = (const float *)slot;
 	int si;
 	int64_t tile0;
-	kb_group_tile(a, (int)blockIdx.x + j * (int)gridDim.x, RT, &si, &tile0);
+	kb_group_tile(a, (int)blockIdx.x + j * (int)gridDim.x, RT * RG, &si, &tile0);
 	const KbMmvSeg &g = si == 0 ? a.seg[0] : si == 1 ? a.seg[1] : a.seg[2];
-	for (int v = threadIdx.x; v < RT * 128; v += blockDim.x) {
-		const int rt = v >> 7, l = (v >> 2) & 31, ci = v & 3;
+	const int nwc = RG == 1 ? nw : nw / RG;
+	float *ysm = rsm + KB_RMS_SM_BYTES / 4 + (j & 1) * KB_MAX_TOK * 32; /* NORM */
+	for (int v = threadIdx.x; v < RG * RT * 128; v += blockDim.x) {
+		const int rg = v >> 7, l = (v >> 2) & 31, ci = v & 3;
+		const int wt = rg / RT, rt = rg % RT;
 		float sum = 0.f;
-		for (int k = 0; k < nw; k++)
-			sum += f[((k * RT + rt) * 32 + l) * 4 + ci];
+		for (int k = 0; k < nwc; k++)
+			sum += f[(((wt * nwc + k) * RT + rt) * 32 + l) * 4 + ci];
 		sum *= post; /* 1 but for kb_i8_post */
-		const int64_t row = (tile0 + rt) * 16 + (l >> 2) + 8 * (ci >> 1);
+		const int64_t row = (tile0 + rg) * 16 + (l >> 2) + 8 * (ci >> 1);
 		const int tok = 2 * (l & 3) + (ci & 1);
+		if (RMS && tok < a.x.n_tok)
+			sum *= rsm[tok];
 		if constexpr (ROPE) {
 			/* rows 2i and 2i+1 are in threads v and v ^ 16 of the same warp (whole warps
 			 * run this loop, so the shuffle is uniform) */
@@ -367,9 +423,30 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			kb_rope_epilogue(a.rope, si, row, tok, row < g.rows && tok < a.x.n_tok, sum, other, g.y, g.ldy);
 			continue;
 		}
+		if constexpr (NORM) {
+			if (tok < a.x.n_tok)
+				ysm[tok * 32 + rg * 16 + (l >> 2) + 8 * (ci >> 1)] =
+					row < g.rows ? g.y[tok * g.ldy + row] + sum : 0.f;
+			continue;
+		}
 		if (row < g.rows && tok < a.x.n_tok) {
 			float *yp = g.y + tok * g.ldy + row;
 			*yp = a.acc ? *yp + sum : sum; /* acc: the same bits as a product, then add */
+		}
+	}
+	if constexpr (NORM) {
+		/* warp w: token w's 32 rows, lane l row tile0 * 16 + l (rows are a multiple of 32) */
+		__syncthreads();
+		if (warp < a.x.n_tok) {
+			const int64_t row = tile0 * 16 + lane;
+			const float y = ysm[warp * 32 + lane];
+			g.y[warp * g.ldy + row] = y;
+			double ss = (double)y * y;
+			for (int o = 16; o; o >>= 1)
+				ss += __shfl_xor_sync(0xffffffffu, ss, o);
+			if (lane == 0)
+				a.nrm.part[(int64_t)warp * a.nrm.nb + tile0 / 2] = ss;
+			kb_act_put<KB_PL_DYN>(a.nrm.o, warp, row, __fmul_rn(y, a.nrm.g[row]));
 		}
 	}
 }
@@ -408,8 +485,9 @@ __device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, 
  * (bench/NOTES.md, session 8).  Without CUR each item's pointers are
  * worked out from (group, chunk) as kb_load_item does: the cursor's registers would cost
  * the f16 kernels occupancy (Q4_K 128 -> 168). */
-template <int T, int RT, bool CUR> struct KbLoader {
+template <int T, int RT, bool CUR, int RG = 1> struct KbLoader {
 	int lj, lch;             /* the next item: chunk lch of the block's group lj */
+	int wt;                  /* RG > 1: the warp's tiles of each group (kb_flush) */
 	KbTilePtr b;             /* CUR: tile 0 of that group */
 	int jg, g1;              /* CUR: its launch group, and its weight's end */
 	int64_t sq, ss, sd;      /* CUR: bytes from one of the block's groups to the next */
@@ -418,19 +496,22 @@ template <int T, int RT, bool CUR> struct KbLoader {
 	{
 		int si;
 		int64_t tile0;
-		const KbTilePtr t = kb_group_tile(a, jg, RT, &si, &tile0);
+		const KbTilePtr t = kb_group_tile(a, jg, RT * RG, &si, &tile0);
+		if constexpr (RG > 1)
+			tile0 += wt * RT;
 		b.q = t.q + tile0 * a.q_tile;
 		b.s = t.s + tile0 * a.s_tile;
 		b.d = t.d + tile0 * a.d_tile;
 		g1 = si == 0 ? a.seg[0].g1 : si == 1 ? a.seg[1].g1 : a.seg[2].g1;
 	}
 
-	__device__ __forceinline__ void init(const KbMmvArgs &a, int warp)
+	__device__ __forceinline__ void init(const KbMmvArgs &a, int warp, int tile_set = 0)
 	{
 		lj = 0;
 		lch = warp;
+		wt = tile_set;
 		if constexpr (CUR) {
-			const int64_t gs = (int64_t)gridDim.x * RT;
+			const int64_t gs = (int64_t)gridDim.x * RT * RG;
 			sq = gs * a.q_tile;
 			ss = gs * a.s_tile;
 			sd = gs * a.d_tile;
@@ -459,9 +540,9 @@ template <int T, int RT, bool CUR> struct KbLoader {
 					     KbWRegs<T> (&w)[RT])
 	{
 		if constexpr (!CUR) {
-			kb_load_item<T, RT>(a, i, lj, lch, cnt, total, warp, nw, lane, w);
+			kb_load_item<T, RT, RG>(a, i, lj, lch, cnt, total, warp, nw, lane, w, wt);
 		} else {
-			if (a.prefetch) {
+			if (RG == 1 && a.prefetch) {
 				const int ip = i + 1 + a.prefetch;
 				if (ip < total)
 					kb_prefetch_chunk<T, RT>(a, (int)blockIdx.x + (ip / cnt) * (int)gridDim.x,
@@ -482,30 +563,40 @@ template <int T, int RT, bool CUR> struct KbLoader {
 /* Item i of kb_mmv_body's walk, chunk ch of the block's group j: computed from W (the group
  * flushed when it ends), then W refilled with item i + 2, the next to load after chunk lch
  * of group lj. */
-template <int T, int RT, bool ROPE, int I8>
+template <int T, int RT, bool ROPE, int I8, int RG, bool RMS>
 __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
-					    int &j, int &ch, KbLoader<T, RT, I8 != 0> &ld, int warp, int nw, int lane,
-					    float (&acc)[RT][4], float4 *red, float post)
+					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG> &ld, int warp, int nw,
+					    int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post)
 {
 	kb_item<T, RT, ROPE, I8>(a, w, ch, lane, acc);
-	if (kb_walk_next(j, ch, warp, nw, a.n_chunks))
-		kb_flush<RT, ROPE>(a, j - 1, warp, nw, lane, acc, red, post);
+	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks))
+		kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j - 1, warp, nw, lane, acc, red, post);
 	if (i + 2 < total) {
-		ld.next(a, warp, nw);
-		ld.load(a, i + 2, cnt, total, warp, nw, lane, w);
+		ld.next(a, wc, nwc);
+		ld.load(a, i + 2, cnt, total, wc, nwc, lane, w);
 	}
 }
 
-/* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  The kernels are
- * k_mmv and k_mmv_2 below. */
-template <int T, int RT, bool ROPE, int I8>
+/* Prefetches the partial sums a KbMmvRms flush reads (after the wait: the previous kernel
+ * wrote them), so that the block's first flush finds them in L1. */
+template <bool RMS> __device__ __forceinline__ void kb_rms_prefetch(const KbMmvArgs &a, int warp, int lane)
+{
+	if (RMS && warp < a.x.n_tok && lane * 16 < a.rms.nb)
+		asm volatile("prefetch.global.L1 [%0];" ::"l"(a.rms.part + (int64_t)warp * a.rms.nb + lane * 16));
+}
+
+/* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  RG: tiles a group's
+ * warps split (2: k_mmv_norm).  The kernels are k_mmv, k_mmv_2 and k_mmv_norm below. */
+template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false>
 __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 {
 	constexpr float post = kb_i8_post<T, I8>();
-	extern __shared__ float4 kb_red[]; /* [2][warps][RT][32 lanes] */
+	extern __shared__ float4 kb_red[]; /* [2][warps][RT][32 lanes], then KB_RMS_SM_BYTES (+ KB_NORM_SM_BYTES) */
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	/* RG > 1: warp w takes tile w / nwc of each group, its chunks wc, wc + nwc, ... */
+	const int nwc = nw / RG, wc = RG == 1 ? warp : warp % nwc;
 	const int J = (a.n_groups - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
-	const int cnt = warp < a.n_chunks ? (a.n_chunks - warp + nw - 1) / nw : 0;
+	const int cnt = wc < a.n_chunks ? (a.n_chunks - wc + nwc - 1) / nwc : 0;
 	const int total = J * cnt;
 	kb_pdl_trigger();
 
@@ -517,28 +608,31 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	 * while it finishes (a norm, attention, SwiGLU: one to a few microseconds) two items a
 	 * warp are on their way, a decode step's 4096 x 4096 products nearly whole */
 	KbWRegs<T> wa[RT], wb[RT];
-	KbLoader<T, RT, I8 != 0> ld;
+	KbLoader<T, RT, I8 != 0, RG> ld;
 	if (total > 0) {
-		ld.init(a, warp);
-		ld.load(a, 0, cnt, total, warp, nw, lane, wa);
+		ld.init(a, wc, RG == 1 ? 0 : warp / nwc);
+		ld.load(a, 0, cnt, total, wc, nwc, lane, wa);
 	}
 	if (total > 1) {
-		ld.next(a, warp, nw);
-		ld.load(a, 1, cnt, total, warp, nw, lane, wb);
+		ld.next(a, wc, nwc);
+		ld.load(a, 1, cnt, total, wc, nwc, lane, wb);
 	}
 	kb_pdl_wait();
+	kb_rms_prefetch<RMS>(a, warp, lane);
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, kb_red, post);
+			kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j, warp, nw, lane, acc, kb_red, post);
 		return;
 	}
 	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
-	int j = 0, ch = warp;
+	int j = 0, ch = wc;
 	for (int i = 0; i < total; i += 2) {
-		kb_mmv_step<T, RT, ROPE, I8>(a, wa, i, cnt, total, j, ch, ld, warp, nw, lane, acc, kb_red, post);
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc, kb_red,
+						 post);
 		if (i + 1 >= total)
 			break;
-		kb_mmv_step<T, RT, ROPE, I8>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, lane, acc, kb_red, post);
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc, kb_red,
+						 post);
 	}
 }
 
@@ -547,41 +641,50 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
  * at one token (bench/NOTES.md, session 6).  Every other instance keeps the plain bound:
  * naming a minimum of even 1 block changed ptxas's schedule of the f16 kernels and cost
  * 4% of a 7B Q4_0 decode step. */
-template <int T, int RT, bool ROPE, int I8>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false>
 __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 {
-	kb_mmv_body<T, RT, ROPE, I8>(a);
+	kb_mmv_body<T, RT, ROPE, I8, 1, RMS>(a);
 }
 
-template <int T, int RT, bool ROPE, int I8>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false>
 __global__ void __launch_bounds__(256, 2) k_mmv_2(const KbMmvArgs a)
 {
-	kb_mmv_body<T, RT, ROPE, I8>(a);
+	kb_mmv_body<T, RT, ROPE, I8, 1, RMS>(a);
+}
+
+/* The residual product that starts the next RMSNorm (KbMmvNorm): 32-row groups, each
+ * tile of a group taken by half of the block's 16 warps (so a warp holds one tile's
+ * registers, as in k_mmv, and the flush has the 32 rows of one activation block). */
+template <int T, int I8>
+__global__ void __launch_bounds__(512) k_mmv_norm(const KbMmvArgs a)
+{
+	kb_mmv_body<T, 1, false, I8, 2>(a);
 }
 
 /* The kernel instance for these parameters. */
-template <int T, int RT, bool ROPE, int I8> static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
+template <int T, int RT, bool ROPE, int I8, bool RMS = false> static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
 {
 	if constexpr (T == QD_TYPE_Q4_1 && I8 != 0)
-		return k_mmv_2<T, RT, ROPE, I8>;
+		return k_mmv_2<T, RT, ROPE, I8, RMS>;
 	else
-		return k_mmv<T, RT, ROPE, I8>;
+		return k_mmv<T, RT, ROPE, I8, RMS>;
 }
 
 #include "matmul_bulk.cuh"
 
-template <int T, int RT, bool ROPE, int I8>
+template <int T, int RT, bool ROPE, int I8, bool RMS>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 {
 	const int nw = c->warps;
-	const size_t smem = (size_t)2 * nw * RT * 32 * sizeof(float4);
+	const size_t smem = (size_t)2 * nw * RT * 32 * sizeof(float4) + KB_RMS_SM_BYTES;
 	int grid = a.n_groups;
 	if (c->persist) {
 		/* as many blocks as fit at once, each walking several groups */
-		int *occ = &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8][nw];
+		int *occ = &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS][nw];
 		if (*occ == 0) {
 			int n = 0;
-			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kb_mmv_kernel<T, RT, ROPE, I8>(),
+			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(),
 										     nw * 32, smem));
 			if (r < 0)
 				return r;
@@ -592,7 +695,7 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 		if (fit < grid)
 			grid = (int)fit;
 	}
-	return kb_launch(ctx, kb_mmv_kernel<T, RT, ROPE, I8>(), dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
+	return kb_launch(ctx, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(), dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
 
 /* The int8 products: register loads, or the bulk-copy ring where kb_auto_stages (or the
@@ -600,20 +703,52 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c, const KbMmvArgs &a, bool rope)
 {
 	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
-	if (S > 0 && ctx->cc_major >= 9) {
+	const bool bulk = S > 0 && ctx->cc_major >= 9;
+	if (a.rms.on) { /* activations of kb_cuda_mmv_res_norm: one token, one row tile (kb_cuda_mmv_rms_ok) */
+		if constexpr (I8 == 2) {
+			if (c->row_tiles == 1) {
+				if (rope)
+					return bulk ? launch_bulk<T, 1, true, I8, true>(ctx, c, S, a)
+						    : launch_rt<T, 1, true, I8, true>(ctx, c, a);
+				return bulk ? launch_bulk<T, 1, false, I8, true>(ctx, c, S, a)
+					    : launch_rt<T, 1, false, I8, true>(ctx, c, a);
+			}
+		}
+		return -EINVAL;
+	}
+	if (bulk) {
 		if (rope)
-			return launch_bulk<T, 1, true, I8>(ctx, c, S, a);
-		return c->row_tiles == 1 ? launch_bulk<T, 1, false, I8>(ctx, c, S, a)
-					 : launch_bulk<T, 2, false, I8>(ctx, c, S, a);
+			return launch_bulk<T, 1, true, I8, false>(ctx, c, S, a);
+		return c->row_tiles == 1 ? launch_bulk<T, 1, false, I8, false>(ctx, c, S, a)
+					 : launch_bulk<T, 2, false, I8, false>(ctx, c, S, a);
 	}
 	if (rope)
-		return launch_rt<T, 1, true, I8>(ctx, c, a);
-	return c->row_tiles == 1 ? launch_rt<T, 1, false, I8>(ctx, c, a) : launch_rt<T, 2, false, I8>(ctx, c, a);
+		return launch_rt<T, 1, true, I8, false>(ctx, c, a);
+	return c->row_tiles == 1 ? launch_rt<T, 1, false, I8, false>(ctx, c, a)
+				 : launch_rt<T, 2, false, I8, false>(ctx, c, a);
+}
+
+/* k_mmv_norm: 16 warps, as many blocks as fit (their flush keeps each 32-row group whole). */
+template <int T, int I8> static int launch_norm(KbCuda *ctx, const KbMmvArgs &a)
+{
+	constexpr int NW = 16;
+	const size_t smem = (size_t)2 * NW * 32 * sizeof(float4) + KB_RMS_SM_BYTES + KB_NORM_SM_BYTES;
+	int *occ = &ctx->occ_norm[kb_type_slot(T)][I8];
+	if (*occ == 0) {
+		int n = 0;
+		int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_norm<T, I8>, NW * 32, smem));
+		if (r < 0)
+			return r;
+		*occ = n > 0 ? n : 1;
+	}
+	const int64_t fit = (int64_t)*occ * ctx->sm_count;
+	const int grid = fit < a.n_groups ? (int)fit : a.n_groups;
+	return kb_launch(ctx, k_mmv_norm<T, I8>, dim3((unsigned)grid), dim3(NW * 32), smem, a);
 }
 
 template <int T>
 static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
-		      const int64_t *ldy, int acc, const KbCudaRope *rope)
+		      const int64_t *ldy, int acc, const KbCudaRope *rope, const KbMmvNorm *nrm)
 {
 	const KbMmvConfig *c = &ctx->mmv[act->n_tok - 1];
 	KbMmvArgs a;
@@ -628,7 +763,7 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 		sg->ldy = ldy[i];
 		sg->y = y[i];
 		sg->g0 = g;
-		g += (int)(w[i]->n_tiles / c->row_tiles);
+		g += (int)(w[i]->n_tiles / (nrm ? 2 : c->row_tiles));
 		sg->g1 = g;
 	}
 	a.nseg = nw;
@@ -648,6 +783,13 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	a.x.xe = act->xe;
 	a.x.cap = act->cap;
 	a.x.n_tok = act->n_tok;
+	if (act->rms_on) {
+		a.rms.on = 1;
+		a.rms.part = act->rms_part;
+		a.rms.dim = (int)act->cols;
+		a.rms.nb = (int)(act->cols / 32);
+		a.rms.eps = act->rms_eps;
+	}
 	if (rope) {
 		a.rope.pos = rope->pos;
 		a.rope.seq = rope->seq;
@@ -659,24 +801,35 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 		a.rope.kvd = (int)w[1]->rows;
 		a.rope.theta_scale = rope->theta_scale;
 	}
+	if (nrm) {
+		a.nrm = *nrm;
+		if constexpr (KbI8<T>::ok) {
+			if (kb_i8_use(ctx, T, act->n_tok))
+				return act->n_tok == 1 ? launch_norm<T, 2>(ctx, a) : launch_norm<T, 1>(ctx, a);
+		}
+		return launch_norm<T, 0>(ctx, a);
+	}
 	if constexpr (KbI8<T>::ok) {
 		if (kb_i8_use(ctx, T, act->n_tok))
 			return act->n_tok == 1 ? launch_i8<T, 2>(ctx, c, a, rope != NULL)
 					       : launch_i8<T, 1>(ctx, c, a, rope != NULL);
 	}
+	if (a.rms.on) /* f16 activations never hold y * g (kb_cuda_mmv_rms_ok) */
+		return -EINVAL;
 	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
 	const bool bulk = S > 0 && ctx->cc_major >= 9;
 	if (rope) /* its own instances (one row tile), so the other products carry none of it */
-		return bulk ? launch_bulk<T, 1, true, 0>(ctx, c, S, a) : launch_rt<T, 1, true, 0>(ctx, c, a);
+		return bulk ? launch_bulk<T, 1, true, 0, false>(ctx, c, S, a) : launch_rt<T, 1, true, 0, false>(ctx, c, a);
 	if (bulk)
-		return c->row_tiles == 1 ? launch_bulk<T, 1, false, 0>(ctx, c, S, a) : launch_bulk<T, 2, false, 0>(ctx, c, S, a);
+		return c->row_tiles == 1 ? launch_bulk<T, 1, false, 0, false>(ctx, c, S, a)
+					 : launch_bulk<T, 2, false, 0, false>(ctx, c, S, a);
 	if (c->row_tiles == 1)
-		return launch_rt<T, 1, false, 0>(ctx, c, a);
-	return launch_rt<T, 2, false, 0>(ctx, c, a);
+		return launch_rt<T, 1, false, 0, false>(ctx, c, a);
+	return launch_rt<T, 2, false, 0, false>(ctx, c, a);
 }
 
 static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
-		      const int64_t *ldy, int acc, const KbCudaRope *rope)
+		      const int64_t *ldy, int acc, const KbCudaRope *rope, const KbMmvNorm *nrm = NULL)
 {
 	if (!ctx || !act || act->ctx != ctx || act->n_tok < 1 || nw < 1 || nw > KB_CUDA_MMV_MAX_W)
 		return -EINVAL;
@@ -696,7 +849,7 @@ static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	if ((act->planes & need) != need)
 		return -EINVAL;
 	return kb_with_product_type(w[0]->type, [&](auto t) {
-		return launch_mmv<decltype(t)::value>(ctx, nw, w, act, y, ldy, acc, rope);
+		return launch_mmv<decltype(t)::value>(ctx, nw, w, act, y, ldy, acc, rope, nrm);
 	});
 }
 
@@ -726,6 +879,36 @@ extern "C" int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, c
 	for (int i = 0; i < 3; i++)
 		ldy[i] = w[i] ? w[i]->rows : 0;
 	return mmv_launch(ctx, 3, w, act, y_dev, ldy, 0, rope);
+}
+
+extern "C" int kb_cuda_mmv_rms_ok(const KbCuda *ctx, int type, int n_tok)
+{
+	return ctx && n_tok == 1 && kb_i8_use(ctx, type, 1) && ctx->mmv[0].row_tiles == 1;
+}
+
+extern "C" int kb_cuda_mmv_res_norm(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,
+				    const float *norm_w, float eps, double *part, KbCudaAct *out)
+{
+	if (!ctx || !w || !act || !y_dev || !norm_w || !part || !out || out == act || out->ctx != ctx ||
+	    w->rows % 32 || w->rows > out->cap || act->n_tok < 1 || act->n_tok > KB_CUDA_MAX_TOK)
+		return -EINVAL;
+	KbMmvNorm nrm;
+	nrm.g = norm_w;
+	nrm.part = part;
+	nrm.nb = (int)(w->rows / 32);
+	nrm.o = kb_act_out(out, act->n_tok);
+	const int64_t ldy = w->rows;
+	int r = mmv_launch(ctx, 1, &w, act, &y_dev, &ldy, 1, NULL, &nrm);
+	if (r < 0) {
+		out->n_tok = 0; /* no product may read it */
+		return r;
+	}
+	out->cols = w->rows;
+	out->n_tok = act->n_tok;
+	out->rms_on = 1;
+	out->rms_part = part;
+	out->rms_eps = eps;
+	return 0;
 }
 
 extern "C" int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t ldx,

@@ -27,10 +27,11 @@ template <int T, int RT> struct KbBulk {
 	static_assert(QB % 16 == 0 && SBB % 16 == 0 && DBB % 16 == 0, "bulk copies move 16-byte units");
 };
 
-/* Shared memory of k_mmv_bulk: reduction slots, then the mbarriers, then the rings. */
+/* Shared memory of k_mmv_bulk: reduction slots (and the tokens' 1 / rms, kb_flush), then
+ * the mbarriers, then the rings. */
 __host__ __device__ static inline size_t kb_bulk_red_bytes(int nw, int rt)
 {
-	return (size_t)2 * nw * rt * 32 * sizeof(float4);
+	return (size_t)2 * nw * rt * 32 * sizeof(float4) + KB_RMS_SM_BYTES;
 }
 __host__ __device__ static inline size_t kb_bulk_ring_off(int nw, int rt, int stages)
 {
@@ -138,7 +139,7 @@ __device__ __forceinline__ void kb_bulk_regs(uint32_t tile, int lane, KbWRegs<T>
 }
 #endif
 
-template <int T, int RT, bool ROPE, int I8>
+template <int T, int RT, bool ROPE, int I8, bool RMS>
 __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -171,6 +172,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 		kb_cursor_next<T, RT>(a, cnt, warp, nw, &iss);
 	}
 	kb_pdl_wait();
+	kb_rms_prefetch<RMS>(a, warp, lane);
 
 	float acc[RT][4];
 	KB_UNROLL
@@ -178,7 +180,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, red, post);
+			kb_flush<RT, ROPE, 1, false, RMS>(a, j, warp, nw, lane, acc, red, post);
 		return;
 	}
 	int st = 0, ph = 0;
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 		const int j = cur.j;
 		kb_cursor_next<T, RT>(a, cnt, warp, nw, &cur);
 		if (cur.j != j)
-			kb_flush<RT, ROPE>(a, j, warp, nw, lane, acc, red, post);
+			kb_flush<RT, ROPE, 1, false, RMS>(a, j, warp, nw, lane, acc, red, post);
 		if (++st == S) {
 			st = 0;
 			ph ^= 1;
@@ -227,7 +229,7 @@ template <int T> static int kb_auto_stages(int n_chunks)
 	return T == QD_TYPE_Q4_1 && n_chunks >= 8 ? 2 : 0;
 }
 
-template <int T, int RT, bool ROPE, int I8>
+template <int T, int RT, bool ROPE, int I8, bool RMS>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a);
 
 template <int T, int RT>
@@ -242,7 +244,7 @@ template <int RT, bool ROPE> static constexpr int kb_variant()
 	return ROPE ? 2 : RT - 1;
 }
 
-template <int T, int RT, bool ROPE, int I8>
+template <int T, int RT, bool ROPE, int I8, bool RMS>
 static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 {
 	const int nw = c->warps;
@@ -251,11 +253,11 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 		S--;
 	const size_t smem = kb_bulk_smem<T, RT>(nw, S);
 	if (smem > ctx->smem_optin)
-		return launch_rt<T, RT, ROPE, I8>(ctx, c, a);
+		return launch_rt<T, RT, ROPE, I8, RMS>(ctx, c, a);
 	a.stages = S;
-	uint8_t *set = &ctx->mmv_smem_set[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8];
+	uint8_t *set = &ctx->mmv_smem_set[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS];
 	if (!*set) {
-		int r = kb_err(cudaFuncSetAttribute(k_mmv_bulk<T, RT, ROPE, I8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		int r = kb_err(cudaFuncSetAttribute(k_mmv_bulk<T, RT, ROPE, I8, RMS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						    (int)ctx->smem_optin));
 		if (r < 0)
 			return r;
@@ -263,10 +265,10 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 	}
 	int grid = a.n_groups;
 	if (c->persist) {
-		int *occ = &ctx->occ_bulk[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8][nw][S];
+		int *occ = &ctx->occ_bulk[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS][nw][S];
 		if (*occ == 0) {
 			int n = 0;
-			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_bulk<T, RT, ROPE, I8>, nw * 32, smem));
+			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_bulk<T, RT, ROPE, I8, RMS>, nw * 32, smem));
 			if (r < 0)
 				return r;
 			*occ = n > 0 ? n : 1;
@@ -277,7 +279,7 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 		if (fit < grid)
 			grid = (int)fit;
 	}
-	return kb_launch(ctx, k_mmv_bulk<T, RT, ROPE, I8>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
+	return kb_launch(ctx, k_mmv_bulk<T, RT, ROPE, I8, RMS>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
 
 #endif
