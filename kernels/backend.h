@@ -115,6 +115,12 @@ typedef struct {
 	 * results may differ in the last bits (tests/test-steps.c bounds it). */
 	int (*matmul_res_norm)(KbBackend *b, const KbWeight *w, const float *x, int n, float *y_res,
 			       const float *norm_w, int dim, float eps, float *y_norm);
+	/* matmul_multi of W = gate, up into y[0], y[1] (acc 0), then swiglu(y[0], y[1]) into
+	 * h; a backend may compute h without writing y (the CUDA backend: SwiGLU in the
+	 * products' epilogue at one-token int8 steps), and the products' sums may then be
+	 * added in another order: the last bits of h may differ from the plain calls'. */
+	int (*matmul_swiglu)(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,
+			     float *h);
 
 	/* Optional: matmul, and ret_idx[t] (host array of n) = the first index of the largest
 	 * y[t][r] (NaNs skipped; 0 when all are NaN), found during or right after the product,

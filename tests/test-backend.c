@@ -393,6 +393,101 @@ static void test_matmul_res_norm(void)
 	g->ops->free(g);
 }
 
+/* matmul_swiglu on the same kind of backend: h and the down product after it equal the
+ * plain calls' (matmul_multi, swiglu, matmul) to the products' summation order and the
+ * activations' rounding, from a norm kernel's activations and from matmul_res_norm's. */
+static void test_matmul_swiglu(void)
+{
+	if (!ready())
+		return;
+	KbBackend *g = NULL;
+	setenv("QD_CUDA_MMV_I8", "1", 1);
+	int r = cuda_new(0, &g);
+	unsetenv("QD_CUDA_MMV_I8");
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	enum { D = 4096, F = 4352, R = 256 };
+	static const int64_t rows[4] = { D, F, F, R }, cols[4] = { D, D, D, F };
+	uint64_t s = 0x77;
+	uint8_t *raw[4];
+	KbWeight w[4]; /* o, gate, up, down */
+	for (int i = 0; i < 4; i++) {
+		size_t bytes;
+		raw[i] = rand_weight(QD_TYPE_Q4_0, rows[i], cols[i], &s, &bytes);
+		CU_ASSERT_FATAL(raw[i] != NULL);
+		w[i] = (KbWeight){ QD_TYPE_Q4_0, rows[i], cols[i], raw[i], NULL, 0 };
+		CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
+	}
+	float *x = rand_f32(D, &s, 1.0f), *y0 = rand_f32(D, &s, 4.0f), *gw = rand_f32(D, &s, 1.0f);
+	CU_ASSERT_FATAL(x && y0 && gw);
+	for (int i = 0; i < D; i++)
+		gw[i] += 1.5f;
+	float *dx = buf_in(g, x, sizeof(float) * D), *dg = buf_in(g, gw, sizeof(float) * D);
+	float *dy = buf_in(g, y0, sizeof(float) * D), *dn = buf_in(g, NULL, sizeof(float) * D);
+	float *dgate = buf_in(g, NULL, sizeof(float) * F), *dup = buf_in(g, NULL, sizeof(float) * F);
+	float *dh = buf_in(g, NULL, sizeof(float) * F), *dout = buf_in(g, NULL, sizeof(float) * R);
+	CU_ASSERT_FATAL(dx && dg && dy && dn && dgate && dup && dh && dout);
+	const KbWeight *gu[2] = { &w[1], &w[2] }, *wo = &w[0];
+	float *const ygu[2] = { dgate, dup };
+	const float eps = 1e-5f;
+	static float hf[F], hp[F], of[R], op[R];
+	/* once first, so that the activation buffers have grown to F columns (the down
+	 * product grows them): the calls compared below then take the fused path (a growth
+	 * falls back to the plain one) */
+	CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dx, dg, 1, D, eps, dn), 0);
+	CU_ASSERT_EQUAL(g->ops->matmul_swiglu(g, gu, dn, 1, ygu, dh), 0);
+	CU_ASSERT_EQUAL(g->ops->matmul(g, &w[3], dh, 1, dout), 0);
+	for (int k = 0; k < 2; k++) {
+		for (int fused = 1; fused >= 0; fused--) {
+			/* dn: a norm kernel's output (k 0), or matmul_res_norm's (k 1) */
+			CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+			if (k == 0) {
+				CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dx, dg, 1, D, eps, dn), 0);
+			} else if (fused) {
+				CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, wo, dx, 1, dy, dg, D, eps, dn), 0);
+			} else {
+				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 1, &wo, dx, 1, &dy, 1), 0);
+				CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dy, dg, 1, D, eps, dn), 0);
+			}
+			if (fused) {
+				CU_ASSERT_EQUAL(g->ops->matmul_swiglu(g, gu, dn, 1, ygu, dh), 0);
+			} else {
+				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 2, gu, dn, 1, ygu, 0), 0);
+				CU_ASSERT_EQUAL(g->ops->swiglu(g, dgate, dup, 1, F, dh), 0);
+			}
+			CU_ASSERT_EQUAL(g->ops->matmul(g, &w[3], dh, 1, dout), 0);
+			CU_ASSERT_EQUAL(buf_out(g, fused ? hf : hp, dh, sizeof(float) * F), 0);
+			CU_ASSERT_EQUAL(buf_out(g, fused ? of : op, dout, sizeof(float) * R), 0);
+		}
+		double nh = 0, dh2 = 0, no = 0, do2 = 0;
+		for (int i = 0; i < F; i++) {
+			nh += ((double)hf[i] - hp[i]) * ((double)hf[i] - hp[i]);
+			dh2 += (double)hp[i] * hp[i];
+		}
+		for (int i = 0; i < R; i++) {
+			no += ((double)of[i] - op[i]) * ((double)of[i] - op[i]);
+			do2 += (double)op[i] * op[i];
+		}
+		const double rh = sqrt(nh / (dh2 > 0 ? dh2 : 1)), ro = sqrt(no / (do2 > 0 ? do2 : 1));
+		CU_ASSERT(dh2 > 0 && rh < 1e-2);
+		CU_ASSERT(rh > 0); /* the fused path ran: its sums are added in another order */
+		CU_ASSERT(do2 > 0 && ro < 1e-2);
+		printf("\n    matmul_swiglu after %s: h %.2e, down product %.2e relative to the plain calls'",
+		       k == 0 ? "rmsnorm" : "matmul_res_norm", rh, ro);
+	}
+	printf("\n");
+	for (int i = 0; i < 4; i++) {
+		g->ops->weight_release(g, &w[i]);
+		free(raw[i]);
+	}
+	float *bufs[] = { dx, dg, dy, dn, dgate, dup, dh, dout };
+	for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+		g->ops->release(g, bufs[i]);
+	free(x);
+	free(y0);
+	free(gw);
+	g->ops->free(g);
+}
+
 static void test_matmul_argmax(void)
 {
 	if (!ready())
@@ -866,6 +961,7 @@ int main(void)
 		{ "matmul_argmax: ties, -0, NaN rows", test_matmul_argmax, gpu_skip },
 		{ "matmul_rope_kv = matmul_multi + rope_kv_store, bit for bit", test_matmul_rope_kv, gpu_skip },
 		{ "matmul_res_norm = matmul + rmsnorm, to the activations' rounding", test_matmul_res_norm, gpu_skip },
+		{ "matmul_swiglu = matmul_multi + swiglu, to the sums' order", test_matmul_swiglu, gpu_skip },
 		{ "rope_kv_store: a 300-token step = steps of 8, bit for bit", test_rope_kv_many, gpu_skip },
 		{ "topk: ties, -0, NaN/-inf, short rows vs a host sort", test_topk, gpu_skip },
 		{ "kv_store and attention, two slots, GQA", test_attention, gpu_skip },

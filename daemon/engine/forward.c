@@ -405,6 +405,18 @@ static int res_norm(Context *c, const KbWeight *w, const float *in, int n, const
 	return r < 0 ? r : o->rmsnorm(c->be, c->x, norm_w, n, cfg->n_embd, cfg->norm_eps, c->xn);
 }
 
+/* gate = swiglu(W_gate . xn, W_up . xn): one op where the backend has it
+ * (KbOps.matmul_swiglu), else the products and the SwiGLU. */
+static int gate_up(Context *c, const KbWeight *const *wgu, int n)
+{
+	const KbOps *o = c->be->ops;
+	float *const gu[2] = { c->gate, c->up };
+	if (o->matmul_swiglu)
+		return o->matmul_swiglu(c->be, wgu, c->xn, n, gu, c->gate);
+	int r = mm(c, 2, wgu, c->xn, n, gu, 0);
+	return r < 0 ? r : o->swiglu(c->be, c->gate, c->up, n, c->m->cfg.n_ff, c->gate);
+}
+
 static int run_layers(Context *c, const Batch *b)
 {
 	const ModelConfig *cfg = &c->m->cfg;
@@ -419,7 +431,7 @@ static int run_layers(Context *c, const Batch *b)
 		.pos = b->pos, .seq = b->seq, .q = c->q, .kv_slot_stride = c->slot_stride,
 		.scale = 1.0f / sqrtf((float)cfg->head_dim), .out = c->att,
 	};
-	float *const qkv[3] = { c->q, c->k, c->v }, *const gu[2] = { c->gate, c->up }, *const res[1] = { c->x };
+	float *const qkv[3] = { c->q, c->k, c->v }, *const res[1] = { c->x };
 	int normed = 0; /* the last layer's down product also did this layer's attn_norm */
 	for (int il = 0; il < cfg->n_layer; il++) {
 		const Layer *l = &c->layers[il].l;
@@ -434,9 +446,7 @@ static int run_layers(Context *c, const Batch *b)
 		else if ((r = mm(c, 3, wqkv, c->xn, n, qkv, 0)) == 0)
 			r = rope_store(c, &a, b);
 		if (r < 0 || (r = o->attention(be, &a)) < 0 ||
-		    (r = res_norm(c, &l->wo, c->att, n, l->ffn_norm)) < 0 ||
-		    (r = mm(c, 2, wgu, c->xn, n, gu, 0)) < 0 ||
-		    (r = o->swiglu(be, c->gate, c->up, n, cfg->n_ff, c->gate)) < 0)
+		    (r = res_norm(c, &l->wo, c->att, n, l->ffn_norm)) < 0 || (r = gate_up(c, wgu, n)) < 0)
 			return r;
 		/* the next layer's attn_norm with this down product; the output norm stays
 		 * separate (ctx_decode gathers the rows that want logits first) */

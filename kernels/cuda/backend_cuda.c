@@ -394,6 +394,32 @@ static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, con
 
 static int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y);
 
+/* act and act_alt, both with room for COLS columns (matmul_res_norm, matmul_swiglu). */
+static int acts_ensure(CudaBackend *c, int64_t cols)
+{
+	int r = act_ensure(c, cols);
+	if (r < 0 || (c->act_alt && kb_cuda_act_cap(c->act_alt) >= kb_cuda_act_cap(c->act)))
+		return r;
+	KbCudaAct *a = NULL;
+	if ((r = regrow_begin(c)) < 0 || (r = kb_cuda_act_new(c->ctx, kb_cuda_act_cap(c->act), &a)) < 0)
+		return r;
+	graphs_drop(c);
+	kb_cuda_act_free(c->act_alt);
+	c->act_alt = a;
+	return 0;
+}
+
+/* act_alt becomes act, holding X (n tokens x cols). */
+static void acts_swap(CudaBackend *c, const float *x, int n, int64_t cols)
+{
+	KbCudaAct *t = c->act;
+	c->act = c->act_alt;
+	c->act_alt = t;
+	c->act_x = x;
+	c->act_n = n;
+	c->act_cols = cols;
+}
+
 /* The norm matmul_res_norm left to the products, run now: y_norm written, act converted. */
 static int norm_settle(CudaBackend *c)
 {
@@ -435,17 +461,9 @@ static int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x,
 		return r < 0 ? r : cuda_rmsnorm(b, y_res, norm_w, n, dim, eps, y_norm);
 	}
 	const int64_t cols = w->cols;
-	int r = act_ensure(c, cols > dim ? cols : dim);
+	int r = acts_ensure(c, cols > dim ? cols : dim);
 	if (r < 0)
 		return r;
-	if (!c->act_alt || kb_cuda_act_cap(c->act_alt) < kb_cuda_act_cap(c->act)) {
-		KbCudaAct *a = NULL;
-		if ((r = regrow_begin(c)) < 0 || (r = kb_cuda_act_new(c->ctx, kb_cuda_act_cap(c->act), &a)) < 0)
-			return r;
-		graphs_drop(c);
-		kb_cuda_act_free(c->act_alt);
-		c->act_alt = a;
-	}
 	if ((r = dev_grow(c, (void **)&c->norm_part, &c->norm_part_bytes,
 			  sizeof(double) * KB_CUDA_MAX_TOK * (size_t)(dim / 32))) < 0)
 		return r;
@@ -460,18 +478,54 @@ static int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x,
 	act_forget(c);
 	if (r < 0)
 		return r;
-	KbCudaAct *t = c->act;
-	c->act = c->act_alt;
-	c->act_alt = t;
-	c->act_x = y_norm;
-	c->act_n = n;
-	c->act_cols = dim;
+	acts_swap(c, y_norm, n, dim);
 	c->xn_stale = y_norm;
 	c->pend.y_res = y_res;
 	c->pend.norm_w = norm_w;
 	c->pend.n = n;
 	c->pend.dim = dim;
 	c->pend.eps = eps;
+	return 0;
+}
+
+static int cuda_swiglu(KbBackend *b, const float *g, const float *u, int n, int64_t dim, float *y);
+
+/* The gate and up products with SwiGLU in their epilogue (kb_cuda_mmv_swiglu) under the
+ * same conditions as matmul_res_norm's fusion (one token, int8 products, >= 4096 rows):
+ * y is not written, act (act_alt before the swap) holds h's activations.  Elsewhere the
+ * products and the SwiGLU kernel. */
+static int cuda_matmul_swiglu(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,
+			      float *h)
+{
+	CudaBackend *c = cb(b);
+	if (!w || !w[0] || !w[1] || !x || !y || !y[0] || !y[1] || !h || n < 1)
+		return -EINVAL;
+	CudaWeight *cg = w[0]->priv, *cu = w[1]->priv;
+	const int64_t rows = w[0]->rows, cols = w[0]->cols;
+	if (!c->fuse || !cg || !cu || !cg->mm || !cu->mm || n != 1 || w[1]->type != w[0]->type ||
+	    w[1]->rows != rows || w[1]->cols != cols || !kb_cuda_mmv_rms_ok(c->ctx, w[0]->type, n) || rows % 32 ||
+	    rows < RES_NORM_MIN_ROWS || x != c->act_x || n != c->act_n || cols != c->act_cols) {
+		int r = mm_multi(c, 2, w, x, n, y, 0, NULL, NULL);
+		return r < 0 ? r : cuda_swiglu(b, y[0], y[1], n, rows, h);
+	}
+	/* room for h's activations first; growing act drops what it holds, so a pending norm
+	 * is run before (its y_norm then exists for the plain calls) */
+	const int64_t need = rows > cols ? rows : cols;
+	int r = 0;
+	if (kb_cuda_act_cap(c->act) < need || !c->act_alt || kb_cuda_act_cap(c->act_alt) < need) {
+		if ((x == c->xn_stale && (r = norm_settle(c)) < 0) || (r = acts_ensure(c, need)) < 0)
+			return r;
+		if (x != c->act_x) { /* act was replaced */
+			if ((r = mm_multi(c, 2, w, x, n, y, 0, NULL, NULL)) < 0)
+				return r;
+			return cuda_swiglu(b, y[0], y[1], n, rows, h);
+		}
+	}
+	r = kb_cuda_mmv_swiglu(c->ctx, cg->mm, cu->mm, c->act, h, c->act_alt);
+	act_forget(c);
+	if (r < 0)
+		return r;
+	acts_swap(c, h, n, rows);
 	return 0;
 }
 
@@ -759,6 +813,7 @@ const KbOps cuda_ops = {
 	.rope_kv_store = cuda_rope_kv_store,
 	.matmul_rope_kv = cuda_matmul_rope_kv,
 	.matmul_res_norm = cuda_matmul_res_norm,
+	.matmul_swiglu = cuda_matmul_swiglu,
 	.mem_info = cuda_mem_info,
 	.add = cuda_add,
 	.sync = cuda_sync,

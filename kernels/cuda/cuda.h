@@ -157,6 +157,14 @@ int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, const KbCuda
 int kb_cuda_mmv_res_norm(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,
 			 const float *norm_w, float eps, double *part, KbCudaAct *out);
 
+/* The gate and up products of ACT with SwiGLU in their epilogue: h_dev[t] = silu(Wg x_t) *
+ * (Wu x_t) (rows a multiple of 32, the weights of one type and shape), and OUT (not ACT)
+ * the down product's activations of h.  Where kb_cuda_mmv_rms_ok holds for their type
+ * (int8 one-token products; -EINVAL elsewhere); ACT may be kb_cuda_mmv_res_norm's.
+ * Queued. */
+int kb_cuda_mmv_swiglu(KbCuda *ctx, const KbCudaWeight *wg, const KbCudaWeight *wu, const KbCudaAct *act,
+		       float *h_dev, KbCudaAct *out);
+
 /* Whether products of TYPE over n_tok tokens can read the activations kb_cuda_mmv_res_norm
  * leaves (only their int8 one-token kernels scale by 1 / rms). */
 int kb_cuda_mmv_rms_ok(const KbCuda *ctx, int type, int n_tok);

@@ -297,10 +297,6 @@ extern "C" int kb_cuda_rope(KbCuda *ctx, float *x, const int32_t *pos, int n, in
 			n_head, head_dim, rot_dim, theta_scale);
 }
 
-__device__ __forceinline__ float kb_silu_mul(float g, float u)
-{
-	return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
-}
 
 __global__ void k_swiglu(int trig, const float *g, const float *u, int64_t n, float *y)
 {

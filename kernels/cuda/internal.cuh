@@ -73,6 +73,7 @@ struct KbCuda {
 	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
 	int occ[7][18][9];      /* resident blocks per SM: [type slot][variant (kb_variant) + 3 I8 + 9 RMS][warps] */
 	int occ_norm[7][3];     /* the same for k_mmv_norm: [type slot][I8] */
+	int occ_swi[7][2];      /* and k_mmv_swi: [type slot][RMS] */
 	int occ_bulk[7][18][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
 	uint64_t up_bytes;
 	double up_sec;
@@ -332,6 +333,12 @@ __device__ __forceinline__ void kb_act_put(const KbActOut &o, int t, int64_t col
 				o.xe[kb_act8_d(col >> 5, t)] = kb_q8_sum_scale(qs, d);
 		}
 	}
+}
+
+/* silu(g) * u, rounded step by step (SwiGLU: elementwise.cu, and k_mmv_swi's flush). */
+__device__ __forceinline__ float kb_silu_mul(float g, float u)
+{
+	return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
 }
 
 /* Scratch for split kernels (attention.cu, gemm.cu): *part with PART_BYTES and *cnt with

@@ -159,12 +159,14 @@ typedef struct {
 	KbMmvRope rope; /* k_mmv<..., true>: segments 0, 1, 2 = q, k, v */
 	KbMmvNorm nrm;  /* k_mmv_norm */
 	KbMmvRms rms;
+	KbActOut swo;   /* k_mmv_swi: the planes of silu(gate) * up */
 } KbMmvArgs;
 
 /* Shared memory of the products after the reduction slots ([2][warps][RT][32] float4):
  * the tokens' 1 / rms (KbMmvRms), then for k_mmv_norm the group's new rows, two buffers. */
 #define KB_RMS_SM_BYTES 32
 #define KB_NORM_SM_BYTES (2 * KB_MAX_TOK * 32 * 4)
+#define KB_SWI_SM_BYTES (2 * KB_NORM_SM_BYTES) /* k_mmv_swi: gate's and up's rows */
 
 /* The weight that owns row group jg, and jg's first tile within it.  Selects rather than
  * an indexed load, so the argument block stays in constant space. */
@@ -385,6 +387,8 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 					 float (&acc)[RT][4], float4 *red, float post = 1.0f)
 {
 	static_assert(!NORM || (RG == 2 && RT == 1 && !ROPE), "k_mmv_norm: 32-row groups, one tile a warp");
+	constexpr bool SWI = RG == 4; /* k_mmv_swi: gate's tiles 2 jl, 2 jl + 1, then up's */
+	static_assert(!SWI || (RT == 1 && !ROPE && !NORM), "k_mmv_swi: one tile a warp");
 	float4 *slot = red + (size_t)(j & 1) * nw * RT * 32;
 	float *rsm = (float *)(red + (size_t)2 * nw * RT * 32); /* KB_RMS_SM_BYTES */
 	KB_UNROLL
@@ -401,10 +405,15 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 	const float *f = (const float *)slot;
 	int si;
 	int64_t tile0;
-	kb_group_tile(a, (int)blockIdx.x + j * (int)gridDim.x, RT * RG, &si, &tile0);
+	const int jl = (int)blockIdx.x + j * (int)gridDim.x;
+	kb_group_tile(a, jl, RT * RG, &si, &tile0);
+	if constexpr (SWI) {
+		si = 0;
+		tile0 = 2 * (int64_t)jl;
+	}
 	const KbMmvSeg &g = si == 0 ? a.seg[0] : si == 1 ? a.seg[1] : a.seg[2];
 	const int nwc = RG == 1 ? nw : nw / RG;
-	float *ysm = rsm + KB_RMS_SM_BYTES / 4 + (j & 1) * KB_MAX_TOK * 32; /* NORM */
+	float *ysm = rsm + KB_RMS_SM_BYTES / 4 + (j & 1) * KB_MAX_TOK * 32 * (SWI ? 2 : 1); /* NORM, SWI */
 	for (int v = threadIdx.x; v < RG * RT * 128; v += blockDim.x) {
 		const int rg = v >> 7, l = (v >> 2) & 31, ci = v & 3;
 		const int wt = rg / RT, rt = rg % RT;
@@ -412,7 +421,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		for (int k = 0; k < nwc; k++)
 			sum += f[(((wt * nwc + k) * RT + rt) * 32 + l) * 4 + ci];
 		sum *= post; /* 1 but for kb_i8_post */
-		const int64_t row = (tile0 + rg) * 16 + (l >> 2) + 8 * (ci >> 1);
+		const int64_t row = (tile0 + (SWI ? rg & 1 : rg)) * 16 + (l >> 2) + 8 * (ci >> 1);
 		const int tok = 2 * (l & 3) + (ci & 1);
 		if (RMS && tok < a.x.n_tok)
 			sum *= rsm[tok];
@@ -427,6 +436,11 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			if (tok < a.x.n_tok)
 				ysm[tok * 32 + rg * 16 + (l >> 2) + 8 * (ci >> 1)] =
 					row < g.rows ? g.y[tok * g.ldy + row] + sum : 0.f;
+			continue;
+		}
+		if constexpr (SWI) { /* [gate, up][token][32 rows] */
+			if (tok < a.x.n_tok)
+				ysm[((rg >> 1) * KB_MAX_TOK + tok) * 32 + (rg & 1) * 16 + (l >> 2) + 8 * (ci >> 1)] = sum;
 			continue;
 		}
 		if (row < g.rows && tok < a.x.n_tok) {
@@ -447,6 +461,17 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			if (lane == 0)
 				a.nrm.part[(int64_t)warp * a.nrm.nb + tile0 / 2] = ss;
 			kb_act_put<KB_PL_DYN>(a.nrm.o, warp, row, __fmul_rn(y, a.nrm.g[row]));
+		}
+	}
+	if constexpr (SWI) {
+		/* warp w: token w's 32 rows of silu(gate) * up, k_swiglu_act's arithmetic, into
+		 * gate's y and the down product's planes */
+		__syncthreads();
+		if (warp < a.x.n_tok) {
+			const int64_t row = tile0 * 16 + lane;
+			const float h = kb_silu_mul(ysm[warp * 32 + lane], ysm[(KB_MAX_TOK + warp) * 32 + lane]);
+			g.y[warp * g.ldy + row] = h;
+			kb_act_put<KB_PL_DYN>(a.swo, warp, row, h);
 		}
 	}
 }
@@ -486,6 +511,7 @@ __device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, 
  * worked out from (group, chunk) as kb_load_item does: the cursor's registers would cost
  * the f16 kernels occupancy (Q4_K 128 -> 168). */
 template <int T, int RT, bool CUR, int RG = 1> struct KbLoader {
+	static_assert(RG != 4 || (CUR && RT == 1), "k_mmv_swi: int8 kernels, one tile a warp");
 	int lj, lch;             /* the next item: chunk lch of the block's group lj */
 	int wt;                  /* RG > 1: the warp's tiles of each group (kb_flush) */
 	KbTilePtr b;             /* CUR: tile 0 of that group */
@@ -494,6 +520,15 @@ template <int T, int RT, bool CUR, int RG = 1> struct KbLoader {
 
 	__device__ __forceinline__ void set(const KbMmvArgs &a)
 	{
+		if constexpr (RG == 4) { /* k_mmv_swi: tile 2 jg + (wt & 1) of gate (wt < 2) or up */
+			const KbMmvSeg &g = wt < 2 ? a.seg[0] : a.seg[1];
+			const int64_t tile0 = 2 * (int64_t)jg + (wt & 1);
+			b.q = g.q + tile0 * a.q_tile;
+			b.s = g.s + tile0 * a.s_tile;
+			b.d = g.d + tile0 * a.d_tile;
+			g1 = a.n_groups;
+			return;
+		}
 		int si;
 		int64_t tile0;
 		const KbTilePtr t = kb_group_tile(a, jg, RT * RG, &si, &tile0);
@@ -511,7 +546,7 @@ template <int T, int RT, bool CUR, int RG = 1> struct KbLoader {
 		lch = warp;
 		wt = tile_set;
 		if constexpr (CUR) {
-			const int64_t gs = (int64_t)gridDim.x * RT * RG;
+			const int64_t gs = (int64_t)gridDim.x * (RG == 4 ? 2 : RT * RG); /* tiles of one weight a group */
 			sq = gs * a.q_tile;
 			ss = gs * a.s_tile;
 			sd = gs * a.d_tile;
@@ -660,6 +695,16 @@ template <int T, int I8>
 __global__ void __launch_bounds__(512) k_mmv_norm(const KbMmvArgs a)
 {
 	kb_mmv_body<T, 1, false, I8, 2>(a);
+}
+
+/* gate / up products with SwiGLU in the flush (KbCudaAct out of kb_cuda_mmv_swiglu): a
+ * group is 32 rows of both weights, gate's two tiles then up's, each taken by a quarter of
+ * the block's 16 warps; the flush has 32 rows of silu(gate) * up, one activation block of
+ * the down product's input.  Int8 one-token products only (kb_cuda_mmv_rms_ok). */
+template <int T, bool RMS>
+__global__ void __launch_bounds__(512) k_mmv_swi(const KbMmvArgs a)
+{
+	kb_mmv_body<T, 1, false, 2, 4, RMS>(a);
 }
 
 /* The kernel instance for these parameters. */
@@ -908,6 +953,91 @@ extern "C" int kb_cuda_mmv_res_norm(KbCuda *ctx, const KbCudaWeight *w, const Kb
 	out->rms_on = 1;
 	out->rms_part = part;
 	out->rms_eps = eps;
+	return 0;
+}
+
+/* k_mmv_swi for TYPE: 16 warps, as many blocks as fit. */
+template <int T> static int launch_swi(KbCuda *ctx, const KbMmvArgs &a, bool rms)
+{
+	if constexpr (KbI8<T>::ok) {
+		constexpr int NW = 16;
+		const size_t smem = (size_t)2 * NW * 32 * sizeof(float4) + KB_RMS_SM_BYTES + KB_SWI_SM_BYTES;
+		int *occ = &ctx->occ_swi[kb_type_slot(T)][rms];
+		void (*k)(const KbMmvArgs) = rms ? k_mmv_swi<T, true> : k_mmv_swi<T, false>;
+		if (*occ == 0) {
+			int n = 0;
+			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, NW * 32, smem));
+			if (r < 0)
+				return r;
+			*occ = n > 0 ? n : 1;
+		}
+		const int64_t fit = (int64_t)*occ * ctx->sm_count;
+		const int grid = fit < a.n_groups ? (int)fit : a.n_groups;
+		return kb_launch(ctx, k, dim3((unsigned)grid), dim3(NW * 32), smem, a);
+	} else {
+		(void)ctx;
+		(void)a;
+		(void)rms;
+		return -EINVAL;
+	}
+}
+
+extern "C" int kb_cuda_mmv_swiglu(KbCuda *ctx, const KbCudaWeight *wg, const KbCudaWeight *wu, const KbCudaAct *act,
+				  float *h_dev, KbCudaAct *out)
+{
+	if (!ctx || !wg || !wu || !act || !h_dev || !out || out == act || out->ctx != ctx || act->ctx != ctx ||
+	    wg->ctx != ctx || wu->ctx != ctx || wg->type != wu->type || wg->rows != wu->rows || wg->cols != wu->cols ||
+	    wg->rows % 32 || wg->rows > out->cap || act->cols != wg->cols || !kb_cuda_mmv_rms_ok(ctx, wg->type, act->n_tok))
+		return -EINVAL;
+	const unsigned need = kb_act_need(ctx, wg->type, act->n_tok);
+	if ((act->planes & need) != need)
+		return -EINVAL;
+	KbMmvArgs a;
+	memset(&a, 0, sizeof(a));
+	const KbCudaWeight *w[2] = { wg, wu };
+	for (int i = 0; i < 2; i++) {
+		KbMmvSeg *sg = &a.seg[i];
+		sg->q = w[i]->q;
+		sg->s = w[i]->s;
+		sg->d = w[i]->d;
+		sg->rows = w[i]->rows;
+		sg->ldy = w[i]->rows;
+		sg->y = h_dev; /* only gate's is written: silu(gate) * up */
+		sg->g0 = 0;
+		sg->g1 = (int)(wg->rows / 32);
+	}
+	a.nseg = 2;
+	a.q_tile = wg->geo.q_tile;
+	a.s_tile = wg->geo.s_tile;
+	a.d_tile = wg->geo.d_tile;
+	a.n_chunks = (int)wg->geo.n_chunks;
+	a.n_groups = (int)(wg->rows / 32);
+	a.x.xh = act->xh;
+	a.x.xhi = act->xhi;
+	a.x.xlo = act->xlo;
+	a.x.xs = act->xs;
+	a.x.xq = act->xq;
+	a.x.xd = act->xd;
+	a.x.xe = act->xe;
+	a.x.cap = act->cap;
+	a.x.n_tok = act->n_tok;
+	if (act->rms_on) {
+		a.rms.on = 1;
+		a.rms.part = act->rms_part;
+		a.rms.dim = (int)act->cols;
+		a.rms.nb = (int)(act->cols / 32);
+		a.rms.eps = act->rms_eps;
+	}
+	a.swo = kb_act_out(out, act->n_tok);
+	const int r = kb_with_product_type(wg->type, [&](auto t) {
+		return launch_swi<decltype(t)::value>(ctx, a, act->rms_on != 0);
+	});
+	if (r < 0) {
+		out->n_tok = 0;
+		return r;
+	}
+	out->cols = wg->rows;
+	out->n_tok = act->n_tok;
 	return 0;
 }
 
