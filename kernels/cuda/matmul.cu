@@ -791,50 +791,59 @@ template <int T, int I8> static int launch_norm(KbCuda *ctx, const KbMmvArgs &a)
 	return kb_launch(ctx, k_mmv_norm<T, I8>, dim3((unsigned)grid), dim3(NW * 32), smem, a);
 }
 
-template <int T>
-static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
-		      const int64_t *ldy, int acc, const KbCudaRope *rope, const KbMmvNorm *nrm)
+/* The arguments every product launch shares: weight i's regions, its y and row groups
+ * [g0, g1) (groups of G tiles, or G < 0: its own -G-row groups from 0, k_mmv_swi's), the
+ * tile geometry, and the activations (with their 1 / rms when they hold y * g). */
+static void kb_args_base(KbMmvArgs *a, int nw, const KbCudaWeight *const *w, float *const *y, const int64_t *ldy,
+			 int G, const KbCudaAct *act)
 {
-	const KbMmvConfig *c = &ctx->mmv[act->n_tok - 1];
-	KbMmvArgs a;
-	memset(&a, 0, sizeof(a));
+	memset(a, 0, sizeof(*a));
 	int g = 0;
 	for (int i = 0; i < nw; i++) {
-		KbMmvSeg *sg = &a.seg[i];
+		KbMmvSeg *sg = &a->seg[i];
 		sg->q = w[i]->q;
 		sg->s = w[i]->s;
 		sg->d = w[i]->d;
 		sg->rows = w[i]->rows;
 		sg->ldy = ldy[i];
 		sg->y = y[i];
-		sg->g0 = g;
-		g += (int)(w[i]->n_tiles / (nrm ? 2 : c->row_tiles));
+		sg->g0 = G > 0 ? g : 0;
+		g = G > 0 ? g + (int)(w[i]->n_tiles / G) : (int)(w[i]->rows / -G);
 		sg->g1 = g;
 	}
-	a.nseg = nw;
-	a.q_tile = w[0]->geo.q_tile;
-	a.s_tile = w[0]->geo.s_tile;
-	a.d_tile = w[0]->geo.d_tile;
-	a.n_chunks = (int)w[0]->geo.n_chunks;
-	a.n_groups = g;
+	a->nseg = nw;
+	a->q_tile = w[0]->geo.q_tile;
+	a->s_tile = w[0]->geo.s_tile;
+	a->d_tile = w[0]->geo.d_tile;
+	a->n_chunks = (int)w[0]->geo.n_chunks;
+	a->n_groups = g;
+	a->x.xh = act->xh;
+	a->x.xhi = act->xhi;
+	a->x.xlo = act->xlo;
+	a->x.xs = act->xs;
+	a->x.xq = act->xq;
+	a->x.xd = act->xd;
+	a->x.xe = act->xe;
+	a->x.cap = act->cap;
+	a->x.n_tok = act->n_tok;
+	if (act->rms_on) {
+		a->rms.on = 1;
+		a->rms.part = act->rms_part;
+		a->rms.dim = (int)act->cols;
+		a->rms.nb = (int)(act->cols / 32);
+		a->rms.eps = act->rms_eps;
+	}
+}
+
+template <int T>
+static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
+		      const int64_t *ldy, int acc, const KbCudaRope *rope, const KbMmvNorm *nrm)
+{
+	const KbMmvConfig *c = &ctx->mmv[act->n_tok - 1];
+	KbMmvArgs a;
+	kb_args_base(&a, nw, w, y, ldy, nrm ? 2 : c->row_tiles, act);
 	a.prefetch = c->prefetch;
 	a.acc = acc;
-	a.x.xh = act->xh;
-	a.x.xhi = act->xhi;
-	a.x.xlo = act->xlo;
-	a.x.xs = act->xs;
-	a.x.xq = act->xq;
-	a.x.xd = act->xd;
-	a.x.xe = act->xe;
-	a.x.cap = act->cap;
-	a.x.n_tok = act->n_tok;
-	if (act->rms_on) {
-		a.rms.on = 1;
-		a.rms.part = act->rms_part;
-		a.rms.dim = (int)act->cols;
-		a.rms.nb = (int)(act->cols / 32);
-		a.rms.eps = act->rms_eps;
-	}
 	if (rope) {
 		a.rope.pos = rope->pos;
 		a.rope.seq = rope->seq;
@@ -993,41 +1002,10 @@ extern "C" int kb_cuda_mmv_swiglu(KbCuda *ctx, const KbCudaWeight *wg, const KbC
 	if ((act->planes & need) != need)
 		return -EINVAL;
 	KbMmvArgs a;
-	memset(&a, 0, sizeof(a));
 	const KbCudaWeight *w[2] = { wg, wu };
-	for (int i = 0; i < 2; i++) {
-		KbMmvSeg *sg = &a.seg[i];
-		sg->q = w[i]->q;
-		sg->s = w[i]->s;
-		sg->d = w[i]->d;
-		sg->rows = w[i]->rows;
-		sg->ldy = w[i]->rows;
-		sg->y = h_dev; /* only gate's is written: silu(gate) * up */
-		sg->g0 = 0;
-		sg->g1 = (int)(wg->rows / 32);
-	}
-	a.nseg = 2;
-	a.q_tile = wg->geo.q_tile;
-	a.s_tile = wg->geo.s_tile;
-	a.d_tile = wg->geo.d_tile;
-	a.n_chunks = (int)wg->geo.n_chunks;
-	a.n_groups = (int)(wg->rows / 32);
-	a.x.xh = act->xh;
-	a.x.xhi = act->xhi;
-	a.x.xlo = act->xlo;
-	a.x.xs = act->xs;
-	a.x.xq = act->xq;
-	a.x.xd = act->xd;
-	a.x.xe = act->xe;
-	a.x.cap = act->cap;
-	a.x.n_tok = act->n_tok;
-	if (act->rms_on) {
-		a.rms.on = 1;
-		a.rms.part = act->rms_part;
-		a.rms.dim = (int)act->cols;
-		a.rms.nb = (int)(act->cols / 32);
-		a.rms.eps = act->rms_eps;
-	}
+	float *const y[2] = { h_dev, h_dev }; /* only gate's is written: silu(gate) * up */
+	const int64_t ldy[2] = { wg->rows, wg->rows };
+	kb_args_base(&a, 2, w, y, ldy, -32, act);
 	a.swo = kb_act_out(out, act->n_tok);
 	const int r = kb_with_product_type(wg->type, [&](auto t) {
 		return launch_swi<decltype(t)::value>(ctx, a, act->rms_on != 0);
