@@ -1,0 +1,371 @@
+/* kernels/cuda/matmul_walk.cuh: the decode products' per-warp work (k_mmv, k_mmv_2,
+ * k_mmv_norm, k_mmv_swi in matmul.cu): a warp's walk over its (group, chunk) items with two
+ * register stages (KbLoader, kb_mmv_step, kb_mmv_body), and the block's flush at the end of
+ * each group with its epilogues: RoPE + KV stores (q/k/v), the next RMSNorm's first half
+ * (k_mmv_norm), SwiGLU (k_mmv_swi), and the 1 / rms of activations that hold y * g.
+ * Included only by matmul.cu, after KbMmvArgs, kb_chunk and matmul_i8.cuh. */
+#ifndef QD_KERNELS_CUDA_MATMUL_WALK_CUH
+#define QD_KERNELS_CUDA_MATMUL_WALK_CUH
+
+/* Loads (group, chunk) item i of this warp's list into w, and asks L2 for the item
+ * `prefetch` places after the next one. */
+template <int T, int RT, int RG = 1>
+__device__ __forceinline__ void kb_load_item(const KbMmvArgs &a, int i, int j, int ch, int cnt, int total,
+					     int warp, int nw, int lane, KbWRegs<T> (&w)[RT], int wt = 0)
+{
+	int si;
+	int64_t tile0;
+	const KbTilePtr b = kb_group_tile(a, (int)blockIdx.x + j * (int)gridDim.x, RT * RG, &si, &tile0);
+	if constexpr (RG > 1)
+		tile0 += wt * RT; /* this warp's tiles of the group */
+	if (RG == 1 && a.prefetch) {
+		const int ip = i + 1 + a.prefetch;
+		if (ip < total)
+			kb_prefetch_chunk<T, RT>(a, (int)blockIdx.x + (ip / cnt) * (int)gridDim.x, warp + (ip % cnt) * nw,
+						 lane);
+	}
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++) {
+		KbTilePtr tp;
+		tp.q = b.q + (tile0 + rt) * a.q_tile;
+		tp.s = b.s + (tile0 + rt) * a.s_tile;
+		tp.d = b.d + (tile0 + rt) * a.d_tile;
+		kb_load_w<T>(tp, ch, lane, &w[rt]);
+	}
+}
+
+/* One output of the q/k/v product with the RoPE + KV-store epilogue: segment si (0 q,
+ * 1 k, 2 v), row, token, its sum and its pair partner's (row ^ 1).  The angle is built by
+ * repeated multiplication and the rotation rounded step by step exactly as rope_kv_store
+ * does (elementwise.cu), so fused and separate launches give the same bits. */
+__device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, int si, int64_t row, int tok, bool store,
+						 float sum, float other, float *y, int64_t ldy)
+{
+	if (!store)
+		return;
+	float val = sum;
+	const int rh = (int)(row % r.hd);
+	if (si < 2 && rh < r.rot_dim) {
+		float theta = (float)r.pos[tok];
+		for (int i = 0; i < rh / 2; i++)
+			theta = __fmul_rn(theta, r.theta_scale);
+		float sn, cs;
+		sincosf(theta, &sn, &cs);
+		const bool odd = rh & 1;
+		const float x0 = odd ? other : sum, x1 = odd ? sum : other;
+		val = odd ? __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs)) : __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+	}
+	y[tok * ldy + row] = val;
+	if (si > 0) {
+		const int64_t dst = (int64_t)r.seq[tok] * r.stride + (int64_t)r.pos[tok] * r.kvd + row;
+		(si == 1 ? r.kc : r.vc)[dst] = __float2half_rn(val);
+	}
+}
+
+/* 1 / rms of token w (KbMmvRms) from the partial sums of squares, by warp w. */
+__device__ __forceinline__ float kb_rms_inv(const KbMmvRms &r, int w, int lane)
+{
+	double s = 0;
+	for (int i = lane; i < r.nb; i += 32)
+		s += r.part[(int64_t)w * r.nb + i];
+	for (int o = 16; o; o >>= 1)
+		s += __shfl_xor_sync(0xffffffffu, s, o);
+	return 1.0f / sqrtf((float)(s / r.dim) + r.eps);
+}
+
+/* End of the block's group j: the warps' partial sums meet in shared memory (two
+ * slots, alternating, so one barrier per group suffices) and go to y.  RG: the group's
+ * tiles are split among the warps (warps [t nw/RG, (t+1) nw/RG) take tile t), as
+ * k_mmv_norm's 32-row groups are; NORM: that kernel's epilogue (KbMmvNorm); RMS: the
+ * activations hold y * g (KbMmvRms: only the instances that read them have the code, so
+ * every other keeps its registers). */
+template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false>
+__device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
+					 float (&acc)[RT][4], float4 *red, float post = 1.0f)
+{
+	static_assert(!NORM || (RG == 2 && RT == 1 && !ROPE), "k_mmv_norm: 32-row groups, one tile a warp");
+	constexpr bool SWI = RG == 4; /* k_mmv_swi: gate's tiles 2 jl, 2 jl + 1, then up's */
+	static_assert(!SWI || (RT == 1 && !ROPE && !NORM), "k_mmv_swi: one tile a warp");
+	float4 *slot = red + (size_t)(j & 1) * nw * RT * 32;
+	float *rsm = (float *)(red + (size_t)2 * nw * RT * 32); /* KB_RMS_SM_BYTES */
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++) {
+		slot[(warp * RT + rt) * 32 + lane] = make_float4(acc[rt][0], acc[rt][1], acc[rt][2], acc[rt][3]);
+		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
+	}
+	if (RMS && j == 0 && warp < a.x.n_tok) {
+		const float r = kb_rms_inv(a.rms, warp, lane);
+		if (lane == 0)
+			rsm[warp] = r;
+	}
+	__syncthreads();
+	const float *f = (const float *)slot;
+	int si;
+	int64_t tile0;
+	const int jl = (int)blockIdx.x + j * (int)gridDim.x;
+	kb_group_tile(a, jl, RT * RG, &si, &tile0);
+	if constexpr (SWI) {
+		si = 0;
+		tile0 = 2 * (int64_t)jl;
+	}
+	const KbMmvSeg &g = si == 0 ? a.seg[0] : si == 1 ? a.seg[1] : a.seg[2];
+	const int nwc = RG == 1 ? nw : nw / RG;
+	float *ysm = rsm + KB_RMS_SM_BYTES / 4 + (j & 1) * KB_MAX_TOK * 32 * (SWI ? 2 : 1); /* NORM, SWI */
+	for (int v = threadIdx.x; v < RG * RT * 128; v += blockDim.x) {
+		const int rg = v >> 7, l = (v >> 2) & 31, ci = v & 3;
+		const int wt = rg / RT, rt = rg % RT;
+		float sum = 0.f;
+		for (int k = 0; k < nwc; k++)
+			sum += f[(((wt * nwc + k) * RT + rt) * 32 + l) * 4 + ci];
+		sum *= post; /* 1 but for kb_i8_post */
+		const int64_t row = (tile0 + (SWI ? rg & 1 : rg)) * 16 + (l >> 2) + 8 * (ci >> 1);
+		const int tok = 2 * (l & 3) + (ci & 1);
+		if (RMS && tok < a.x.n_tok)
+			sum *= rsm[tok];
+		if constexpr (ROPE) {
+			/* rows 2i and 2i+1 are in threads v and v ^ 16 of the same warp (whole warps
+			 * run this loop, so the shuffle is uniform) */
+			const float other = __shfl_xor_sync(0xffffffffu, sum, 16);
+			kb_rope_epilogue(a.rope, si, row, tok, row < g.rows && tok < a.x.n_tok, sum, other, g.y, g.ldy);
+			continue;
+		}
+		if constexpr (NORM) {
+			if (tok < a.x.n_tok)
+				ysm[tok * 32 + rg * 16 + (l >> 2) + 8 * (ci >> 1)] =
+					row < g.rows ? g.y[tok * g.ldy + row] + sum : 0.f;
+			continue;
+		}
+		if constexpr (SWI) { /* [gate, up][token][32 rows] */
+			if (tok < a.x.n_tok)
+				ysm[((rg >> 1) * KB_MAX_TOK + tok) * 32 + (rg & 1) * 16 + (l >> 2) + 8 * (ci >> 1)] = sum;
+			continue;
+		}
+		if (row < g.rows && tok < a.x.n_tok) {
+			float *yp = g.y + tok * g.ldy + row;
+			*yp = a.acc ? *yp + sum : sum; /* acc: the same bits as a product, then add */
+		}
+	}
+	if constexpr (NORM) {
+		/* warp w: token w's 32 rows, lane l row tile0 * 16 + l (rows are a multiple of 32) */
+		__syncthreads();
+		if (warp < a.x.n_tok) {
+			const int64_t row = tile0 * 16 + lane;
+			const float y = ysm[warp * 32 + lane];
+			g.y[warp * g.ldy + row] = y;
+			double ss = (double)y * y;
+			for (int o = 16; o; o >>= 1)
+				ss += __shfl_xor_sync(0xffffffffu, ss, o);
+			if (lane == 0)
+				a.nrm.part[(int64_t)warp * a.nrm.nb + tile0 / 2] = ss;
+			kb_act_put<KB_PL_DYN>(a.nrm.o, warp, row, __fmul_rn(y, a.nrm.g[row]));
+		}
+	}
+	if constexpr (SWI) {
+		/* warp w: token w's 32 rows of silu(gate) * up, k_swiglu_act's arithmetic, into
+		 * gate's y and the down product's planes */
+		__syncthreads();
+		if (warp < a.x.n_tok) {
+			const int64_t row = tile0 * 16 + lane;
+			const float h = kb_silu_mul(ysm[warp * 32 + lane], ysm[(KB_MAX_TOK + warp) * 32 + lane]);
+			g.y[warp * g.ldy + row] = h;
+			kb_act_put<KB_PL_DYN>(a.swo, warp, row, h);
+		}
+	}
+}
+
+/* Block b owns row-tile groups b, b + grid, b + 2 grid, ... (RT tiles each); warp w
+ * takes chunks w, w + nw, ... of each, so its work is a list of (group, chunk) items
+ * that it walks with two register stages: the next item's loads are in flight while
+ * it computes the current one, across group boundaries too. */
+template <int T, int RT, bool ROPE, int I8>
+__device__ __forceinline__ void kb_item(const KbMmvArgs &a, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
+					float (&acc)[RT][4])
+{
+	if constexpr (I8 != 0)
+		kb_chunk8<T, RT, kb_i8_one(I8)>(a.x, w, ch, lane, acc);
+	else
+		kb_chunk<T, RT>(a, w, ch, lane, acc);
+}
+
+/* A warp's next (group, chunk) item after chunk ch of group j; true when it starts a new
+ * group. */
+__device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, int n_chunks)
+{
+	ch += nw;
+	if (ch < n_chunks)
+		return false;
+	ch = warp;
+	j++;
+	return true;
+}
+
+/* Where a warp loads its next item from.  CUR (the int8 kernels): tile 0 of the block's
+ * group in each region, kept as pointers, since the block's next group is grid groups on,
+ * a constant number of bytes within one weight; only crossing into the next weight (q/k/v,
+ * gate/up) works them out again (kb_group_tile).  An item's load path is then ~60-80
+ * instructions instead of ~103 (SASS, Q4_0 int8): 7B Q4_0 batch 1 +2.2% on the H200
+ * (bench/NOTES.md, session 8).  Without CUR each item's pointers are
+ * worked out from (group, chunk) as kb_load_item does: the cursor's registers would cost
+ * the f16 kernels occupancy (Q4_K 128 -> 168). */
+template <int T, int RT, bool CUR, int RG = 1> struct KbLoader {
+	static_assert(RG != 4 || (CUR && RT == 1), "k_mmv_swi: int8 kernels, one tile a warp");
+	int lj, lch;             /* the next item: chunk lch of the block's group lj */
+	int wt;                  /* RG > 1: the warp's tiles of each group (kb_flush) */
+	KbTilePtr b;             /* CUR: tile 0 of that group */
+	int jg, g1;              /* CUR: its launch group, and its weight's end */
+	int64_t sq, ss, sd;      /* CUR: bytes from one of the block's groups to the next */
+
+	__device__ __forceinline__ void set(const KbMmvArgs &a)
+	{
+		if constexpr (RG == 4) { /* k_mmv_swi: tile 2 jg + (wt & 1) of gate (wt < 2) or up */
+			const KbMmvSeg &g = wt < 2 ? a.seg[0] : a.seg[1];
+			const int64_t tile0 = 2 * (int64_t)jg + (wt & 1);
+			b.q = g.q + tile0 * a.q_tile;
+			b.s = g.s + tile0 * a.s_tile;
+			b.d = g.d + tile0 * a.d_tile;
+			g1 = a.n_groups;
+			return;
+		}
+		int si;
+		int64_t tile0;
+		const KbTilePtr t = kb_group_tile(a, jg, RT * RG, &si, &tile0);
+		if constexpr (RG > 1)
+			tile0 += wt * RT;
+		b.q = t.q + tile0 * a.q_tile;
+		b.s = t.s + tile0 * a.s_tile;
+		b.d = t.d + tile0 * a.d_tile;
+		g1 = si == 0 ? a.seg[0].g1 : si == 1 ? a.seg[1].g1 : a.seg[2].g1;
+	}
+
+	__device__ __forceinline__ void init(const KbMmvArgs &a, int warp, int tile_set = 0)
+	{
+		lj = 0;
+		lch = warp;
+		wt = tile_set;
+		if constexpr (CUR) {
+			const int64_t gs = (int64_t)gridDim.x * (RG == 4 ? 2 : RT * RG); /* tiles of one weight a group */
+			sq = gs * a.q_tile;
+			ss = gs * a.s_tile;
+			sd = gs * a.d_tile;
+			jg = (int)blockIdx.x;
+			set(a);
+		}
+	}
+
+	/* to the item after this one */
+	__device__ __forceinline__ void next(const KbMmvArgs &a, int warp, int nw)
+	{
+		if (!kb_walk_next(lj, lch, warp, nw, a.n_chunks) || !CUR)
+			return;
+		jg += (int)gridDim.x;
+		if (jg < g1) {
+			b.q += sq;
+			b.s += ss;
+			b.d += sd;
+		} else {
+			set(a);
+		}
+	}
+
+	/* item i (the list position, for the L2 prefetch) into w */
+	__device__ __forceinline__ void load(const KbMmvArgs &a, int i, int cnt, int total, int warp, int nw, int lane,
+					     KbWRegs<T> (&w)[RT])
+	{
+		if constexpr (!CUR) {
+			kb_load_item<T, RT, RG>(a, i, lj, lch, cnt, total, warp, nw, lane, w, wt);
+		} else {
+			if (RG == 1 && a.prefetch) {
+				const int ip = i + 1 + a.prefetch;
+				if (ip < total)
+					kb_prefetch_chunk<T, RT>(a, (int)blockIdx.x + (ip / cnt) * (int)gridDim.x,
+								 warp + (ip % cnt) * nw, lane);
+			}
+			KB_UNROLL
+			for (int rt = 0; rt < RT; rt++) {
+				KbTilePtr tp;
+				tp.q = b.q + rt * a.q_tile;
+				tp.s = b.s + rt * a.s_tile;
+				tp.d = b.d + rt * a.d_tile;
+				kb_load_w<T>(tp, lch, lane, &w[rt]);
+			}
+		}
+	}
+};
+
+/* Item i of kb_mmv_body's walk, chunk ch of the block's group j: computed from W (the group
+ * flushed when it ends), then W refilled with item i + 2, the next to load after chunk lch
+ * of group lj. */
+template <int T, int RT, bool ROPE, int I8, int RG, bool RMS>
+__device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
+					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG> &ld, int warp, int nw,
+					    int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post)
+{
+	kb_item<T, RT, ROPE, I8>(a, w, ch, lane, acc);
+	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks))
+		kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j - 1, warp, nw, lane, acc, red, post);
+	if (i + 2 < total) {
+		ld.next(a, wc, nwc);
+		ld.load(a, i + 2, cnt, total, wc, nwc, lane, w);
+	}
+}
+
+/* Prefetches the partial sums a KbMmvRms flush reads (after the wait: the previous kernel
+ * wrote them), so that the block's first flush finds them in L1. */
+template <bool RMS> __device__ __forceinline__ void kb_rms_prefetch(const KbMmvArgs &a, int warp, int lane)
+{
+	if (RMS && warp < a.x.n_tok && lane * 16 < a.rms.nb)
+		asm volatile("prefetch.global.L1 [%0];" ::"l"(a.rms.part + (int64_t)warp * a.rms.nb + lane * 16));
+}
+
+/* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  RG: tiles a group's
+ * warps split (2: k_mmv_norm).  The kernels are k_mmv, k_mmv_2 and k_mmv_norm below. */
+template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false>
+__device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
+{
+	constexpr float post = kb_i8_post<T, I8>();
+	extern __shared__ float4 kb_red[]; /* [2][warps][RT][32 lanes], then KB_RMS_SM_BYTES (+ KB_NORM_SM_BYTES) */
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	/* RG > 1: warp w takes tile w / nwc of each group, its chunks wc, wc + nwc, ... */
+	const int nwc = nw / RG, wc = RG == 1 ? warp : warp % nwc;
+	const int J = (a.n_groups - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
+	const int cnt = wc < a.n_chunks ? (a.n_chunks - wc + nwc - 1) / nwc : 0;
+	const int total = J * cnt;
+	kb_pdl_trigger();
+
+	float acc[RT][4];
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++)
+		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
+	/* the first two items' weights are requested before waiting for the previous kernel:
+	 * while it finishes (a norm, attention, SwiGLU: one to a few microseconds) two items a
+	 * warp are on their way, a decode step's 4096 x 4096 products nearly whole */
+	KbWRegs<T> wa[RT], wb[RT];
+	KbLoader<T, RT, I8 != 0, RG> ld;
+	if (total > 0) {
+		ld.init(a, wc, RG == 1 ? 0 : warp / nwc);
+		ld.load(a, 0, cnt, total, wc, nwc, lane, wa);
+	}
+	if (total > 1) {
+		ld.next(a, wc, nwc);
+		ld.load(a, 1, cnt, total, wc, nwc, lane, wb);
+	}
+	kb_pdl_wait();
+	kb_rms_prefetch<RMS>(a, warp, lane);
+	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
+		for (int j = 0; j < J; j++)
+			kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j, warp, nw, lane, acc, kb_red, post);
+		return;
+	}
+	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
+	int j = 0, ch = wc;
+	for (int i = 0; i < total; i += 2) {
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc, kb_red,
+						 post);
+		if (i + 1 >= total)
+			break;
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc, kb_red,
+						 post);
+	}
+}
+
+#endif
