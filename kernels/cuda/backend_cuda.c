@@ -8,9 +8,11 @@
  * device in stream order; a copy is skipped when the array equals the previous one, so a
  * forward pass uploads its positions once, not once per layer.
  *
- * Steps (step_begin/step_end, recorded as CUDA graphs) are in backend_steps.c; the ops
- * here take a step's index arrays from its device copy (step_idx) and refuse what a
- * capture cannot record.  The structs both files use are in backend_internal.h.
+ * Steps (step_begin/step_end, recorded as CUDA graphs) are in backend_steps.c, and the
+ * products with the ops fused into them (matmul_rope_kv, matmul_res_norm, matmul_swiglu)
+ * in backend_products.c; the ops take a step's index arrays from its device copy
+ * (step_idx) and refuse what a capture cannot record.  The structs the files share are in
+ * backend_internal.h.
  *
  * Products share converted activations: the backend remembers which f32 buffer its
  * activation buffer holds (set by a product or by rmsnorm, which converts in the same
@@ -18,8 +20,9 @@
  * them may write that buffer.  So q/k/v and gate/up convert once, from the norm itself.
  *
  * QD_CUDA_GRAPHS=0 and QD_CUDA_FUSE=0 in the environment turn the graphs and the fused
- * launches (shared conversions, multi-weight products, the q/k/v RoPE epilogue) off (for
- * measuring each; results are the same bits either way); QD_CUDA_GEMM=0 runs many-token
+ * launches (shared conversions, multi-weight products, the q/k/v RoPE, norm and SwiGLU
+ * epilogues) off (for measuring each; results are the same bits either way, except the
+ * norm and SwiGLU epilogues': kernels/backend.h); QD_CUDA_GEMM=0 runs many-token
  * products as passes of eight through matmul.cu instead (slower; the last bits differ,
  * see gemm.cu); QD_CUDA_ATT_TC=0 keeps many-token steps' attention on the per-token
  * kernel instead of attention_tc.cu; QD_CUDA_MMV_STAGES=N and QD_CUDA_ATT_SPLIT_KEYS=N override the product
@@ -91,13 +94,13 @@ void act_forget(CudaBackend *c)
 /* Before a buffer that queued kernels and recorded graphs may use is replaced: refused
  * while a step is being captured, and waits for queued work.  The caller then drops the
  * graphs (they point at the old buffer) and frees it. */
-static int regrow_begin(CudaBackend *c)
+int regrow_begin(CudaBackend *c)
 {
 	return c->step.capturing ? -EBUSY : kb_cuda_sync(c->ctx);
 }
 
 /* c->act with room for COLS columns (see regrow_begin). */
-static int act_ensure(CudaBackend *c, int64_t cols)
+int act_ensure(CudaBackend *c, int64_t cols)
 {
 	KbCudaAct *a = NULL;
 	if (c->act && kb_cuda_act_cap(c->act) >= cols)
@@ -119,7 +122,7 @@ static int act_ensure(CudaBackend *c, int64_t cols)
 /* Device buffer *buf (*have bytes) with at least BYTES, its contents not kept (see
  * regrow_begin).  Returns 1 when it was replaced, 0 when it was large enough, or -errno
  * (the old buffer then stays). */
-static int dev_grow(CudaBackend *c, void **buf, size_t *have, size_t bytes)
+int dev_grow(CudaBackend *c, void **buf, size_t *have, size_t bytes)
 {
 	void *p = NULL;
 	if (*buf && *have >= bytes)
@@ -136,7 +139,7 @@ static int dev_grow(CudaBackend *c, void **buf, size_t *have, size_t bytes)
 }
 
 /* c->xq with at least BYTES; recorded steps that used the old one are dropped. */
-static int xq_ensure(CudaBackend *c, size_t bytes)
+int xq_ensure(CudaBackend *c, size_t bytes)
 {
 	const int r = dev_grow(c, &c->xq, &c->xq_bytes, bytes);
 	if (r > 0)
@@ -147,7 +150,7 @@ static int xq_ensure(CudaBackend *c, size_t bytes)
 /* Device copy of an index array: the step's own when HOST is one of the step's arrays
  * (WHICH: 0 ids, 1 positions, 2 slots), else through IB.  While capturing, any other
  * array is refused: its copy would be recorded and replay stale host memory. */
-static int step_idx(CudaBackend *c, IdxBuf *ib, int which, const int32_t *host, int n, const int32_t **ret_dev)
+int step_idx(CudaBackend *c, IdxBuf *ib, int which, const int32_t *host, int n, const int32_t **ret_dev)
 {
 	StepState *st = &c->step;
 	if (st->active) {
@@ -314,244 +317,6 @@ static int cuda_get_rows(KbBackend *b, const KbWeight *w, const int32_t *ids, in
 	return kb_cuda_get_rows(c->ctx, w->type, cw->raw, cw->row_bytes, w->cols, dids, n, out);
 }
 
-/* y[i] = W[i] . x (acc: +=) for nw weights; one launch per pass of KB_CUDA_MAX_TOK
- * tokens when the weights share type and cols (q/k/v, gate/up), else one per weight. */
-/* The products; with ROPE (nw 3, acc 0), also RoPE and the KV stores in the products'
- * epilogue when the step takes one pass of the decode kernels, else *rope_done = 0 and
- * the caller runs rope_kv_store. */
-static int norm_settle(CudaBackend *c);
-
-static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const float *x, int n, float *const *y,
-		    int acc, const KbCudaRope *rope, int *rope_done)
-{
-	if (rope_done)
-		*rope_done = 0;
-	const KbCudaWeight *mm[KB_CUDA_MMV_MAX_W];
-	if (nw < 1 || nw > KB_CUDA_MMV_MAX_W || n < 1 || !x)
-		return -EINVAL;
-	int same = 1;
-	for (int i = 0; i < nw; i++) {
-		CudaWeight *cw = w[i] ? w[i]->priv : NULL;
-		if (!cw || !y[i] || w[i]->cols != w[0]->cols)
-			return -EINVAL;
-		if (!cw->mm)
-			return -EOPNOTSUPP;
-		mm[i] = cw->mm;
-		same &= w[i]->type == w[0]->type;
-	}
-	const int64_t cols = w[0]->cols;
-	int r;
-	if (c->gemm && n > GEMM_MIN_TOK && kb_cuda_mmq_fits(x, cols)) {
-		act_forget(c);
-		if ((r = xq_ensure(c, kb_cuda_mmq_scratch(cols, n))) < 0)
-			return r;
-		return kb_cuda_mmq(c->ctx, nw, mm, x, n, c->xq, y, acc);
-	}
-	if ((r = act_ensure(c, cols)) < 0)
-		return r;
-	/* the activations are already converted when the last product or norm left x there */
-	const int reuse = c->fuse && x == c->act_x && n == c->act_n && cols == c->act_cols;
-	if (x == c->xn_stale && !reuse)
-		return -EINVAL; /* matmul_res_norm's y_norm after another op: its memory was not written */
-	/* act holds y * g (matmul_res_norm): products that cannot scale by 1 / rms get the norm */
-	if (reuse && x == c->xn_stale && (!same || !kb_cuda_mmv_rms_ok(c->ctx, w[0]->type, n)) &&
-	    (r = norm_settle(c)) < 0)
-		return r;
-	for (int t0 = 0; t0 < n && r == 0; t0 += KB_CUDA_MAX_TOK) {
-		int nt = n - t0 < KB_CUDA_MAX_TOK ? n - t0 : KB_CUDA_MAX_TOK;
-		float *yt[KB_CUDA_MMV_MAX_W];
-		for (int i = 0; i < nw; i++)
-			yt[i] = y[i] + (int64_t)t0 * w[i]->rows;
-		if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x + (int64_t)t0 * cols, cols, cols, nt)) < 0)
-			break;
-		if (same && c->fuse && rope && nt == n) {
-			if ((r = kb_cuda_mmv_qkv_rope(c->ctx, mm, c->act, yt, rope)) == 0)
-				*rope_done = 1;
-		} else if (same && c->fuse)
-			r = kb_cuda_mmv_multi(c->ctx, nw, mm, c->act, yt, acc);
-		else
-			for (int i = 0; i < nw && r == 0; i++)
-				r = kb_cuda_mmv_multi(c->ctx, 1, &mm[i], c->act, &yt[i], acc);
-	}
-	act_forget(c);
-	/* act holds x's last pass: all of x when there was one, unless a y overwrote x */
-	int overlap = 0;
-	for (int i = 0; i < nw; i++)
-		overlap |= (const float *)y[i] < x + (int64_t)n * cols && x < y[i] + (int64_t)n * w[i]->rows;
-	if (r == 0 && n <= KB_CUDA_MAX_TOK && !overlap) {
-		c->act_x = x;
-		c->act_n = n;
-		c->act_cols = cols;
-	}
-	return r;
-}
-
-static int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, const float *x, int n,
-			     float *const *y, int acc)
-{
-	return mm_multi(cb(b), nw, w, x, n, y, acc, NULL, NULL);
-}
-
-static int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y);
-
-/* act and act_alt, both with room for COLS columns (matmul_res_norm, matmul_swiglu). */
-static int acts_ensure(CudaBackend *c, int64_t cols)
-{
-	int r = act_ensure(c, cols);
-	if (r < 0 || (c->act_alt && kb_cuda_act_cap(c->act_alt) >= kb_cuda_act_cap(c->act)))
-		return r;
-	KbCudaAct *a = NULL;
-	if ((r = regrow_begin(c)) < 0 || (r = kb_cuda_act_new(c->ctx, kb_cuda_act_cap(c->act), &a)) < 0)
-		return r;
-	graphs_drop(c);
-	kb_cuda_act_free(c->act_alt);
-	c->act_alt = a;
-	return 0;
-}
-
-/* act_alt becomes act, holding X (n tokens x cols). */
-static void acts_swap(CudaBackend *c, const float *x, int n, int64_t cols)
-{
-	KbCudaAct *t = c->act;
-	c->act = c->act_alt;
-	c->act_alt = t;
-	c->act_x = x;
-	c->act_n = n;
-	c->act_cols = cols;
-}
-
-/* The norm matmul_res_norm left to the products, run now: y_norm written, act converted. */
-static int norm_settle(CudaBackend *c)
-{
-	const float *y = c->xn_stale;
-	int r = cuda_rmsnorm(&c->base, c->pend.y_res, c->pend.norm_w, c->pend.n, c->pend.dim, c->pend.eps,
-			     (float *)y);
-	if (r == 0 && c->act_x != y) /* not converted there (never: matmul_res_norm's dims fit act) */
-		r = kb_cuda_act_prepare(c->ctx, c->act, y, c->pend.dim, c->pend.dim, c->pend.n);
-	c->act_x = y;
-	c->act_n = c->pend.n;
-	c->act_cols = c->pend.dim;
-	return r;
-}
-
-/* Fewest rows for which matmul_res_norm runs fused: the residual product's 32-row groups
- * are its blocks, so at least about as many as the H200's 132 multiprocessors (7B: 128
- * groups, batch 1 +2.6% (Q4_0) and +6.6% (Q8_0); SmolLM2's 18 lost 11%, bench/NOTES.md,
- * session 8). */
-#define RES_NORM_MIN_ROWS 4096
-
-/* The residual product with the next norm's first half in its epilogue
- * (kb_cuda_mmv_res_norm) when the step is one token whose products take int8 activations
- * (the only kernels that scale by 1 / rms: kb_cuda_mmv_rms_ok, asked of W's type, which
- * the norm's products share in the models we make) and the rows are many enough: y_norm
- * is not written; act (act_alt before the swap) holds y_res * norm_w and the products
- * that read it scale by 1 / rms (a product that cannot runs the norm first: norm_settle).
- * Elsewhere the product and the norm kernel. */
-static int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x, int n, float *y_res,
-				const float *norm_w, int dim, float eps, float *y_norm)
-{
-	CudaBackend *c = cb(b);
-	CudaWeight *cw = w ? w->priv : NULL;
-	if (!cw || !x || !y_res || !norm_w || !y_norm || n < 1 || dim < 1 || w->rows != dim)
-		return -EINVAL;
-	float *const yr[1] = { y_res };
-	if (!c->fuse || !cw->mm || n != 1 || !kb_cuda_mmv_rms_ok(c->ctx, w->type, n) || dim % 32 ||
-	    dim < RES_NORM_MIN_ROWS) {
-		int r = mm_multi(c, 1, &w, x, n, yr, 1, NULL, NULL);
-		return r < 0 ? r : cuda_rmsnorm(b, y_res, norm_w, n, dim, eps, y_norm);
-	}
-	const int64_t cols = w->cols;
-	int r = acts_ensure(c, cols > dim ? cols : dim);
-	if (r < 0)
-		return r;
-	if ((r = dev_grow(c, (void **)&c->norm_part, &c->norm_part_bytes,
-			  sizeof(double) * KB_CUDA_MAX_TOK * (size_t)(dim / 32))) < 0)
-		return r;
-	if (r > 0)
-		graphs_drop(c);
-	const int reuse = x == c->act_x && n == c->act_n && cols == c->act_cols;
-	if (x == c->xn_stale && !reuse)
-		return -EINVAL;
-	if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x, cols, cols, n)) < 0)
-		return r;
-	r = kb_cuda_mmv_res_norm(c->ctx, cw->mm, c->act, y_res, norm_w, eps, c->norm_part, c->act_alt);
-	act_forget(c);
-	if (r < 0)
-		return r;
-	acts_swap(c, y_norm, n, dim);
-	c->xn_stale = y_norm;
-	c->pend.y_res = y_res;
-	c->pend.norm_w = norm_w;
-	c->pend.n = n;
-	c->pend.dim = dim;
-	c->pend.eps = eps;
-	return 0;
-}
-
-static int cuda_swiglu(KbBackend *b, const float *g, const float *u, int n, int64_t dim, float *y);
-
-/* The gate and up products with SwiGLU in their epilogue (kb_cuda_mmv_swiglu) under the
- * same conditions as matmul_res_norm's fusion (one token, int8 products, >= 4096 rows):
- * y is not written, act (act_alt before the swap) holds h's activations.  Elsewhere the
- * products and the SwiGLU kernel. */
-static int cuda_matmul_swiglu(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,
-			      float *h)
-{
-	CudaBackend *c = cb(b);
-	if (!w || !w[0] || !w[1] || !x || !y || !y[0] || !y[1] || !h || n < 1)
-		return -EINVAL;
-	CudaWeight *cg = w[0]->priv, *cu = w[1]->priv;
-	const int64_t rows = w[0]->rows, cols = w[0]->cols;
-	if (!c->fuse || !cg || !cu || !cg->mm || !cu->mm || n != 1 || w[1]->type != w[0]->type ||
-	    w[1]->rows != rows || w[1]->cols != cols || !kb_cuda_mmv_rms_ok(c->ctx, w[0]->type, n) || rows % 32 ||
-	    rows < RES_NORM_MIN_ROWS || x != c->act_x || n != c->act_n || cols != c->act_cols) {
-		int r = mm_multi(c, 2, w, x, n, y, 0, NULL, NULL);
-		return r < 0 ? r : cuda_swiglu(b, y[0], y[1], n, rows, h);
-	}
-	/* room for h's activations first; growing act drops what it holds, so a pending norm
-	 * is run before (its y_norm then exists for the plain calls) */
-	const int64_t need = rows > cols ? rows : cols;
-	int r = 0;
-	if (kb_cuda_act_cap(c->act) < need || !c->act_alt || kb_cuda_act_cap(c->act_alt) < need) {
-		if ((x == c->xn_stale && (r = norm_settle(c)) < 0) || (r = acts_ensure(c, need)) < 0)
-			return r;
-		if (x != c->act_x) { /* act was replaced */
-			if ((r = mm_multi(c, 2, w, x, n, y, 0, NULL, NULL)) < 0)
-				return r;
-			return cuda_swiglu(b, y[0], y[1], n, rows, h);
-		}
-	}
-	r = kb_cuda_mmv_swiglu(c->ctx, cg->mm, cu->mm, c->act, h, c->act_alt);
-	act_forget(c);
-	if (r < 0)
-		return r;
-	acts_swap(c, h, n, rows);
-	return 0;
-}
-
-static int cuda_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y)
-{
-	return cuda_matmul_multi(b, 1, &w, x, n, &y, 0);
-}
-
-/* The product, then each row's greedy id found on the device: only n ids cross to the
- * host, so a caller that needs no more (a greedy request) can leave the logits there. */
-static int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, int n, float *y,
-			      int32_t *ret_idx)
-{
-	CudaBackend *c = cb(b);
-	if (!w || !ret_idx || n < 1)
-		return -EINVAL;
-	int r = cuda_matmul(b, w, x, n, y);
-	if (r < 0)
-		return r;
-	if ((r = dev_grow(c, (void **)&c->amax, &c->amax_bytes, sizeof(int32_t) * (size_t)n)) < 0)
-		return r;
-	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax)) < 0)
-		return r;
-	return kb_cuda_download(c->ctx, ret_idx, c->amax, sizeof(int32_t) * (size_t)n);
-}
-
 /* Every row, NEED or not: one block per row runs side by side, and one launch and one copy
  * serve them all. */
 static int cuda_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, const uint8_t *need,
@@ -585,7 +350,7 @@ static int cuda_topk(KbBackend *b, const float *y, int n, int64_t cols, int k, c
 	return 0;
 }
 
-static int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)
+int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y)
 {
 	CudaBackend *c = cb(b);
 	act_forget(c);
@@ -638,7 +403,7 @@ static int cuda_kv_store(KbBackend *b, const KbAttention *a, const float *k, con
 				a->n_head_kv * a->head_dim, a->kv_slot_stride);
 }
 
-static int cuda_rope_kv_store(KbBackend *b, const KbAttention *a, float *q, float *k, const float *v, int rot_dim,
+int cuda_rope_kv_store(KbBackend *b, const KbAttention *a, float *q, float *k, const float *v, int rot_dim,
 			      float base)
 {
 	CudaBackend *c = cb(b);
@@ -651,30 +416,6 @@ static int cuda_rope_kv_store(KbBackend *b, const KbAttention *a, float *q, floa
 	const float theta_scale = powf(base, -2.0f / (float)rot_dim);
 	return kb_cuda_rope_kv_store(c->ctx, q, k, v, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head,
 				     a->n_head_kv, a->head_dim, rot_dim, theta_scale, a->kv_slot_stride);
-}
-
-static int cuda_matmul_rope_kv(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,
-			       const KbAttention *a, int rot_dim, float base)
-{
-	CudaBackend *c = cb(b);
-	if (!w || !y || !a || a->n_tokens != n || rot_dim > 512 || rot_dim < 0 || rot_dim % 2 ||
-	    rot_dim > a->head_dim || a->n_tokens < 1 || !w[0] || !w[1] || !w[2])
-		return -EINVAL;
-	const int32_t *dpos, *dseq;
-	/* not idx_pos_seq: the activations rmsnorm converted for these products stay valid */
-	int r = step_idx(c, &c->pos, 1, a->pos, a->n_tokens, &dpos);
-	if (r < 0 || (r = step_idx(c, &c->seq, 2, a->seq, a->n_tokens, &dseq)) < 0)
-		return r;
-	/* the same float as cuda_rope_kv_store */
-	const KbCudaRope rope = { .pos = dpos, .seq = dseq, .k_cache = a->k_cache, .v_cache = a->v_cache,
-				  .slot_stride = a->kv_slot_stride, .head_dim = a->head_dim, .rot_dim = rot_dim,
-				  .theta_scale = powf(base, -2.0f / (float)rot_dim) };
-	const int whole = w[0]->rows == (int64_t)a->n_head * a->head_dim &&
-			  w[1]->rows == (int64_t)a->n_head_kv * a->head_dim && w[2]->rows == w[1]->rows;
-	int done = 0;
-	if ((r = mm_multi(c, 3, w, x, n, y, 0, whole && rot_dim > 0 ? &rope : NULL, &done)) < 0)
-		return r;
-	return done ? 0 : cuda_rope_kv_store(b, a, y[0], y[1], y[2], rot_dim, base);
 }
 
 /* Tiles for kb_cuda_attention_tc, into c->tiles_host: runs of consecutive tokens of one
@@ -748,7 +489,7 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 	return r;
 }
 
-static int cuda_swiglu(KbBackend *b, const float *g, const float *u, int n, int64_t dim, float *y)
+int cuda_swiglu(KbBackend *b, const float *g, const float *u, int n, int64_t dim, float *y)
 {
 	CudaBackend *c = cb(b);
 	act_forget(c);

@@ -98,6 +98,32 @@ extern const KbOps cuda_ops;
 /* Forgets which f32 buffer c->act holds: every op but a product calls it before running. */
 void act_forget(CudaBackend *c);
 
+/* Buffers (backend_cuda.c): regrow_begin before replacing one that queued kernels or
+ * recorded graphs may use (refused while capturing); c->act with room for COLS columns;
+ * a device buffer of at least BYTES (1: replaced, 0: large enough); c->xq likewise; the
+ * device copy of one of the step's index arrays (WHICH: 0 ids, 1 positions, 2 slots). */
+int regrow_begin(CudaBackend *c);
+int act_ensure(CudaBackend *c, int64_t cols);
+int dev_grow(CudaBackend *c, void **buf, size_t *have, size_t bytes);
+int xq_ensure(CudaBackend *c, size_t bytes);
+int step_idx(CudaBackend *c, IdxBuf *ib, int which, const int32_t *host, int n, const int32_t **ret_dev);
+
+/* Ops of the table (kernels/backend.h's contracts): backend_cuda.c's that the products
+ * fall back on, and backend_products.c's. */
+int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int dim, float eps, float *y);
+int cuda_swiglu(KbBackend *b, const float *g, const float *u, int n, int64_t dim, float *y);
+int cuda_rope_kv_store(KbBackend *b, const KbAttention *a, float *q, float *k, const float *v, int rot_dim,
+		       float base);
+int cuda_matmul(KbBackend *b, const KbWeight *w, const float *x, int n, float *y);
+int cuda_matmul_multi(KbBackend *b, int nw, const KbWeight *const *w, const float *x, int n, float *const *y,
+		      int acc);
+int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, int n, float *y, int32_t *ret_idx);
+int cuda_matmul_rope_kv(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,
+			const KbAttention *a, int rot_dim, float base);
+int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x, int n, float *y_res,
+			 const float *norm_w, int dim, float eps, float *y_norm);
+int cuda_matmul_swiglu(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y, float *h);
+
 /* ---- backend_steps.c ---- */
 
 /* Frees every recorded step graph; called before a buffer they may point at is freed. */
