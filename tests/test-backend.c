@@ -305,6 +305,52 @@ static void test_norm_rope_elementwise(void)
  * largest output, on crafted rows: a tie between two equal rows (the earlier wins), -0
  * against +0 (equal: the earlier wins), and all-NaN outputs (0).  The F16 weight rows are
  * built so that each token's outputs are known exactly. */
+/* A CUDA backend whose one-token Q4_0 products take int8 activations (QD_CUDA_MMV_I8=1),
+ * so that matmul_res_norm and matmul_swiglu run fused for 4096-row products. */
+static KbBackend *cuda_i8_new(void)
+{
+	KbBackend *g = NULL;
+	setenv("QD_CUDA_MMV_I8", "1", 1);
+	int r = cuda_new(0, &g);
+	unsetenv("QD_CUDA_MMV_I8");
+	return r == 0 ? g : NULL;
+}
+
+/* A norm's test inputs of D columns: x, the residual y0 and norm weights around 1.5 (none
+ * near 0), uploaded to G too (dx, dy, dg); 0 or -1. */
+static int norm_inputs(KbBackend *g, int D, uint64_t *s, float **x, float **y0, float **gw, float **dx, float **dy,
+		       float **dg)
+{
+	*x = rand_f32((size_t)D, s, 1.0f);
+	*y0 = rand_f32((size_t)D, s, 4.0f);
+	*gw = rand_f32((size_t)D, s, 1.0f);
+	if (!*x || !*y0 || !*gw)
+		return -1;
+	for (int i = 0; i < D; i++)
+		(*gw)[i] += 1.5f;
+	*dx = buf_in(g, *x, sizeof(float) * (size_t)D);
+	*dy = buf_in(g, *y0, sizeof(float) * (size_t)D);
+	*dg = buf_in(g, *gw, sizeof(float) * (size_t)D);
+	return *dx && *dy && *dg ? 0 : -1;
+}
+
+/* Releases what a cuda_i8_new test made: NW weights (and their raw bytes), NB device
+ * buffers, norm_inputs' host arrays, the backend. */
+static void norm_done(KbBackend *g, KbWeight *w, uint8_t **raw, int nw, float **bufs, size_t nb, float *x, float *y0,
+		      float *gw)
+{
+	for (int i = 0; i < nw; i++) {
+		g->ops->weight_release(g, &w[i]);
+		free(raw[i]);
+	}
+	for (size_t i = 0; i < nb; i++)
+		g->ops->release(g, bufs[i]);
+	free(x);
+	free(y0);
+	free(gw);
+	g->ops->free(g);
+}
+
 /* matmul_res_norm on a backend whose one-token Q4_0 products take int8 activations (where
  * the CUDA backend fuses it): the residual y and the products that follow equal the plain
  * calls' (matmul acc, rmsnorm, matmul) up to the activations' rounding, both for a product
@@ -314,11 +360,8 @@ static void test_matmul_res_norm(void)
 {
 	if (!ready())
 		return;
-	KbBackend *g = NULL;
-	setenv("QD_CUDA_MMV_I8", "1", 1);
-	int r = cuda_new(0, &g);
-	unsetenv("QD_CUDA_MMV_I8");
-	CU_ASSERT_EQUAL_FATAL(r, 0);
+	KbBackend *g = cuda_i8_new();
+	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
 	enum { D = 4096, R = 320 };
 	static const int types[3] = { QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q4_K };
 	static const int64_t rows[3] = { D, R, R };
@@ -332,14 +375,10 @@ static void test_matmul_res_norm(void)
 		w[i] = (KbWeight){ types[i], rows[i], D, raw[i], NULL, 0 };
 		CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
 	}
-	float *x = rand_f32(D, &s, 1.0f), *y0 = rand_f32(D, &s, 4.0f), *gw = rand_f32(D, &s, 1.0f);
-	CU_ASSERT_FATAL(x && y0 && gw);
-	for (int i = 0; i < D; i++)
-		gw[i] += 1.5f; /* norm weights around 1.5, none near 0 */
-	float *dx = buf_in(g, x, sizeof(float) * D), *dg = buf_in(g, gw, sizeof(float) * D);
-	float *dy = buf_in(g, y0, sizeof(float) * D), *dn = buf_in(g, NULL, sizeof(float) * D);
-	float *dout = buf_in(g, NULL, sizeof(float) * R);
-	CU_ASSERT_FATAL(dx && dg && dy && dn && dout);
+	float *x, *y0, *gw, *dx, *dy, *dg;
+	CU_ASSERT_EQUAL_FATAL(norm_inputs(g, D, &s, &x, &y0, &gw, &dx, &dy, &dg), 0);
+	float *dn = buf_in(g, NULL, sizeof(float) * D), *dout = buf_in(g, NULL, sizeof(float) * R);
+	CU_ASSERT_FATAL(dn && dout);
 	const float eps = 1e-5f;
 	float yf[D], yp[D], of[2][R], op[2][R];
 	for (int k = 1; k < 3; k++) {
@@ -378,19 +417,8 @@ static void test_matmul_res_norm(void)
 	CU_ASSERT_EQUAL(g->ops->upload(g, dx, x, sizeof(float) * D), 0);
 	CU_ASSERT_EQUAL(g->ops->matmul(g, &w[1], dn, 1, dout), -EINVAL);
 	printf("\n");
-	for (int i = 0; i < 3; i++) {
-		g->ops->weight_release(g, &w[i]);
-		free(raw[i]);
-	}
-	g->ops->release(g, dx);
-	g->ops->release(g, dg);
-	g->ops->release(g, dy);
-	g->ops->release(g, dn);
-	g->ops->release(g, dout);
-	free(x);
-	free(y0);
-	free(gw);
-	g->ops->free(g);
+	float *bufs[] = { dx, dg, dy, dn, dout };
+	norm_done(g, w, raw, 3, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
 }
 
 /* matmul_swiglu on the same kind of backend: h and the down product after it equal the
@@ -400,11 +428,8 @@ static void test_matmul_swiglu(void)
 {
 	if (!ready())
 		return;
-	KbBackend *g = NULL;
-	setenv("QD_CUDA_MMV_I8", "1", 1);
-	int r = cuda_new(0, &g);
-	unsetenv("QD_CUDA_MMV_I8");
-	CU_ASSERT_EQUAL_FATAL(r, 0);
+	KbBackend *g = cuda_i8_new();
+	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
 	enum { D = 4096, F = 4352, R = 256 };
 	static const int64_t rows[4] = { D, F, F, R }, cols[4] = { D, D, D, F };
 	uint64_t s = 0x77;
@@ -417,15 +442,12 @@ static void test_matmul_swiglu(void)
 		w[i] = (KbWeight){ QD_TYPE_Q4_0, rows[i], cols[i], raw[i], NULL, 0 };
 		CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
 	}
-	float *x = rand_f32(D, &s, 1.0f), *y0 = rand_f32(D, &s, 4.0f), *gw = rand_f32(D, &s, 1.0f);
-	CU_ASSERT_FATAL(x && y0 && gw);
-	for (int i = 0; i < D; i++)
-		gw[i] += 1.5f;
-	float *dx = buf_in(g, x, sizeof(float) * D), *dg = buf_in(g, gw, sizeof(float) * D);
-	float *dy = buf_in(g, y0, sizeof(float) * D), *dn = buf_in(g, NULL, sizeof(float) * D);
+	float *x, *y0, *gw, *dx, *dy, *dg;
+	CU_ASSERT_EQUAL_FATAL(norm_inputs(g, D, &s, &x, &y0, &gw, &dx, &dy, &dg), 0);
+	float *dn = buf_in(g, NULL, sizeof(float) * D);
 	float *dgate = buf_in(g, NULL, sizeof(float) * F), *dup = buf_in(g, NULL, sizeof(float) * F);
 	float *dh = buf_in(g, NULL, sizeof(float) * F), *dout = buf_in(g, NULL, sizeof(float) * R);
-	CU_ASSERT_FATAL(dx && dg && dy && dn && dgate && dup && dh && dout);
+	CU_ASSERT_FATAL(dn && dgate && dup && dh && dout);
 	const KbWeight *gu[2] = { &w[1], &w[2] }, *wo = &w[0];
 	float *const ygu[2] = { dgate, dup };
 	const float eps = 1e-5f;
@@ -475,17 +497,8 @@ static void test_matmul_swiglu(void)
 		       k == 0 ? "rmsnorm" : "matmul_res_norm", rh, ro);
 	}
 	printf("\n");
-	for (int i = 0; i < 4; i++) {
-		g->ops->weight_release(g, &w[i]);
-		free(raw[i]);
-	}
 	float *bufs[] = { dx, dg, dy, dn, dgate, dup, dh, dout };
-	for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
-		g->ops->release(g, bufs[i]);
-	free(x);
-	free(y0);
-	free(gw);
-	g->ops->free(g);
+	norm_done(g, w, raw, 4, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
 }
 
 static void test_matmul_argmax(void)
