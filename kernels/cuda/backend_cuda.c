@@ -214,6 +214,8 @@ static void cuda_release(KbBackend *b, void *p)
 static int cuda_upload(KbBackend *b, void *dst, const void *src, size_t bytes)
 {
 	act_forget(cb(b));
+	if (dst == cb(b)->xn_stale) /* written now: readable again */
+		cb(b)->xn_stale = NULL;
 	return kb_cuda_upload(cb(b)->ctx, dst, src, bytes);
 }
 
@@ -225,6 +227,8 @@ static int cuda_download(KbBackend *b, void *dst, const void *src, size_t bytes)
 static int cuda_copy(KbBackend *b, void *dst, const void *src, size_t bytes)
 {
 	act_forget(cb(b));
+	if (dst == cb(b)->xn_stale)
+		cb(b)->xn_stale = NULL;
 	return kb_cuda_copy(cb(b)->ctx, dst, src, bytes);
 }
 

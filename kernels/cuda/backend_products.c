@@ -42,6 +42,8 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 	}
 	const int64_t cols = w[0]->cols;
 	int r;
+	if (x == c->xn_stale && n > KB_CUDA_MAX_TOK)
+		return -EINVAL; /* matmul_res_norm's y_norm (one token) read by a many-token step */
 	if (c->gemm && n > GEMM_MIN_TOK && kb_cuda_mmq_fits(x, cols)) {
 		act_forget(c);
 		if ((r = xq_ensure(c, kb_cuda_mmq_scratch(cols, n))) < 0)
@@ -127,10 +129,14 @@ static int norm_settle(CudaBackend *c)
 			     (float *)y);
 	if (r == 0 && c->act_x != y) /* not converted there (never: matmul_res_norm's dims fit act) */
 		r = kb_cuda_act_prepare(c->ctx, c->act, y, c->pend.dim, c->pend.dim, c->pend.n);
+	if (r < 0) {
+		act_forget(c);
+		return r;
+	}
 	c->act_x = y;
 	c->act_n = c->pend.n;
 	c->act_cols = c->pend.dim;
-	return r;
+	return 0;
 }
 
 /* Fewest rows for which matmul_res_norm runs fused: the residual product's 32-row groups
@@ -171,8 +177,13 @@ int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x, int n,
 	const int reuse = x == c->act_x && n == c->act_n && cols == c->act_cols;
 	if (x == c->xn_stale && !reuse)
 		return -EINVAL;
-	if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x, cols, cols, n)) < 0)
+	/* x is an earlier matmul_res_norm's y_norm: k_mmv_norm reads only the norm's output */
+	if (reuse && x == c->xn_stale && (r = norm_settle(c)) < 0)
 		return r;
+	if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x, cols, cols, n)) < 0) {
+		act_forget(c);
+		return r;
+	}
 	r = kb_cuda_mmv_res_norm(c->ctx, cw->mm, c->act, y_res, norm_w, eps, c->norm_part, c->act_alt);
 	act_forget(c);
 	if (r < 0)

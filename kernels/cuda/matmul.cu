@@ -483,7 +483,9 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 {
 	const KbMmvConfig *c = &ctx->mmv[act->n_tok - 1];
 	KbMmvArgs a;
-	kb_args_base(&a, nw, w, y, ldy, nrm ? 2 : c->row_tiles, act);
+	/* k_mmv_norm: exactly rows / 32 groups (a padded tile past the rows would be a group
+	 * whose epilogue writes past y, its sums and the norm's weights) */
+	kb_args_base(&a, nw, w, y, ldy, nrm ? -32 : c->row_tiles, act);
 	a.prefetch = c->prefetch;
 	a.acc = acc;
 	if (rope) {
@@ -498,6 +500,8 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 		a.rope.theta_scale = rope->theta_scale;
 	}
 	if (nrm) {
+		if (a.rms.on) /* its input must be the norm's output itself: k_mmv_norm has no RMS instance */
+			return -EINVAL;
 		a.nrm = *nrm;
 		if constexpr (KbI8<T>::ok) {
 			if (kb_i8_use(ctx, T, act->n_tok))

@@ -31,7 +31,7 @@ template <int T, int RT> struct KbBulk {
  * the mbarriers, then the rings. */
 __host__ __device__ static inline size_t kb_bulk_red_bytes(int nw, int rt)
 {
-	return (size_t)2 * nw * rt * 32 * sizeof(float4) + KB_RMS_SM_BYTES;
+	return (size_t)2 * nw * rt * 32 * sizeof(float4) + (KB_RMS_SM_BYTES + 127) / 128 * 128; /* rings 128-aligned */
 }
 __host__ __device__ static inline size_t kb_bulk_ring_off(int nw, int rt, int stages)
 {
