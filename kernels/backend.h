@@ -112,7 +112,7 @@ typedef struct {
 	 * by other means (the CUDA backend: each product scales its sums by 1 / rms, so no
 	 * norm kernel runs between).  The one fused form that is not the same bits as the
 	 * plain calls: the products round y * norm_w rather than the norm's output, so their
-	 * results may differ in the last bits (tests/test-steps.c bounds it). */
+	 * results may differ in the last bits (tests/test-backend.c bounds it). */
 	int (*matmul_res_norm)(KbBackend *b, const KbWeight *w, const float *x, int n, float *y_res,
 			       const float *norm_w, int dim, float eps, float *y_norm);
 	/* matmul_multi of W = gate, up into y[0], y[1] (acc 0), then swiglu(y[0], y[1]) into

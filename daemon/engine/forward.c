@@ -389,9 +389,6 @@ static int rope_store(Context *c, const KbAttention *a, const Batch *b)
 	return o->kv_store(be, a, c->k, c->v);
 }
 
-/* The embedding and the layers: what a step does for any n tokens, reading the batch's
- * ids, positions and slots only through the ops' index arguments, so that a backend
- * may record it (step_begin/step_end) and replay it. */
 /* x += W . in (the residual product), then xn = rmsnorm(x, norm_w): one op where the
  * backend has it (KbOps.matmul_res_norm), else the product and the norm. */
 static int res_norm(Context *c, const KbWeight *w, const float *in, int n, const float *norm_w)
@@ -417,6 +414,9 @@ static int gate_up(Context *c, const KbWeight *const *wgu, int n)
 	return r < 0 ? r : o->swiglu(c->be, c->gate, c->up, n, c->m->cfg.n_ff, c->gate);
 }
 
+/* The embedding and the layers: what a step does for any n tokens, reading the batch's
+ * ids, positions and slots only through the ops' index arguments, so that a backend
+ * may record it (step_begin/step_end) and replay it. */
 static int run_layers(Context *c, const Batch *b)
 {
 	const ModelConfig *cfg = &c->m->cfg;

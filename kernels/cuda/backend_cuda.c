@@ -214,8 +214,8 @@ static void cuda_release(KbBackend *b, void *p)
 static int cuda_upload(KbBackend *b, void *dst, const void *src, size_t bytes)
 {
 	act_forget(cb(b));
-	if (dst == cb(b)->xn_stale) /* written now: readable again */
-		cb(b)->xn_stale = NULL;
+	if (dst == cb(b)->pend.y_norm) /* written now: readable again */
+		cb(b)->pend.y_norm = NULL;
 	return kb_cuda_upload(cb(b)->ctx, dst, src, bytes);
 }
 
@@ -227,8 +227,8 @@ static int cuda_download(KbBackend *b, void *dst, const void *src, size_t bytes)
 static int cuda_copy(KbBackend *b, void *dst, const void *src, size_t bytes)
 {
 	act_forget(cb(b));
-	if (dst == cb(b)->xn_stale)
-		cb(b)->xn_stale = NULL;
+	if (dst == cb(b)->pend.y_norm)
+		cb(b)->pend.y_norm = NULL;
 	return kb_cuda_copy(cb(b)->ctx, dst, src, bytes);
 }
 
@@ -358,8 +358,8 @@ int cuda_rmsnorm(KbBackend *b, const float *x, const float *weight, int n, int d
 {
 	CudaBackend *c = cb(b);
 	act_forget(c);
-	if (y == c->xn_stale)
-		c->xn_stale = NULL;
+	if (y == c->pend.y_norm)
+		c->pend.y_norm = NULL;
 	/* convert for the next products in the same launch when they fit one pass */
 	if (c->fuse && n >= 1 && n <= KB_CUDA_MAX_TOK && c->act && dim <= kb_cuda_act_cap(c->act)) {
 		int r = kb_cuda_rmsnorm_act(c->ctx, x, weight, n, dim, eps, y, c->act);

@@ -62,10 +62,10 @@ typedef struct {
 	KbCudaAct *act_alt;     /* the other one of matmul_res_norm (it reads act, writes this; then they swap) */
 	double *norm_part;      /* its sums of squares, [KB_CUDA_MAX_TOK][rows / 32] */
 	size_t norm_part_bytes;
-	const float *xn_stale;  /* matmul_res_norm's y_norm: not written, readable only through act */
-	struct {                /* and the norm it stands for, run after all (norm_settle) when a
-				 * product cannot take act's y * g (kb_cuda_mmv_rms_ok) */
-		const float *y_res, *norm_w;
+	struct {                /* matmul_res_norm's fused norm: y_norm (NULL: none) is not written,
+				 * only act holds it (as y * g); the rest is the norm, run after all
+				 * (norm_settle) when a product cannot scale by 1 / rms */
+		const float *y_norm, *y_res, *norm_w;
 		int n, dim;
 		float eps;
 	} pend;

@@ -15,13 +15,41 @@
 #include "cuda.h"
 #include "ops.h"
 
-/* y[i] = W[i] . x (acc: +=) for nw weights; one launch per pass of KB_CUDA_MAX_TOK
- * tokens when the weights share type and cols (q/k/v, gate/up), else one per weight. */
-/* The products; with ROPE (nw 3, acc 0), also RoPE and the KV stores in the products'
- * epilogue when the step takes one pass of the decode kernels, else *rope_done = 0 and
- * the caller runs rope_kv_store. */
-static int norm_settle(CudaBackend *c);
+/* The norm matmul_res_norm left to the products, run now: y_norm written, act converted. */
+static int norm_settle(CudaBackend *c)
+{
+	const float *y = c->pend.y_norm;
+	int r = cuda_rmsnorm(&c->base, c->pend.y_res, c->pend.norm_w, c->pend.n, c->pend.dim, c->pend.eps,
+			     (float *)y);
+	if (r == 0 && c->act_x != y) /* not converted there (never: matmul_res_norm's dims fit act) */
+		r = kb_cuda_act_prepare(c->ctx, c->act, y, c->pend.dim, c->pend.dim, c->pend.n);
+	if (r < 0) {
+		act_forget(c);
+		return r;
+	}
+	c->act_x = y;
+	c->act_n = c->pend.n;
+	c->act_cols = c->pend.dim;
+	return 0;
+}
 
+/* A product's input X when it may be matmul_res_norm's unwritten y_norm: refused unless
+ * act still holds it (REUSE), and the norm run first unless the product scales by 1 / rms
+ * itself (SCALES).  0 or -errno. */
+static int pend_input(CudaBackend *c, const float *x, int reuse, int scales)
+{
+	if (!c->pend.y_norm || x != c->pend.y_norm)
+		return 0;
+	if (!reuse)
+		return -EINVAL; /* after another op: its memory was never written */
+	return scales ? 0 : norm_settle(c);
+}
+
+/* y[i] = W[i] . x (acc: +=) for nw weights; one launch per pass of KB_CUDA_MAX_TOK
+ * tokens when the weights share type and cols (q/k/v, gate/up), else one per weight.
+ * With ROPE (nw 3, acc 0), also RoPE and the KV stores in the products' epilogue when the
+ * step takes one pass of the decode kernels, else *rope_done = 0 and the caller runs
+ * rope_kv_store. */
 static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const float *x, int n, float *const *y,
 		    int acc, const KbCudaRope *rope, int *rope_done)
 {
@@ -42,8 +70,8 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 	}
 	const int64_t cols = w[0]->cols;
 	int r;
-	if (x == c->xn_stale && n > KB_CUDA_MAX_TOK)
-		return -EINVAL; /* matmul_res_norm's y_norm (one token) read by a many-token step */
+	if (n > KB_CUDA_MAX_TOK && (r = pend_input(c, x, 0, 0)) < 0)
+		return r; /* y_norm is one token's */
 	if (c->gemm && n > GEMM_MIN_TOK && kb_cuda_mmq_fits(x, cols)) {
 		act_forget(c);
 		if ((r = xq_ensure(c, kb_cuda_mmq_scratch(cols, n))) < 0)
@@ -54,11 +82,7 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 		return r;
 	/* the activations are already converted when the last product or norm left x there */
 	const int reuse = c->fuse && x == c->act_x && n == c->act_n && cols == c->act_cols;
-	if (x == c->xn_stale && !reuse)
-		return -EINVAL; /* matmul_res_norm's y_norm after another op: its memory was not written */
-	/* act holds y * g (matmul_res_norm): products that cannot scale by 1 / rms get the norm */
-	if (reuse && x == c->xn_stale && (!same || !kb_cuda_mmv_rms_ok(c->ctx, w[0]->type, n)) &&
-	    (r = norm_settle(c)) < 0)
+	if ((r = pend_input(c, x, reuse, same && kb_cuda_mmv_rms_ok(c->ctx, w[0]->type, n))) < 0)
 		return r;
 	for (int t0 = 0; t0 < n && r == 0; t0 += KB_CUDA_MAX_TOK) {
 		int nt = n - t0 < KB_CUDA_MAX_TOK ? n - t0 : KB_CUDA_MAX_TOK;
@@ -121,29 +145,20 @@ static void acts_swap(CudaBackend *c, const float *x, int n, int64_t cols)
 	c->act_cols = cols;
 }
 
-/* The norm matmul_res_norm left to the products, run now: y_norm written, act converted. */
-static int norm_settle(CudaBackend *c)
-{
-	const float *y = c->xn_stale;
-	int r = cuda_rmsnorm(&c->base, c->pend.y_res, c->pend.norm_w, c->pend.n, c->pend.dim, c->pend.eps,
-			     (float *)y);
-	if (r == 0 && c->act_x != y) /* not converted there (never: matmul_res_norm's dims fit act) */
-		r = kb_cuda_act_prepare(c->ctx, c->act, y, c->pend.dim, c->pend.dim, c->pend.n);
-	if (r < 0) {
-		act_forget(c);
-		return r;
-	}
-	c->act_x = y;
-	c->act_n = c->pend.n;
-	c->act_cols = c->pend.dim;
-	return 0;
-}
-
-/* Fewest rows for which matmul_res_norm runs fused: the residual product's 32-row groups
- * are its blocks, so at least about as many as the H200's 132 multiprocessors (7B: 128
+/* Fewest rows for which the epilogues run fused: the fused kernels' 32-row groups are
+ * their blocks, so at least about as many as the H200's 132 multiprocessors (7B: 128
  * groups, batch 1 +2.6% (Q4_0) and +6.6% (Q8_0); SmolLM2's 18 lost 11%, bench/NOTES.md,
  * session 8). */
 #define RES_NORM_MIN_ROWS 4096
+
+/* Whether products of weight CW (TYPE, ROWS) over n tokens can carry the norm or SwiGLU
+ * epilogue: one token whose products take int8 activations (the only kernels that scale
+ * by 1 / rms: kb_cuda_mmv_rms_ok) and enough rows. */
+static int epi_fusable(const CudaBackend *c, const CudaWeight *cw, int type, int64_t rows, int n)
+{
+	return c->fuse && cw && cw->mm && n == 1 && kb_cuda_mmv_rms_ok(c->ctx, type, n) && rows % 32 == 0 &&
+	       rows >= RES_NORM_MIN_ROWS;
+}
 
 /* The residual product with the next norm's first half in its epilogue
  * (kb_cuda_mmv_res_norm) when the step is one token whose products take int8 activations
@@ -160,8 +175,7 @@ int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x, int n,
 	if (!cw || !x || !y_res || !norm_w || !y_norm || n < 1 || dim < 1 || w->rows != dim)
 		return -EINVAL;
 	float *const yr[1] = { y_res };
-	if (!c->fuse || !cw->mm || n != 1 || !kb_cuda_mmv_rms_ok(c->ctx, w->type, n) || dim % 32 ||
-	    dim < RES_NORM_MIN_ROWS) {
+	if (!epi_fusable(c, cw, w->type, dim, n)) {
 		int r = mm_multi(c, 1, &w, x, n, yr, 1, NULL, NULL);
 		return r < 0 ? r : cuda_rmsnorm(b, y_res, norm_w, n, dim, eps, y_norm);
 	}
@@ -175,10 +189,8 @@ int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x, int n,
 	if (r > 0)
 		graphs_drop(c);
 	const int reuse = x == c->act_x && n == c->act_n && cols == c->act_cols;
-	if (x == c->xn_stale && !reuse)
-		return -EINVAL;
-	/* x is an earlier matmul_res_norm's y_norm: k_mmv_norm reads only the norm's output */
-	if (reuse && x == c->xn_stale && (r = norm_settle(c)) < 0)
+	/* k_mmv_norm reads only a norm's output itself, never y * g */
+	if ((r = pend_input(c, x, reuse, 0)) < 0)
 		return r;
 	if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x, cols, cols, n)) < 0) {
 		act_forget(c);
@@ -189,7 +201,7 @@ int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x, int n,
 	if (r < 0)
 		return r;
 	acts_swap(c, y_norm, n, dim);
-	c->xn_stale = y_norm;
+	c->pend.y_norm = y_norm;
 	c->pend.y_res = y_res;
 	c->pend.norm_w = norm_w;
 	c->pend.n = n;
@@ -210,24 +222,21 @@ int cuda_matmul_swiglu(KbBackend *b, const KbWeight *const *w, const float *x, i
 		return -EINVAL;
 	CudaWeight *cg = w[0]->priv, *cu = w[1]->priv;
 	const int64_t rows = w[0]->rows, cols = w[0]->cols;
-	if (!c->fuse || !cg || !cu || !cg->mm || !cu->mm || n != 1 || w[1]->type != w[0]->type ||
-	    w[1]->rows != rows || w[1]->cols != cols || !kb_cuda_mmv_rms_ok(c->ctx, w[0]->type, n) || rows % 32 ||
-	    rows < RES_NORM_MIN_ROWS || x != c->act_x || n != c->act_n || cols != c->act_cols) {
-		int r = mm_multi(c, 2, w, x, n, y, 0, NULL, NULL);
-		return r < 0 ? r : cuda_swiglu(b, y[0], y[1], n, rows, h);
-	}
+	int r = 0, fused = epi_fusable(c, cg, w[0]->type, rows, n) && cu && cu->mm && w[1]->type == w[0]->type &&
+			   w[1]->rows == rows && w[1]->cols == cols && x == c->act_x && n == c->act_n &&
+			   cols == c->act_cols;
 	/* room for h's activations first; growing act drops what it holds, so a pending norm
 	 * is run before (its y_norm then exists for the plain calls) */
 	const int64_t need = rows > cols ? rows : cols;
-	int r = 0;
-	if (kb_cuda_act_cap(c->act) < need || !c->act_alt || kb_cuda_act_cap(c->act_alt) < need) {
-		if ((x == c->xn_stale && (r = norm_settle(c)) < 0) || (r = acts_ensure(c, need)) < 0)
+	if (fused && (kb_cuda_act_cap(c->act) < need || !c->act_alt || kb_cuda_act_cap(c->act_alt) < need)) {
+		if ((r = pend_input(c, x, 1, 0)) < 0 || (r = acts_ensure(c, need)) < 0)
 			return r;
-		if (x != c->act_x) { /* act was replaced */
-			if ((r = mm_multi(c, 2, w, x, n, y, 0, NULL, NULL)) < 0)
-				return r;
-			return cuda_swiglu(b, y[0], y[1], n, rows, h);
-		}
+		fused = x == c->act_x; /* not when act was replaced */
+	}
+	if (!fused) {
+		if ((r = mm_multi(c, 2, w, x, n, y, 0, NULL, NULL)) < 0)
+			return r;
+		return cuda_swiglu(b, y[0], y[1], n, rows, h);
 	}
 	r = kb_cuda_mmv_swiglu(c->ctx, cg->mm, cu->mm, c->act, h, c->act_alt);
 	act_forget(c);

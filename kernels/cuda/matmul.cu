@@ -358,6 +358,25 @@ template <int T, int RT, bool ROPE, int I8, bool RMS = false> static constexpr v
 		return k_mmv<T, RT, ROPE, I8, RMS>;
 }
 
+/* Into *ret_grid: the blocks of kernel K (THREADS, SMEM a block) to launch for n_groups
+ * row groups, as many as fit at once, at most PER_SM a multiprocessor (0: no cap), each
+ * block then walking several groups; the count that fits is cached in *occ. */
+template <typename K>
+static int kb_fit_grid(KbCuda *ctx, K k, int threads, size_t smem, int *occ, int per_sm, int n_groups, int *ret_grid)
+{
+	if (*occ == 0) {
+		int n = 0;
+		int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, threads, smem));
+		if (r < 0)
+			return r;
+		*occ = n > 0 ? n : 1;
+	}
+	const int use = per_sm > 0 && per_sm < *occ ? per_sm : *occ;
+	const int64_t fit = (int64_t)use * ctx->sm_count;
+	*ret_grid = fit < n_groups ? (int)fit : n_groups;
+	return 0;
+}
+
 #include "matmul_bulk.cuh"
 
 template <int T, int RT, bool ROPE, int I8, bool RMS>
@@ -367,20 +386,11 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 	const size_t smem = (size_t)2 * nw * RT * 32 * sizeof(float4) + KB_RMS_SM_BYTES;
 	int grid = a.n_groups;
 	if (c->persist) {
-		/* as many blocks as fit at once, each walking several groups */
-		int *occ = &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS][nw];
-		if (*occ == 0) {
-			int n = 0;
-			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(),
-										     nw * 32, smem));
-			if (r < 0)
-				return r;
-			*occ = n > 0 ? n : 1;
-		}
-		const int per_sm = c->persist < *occ ? c->persist : *occ;
-		const int64_t fit = (int64_t)per_sm * ctx->sm_count;
-		if (fit < grid)
-			grid = (int)fit;
+		int r = kb_fit_grid(ctx, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(), nw * 32, smem,
+				    &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS][nw], c->persist,
+				    a.n_groups, &grid);
+		if (r < 0)
+			return r;
 	}
 	return kb_launch(ctx, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(), dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
@@ -415,22 +425,20 @@ template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c,
 				 : launch_rt<T, 2, false, I8, false>(ctx, c, a);
 }
 
-/* k_mmv_norm: 16 warps, as many blocks as fit (their flush keeps each 32-row group whole). */
-template <int T, int I8> static int launch_norm(KbCuda *ctx, const KbMmvArgs &a)
+/* The 16-warp kernels whose flush holds a whole 32-row group (k_mmv_norm, k_mmv_swi; EPI:
+ * their epilogue's shared memory): as many blocks as fit. */
+static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int *occ, const KbMmvArgs &a)
 {
 	constexpr int NW = 16;
-	const size_t smem = (size_t)2 * NW * 32 * sizeof(float4) + KB_RMS_SM_BYTES + KB_NORM_SM_BYTES;
-	int *occ = &ctx->occ_norm[kb_type_slot(T)][I8];
-	if (*occ == 0) {
-		int n = 0;
-		int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_norm<T, I8>, NW * 32, smem));
-		if (r < 0)
-			return r;
-		*occ = n > 0 ? n : 1;
-	}
-	const int64_t fit = (int64_t)*occ * ctx->sm_count;
-	const int grid = fit < a.n_groups ? (int)fit : a.n_groups;
-	return kb_launch(ctx, k_mmv_norm<T, I8>, dim3((unsigned)grid), dim3(NW * 32), smem, a);
+	const size_t smem = (size_t)2 * NW * 32 * sizeof(float4) + KB_RMS_SM_BYTES + epi;
+	int grid;
+	int r = kb_fit_grid(ctx, k, NW * 32, smem, occ, 0, a.n_groups, &grid);
+	return r < 0 ? r : kb_launch(ctx, k, dim3((unsigned)grid), dim3(NW * 32), smem, a);
+}
+
+template <int T, int I8> static int launch_norm(KbCuda *ctx, const KbMmvArgs &a)
+{
+	return launch_wide(ctx, k_mmv_norm<T, I8>, KB_NORM_SM_BYTES, &ctx->occ_norm[kb_type_slot(T)][I8], a);
 }
 
 /* The arguments every product launch shares: weight i's regions, its y and row groups
@@ -611,24 +619,12 @@ extern "C" int kb_cuda_mmv_res_norm(KbCuda *ctx, const KbCudaWeight *w, const Kb
 	return 0;
 }
 
-/* k_mmv_swi for TYPE: 16 warps, as many blocks as fit. */
+/* k_mmv_swi for TYPE. */
 template <int T> static int launch_swi(KbCuda *ctx, const KbMmvArgs &a, bool rms)
 {
 	if constexpr (KbI8<T>::ok) {
-		constexpr int NW = 16;
-		const size_t smem = (size_t)2 * NW * 32 * sizeof(float4) + KB_RMS_SM_BYTES + KB_SWI_SM_BYTES;
-		int *occ = &ctx->occ_swi[kb_type_slot(T)][rms];
-		void (*k)(const KbMmvArgs) = rms ? k_mmv_swi<T, true> : k_mmv_swi<T, false>;
-		if (*occ == 0) {
-			int n = 0;
-			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, NW * 32, smem));
-			if (r < 0)
-				return r;
-			*occ = n > 0 ? n : 1;
-		}
-		const int64_t fit = (int64_t)*occ * ctx->sm_count;
-		const int grid = fit < a.n_groups ? (int)fit : a.n_groups;
-		return kb_launch(ctx, k, dim3((unsigned)grid), dim3(NW * 32), smem, a);
+		return launch_wide(ctx, rms ? k_mmv_swi<T, true> : k_mmv_swi<T, false>, KB_SWI_SM_BYTES,
+				   &ctx->occ_swi[kb_type_slot(T)][rms], a);
 	} else {
 		(void)ctx;
 		(void)a;

@@ -1,7 +1,7 @@
 /* kernels/cuda/matmul_bulk.cuh: the bulk-copy variant of the decode products (sm_90:
  * k_mmv_bulk, its ring of cp.async.bulk slots in shared memory, and launch_bulk).
  * Included only by matmul.cu, at one spot: it uses what matmul.cu defines before it
- * (KbMmvArgs, KbCursor and kb_cursor_*, kb_chunk, kb_flush, KbChunkBytes), and matmul.cu
+ * (KbMmvArgs, KbCursor and kb_cursor_*, kb_chunk, kb_flush, KbChunkBytes, kb_fit_grid), and matmul.cu
  * uses kb_auto_stages and kb_variant from it after. */
 #ifndef QD_KERNELS_CUDA_MATMUL_BULK_CUH
 #define QD_KERNELS_CUDA_MATMUL_BULK_CUH
@@ -265,19 +265,11 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 	}
 	int grid = a.n_groups;
 	if (c->persist) {
-		int *occ = &ctx->occ_bulk[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS][nw][S];
-		if (*occ == 0) {
-			int n = 0;
-			int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_mmv_bulk<T, RT, ROPE, I8, RMS>, nw * 32, smem));
-			if (r < 0)
-				return r;
-			*occ = n > 0 ? n : 1;
-		}
-		const int n = *occ;
-		const int per_sm = c->persist < n ? c->persist : n;
-		const int64_t fit = (int64_t)per_sm * ctx->sm_count;
-		if (fit < grid)
-			grid = (int)fit;
+		int r = kb_fit_grid(ctx, k_mmv_bulk<T, RT, ROPE, I8, RMS>, nw * 32, smem,
+				    &ctx->occ_bulk[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS][nw][S],
+				    c->persist, a.n_groups, &grid);
+		if (r < 0)
+			return r;
 	}
 	return kb_launch(ctx, k_mmv_bulk<T, RT, ROPE, I8, RMS>, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
