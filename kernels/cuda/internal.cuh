@@ -133,7 +133,7 @@ static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
 }
 
 /* Planes of KbCudaAct a producer fills: f16, bf16 hi + lo, block sums, int8 + scales,
- * and the int8 blocks' scaled level sums (for Q4_1's minimum). */
+ * and the int8 blocks' scaled level sums (for Q4_1's and Q4_K's minimum). */
 enum { KB_PL_H = 1, KB_PL_B = 2, KB_PL_S = 4, KB_PL_Q = 8, KB_PL_E = 16, KB_PL_ALL = 31 };
 #define KB_PL_DYN 0x100u   /* kb_act_put: the planes read at run time, int8 code included */
 #define KB_PL_DYN16 0x200u /* ... without the int8 code */
@@ -142,7 +142,7 @@ enum { KB_PL_H = 1, KB_PL_B = 2, KB_PL_S = 4, KB_PL_Q = 8, KB_PL_E = 16, KB_PL_A
 static inline unsigned kb_act_need(const KbCuda *ctx, int type, int n_tok)
 {
 	if (kb_i8_use(ctx, type, n_tok))
-		return KB_PL_Q | (type == QD_TYPE_Q4_1 ? KB_PL_E : 0);
+		return KB_PL_Q | (kb_i8_min(type) ? KB_PL_E : 0);
 	if (type == QD_TYPE_BF16)
 		return KB_PL_B;
 	return KB_PL_H | (type == QD_TYPE_Q4_1 || type == QD_TYPE_Q4_K ? KB_PL_S : 0);
@@ -181,6 +181,8 @@ template <typename F> static auto kb_with_planes(const KbActOut &o, F &&f)
 	case KB_PL_Q: return f(std::integral_constant<unsigned, KB_PL_Q>());
 	case KB_PL_Q | KB_PL_E: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_E>());
 	case KB_PL_Q | KB_PL_H: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_H>());
+	/* Q4_K_M at one token: Q4_K's int8 with sums, Q6_K's f16 */
+	case KB_PL_Q | KB_PL_E | KB_PL_H: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_E | KB_PL_H>());
 	default: return f(std::integral_constant<unsigned, KB_PL_DYN>());
 	}
 }

@@ -1,5 +1,5 @@
 /* kernels/cuda/layout_i8.cuh: the int8 side of the decode products' layout (Q4_0, Q4_1,
- * Q8_0 weights with int8 activations; the kernels are in matmul_i8.cuh): where the int8
+ * Q4_K, Q8_0 weights with int8 activations; the kernels are in matmul_i8.cuh): where the int8
  * activation levels and scales live, how a repacked weight word becomes int8 A registers,
  * and the per-block scaling.  __host__ __device__ like layout.cuh, so
  * tests/gpu/check-cuda-layout.cu runs the same functions on the host with an emulated
@@ -12,7 +12,14 @@
 /* Types whose decode products can take int8 activations (matmul_i8.cuh). */
 __host__ __device__ constexpr bool kb_i8_type(int t)
 {
-	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q8_0;
+	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K || t == QD_TYPE_Q8_0;
+}
+/* Int8 types whose weights have a minimum per 32-column block (w = d q + m: Q4_1, and Q4_K
+ * with d and m from the superblock's scales), which meets the activations' block sums
+ * (Q8_1's s, the xe plane). */
+__host__ __device__ constexpr bool kb_i8_min(int t)
+{
+	return t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K;
 }
 template <int T> struct KbI8 {
 	static constexpr bool ok = kb_i8_type(T);
@@ -85,7 +92,7 @@ template <bool SIGNED> KB_HD void kb_dec_q4_i8(uint32_t w, uint32_t k80, uint32_
 }
 
 /* Int8 A registers of the m16n8k32 of 32-column block bi (0..CC/32-1) of the chunk, its
- * k the block's natural column order: Q4_0 16 (q - 8), Q4_1 q, Q8_0 q.  k80: 0x80808080. */
+ * k the block's natural column order: Q4_0 16 (q - 8), Q4_1 and Q4_K q, Q8_0 q.  k80: 0x80808080. */
 template <int T> KB_HD void kb_frag_a8(const KbWRegs<T> *w, int bi, uint32_t k80, uint32_t a[4])
 {
 	static_assert(KbI8<T>::ok, "an int8 decode type");
@@ -108,14 +115,14 @@ template <int T> KB_HD void kb_frag_a8(const KbWRegs<T> *w, int bi, uint32_t k80
 
 /* Activation registers of one chunk: token g's levels (per 64-column group: block 0's two
  * B registers, then block 1's), the block scales of tokens 2tq and 2tq + 1 (four blocks a
- * vector), and for Q4_1 their scaled level sums (xe) the same way. */
+ * vector), and for Q4_1 and Q4_K their scaled level sums (xe) the same way. */
 template <int T> struct KbX8Regs {
 	typedef Lay<T> L;
 	static constexpr int ND = (L::CC / 32 + 3) / 4;
 	uint32_t dep; /* 0, computed from every load (as KbXRegs::dep) */
 	uint32_t b[L::NG][4];
 	float4 d[2][ND];
-	float4 e[T == QD_TYPE_Q4_1 ? 2 : 1][T == QD_TYPE_Q4_1 ? ND : 1];
+	float4 e[kb_i8_min(T) ? 2 : 1][kb_i8_min(T) ? ND : 1];
 };
 
 template <int T, bool ONE>
@@ -143,13 +150,13 @@ KB_HD void kb_load_x8(const KbActView *a, int64_t ch, int lane, KbX8Regs<T> *x)
 			if (!ONE || j == 0) {
 				u = kb_ld_x16(a->xd + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
 				dep ^= u.x;
-				if constexpr (T == QD_TYPE_Q4_1) {
+				if constexpr (kb_i8_min(T)) {
 					e = kb_ld_x16(a->xe + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
 					dep ^= e.x;
 				}
 			}
 			memcpy(&x->d[j][k], &u, 16);
-			if constexpr (T == QD_TYPE_Q4_1)
+			if constexpr (kb_i8_min(T))
 				memcpy(&x->e[j][k], &e, 16);
 		}
 	}
@@ -161,45 +168,125 @@ KB_HD float kb_f4at(float4 v, int i)
 	return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+/* Q4_K's per-chunk state (a chunk is one superblock, its 8 blocks the sub-blocks): the
+ * 6-bit scales and mins of rows g and g+8, four to a register (byte j of sc[r][0] and
+ * mn[r][0] is sub-block j, of sc[r][1] and mn[r][1] sub-block 4 + j), unpacked once a
+ * chunk with byte-parallel masks; and the chunk's sums before d and dmin: ts = sum over
+ * the sub-blocks of sc c d_x, tm = sum of mn s_x (per C element). Empty for the others. */
+template <int T> struct KbPost8 {
+};
+template <> struct KbPost8<QD_TYPE_Q4_K> {
+	uint32_t sc[2][2], mn[2][2];
+	float ts[4], tm[4];
+};
+
+/* The GGUF Q4_K header's 12 scale bytes (h.y, h.z, h.w) as kb_q4k_scale reads them, all
+ * eight sub-blocks at once. */
+KB_HD void kb_q4k_unpack(uint4 h, uint32_t sc[2], uint32_t mn[2])
+{
+	sc[0] = h.y & 0x3f3f3f3fu;
+	mn[0] = h.z & 0x3f3f3f3fu;
+	sc[1] = (h.w & 0x0f0f0f0fu) | ((h.y >> 2) & 0x30303030u);
+	mn[1] = ((h.w >> 4) & 0x0f0f0f0fu) | ((h.z >> 2) & 0x30303030u);
+}
+
+/* Byte k of v, zero-extended (one PRMT). */
+KB_HD int kb_byte(uint32_t v, int k)
+{
+	return (int)kb_prmt(v, 0u, 0x4440u | (uint32_t)k);
+}
+
+template <int T> KB_HD void kb_post8_begin(const KbWRegs<T> *w, KbPost8<T> *st)
+{
+	if constexpr (T == QD_TYPE_Q4_K) {
+		kb_q4k_unpack(w->d[0], st->sc[0], st->mn[0]);
+		kb_q4k_unpack(w->d[1], st->sc[1], st->mn[1]);
+		KB_UNROLL
+		for (int i = 0; i < 4; i++)
+			st->ts[i] = st->tm[i] = 0.f;
+	}
+	(void)w;
+	(void)st;
+}
+
 /* acc += the scaled sums of block bi (C layout: c[0], c[1] row g tokens 2tq, 2tq + 1;
  * c[2], c[3] row g + 8): the CPU backend's dot products (quant.c) block by block,
- * d_w d_x sum(q_w q_x), + m_w s_x for Q4_1.  ONE: only token 0 exists, so c[1] and c[3]
- * are skipped. */
+ * d_w d_x sum(q_w q_x), + m_w s_x for Q4_1.  Q4_K's go to st (d_w = d sc, m_w = -dmin mn:
+ * sc c is an exact integer, below 2^22) and reach acc in kb_post8_end.  ONE: only token 0
+ * exists, so c[1] and c[3] are skipped. */
 template <int T, bool ONE>
-KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int c[4],
-		      float acc[4])
+KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int c[4], float acc[4],
+		    KbPost8<T> *st)
 {
-	uint32_t dv;
-	uint4 s = { 0, 0, 0, 0 };
-	if constexpr (T == QD_TYPE_Q8_0) {
-		dv = w->s[bi].x;
-	} else {
-		s = w->s[bi / 2];
-		dv = bi % 2 == 0 ? s.x : s.y;
-	}
-	const float d0 = kb_f16lo(dv), d1 = kb_f16hi(dv);
 	const float xa = kb_f4at(x->d[0][bi / 4], bi % 4);
-	acc[0] = fmaf(d0 * xa, (float)c[0], acc[0]);
-	acc[2] = fmaf(d1 * xa, (float)c[2], acc[2]);
-	float xb = 0.f;
-	if constexpr (!ONE) {
-		xb = kb_f4at(x->d[1][bi / 4], bi % 4);
-		acc[1] = fmaf(d0 * xb, (float)c[1], acc[1]);
-		acc[3] = fmaf(d1 * xb, (float)c[3], acc[3]);
-	}
-	if constexpr (T == QD_TYPE_Q4_1) { /* + m_w s: the minimum times the rounded x's block sum */
-		const uint32_t mv = bi % 2 == 0 ? s.z : s.w;
-		const float m0 = kb_f16lo(mv), m1 = kb_f16hi(mv);
+	const float xb = ONE ? 0.f : kb_f4at(x->d[1][bi / 4], bi % 4);
+	if constexpr (T == QD_TYPE_Q4_K) {
+		const int h = bi / 4, k = bi % 4;
+		const int s0 = kb_byte(st->sc[0][h], k), s1 = kb_byte(st->sc[1][h], k);
+		const float n0 = (float)kb_byte(st->mn[0][h], k), n1 = (float)kb_byte(st->mn[1][h], k);
 		const float sa = kb_f4at(x->e[0][bi / 4], bi % 4);
-		acc[0] = fmaf(m0, sa, acc[0]);
-		acc[2] = fmaf(m1, sa, acc[2]);
+		st->ts[0] = fmaf((float)(c[0] * s0), xa, st->ts[0]);
+		st->ts[2] = fmaf((float)(c[2] * s1), xa, st->ts[2]);
+		st->tm[0] = fmaf(n0, sa, st->tm[0]);
+		st->tm[2] = fmaf(n1, sa, st->tm[2]);
 		if constexpr (!ONE) {
 			const float sb = kb_f4at(x->e[1][bi / 4], bi % 4);
-			acc[1] = fmaf(m0, sb, acc[1]);
-			acc[3] = fmaf(m1, sb, acc[3]);
+			st->ts[1] = fmaf((float)(c[1] * s0), xb, st->ts[1]);
+			st->ts[3] = fmaf((float)(c[3] * s1), xb, st->ts[3]);
+			st->tm[1] = fmaf(n0, sb, st->tm[1]);
+			st->tm[3] = fmaf(n1, sb, st->tm[3]);
+		}
+		(void)w;
+		(void)acc;
+		return;
+	} else {
+		uint32_t dv;
+		uint4 s = { 0, 0, 0, 0 };
+		if constexpr (T == QD_TYPE_Q8_0) {
+			dv = w->s[bi].x;
+		} else {
+			s = w->s[bi / 2];
+			dv = bi % 2 == 0 ? s.x : s.y;
+		}
+		const float d0 = kb_f16lo(dv), d1 = kb_f16hi(dv);
+		acc[0] = fmaf(d0 * xa, (float)c[0], acc[0]);
+		acc[2] = fmaf(d1 * xa, (float)c[2], acc[2]);
+		if constexpr (!ONE) {
+			acc[1] = fmaf(d0 * xb, (float)c[1], acc[1]);
+			acc[3] = fmaf(d1 * xb, (float)c[3], acc[3]);
+		}
+		if constexpr (T == QD_TYPE_Q4_1) { /* + m_w s: the minimum times the rounded x's block sum */
+			const uint32_t mv = bi % 2 == 0 ? s.z : s.w;
+			const float m0 = kb_f16lo(mv), m1 = kb_f16hi(mv);
+			const float sa = kb_f4at(x->e[0][bi / 4], bi % 4);
+			acc[0] = fmaf(m0, sa, acc[0]);
+			acc[2] = fmaf(m1, sa, acc[2]);
+			if constexpr (!ONE) {
+				const float sb = kb_f4at(x->e[1][bi / 4], bi % 4);
+				acc[1] = fmaf(m0, sb, acc[1]);
+				acc[3] = fmaf(m1, sb, acc[3]);
+			}
+		}
+		(void)st;
+	}
+}
+
+/* After a chunk's blocks: Q4_K's acc += d ts - dmin tm (rows g, g+8: headers d[0], d[1]). */
+template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const KbPost8<T> *st, float acc[4])
+{
+	if constexpr (T == QD_TYPE_Q4_K) {
+		const float d0 = kb_f16lo(w->d[0].x), m0 = kb_f16hi(w->d[0].x);
+		const float d1 = kb_f16lo(w->d[1].x), m1 = kb_f16hi(w->d[1].x);
+		acc[0] = fmaf(-m0, st->tm[0], fmaf(d0, st->ts[0], acc[0]));
+		acc[2] = fmaf(-m1, st->tm[2], fmaf(d1, st->ts[2], acc[2]));
+		if constexpr (!ONE) {
+			acc[1] = fmaf(-m0, st->tm[1], fmaf(d0, st->ts[1], acc[1]));
+			acc[3] = fmaf(-m1, st->tm[3], fmaf(d1, st->ts[3], acc[3]));
 		}
 	}
-	(void)xb;
+	(void)w;
+	(void)st;
+	(void)acc;
 }
 
 /* What the flush multiplies a product's sums by: Q4_0's int8 A is 16 (q - 8). */

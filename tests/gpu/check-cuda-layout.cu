@@ -29,7 +29,8 @@ static double half_bits(uint16_t h, bool bf)
 }
 
 /* The int8 path for one tile: y8[tok * rows + row] of its 16 rows, from the repacked
- * tile and the int8 activation planes, through kb_load_x8 / kb_frag_a8 / kb_post8 with the
+ * tile and the int8 activation planes, through kb_load_x8 / kb_frag_a8 / kb_post8 (with
+ * Q4_K's kb_post8_begin / _end around a chunk) and the
  * m16n8k32 emulated (A 16x32 row-major, B 32x8, PTX fragment layout). */
 template <int T>
 static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView &av, int64_t t, int64_t rows,
@@ -39,6 +40,7 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 	std::vector<KbWRegs<T>> w(32);
 	std::vector<KbX8Regs<T>> xr(32);
 	float acc[32][4] = {};
+	std::vector<KbPost8<T>> st(32);
 	for (int64_t ch = 0; ch < geo.n_chunks; ch++) {
 		for (int lane = 0; lane < 32; lane++) {
 			kb_load_w<T>(tp, ch, lane, &w[(size_t)lane]);
@@ -46,6 +48,7 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 				kb_load_x8<T, true>(&av, ch, lane, &xr[(size_t)lane]);
 			else
 				kb_load_x8<T, false>(&av, ch, lane, &xr[(size_t)lane]);
+			kb_post8_begin<T>(&w[(size_t)lane], &st[(size_t)lane]);
 		}
 		for (int bi = 0; bi < L::CC / 32; bi++) {
 			int A[16][32], B[32][8];
@@ -59,7 +62,7 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 					for (int e = 0; e < 4; e++) {
 						const uint32_t byte = (fa[rg] >> (8 * e)) & 0xff;
 						A[g + 8 * (rg & 1)][4 * tq + e + 16 * (rg >> 1)] =
-							T == QD_TYPE_Q4_1 ? (int)byte : (int)(int8_t)byte;
+							kb_i8_min(T) ? (int)byte : (int)(int8_t)byte;
 					}
 				for (int rg = 0; rg < 2; rg++)
 					for (int e = 0; e < 4; e++)
@@ -75,10 +78,18 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 						c[ci] += A[row][k] * B[k][n];
 				}
 				if (n_tok == 1)
-					kb_post8<T, true>(&w[(size_t)lane], &xr[(size_t)lane], bi, c, acc[lane]);
+					kb_post8<T, true>(&w[(size_t)lane], &xr[(size_t)lane], bi, c, acc[lane],
+							  &st[(size_t)lane]);
 				else
-					kb_post8<T, false>(&w[(size_t)lane], &xr[(size_t)lane], bi, c, acc[lane]);
+					kb_post8<T, false>(&w[(size_t)lane], &xr[(size_t)lane], bi, c, acc[lane],
+							   &st[(size_t)lane]);
 			}
+		}
+		for (int lane = 0; lane < 32; lane++) {
+			if (n_tok == 1)
+				kb_post8_end<T, true>(&w[(size_t)lane], &st[(size_t)lane], acc[lane]);
+			else
+				kb_post8_end<T, false>(&w[(size_t)lane], &st[(size_t)lane], acc[lane]);
 		}
 	}
 	for (int lane = 0; lane < 32; lane++)
@@ -94,7 +105,8 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
  * rounding of the activations follows (||ref|| itself can be small by cancellation; a
  * layout error still shows as about 1/sqrt(cols)).  For the int8 types *rel8 is the same
  * measure for the int8 path against the product on x rounded to Q8_0 levels (for Q4_1 the
- * minimum times Q8_1's s, as the CPU backend's dot product); otherwise -1. */
+ * minimum times Q8_1's s, as the CPU backend's dot product; Q4_K's the same way, its
+ * minimum -dmin mn a sub-block); otherwise -1. */
 template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, uint64_t seed, double *rel8)
 {
 	typedef Lay<T> L;
@@ -246,10 +258,9 @@ template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, u
 				mag += fabs(wrow[(size_t)c] * x[(size_t)(t * cols + c)]);
 				ref8 += wrow[(size_t)c] * x8[(size_t)(t * cols + c)];
 			}
-			if (T == QD_TYPE_Q4_1)
-				for (int64_t b = 0; b < cols / 32; b++) /* + m (s - sum(x8)) */
-					ref8 += qd_f16_to_f32(qg_get16(raw.data() + rr * row_bytes + b * 20 + 2)) *
-						corr[(size_t)(t * ((cols + 31) / 32) + b)];
+			for (int64_t b = 0; b < cols / 32; b++) /* + m (s - sum(x8)) */
+				ref8 += qg_block_min(T, raw.data() + rr * row_bytes, b) *
+					corr[(size_t)(t * ((cols + 31) / 32) + b)];
 			const double e = y[(size_t)(t * rows + rr)] - ref;
 			const double e8 = y8[(size_t)(t * rows + rr)] - ref8;
 			num += e * e;
@@ -364,7 +375,15 @@ static void check_planes(void)
 	expect("7B Q4_0 + Q6_K, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_H);
 	expect("7B Q4_0 + Q6_K, 2 tokens", kb_act_planes(c, 2), KB_PL_H);
 	set(QD_TYPE_Q4_K, QD_TYPE_Q6_K, 4000 * MB);
-	expect("7B Q4_K_M, 1 token", kb_act_planes(c, 1), KB_PL_H | KB_PL_S);
+	expect("7B Q4_K_M, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E | KB_PL_H);
+	expect("7B Q4_K_M, 2 tokens", kb_act_planes(c, 2), KB_PL_H | KB_PL_S);
+	{ /* the models' plane sets have producer instances of their own (not KB_PL_DYN) */
+		KbActOut o;
+		memset(&o, 0, sizeof(o));
+		o.planes = kb_act_planes(c, 1);
+		expect("7B Q4_K_M, 1 token: producer instance", kb_with_planes(o, [](auto pl) { return decltype(pl)::value; }),
+		       o.planes);
+	}
 	set(QD_TYPE_BF16, -1, 13000 * MB);
 	expect("7B BF16", kb_act_planes(c, 1), KB_PL_B);
 	set(QD_TYPE_Q8_0, -1, 6800 * MB);

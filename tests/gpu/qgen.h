@@ -123,6 +123,22 @@ static inline void qg_q4k_sm(const uint8_t *q, int j, int *sc, int *mn)
 	}
 }
 
+/* The additive part of 32-column block b of a row (its weights are scale x q + this):
+ * Q4_1's m, Q4_K's -dmin mn of the sub-block; 0 for the other types.  The int8 products
+ * multiply it by the activations' rounded block sum (Q8_1's s), not by the sum of levels. */
+static inline double qg_block_min(int type, const uint8_t *row, int64_t b)
+{
+	if (type == QD_TYPE_Q4_1)
+		return qd_f16_to_f32(qg_get16(row + b * 20 + 2));
+	if (type == QD_TYPE_Q4_K) {
+		const uint8_t *p = row + (b / 8) * 144;
+		int sc, mn;
+		qg_q4k_sm(p + 4, (int)(b % 8), &sc, &mn);
+		return -(double)qd_f16_to_f32(qg_get16(p + 2)) * mn;
+	}
+	return 0.0;
+}
+
 /* out[0..n) = the row of n elements at src, exactly, in double. */
 static inline void qg_dequant_row(int type, const uint8_t *src, int64_t n, double *out)
 {

@@ -163,12 +163,13 @@ static double bound_for(int type, int i8)
 /* Types whose products can take int8 activations (kb_cuda_set_mmv_i8). */
 static int has_i8(int type)
 {
-	return type == QD_TYPE_Q4_0 || type == QD_TYPE_Q4_1 || type == QD_TYPE_Q8_0;
+	return type == QD_TYPE_Q4_0 || type == QD_TYPE_Q4_1 || type == QD_TYPE_Q4_K || type == QD_TYPE_Q8_0;
 }
 
 /* x rounded as the int8 products see it: each 32-column block to Q8_0 levels exactly as
  * the CPU backend's activations (d = amax / 127, q = roundf(x / d), d kept as f16); and
- * per block corr = s - sum(out) with s Q8_1's f16(d sum(q)), which Q4_1's minimum meets. */
+ * per block corr = s - sum(out) with s Q8_1's f16(d sum(q)), which Q4_1's and Q4_K's
+ * minimums meet. */
 static void q8_levels(const float *x, int64_t cols, double *out, double *corr)
 {
 	for (int64_t b = 0; b < (cols + 31) / 32; b++) {
@@ -223,10 +224,8 @@ static void check_shape(int type, Shape sh, uint64_t seed)
 				am += fabs(wrow[c] * x[t * ldx + c]);
 				a8 += wrow[c] * x8[t * cols + c];
 			}
-			if (type == QD_TYPE_Q4_1)
-				for (int64_t b = 0; b < cols / 32; b++) /* + m (s - sum(x8)) */
-					a8 += qd_f16_to_f32(qg_get16(raw + r * row_bytes + b * 20 + 2)) *
-					      corr[t * (cols / 32 + 1) + b];
+			for (int64_t b = 0; b < cols / 32; b++) /* + m (s - sum(x8)) */
+				a8 += qg_block_min(type, raw + r * row_bytes, b) * corr[t * (cols / 32 + 1) + b];
 			ref[t * rows + r] = acc;
 			mag[t * rows + r] = am;
 			ref8[t * rows + r] = a8;
