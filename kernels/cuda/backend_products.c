@@ -46,7 +46,8 @@ static int pend_input(CudaBackend *c, const float *x, int reuse, int scales)
 }
 
 /* y[i] = W[i] . x (acc: +=) for nw weights; one launch per pass of KB_CUDA_MAX_TOK
- * tokens when the weights share type and cols (q/k/v, gate/up), else one per weight.
+ * tokens when the weights share type and cols (q/k/v, gate/up), else one per run of
+ * weights of one type.
  * With ROPE (nw 3, acc 0), also RoPE and the KV stores in the products' epilogue when the
  * step takes one pass of the decode kernels, else *rope_done = 0 and the caller runs
  * rope_kv_store. */
@@ -94,11 +95,14 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 		if (same && c->fuse && rope && nt == n) {
 			if ((r = kb_cuda_mmv_qkv_rope(c->ctx, mm, c->act, yt, rope)) == 0)
 				*rope_done = 1;
-		} else if (same && c->fuse)
-			r = kb_cuda_mmv_multi(c->ctx, nw, mm, c->act, yt, acc);
-		else
-			for (int i = 0; i < nw && r == 0; i++)
-				r = kb_cuda_mmv_multi(c->ctx, 1, &mm[i], c->act, &yt[i], acc);
+		} else {
+			/* runs of one type share a launch (Q4_K_M's q and k when v is Q6_K) */
+			for (int i = 0, m; i < nw && r == 0; i += m) {
+				for (m = 1; c->fuse && i + m < nw && w[i + m]->type == w[i]->type; m++)
+					;
+				r = kb_cuda_mmv_multi(c->ctx, m, &mm[i], c->act, &yt[i], acc);
+			}
+		}
 	}
 	act_forget(c);
 	/* act holds x's last pass: all of x when there was one, unless a y overwrote x */
