@@ -355,9 +355,9 @@ static void norm_done(KbBackend *g, KbWeight *w, uint8_t **raw, int nw, float **
 
 /* matmul_res_norm on a backend whose one-token Q4_0 products take int8 activations (where
  * the CUDA backend fuses it): the residual y and the products that follow equal the plain
- * calls' (matmul acc, rmsnorm, matmul) up to the activations' rounding, both for a product
- * that scales by 1 / rms (Q4_0) and for one that makes the backend run the norm after all
- * (Q6_K, whose products take f16 activations); and y_norm read after another op is
+ * calls' (matmul acc, rmsnorm, matmul) up to the activations' rounding, both for products
+ * that scale by 1 / rms (Q4_0, Q4_K) and for one that makes the backend run the norm after
+ * all (Q6_K, whose products take f16 activations); and y_norm read after another op is
  * refused, not read stale. */
 static void test_matmul_res_norm(void)
 {
@@ -366,12 +366,13 @@ static void test_matmul_res_norm(void)
 	KbBackend *g = cuda_i8_new();
 	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
 	enum { D = 4096, R = 320 };
-	static const int types[3] = { QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q6_K };
-	static const int64_t rows[3] = { D, R, R };
+	enum { NW = 4 };
+	static const int types[NW] = { QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_Q4_K };
+	static const int64_t rows[NW] = { D, R, R, R };
 	uint64_t s = 0x5e;
-	uint8_t *raw[3];
-	KbWeight w[3];
-	for (int i = 0; i < 3; i++) {
+	uint8_t *raw[NW];
+	KbWeight w[NW];
+	for (int i = 0; i < NW; i++) {
 		size_t bytes;
 		raw[i] = rand_weight(types[i], rows[i], D, &s, &bytes);
 		CU_ASSERT_FATAL(raw[i] != NULL);
@@ -383,8 +384,8 @@ static void test_matmul_res_norm(void)
 	float *dn = buf_in(g, NULL, sizeof(float) * D), *dout = buf_in(g, NULL, sizeof(float) * R);
 	CU_ASSERT_FATAL(dn && dout);
 	const float eps = 1e-5f;
-	float yf[D], yp[D], of[2][R], op[2][R];
-	for (int k = 1; k < 3; k++) {
+	float yf[D], yp[D], of[NW - 1][R], op[NW - 1][R];
+	for (int k = 1; k < NW; k++) {
 		/* fused: the residual product and the norm in one call, then the product */
 		CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
 		CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, &w[0], dx, 1, dy, dg, D, eps, dn), 0);
@@ -412,7 +413,7 @@ static void test_matmul_res_norm(void)
 		const double rel = sqrt(num / (den > 0 ? den : 1));
 		CU_ASSERT(rel < 1e-2);
 		printf("\n    %s after matmul_res_norm: residual %.2g of its bound, product %.2e relative to the "
-		       "plain calls'", k == 1 ? "Q4_0" : "Q6_K", wy, rel);
+		       "plain calls'", qd_type_traits(types[k])->name, wy, rel);
 	}
 	/* y_norm after another op than a product: refused */
 	CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
@@ -421,7 +422,7 @@ static void test_matmul_res_norm(void)
 	CU_ASSERT_EQUAL(g->ops->matmul(g, &w[1], dn, 1, dout), -EINVAL);
 	printf("\n");
 	float *bufs[] = { dx, dg, dy, dn, dout };
-	norm_done(g, w, raw, 3, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
+	norm_done(g, w, raw, NW, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
 }
 
 /* matmul_swiglu on the same kind of backend: h and the down product after it equal the

@@ -167,7 +167,9 @@ static int epi_fusable(const CudaBackend *c, const CudaWeight *cw, int type, int
 /* The residual product with the next norm's first half in its epilogue
  * (kb_cuda_mmv_res_norm) when the step is one token whose products take int8 activations
  * (the only kernels that scale by 1 / rms: kb_cuda_mmv_rms_ok, asked of W's type, which
- * the norm's products share in the models we make) and the rows are many enough: y_norm
+ * the norm's products share in most models we make; Q4_K_M's layers whose ffn_down is Q4_K
+ * before an attn_v of Q6_K, ~8 of 32, fuse here and then run the norm anyway, since mixed
+ * q/k/v types settle it) and the rows are many enough: y_norm
  * is not written; act (act_alt before the swap) holds y_res * norm_w and the products
  * that read it scale by 1 / rms (a product that cannot runs the norm first: norm_settle).
  * Elsewhere the product and the norm kernel. */

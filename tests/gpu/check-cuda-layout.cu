@@ -327,8 +327,12 @@ static void check_rounding(void)
 template <int T> static void check(int64_t rows, int64_t cols, int n_tok, uint64_t seed)
 {
 	const double bound = T == QD_TYPE_BF16 ? 1e-4 : 1e-3;
-	/* int8: exact up to f32 accumulation against the CPU backend's int8 dot product */
-	const double bound8 = 1e-5;
+	/* int8: exact up to f32 accumulation against the CPU backend's int8 dot product.  The
+	 * emulation's sums are deterministic and stay below 1e-8 (session 9: 3e-10 to 9e-9);
+	 * 1e-7 keeps a tenfold margin and still catches an error in the block minimums' term
+	 * (Q4_1's and Q4_K's m s_x), which with qgen's small minimums moves the error by only
+	 * ~1e-6 (test-cuda-mmv keeps 1e-5 for the GPU's other summation order) */
+	const double bound8 = 1e-7;
 	double rel8;
 	const double rel = run_case<T>(rows, cols, n_tok, seed, &rel8);
 	const bool ok = rel <= bound && rel8 <= bound8;
