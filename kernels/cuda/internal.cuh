@@ -142,10 +142,10 @@ enum { KB_PL_H = 1, KB_PL_B = 2, KB_PL_S = 4, KB_PL_Q = 8, KB_PL_E = 16, KB_PL_A
 static inline unsigned kb_act_need(const KbCuda *ctx, int type, int n_tok)
 {
 	if (kb_i8_use(ctx, type, n_tok))
-		return KB_PL_Q | (kb_i8_min(type) ? KB_PL_E : 0);
+		return KB_PL_Q | (kb_has_min(type) ? KB_PL_E : 0);
 	if (type == QD_TYPE_BF16)
 		return KB_PL_B;
-	return KB_PL_H | (type == QD_TYPE_Q4_1 || type == QD_TYPE_Q4_K ? KB_PL_S : 0);
+	return KB_PL_H | (kb_has_min(type) ? KB_PL_S : 0);
 }
 
 /* The planes products of n_tok tokens read, for the product weights uploaded now (all of

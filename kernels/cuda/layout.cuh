@@ -422,6 +422,15 @@ KB_HD void kb_q4k_scale(uint4 h, int j, int *sc, int *mn)
 	}
 }
 
+/* Types whose weights carry a minimum per 32-column block (w = d q + m: Q4_1, and Q4_K with
+ * d and m from the superblock's scales).  The minimum meets the activations' block sums:
+ * the f16 products' xs plane, the int8 products' xe plane (Q8_1's s), so the products'
+ * A registers hold unsigned levels. */
+__host__ __device__ constexpr bool kb_has_min(int t)
+{
+	return t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K;
+}
+
 /* ---- per-lane registers of one chunk of one tile, and of the activations ---- */
 
 template <int T> struct KbWRegs {
@@ -434,7 +443,7 @@ template <int T> struct KbXRegs {
 	uint32_t dep;               /* 0, but computed from every load (see kb_load_x) */
 	uint32_t b[Lay<T>::NG][8];  /* f16 (bf16 hi for BF16) */
 	uint32_t bl[T == QD_TYPE_BF16 ? Lay<T>::NG : 1][8]; /* bf16 lo */
-	float4 xs[(T == QD_TYPE_Q4_1 || T == QD_TYPE_Q4_K) ? Lay<T>::NG : 1];
+	float4 xs[kb_has_min(T) ? Lay<T>::NG : 1];
 };
 
 KB_HD uint4 kb_ld_w16(const uint8_t *p)
@@ -579,7 +588,7 @@ template <int T> KB_HD void kb_load_x(const KbActView *a, int64_t ch, int lane, 
 			x->bl[q][0] = l0.x; x->bl[q][1] = l0.y; x->bl[q][2] = l0.z; x->bl[q][3] = l0.w;
 			x->bl[q][4] = l1.x; x->bl[q][5] = l1.y; x->bl[q][6] = l1.z; x->bl[q][7] = l1.w;
 		}
-		if constexpr (T == QD_TYPE_Q4_1 || T == QD_TYPE_Q4_K) {
+		if constexpr (kb_has_min(T)) {
 			const uint4 u = kb_ld_x16(a->xs + ((col0 / 64 + q) * 8 + 2 * tq) * 2, 2 * tq < a->n_tok);
 			dep ^= u.x;
 			float4 s;

@@ -14,13 +14,6 @@ __host__ __device__ constexpr bool kb_i8_type(int t)
 {
 	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K || t == QD_TYPE_Q8_0;
 }
-/* Int8 types whose weights have a minimum per 32-column block (w = d q + m: Q4_1, and Q4_K
- * with d and m from the superblock's scales), which meets the activations' block sums
- * (Q8_1's s, the xe plane). */
-__host__ __device__ constexpr bool kb_i8_min(int t)
-{
-	return t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K;
-}
 template <int T> struct KbI8 {
 	static constexpr bool ok = kb_i8_type(T);
 };
@@ -122,7 +115,7 @@ template <int T> struct KbX8Regs {
 	uint32_t dep; /* 0, computed from every load (as KbXRegs::dep) */
 	uint32_t b[L::NG][4];
 	float4 d[2][ND];
-	float4 e[kb_i8_min(T) ? 2 : 1][kb_i8_min(T) ? ND : 1];
+	float4 e[kb_has_min(T) ? 2 : 1][kb_has_min(T) ? ND : 1];
 };
 
 template <int T, bool ONE>
@@ -150,13 +143,13 @@ KB_HD void kb_load_x8(const KbActView *a, int64_t ch, int lane, KbX8Regs<T> *x)
 			if (!ONE || j == 0) {
 				u = kb_ld_x16(a->xd + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
 				dep ^= u.x;
-				if constexpr (kb_i8_min(T)) {
+				if constexpr (kb_has_min(T)) {
 					e = kb_ld_x16(a->xe + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
 					dep ^= e.x;
 				}
 			}
 			memcpy(&x->d[j][k], &u, 16);
-			if constexpr (kb_i8_min(T))
+			if constexpr (kb_has_min(T))
 				memcpy(&x->e[j][k], &e, 16);
 		}
 	}
@@ -238,7 +231,6 @@ KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int
 		}
 		(void)w;
 		(void)acc;
-		return;
 	} else {
 		uint32_t dv;
 		uint4 s = { 0, 0, 0, 0 };

@@ -28,7 +28,7 @@
 /* c = A B on the tensor cores (m16n8k32, int8, s32 from zero); A unsigned for Q4_1, Q4_K. */
 template <int T> __device__ __forceinline__ void kb_imma(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
-	if constexpr (kb_i8_min(T))
+	if constexpr (kb_has_min(T))
 		asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
 		    : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
 		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));

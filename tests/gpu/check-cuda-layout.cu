@@ -62,7 +62,7 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 					for (int e = 0; e < 4; e++) {
 						const uint32_t byte = (fa[rg] >> (8 * e)) & 0xff;
 						A[g + 8 * (rg & 1)][4 * tq + e + 16 * (rg >> 1)] =
-							kb_i8_min(T) ? (int)byte : (int)(int8_t)byte;
+							kb_has_min(T) ? (int)byte : (int)(int8_t)byte;
 					}
 				for (int rg = 0; rg < 2; rg++)
 					for (int e = 0; e < 4; e++)
@@ -361,6 +361,13 @@ static void check_planes(void)
 			bad++;
 		}
 	};
+	/* the producer instance kb_with_planes launches for these planes */
+	auto instance = [](unsigned planes) {
+		KbActOut o;
+		memset(&o, 0, sizeof(o));
+		o.planes = planes;
+		return kb_with_planes(o, [](auto pl) { return decltype(pl)::value; });
+	};
 	auto set = [&](int t1, int t2, uint64_t bytes) {
 		memset(c->type_live, 0, sizeof(c->type_live));
 		c->type_live[t1]++;
@@ -381,13 +388,8 @@ static void check_planes(void)
 	set(QD_TYPE_Q4_K, QD_TYPE_Q6_K, 4000 * MB);
 	expect("7B Q4_K_M, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E | KB_PL_H);
 	expect("7B Q4_K_M, 2 tokens", kb_act_planes(c, 2), KB_PL_H | KB_PL_S);
-	{ /* the models' plane sets have producer instances of their own (not KB_PL_DYN) */
-		KbActOut o;
-		memset(&o, 0, sizeof(o));
-		o.planes = kb_act_planes(c, 1);
-		expect("7B Q4_K_M, 1 token: producer instance", kb_with_planes(o, [](auto pl) { return decltype(pl)::value; }),
-		       o.planes);
-	}
+	/* the models' plane sets have producer instances of their own (not KB_PL_DYN) */
+	expect("7B Q4_K_M, 1 token: producer instance", instance(kb_act_planes(c, 1)), kb_act_planes(c, 1));
 	set(QD_TYPE_BF16, -1, 13000 * MB);
 	expect("7B BF16", kb_act_planes(c, 1), KB_PL_B);
 	set(QD_TYPE_Q8_0, -1, 6800 * MB);
@@ -412,10 +414,7 @@ static void check_planes(void)
 							bad++;
 						}
 					/* the producer instance writes exactly those planes, or reads them at run time */
-					KbActOut o;
-					memset(&o, 0, sizeof(o));
-					o.planes = p;
-					const unsigned inst = kb_with_planes(o, [](auto pl) { return decltype(pl)::value; });
+					const unsigned inst = instance(p);
 					if (inst != p && inst != KB_PL_DYN) {
 						printf("planes: 0x%x launched as instance 0x%x  FAIL\n", p, inst);
 						bad++;
