@@ -14,10 +14,12 @@
  * bandwidth) and of the copy bandwidth this run measures.
  *
  *   bench-cuda-mmv [-o OUT.jsonl] [-t q4_0,q8_0,...] [-n 1,2,4,8] [-l LAYERS] [-d DEV]
- *                  [--i8 -1|0|1] [--sweep] [--commit SHA]
+ *                  [--i8 -1|0|1] [--sweep] [--gemm N,... [--shares W,M:W,M...]] [--commit SHA]
  * --sweep times the product kernels over their configurations instead (mode "graph");
  * --i8 1 / 0 gives Q4_0, Q4_1, Q4_K and Q8_0 int8 / f16 activations (-1, the default: the
- * backend's choice, kb_i8_use). */
+ * backend's choice, kb_i8_use).  --gemm times the many-token products (kb_cuda_mmq) of a
+ * layer at each N tokens instead, per group (q/k/v, o, gate/up, down) and in TFLOP/s, for
+ * each kb_cuda_set_mmq_shares setting W,M of --shares (default: the context's). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -301,14 +303,79 @@ static void row_chain(Stack *s, int n_tok, int pdl, int prep, double us)
 			100 * gbps / REF_GBPS, 100 * gbps / copy_gbps, 1e6 / us);
 }
 
-static int parse_list(const char *arg, int *out, int max, int types)
+/* The many-token products (kb_cuda_mmq) of one layer as a forward pass groups them (q/k/v
+ * as one launch, o with the residual added, gate/up as one, down with the residual),
+ * each group over the layer stack captured as one graph; us[g] per layer, median of 5. */
+static void time_gemm(Stack *s, int n, double us[4])
+{
+	float *x, *y;
+	void *scratch;
+	const size_t xs = sizeof(float) * (size_t)n * 11008;
+	CHECK(kb_cuda_alloc(ctx, xs, (void **)&x));
+	CHECK(kb_cuda_alloc(ctx, 3 * xs, (void **)&y));
+	CHECK(kb_cuda_alloc(ctx, kb_cuda_mmq_scratch(11008, n), &scratch));
+	CHECK(kb_cuda_memset(ctx, y, 0, 3 * xs));
+	for (int i = 0; i < n; i++) /* the stack's 8 random rows, repeated */
+		CHECK(kb_cuda_copy(ctx, x + (size_t)i * 11008, s->x + (size_t)(i % 8) * 11008, sizeof(float) * 11008));
+	for (int grp = 0; grp < 4; grp++) {
+		static const int nws[4] = { 3, 1, 2, 1 };
+		const int nw = nws[grp];
+		const int64_t rows = grp == 2 ? 11008 : 4096;
+		float *ys[3] = { y, y + (size_t)n * rows, y + 2 * (size_t)n * rows };
+		KbCudaGraph *g = NULL;
+		double t[5];
+		/* layer l's group; l = -1: layer 0 once before the capture (a kernel's first
+		 * launch sets its shared memory and the split scratch, which a capture may not) */
+		for (int l = -1; l < s->layers; l++) {
+			const KbCudaWeight *w[3];
+			const int li = l < 0 ? 0 : l;
+			for (int i = 0; i < nw; i++)
+				w[i] = grp == 0 ? s->w[0][4 * li + i] : grp == 1 ? s->w[0][4 * li + 3]
+					: grp == 2 ? s->w[1][2 * li + i] : s->w[2][li];
+			CHECK(kb_cuda_mmq(ctx, nw, w, x, n, scratch, ys, grp == 1 || grp == 3));
+			if (l < 0)
+				CHECK(kb_cuda_capture_begin(ctx));
+		}
+		CHECK(kb_cuda_capture_end(ctx, &g));
+		CHECK(kb_cuda_graph_launch(ctx, g));
+		for (int rep = 0; rep < 5; rep++) {
+			CHECK(kb_cuda_timer_start(ctx));
+			CHECK(kb_cuda_graph_launch(ctx, g));
+			CHECK(kb_cuda_timer_stop(ctx, &t[rep]));
+			t[rep] = t[rep] * 1e3 / s->layers;
+		}
+		kb_cuda_graph_free(g);
+		us[grp] = median(t, 5);
+	}
+	kb_cuda_dev_free(ctx, x);
+	kb_cuda_dev_free(ctx, y);
+	kb_cuda_dev_free(ctx, scratch);
+}
+
+static void row_gemm(Stack *s, int n, int waves, int units, const double us[4])
+{
+	const char *tn = qd_type_traits(s->type)->name;
+	const double sum = us[0] + us[1] + us[2] + us[3];
+	/* a layer: 4 + 3 x 11008 / 4096 matrices of 4096 x 4096 */
+	const double flop = 2.0 * n * 4096 * 4096 * (4 + 3 * 11008.0 / 4096);
+	printf("%-5s %5d %4d,%-3d %8.1f %8.1f %8.1f %8.1f %9.1f %7.0f\n", tn, n, waves, units, us[0], us[1], us[2],
+	       us[3], sum, flop / (sum * 1e-6) / 1e12);
+	json_head("gemm");
+	if (jout)
+		fprintf(jout, ",\"type\":\"%s\",\"n_tok\":%d,\"max_waves\":%d,\"min_units\":%d,\"us_qkv\":%.2f,"
+			"\"us_o\":%.2f,\"us_gate_up\":%.2f,\"us_down\":%.2f,\"us_layer\":%.2f,\"tflops\":%.1f}\n", tn, n,
+			waves, units, us[0], us[1], us[2], us[3], sum, flop / (sum * 1e-6) / 1e12);
+}
+
+/* Comma-separated weight types (types) or integers in 1..hi. */
+static int parse_list(const char *arg, int *out, int max, int types, int hi)
 {
 	char buf[256];
 	int n = 0;
 	snprintf(buf, sizeof(buf), "%s", arg);
 	for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && n < max; tok = strtok_r(NULL, ",", &save)) {
 		int v = types ? qd_type_from_name(tok) : atoi(tok);
-		if (types ? v < 0 || !kb_cuda_type_supported(v) : v < 1 || v > KB_CUDA_MAX_TOK) {
+		if (types ? v < 0 || !kb_cuda_type_supported(v) : v < 1 || v > hi) {
 			fprintf(stderr, "bad list element '%s'\n", tok);
 			exit(2);
 		}
@@ -321,6 +388,7 @@ int main(int argc, char **argv)
 {
 	int types[16] = { QD_TYPE_Q4_0, QD_TYPE_Q4_1, QD_TYPE_Q8_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_F16, QD_TYPE_BF16 };
 	int ntypes = 7, ntoks[8] = { 1, 2, 4, 8 }, nntok = 4, layers = 32, device = 0, sweep = 0, i8 = -1;
+	int gemm_n[16], ngemm = 0, shares[8][2] = { { KB_MMQ_MAX_WAVES, KB_MMQ_MIN_UNITS } }, nshares = 1;
 	const char *out = NULL;
 	size_t cl = 0;
 	for (int i = 0; i < argc && cl < sizeof(command) - 1; i++)
@@ -335,23 +403,37 @@ int main(int argc, char **argv)
 			continue;
 		}
 		if (!v) {
-			fprintf(stderr, "usage: %s [-o OUT.jsonl] [-t TYPES] [-n NTOKS] [-l LAYERS] [-d DEV] [--i8 -1|0|1] [--sweep] [--commit SHA]\n", argv[0]);
+			fprintf(stderr, "usage: %s [-o OUT.jsonl] [-t TYPES] [-n NTOKS] [-l LAYERS] [-d DEV] [--i8 -1|0|1] [--sweep] "
+				"[--gemm N,... [--shares W,M:...]] [--commit SHA]\n", argv[0]);
 			return 2;
 		}
 		i++;
 		if (!strcmp(a, "-o"))
 			out = v;
 		else if (!strcmp(a, "-t"))
-			ntypes = parse_list(v, types, 16, 1);
+			ntypes = parse_list(v, types, 16, 1, 0);
 		else if (!strcmp(a, "-n"))
-			nntok = parse_list(v, ntoks, 8, 0);
+			nntok = parse_list(v, ntoks, 8, 0, KB_CUDA_MAX_TOK);
 		else if (!strcmp(a, "-l"))
 			layers = atoi(v);
 		else if (!strcmp(a, "-d"))
 			device = atoi(v);
 		else if (!strcmp(a, "--i8"))
 			i8 = atoi(v);
-		else if (!strcmp(a, "--commit"))
+		else if (!strcmp(a, "--gemm"))
+			ngemm = parse_list(v, gemm_n, 16, 0, 4096);
+		else if (!strcmp(a, "--shares")) {
+			nshares = 0;
+			char buf[256];
+			snprintf(buf, sizeof(buf), "%s", v);
+			for (char *save = NULL, *tok = strtok_r(buf, ":", &save); tok && nshares < 8;
+			     tok = strtok_r(NULL, ":", &save)) {
+				const char *comma = strchr(tok, ',');
+				shares[nshares][0] = atoi(tok);
+				shares[nshares][1] = comma ? atoi(comma + 1) : KB_MMQ_MIN_UNITS;
+				nshares++;
+			}
+		} else if (!strcmp(a, "--commit"))
 			snprintf(commit, sizeof(commit), "%s", v);
 		else {
 			fprintf(stderr, "unknown option %s\n", a);
@@ -418,6 +500,32 @@ int main(int argc, char **argv)
 							ntoks[ni], c[0], c[1], c[2], c[3], c[4], us[0], us[1], us[2], us[3]);
 				}
 			stack_free(&s);
+		}
+		kb_cuda_free(ctx);
+		if (jout)
+			fclose(jout);
+		return 0;
+	}
+
+	if (ngemm) {
+		printf("\nmany-token products: us per layer (median of 5 graph replays over the stack)\n");
+		printf("%-5s %5s %8s %8s %8s %8s %8s %9s %7s\n", "type", "n_tok", "shares", "qkv", "o", "gate/up", "down",
+		       "layer", "TFLOP/s");
+		for (int ti = 0; ti < ntypes; ti++) {
+			Stack s;
+			stack_load(&s, types[ti], layers);
+			for (int ni = 0; ni < ngemm; ni++)
+				for (int si = 0; si < nshares; si++) {
+					double us[4];
+					if (kb_cuda_set_mmq_shares(ctx, shares[si][0], shares[si][1]) < 0) {
+						fprintf(stderr, "bad --shares %d,%d\n", shares[si][0], shares[si][1]);
+						return 2;
+					}
+					time_gemm(&s, gemm_n[ni], us);
+					row_gemm(&s, gemm_n[ni], shares[si][0], shares[si][1], us);
+				}
+			stack_free(&s);
+			fflush(stdout);
 		}
 		kb_cuda_free(ctx);
 		if (jout)

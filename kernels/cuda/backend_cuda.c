@@ -603,6 +603,12 @@ int kb_cuda_backend_new(int device, KbBackend **ret)
 	const char *sk = getenv("QD_CUDA_ATT_SPLIT_KEYS");
 	if (sk && *sk)
 		kb_cuda_set_att_split_keys(ctx, atoi(sk));
+	/* QD_CUDA_MMQ_SHARES=W,M: many-token products' sharing (kb_cuda_set_mmq_shares) */
+	const char *sh = getenv("QD_CUDA_MMQ_SHARES");
+	if (sh && *sh) {
+		const char *comma = strchr(sh, ',');
+		kb_cuda_set_mmq_shares(ctx, atoi(sh), comma ? atoi(comma + 1) : KB_MMQ_MIN_UNITS);
+	}
 	KbCudaInfo info;
 	if (kb_cuda_info(ctx, &info) == 0)
 		snprintf(c->desc, sizeof(c->desc), "cuda %.200s (sm_%d%d, %d SMs, %.0f GiB), device %d", info.name,

@@ -180,6 +180,15 @@ size_t kb_cuda_mmq_scratch(int64_t cols, int n);
 int kb_cuda_mmq_fits(const float *x, int64_t cols);
 int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const float *x, int n, void *scratch,
 		float *const *y, int acc);
+/* How kb_cuda_mmq's blocks share a launch's work: where its row blocks would fill at most
+ * MAX_WAVES waves of the multiprocessors, the blocks fill whole waves with equal shares of
+ * at least MIN_UNITS (row block, column chunk) units, crossing row blocks (defaults
+ * KB_MMQ_MAX_WAVES, KB_MMQ_MIN_UNITS); MAX_WAVES 0: never; < 0: the fixed column splits
+ * of before (for comparison).  Returns 0 or -EINVAL (MAX_WAVES > 64, MIN_UNITS outside
+ * 1..64).  Graphs keep what they were recorded with. */
+#define KB_MMQ_MAX_WAVES 2
+#define KB_MMQ_MIN_UNITS 2
+int kb_cuda_set_mmq_shares(KbCuda *ctx, int max_waves, int min_units);
 
 /* Both of the above, with an activation buffer kept by the context. */
 int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t ldx,

@@ -32,10 +32,12 @@ extern "C" int kb_cuda_device_count(int *ret_n)
 /* Defaults chosen by bench-cuda-mmv --sweep on the H200 (bench/results/gpu-mmv-sweep-*):
  * 8 warps, one row tile per group, no extra L2 prefetch, as many blocks as fit, the
  * bulk-copy ring by weight type (stages -1); attention splits of at least
- * KB_ATT_SPLIT_KEYS keys. */
+ * KB_ATT_SPLIT_KEYS keys; many-token products shared as kb_cuda_set_mmq_shares says. */
 static void default_config(KbCuda *ctx)
 {
 	ctx->att_split_keys = KB_ATT_SPLIT_KEYS;
+	ctx->mmq_max_waves = KB_MMQ_MAX_WAVES;
+	ctx->mmq_min_units = KB_MMQ_MIN_UNITS;
 	for (int t = 0; t < KB_CUDA_MAX_TOK; t++) {
 		ctx->mmv[t].warps = 8;
 		ctx->mmv[t].row_tiles = 1;

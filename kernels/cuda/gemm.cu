@@ -19,9 +19,14 @@
  * bits.
  *
  * Grid: x = token blocks (fastest, so that the blocks sharing a row block's weights run
- * together and all but the first read them from L2), y = row blocks of 4 * RT tiles of
- * every weight of the launch (q/k/v or gate/up run as one), z = splits of the columns
- * when x * y alone would leave multiprocessors idle (batched decode). */
+ * together and all but the first read them from L2), y = equal shares of a token block's
+ * work, which is gy x n_chunks units (row block of 4 * RT tiles of every weight of the
+ * launch, q/k/v or gate/up as one; chunk of columns), row block major: block (x, j) of
+ * nb takes the j-th of nb consecutive shares of its U = gy n_chunks units, the first U %
+ * nb of them one unit longer (mmq_u0).  With nb = gy each block has one row block; with
+ * more (batched decode, where gy alone leaves multiprocessors idle or a last wave half
+ * full), the shares cross row blocks, and a row block shared by several blocks is summed
+ * by the last of them to finish (mmq_finish). */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -172,11 +177,14 @@ typedef struct {
 	KbMmqSeg seg[KB_CUDA_MMV_MAX_W];
 	int nseg;
 	int64_t q_tile, s_tile, d_tile; /* equal for all: same type and cols */
-	int n_chunks, n, acc, ks;
+	int n_chunks, n, acc, gy;       /* gy: row blocks of all the weights */
+	int sl, sr;        /* shares: the first sr blocks of a token block take sl + 1 units, the rest sl */
 	const uint16_t *x; /* [n][ldx] f16, permuted as the decode activations */
 	int64_t ldx;
-	float *part;       /* ks > 1: [ks][grid x * grid y][tile values] partial sums */
-	unsigned *cnt;     /* ks > 1: per block tile, splits finished (reset by the last) */
+	float *part;       /* nb > gy: [grid x][nb][2][tile values], the partial sums of a
+			    * block's first and last row block */
+	unsigned *cnt;     /* nb > gy: [grid x][gy], blocks done with their share of a row
+			    * block (reset by the last) */
 } KbMmqArgs;
 
 template <int T> struct MmqGeo {
@@ -214,22 +222,52 @@ __device__ __forceinline__ void mmq_stage_region(const uint8_t *base, uint32_t t
 	}
 }
 
+/* The weight of the launch that row block by belongs to, and the row block's first tile in it. */
+template <int RT>
+__device__ __forceinline__ const KbMmqSeg &mmq_seg(const KbMmqArgs &a, int by, int64_t *tile0)
+{
+	const int si = a.nseg > 1 && by >= a.seg[0].y1 ? (a.nseg > 2 && by >= a.seg[1].y1 ? 2 : 1) : 0;
+	const KbMmqSeg &sg = si == 0 ? a.seg[0] : si == 1 ? a.seg[1] : a.seg[2];
+	*tile0 = (int64_t)(by - sg.y0) * MMQ_WARPS * RT;
+	return sg;
+}
+
+/* Row block by's tiles: where each region's start at chunk 0, and how many (at most 4 RT;
+ * fewer in a weight's last row block).  Worked out once a row block, so that a chunk's
+ * staging only adds its offset (what the per-chunk integer work costs: session 5). */
+struct MmqRb {
+	const uint8_t *q, *s, *d;
+	int left;
+};
+
+template <int RT>
+__device__ __forceinline__ MmqRb mmq_rb(const KbMmqArgs &a, int by)
+{
+	constexpr int TILES = MMQ_WARPS * RT;
+	int64_t tile0;
+	const KbMmqSeg &sg = mmq_seg<RT>(a, by, &tile0);
+	MmqRb r;
+	r.q = sg.q + tile0 * a.q_tile;
+	r.s = sg.s + tile0 * a.s_tile;
+	r.d = sg.d + tile0 * a.d_tile;
+	r.left = (int)(sg.n_tiles - tile0 < TILES ? sg.n_tiles - tile0 : TILES);
+	return r;
+}
+
+/* Stages chunk ch of row block rb (and of the block's tokens) into st. */
 template <int T, int RT, int NT>
-__device__ __forceinline__ void mmq_stage(const KbMmqArgs &a, const KbMmqSeg &sg, uint32_t st, int ch,
-					  int64_t tile0, int tok0)
+__device__ __forceinline__ void mmq_stage(const KbMmqArgs &a, const MmqRb &rb, int ch, uint32_t st, int tok0)
 {
 	typedef Lay<T> L;
 	typedef MmqGeo<T> G;
 	constexpr int TILES = MMQ_WARPS * RT, XP = L::CC * 2 / 16, NTH = MMQ_WARPS * 32;
-	const int left = (int)(sg.n_tiles - tile0 < TILES ? sg.n_tiles - tile0 : TILES);
-	mmq_stage_region<G::QB / 16, TILES, G::WB>(sg.q + tile0 * a.q_tile + (int64_t)ch * G::QB, (uint32_t)a.q_tile,
-						   left, st);
+	mmq_stage_region<G::QB / 16, TILES, G::WB>(rb.q + (int64_t)ch * G::QB, (uint32_t)a.q_tile, rb.left, st);
 	if constexpr (G::SBY > 0)
-		mmq_stage_region<G::SBY / 16, TILES, G::WB>(sg.s + tile0 * a.s_tile + (int64_t)ch * G::SBY,
-							    (uint32_t)a.s_tile, left, st + G::QB);
+		mmq_stage_region<G::SBY / 16, TILES, G::WB>(rb.s + (int64_t)ch * G::SBY, (uint32_t)a.s_tile, rb.left,
+							    st + G::QB);
 	if constexpr (G::DBY > 0)
-		mmq_stage_region<G::DBY / 16, TILES, G::WB>(sg.d + tile0 * a.d_tile + (int64_t)ch * G::DBY,
-							    (uint32_t)a.d_tile, left, st + G::QB + G::SBY);
+		mmq_stage_region<G::DBY / 16, TILES, G::WB>(rb.d + (int64_t)ch * G::DBY, (uint32_t)a.d_tile, rb.left,
+							    st + G::QB + G::SBY);
 	/* activations: piece j of thread t is token t / XP + j NTH / XP, 16 bytes t % XP */
 	static_assert(NT * 8 * XP % NTH == 0 && NTH % XP == 0, "whole rounds of activation pieces");
 	const uint16_t *xb = a.x + (int64_t)tok0 * a.ldx + (int64_t)ch * L::CC;
@@ -243,123 +281,88 @@ __device__ __forceinline__ void mmq_stage(const KbMmqArgs &a, const KbMmqSeg &sg
 	}
 }
 
-/* Block (x, y, z): tokens [64x, ...) (8 NT of them), the RT tiles of each of its 4 warps
- * in row block y, chunks of split z.  With splits, the partial sums meet as in
- * attention.cu: the last block of a tile adds them up in split order. */
-template <int T, int RT, int NT>
-__global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
-{
-	typedef Lay<T> L;
-	typedef MmqGeo<T> G;
-	extern __shared__ __align__(16) uint8_t kb_sm[];
-	__shared__ int last;
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-	const int tok0 = blockIdx.x * NT * 8, by = blockIdx.y;
-	const int si = a.nseg > 1 && by >= a.seg[0].y1 ? (a.nseg > 2 && by >= a.seg[1].y1 ? 2 : 1) : 0;
-	const KbMmqSeg &sg = si == 0 ? a.seg[0] : si == 1 ? a.seg[1] : a.seg[2];
-	const int64_t tile0 = (int64_t)(by - sg.y0) * MMQ_WARPS * RT, wtile = tile0 + warp * RT;
-	const int ch0 = (int)((int64_t)a.n_chunks * blockIdx.z / a.ks);
-	const int ch1 = (int)((int64_t)a.n_chunks * (blockIdx.z + 1) / a.ks);
-	constexpr size_t STAGE = MMQ_WARPS * RT * G::WB + NT * 8 * G::XR;
-	const uint32_t sm0 = (uint32_t)__cvta_generic_to_shared(kb_sm);
-	kb_pdl_trigger();
-	kb_pdl_wait();
-
-	float acc[RT][NT][4];
-	KB_UNROLL
-	for (int rt = 0; rt < RT; rt++)
-		KB_UNROLL
-		for (int nt = 0; nt < NT; nt++)
-			acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.f;
-
-	if (ch0 < ch1)
-		mmq_stage<T, RT, NT>(a, sg, sm0, ch0, tile0, tok0);
-	kb_cp_commit();
-	for (int ch = ch0; ch < ch1; ch++) {
-		const int b = (ch - ch0) & 1;
-		if (ch + 1 < ch1)
-			mmq_stage<T, RT, NT>(a, sg, sm0 + (b ^ 1) * (uint32_t)STAGE, ch + 1, tile0, tok0);
-		kb_cp_commit();
-		kb_cp_wait<1>();
-		__syncthreads();
-		const uint8_t *st = kb_sm + b * STAGE;
-		if (wtile < sg.n_tiles) {
-			KbWRegs<T> w[RT];
-			KB_UNROLL
-			for (int rt = 0; rt < RT; rt++) {
-				const uint8_t *tb = st + (warp * RT + rt) * G::WB;
-				kb_load_w_sm<T>(tb, tb + G::QB, tb + G::QB + G::SBY, lane, &w[rt]);
-			}
-			const uint8_t *sx = st + MMQ_WARPS * RT * G::WB + g * G::XR + tq * 32;
-			/* four mmas (64 columns) at a time: their B words are 32 contiguous bytes */
-			KB_UNROLL
-			for (int mg = 0; mg < L::NM / 4; mg++) {
-				uint32_t fa[RT][4][4];
-				KB_UNROLL
-				for (int rt = 0; rt < RT; rt++)
-					KB_UNROLL
-					for (int i = 0; i < 4; i++)
-						kb_frag_a_w<T>(&w[rt], 4 * mg + i, fa[rt][i]);
-				KB_UNROLL
-				for (int nt = 0; nt < NT; nt++) {
-					const uint8_t *bp = sx + nt * 8 * G::XR + mg * 128;
-					const uint4 b0 = *(const uint4 *)bp, b1 = *(const uint4 *)(bp + 16);
-					const uint32_t bw[8] = { b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w };
-					KB_UNROLL
-					for (int i = 0; i < 4; i++)
-						KB_UNROLL
-						for (int rt = 0; rt < RT; rt++)
-							kb_mma(acc[rt][nt], fa[rt][i], bw[2 * i], bw[2 * i + 1]);
-				}
-			}
-		}
-		__syncthreads();
+/* The values of a block tile, and where lane's acc[rt][nt][c] of warp sits among them in a
+ * partial tile: lane-major, so that a warp's stores and loads coalesce. */
+template <int RT, int NT> struct MmqTile {
+	static constexpr int TV = MMQ_WARPS * RT * NT * 4 * 32;
+	static __device__ __forceinline__ int idx(int warp, int lane, int rt, int nt, int c)
+	{
+		return (((warp * RT + rt) * NT + nt) * 4 + c) * 32 + lane;
 	}
+};
 
-	constexpr int TV = MMQ_WARPS * RT * NT * 4 * 32; /* values of a block tile */
-	/* where this lane's acc[rt][nt][c] sits in a partial tile: lane-major, so that the
-	 * stores and loads of a warp coalesce */
-	auto pidx = [&](int rt, int nt, int c) { return (((warp * RT + rt) * NT + nt) * 4 + c) * 32 + lane; };
-	const int64_t bt = (int64_t)blockIdx.y * gridDim.x + blockIdx.x;
-	if (a.ks > 1) {
-		/* leave this split's sums */
-		float *pp = a.part + ((int64_t)blockIdx.z * gridDim.x * gridDim.y + bt) * TV;
+/* Where share j begins, and which share holds unit u. */
+__device__ __forceinline__ int mmq_u0(const KbMmqArgs &a, int j)
+{
+	return j * a.sl + (j < a.sr ? j : a.sr);
+}
+__device__ __forceinline__ int mmq_share_of(const KbMmqArgs &a, int u)
+{
+	const int long_end = a.sr * (a.sl + 1);
+	return u < long_end ? u / (a.sl + 1) : a.sr + (u - long_end) / a.sl;
+}
+
+/* Row block by's sums, from units [us, ue) of the block's share (first: its first row block), leave the block:
+ * added to y if the block holds all of the row block's units; else left as partial sums
+ * (slot 0 for the block's first row block, 1 for its last: a block shares at most those
+ * two), and the last of the row block's blocks to do so adds them up in block order, so
+ * the bits do not depend on which finishes last, then adds them to y.  Block-uniform. */
+template <int T, int RT, int NT>
+__device__ __forceinline__ void mmq_finish(const KbMmqArgs &a, float (&acc)[RT][NT][4], int by, int us, int ue,
+					   bool first, int tok0, int *last)
+{
+	typedef MmqTile<RT, NT> P;
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+	const int nb = gridDim.y, r0 = by * a.n_chunks, r1 = r0 + a.n_chunks;
+	/* slot s of share j: part + ((x nb + j) 2 + s) TV; this lane's values at constant
+	 * offsets from its first (P::idx) */
+	const float *const part = a.part + ((int64_t)blockIdx.x * nb * 2 * P::TV + P::idx(warp, lane, 0, 0, 0));
+	if (us != r0 || ue != r1) {
+		float *pp = (float *)part + (int64_t)(blockIdx.y * 2 + (first ? 0 : 1)) * P::TV;
 		KB_UNROLL
 		for (int rt = 0; rt < RT; rt++)
 			KB_UNROLL
 			for (int nt = 0; nt < NT; nt++)
 				KB_UNROLL
 				for (int c = 0; c < 4; c++)
-					pp[pidx(rt, nt, c)] = acc[rt][nt][c];
+					pp[P::idx(0, 0, rt, nt, c)] = acc[rt][nt][c];
+		/* the shares holding units of the row block: those of its first and last unit
+		 * and all between */
+		const int jf = mmq_share_of(a, r0), jl = mmq_share_of(a, r1 - 1);
 		__threadfence();
 		__syncthreads();
 		if (threadIdx.x == 0) {
-			last = atomicAdd(&a.cnt[bt], 1u) == (unsigned)a.ks - 1;
-			if (last)
-				a.cnt[bt] = 0; /* ready for the next launch (graph replays too) */
+			unsigned *c = a.cnt + (int64_t)blockIdx.x * a.gy + by;
+			*last = atomicAdd(c, 1u) == (unsigned)(jl - jf);
+			if (*last)
+				*c = 0; /* ready for the next launch (graph replays too) */
 		}
 		__syncthreads();
-		if (!last)
+		if (!*last)
 			return;
 		__threadfence();
-		/* splits outermost, so that a split's loads are all in flight together; each
-		 * value's sum still runs in split order */
+		/* blocks outermost, so that a block's loads are all in flight together; each
+		 * value's sum still runs in block order */
 		KB_UNROLL
 		for (int rt = 0; rt < RT; rt++)
 			KB_UNROLL
 			for (int nt = 0; nt < NT; nt++)
 				acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.f;
-		for (int z = 0; z < a.ks; z++) {
-			const float *pz = a.part + ((int64_t)z * gridDim.x * gridDim.y + bt) * TV;
+		for (int jj = jf; jj <= jl; jj++) {
+			/* the row block is jj's first unless jj started before it */
+			const float *pz = part + (int64_t)(jj * 2 + (mmq_u0(a, jj) >= r0 ? 0 : 1)) * P::TV;
 			KB_UNROLL
 			for (int rt = 0; rt < RT; rt++)
 				KB_UNROLL
 				for (int nt = 0; nt < NT; nt++)
 					KB_UNROLL
 					for (int c = 0; c < 4; c++)
-						acc[rt][nt][c] += __ldcg(pz + pidx(rt, nt, c));
+						acc[rt][nt][c] += __ldcg(pz + P::idx(0, 0, rt, nt, c));
 		}
 	}
+	int64_t tile0;
+	const KbMmqSeg &sg = mmq_seg<RT>(a, by, &tile0);
+	const int64_t wtile = tile0 + warp * RT;
 	if (wtile >= sg.n_tiles)
 		return;
 	/* the sums added to y: every old value is loaded before any store, so the loads'
@@ -392,6 +395,94 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 	each([&](float &v, int64_t o) { yb[o] = v; });
 }
 
+/* Block (x, j): tokens [64x, ...) (8 NT of them) and its share of their units (the grid,
+ * above), a row block at a time and in it a chunk at a time through two stages: the next
+ * chunk is copied in while this one's mmas run, across row blocks too. */
+template <int T, int RT, int NT>
+__global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
+{
+	typedef Lay<T> L;
+	typedef MmqGeo<T> G;
+	extern __shared__ __align__(16) uint8_t kb_sm[];
+	__shared__ int last;
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+	const int tok0 = blockIdx.x * NT * 8, nc = a.n_chunks;
+	const int u0 = mmq_u0(a, blockIdx.y), u1 = u0 + a.sl + ((int)blockIdx.y < a.sr);
+	constexpr size_t STAGE = MMQ_WARPS * RT * G::WB + NT * 8 * G::XR;
+	const uint32_t sm0 = (uint32_t)__cvta_generic_to_shared(kb_sm);
+	kb_pdl_trigger();
+	kb_pdl_wait();
+
+	float acc[RT][NT][4];
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++)
+		KB_UNROLL
+		for (int nt = 0; nt < NT; nt++)
+			acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.f;
+
+	int by = u0 / nc, ch0 = u0 % nc, b = 0;
+	bool first = true;
+	MmqRb rb = mmq_rb<RT>(a, by);
+	if (u0 < u1)
+		mmq_stage<T, RT, NT>(a, rb, ch0, sm0, tok0);
+	kb_cp_commit();
+	for (int u = u0; u < u1; by++, ch0 = 0, first = false) {
+		/* row block by, chunks [ch0, ch1); then the next row block, if any, from chunk 0 */
+		const int ch1 = u1 - u < nc - ch0 ? ch0 + (u1 - u) : nc;
+		const bool more = u + (ch1 - ch0) < u1;
+		for (int ch = ch0; ch < ch1; ch++, b ^= 1) {
+			if (ch + 1 < ch1)
+				mmq_stage<T, RT, NT>(a, rb, ch + 1, sm0 + (b ^ 1) * (uint32_t)STAGE, tok0);
+			else if (more)
+				mmq_stage<T, RT, NT>(a, mmq_rb<RT>(a, by + 1), 0, sm0 + (b ^ 1) * (uint32_t)STAGE, tok0);
+			kb_cp_commit();
+			kb_cp_wait<1>();
+			__syncthreads();
+			const uint8_t *st = kb_sm + b * STAGE;
+			if (warp * RT < rb.left) {
+				KbWRegs<T> w[RT];
+				KB_UNROLL
+				for (int rt = 0; rt < RT; rt++) {
+					const uint8_t *tb = st + (warp * RT + rt) * G::WB;
+					kb_load_w_sm<T>(tb, tb + G::QB, tb + G::QB + G::SBY, lane, &w[rt]);
+				}
+				const uint8_t *sx = st + MMQ_WARPS * RT * G::WB + g * G::XR + tq * 32;
+				/* four mmas (64 columns) at a time: their B words are 32 contiguous bytes */
+				KB_UNROLL
+				for (int mg = 0; mg < L::NM / 4; mg++) {
+					uint32_t fa[RT][4][4];
+					KB_UNROLL
+					for (int rt = 0; rt < RT; rt++)
+						KB_UNROLL
+						for (int i = 0; i < 4; i++)
+							kb_frag_a_w<T>(&w[rt], 4 * mg + i, fa[rt][i]);
+					KB_UNROLL
+					for (int nt = 0; nt < NT; nt++) {
+						const uint8_t *bp = sx + nt * 8 * G::XR + mg * 128;
+						const uint4 b0 = *(const uint4 *)bp, b1 = *(const uint4 *)(bp + 16);
+						const uint32_t bw[8] = { b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w };
+						KB_UNROLL
+						for (int i = 0; i < 4; i++)
+							KB_UNROLL
+							for (int rt = 0; rt < RT; rt++)
+								kb_mma(acc[rt][nt], fa[rt][i], bw[2 * i], bw[2 * i + 1]);
+					}
+				}
+			}
+			__syncthreads();
+		}
+		mmq_finish<T, RT, NT>(a, acc, by, u, u + (ch1 - ch0), first, tok0, &last);
+		u += ch1 - ch0;
+		if (more)
+			rb = mmq_rb<RT>(a, by + 1);
+		KB_UNROLL
+		for (int rt = 0; rt < RT; rt++)
+			KB_UNROLL
+			for (int nt = 0; nt < NT; nt++)
+				acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.f;
+	}
+}
+
 /* x (f32 [n][ldx], cols a multiple of 4) -> f16 in the decode activations' column order
  * (layout.cuh: x[64q + 16i + 4tq + j] at 64q + 16tq + 4i + j), padded with zeros to ldo
  * columns.  A thread takes one (token, 64-column group, tq): four float4 loads, two
@@ -422,12 +513,51 @@ __global__ void __launch_bounds__(256) k_mmq_x(const float *x, int64_t ldx, int6
 	}
 }
 
-/* Splits of the columns when the tiles alone leave multiprocessors idle: enough blocks
- * for MMQ_WAVE per multiprocessor, each split at least 4 chunks long.  Depends only on
- * the shape, so a launch is always split alike.  (H200, 7B Q4_0, 32/64 sequences: waves
- * of 2, 4 and 8 and splits of 2 or 4 chunks were within 5% of each other; 4/4 was best.) */
-#define MMQ_WAVE 4
-#define MMQ_PART_TILES(ctx) ((size_t)2 * MMQ_WAVE * (ctx)->sm_count)
+/* How a launch's blocks share its units (the grid, above).  With nb = gy every block has
+ * one row block.  Where gx * gy blocks would fill at most ctx->mmq_max_waves waves of the
+ * multiprocessors (occupancy from the kernel's registers and shared memory), and less
+ * than 90% of them, nb is raised to fill whole waves (at least one) with equal shares,
+ * each at least ctx->mmq_min_units units long and all partial sums fitting the scratch:
+ * batched decode, whose row blocks alone left most multiprocessors with one block or a
+ * last wave half empty.  max_waves <
+ * 0 switches to the fixed splits this replaced (kept for A/B: every row block cut into ks
+ * pieces for ~4 blocks a multiprocessor, at least 4 chunks each).  Depends only on the
+ * shape, so a launch is always shared alike. */
+#define MMQ_PART_FLOATS(ctx) ((size_t)2 * 4 * (ctx)->sm_count * 8192)
+#define MMQ_CNT(ctx) ((size_t)8 * (ctx)->sm_count)
+
+static int64_t mmq_shares(const KbCuda *ctx, int occ, int64_t gx, int64_t gy, int64_t n_chunks, size_t tv)
+{
+	const int64_t blocks = gx * gy, U = gy * n_chunks;
+	if (ctx->mmq_max_waves < 0) { /* fixed splits */
+		if (blocks >= ctx->sm_count)
+			return gy;
+		int64_t ks = (4 * (int64_t)ctx->sm_count + blocks - 1) / blocks;
+		if (ks > n_chunks / 4)
+			ks = n_chunks / 4;
+		while (ks > 1 && (size_t)(blocks * ks) * 2 * tv > MMQ_PART_FLOATS(ctx))
+			ks--;
+		return ks > 1 ? gy * ks : gy;
+	}
+	const int64_t slots = (int64_t)(occ > 0 ? occ : 1) * ctx->sm_count;
+	int64_t waves = (blocks + slots - 1) / slots;
+	if (waves < 1)
+		waves = 1;
+	/* whole row blocks already fill 90% of their waves (prefill): sharing them would only
+	 * add partial sums (7B o at 512 tokens, 256 blocks on 264 places: +27% time) */
+	if (waves > ctx->mmq_max_waves || blocks > (int64_t)MMQ_CNT(ctx) || blocks * 10 >= waves * slots * 9)
+		return gy;
+	int64_t nb = waves * slots / gx;
+	const int64_t by_len = U / (ctx->mmq_min_units > 0 ? ctx->mmq_min_units : 1);
+	const int64_t by_room = (int64_t)(MMQ_PART_FLOATS(ctx) / (2 * tv)) / gx;
+	if (nb > by_len)
+		nb = by_len;
+	if (nb > by_room)
+		nb = by_room;
+	if (nb > 65535)
+		nb = 65535;
+	return nb > gy ? nb : gy;
+}
 
 template <int T, int RT, int NT>
 static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const uint16_t *xh, int64_t ldx, int n,
@@ -459,45 +589,55 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 	a.n_chunks = (int)w[0]->geo.n_chunks;
 	a.n = n;
 	a.acc = acc;
+	a.gy = gy;
 	a.x = xh;
 	a.ldx = ldx;
-	const int64_t gx = (n + NT * 8 - 1) / (NT * 8), tiles = gx * gy, want = (int64_t)MMQ_WAVE * ctx->sm_count;
-	if (gx > 0x7fffffff || gy > 65535)
-		return -EINVAL;
-	int ks = 1;
-	if (tiles < ctx->sm_count) {
-		ks = (int)((want + tiles - 1) / tiles);
-		if (ks > a.n_chunks / 4)
-			ks = a.n_chunks / 4;
-		if (ks < 1)
-			ks = 1;
-	}
-	a.ks = ks;
-	constexpr size_t TV = (size_t)MMQ_WARPS * RT * NT * 4 * 32;
-	if (ks > 1) {
-		/* tiles * ks < 2 * want: room allocated once, so recorded graphs stay valid */
-		int r = kb_cuda_split_scratch(ctx, MMQ_PART_TILES(ctx) * 2 * 8 * 4 * 32 * MMQ_WARPS * sizeof(float),
-					      MMQ_PART_TILES(ctx), &ctx->mmq_part, &ctx->mmq_cnt);
+	const int64_t gx = (n + NT * 8 - 1) / (NT * 8);
+	if (gx > 0x7fffffff || gy > 65535 || (int64_t)gy * a.n_chunks > INT32_MAX)
+		return -EINVAL; /* the kernel counts a token block's units in 32 bits */
+	constexpr size_t smem = mmq_smem<T, RT, NT>();
+	/* above 48 KiB needs the opt-in, which is per device: once per context and kernel,
+	 * with the occupancy it leaves */
+	static_assert(RT == 2 && (NT == 4 || NT == 8), "mmq_smem_set covers these shapes");
+	const int slot = kb_type_slot(T);
+	if (!ctx->mmq_smem_set[slot][NT == 8]) {
+		int r = kb_err(cudaFuncSetAttribute(k_mmq<T, RT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+						    (int)smem));
+		int occ = 0;
+		if (r == 0)
+			r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_mmq<T, RT, NT>, MMQ_WARPS * 32,
+										 smem));
 		if (r < 0)
 			return r;
-		if ((size_t)(tiles * ks) > MMQ_PART_TILES(ctx) || TV > (size_t)2 * 8 * 4 * 32 * MMQ_WARPS)
-			return -EINVAL; /* cannot happen with the choice above */
+		ctx->mmq_occ[slot][NT == 8] = occ;
+		ctx->mmq_smem_set[slot][NT == 8] = 1;
+	}
+	constexpr size_t TV = MmqTile<RT, NT>::TV;
+	const int64_t nb = mmq_shares(ctx, ctx->mmq_occ[slot][NT == 8], gx, gy, a.n_chunks, TV);
+	if (nb > gy) {
+		/* room allocated once, for the most any launch may take (mmq_shares), so
+		 * recorded graphs stay valid */
+		int r = kb_cuda_split_scratch(ctx, MMQ_PART_FLOATS(ctx) * sizeof(float), MMQ_CNT(ctx), &ctx->mmq_part,
+					      &ctx->mmq_cnt);
+		if (r < 0)
+			return r;
+		if ((size_t)(gx * nb) * 2 * TV > MMQ_PART_FLOATS(ctx) || (size_t)(gx * gy) > MMQ_CNT(ctx))
+			return -EINVAL; /* cannot happen with mmq_shares' choice */
 		a.part = ctx->mmq_part;
 		a.cnt = ctx->mmq_cnt;
 	}
-	constexpr size_t smem = mmq_smem<T, RT, NT>();
-	/* above 48 KiB needs the opt-in, which is per device: once per context and kernel */
-	static_assert(RT == 2 && (NT == 4 || NT == 8), "mmq_smem_set covers these shapes");
-	uint8_t *set = &ctx->mmq_smem_set[kb_type_slot(T)][NT == 8];
-	if (!*set) {
-		int r = kb_err(cudaFuncSetAttribute(k_mmq<T, RT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-						    (int)smem));
-		if (r < 0)
-			return r;
-		*set = 1;
-	}
-	return kb_launch(ctx, k_mmq<T, RT, NT>, dim3((unsigned)gx, (unsigned)gy, (unsigned)ks), dim3(MMQ_WARPS * 32),
-			 smem, a);
+	a.sl = (int)((int64_t)gy * a.n_chunks / nb);
+	a.sr = (int)((int64_t)gy * a.n_chunks % nb);
+	return kb_launch(ctx, k_mmq<T, RT, NT>, dim3((unsigned)gx, (unsigned)nb), dim3(MMQ_WARPS * 32), smem, a);
+}
+
+extern "C" int kb_cuda_set_mmq_shares(KbCuda *ctx, int max_waves, int min_units)
+{
+	if (!ctx || max_waves > 64 || min_units < 1 || min_units > 64)
+		return -EINVAL;
+	ctx->mmq_max_waves = max_waves < 0 ? -1 : max_waves;
+	ctx->mmq_min_units = min_units;
+	return 0;
 }
 
 /* Tokens per block by token count: 32 for batched decode, 64 above where the device lets a

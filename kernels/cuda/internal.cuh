@@ -83,6 +83,8 @@ struct KbCuda {
 	int att_split_keys;     /* fewest keys an attention split takes (KB_ATT_SPLIT_KEYS) */
 	uint8_t mmq_smem_set[7][2]; /* gemm.cu: shared-memory opt-in done, [type slot][64-token] */
 	uint8_t mmv_smem_set[7][18]; /* bulk kernel (matmul_bulk.cuh): the same, [type slot][variant] */
+	int mmq_occ[7][2];      /* its resident blocks per SM, set with it */
+	int mmq_max_waves, mmq_min_units; /* how blocks share a launch's work (mmq_shares) */
 	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };

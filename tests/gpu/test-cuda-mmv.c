@@ -1,5 +1,6 @@
-/* tests/gpu/test-cuda-mmv.c: the CUDA context, uploads and decode matrix-vector
- * products against a double-precision CPU reference on the dequantized weights.
+/* tests/gpu/test-cuda-mmv.c: the CUDA context, uploads, decode matrix-vector products and
+ * the many-token products' work sharing against a double-precision CPU reference on the
+ * dequantized weights.
  * Without a usable GPU every test prints SKIP and the suite passes. */
 #include <errno.h>
 #include <math.h>
@@ -443,6 +444,147 @@ static void test_chain(void)
 	free(x);
 }
 
+/* The many-token products (kb_cuda_mmq) under each way of sharing a launch's work
+ * (kb_cuda_set_mmq_shares: the fixed splits, none, and shares of 1-3 units in 1-4 waves):
+ * three weights of one type in one launch, with row counts that leave partial tiles and
+ * row blocks (9 row blocks, 9 or 36 column chunks), 40 and 100 tokens (one and two token
+ * blocks), with and without acc, each against the double reference.  A second launch
+ * with the same setting gives the same bits (the partial sums meet in a fixed order and
+ * their counters are reset), and nothing past a weight's n x rows outputs is written. */
+static void test_mmq_shares(void)
+{
+	if (!ensure_ctx("mmq_shares"))
+		return;
+	static const int types[] = { QD_TYPE_Q4_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_F16 };
+	static const int64_t rows[3] = { 520, 130, 200 };
+	static const int shares[][2] = { { -1, 4 }, { 0, 2 }, { 1, 1 }, { 2, 2 }, { 2, 3 }, { 4, 1 } };
+	static const int ns[] = { 40, 100 };
+	const int64_t cols = 2304, guard = 64;
+	const int nmax = 100;
+	uint64_t s = 0x5ead;
+	for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+		const int type = types[ti];
+		int bsz, blck = qg_block(type, &bsz);
+		const int64_t row_bytes = cols / blck * bsz;
+		uint8_t *raw[3];
+		double *ref[3], *mag[3];
+		float *y0[3];
+		uint32_t *hy = malloc(sizeof(float) * (size_t)(nmax * 520 + guard)), *h1 = malloc(sizeof(float) * (size_t)(nmax * 520));
+		float *x = malloc(sizeof(float) * (size_t)(nmax * cols));
+		double *wrow = malloc(sizeof(double) * (size_t)cols);
+		CU_ASSERT_FATAL(hy && h1 && x && wrow);
+		for (int64_t i = 0; i < nmax * cols; i++)
+			x[i] = qg_signed(&s, 0.f, 2.f);
+		KbCudaWeight *w[3] = { NULL, NULL, NULL };
+		float *dy[3] = { NULL, NULL, NULL }, *dx = NULL;
+		void *scratch = NULL;
+		int r = kb_cuda_alloc(ctx, sizeof(float) * (size_t)(nmax * cols), (void **)&dx);
+		if (r == 0)
+			r = kb_cuda_upload(ctx, dx, x, sizeof(float) * (size_t)(nmax * cols));
+		if (r == 0)
+			r = kb_cuda_alloc(ctx, kb_cuda_mmq_scratch(cols, nmax), &scratch);
+		for (int i = 0; i < 3; i++) {
+			raw[i] = malloc((size_t)(rows[i] * row_bytes));
+			ref[i] = calloc((size_t)(nmax * rows[i]), sizeof(double));
+			mag[i] = calloc((size_t)(nmax * rows[i]), sizeof(double));
+			y0[i] = malloc(sizeof(float) * (size_t)(nmax * rows[i]));
+			CU_ASSERT_FATAL(raw[i] && ref[i] && mag[i] && y0[i]);
+			qg_fill(type, raw[i], rows[i] * (cols / blck), &s);
+			for (int64_t k = 0; k < nmax * rows[i]; k++)
+				y0[i][k] = qg_signed(&s, 0.f, 1.f);
+			for (int64_t rr = 0; rr < rows[i]; rr++) {
+				qg_dequant_row(type, raw[i] + rr * row_bytes, cols, wrow);
+				for (int t = 0; t < nmax; t++) {
+					double acc = 0, am = 0;
+					for (int64_t c = 0; c < cols; c++) {
+						acc += wrow[c] * x[t * cols + c];
+						am += fabs(wrow[c] * x[t * cols + c]);
+					}
+					ref[i][t * rows[i] + rr] = acc;
+					mag[i][t * rows[i] + rr] = am;
+				}
+			}
+			if (r == 0)
+				r = kb_cuda_weight_upload(ctx, type, rows[i], cols, raw[i], &w[i]);
+			if (r == 0)
+				r = kb_cuda_alloc(ctx, sizeof(float) * (size_t)(nmax * rows[i] + guard), (void **)&dy[i]);
+		}
+		CU_ASSERT_EQUAL(r, 0);
+		const KbCudaWeight *wc[3] = { w[0], w[1], w[2] };
+		for (size_t ni = 0; r == 0 && ni < sizeof(ns) / sizeof(ns[0]); ni++)
+			for (size_t si = 0; r == 0 && si < sizeof(shares) / sizeof(shares[0]); si++)
+				for (int acc = 0; r == 0 && acc < 2; acc++) {
+					const int n = ns[ni];
+					CU_ASSERT_EQUAL(kb_cuda_set_mmq_shares(ctx, shares[si][0], shares[si][1]), 0);
+					/* poison (a NaN) past the outputs, and in them unless acc */
+					for (int i = 0; i < 3 && r == 0; i++) {
+						r = kb_cuda_memset(ctx, dy[i], 0xff, sizeof(float) * (size_t)(nmax * rows[i] + guard));
+						if (r == 0 && acc)
+							r = kb_cuda_upload(ctx, dy[i], y0[i], sizeof(float) * (size_t)(n * rows[i]));
+					}
+					if (r == 0)
+						r = kb_cuda_mmq(ctx, 3, wc, dx, n, scratch, dy, acc);
+					double num = 0, den = 0;
+					int64_t bad_guard = 0, bad_val = 0, differ = 0;
+					for (int i = 0; i < 3 && r == 0; i++) {
+						const int64_t m = n * rows[i];
+						r = kb_cuda_download(ctx, hy, dy[i], sizeof(float) * (size_t)(m + guard));
+						for (int64_t k = 0; r == 0 && k < m + guard; k++) {
+							if (k >= m) {
+								bad_guard += hy[k] != 0xffffffffu;
+								continue;
+							}
+							float v;
+							memcpy(&v, &hy[k], 4);
+							if (!isfinite(v)) {
+								bad_val++;
+								continue;
+							}
+							const double e = v - (acc ? (double)y0[i][k] : 0.0) - ref[i][k];
+							num += e * e;
+							den += mag[i][k] * mag[i][k];
+						}
+						if (r == 0 && !acc) { /* again: the same bits */
+							r = kb_cuda_mmq(ctx, 3, wc, dx, n, scratch, dy, 0);
+							if (r == 0)
+								r = kb_cuda_download(ctx, h1, dy[i], sizeof(float) * (size_t)m);
+							for (int64_t k = 0; r == 0 && k < m; k++)
+								differ += h1[k] != hy[k];
+						}
+					}
+					CU_ASSERT_EQUAL(r, 0);
+					const double rel = den > 0 ? sqrt(num / den) : INFINITY;
+					const int ok = r == 0 && bad_guard == 0 && bad_val == 0 && differ == 0 &&
+						       rel <= bound_for(type, 0);
+					CU_ASSERT(ok);
+					printf("\n    mmq %-4s n=%-3d shares %d,%d acc %d: rel %.2e (bound %.0e)%s",
+					       qd_type_traits(type)->name, n, shares[si][0], shares[si][1], acc, rel,
+					       bound_for(type, 0), ok ? "" : "  FAIL");
+					if (bad_guard || bad_val || differ)
+						printf(" guard %lld non-finite %lld repeat differs %lld", (long long)bad_guard,
+						       (long long)bad_val, (long long)differ);
+				}
+		printf("\n");
+		CU_ASSERT_EQUAL(kb_cuda_set_mmq_shares(ctx, KB_MMQ_MAX_WAVES, KB_MMQ_MIN_UNITS), 0);
+		for (int i = 0; i < 3; i++) {
+			kb_cuda_weight_free(w[i]);
+			kb_cuda_dev_free(ctx, dy[i]);
+			free(raw[i]);
+			free(ref[i]);
+			free(mag[i]);
+			free(y0[i]);
+		}
+		kb_cuda_dev_free(ctx, dx);
+		kb_cuda_dev_free(ctx, scratch);
+		free(hy);
+		free(h1);
+		free(x);
+		free(wrow);
+	}
+	CU_ASSERT_EQUAL(kb_cuda_set_mmq_shares(ctx, 65, 2), -EINVAL);
+	CU_ASSERT_EQUAL(kb_cuda_set_mmq_shares(ctx, 2, 0), -EINVAL);
+}
+
 static void test_done(void)
 {
 	if (!ensure_ctx("done"))
@@ -461,7 +603,8 @@ int main(void)
 		{ "q8_0", test_q8_0, gpu_skip },     { "q4_k", test_q4_k, gpu_skip },
 		{ "q6_k", test_q6_k, gpu_skip },     { "f16", test_f16, gpu_skip },
 		{ "bf16", test_bf16, gpu_skip },     { "chain", test_chain, gpu_skip },
-		{ "done", test_done, gpu_skip },     { NULL, NULL, NULL },
+		{ "mmq_shares", test_mmq_shares, gpu_skip }, { "done", test_done, gpu_skip },
+		{ NULL, NULL, NULL },
 	};
 	return tu_main("cuda-mmv", tests);
 }
