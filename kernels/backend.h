@@ -95,7 +95,10 @@ typedef struct {
 	/* Optional fused forms of the calls above; forward.c falls back to those calls where
 	 * a backend leaves one NULL, and the results must be the same bits either way.
 	 * matmul_multi: y[i] = W[i] . x (acc: y[i] += W[i] . x) for nw <= 3 weights of equal
-	 * cols, so that q/k/v or gate/up read x once and run as one kernel.
+	 * cols, so that q/k/v or gate/up read x once and run as one kernel.  Except: the CUDA
+	 * backend's products of more than 16 tokens (kernels/cuda/gemm.cu) group a weight's
+	 * column sums by what shares its launch, so there multi and single products differ in
+	 * the last bits (a launch alike always gives the same bits).
 	 * rope_kv_store: rope on q (n_head heads) and k (n_head_kv heads) in place, then
 	 * kv_store of k and v (A's q and out are not used). */
 	int (*matmul_multi)(KbBackend *b, int nw, const KbWeight *const *w, const float *x, int n,

@@ -78,7 +78,7 @@ static void test_matmul(void)
 	static const struct { int64_t rows, cols; int n; } shapes[] = {
 		{ 1, 256, 1 }, { 37, 512, 3 }, { 100, 768, 8 }, { 129, 1280, 9 }, { 300, 2304, 20 },
 		{ 70, 512, 40 }, { 200, 1024, 100 }, /* the many-token kernel's three shapes */
-		{ 2100, 256, 520 }, /* ... and prefill-sized steps, whose blocks need no column splits */
+		{ 2100, 256, 520 }, /* ... and prefill-sized steps, whose row blocks are not shared */
 	};
 	uint64_t s = 0x77;
 	for (size_t ti = 0; ti < sizeof(all_types) / sizeof(all_types[0]); ti++) {

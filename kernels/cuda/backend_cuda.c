@@ -27,7 +27,9 @@
  * see gemm.cu); QD_CUDA_ATT_TC=0 keeps many-token steps' attention on the per-token
  * kernel instead of attention_tc.cu; QD_CUDA_MMV_STAGES=N and QD_CUDA_ATT_SPLIT_KEYS=N override the product
  * kernels' bulk-copy ring and attention's split size (kb_cuda_set_mmv_stages,
- * kb_cuda_set_att_split_keys). */
+ * kb_cuda_set_att_split_keys); QD_CUDA_MMV_I8=0/1 the one-token products' activations
+ * (kb_cuda_set_mmv_i8); QD_CUDA_MMQ_SHARES=W,M how many-token products share a launch's
+ * work (kb_cuda_set_mmq_shares). */
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>

@@ -172,8 +172,9 @@ int kb_cuda_mmv_rms_ok(const KbCuda *ctx, int type, int n_tok);
 /* Products of any number of tokens (gemm.cu; meant for n > KB_CUDA_MAX_TOK): y[i]
  * ([n][w[i]'s rows]) = W[i] x, or += when acc, for 1 <= nw <= KB_CUDA_MMV_MAX_W weights of
  * equal cols; x device f32 [n][cols].  The weights are dequantized to f16 with their
- * scales, so results differ from kb_cuda_mmv_act's in the last bits (but not between
- * launches).  SCRATCH: device memory of kb_cuda_mmq_scratch(cols, n) bytes, for x in
+ * scales, so results differ from kb_cuda_mmv_act's in the last bits, and with what
+ * shares the launch and how many tokens (never between launches alike: the same weights,
+ * tokens, sharing and device).  SCRATCH: device memory of kb_cuda_mmq_scratch(cols, n) bytes, for x in
  * f16.  Queued. */
 size_t kb_cuda_mmq_scratch(int64_t cols, int n);
 /* Whether kb_cuda_mmq takes X with COLS columns (a multiple of 4, 16-byte aligned rows). */
@@ -181,10 +182,10 @@ int kb_cuda_mmq_fits(const float *x, int64_t cols);
 int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const float *x, int n, void *scratch,
 		float *const *y, int acc);
 /* How kb_cuda_mmq's blocks share a launch's work: where its row blocks would fill at most
- * MAX_WAVES waves of the multiprocessors, the blocks fill whole waves with equal shares of
- * at least MIN_UNITS (row block, column chunk) units, crossing row blocks (defaults
- * KB_MMQ_MAX_WAVES, KB_MMQ_MIN_UNITS); MAX_WAVES 0: never; < 0: the fixed column splits
- * of before (for comparison).  Returns 0 or -EINVAL (MAX_WAVES > 64, MIN_UNITS outside
+ * MAX_WAVES waves of the multiprocessors and less than 90% of them, the blocks fill whole
+ * waves with equal shares of at least MIN_UNITS (row block, column chunk) units, crossing
+ * row blocks (defaults KB_MMQ_MAX_WAVES, KB_MMQ_MIN_UNITS); MAX_WAVES 0: never (one row
+ * block a block).  Returns 0 or -EINVAL (MAX_WAVES outside 0..64, MIN_UNITS outside
  * 1..64).  Graphs keep what they were recorded with. */
 #define KB_MMQ_MAX_WAVES 2
 #define KB_MMQ_MIN_UNITS 2

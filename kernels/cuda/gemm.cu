@@ -13,10 +13,11 @@
  * Rounding: the weights are f16 after scaling (relative error <= 2^-11; BF16 weights are
  * converted, so values beyond the f16 range would clamp), activations f16 as in the decode
  * path for every type but BF16 (whose decode path keeps activations as bf16 hi + lo), sums
- * in f32.  So a token's results differ from the decode
- * kernels' in the last bits; they do not depend on the launch (column splits are summed
- * in a fixed order, whichever block finishes last), so a graph replay gives the same
- * bits.
+ * in f32.  So a token's results differ from the decode kernels' in the last bits, and
+ * with the launch's shape (the weights launched together and the token count decide how
+ * its column chunks are grouped, mmq_shares); never with timing (shared row blocks are
+ * summed in a fixed order, whichever block finishes last), so a graph replay or a repeat
+ * gives the same bits.
  *
  * Grid: x = token blocks (fastest, so that the blocks sharing a row block's weights run
  * together and all but the first read them from L2), y = equal shares of a token block's
@@ -314,10 +315,10 @@ __device__ __forceinline__ void mmq_finish(const KbMmqArgs &a, float (&acc)[RT][
 	typedef MmqTile<RT, NT> P;
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
 	const int nb = gridDim.y, r0 = by * a.n_chunks, r1 = r0 + a.n_chunks;
-	/* slot s of share j: part + ((x nb + j) 2 + s) TV; this lane's values at constant
-	 * offsets from its first (P::idx) */
-	const float *const part = a.part + ((int64_t)blockIdx.x * nb * 2 * P::TV + P::idx(warp, lane, 0, 0, 0));
 	if (us != r0 || ue != r1) {
+		/* slot s of share j: part + ((x nb + j) 2 + s) TV; this lane's values at
+		 * constant offsets from its first (P::idx) */
+		const float *const part = a.part + ((int64_t)blockIdx.x * nb * 2 * P::TV + P::idx(warp, lane, 0, 0, 0));
 		float *pp = (float *)part + (int64_t)(blockIdx.y * 2 + (first ? 0 : 1)) * P::TV;
 		KB_UNROLL
 		for (int rt = 0; rt < RT; rt++)
@@ -513,32 +514,25 @@ __global__ void __launch_bounds__(256) k_mmq_x(const float *x, int64_t ldx, int6
 	}
 }
 
+/* The scratch of shared row blocks, allocated once at its first use (so that recorded
+ * graphs stay valid): partial sums for 8 tiles of 32 KB a multiprocessor (4 blocks of 64
+ * tokens with both their slots: two waves at the 2 that fit; launches that would need
+ * more keep fewer shares, mmq_shares) and a counter a block tile. */
+#define MMQ_PART_FLOATS(ctx) ((size_t)2 * 4 * (ctx)->sm_count * 8192)
+#define MMQ_CNT(ctx) ((size_t)8 * (ctx)->sm_count)
+
 /* How a launch's blocks share its units (the grid, above).  With nb = gy every block has
  * one row block.  Where gx * gy blocks would fill at most ctx->mmq_max_waves waves of the
  * multiprocessors (occupancy from the kernel's registers and shared memory), and less
  * than 90% of them, nb is raised to fill whole waves (at least one) with equal shares,
  * each at least ctx->mmq_min_units units long and all partial sums fitting the scratch:
  * batched decode, whose row blocks alone left most multiprocessors with one block or a
- * last wave half empty.  max_waves <
- * 0 switches to the fixed splits this replaced (kept for A/B: every row block cut into ks
- * pieces for ~4 blocks a multiprocessor, at least 4 chunks each).  Depends only on the
- * shape, so a launch is always shared alike. */
-#define MMQ_PART_FLOATS(ctx) ((size_t)2 * 4 * (ctx)->sm_count * 8192)
-#define MMQ_CNT(ctx) ((size_t)8 * (ctx)->sm_count)
-
+ * last wave half empty.  Depends only on the shape, so a launch is always shared alike.
+ * (The fixed column splits this replaced, H200 7B Q4_0: 64 sequences 9,150 -> 9,830
+ * tok/s; bench/NOTES.md, session 10.) */
 static int64_t mmq_shares(const KbCuda *ctx, int occ, int64_t gx, int64_t gy, int64_t n_chunks, size_t tv)
 {
 	const int64_t blocks = gx * gy, U = gy * n_chunks;
-	if (ctx->mmq_max_waves < 0) { /* fixed splits */
-		if (blocks >= ctx->sm_count)
-			return gy;
-		int64_t ks = (4 * (int64_t)ctx->sm_count + blocks - 1) / blocks;
-		if (ks > n_chunks / 4)
-			ks = n_chunks / 4;
-		while (ks > 1 && (size_t)(blocks * ks) * 2 * tv > MMQ_PART_FLOATS(ctx))
-			ks--;
-		return ks > 1 ? gy * ks : gy;
-	}
 	const int64_t slots = (int64_t)(occ > 0 ? occ : 1) * ctx->sm_count;
 	int64_t waves = (blocks + slots - 1) / slots;
 	if (waves < 1)
@@ -614,6 +608,8 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 	}
 	constexpr size_t TV = MmqTile<RT, NT>::TV;
 	const int64_t nb = mmq_shares(ctx, ctx->mmq_occ[slot][NT == 8], gx, gy, a.n_chunks, TV);
+	if (nb < 1 || nb > (int64_t)gy * a.n_chunks)
+		return -EINVAL; /* every share at least a unit long */
 	if (nb > gy) {
 		/* room allocated once, for the most any launch may take (mmq_shares), so
 		 * recorded graphs stay valid */
@@ -633,9 +629,9 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 
 extern "C" int kb_cuda_set_mmq_shares(KbCuda *ctx, int max_waves, int min_units)
 {
-	if (!ctx || max_waves > 64 || min_units < 1 || min_units > 64)
+	if (!ctx || max_waves < 0 || max_waves > 64 || min_units < 1 || min_units > 64)
 		return -EINVAL;
-	ctx->mmq_max_waves = max_waves < 0 ? -1 : max_waves;
+	ctx->mmq_max_waves = max_waves;
 	ctx->mmq_min_units = min_units;
 	return 0;
 }

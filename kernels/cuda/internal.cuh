@@ -85,7 +85,7 @@ struct KbCuda {
 	uint8_t mmv_smem_set[7][18]; /* bulk kernel (matmul_bulk.cuh): the same, [type slot][variant] */
 	int mmq_occ[7][2];      /* its resident blocks per SM, set with it */
 	int mmq_max_waves, mmq_min_units; /* how blocks share a launch's work (mmq_shares) */
-	float *mmq_part;        /* split many-token products: partial sums (gemm.cu) */
+	float *mmq_part;        /* shared row blocks of many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };
 
