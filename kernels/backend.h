@@ -96,7 +96,7 @@ typedef struct {
 	 * a backend leaves one NULL, and the results must be the same bits either way.
 	 * matmul_multi: y[i] = W[i] . x (acc: y[i] += W[i] . x) for nw <= 3 weights of equal
 	 * cols, so that q/k/v or gate/up read x once and run as one kernel.  Except: the CUDA
-	 * backend's products of more than 16 tokens (kernels/cuda/gemm.cu) group a weight's
+	 * backend's products of more than 8 tokens (kernels/cuda/gemm.cu) group a weight's
 	 * column sums by what shares its launch, so there multi and single products differ in
 	 * the last bits (a launch alike always gives the same bits).
 	 * rope_kv_store: rope on q (n_head heads) and k (n_head_kv heads) in place, then

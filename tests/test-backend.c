@@ -56,8 +56,8 @@ static void test_get_rows(void)
 static int gpu_i8(int type, int n)
 {
 	const char *e = getenv("QD_CUDA_MMV_I8");
-	/* up to 16 tokens the backend runs passes of at most 8 (the GEMM starts above) */
-	if (n > 16 || (type != QD_TYPE_Q4_0 && type != QD_TYPE_Q4_1 && type != QD_TYPE_Q4_K && type != QD_TYPE_Q8_0))
+	/* above 8 tokens the backend runs the GEMM (f16 activations) */
+	if (n > 8 || (type != QD_TYPE_Q4_0 && type != QD_TYPE_Q4_1 && type != QD_TYPE_Q4_K && type != QD_TYPE_Q8_0))
 		return 0;
 	if (e && *e)
 		return atoi(e) != 0;
@@ -76,8 +76,9 @@ static void test_matmul(void)
 	if (!ready())
 		return;
 	static const struct { int64_t rows, cols; int n; } shapes[] = {
-		{ 1, 256, 1 }, { 37, 512, 3 }, { 100, 768, 8 }, { 129, 1280, 9 }, { 300, 2304, 20 },
-		{ 70, 512, 40 }, { 200, 1024, 100 }, /* the many-token kernel's three shapes */
+		{ 1, 256, 1 }, { 37, 512, 3 }, { 100, 768, 8 }, /* the decode kernels */
+		/* 9-100 tokens: the many-token kernel's 32- and 64-token blocks, one or two */
+		{ 129, 1280, 9 }, { 300, 2304, 20 }, { 70, 512, 40 }, { 200, 1024, 100 },
 		{ 2100, 256, 520 }, /* ... and prefill-sized steps, whose row blocks are not shared */
 	};
 	uint64_t s = 0x77;

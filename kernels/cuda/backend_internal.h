@@ -25,9 +25,6 @@ typedef struct {
 } CudaWeight;
 
 #define STEP_GRAPH_MAX_TOK 64 /* larger steps (prefill) run op by op */
-/* Products of more tokens run on gemm.cu; up to this many, passes of eight through the
- * decode kernels were faster on the H200 (bench/NOTES.md). */
-#define GEMM_MIN_TOK 16
 #define STEP_GRAPHS 8          /* graphs kept; the least recently used goes first */
 
 typedef struct {

@@ -73,7 +73,9 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 	int r;
 	if (n > KB_CUDA_MAX_TOK && (r = pend_input(c, x, 0, 0)) < 0)
 		return r; /* y_norm is one token's */
-	if (c->gemm && n > GEMM_MIN_TOK && kb_cuda_mmq_fits(x, cols)) {
+	/* above one pass of the decode kernels, gemm.cu: two passes of 8 for 9-16 tokens read
+	 * every weight twice and ran 12-13% slower (H200, 7B, bench/NOTES.md session 10) */
+	if (c->gemm && n > KB_CUDA_MAX_TOK && kb_cuda_mmq_fits(x, cols)) {
 		act_forget(c);
 		if ((r = xq_ensure(c, kb_cuda_mmq_scratch(cols, n))) < 0)
 			return r;
