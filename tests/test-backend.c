@@ -77,7 +77,7 @@ static void test_matmul(void)
 		return;
 	static const struct { int64_t rows, cols; int n; } shapes[] = {
 		{ 1, 256, 1 }, { 37, 512, 3 }, { 100, 768, 8 }, /* the decode kernels */
-		/* 9-100 tokens: the many-token kernel's 32- and 64-token blocks, one or two */
+		/* 9-100 tokens: the many-token kernel's 16-, 32- and 64-token blocks, one or two */
 		{ 129, 1280, 9 }, { 300, 2304, 20 }, { 70, 512, 40 }, { 200, 1024, 100 },
 		{ 2100, 256, 520 }, /* ... and prefill-sized steps, whose row blocks are not shared */
 	};

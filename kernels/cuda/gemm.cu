@@ -396,7 +396,7 @@ __device__ __forceinline__ void mmq_finish(const KbMmqArgs &a, float (&acc)[RT][
 	each([&](float &v, int64_t o) { yb[o] = v; });
 }
 
-/* Block (x, j): tokens [64x, ...) (8 NT of them) and its share of their units (the grid,
+/* Block (x, j): tokens [8 NT x, ...) (8 NT of them) and its share of their units (the grid,
  * above), a row block at a time and in it a chunk at a time through two stages: the next
  * chunk is copied in while this one's mmas run, across row blocks too. */
 template <int T, int RT, int NT>
@@ -592,9 +592,9 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 	constexpr size_t smem = mmq_smem<T, RT, NT>();
 	/* above 48 KiB needs the opt-in, which is per device: once per context and kernel,
 	 * with the occupancy it leaves */
-	static_assert(RT == 2 && (NT == 4 || NT == 8), "mmq_smem_set covers these shapes");
-	const int slot = kb_type_slot(T);
-	if (!ctx->mmq_smem_set[slot][NT == 8]) {
+	static_assert(RT == 2 && (NT == 2 || NT == 4 || NT == 8), "mmq_smem_set covers these shapes");
+	const int slot = kb_type_slot(T), ti = NT / 4; /* 0, 1, 2 */
+	if (!ctx->mmq_smem_set[slot][ti]) {
 		int r = kb_err(cudaFuncSetAttribute(k_mmq<T, RT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						    (int)smem));
 		int occ = 0;
@@ -603,11 +603,11 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 										 smem));
 		if (r < 0)
 			return r;
-		ctx->mmq_occ[slot][NT == 8] = occ;
-		ctx->mmq_smem_set[slot][NT == 8] = 1;
+		ctx->mmq_occ[slot][ti] = occ;
+		ctx->mmq_smem_set[slot][ti] = 1;
 	}
 	constexpr size_t TV = MmqTile<RT, NT>::TV;
-	const int64_t nb = mmq_shares(ctx, ctx->mmq_occ[slot][NT == 8], gx, gy, a.n_chunks, TV);
+	const int64_t nb = mmq_shares(ctx, ctx->mmq_occ[slot][ti], gx, gy, a.n_chunks, TV);
 	if (nb < 1 || nb > (int64_t)gy * a.n_chunks)
 		return -EINVAL; /* every share at least a unit long */
 	if (nb > gy) {
@@ -636,13 +636,16 @@ extern "C" int kb_cuda_set_mmq_shares(KbCuda *ctx, int max_waves, int min_units)
 	return 0;
 }
 
-/* Tokens per block by token count: 32 for batched decode, 64 above where the device lets a
- * block have the shared memory (104-119 KiB; sm_86/89 allow 99 KiB, so they stay at 32;
- * every type's 32-token block, at most 86 KiB, fits every device this is built for). */
+/* Tokens per block by token count: 16 up to 16 (9-16 tokens: a 32-token block spent half
+ * its mmas on padding), 32 up to 32, 64 above where the device lets a block have the
+ * shared memory (104-119 KiB; sm_86/89 allow 99 KiB, so they stay at 32; every type's
+ * 32-token block, at most 86 KiB, fits every device this is built for). */
 template <int T>
 static int mmq_type(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const uint16_t *xh, int64_t ldx, int n,
 		    float *const *y, int acc)
 {
+	if (n <= 16)
+		return mmq_launch<T, 2, 2>(ctx, nw, w, xh, ldx, n, y, acc);
 	if (n <= 32 || mmq_smem<T, 2, 8>() + 64 > ctx->smem_optin)
 		return mmq_launch<T, 2, 4>(ctx, nw, w, xh, ldx, n, y, acc);
 	return mmq_launch<T, 2, 8>(ctx, nw, w, xh, ldx, n, y, acc);

@@ -81,9 +81,9 @@ struct KbCuda {
 	float *att_part;        /* split attention partials, KB_ATT_PARTS x (256 + 2) floats */
 	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
 	int att_split_keys;     /* fewest keys an attention split takes (KB_ATT_SPLIT_KEYS) */
-	uint8_t mmq_smem_set[7][2]; /* gemm.cu: shared-memory opt-in done, [type slot][64-token] */
+	uint8_t mmq_smem_set[7][3]; /* gemm.cu: shared-memory opt-in done, [type slot][16/32/64-token] */
 	uint8_t mmv_smem_set[7][18]; /* bulk kernel (matmul_bulk.cuh): the same, [type slot][variant] */
-	int mmq_occ[7][2];      /* its resident blocks per SM, set with it */
+	int mmq_occ[7][3];      /* its resident blocks per SM, set with it */
 	int mmq_max_waves, mmq_min_units; /* how blocks share a launch's work (mmq_shares) */
 	float *mmq_part;        /* shared row blocks of many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;

@@ -462,8 +462,8 @@ static int mmq_launch3(const KbCudaWeight *const *w, const float *dx, int n, voi
  * (kb_cuda_set_mmq_shares: none, and shares of 1-8 units): three weights of one type in
  * one launch, with row counts that leave partial tiles and row blocks (4 + 2 + 3 row
  * blocks, 9 or 36 column chunks, so that shares cross row blocks and weights, or hold a
- * row block whole), 20, 40 and 100 tokens (the 32- and 64-token kernels, one and two token
- * blocks), with and without acc, each value against the double reference.  A launch
+ * row block whole), 12, 20, 40 and 100 tokens (the 16-, 32- and 64-token kernels, one and
+ * two token blocks), with and without acc, each value against the double reference.  A launch
  * after one with another sharing gives the same bits as before (the partial sums meet in
  * a fixed order and their counters are reset), and nothing past a weight's n x rows
  * outputs is written. */
@@ -474,7 +474,7 @@ static void test_mmq_shares(void)
 	static const int types[] = { QD_TYPE_Q4_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_F16 };
 	static const int64_t rows[3] = { 390, 130, 300 };
 	static const int shares[][2] = { { 0, 2 }, { 1, 1 }, { 2, 2 }, { 2, 3 }, { 2, 5 }, { 2, 8 }, { 4, 1 } };
-	static const int ns[] = { 20, 40, 100 };
+	static const int ns[] = { 12, 20, 40, 100 };
 	const size_t nsh = sizeof(shares) / sizeof(shares[0]);
 	const int64_t cols = 2304, guard = 64, rmax = 390;
 	const int nmax = 100;
