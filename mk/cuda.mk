@@ -32,7 +32,7 @@ CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 CUDA_CSRC := $(wildcard kernels/cuda/*.c)
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(O)/%.o) $(CUDA_CSRC:%.c=$(O)/%.o)
 
-# The engine sees the backend (forward.c, the CLI, tests/test-backend.c) and carries it.
+# The engine sees the backend (forward.c, the CLI, tests/test-backend.c, test-fused.c) and carries it.
 CFLAGS_ALL += -DQD_HAVE_CUDA
 ENGINE_OBJ += $(CUDA_OBJ)
 LDLIBS += $(CUDA_LDLIBS)

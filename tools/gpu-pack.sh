@@ -2,7 +2,7 @@
 # tools/gpu-pack.sh: packs what a GPU machine without our build dependencies needs to run
 # the CUDA tests, the benchmarks and the daemon, built for sm_90a only (a third of the size
 # of the three-arch build) and stripped:
-#   .dev/f  test-backend, test-steps, test-cuda-mmv, bench-cuda-mmv, qd-engine (run/bench/
+#   .dev/f  test-backend, test-fused, test-steps, test-cuda-mmv, bench-cuda-mmv, qd-engine (run/bench/
 #           synth), the libraries they need that such machines lack (CUnit, PCRE2), gpu-run.sh;
 #   .dev/d  quantd and quantctl with theirs (protobuf-c, liburing, libsystemd and what it
 #           links), gpu-daemon.sh;
@@ -23,10 +23,11 @@ cd "$(dirname "$0")/.."
 O=.dev/b90
 rm -rf .dev/f .dev/d
 make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" \
-	$O/tests/test-backend $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv $O/bench/bench-cuda-mmv
+	$O/tests/test-backend $O/tests/test-fused $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv \
+	$O/bench/bench-cuda-mmv
 mkdir -p .dev/f
-cp $O/tests/test-backend $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv $O/bench/bench-cuda-mmv .dev/f/
-strip .dev/f/test-backend .dev/f/test-steps .dev/f/qd-engine .dev/f/test-cuda-mmv .dev/f/bench-cuda-mmv
+cp $O/tests/test-backend $O/tests/test-fused $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv $O/bench/bench-cuda-mmv .dev/f/
+strip .dev/f/test-backend .dev/f/test-fused .dev/f/test-steps .dev/f/qd-engine .dev/f/test-cuda-mmv .dev/f/bench-cuda-mmv
 # copy_libs DIR LIB...: this machine's x86-64 copies of the libraries into DIR
 copy_libs() {
 	dir=$1
@@ -59,7 +60,7 @@ cat > .dev/f/gpu-run.sh <<'EOF'
 export LD_LIBRARY_PATH="$PWD/.dev/f"
 F=.dev/f
 OUT=${OUT:-/tmp}
-for t in test-backend test-steps; do
+for t in test-backend test-fused test-steps; do
 	timeout 300 $F/$t > "$OUT/$t.log" 2>&1
 	echo "$t rc=$?"
 	grep -E "asserts|differ|SKIP|FAIL|refused" "$OUT/$t.log"

@@ -1,0 +1,530 @@
+/* tests/test-fused.c: the CUDA backend's fused ops (kernels/backend.h) against the calls
+ * they replace, through the ops table on fresh random inputs: the norm inside the residual
+ * product, SwiGLU inside the gate/up product, RoPE and the KV stores inside the q/k/v
+ * product, the RoPE and KV stores of a prefill-sized step against steps of 8; and the
+ * device's sampling helpers (argmax inside the product, top-k).  The plain ops are in
+ * test-backend.c.  Tests that need a GPU are skipped (CUnit "Inactive") on machines
+ * without one and in builds without CUDA. */
+#include "tests/backend_util.h"
+
+/* A CUDA backend whose one-token Q4_0 products take int8 activations (QD_CUDA_MMV_I8=1),
+ * so that matmul_res_norm and matmul_swiglu run fused for 4096-row products. */
+static KbBackend *cuda_i8_new(void)
+{
+	KbBackend *g = NULL;
+	setenv("QD_CUDA_MMV_I8", "1", 1);
+	int r = cuda_new(0, &g);
+	unsetenv("QD_CUDA_MMV_I8");
+	return r == 0 ? g : NULL;
+}
+
+/* A norm's test inputs of D columns: x, the residual y0 and norm weights around 1.5 (none
+ * near 0), uploaded to G too (dx, dy, dg); 0 or -1. */
+static int norm_inputs(KbBackend *g, int D, uint64_t *s, float **x, float **y0, float **gw, float **dx, float **dy,
+		       float **dg)
+{
+	*x = rand_f32((size_t)D, s, 1.0f);
+	*y0 = rand_f32((size_t)D, s, 4.0f);
+	*gw = rand_f32((size_t)D, s, 1.0f);
+	if (!*x || !*y0 || !*gw)
+		return -1;
+	for (int i = 0; i < D; i++)
+		(*gw)[i] += 1.5f;
+	*dx = buf_in(g, *x, sizeof(float) * (size_t)D);
+	*dy = buf_in(g, *y0, sizeof(float) * (size_t)D);
+	*dg = buf_in(g, *gw, sizeof(float) * (size_t)D);
+	return *dx && *dy && *dg ? 0 : -1;
+}
+
+/* Releases what a cuda_i8_new test made: NW weights (and their raw bytes), NB device
+ * buffers, norm_inputs' host arrays, the backend. */
+static void norm_done(KbBackend *g, KbWeight *w, uint8_t **raw, int nw, float **bufs, size_t nb, float *x, float *y0,
+		      float *gw)
+{
+	for (int i = 0; i < nw; i++) {
+		g->ops->weight_release(g, &w[i]);
+		free(raw[i]);
+	}
+	for (size_t i = 0; i < nb; i++)
+		g->ops->release(g, bufs[i]);
+	free(x);
+	free(y0);
+	free(gw);
+	g->ops->free(g);
+}
+
+/* matmul_res_norm on a backend whose one-token Q4_0 products take int8 activations (where
+ * the CUDA backend fuses it): the residual y and the products that follow equal the plain
+ * calls' (matmul acc, rmsnorm, matmul) up to the activations' rounding, both for products
+ * that scale by 1 / rms (Q4_0, Q4_K) and for one that makes the backend run the norm after
+ * all (Q6_K, whose products take f16 activations); and y_norm read after another op is
+ * refused, not read stale. */
+static void test_matmul_res_norm(void)
+{
+	if (!ready())
+		return;
+	KbBackend *g = cuda_i8_new();
+	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+	enum { D = 4096, R = 320 };
+	enum { NW = 4 };
+	static const int types[NW] = { QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_Q4_K };
+	static const int64_t rows[NW] = { D, R, R, R };
+	uint64_t s = 0x5e;
+	uint8_t *raw[NW];
+	KbWeight w[NW];
+	for (int i = 0; i < NW; i++) {
+		size_t bytes;
+		raw[i] = rand_weight(types[i], rows[i], D, &s, &bytes);
+		CU_ASSERT_FATAL(raw[i] != NULL);
+		w[i] = (KbWeight){ types[i], rows[i], D, raw[i], NULL, 0 };
+		CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
+	}
+	float *x, *y0, *gw, *dx, *dy, *dg;
+	CU_ASSERT_EQUAL_FATAL(norm_inputs(g, D, &s, &x, &y0, &gw, &dx, &dy, &dg), 0);
+	float *dn = buf_in(g, NULL, sizeof(float) * D), *dout = buf_in(g, NULL, sizeof(float) * R);
+	CU_ASSERT_FATAL(dn && dout);
+	const float eps = 1e-5f;
+	float yf[D], yp[D], of[NW - 1][R], op[NW - 1][R];
+	for (int k = 1; k < NW; k++) {
+		/* fused: the residual product and the norm in one call, then the product */
+		CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+		CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, &w[0], dx, 1, dy, dg, D, eps, dn), 0);
+		CU_ASSERT_EQUAL(g->ops->matmul(g, &w[k], dn, 1, dout), 0);
+		CU_ASSERT_EQUAL(buf_out(g, of[k - 1], dout, sizeof(float) * R), 0);
+		CU_ASSERT_EQUAL(buf_out(g, yf, dy, sizeof(float) * D), 0);
+		/* plain calls */
+		const KbWeight *w0 = &w[0];
+		CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+		CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 1, &w0, dx, 1, &dy, 1), 0);
+		CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dy, dg, 1, D, eps, dn), 0);
+		CU_ASSERT_EQUAL(g->ops->matmul(g, &w[k], dn, 1, dout), 0);
+		CU_ASSERT_EQUAL(buf_out(g, op[k - 1], dout, sizeof(float) * R), 0);
+		CU_ASSERT_EQUAL(buf_out(g, yp, dy, sizeof(float) * D), 0);
+		int64_t at = 0;
+		const double wy = worst(yf, yp, yp, D, 1e-6, 1e-6, &at);
+		CU_ASSERT(wy <= 1);
+		/* the products' own int8 rounding of their input (1/254 of a block's largest
+		 * value) is what differs: bounded like test_matmul's int8 products */
+		double num = 0, den = 0;
+		for (int i = 0; i < R; i++) {
+			num += ((double)of[k - 1][i] - op[k - 1][i]) * ((double)of[k - 1][i] - op[k - 1][i]);
+			den += (double)op[k - 1][i] * op[k - 1][i];
+		}
+		const double rel = sqrt(num / (den > 0 ? den : 1));
+		CU_ASSERT(rel < 1e-2);
+		printf("\n    %s after matmul_res_norm: residual %.2g of its bound, product %.2e relative to the "
+		       "plain calls'", qd_type_traits(types[k])->name, wy, rel);
+	}
+	/* y_norm after another op than a product: refused */
+	CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+	CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, &w[0], dx, 1, dy, dg, D, eps, dn), 0);
+	CU_ASSERT_EQUAL(g->ops->upload(g, dx, x, sizeof(float) * D), 0);
+	CU_ASSERT_EQUAL(g->ops->matmul(g, &w[1], dn, 1, dout), -EINVAL);
+	printf("\n");
+	float *bufs[] = { dx, dg, dy, dn, dout };
+	norm_done(g, w, raw, NW, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
+}
+
+/* matmul_swiglu on the same kind of backend: h and the down product after it equal the
+ * plain calls' (matmul_multi, swiglu, matmul) to the products' summation order and the
+ * activations' rounding, from a norm kernel's activations and from matmul_res_norm's. */
+static void test_matmul_swiglu(void)
+{
+	if (!ready())
+		return;
+	KbBackend *g = cuda_i8_new();
+	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+	enum { D = 4096, F = 4352, R = 256 };
+	static const int64_t rows[4] = { D, F, F, R }, cols[4] = { D, D, D, F };
+	uint64_t s = 0x77;
+	uint8_t *raw[4];
+	KbWeight w[4]; /* o, gate, up, down */
+	for (int i = 0; i < 4; i++) {
+		size_t bytes;
+		raw[i] = rand_weight(QD_TYPE_Q4_0, rows[i], cols[i], &s, &bytes);
+		CU_ASSERT_FATAL(raw[i] != NULL);
+		w[i] = (KbWeight){ QD_TYPE_Q4_0, rows[i], cols[i], raw[i], NULL, 0 };
+		CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
+	}
+	float *x, *y0, *gw, *dx, *dy, *dg;
+	CU_ASSERT_EQUAL_FATAL(norm_inputs(g, D, &s, &x, &y0, &gw, &dx, &dy, &dg), 0);
+	float *dn = buf_in(g, NULL, sizeof(float) * D);
+	float *dgate = buf_in(g, NULL, sizeof(float) * F), *dup = buf_in(g, NULL, sizeof(float) * F);
+	float *dh = buf_in(g, NULL, sizeof(float) * F), *dout = buf_in(g, NULL, sizeof(float) * R);
+	CU_ASSERT_FATAL(dn && dgate && dup && dh && dout);
+	const KbWeight *gu[2] = { &w[1], &w[2] }, *wo = &w[0];
+	float *const ygu[2] = { dgate, dup };
+	const float eps = 1e-5f;
+	static float hf[F], hp[F], of[R], op[R];
+	/* once first, so that the activation buffers have grown to F columns (the down
+	 * product grows them): the calls compared below then take the fused path (a growth
+	 * falls back to the plain one) */
+	CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dx, dg, 1, D, eps, dn), 0);
+	CU_ASSERT_EQUAL(g->ops->matmul_swiglu(g, gu, dn, 1, ygu, dh), 0);
+	CU_ASSERT_EQUAL(g->ops->matmul(g, &w[3], dh, 1, dout), 0);
+	for (int k = 0; k < 2; k++) {
+		for (int fused = 1; fused >= 0; fused--) {
+			/* dn: a norm kernel's output (k 0), or matmul_res_norm's (k 1) */
+			CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+			if (k == 0) {
+				CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dx, dg, 1, D, eps, dn), 0);
+			} else if (fused) {
+				CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, wo, dx, 1, dy, dg, D, eps, dn), 0);
+			} else {
+				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 1, &wo, dx, 1, &dy, 1), 0);
+				CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dy, dg, 1, D, eps, dn), 0);
+			}
+			if (fused) {
+				CU_ASSERT_EQUAL(g->ops->matmul_swiglu(g, gu, dn, 1, ygu, dh), 0);
+			} else {
+				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 2, gu, dn, 1, ygu, 0), 0);
+				CU_ASSERT_EQUAL(g->ops->swiglu(g, dgate, dup, 1, F, dh), 0);
+			}
+			CU_ASSERT_EQUAL(g->ops->matmul(g, &w[3], dh, 1, dout), 0);
+			CU_ASSERT_EQUAL(buf_out(g, fused ? hf : hp, dh, sizeof(float) * F), 0);
+			CU_ASSERT_EQUAL(buf_out(g, fused ? of : op, dout, sizeof(float) * R), 0);
+		}
+		double nh = 0, dh2 = 0, no = 0, do2 = 0;
+		for (int i = 0; i < F; i++) {
+			nh += ((double)hf[i] - hp[i]) * ((double)hf[i] - hp[i]);
+			dh2 += (double)hp[i] * hp[i];
+		}
+		for (int i = 0; i < R; i++) {
+			no += ((double)of[i] - op[i]) * ((double)of[i] - op[i]);
+			do2 += (double)op[i] * op[i];
+		}
+		const double rh = sqrt(nh / (dh2 > 0 ? dh2 : 1)), ro = sqrt(no / (do2 > 0 ? do2 : 1));
+		CU_ASSERT(dh2 > 0 && rh < 1e-2);
+		CU_ASSERT(rh > 0); /* the fused path ran: its sums are added in another order */
+		CU_ASSERT(do2 > 0 && ro < 1e-2);
+		printf("\n    matmul_swiglu after %s: h %.2e, down product %.2e relative to the plain calls'",
+		       k == 0 ? "rmsnorm" : "matmul_res_norm", rh, ro);
+	}
+	printf("\n");
+	float *bufs[] = { dx, dg, dy, dn, dgate, dup, dh, dout };
+	norm_done(g, w, raw, 4, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
+}
+
+/* matmul_argmax on the GPU: the product's bits, and per token the first index of the
+ * largest output, on crafted rows: a tie between two equal rows (the earlier wins), -0
+ * against +0 (equal: the earlier wins), and all-NaN outputs (0).  The F16 weight rows are
+ * built so that each token's outputs are known exactly. */
+static void test_matmul_argmax(void)
+{
+	if (!ready())
+		return;
+	const int64_t rows = 3001, cols = 64;
+	const int n = 4;
+	uint16_t *raw = calloc((size_t)(rows * cols), sizeof(uint16_t));
+	float *x = calloc((size_t)(n * cols), sizeof(float)), *y = malloc(sizeof(float) * n * rows);
+	float *y2 = malloc(sizeof(float) * n * rows);
+	CU_ASSERT_FATAL(raw && x && y && y2);
+	uint64_t s = 0x77;
+	/* row r: column 0 = a value in (-1, 1) (+0 for every 7th row), column 1 = row-dependent
+	 * extra for the ties; columns >= 2 zero */
+	for (int64_t r = 0; r < rows; r++)
+		raw[r * cols] = qd_f32_to_f16(r % 7 ? qg_signed(&s, 0.01f, 1.f) : 0.f);
+	raw[2999 * cols] = raw[1200 * cols] = raw[17 * cols] = qd_f32_to_f16(3.0f); /* tie: 17 wins */
+	raw[5 * cols + 1] = qd_f32_to_f16(-1.0f);
+	x[0 * cols + 0] = 1.0f;                         /* token 0: column 0 as is */
+	x[1 * cols + 0] = -1.0f;                        /* token 1: negated; the largest is the most negative */
+	x[2 * cols + 1] = -0.0f;                        /* token 2: outputs +0 and -0 (equal): index 0 */
+	x[3 * cols + 0] = NAN;                          /* token 3: NaN everywhere: index 0 */
+	int32_t want[4] = { 17, 0, 0, 0 };
+	{
+		float best = INFINITY;
+		for (int64_t r = 0; r < rows; r++) {
+			const float v = qd_f16_to_f32(raw[r * cols]);
+			if (v < best) {
+				best = v;
+				want[1] = (int32_t)r;
+			}
+		}
+	}
+	KbWeight w = { QD_TYPE_F16, rows, cols, raw, NULL, 0 };
+	CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &w), 0);
+	float *dx = buf_in(gpu, x, sizeof(float) * n * cols), *dy = buf_in(gpu, NULL, sizeof(float) * n * rows);
+	float *dy2 = buf_in(gpu, NULL, sizeof(float) * n * rows);
+	CU_ASSERT_FATAL(dx && dy && dy2);
+	int32_t idx[4] = { -1, -1, -1, -1 };
+	CU_ASSERT_EQUAL(gpu->ops->matmul_argmax(gpu, &w, dx, n, dy, idx), 0);
+	CU_ASSERT_EQUAL(gpu->ops->matmul(gpu, &w, dx, n, dy2), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, y, dy, sizeof(float) * n * rows), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, y2, dy2, sizeof(float) * n * rows), 0);
+	CU_ASSERT(memcmp(y, y2, sizeof(float) * n * rows) == 0);
+	for (int t = 0; t < n; t++) {
+		CU_ASSERT_EQUAL(idx[t], want[t]);
+		if (idx[t] != want[t])
+			printf("\n    token %d: argmax %d, expected %d\n", t, idx[t], want[t]);
+	}
+	CU_ASSERT_EQUAL(gpu->ops->matmul_argmax(gpu, &w, dx, 0, dy, idx), -EINVAL);
+	gpu->ops->release(gpu, dx);
+	gpu->ops->release(gpu, dy);
+	gpu->ops->release(gpu, dy2);
+	gpu->ops->weight_release(gpu, &w);
+	free(raw);
+	free(x);
+	free(y);
+	free(y2);
+}
+
+/* matmul_rope_kv (q/k/v products with RoPE and the KV stores in their epilogue) against
+ * matmul_multi then rope_kv_store: the same bits in q, k, v and both caches.  GQA, partial
+ * rotary dims, positions up to 1,000 (large angles), 1..8 tokens in one pass and 12 (two
+ * passes: the separate launches), Q4_1 rows wide enough for the bulk-copy kernel. */
+static void test_matmul_rope_kv(void)
+{
+	if (!ready())
+		return;
+	static const struct { int type; int64_t cols; int rot; } cfgs[] = {
+		{ QD_TYPE_Q4_0, 512, 64 }, { QD_TYPE_Q8_0, 256, 32 }, { QD_TYPE_F16, 320, 64 }, { QD_TYPE_Q4_1, 2048, 64 },
+	};
+	const int nh = 8, nkv = 2, hd = 64, n_seq = 2, n_ctx = 1100;
+	const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, stride = (int64_t)n_ctx * kvd;
+	uint64_t s = 0x517;
+	int bad = 0, cases = 0;
+	for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
+		const int64_t cols = cfgs[ci].cols;
+		const int64_t rows[3] = { qd, kvd, kvd };
+		KbWeight w[3];
+		uint8_t *raw[3];
+		for (int i = 0; i < 3; i++) {
+			size_t bytes;
+			raw[i] = rand_weight(cfgs[ci].type, rows[i], cols, &s, &bytes);
+			CU_ASSERT_PTR_NOT_NULL_FATAL(raw[i]);
+			w[i] = (KbWeight){ cfgs[ci].type, rows[i], cols, raw[i], NULL, 0 };
+			CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &w[i]), 0);
+		}
+		const KbWeight *const wp[3] = { &w[0], &w[1], &w[2] };
+		static const int ns[] = { 1, 3, 8, 12 };
+		for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
+			const int n = ns[ni];
+			float *x = rand_f32((size_t)(n * cols), &s, 1.0f);
+			int32_t pos[12], seq[12];
+			for (int t = 0; t < n; t++) {
+				seq[t] = t % 2;
+				pos[t] = (int32_t)((t * 97 + (int)ci * 13) % 1000) + (t == 0 ? 999 - (int)ci : 0);
+			}
+			const size_t cache = (size_t)(stride * n_seq) * 2;
+			float *dx = buf_in(gpu, x, sizeof(float) * (size_t)(n * cols));
+			float *ya[3], *yb[3];
+			for (int i = 0; i < 3; i++) {
+				ya[i] = buf_in(gpu, NULL, sizeof(float) * (size_t)(n * rows[i]));
+				yb[i] = buf_in(gpu, NULL, sizeof(float) * (size_t)(n * rows[i]));
+			}
+			uint16_t *zero = calloc(cache, 1);
+			uint16_t *kca = buf_in(gpu, zero, cache), *vca = buf_in(gpu, zero, cache);
+			uint16_t *kcb = buf_in(gpu, zero, cache), *vcb = buf_in(gpu, zero, cache);
+			CU_ASSERT_FATAL(x && dx && zero && kca && vca && kcb && vcb && ya[2] && yb[2]);
+			KbAttention a = { .n_tokens = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .pos = pos,
+					  .seq = seq, .k_cache = kca, .v_cache = vca, .kv_slot_stride = stride };
+			KbAttention b2 = a;
+			b2.k_cache = kcb;
+			b2.v_cache = vcb;
+			float *const yap[3] = { ya[0], ya[1], ya[2] }, *const ybp[3] = { yb[0], yb[1], yb[2] };
+			CU_ASSERT_EQUAL(gpu->ops->matmul_rope_kv(gpu, wp, dx, n, yap, &a, cfgs[ci].rot, 10000.0f), 0);
+			CU_ASSERT_EQUAL(gpu->ops->matmul_multi(gpu, 3, wp, dx, n, ybp, 0), 0);
+			CU_ASSERT_EQUAL(gpu->ops->rope_kv_store(gpu, &b2, yb[0], yb[1], yb[2], cfgs[ci].rot, 10000.0f), 0);
+			int diff = 0;
+			for (int i = 0; i < 3; i++) {
+				const size_t bytes = sizeof(float) * (size_t)(n * rows[i]);
+				float *ha = malloc(bytes), *hb = malloc(bytes);
+				CU_ASSERT_FATAL(ha && hb);
+				CU_ASSERT_EQUAL(buf_out(gpu, ha, ya[i], bytes), 0);
+				CU_ASSERT_EQUAL(buf_out(gpu, hb, yb[i], bytes), 0);
+				diff += memcmp(ha, hb, bytes) != 0;
+				free(ha);
+				free(hb);
+			}
+			uint16_t *ca = malloc(cache), *cb2 = malloc(cache);
+			CU_ASSERT_FATAL(ca && cb2);
+			CU_ASSERT_EQUAL(buf_out(gpu, ca, kca, cache), 0);
+			CU_ASSERT_EQUAL(buf_out(gpu, cb2, kcb, cache), 0);
+			diff += memcmp(ca, cb2, cache) != 0;
+			int nonzero = 0;
+			for (size_t e = 0; e < cache / 2; e++)
+				nonzero += ca[e] != 0;
+			CU_ASSERT(nonzero > 0); /* the stores happened */
+			CU_ASSERT_EQUAL(buf_out(gpu, ca, vca, cache), 0);
+			CU_ASSERT_EQUAL(buf_out(gpu, cb2, vcb, cache), 0);
+			diff += memcmp(ca, cb2, cache) != 0;
+			if (diff)
+				printf("\n    matmul_rope_kv %s n=%d: %d of 5 outputs differ\n",
+				       qd_type_traits(cfgs[ci].type)->name, n, diff);
+			bad += diff != 0;
+			cases++;
+			void *bufs[] = { dx, ya[0], ya[1], ya[2], yb[0], yb[1], yb[2], kca, vca, kcb, vcb };
+			for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+				gpu->ops->release(gpu, bufs[i]);
+			free(ca);
+			free(cb2);
+			free(zero);
+			free(x);
+		}
+		for (int i = 0; i < 3; i++) {
+			gpu->ops->weight_release(gpu, &w[i]);
+			free(raw[i]);
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	printf("\n    %d cases, %d differ\n", cases, bad);
+}
+
+/* rope_kv_store for a prefill-sized step (one block per token) against the same tokens in
+ * steps of 8 (a block per token and head): the same bits in q, k and both caches. */
+static void test_rope_kv_many(void)
+{
+	if (!ready())
+		return;
+	const int n = 300, nh = 6, nkv = 2, hd = 64, rot = 48, n_ctx = 400;
+	const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, stride = (int64_t)n_ctx * kvd;
+	const size_t cache = (size_t)(2 * stride) * 2;
+	uint64_t s = 0x2a7;
+	int32_t pos[300], seq[300];
+	for (int t = 0; t < n; t++) {
+		seq[t] = t < 200 ? 0 : 1;
+		pos[t] = t < 200 ? t : 399 - (t - 200);
+	}
+	float *q = rand_f32((size_t)(n * qd), &s, 2.0f), *k = rand_f32((size_t)(n * kvd), &s, 2.0f);
+	float *v = rand_f32((size_t)(n * kvd), &s, 2.0f);
+	uint16_t *zero = calloc(cache, 1);
+	CU_ASSERT_FATAL(q && k && v && zero);
+	float *dq[2], *dk[2], *dv = buf_in(gpu, v, sizeof(float) * (size_t)(n * kvd));
+	uint16_t *kc[2], *vc[2];
+	for (int i = 0; i < 2; i++) {
+		dq[i] = buf_in(gpu, q, sizeof(float) * (size_t)(n * qd));
+		dk[i] = buf_in(gpu, k, sizeof(float) * (size_t)(n * kvd));
+		kc[i] = buf_in(gpu, zero, cache);
+		vc[i] = buf_in(gpu, zero, cache);
+		CU_ASSERT_FATAL(dq[i] && dk[i] && kc[i] && vc[i]);
+	}
+	CU_ASSERT_FATAL(dv != NULL);
+	KbAttention a = { .n_tokens = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .pos = pos, .seq = seq,
+			  .k_cache = kc[0], .v_cache = vc[0], .kv_slot_stride = stride };
+	CU_ASSERT_EQUAL(gpu->ops->rope_kv_store(gpu, &a, dq[0], dk[0], dv, rot, 10000.0f), 0);
+	for (int t0 = 0; t0 < n; t0 += 8) {
+		KbAttention b = a;
+		b.n_tokens = n - t0 < 8 ? n - t0 : 8;
+		b.pos = pos + t0;
+		b.seq = seq + t0;
+		b.k_cache = kc[1];
+		b.v_cache = vc[1];
+		CU_ASSERT_EQUAL(gpu->ops->rope_kv_store(gpu, &b, dq[1] + t0 * qd, dk[1] + t0 * kvd, dv + t0 * kvd, rot,
+						       10000.0f), 0);
+	}
+	int diff = 0;
+	const size_t qb = sizeof(float) * (size_t)(n * qd), kb = sizeof(float) * (size_t)(n * kvd);
+	float *h0 = malloc(qb), *h1 = malloc(qb);
+	uint16_t *c0 = malloc(cache), *c1 = malloc(cache);
+	CU_ASSERT_FATAL(h0 && h1 && c0 && c1);
+	CU_ASSERT_EQUAL(buf_out(gpu, h0, dq[0], qb), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, h1, dq[1], qb), 0);
+	diff += memcmp(h0, h1, qb) != 0;
+	diff += memcmp(h0, q, qb) == 0; /* rotated at all */
+	CU_ASSERT_EQUAL(buf_out(gpu, h0, dk[0], kb), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, h1, dk[1], kb), 0);
+	diff += memcmp(h0, h1, kb) != 0;
+	for (int i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL(buf_out(gpu, c0, i ? vc[0] : kc[0], cache), 0);
+		CU_ASSERT_EQUAL(buf_out(gpu, c1, i ? vc[1] : kc[1], cache), 0);
+		diff += memcmp(c0, c1, cache) != 0;
+		diff += memcmp(c0, zero, cache) == 0; /* stored at all */
+	}
+	CU_ASSERT_EQUAL(diff, 0);
+	printf("\n    %d tokens in one step vs steps of 8: %d checks fail", n, diff);
+	for (int i = 0; i < 2; i++) {
+		gpu->ops->release(gpu, dq[i]);
+		gpu->ops->release(gpu, dk[i]);
+		gpu->ops->release(gpu, kc[i]);
+		gpu->ops->release(gpu, vc[i]);
+	}
+	gpu->ops->release(gpu, dv);
+	free(q);
+	free(k);
+	free(v);
+	free(zero);
+	free(h0);
+	free(h1);
+	free(c0);
+	free(c1);
+}
+
+/* topk on the GPU against a sort on the host: random rows, rows of few distinct values
+ * (ties at the k-th place), -0 and +0, NaN and -inf, rows with fewer valid values than k
+ * and with none; k from 1 to KB_TOPK_MAX, rows shorter and longer than a block. */
+static void test_topk(void)
+{
+	if (!ready())
+		return;
+	static const struct { int64_t cols; int k; } shapes[] = {
+		{ 1, 1 }, { 100, 7 }, { 1000, 40 }, { 49152, 40 }, { 32000, 256 }, { 128256, 64 }, { 5000, 1 },
+	};
+	const int n = 7;
+	uint64_t s = 0x99;
+	int bad_rows = 0, rows_checked = 0;
+	for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+		const int64_t cols = shapes[si].cols;
+		const int k = shapes[si].k;
+		float *y = malloc(sizeof(float) * (size_t)(n * cols));
+		int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n * k)), cnt[7];
+		float *vals = malloc(sizeof(float) * (size_t)(n * k));
+		CU_ASSERT_FATAL(y && ids && vals);
+		for (int t = 0; t < n; t++)
+			for (int64_t c = 0; c < cols; c++) {
+				float v = qg_signed(&s, 0.f, 8.f);
+				if (t == 1)
+					v = floorf(v); /* few distinct values: ties everywhere */
+				if (t == 2 && c % 5 == 0)
+					v = c % 2 ? NAN : -INFINITY;
+				if (t == 2 && c % 7 == 0)
+					v = c % 3 ? -0.0f : 0.0f;
+				if (t == 3 && c % 2)
+					v = INFINITY * (c % 4 == 1 ? 1.f : -1.f); /* +inf counts, -inf not */
+				if (t == 4 && c >= k / 2)
+					v = c % 2 ? NAN : -INFINITY; /* fewer valid than k */
+				if (t == 5)
+					v = c % 2 ? NAN : -INFINITY; /* none */
+				if (t == 6)
+					v = 1.5f; /* all equal: the k lowest indices */
+				y[t * cols + c] = v;
+			}
+		float *dy = buf_in(gpu, y, sizeof(float) * (size_t)(n * cols));
+		CU_ASSERT_FATAL(dy != NULL);
+		for (int t = 0; t < n; t++)
+			cnt[t] = -1;
+		CU_ASSERT_EQUAL(gpu->ops->topk(gpu, dy, n, cols, k, NULL, ids, vals, cnt), 0);
+		for (int t = 0; t < n; t++) {
+			const bool ok = tu_topk_matches(y + t * cols, cols, k, ids + t * k, vals + t * k, cnt[t]);
+			if (!ok)
+				printf("\n    topk cols %lld k %d row %d: %d candidates, not the top k\n", (long long)cols, k, t,
+				       cnt[t]);
+			bad_rows += !ok;
+			rows_checked++;
+		}
+		gpu->ops->release(gpu, dy);
+		free(y);
+		free(ids);
+		free(vals);
+	}
+	CU_ASSERT_EQUAL(bad_rows, 0);
+	printf("\n    %d rows, %d differ\n", rows_checked, bad_rows);
+	int32_t i1, n1;
+	float v1;
+	CU_ASSERT_EQUAL(gpu->ops->topk(gpu, (const float *)&v1, 1, 1, KB_TOPK_MAX + 1, NULL, &i1, &v1, &n1), -EINVAL);
+	CU_ASSERT_EQUAL(gpu->ops->topk(gpu, (const float *)&v1, 1, 1, 0, NULL, &i1, &v1, &n1), -EINVAL);
+}
+
+int main(void)
+{
+	static const TuTest tests[] = {
+		{ "matmul_argmax: ties, -0, NaN rows", test_matmul_argmax, gpu_skip },
+		{ "matmul_rope_kv = matmul_multi + rope_kv_store, bit for bit", test_matmul_rope_kv, gpu_skip },
+		{ "matmul_res_norm = matmul + rmsnorm, to the activations' rounding", test_matmul_res_norm, gpu_skip },
+		{ "matmul_swiglu = matmul_multi + swiglu, to the sums' order", test_matmul_swiglu, gpu_skip },
+		{ "rope_kv_store: a 300-token step = steps of 8, bit for bit", test_rope_kv_many, gpu_skip },
+		{ "topk: ties, -0, NaN/-inf, short rows vs a host sort", test_topk, gpu_skip },
+		{ "cleanup", test_cleanup, NULL },
+		{ NULL, NULL, NULL },
+	};
+	return tu_main("fused", tests);
+}
