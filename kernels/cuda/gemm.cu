@@ -303,11 +303,12 @@ __device__ __forceinline__ int mmq_share_of(const KbMmqArgs &a, int u)
 	return u < long_end ? u / (a.sl + 1) : a.sr + (u - long_end) / a.sl;
 }
 
-/* Row block by's sums, from units [us, ue) of the block's share (first: its first row block), leave the block:
- * added to y if the block holds all of the row block's units; else left as partial sums
- * (slot 0 for the block's first row block, 1 for its last: a block shares at most those
- * two), and the last of the row block's blocks to do so adds them up in block order, so
- * the bits do not depend on which finishes last, then adds them to y.  Block-uniform. */
+/* Row block by's sums, from units [us, ue) of the block's share (first: the share's first
+ * row block), leave the block: added to y if the block holds all of the row block's
+ * units; else left as partial sums (slot 0 for the block's first row block, 1 for its
+ * last: a block shares at most those two), and the last of the row block's blocks to do
+ * so adds them up in block order, so the bits do not depend on which finishes last, then
+ * adds them to y.  Block-uniform. */
 template <int T, int RT, int NT>
 __device__ __forceinline__ void mmq_finish(const KbMmqArgs &a, float (&acc)[RT][NT][4], int by, int us, int ue,
 					   bool first, int tok0, int *last)
