@@ -214,6 +214,8 @@ int kb_cuda_set_mmv_stages(KbCuda *ctx, int n_tok, int stages);
  * -1 (the default): where that measured faster on the H200 (one token, at least 1 GiB of
  * weights uploaded). */
 int kb_cuda_set_mmv_i8(KbCuda *ctx, int n_tok, int on);
+/* Whether TYPE's products can take int8 activations at all (what kb_cuda_set_mmv_i8 turns on). */
+int kb_cuda_i8_type(int type);
 void kb_cuda_set_pdl(KbCuda *ctx, int on);
 
 /* Makes CTX's device current on the calling thread (the runtime's current device is per

@@ -534,16 +534,13 @@ __global__ void __launch_bounds__(256) k_mmq_x(const float *x, int64_t ldx, int6
 static int64_t mmq_shares(const KbCuda *ctx, int occ, int64_t gx, int64_t gy, int64_t n_chunks, size_t tv)
 {
 	const int64_t blocks = gx * gy, U = gy * n_chunks;
-	const int64_t slots = (int64_t)(occ > 0 ? occ : 1) * ctx->sm_count;
-	int64_t waves = (blocks + slots - 1) / slots;
-	if (waves < 1)
-		waves = 1;
+	const int64_t slots = (int64_t)occ * ctx->sm_count, waves = (blocks + slots - 1) / slots; /* >= 1 */
 	/* whole row blocks already fill 90% of their waves (prefill): sharing them would only
 	 * add partial sums (7B o at 512 tokens, 256 blocks on 264 places: +27% time) */
 	if (waves > ctx->mmq_max_waves || blocks > (int64_t)MMQ_CNT(ctx) || blocks * 10 >= waves * slots * 9)
 		return gy;
 	int64_t nb = waves * slots / gx;
-	const int64_t by_len = U / (ctx->mmq_min_units > 0 ? ctx->mmq_min_units : 1);
+	const int64_t by_len = U / ctx->mmq_min_units; /* >= 1: kb_cuda_set_mmq_shares */
 	const int64_t by_room = (int64_t)(MMQ_PART_FLOATS(ctx) / (2 * tv)) / gx;
 	if (nb > by_len)
 		nb = by_len;
@@ -592,30 +589,24 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 		return -EINVAL; /* the kernel counts a token block's units in 32 bits */
 	constexpr size_t smem = mmq_smem<T, RT, NT>();
 	/* above 48 KiB needs the opt-in, which is per device: once per context and kernel,
-	 * with the occupancy it leaves */
-	static_assert(RT == 2 && (NT == 2 || NT == 4 || NT == 8), "mmq_smem_set covers these shapes");
-	const int slot = kb_type_slot(T), ti = NT / 4; /* 0, 1, 2 */
-	if (!ctx->mmq_smem_set[slot][ti]) {
-		int r = kb_err(cudaFuncSetAttribute(k_mmq<T, RT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-						    (int)smem));
-		int occ = 0;
-		if (r == 0)
-			r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_mmq<T, RT, NT>, MMQ_WARPS * 32,
-										 smem));
-		if (r < 0)
-			return r;
-		ctx->mmq_occ[slot][ti] = occ;
-		ctx->mmq_smem_set[slot][ti] = 1;
-	}
+	 * before the occupancy it leaves is asked (mmq_occ 0 until then) */
+	static_assert(RT == 2 && (NT == 2 || NT == 4 || NT == 8), "mmq_occ covers these shapes");
+	int *occ = &ctx->mmq_occ[kb_type_slot(T)][NT / 4]; /* NT 2, 4, 8: 0, 1, 2 */
+	int r = *occ ? 0 : kb_err(cudaFuncSetAttribute(k_mmq<T, RT, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+						       (int)smem));
+	if (r == 0)
+		r = kb_occupancy(k_mmq<T, RT, NT>, MMQ_WARPS * 32, smem, occ);
+	if (r < 0)
+		return r;
 	constexpr size_t TV = MmqTile<RT, NT>::TV;
-	const int64_t nb = mmq_shares(ctx, ctx->mmq_occ[slot][ti], gx, gy, a.n_chunks, TV);
+	const int64_t nb = mmq_shares(ctx, *occ, gx, gy, a.n_chunks, TV);
 	if (nb < 1 || nb > (int64_t)gy * a.n_chunks)
 		return -EINVAL; /* every share at least a unit long */
 	if (nb > gy) {
 		/* room allocated once, for the most any launch may take (mmq_shares), so
 		 * recorded graphs stay valid */
-		int r = kb_cuda_split_scratch(ctx, MMQ_PART_FLOATS(ctx) * sizeof(float), MMQ_CNT(ctx), &ctx->mmq_part,
-					      &ctx->mmq_cnt);
+		r = kb_cuda_split_scratch(ctx, MMQ_PART_FLOATS(ctx) * sizeof(float), MMQ_CNT(ctx), &ctx->mmq_part,
+					  &ctx->mmq_cnt);
 		if (r < 0)
 			return r;
 		if ((size_t)(gx * nb) * 2 * TV > MMQ_PART_FLOATS(ctx) || (size_t)(gx * gy) > MMQ_CNT(ctx))

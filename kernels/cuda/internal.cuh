@@ -81,9 +81,9 @@ struct KbCuda {
 	float *att_part;        /* split attention partials, KB_ATT_PARTS x (256 + 2) floats */
 	unsigned *att_cnt;      /* per (token, head): splits finished; back to 0 after each */
 	int att_split_keys;     /* fewest keys an attention split takes (KB_ATT_SPLIT_KEYS) */
-	uint8_t mmq_smem_set[7][3]; /* gemm.cu: shared-memory opt-in done, [type slot][16/32/64-token] */
-	uint8_t mmv_smem_set[7][18]; /* bulk kernel (matmul_bulk.cuh): the same, [type slot][variant] */
-	int mmq_occ[7][3];      /* its resident blocks per SM, set with it */
+	int mmq_occ[7][3];      /* gemm.cu: resident blocks per SM, [type slot][16/32/64-token]; 0:
+				 * not asked yet, nor the shared-memory opt-in done */
+	uint8_t mmv_smem_set[7][18]; /* bulk kernel (matmul_bulk.cuh): opt-in done, [type slot][variant] */
 	int mmq_max_waves, mmq_min_units; /* how blocks share a launch's work (mmq_shares) */
 	float *mmq_part;        /* shared row blocks of many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
@@ -226,6 +226,20 @@ static inline int kb_err(cudaError_t e)
 	default:
 		return -EIO;
 	}
+}
+
+/* *occ: resident blocks per multiprocessor of kernel K with THREADS and SMEM a block (at
+ * least 1), asked of the runtime the first time (*occ 0) and cached there. */
+template <typename K> static int kb_occupancy(K k, int threads, size_t smem, int *occ)
+{
+	if (*occ == 0) {
+		int n = 0;
+		int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, threads, smem));
+		if (r < 0)
+			return r;
+		*occ = n > 0 ? n : 1;
+	}
+	return 0;
 }
 
 /* Launches kernel K on the context's stream, allowing the next kernel to start early

@@ -364,13 +364,9 @@ template <int T, int RT, bool ROPE, int I8, bool RMS = false> static constexpr v
 template <typename K>
 static int kb_fit_grid(KbCuda *ctx, K k, int threads, size_t smem, int *occ, int per_sm, int n_groups, int *ret_grid)
 {
-	if (*occ == 0) {
-		int n = 0;
-		int r = kb_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, threads, smem));
-		if (r < 0)
-			return r;
-		*occ = n > 0 ? n : 1;
-	}
+	int r = kb_occupancy(k, threads, smem, occ);
+	if (r < 0)
+		return r;
 	const int use = per_sm > 0 && per_sm < *occ ? per_sm : *occ;
 	const int64_t fit = (int64_t)use * ctx->sm_count;
 	*ret_grid = fit < n_groups ? (int)fit : n_groups;
@@ -592,6 +588,11 @@ extern "C" int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, c
 extern "C" int kb_cuda_mmv_rms_ok(const KbCuda *ctx, int type, int n_tok)
 {
 	return ctx && n_tok == 1 && kb_i8_use(ctx, type, 1) && ctx->mmv[0].row_tiles == 1;
+}
+
+extern "C" int kb_cuda_i8_type(int type)
+{
+	return kb_i8_type(type);
 }
 
 extern "C" int kb_cuda_mmv_res_norm(KbCuda *ctx, const KbCudaWeight *w, const KbCudaAct *act, float *y_dev,

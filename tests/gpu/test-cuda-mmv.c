@@ -161,12 +161,6 @@ static double bound_for(int type, int i8)
 	return i8 ? 1e-2 : type == QD_TYPE_BF16 ? 1e-4 : 1e-3;
 }
 
-/* Types whose products can take int8 activations (kb_cuda_set_mmv_i8). */
-static int has_i8(int type)
-{
-	return type == QD_TYPE_Q4_0 || type == QD_TYPE_Q4_1 || type == QD_TYPE_Q4_K || type == QD_TYPE_Q8_0;
-}
-
 /* x rounded as the int8 products see it: each 32-column block to Q8_0 levels exactly as
  * the CPU backend's activations (d = amax / 127, q = roundf(x / d), d kept as f16); and
  * per block corr = s - sum(out) with s Q8_1's f16(d sum(q)), which Q4_1's and Q4_K's
@@ -252,9 +246,9 @@ static void check_shape(int type, Shape sh, uint64_t seed)
 	for (size_t k = 0; r == 0 && k < sizeof(ntoks) / sizeof(ntoks[0]); k++) {
 		const int nt = ntoks[k];
 		/* the int8 types: every configuration with int8 activations, then with f16 */
-		for (size_t cj = 0; cj < (has_i8(type) ? 2 * ncfg : ncfg); cj++) {
+		for (size_t cj = 0; cj < (kb_cuda_i8_type(type) ? 2 * ncfg : ncfg); cj++) {
 			const Cfg *c = &cfgs[cj % ncfg];
-			const int i8 = has_i8(type) && cj < ncfg;
+			const int i8 = kb_cuda_i8_type(type) && cj < ncfg;
 			CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, nt, c->warps, c->rt, c->pf, c->persist), 0);
 			CU_ASSERT_EQUAL(kb_cuda_set_mmv_stages(ctx, nt, c->stages), 0);
 			CU_ASSERT_EQUAL(kb_cuda_set_mmv_i8(ctx, nt, i8), 0);
