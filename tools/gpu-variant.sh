@@ -1,18 +1,18 @@
 #!/bin/sh
 # tools/gpu-variant.sh NAME [NVCC_DEFINES...]: an experiment build of qd-engine,
-# test-backend and test-fused for sm_90a, in a build directory made fresh for it
+# test-backend, test-fused and test-steps for sm_90a, in a build directory made fresh for it
 # (.dev/bv-NAME), stripped into .dev/v-NAME/ and packed as .dev/x/v-NAME.tar.xz, for A/B
 # timings against the default pack (tools/gpu-pack.sh) on a GPU machine:
 #
 #   sh tools/gpu-variant.sh attexit -DQD_DEV_ATT_EXIT
 #   device: tar -xJf .dev/x/pack.tar.xz && tar -xJf .dev/x/v-attexit.tar.xz
-#           LD_LIBRARY_PATH=.dev/f .dev/v-attexit/test-backend   (and test-fused, before its
-#           timings count)
+#           LD_LIBRARY_PATH=.dev/f .dev/v-attexit/test-backend   (and test-fused, and
+#           test-steps for a change to the forward pass, before its timings count)
 #           LD_LIBRARY_PATH=.dev/f .dev/v-attexit/qd-engine bench ...
 #
 # Why a fresh directory every time: in session 9 a reused one held objects from an
 # earlier session, so the variant's Q4 products were wrong and it timed 7% "faster"
-# (bench/NOTES.md).  Why test-backend and test-fused travel with it: a variant's timing only counts
+# (bench/NOTES.md).  Why the tests travel with it: a variant's timing only counts
 # once its products are right (a variant that drops work on purpose shows which).
 set -eu
 cd "$(dirname "$0")/.."
@@ -23,10 +23,10 @@ case $NAME in *[!A-Za-z0-9_-]*|"") echo "gpu-variant: NAME: letters, digits, _ a
 O=.dev/bv-$NAME
 rm -rf "$O" ".dev/v-$NAME"
 make -j"$(nproc)" O="$O" CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" NVCCFLAGS="-O3 $*" \
-	"$O/qd-engine" "$O/tests/test-backend" "$O/tests/test-fused"
+	"$O/qd-engine" "$O/tests/test-backend" "$O/tests/test-fused" "$O/tests/test-steps"
 mkdir -p ".dev/v-$NAME" .dev/x
-cp "$O/qd-engine" "$O/tests/test-backend" "$O/tests/test-fused" ".dev/v-$NAME/"
-strip ".dev/v-$NAME/qd-engine" ".dev/v-$NAME/test-backend" ".dev/v-$NAME/test-fused"
+cp "$O/qd-engine" "$O/tests/test-backend" "$O/tests/test-fused" "$O/tests/test-steps" ".dev/v-$NAME/"
+strip ".dev/v-$NAME/qd-engine" ".dev/v-$NAME/test-backend" ".dev/v-$NAME/test-fused" ".dev/v-$NAME/test-steps"
 echo "$(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty) $*" > ".dev/v-$NAME/build"
 tar -cJf ".dev/x/v-$NAME.tar.xz" ".dev/v-$NAME"
 ls -la ".dev/x/v-$NAME.tar.xz"
