@@ -532,6 +532,15 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	return launch_rt<T, 2, false, 0, false>(ctx, c, a);
 }
 
+/* Whether ACT holds the planes products of TYPE read: the ones its producer wrote must
+ * cover them (a weight uploaded or the int8 setting changed in between asks for another
+ * prepare). */
+static bool kb_act_has_planes(const KbCuda *ctx, int type, const KbCudaAct *act)
+{
+	const unsigned need = kb_act_need(ctx, type, act->n_tok);
+	return (act->planes & need) == need;
+}
+
 static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
 		      const int64_t *ldy, int acc, const KbCudaRope *rope, const KbMmvNorm *nrm = NULL)
 {
@@ -547,10 +556,7 @@ static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 		if (!w[i] || w[i]->ctx != ctx || !y[i] || act->cols != w[i]->cols || ldy[i] < w[i]->rows ||
 		    w[i]->type != w[0]->type)
 			return -EINVAL;
-	/* the planes this product reads must be the ones its producer wrote (a weight uploaded
-	 * or the int8 setting changed in between asks for another prepare) */
-	const unsigned need = kb_act_need(ctx, w[0]->type, act->n_tok);
-	if ((act->planes & need) != need)
+	if (!kb_act_has_planes(ctx, w[0]->type, act))
 		return -EINVAL;
 	return kb_with_product_type(w[0]->type, [&](auto t) {
 		return launch_mmv<decltype(t)::value>(ctx, nw, w, act, y, ldy, acc, rope, nrm);
@@ -641,8 +647,7 @@ extern "C" int kb_cuda_mmv_swiglu(KbCuda *ctx, const KbCudaWeight *wg, const KbC
 	    wg->ctx != ctx || wu->ctx != ctx || wg->type != wu->type || wg->rows != wu->rows || wg->cols != wu->cols ||
 	    wg->rows % 32 || wg->rows > out->cap || act->cols != wg->cols || !kb_cuda_mmv_rms_ok(ctx, wg->type, act->n_tok))
 		return -EINVAL;
-	const unsigned need = kb_act_need(ctx, wg->type, act->n_tok);
-	if ((act->planes & need) != need)
+	if (!kb_act_has_planes(ctx, wg->type, act))
 		return -EINVAL;
 	KbMmvArgs a;
 	const KbCudaWeight *w[2] = { wg, wu };
