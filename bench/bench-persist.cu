@@ -1,0 +1,310 @@
+/* bench/bench-persist.cu: what one persistent kernel per decode step would reach on this GPU.
+ *
+ * Session 11 measured that the waits between the decode kernels (each product waits for
+ * the whole kernel before it) cost a 7B batch-1 step ~14% (bench/NOTES.md).  This program
+ * measures the mechanics of the alternative before anyone builds it into the engine: one
+ * cooperative kernel, one block per multiprocessor, that runs a 7B step's 128 products
+ * (per layer q/k/v 12288x4096, o 4096x4096, gate/up 22016x4096, down 4096x11008; int8
+ * weights, one byte each, no scales) in order.  In each block a producer warp streams the
+ * block's rows of every product, one after the other, through a ring of shared-memory
+ * slots with bulk copies (cp.async.bulk + mbarrier), never waiting for anything but a free
+ * slot, so it runs ahead across product boundaries; seven consumer warps take the slots in
+ * turn (slot s always to warp s % 7), multiply the rows with x (dp4a) and write y.  Modes:
+ * "barrier": at the end of each product a block's consumers meet on a named barrier, one
+ * of them bumps the product's counter and spins until every block has, and only then do
+ * they start on the next product (a grid-wide dependency, as decode has between its
+ * products); "free": no such wait, the streaming alone.
+ *
+ *   bench-persist [-r REPS] [-s SLOTS: 7 or 14] [-o OUT.jsonl]
+ *
+ * Prints GB/s of weight bytes and % of 4.22 TB/s (the H200's measured copy bandwidth, the
+ * engine's roofline).  The arithmetic is lighter than any quantized product's (no scales,
+ * no dequantization), so this is a ceiling for the structure, not a product kernel. */
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define REF_GBPS 4220.0
+#define NT 256      /* warp 0 the producer, 1..7 consumers */
+#define NCW 7       /* consumer warps */
+#define SLOT 16384  /* bytes a ring slot */
+#define MAX_SLOTS 14 /* 2 a consumer warp: 224 KiB */
+#define LAYERS 32
+#define NP (4 * LAYERS)
+
+#define CHECK(call) \
+	do { \
+		cudaError_t e_ = (call); \
+		if (e_ != cudaSuccess) { \
+			fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+			exit(1); \
+		} \
+	} while (0)
+
+typedef struct {
+	const int8_t *w;
+	float *y;
+	int rows, cols;
+} Prod;
+
+typedef struct {
+	Prod p[NP];
+	const int8_t *x;
+	unsigned *done; /* [NP]: blocks whose consumers finished each product */
+	unsigned *err;
+	int barrier, slots;
+} Args;
+
+__device__ __forceinline__ uint32_t sm_addr(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t *b, unsigned count)
+{
+	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(sm_addr(b)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect(uint64_t *b, uint32_t bytes)
+{
+	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(sm_addr(b)), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t *b)
+{
+	asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(sm_addr(b)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity)
+{
+	asm volatile("{\n\t.reg .pred p;\n"
+		     "WAIT_%=:\n\t"
+		     "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
+		     "@!p bra WAIT_%=;\n\t}" ::"r"(sm_addr(b)),
+		     "r"(parity)
+		     : "memory");
+}
+
+__device__ __forceinline__ void bulk_copy(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
+{
+	asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+			     sm_addr(dst)),
+		     "l"(src), "r"(bytes), "r"(sm_addr(bar))
+		     : "memory");
+}
+
+/* Block b's rows of product P: [r0, r1), in chunks of K rows (one slot each). */
+__device__ __forceinline__ void block_rows(const Prod &p, int *r0, int *r1, int *k)
+{
+	*r0 = (int)((int64_t)p.rows * blockIdx.x / gridDim.x);
+	*r1 = (int)((int64_t)p.rows * (blockIdx.x + 1) / gridDim.x);
+	*k = SLOT / p.cols > 0 ? SLOT / p.cols : 1;
+}
+
+__global__ void __launch_bounds__(NT, 1) k_step(const __grid_constant__ Args a)
+{
+	extern __shared__ __align__(128) int8_t ring[];
+	__shared__ __align__(8) uint64_t full[MAX_SLOTS], empty[MAX_SLOTS];
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.slots;
+	if (threadIdx.x == 0) {
+		for (int s = 0; s < S; s++) {
+			mbar_init(&full[s], 1);
+			mbar_init(&empty[s], 1);
+		}
+		asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+	}
+	__syncthreads();
+	if (warp == 0) { /* the producer: every product's rows, as fast as slots free up */
+		if (lane != 0)
+			return;
+		int n = 0;
+		for (int pi = 0; pi < NP; pi++) {
+			const Prod &p = a.p[pi];
+			int r0, r1, k;
+			block_rows(p, &r0, &r1, &k);
+			for (int r = r0; r < r1; r += k, n++) {
+				const int s = n % S, nr = r1 - r < k ? r1 - r : k;
+				if (n >= S)
+					mbar_wait(&empty[s], (uint32_t)((n / S - 1) & 1));
+				const uint32_t bytes = (uint32_t)nr * (uint32_t)p.cols;
+				mbar_expect(&full[s], bytes);
+				bulk_copy(ring + (size_t)s * SLOT, p.w + (int64_t)r * p.cols, bytes, &full[s]);
+			}
+		}
+		return;
+	}
+	const int cw = warp - 1;
+	int n = 0;
+	for (int pi = 0; pi < NP; pi++) {
+		const Prod &p = a.p[pi];
+		int r0, r1, k;
+		block_rows(p, &r0, &r1, &k);
+		const int c16 = p.cols / 16;
+		const int4 *x4 = (const int4 *)a.x;
+		for (int r = r0; r < r1; r += k, n++) {
+			if (n % NCW != cw)
+				continue;
+			const int s = n % S, nr = r1 - r < k ? r1 - r : k;
+			mbar_wait(&full[s], (uint32_t)((n / S) & 1));
+			const int4 *w4 = (const int4 *)(ring + (size_t)s * SLOT);
+			for (int i = 0; i < nr; i++) {
+				int acc = 0;
+				for (int j = lane; j < c16; j += 32) {
+					const int4 wv = w4[i * c16 + j], xv = __ldg(x4 + j);
+					acc = __dp4a(wv.x, xv.x, acc);
+					acc = __dp4a(wv.y, xv.y, acc);
+					acc = __dp4a(wv.z, xv.z, acc);
+					acc = __dp4a(wv.w, xv.w, acc);
+				}
+				for (int o = 16; o; o >>= 1)
+					acc += __shfl_xor_sync(0xffffffffu, acc, o);
+				if (lane == 0)
+					p.y[r + i] = (float)acc;
+			}
+			__syncwarp();
+			if (lane == 0)
+				mbar_arrive(&empty[s]);
+		}
+		if (!a.barrier)
+			continue;
+		/* the grid-wide dependency: this block's consumers are done with product pi (named
+		 * barrier 1, the producer not in it), its first consumer thread tells the grid
+		 * and waits until every block has, and barrier 1 again lets the others go on */
+		asm volatile("bar.sync 1, %0;" ::"r"(NCW * 32) : "memory");
+		if (threadIdx.x == 32) {
+			__threadfence();
+			atomicAdd(a.done + pi, 1u);
+			unsigned v;
+			long it = 0;
+			do {
+				asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.done + pi) : "memory");
+				if (v >= gridDim.x)
+					break;
+			} while (++it < 200000000L);
+			if (v < gridDim.x)
+				atomicExch(a.err, 1u);
+		}
+		asm volatile("bar.sync 1, %0;" ::"r"(NCW * 32) : "memory");
+	}
+}
+
+int main(int argc, char **argv)
+{
+	int reps = 20, slots = 2 * NCW;
+	const char *out = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-r") && i + 1 < argc)
+			reps = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-s") && i + 1 < argc)
+			slots = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-o") && i + 1 < argc)
+			out = argv[++i];
+		else {
+			fprintf(stderr, "usage: bench-persist [-r REPS] [-s SLOTS (%d or %d)] [-o OUT.jsonl]\n", NCW,
+				2 * NCW);
+			return 2;
+		}
+	}
+	/* slot n % S holds fill n, which consumer warp n % NCW takes: with S a multiple of NCW
+	 * a slot always goes to the same warp, which takes its fills in order, so no warp can
+	 * wait on a slot's next round before its current one is done (a warp two rounds early
+	 * would find that parity "complete" and read the slot too soon) */
+	if (reps < 1 || slots < NCW || slots > MAX_SLOTS || slots % NCW) {
+		fprintf(stderr, "bench-persist: bad -r or -s\n");
+		return 2;
+	}
+	cudaDeviceProp prop;
+	CHECK(cudaGetDeviceProperties(&prop, 0));
+	if (prop.major < 9) {
+		printf("SKIP: needs sm_90 (bulk copies), device is sm_%d%d\n", prop.major, prop.minor);
+		return 0;
+	}
+	static const int shape[4][2] = { { 12288, 4096 }, { 4096, 4096 }, { 22016, 4096 }, { 4096, 11008 } };
+	Args a;
+	memset(&a, 0, sizeof(a));
+	size_t wbytes = 0, ybytes = 0;
+	for (int pi = 0; pi < NP; pi++) {
+		wbytes += (size_t)shape[pi % 4][0] * shape[pi % 4][1];
+		ybytes += (size_t)shape[pi % 4][0];
+	}
+	int8_t *w, *x;
+	float *y;
+	CHECK(cudaMalloc((void **)&w, wbytes));
+	CHECK(cudaMalloc((void **)&y, ybytes * sizeof(float)));
+	CHECK(cudaMalloc((void **)&x, 16384));
+	CHECK(cudaMalloc((void **)&a.done, NP * sizeof(unsigned)));
+	CHECK(cudaMalloc((void **)&a.err, sizeof(unsigned)));
+	CHECK(cudaMemset(w, 0x35, wbytes)); /* the values do not change the time */
+	CHECK(cudaMemset(x, 0x03, 16384));
+	CHECK(cudaMemset(a.err, 0, sizeof(unsigned)));
+	size_t wo = 0, yo = 0;
+	for (int pi = 0; pi < NP; pi++) {
+		a.p[pi].w = w + wo;
+		a.p[pi].y = y + yo;
+		a.p[pi].rows = shape[pi % 4][0];
+		a.p[pi].cols = shape[pi % 4][1];
+		wo += (size_t)a.p[pi].rows * a.p[pi].cols;
+		yo += (size_t)a.p[pi].rows;
+	}
+	a.x = x;
+	a.slots = slots;
+	const size_t smem = (size_t)slots * SLOT;
+	CHECK(cudaFuncSetAttribute(k_step, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	int per_sm = 0;
+	CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step, NT, smem));
+	const int grid = prop.multiProcessorCount;
+	if (per_sm < 1) {
+		fprintf(stderr, "bench-persist: a block does not fit a multiprocessor\n");
+		return 1;
+	}
+	cudaStream_t st;
+	CHECK(cudaStreamCreate(&st));
+	cudaEvent_t e0, e1;
+	CHECK(cudaEventCreate(&e0));
+	CHECK(cudaEventCreate(&e1));
+	FILE *jf = out ? fopen(out, "a") : NULL;
+	char date[32];
+	time_t t = time(NULL);
+	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+	printf("%s, %d SMs, %d-byte slots x %d, %.2f GB of int8 weights a step (7B shapes, %d products)\n",
+	       prop.name, grid, SLOT, slots, wbytes / 1e9, NP);
+	printf("%-8s %10s %10s %8s\n", "mode", "us/step", "GB/s", "% 4.22");
+	for (int mode = 0; mode < 2; mode++) {
+		a.barrier = mode == 0;
+		double best = 1e30, sum = 0;
+		for (int r = 0; r < reps + 1; r++) {
+			CHECK(cudaMemsetAsync(a.done, 0, NP * sizeof(unsigned), st));
+			void *kargs[] = { &a };
+			CHECK(cudaEventRecord(e0, st));
+			CHECK(cudaLaunchCooperativeKernel((void *)k_step, dim3(grid), dim3(NT), kargs, smem, st));
+			CHECK(cudaEventRecord(e1, st));
+			CHECK(cudaEventSynchronize(e1));
+			float ms;
+			CHECK(cudaEventElapsedTime(&ms, e0, e1));
+			if (r == 0)
+				continue; /* warm-up */
+			best = ms < best ? ms : best;
+			sum += ms;
+		}
+		unsigned err = 0;
+		CHECK(cudaMemcpy(&err, a.err, sizeof(err), cudaMemcpyDeviceToHost));
+		const double us = 1e3 * sum / reps, gbps = wbytes / (us * 1e3);
+		printf("%-8s %10.1f %10.1f %7.1f%%   (best %.1f us)%s\n", a.barrier ? "barrier" : "free", us, gbps,
+		       100.0 * gbps / REF_GBPS, 1e3 * best, err ? "  BARRIER TIMED OUT" : "");
+		if (jf)
+			fprintf(jf,
+				"{\"kind\":\"persist\",\"date\":\"%s\",\"gpu\":\"%s\",\"mode\":\"%s\",\"slots\":%d,\"slot_bytes\":%d,"
+				"\"bytes\":%zu,\"us\":%.1f,\"gbps\":%.1f,\"pct\":%.1f,\"command\":\"bench-persist -r %d -s %d\"}\n",
+				date, prop.name, a.barrier ? "barrier" : "free", slots, SLOT, wbytes, us, gbps,
+				100.0 * gbps / REF_GBPS, reps, slots);
+	}
+	if (jf)
+		fclose(jf);
+	unsigned err = 0;
+	CHECK(cudaMemcpy(&err, a.err, sizeof(err), cudaMemcpyDeviceToHost));
+	return err ? 1 : 0; /* a barrier that timed out: its timing is not one */
+}
