@@ -15,7 +15,8 @@
  * they start on the next product (a grid-wide dependency, as decode has between its
  * products; each counter on a 128-byte line of its own, polled relaxed by one thread a
  * block, one acquire fence after); "free": no such wait, the streaming alone; "sync": the
- * 128 barriers alone, no weights (what each costs by itself).
+ * 128 barriers alone, no weights (what each costs by itself); "dyn-barrier" and "dyn-free":
+ * the same with rows handed out as blocks ask for them (k_step_dyn).
  *
  *   bench-persist [-r REPS] [-s SLOTS: 7 or 14] [-o OUT.jsonl]
  *
@@ -60,6 +61,7 @@ typedef struct {
 	const int8_t *x;
 	unsigned *done; /* [NP * DONE_STRIDE]: blocks whose consumers finished each product */
 	unsigned *err;
+	unsigned *next; /* [NP * DONE_STRIDE]: k_step_dyn's next batch of each product */
 	int barrier, slots; /* barrier: 0 free, 1 barrier, 2 sync (barriers only, no weights) */
 } Args;
 
@@ -207,6 +209,152 @@ __global__ void __launch_bounds__(NT, 1) k_step(const __grid_constant__ Args a)
 	}
 }
 
+/* The same step with rows handed out as they are asked for (modes "dyn-barrier" and
+ * "dyn-free"): a block's producer takes batches of DYN_BATCH chunks of the current product
+ * from its counter (a faster block takes more) and tags each fill with (product, chunk);
+ * when the product's counter runs out it sends each consumer warp an end marker (a fill
+ * without data), and after the last product a sentinel.  The last of a block's consumer
+ * warps to reach a product's marker bumps the product's counter of blocks and spins until
+ * all have (one poller a block, as in "barrier"), then tells the block's other warps
+ * through shared memory; a warp's first chunk of a product waits for that.  Fills come in
+ * product order and each slot belongs to one warp, so no wait holds a chunk another needs. */
+#define DYN_BATCH 4
+#define DYN_END (1 << 30)
+
+__device__ __forceinline__ int units_of(const Prod &p)
+{
+	const int k = SLOT / p.cols > 0 ? SLOT / p.cols : 1;
+	return (p.rows + k - 1) / k;
+}
+
+__global__ void __launch_bounds__(NT, 1) k_step_dyn(const __grid_constant__ Args a)
+{
+	extern __shared__ __align__(128) int8_t ring[];
+	__shared__ __align__(8) uint64_t full[MAX_SLOTS], empty[MAX_SLOTS];
+	__shared__ int tag[MAX_SLOTS];
+	__shared__ unsigned arrived[NP]; /* consumer warps of this block past each product's marker */
+	__shared__ volatile int complete; /* the last product every block has finished */
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.slots;
+	if (threadIdx.x == 0) {
+		for (int s = 0; s < S; s++) {
+			mbar_init(&full[s], 1);
+			mbar_init(&empty[s], 1);
+		}
+		for (int i = 0; i < NP; i++)
+			arrived[i] = 0;
+		complete = -1;
+		asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+	}
+	__syncthreads();
+	if (warp == 0) {
+		if (lane != 0)
+			return;
+		int n = 0;
+		/* fill n: a chunk (tag (pi << 16) | u), a marker (DYN_END | pi) or a sentinel (-1) */
+		auto put = [&](int t, const int8_t *src, uint32_t bytes) {
+			const int s = n % S;
+			if (n >= S)
+				mbar_wait(&empty[s], (uint32_t)((n / S - 1) & 1));
+			tag[s] = t;
+			if (bytes) {
+				mbar_expect(&full[s], bytes);
+				bulk_copy(ring + (size_t)s * SLOT, src, bytes, &full[s]);
+			} else {
+				mbar_arrive(&full[s]);
+			}
+			n++;
+		};
+		for (int pi = 0; pi < NP; pi++) {
+			const Prod &p = a.p[pi];
+			const int U = units_of(p), k = SLOT / p.cols > 0 ? SLOT / p.cols : 1;
+			for (;;) {
+				const int u0 = (int)atomicAdd(a.next + pi * DONE_STRIDE, 1u) * DYN_BATCH;
+				if (u0 >= U)
+					break;
+				const int u1 = u0 + DYN_BATCH < U ? u0 + DYN_BATCH : U;
+				for (int u = u0; u < u1; u++) {
+					const int r = u * k, nr = p.rows - r < k ? p.rows - r : k;
+					put((pi << 16) | u, p.w + (int64_t)r * p.cols, (uint32_t)nr * (uint32_t)p.cols);
+				}
+			}
+			for (int i = 0; i < NCW; i++)
+				put(DYN_END | pi, NULL, 0);
+		}
+		for (int i = 0; i < NCW; i++)
+			put(-1, NULL, 0);
+		return;
+	}
+	const int cw = warp - 1;
+	const int4 *x4 = (const int4 *)a.x;
+	for (int n = cw;; n += NCW) {
+		const int s = n % S;
+		mbar_wait(&full[s], (uint32_t)((n / S) & 1));
+		const int t = tag[s];
+		if (t < 0)
+			break;
+		if (t & DYN_END) {
+			const int pi = t & 0xffff;
+			__syncwarp();
+			if (lane == 0) {
+				mbar_arrive(&empty[s]);
+				if (a.barrier == 3 && atomicAdd(&arrived[pi], 1u) == NCW - 1) {
+					unsigned *cnt = a.done + pi * DONE_STRIDE;
+					__threadfence();
+					atomicAdd(cnt, 1u);
+					const uint64_t t0 = gtime();
+					for (;;) {
+						unsigned v;
+						asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+						if (v >= gridDim.x)
+							break;
+						if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)a.err) {
+							atomicExch(a.err, 1u);
+							break;
+						}
+					}
+					asm volatile("fence.acq_rel.gpu;" ::: "memory");
+					complete = pi;
+				}
+			}
+			__syncwarp();
+			continue;
+		}
+		const int pi = t >> 16, u = t & 0xffff;
+		if (a.barrier == 3 && pi > 0) {
+			const uint64_t t0 = gtime();
+			while (complete < pi - 1) {
+				if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)a.err) {
+					if (lane == 0)
+						atomicExch(a.err, 1u);
+					break;
+				}
+			}
+			__threadfence_block();
+		}
+		const Prod &p = a.p[pi];
+		const int k = SLOT / p.cols > 0 ? SLOT / p.cols : 1, r = u * k;
+		const int nr = p.rows - r < k ? p.rows - r : k, c16 = p.cols / 16;
+		const int4 *w4 = (const int4 *)(ring + (size_t)s * SLOT);
+		for (int i = 0; i < nr; i++) {
+			int acc = 0;
+			for (int j = lane; j < c16; j += 32) {
+				const int4 wv = w4[i * c16 + j], xv = __ldg(x4 + j);
+				acc = __dp4a(wv.x, xv.x, acc);
+				acc = __dp4a(wv.y, xv.y, acc);
+				acc = __dp4a(wv.z, xv.z, acc);
+				acc = __dp4a(wv.w, xv.w, acc);
+			}
+			for (int o = 16; o; o >>= 1)
+				acc += __shfl_xor_sync(0xffffffffu, acc, o);
+			if (lane == 0)
+				p.y[r + i] = (float)acc;
+		}
+		__syncwarp();
+		if (lane == 0)
+			mbar_arrive(&empty[s]);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	int reps = 20, slots = 2 * NCW;
@@ -257,6 +405,7 @@ int main(int argc, char **argv)
 	CHECK(cudaMalloc((void **)&y, ybytes * sizeof(float)));
 	CHECK(cudaMalloc((void **)&x, XBYTES));
 	CHECK(cudaMalloc((void **)&a.done, NP * DONE_STRIDE * sizeof(unsigned)));
+	CHECK(cudaMalloc((void **)&a.next, NP * DONE_STRIDE * sizeof(unsigned)));
 	CHECK(cudaMalloc((void **)&a.err, sizeof(unsigned)));
 	CHECK(cudaMemset(w, 0x35, wbytes)); /* the values do not change the time */
 	CHECK(cudaMemset(x, 0x03, XBYTES));
@@ -274,6 +423,7 @@ int main(int argc, char **argv)
 	a.slots = slots;
 	const size_t smem = (size_t)slots * SLOT;
 	CHECK(cudaFuncSetAttribute(k_step, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	CHECK(cudaFuncSetAttribute(k_step_dyn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
 	int per_sm = 0;
 	CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step, NT, smem));
 	const int grid = prop.multiProcessorCount;
@@ -298,18 +448,20 @@ int main(int argc, char **argv)
 	       prop.name, grid, SLOT, slots, wbytes / 1e9, NP);
 	printf("%-8s %10s %10s %8s\n", "mode", "us/step", "GB/s", "% 4.22");
 	int failed = 0;
-	static const char *const mode_name[3] = { "free", "barrier", "sync" };
-	static const int order[3] = { 1, 0, 2 };
-	for (int oi = 0; oi < 3; oi++) {
+	static const char *const mode_name[5] = { "free", "barrier", "sync", "dyn-barrier", "dyn-free" };
+	static const int order[5] = { 1, 0, 2, 3, 4 };
+	for (int oi = 0; oi < 5; oi++) {
 		const int mode = order[oi];
 		a.barrier = mode;
 		CHECK(cudaMemset(a.err, 0, sizeof(unsigned)));
 		double best = 1e30, sum = 0;
 		for (int r = 0; r < reps + 1; r++) {
 			CHECK(cudaMemsetAsync(a.done, 0, NP * DONE_STRIDE * sizeof(unsigned), st));
+			CHECK(cudaMemsetAsync(a.next, 0, NP * DONE_STRIDE * sizeof(unsigned), st));
 			void *kargs[] = { &a };
 			CHECK(cudaEventRecord(e0, st));
-			CHECK(cudaLaunchCooperativeKernel((void *)k_step, dim3(grid), dim3(NT), kargs, smem, st));
+			CHECK(cudaLaunchCooperativeKernel(mode >= 3 ? (void *)k_step_dyn : (void *)k_step, dim3(grid), dim3(NT),
+							  kargs, smem, st));
 			CHECK(cudaEventRecord(e1, st));
 			CHECK(cudaEventSynchronize(e1));
 			float ms;
