@@ -110,12 +110,87 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, uint32_t b
 		     : "memory");
 }
 
+/* Rows of product P a slot holds. */
+__device__ __forceinline__ int slot_rows(const Prod &p)
+{
+	return SLOT / p.cols > 0 ? SLOT / p.cols : 1;
+}
+
 /* Block b's rows of product P: [r0, r1), in chunks of K rows (one slot each). */
 __device__ __forceinline__ void block_rows(const Prod &p, int *r0, int *r1, int *k)
 {
 	*r0 = (int)((int64_t)p.rows * blockIdx.x / gridDim.x);
 	*r1 = (int)((int64_t)p.rows * (blockIdx.x + 1) / gridDim.x);
-	*k = SLOT / p.cols > 0 ? SLOT / p.cols : 1;
+	*k = slot_rows(p);
+}
+
+/* The ring's barriers, by one thread before the block's first __syncthreads. */
+__device__ __forceinline__ void ring_init(uint64_t *full, uint64_t *empty, int S)
+{
+	for (int s = 0; s < S; s++) {
+		mbar_init(&full[s], 1);
+		mbar_init(&empty[s], 1);
+	}
+	asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+/* The producer's fill *N (then *N + 1): once its slot is free, BYTES from SRC by a bulk
+ * copy, or with BYTES 0 no data (the slot's full barrier completes at once); T goes to
+ * TAG[slot] first where there are tags. */
+__device__ __forceinline__ void ring_put(int *n, int S, int8_t *ring, uint64_t *full, uint64_t *empty, int *tag,
+					 int t, const int8_t *src, uint32_t bytes)
+{
+	const int s = *n % S;
+	if (*n >= S)
+		mbar_wait(&empty[s], (uint32_t)((*n / S - 1) & 1));
+	if (tag)
+		tag[s] = t;
+	if (bytes) {
+		mbar_expect(&full[s], bytes);
+		bulk_copy(ring + (size_t)s * SLOT, src, bytes, &full[s]);
+	} else {
+		mbar_arrive(&full[s]);
+	}
+	(*n)++;
+}
+
+/* A consumer warp's NR rows of C16 16-byte vectors in W4 times x: y[i] (dp4a). */
+__device__ __forceinline__ void rows_dot(const int4 *w4, const int4 *x4, int nr, int c16, int lane, float *y)
+{
+	for (int i = 0; i < nr; i++) {
+		int acc = 0;
+		for (int j = lane; j < c16; j += 32) {
+			const int4 wv = w4[i * c16 + j], xv = __ldg(x4 + j);
+			acc = __dp4a(wv.x, xv.x, acc);
+			acc = __dp4a(wv.y, xv.y, acc);
+			acc = __dp4a(wv.z, xv.z, acc);
+			acc = __dp4a(wv.w, xv.w, acc);
+		}
+		for (int o = 16; o; o >>= 1)
+			acc += __shfl_xor_sync(0xffffffffu, acc, o);
+		if (lane == 0)
+			y[i] = (float)acc;
+	}
+}
+
+/* One thread of a block: this block is done (after its writes), then until every block
+ * is; after a second without them, or once another gave up, sets *ERR instead. */
+__device__ __forceinline__ void grid_arrive_wait(unsigned *cnt, unsigned *err)
+{
+	__threadfence();
+	atomicAdd(cnt, 1u);
+	const uint64_t t0 = gtime();
+	for (;;) {
+		unsigned v;
+		asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+		if (v >= gridDim.x)
+			break;
+		if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)err) {
+			atomicExch(err, 1u);
+			break;
+		}
+	}
+	asm volatile("fence.acq_rel.gpu;" ::: "memory");
 }
 
 __global__ void __launch_bounds__(NT, 1) k_step(const __grid_constant__ Args a)
@@ -123,13 +198,8 @@ __global__ void __launch_bounds__(NT, 1) k_step(const __grid_constant__ Args a)
 	extern __shared__ __align__(128) int8_t ring[];
 	__shared__ __align__(8) uint64_t full[MAX_SLOTS], empty[MAX_SLOTS];
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.slots;
-	if (threadIdx.x == 0) {
-		for (int s = 0; s < S; s++) {
-			mbar_init(&full[s], 1);
-			mbar_init(&empty[s], 1);
-		}
-		asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-	}
+	if (threadIdx.x == 0)
+		ring_init(full, empty, S);
 	__syncthreads();
 	if (warp == 0) { /* the producer: every product's rows, as fast as slots free up */
 		if (lane != 0 || a.barrier == 2)
@@ -139,13 +209,10 @@ __global__ void __launch_bounds__(NT, 1) k_step(const __grid_constant__ Args a)
 			const Prod &p = a.p[pi];
 			int r0, r1, k;
 			block_rows(p, &r0, &r1, &k);
-			for (int r = r0; r < r1; r += k, n++) {
-				const int s = n % S, nr = r1 - r < k ? r1 - r : k;
-				if (n >= S)
-					mbar_wait(&empty[s], (uint32_t)((n / S - 1) & 1));
-				const uint32_t bytes = (uint32_t)nr * (uint32_t)p.cols;
-				mbar_expect(&full[s], bytes);
-				bulk_copy(ring + (size_t)s * SLOT, p.w + (int64_t)r * p.cols, bytes, &full[s]);
+			for (int r = r0; r < r1; r += k) {
+				const int nr = r1 - r < k ? r1 - r : k;
+				ring_put(&n, S, ring, full, empty, NULL, 0, p.w + (int64_t)r * p.cols,
+					 (uint32_t)nr * (uint32_t)p.cols);
 			}
 		}
 		return;
@@ -163,21 +230,7 @@ __global__ void __launch_bounds__(NT, 1) k_step(const __grid_constant__ Args a)
 				continue;
 			const int s = n % S, nr = r1 - r < k ? r1 - r : k;
 			mbar_wait(&full[s], (uint32_t)((n / S) & 1));
-			const int4 *w4 = (const int4 *)(ring + (size_t)s * SLOT);
-			for (int i = 0; i < nr; i++) {
-				int acc = 0;
-				for (int j = lane; j < c16; j += 32) {
-					const int4 wv = w4[i * c16 + j], xv = __ldg(x4 + j);
-					acc = __dp4a(wv.x, xv.x, acc);
-					acc = __dp4a(wv.y, xv.y, acc);
-					acc = __dp4a(wv.z, xv.z, acc);
-					acc = __dp4a(wv.w, xv.w, acc);
-				}
-				for (int o = 16; o; o >>= 1)
-					acc += __shfl_xor_sync(0xffffffffu, acc, o);
-				if (lane == 0)
-					p.y[r + i] = (float)acc;
-			}
+			rows_dot((const int4 *)(ring + (size_t)s * SLOT), x4, nr, c16, lane, p.y + r);
 			__syncwarp();
 			if (lane == 0)
 				mbar_arrive(&empty[s]);
@@ -188,23 +241,8 @@ __global__ void __launch_bounds__(NT, 1) k_step(const __grid_constant__ Args a)
 		 * barrier 1, the producer not in it), its first consumer thread tells the grid
 		 * and waits until every block has, and barrier 1 again lets the others go on */
 		asm volatile("bar.sync 1, %0;" ::"r"(NCW * 32) : "memory");
-		if (threadIdx.x == 32) {
-			unsigned *cnt = a.done + pi * DONE_STRIDE;
-			__threadfence();
-			atomicAdd(cnt, 1u);
-			const uint64_t t0 = gtime();
-			for (;;) {
-				unsigned v;
-				asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
-				if (v >= gridDim.x)
-					break;
-				if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)a.err) {
-					atomicExch(a.err, 1u); /* a second without all blocks: give up */
-					break;
-				}
-			}
-			asm volatile("fence.acq_rel.gpu;" ::: "memory");
-		}
+		if (threadIdx.x == 32)
+			grid_arrive_wait(a.done + pi * DONE_STRIDE, a.err);
 		asm volatile("bar.sync 1, %0;" ::"r"(NCW * 32) : "memory");
 	}
 }
@@ -223,8 +261,7 @@ __global__ void __launch_bounds__(NT, 1) k_step(const __grid_constant__ Args a)
 
 __device__ __forceinline__ int units_of(const Prod &p)
 {
-	const int k = SLOT / p.cols > 0 ? SLOT / p.cols : 1;
-	return (p.rows + k - 1) / k;
+	return (p.rows + slot_rows(p) - 1) / slot_rows(p);
 }
 
 __global__ void __launch_bounds__(NT, 1) k_step_dyn(const __grid_constant__ Args a)
@@ -236,37 +273,23 @@ __global__ void __launch_bounds__(NT, 1) k_step_dyn(const __grid_constant__ Args
 	__shared__ volatile int complete; /* the last product every block has finished */
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.slots;
 	if (threadIdx.x == 0) {
-		for (int s = 0; s < S; s++) {
-			mbar_init(&full[s], 1);
-			mbar_init(&empty[s], 1);
-		}
+		ring_init(full, empty, S);
 		for (int i = 0; i < NP; i++)
 			arrived[i] = 0;
 		complete = -1;
-		asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 	}
 	__syncthreads();
 	if (warp == 0) {
 		if (lane != 0)
 			return;
 		int n = 0;
-		/* fill n: a chunk (tag (pi << 16) | u), a marker (DYN_END | pi) or a sentinel (-1) */
+		/* a fill's tag: a chunk ((pi << 16) | u), a marker (DYN_END | pi) or a sentinel (-1) */
 		auto put = [&](int t, const int8_t *src, uint32_t bytes) {
-			const int s = n % S;
-			if (n >= S)
-				mbar_wait(&empty[s], (uint32_t)((n / S - 1) & 1));
-			tag[s] = t;
-			if (bytes) {
-				mbar_expect(&full[s], bytes);
-				bulk_copy(ring + (size_t)s * SLOT, src, bytes, &full[s]);
-			} else {
-				mbar_arrive(&full[s]);
-			}
-			n++;
+			ring_put(&n, S, ring, full, empty, tag, t, src, bytes);
 		};
 		for (int pi = 0; pi < NP; pi++) {
 			const Prod &p = a.p[pi];
-			const int U = units_of(p), k = SLOT / p.cols > 0 ? SLOT / p.cols : 1;
+			const int U = units_of(p), k = slot_rows(p);
 			for (;;) {
 				const int u0 = (int)atomicAdd(a.next + pi * DONE_STRIDE, 1u) * DYN_BATCH;
 				if (u0 >= U)
@@ -298,21 +321,7 @@ __global__ void __launch_bounds__(NT, 1) k_step_dyn(const __grid_constant__ Args
 			if (lane == 0) {
 				mbar_arrive(&empty[s]);
 				if (a.barrier == 3 && atomicAdd(&arrived[pi], 1u) == NCW - 1) {
-					unsigned *cnt = a.done + pi * DONE_STRIDE;
-					__threadfence();
-					atomicAdd(cnt, 1u);
-					const uint64_t t0 = gtime();
-					for (;;) {
-						unsigned v;
-						asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
-						if (v >= gridDim.x)
-							break;
-						if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)a.err) {
-							atomicExch(a.err, 1u);
-							break;
-						}
-					}
-					asm volatile("fence.acq_rel.gpu;" ::: "memory");
+					grid_arrive_wait(a.done + pi * DONE_STRIDE, a.err);
 					complete = pi;
 				}
 			}
@@ -332,23 +341,9 @@ __global__ void __launch_bounds__(NT, 1) k_step_dyn(const __grid_constant__ Args
 			__threadfence_block();
 		}
 		const Prod &p = a.p[pi];
-		const int k = SLOT / p.cols > 0 ? SLOT / p.cols : 1, r = u * k;
-		const int nr = p.rows - r < k ? p.rows - r : k, c16 = p.cols / 16;
-		const int4 *w4 = (const int4 *)(ring + (size_t)s * SLOT);
-		for (int i = 0; i < nr; i++) {
-			int acc = 0;
-			for (int j = lane; j < c16; j += 32) {
-				const int4 wv = w4[i * c16 + j], xv = __ldg(x4 + j);
-				acc = __dp4a(wv.x, xv.x, acc);
-				acc = __dp4a(wv.y, xv.y, acc);
-				acc = __dp4a(wv.z, xv.z, acc);
-				acc = __dp4a(wv.w, xv.w, acc);
-			}
-			for (int o = 16; o; o >>= 1)
-				acc += __shfl_xor_sync(0xffffffffu, acc, o);
-			if (lane == 0)
-				p.y[r + i] = (float)acc;
-		}
+		const int k = slot_rows(p), r = u * k;
+		const int nr = p.rows - r < k ? p.rows - r : k;
+		rows_dot((const int4 *)(ring + (size_t)s * SLOT), x4, nr, p.cols / 16, lane, p.y + r);
 		__syncwarp();
 		if (lane == 0)
 			mbar_arrive(&empty[s]);

@@ -22,12 +22,13 @@ set -eu
 cd "$(dirname "$0")/.."
 O=.dev/b90
 rm -rf .dev/f .dev/d
-make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" \
-	$O/tests/test-backend $O/tests/test-fused $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv \
-	$O/bench/bench-cuda-mmv
+BINS="tests/test-backend tests/test-fused tests/test-steps qd-engine tests/gpu/test-cuda-mmv bench/bench-cuda-mmv"
+make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" $(for b in $BINS; do echo "$O/$b"; done)
 mkdir -p .dev/f
-cp $O/tests/test-backend $O/tests/test-fused $O/tests/test-steps $O/qd-engine $O/tests/gpu/test-cuda-mmv $O/bench/bench-cuda-mmv .dev/f/
-strip .dev/f/test-backend .dev/f/test-fused .dev/f/test-steps .dev/f/qd-engine .dev/f/test-cuda-mmv .dev/f/bench-cuda-mmv
+for b in $BINS; do
+	cp "$O/$b" .dev/f/
+	strip ".dev/f/${b##*/}"
+done
 # copy_libs DIR LIB...: this machine's x86-64 copies of the libraries into DIR
 copy_libs() {
 	dir=$1

@@ -22,11 +22,14 @@ shift
 case $NAME in *[!A-Za-z0-9_-]*|"") echo "gpu-variant: NAME: letters, digits, _ and - only" >&2; exit 2;; esac
 O=.dev/bv-$NAME
 rm -rf "$O" ".dev/v-$NAME"
+BINS="qd-engine tests/test-backend tests/test-fused tests/test-steps"
 make -j"$(nproc)" O="$O" CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" NVCCFLAGS="-O3 $*" \
-	"$O/qd-engine" "$O/tests/test-backend" "$O/tests/test-fused" "$O/tests/test-steps"
+	$(for b in $BINS; do echo "$O/$b"; done)
 mkdir -p ".dev/v-$NAME" .dev/x
-cp "$O/qd-engine" "$O/tests/test-backend" "$O/tests/test-fused" "$O/tests/test-steps" ".dev/v-$NAME/"
-strip ".dev/v-$NAME/qd-engine" ".dev/v-$NAME/test-backend" ".dev/v-$NAME/test-fused" ".dev/v-$NAME/test-steps"
+for b in $BINS; do
+	cp "$O/$b" ".dev/v-$NAME/"
+	strip ".dev/v-$NAME/${b##*/}"
+done
 echo "$(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty) $*" > ".dev/v-$NAME/build"
 tar -cJf ".dev/x/v-$NAME.tar.xz" ".dev/v-$NAME"
 ls -la ".dev/x/v-$NAME.tar.xz"
