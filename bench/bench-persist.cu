@@ -16,7 +16,9 @@
  * products; each counter on a 128-byte line of its own, polled relaxed by one thread a
  * block, one acquire fence after); "free": no such wait, the streaming alone; "sync": the
  * 128 barriers alone, no weights (what each costs by itself); "dyn-barrier" and "dyn-free":
- * the same with rows handed out as blocks ask for them (k_step_dyn).
+ * the same with rows handed out as blocks ask for them (k_step_dyn); "chunk": each block
+ * waits only for the 256-row chunks of the product before that its next unit reads
+ * (k_step_chunk).
  *
  *   bench-persist [-r REPS] [-s SLOTS: 7 or 14] [-o OUT.jsonl]
  *
@@ -40,6 +42,9 @@
 #define NP (4 * LAYERS)
 #define DONE_STRIDE 32 /* a product's counter on a 128-byte line of its own */
 #define XBYTES 16384
+#define RC_MAX 96      /* 256-row chunks of a product (up to 24,576 rows) */
+#define CH_ROWS 64     /* k_step_chunk's unit: up to 64 of a block's rows x 256 columns */
+#define MAX_BROWS 168  /* a block's rows of one product (22016 / 132 rounded up) */
 
 #define CHECK(call) \
 	do { \
@@ -62,6 +67,8 @@ typedef struct {
 	unsigned *done; /* [NP * DONE_STRIDE]: blocks whose consumers finished each product */
 	unsigned *err;
 	unsigned *next; /* [NP * DONE_STRIDE]: k_step_dyn's next batch of each product */
+	unsigned *rc;   /* [NP][RC_MAX] * DONE_STRIDE: k_step_chunk's blocks done with each 256 rows */
+	const uint8_t *rexp; /* [NP][RC_MAX]: blocks that own rows of each 256 rows */
 	int barrier, slots; /* barrier: 0 free, 1 barrier, 2 sync (barriers only, no weights) */
 } Args;
 
@@ -350,6 +357,163 @@ __global__ void __launch_bounds__(NT, 1) k_step_dyn(const __grid_constant__ Args
 	}
 }
 
+/* Per-chunk dependencies (modes "chunk" and "chunk-free"): each block owns the same rows
+ * as in k_step, but streams them a 256-column chunk at a time (the weights read as
+ * [chunk][row][256], as the engine's tiles are laid out), all its rows' chunk 0 first.  A
+ * unit (up to 64 rows x one chunk) needs only that chunk of x, i.e. the 256-row chunks of
+ * the product before that produce it (q, k and v's for o; gate's and up's for down; else
+ * the same chunk).  One poller warp a block (warp 8) walks the products in order: its
+ * lanes poll the counts of blocks done with the chunks of the product before (relaxed,
+ * one acquire fence after a change) and publish in shared memory a mask of the chunks
+ * whose inputs are all written; a consumer warp checks that mask (shared memory only)
+ * before a unit.  A block's partial sums meet in shared memory (a lane's, by an integer
+ * atomic; the rows' final reduction is left out); the warp
+ * that finishes a block's last unit of a product bumps the counts of the 256-row chunks
+ * the block owns.  "chunk-free": the same streaming without the checks. */
+#define NT_CHUNK (NT + 32)
+
+__device__ __forceinline__ int deps_of(int pi, int c, int *q)
+{
+	switch (pi % 4) {
+	case 1: q[0] = c; q[1] = 16 + c; q[2] = 32 + c; return 3; /* o after q, k, v */
+	case 3: q[0] = c; q[1] = 43 + c; return 2;                 /* down after gate, up */
+	default: q[0] = c; return 1;
+	}
+}
+
+/* The poller: for each product pi > 0 in turn, until every chunk c of its input is ready,
+ * ready[pi] |= the chunks whose producers' rows are all done. */
+__device__ __forceinline__ void chunk_poller(const Args &a, volatile unsigned long long *ready, int lane)
+{
+	for (int pi = 1; pi < NP; pi++) {
+		const int nc = a.p[pi].cols / 256; /* <= 64 */
+		const unsigned long long all = nc == 64 ? ~0ull : (1ull << nc) - 1;
+		unsigned long long have = 0;
+		const uint64_t t0 = gtime();
+		while (have != all) {
+			unsigned long long got = 0;
+			for (int c0 = 0; c0 < nc; c0 += 32) {
+				const int c = c0 + lane;
+				bool ok = c < nc;
+				if (ok && !(have >> c & 1)) {
+					int q[3];
+					const int nq = deps_of(pi, c, q);
+					for (int i = 0; i < nq; i++) {
+						unsigned v;
+						const unsigned *cnt = a.rc + ((size_t)(pi - 1) * RC_MAX + q[i]) * DONE_STRIDE;
+						asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+						ok = ok && v >= a.rexp[(pi - 1) * RC_MAX + q[i]];
+					}
+				}
+				got |= (unsigned long long)__ballot_sync(0xffffffffu, ok) << c0;
+			}
+			got &= all;
+			if (got != have) {
+				asm volatile("fence.acq_rel.gpu;" ::: "memory");
+				have |= got;
+				if (lane == 0)
+					ready[pi] = have;
+				__threadfence_block();
+			}
+			if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)a.err) {
+				if (lane == 0)
+					atomicExch(a.err, 1u);
+				if (lane == 0)
+					ready[pi] = all; /* let the consumers finish; the timing is void */
+				have = all;
+			}
+		}
+	}
+}
+
+__global__ void __launch_bounds__(NT_CHUNK, 1) k_step_chunk(const __grid_constant__ Args a)
+{
+	extern __shared__ __align__(128) int8_t ring[];
+	__shared__ __align__(8) uint64_t full[MAX_SLOTS], empty[MAX_SLOTS];
+	__shared__ int tag[MAX_SLOTS];
+	__shared__ unsigned units_done[NP];
+	__shared__ volatile unsigned long long ready[NP];
+	__shared__ int acc_sm[MAX_BROWS * 16];
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, S = a.slots;
+	const bool check = a.barrier == 5;
+	if (threadIdx.x == 0) {
+		ring_init(full, empty, S);
+		for (int i = 0; i < NP; i++) {
+			units_done[i] = 0;
+			ready[i] = 0;
+		}
+	}
+	__syncthreads();
+	if (warp == NCW + 1) {
+		if (check)
+			chunk_poller(a, ready, lane);
+		return;
+	}
+	if (warp == 0) {
+		if (lane != 0)
+			return;
+		int n = 0;
+		auto put = [&](int t, const int8_t *src, uint32_t bytes) {
+			ring_put(&n, S, ring, full, empty, tag, t, src, bytes);
+		};
+		for (int pi = 0; pi < NP; pi++) {
+			const Prod &p = a.p[pi];
+			int r0, r1, k;
+			block_rows(p, &r0, &r1, &k);
+			for (int c = 0; c < p.cols / 256; c++)
+				for (int g = 0; r0 + g * CH_ROWS < r1; g++) {
+					const int row = r0 + g * CH_ROWS, nr = r1 - row < CH_ROWS ? r1 - row : CH_ROWS;
+					put((pi << 16) | (c << 4) | g, p.w + ((int64_t)c * p.rows + row) * 256, (uint32_t)nr * 256u);
+				}
+		}
+		for (int i = 0; i < NCW; i++)
+			put(-1, NULL, 0);
+		return;
+	}
+	const int cw = warp - 1;
+	const int4 *x4 = (const int4 *)a.x;
+	for (int n = cw;; n += NCW) {
+		const int s = n % S;
+		mbar_wait(&full[s], (uint32_t)((n / S) & 1));
+		const int t = tag[s];
+		if (t < 0)
+			break;
+		const int pi = t >> 16, c = (t >> 4) & 0xff, g = t & 15;
+		if (check && pi > 0) {
+			while (!(ready[pi] >> c & 1))
+				;
+			__threadfence_block();
+		}
+		const Prod &p = a.p[pi];
+		int r0, r1, k;
+		block_rows(p, &r0, &r1, &k);
+		const int row = r0 + g * CH_ROWS, nr = r1 - row < CH_ROWS ? r1 - row : CH_ROWS;
+		const int4 *w4 = (const int4 *)(ring + (size_t)s * SLOT);
+		const int4 xv = __ldg(x4 + c * 16 + (lane & 15));
+		/* two rows a pass, half a warp each; a lane's partial sum goes to shared memory as
+		 * it is (an integer atomic: another warp may hold another chunk of the row), to be
+		 * reduced at the product's end in a real step (left out here) */
+		for (int i = lane >> 4; i < nr; i += 2) {
+			const int4 wv = w4[i * 16 + (lane & 15)];
+			int v = __dp4a(wv.x, xv.x, 0);
+			v = __dp4a(wv.y, xv.y, v);
+			v = __dp4a(wv.z, xv.z, v);
+			v = __dp4a(wv.w, xv.w, v);
+			atomicAdd(&acc_sm[(row - r0 + i) * 16 + (lane & 15)], v);
+		}
+		__syncwarp();
+		if (lane == 0) {
+			mbar_arrive(&empty[s]);
+			const unsigned units = (unsigned)(p.cols / 256) * (unsigned)((r1 - r0 + CH_ROWS - 1) / CH_ROWS);
+			if (atomicAdd(&units_done[pi], 1u) == units - 1) { /* the block's rows of pi are done */
+				__threadfence();
+				for (int qc = r0 / 256; qc * 256 < r1; qc++)
+					atomicAdd(a.rc + ((size_t)pi * RC_MAX + qc) * DONE_STRIDE, 1u);
+			}
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
 	int reps = 20, slots = 2 * NCW;
@@ -401,6 +565,7 @@ int main(int argc, char **argv)
 	CHECK(cudaMalloc((void **)&x, XBYTES));
 	CHECK(cudaMalloc((void **)&a.done, NP * DONE_STRIDE * sizeof(unsigned)));
 	CHECK(cudaMalloc((void **)&a.next, NP * DONE_STRIDE * sizeof(unsigned)));
+	CHECK(cudaMalloc((void **)&a.rc, (size_t)NP * RC_MAX * DONE_STRIDE * sizeof(unsigned)));
 	CHECK(cudaMalloc((void **)&a.err, sizeof(unsigned)));
 	CHECK(cudaMemset(w, 0x35, wbytes)); /* the values do not change the time */
 	CHECK(cudaMemset(x, 0x03, XBYTES));
@@ -419,6 +584,10 @@ int main(int argc, char **argv)
 	const size_t smem = (size_t)slots * SLOT;
 	CHECK(cudaFuncSetAttribute(k_step, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
 	CHECK(cudaFuncSetAttribute(k_step_dyn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	/* the chunk modes' shared partial sums leave room for 7 slots only */
+	const bool chunk_fits =
+		cudaFuncSetAttribute(k_step_chunk, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) == cudaSuccess;
+	(void)cudaGetLastError();
 	int per_sm = 0;
 	CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step, NT, smem));
 	const int grid = prop.multiProcessorCount;
@@ -426,6 +595,23 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench-persist: a block does not fit a multiprocessor\n");
 		return 1;
 	}
+	/* k_step_chunk: how many blocks own rows of each 256-row chunk of each product */
+	static uint8_t rexp[NP * RC_MAX];
+	memset(rexp, 0, sizeof(rexp));
+	for (int pi = 0; pi < NP; pi++)
+		for (int b = 0; b < grid; b++) {
+			const int r0 = (int)((int64_t)a.p[pi].rows * b / grid), r1 = (int)((int64_t)a.p[pi].rows * (b + 1) / grid);
+			if (r1 - r0 > MAX_BROWS || a.p[pi].rows > RC_MAX * 256) {
+				fprintf(stderr, "bench-persist: a block's rows exceed MAX_BROWS or a product RC_MAX chunks\n");
+				return 1;
+			}
+			for (int qc = r0 / 256; qc * 256 < r1; qc++)
+				rexp[pi * RC_MAX + qc]++;
+		}
+	uint8_t *d_rexp;
+	CHECK(cudaMalloc((void **)&d_rexp, sizeof(rexp)));
+	CHECK(cudaMemcpy(d_rexp, rexp, sizeof(rexp), cudaMemcpyHostToDevice));
+	a.rexp = d_rexp;
 	cudaStream_t st;
 	CHECK(cudaStreamCreate(&st));
 	cudaEvent_t e0, e1;
@@ -443,20 +629,26 @@ int main(int argc, char **argv)
 	       prop.name, grid, SLOT, slots, wbytes / 1e9, NP);
 	printf("%-8s %10s %10s %8s\n", "mode", "us/step", "GB/s", "% 4.22");
 	int failed = 0;
-	static const char *const mode_name[5] = { "free", "barrier", "sync", "dyn-barrier", "dyn-free" };
-	static const int order[5] = { 1, 0, 2, 3, 4 };
-	for (int oi = 0; oi < 5; oi++) {
+	static const char *const mode_name[7] = { "free", "barrier", "sync", "dyn-barrier", "dyn-free", "chunk",
+						     "chunk-free" };
+	static const int order[7] = { 1, 0, 2, 3, 4, 5, 6 };
+	for (int oi = 0; oi < 7; oi++) {
 		const int mode = order[oi];
+		if (mode >= 5 && !chunk_fits) {
+			printf("%-8s (needs -s %d: its partial sums take shared memory)\n", mode_name[mode], NCW);
+			continue;
+		}
 		a.barrier = mode;
 		CHECK(cudaMemset(a.err, 0, sizeof(unsigned)));
 		double best = 1e30, sum = 0;
 		for (int r = 0; r < reps + 1; r++) {
 			CHECK(cudaMemsetAsync(a.done, 0, NP * DONE_STRIDE * sizeof(unsigned), st));
 			CHECK(cudaMemsetAsync(a.next, 0, NP * DONE_STRIDE * sizeof(unsigned), st));
+			CHECK(cudaMemsetAsync(a.rc, 0, (size_t)NP * RC_MAX * DONE_STRIDE * sizeof(unsigned), st));
 			void *kargs[] = { &a };
 			CHECK(cudaEventRecord(e0, st));
-			CHECK(cudaLaunchCooperativeKernel(mode >= 3 ? (void *)k_step_dyn : (void *)k_step, dim3(grid), dim3(NT),
-							  kargs, smem, st));
+			void *kf = mode >= 5 ? (void *)k_step_chunk : mode >= 3 ? (void *)k_step_dyn : (void *)k_step;
+			CHECK(cudaLaunchCooperativeKernel(kf, dim3(grid), dim3(mode >= 5 ? NT_CHUNK : NT), kargs, smem, st));
 			CHECK(cudaEventRecord(e1, st));
 			CHECK(cudaEventSynchronize(e1));
 			float ms;
@@ -476,6 +668,7 @@ int main(int argc, char **argv)
 		else
 			printf("%-8s %10.1f %10.1f %7.1f%%   (best %.1f us)%s\n", mode_name[mode], us, gbps,
 			       100.0 * gbps / REF_GBPS, 1e3 * best, err ? "  BARRIER TIMED OUT: not a timing" : "");
+		fflush(stdout); /* a mode that hangs later (killed by a timeout) keeps these lines */
 		if (jf && !err) /* the program adds no commit or driver: the caller's sed does */
 			fprintf(jf,
 				"{\"kind\":\"persist\",\"date\":\"%s\",\"gpu\":\"%s\",\"mode\":\"%s\",\"slots\":%d,\"slot_bytes\":%d,"

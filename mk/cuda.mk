@@ -7,7 +7,8 @@
 #   make gpu-engine  $(O)/qd-engine: `run`, `bench` and `synth` without the daemon's
 #                    libraries (protobuf-c, liburing, systemd), for GPU machines lacking them
 #   make gpu-tools   $(O)/tests/gpu/test-cuda-mmv, $(O)/bench/bench-cuda-mmv and
-#                    $(O)/bench/bench-persist (sm_90a only: bulk copies)
+#                    $(O)/bench/bench-persist (sm_90a only: bulk copies),
+#                    $(O)/bench/bench-pdl (sm_90a only: griddepcontrol)
 #   make test-gpu    builds and runs the GPU test (every test SKIPs without a GPU) and
 #                    the host-only layout check, which needs nvcc but no GPU (`make test`
 #                    runs that check too)
@@ -79,6 +80,15 @@ $(GPU_PERSIST_BIN): bench/bench-persist.cu
 	$(Q)$(NVCC) $(NVCCFLAGS) -std=c++17 -gencode arch=compute_90a,code=sm_90a -MMD -MP \
 		-Xcompiler -Wall,-Wextra $< -o $@
 
+# The hand-over between two kernels of a chain, by mechanism (its comment says what);
+# griddepcontrol needs sm_90, so only that code is built.
+GPU_PDL_BIN := $(O)/bench/bench-pdl
+$(GPU_PDL_BIN): bench/bench-pdl.cu
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  NVCC    $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) -std=c++17 -gencode arch=compute_90a,code=sm_90a -MMD -MP \
+		-Xcompiler -Wall,-Wextra $< -o $@
+
 # Host code only (layout.cuh's __host__ side); see the file's comment.  It links the CPU
 # quantizer to compare the int8 rounding with it, so under SANITIZE=1 its host code is
 # sanitized too and it links like the C binaries.
@@ -95,7 +105,7 @@ $(GPU_CHECK_BIN): $(GPU_CHECK_BIN).o $(O)/kernels/types.o $(O)/kernels/cpu/quant
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LDLIBS)
 
-gpu-tools: $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN) $(GPU_PERSIST_BIN)
+gpu-tools: $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN) $(GPU_PERSIST_BIN) $(GPU_PDL_BIN)
 
 GPU_ENGINE_OBJ := $(O)/tests/gpu/engine-main.o $(patsubst %.c,$(O)/%.o,$(wildcard daemon/cli/cmd_run.c \
 	daemon/cli/cmd_bench.c daemon/cli/cmd_synth.c daemon/cli/cli_util.c))
@@ -109,7 +119,7 @@ test-gpu: $(GPU_TEST_BIN) $(GPU_CHECK_BIN)
 	$(Q)$(GPU_CHECK_BIN) && $(GPU_TEST_BIN)
 
 -include $(CUDA_OBJ:.o=.d) $(GPU_ENGINE_OBJ:.o=.d) $(O)/tests/gpu/test-cuda-mmv.d $(O)/bench/bench-cuda-mmv.d $(GPU_CHECK_BIN).d \
-	$(GPU_PERSIST_BIN).d
+	$(GPU_PERSIST_BIN).d $(GPU_PDL_BIN).d
 
 else
 

@@ -1,0 +1,327 @@
+/* bench/bench-pdl.cu: what the hand-over between two decode kernels costs, by mechanism.
+ *
+ * A decode step is a chain of ~250 kernels, each reading what the one before wrote.  The
+ * engine's kernels start early (programmatic dependent launch: the one before lets them
+ * launch at its start) and wait in griddepcontrol.wait until the kernel before has
+ * completed and its writes are visible.  Session 11 measured that those waits cost a 7B
+ * step 14-21%, and bench-persist that a grid barrier inside one kernel costs as much.
+ * This program measures the hand-over alone: a chain of NK kernels (one CUDA graph), each
+ * of G blocks of 256 threads; every block reads the whole 4096-float vector the kernel
+ * before wrote (a block's slice each), sums it, and writes its own slice of the next
+ * vector.  Modes:
+ *   "serial": plain stream order (no early launch);
+ *   "pdl":    early launch, griddepcontrol.wait (the engine's way);
+ *   "flag":   early launch, no griddepcontrol.wait: each block, after its writes, adds 1
+ *             to its kernel's counter (release), and a kernel's blocks start once the
+ *             counter of the kernel before reaches G (one thread polls, relaxed, then an
+ *             acquire fence and a block barrier);
+ *   "none":   early launch and no wait at all (wrong results; the floor).
+ *
+ * With -w MB each kernel also streams a weight slab of its own (int8, MB megabytes, as a
+ * decode product does; -w A,B,C,... gives kernel k the k % n-th size of the list, e.g. a
+ * decode layer's products with 0 for its attention): each warp requests its first two items (32 lanes x 64 bytes)
+ * before the wait, as the engine's products do, then takes its items with two register
+ * stages and multiplies them with x (dp4a).  -s BYTES gives each block that much dynamic
+ * shared memory (unused), which decides whether the next kernel's blocks fit on a
+ * multiprocessor beside this one's: the engine's kernels fill the register file, so the
+ * next kernel's early launch cannot place a block where one of them still runs.
+ *
+ *   bench-pdl [-n KERNELS] [-g BLOCKS] [-w MB[,MB...]] [-s BYTES] [-r REPS] [-o OUT.jsonl]
+ *
+ * Prints microseconds a kernel for each mode (and with -w the weights' GB/s and % of 4.22
+ * TB/s over the whole chain), and checks the sums of the modes that wait against the serial one's. */
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define NT 256
+#define VEC 4096
+#define MAX_K 1024
+#define ITEM 64 /* bytes a lane loads an item: four 16-byte vectors */
+#define MAX_W 16 /* sizes in a -w list */
+
+#define CHECK(call) \
+	do { \
+		cudaError_t e_ = (call); \
+		if (e_ != cudaSuccess) { \
+			fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+			exit(1); \
+		} \
+	} while (0)
+
+enum { M_SERIAL, M_PDL, M_FLAG, M_NONE, M_COUNT };
+
+__device__ __forceinline__ uint64_t gtime(void)
+{
+	uint64_t t;
+	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+	return t;
+}
+
+/* Kernel k of the chain: x = vector k, y = vector k + 1 (vectors [NK + 1][VEC]). */
+/* A warp's item it of the block's share of the slab (its items are it = warp, warp + 8, ...). */
+__device__ __forceinline__ void load_item(const int8_t *w, int64_t it, int64_t n_items, int lane, int4 v[ITEM / 16])
+{
+	if (it < n_items) {
+		const int4 *p = (const int4 *)(w + it * 32 * ITEM) + lane;
+#pragma unroll
+		for (int u = 0; u < ITEM / 16; u++)
+			v[u] = __ldcs(p + 32 * u);
+	} else {
+#pragma unroll
+		for (int u = 0; u < ITEM / 16; u++)
+			v[u] = make_int4(0, 0, 0, 0);
+	}
+}
+
+__device__ __forceinline__ int dot_item(const int4 v[ITEM / 16], int xq, int acc)
+{
+#pragma unroll
+	for (int u = 0; u < ITEM / 16; u++) {
+		acc = __dp4a(v[u].x, xq, acc);
+		acc = __dp4a(v[u].y, xq, acc);
+		acc = __dp4a(v[u].z, xq, acc);
+		acc = __dp4a(v[u].w, xq, acc);
+	}
+	return acc;
+}
+
+__global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, float *y, unsigned *cnt, unsigned *err,
+					     const int8_t *w, int64_t wbytes)
+{
+	__shared__ float red[NT / 32];
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	/* the block's share of this kernel's slab: items of 32 x ITEM bytes */
+	const int64_t n_all = wbytes / (32 * ITEM);
+	const int64_t i0 = n_all * blockIdx.x / gridDim.x, i1 = n_all * (blockIdx.x + 1) / gridDim.x;
+	const int8_t *wb = w + i0 * 32 * ITEM;
+	const int64_t n_items = i1 - i0;
+	int4 va[ITEM / 16], vb[ITEM / 16];
+	if (mode != M_SERIAL)
+		asm volatile("griddepcontrol.launch_dependents;");
+	if (wbytes) { /* the first two items, before the wait */
+		load_item(wb, warp, n_items, lane, va);
+		load_item(wb, warp + NT / 32, n_items, lane, vb);
+	}
+	if (mode == M_PDL) {
+		asm volatile("griddepcontrol.wait;" ::: "memory");
+	} else if (mode == M_FLAG && k > 0) {
+		if (threadIdx.x == 0) {
+			const uint64_t t0 = gtime();
+			for (;;) {
+				unsigned v;
+				asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt + (k - 1) * 32) : "memory");
+				if (v >= gridDim.x)
+					break;
+				if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)err) {
+					atomicExch(err, 1u);
+					break;
+				}
+			}
+			asm volatile("fence.acq_rel.gpu;" ::: "memory");
+		}
+		__syncthreads();
+	}
+	float s = 0.f;
+	for (int i = threadIdx.x; i < VEC; i += NT)
+		s += x[i];
+	if (wbytes) { /* the items, two register stages: compute one, load the one two on */
+		const int xq = __float_as_int(x[lane]) & 0x01010101;
+		int acc = 0;
+		for (int64_t it = warp; it < n_items; it += 2 * (NT / 32)) {
+			acc = dot_item(va, xq, acc);
+			load_item(wb, it + 2 * (NT / 32), n_items, lane, va);
+			acc = dot_item(vb, xq, acc);
+			load_item(wb, it + 3 * (NT / 32), n_items, lane, vb);
+		}
+		s += (float)(acc & 1); /* keeps the work; adds 0 or 1 to the sums */
+	}
+	for (int o = 16; o; o >>= 1)
+		s += __shfl_xor_sync(0xffffffffu, s, o);
+	if ((threadIdx.x & 31) == 0)
+		red[threadIdx.x >> 5] = s;
+	__syncthreads();
+	if (threadIdx.x < 32) {
+		s = threadIdx.x < NT / 32 ? red[threadIdx.x] : 0.f;
+		for (int o = 16; o; o >>= 1)
+			s += __shfl_xor_sync(0xffffffffu, s, o);
+	}
+	/* this block's slice of y: the sum scaled down so the chain stays finite */
+	const int per = (VEC + gridDim.x - 1) / gridDim.x;
+	const float v = __shfl_sync(0xffffffffu, s, 0) * (1.0f / VEC);
+	for (int i = blockIdx.x * per + threadIdx.x; i < (blockIdx.x + 1) * per && i < VEC; i += NT)
+		y[i] = v + (float)(i & 7);
+	if (mode == M_FLAG) {
+		__syncthreads();
+		if (threadIdx.x == 0) {
+			__threadfence();
+			atomicAdd(cnt + k * 32, 1u);
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	int nk = 256, reps = 20, grid = 0, smem = 0, nwl = 1;
+	double wmb[MAX_W] = { 0 };
+	const char *wlist = "0";
+	const char *out = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-n") && i + 1 < argc)
+			nk = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-g") && i + 1 < argc)
+			grid = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-r") && i + 1 < argc)
+			reps = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-w") && i + 1 < argc)
+			wlist = argv[++i];
+		else if (!strcmp(argv[i], "-s") && i + 1 < argc)
+			smem = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-o") && i + 1 < argc)
+			out = argv[++i];
+		else {
+			fprintf(stderr, "usage: bench-pdl [-n KERNELS] [-g BLOCKS] [-w MB] [-s BYTES] [-r REPS] [-o OUT.jsonl]\n");
+			return 2;
+		}
+	}
+	cudaDeviceProp prop;
+	CHECK(cudaGetDeviceProperties(&prop, 0));
+	if (prop.major < 9) {
+		printf("SKIP: griddepcontrol needs sm_90; device is sm_%d%d\n", prop.major, prop.minor);
+		return 0;
+	}
+	if (grid <= 0)
+		grid = 2 * prop.multiProcessorCount;
+	bool wbad = false;
+	nwl = 0;
+	for (const char *p = wlist; !wbad;) { /* MB[,MB...] */
+		char *end = (char *)p;
+		const double v = strtod(p, &end);
+		wbad = nwl == MAX_W || end == p || v < 0 || v > 512 || (*end && *end != ',');
+		if (!wbad)
+			wmb[nwl++] = v;
+		if (!*end)
+			break;
+		p = end + 1;
+	}
+	if (nk < 2 || nk > MAX_K || reps < 1 || grid > 1024 || wbad || nwl < 1 || smem < 0 ||
+	    smem > (int)prop.sharedMemPerBlockOptin) {
+		fprintf(stderr, "bench-pdl: bad -n, -g, -w, -s or -r\n");
+		return 2;
+	}
+	/* a slab a kernel, a whole number of items */
+	static int64_t wbytes[MAX_K], woff[MAX_K + 1];
+	for (int k = 0; k < nk; k++) {
+		wbytes[k] = (int64_t)(wmb[k % nwl] * 1e6) / (32 * ITEM) * (32 * ITEM);
+		woff[k + 1] = woff[k] + wbytes[k];
+	}
+	int8_t *w = NULL;
+	if (woff[nk]) {
+		CHECK(cudaMalloc((void **)&w, (size_t)woff[nk]));
+		CHECK(cudaMemset(w, 0x35, (size_t)woff[nk])); /* the values do not change the time */
+	}
+	CHECK(cudaFuncSetAttribute(k_link, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+	int per_sm = 0;
+	CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_link, NT, smem));
+	float *vec;
+	unsigned *cnt, *err;
+	CHECK(cudaMalloc((void **)&vec, (size_t)(nk + 1) * VEC * sizeof(float)));
+	CHECK(cudaMalloc((void **)&cnt, (size_t)nk * 32 * sizeof(unsigned)));
+	CHECK(cudaMalloc((void **)&err, sizeof(unsigned)));
+	cudaStream_t st;
+	CHECK(cudaStreamCreate(&st));
+	cudaEvent_t e0, e1;
+	CHECK(cudaEventCreate(&e0));
+	CHECK(cudaEventCreate(&e1));
+	static const char *const name[M_COUNT] = { "serial", "pdl", "flag", "none" };
+	float *ref = (float *)malloc(VEC * sizeof(float)), *got = (float *)malloc(VEC * sizeof(float));
+	double us_of[M_COUNT];
+	FILE *jf = out ? fopen(out, "a") : NULL;
+	if (out && !jf) {
+		perror(out);
+		return 1;
+	}
+	char date[32];
+	time_t t = time(NULL);
+	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+	printf("%s, %d SMs: a chain of %d kernels of %d x %d threads (%d B shared memory a block: %d blocks fit an SM), "
+	       "%.2f MB of weights a kernel (-w %s), one CUDA graph\n",
+	       prop.name, prop.multiProcessorCount, nk, grid, NT, smem, per_sm, woff[nk] / 1e6 / nk, wlist);
+	printf("%-8s %12s %14s %10s %8s  %s\n", "mode", "us/kernel", "vs serial", "GB/s", "% 4.22", "sums");
+	int failed = 0;
+	for (int mode = 0; mode < M_COUNT; mode++) {
+		cudaGraph_t g;
+		cudaGraphExec_t ge;
+		CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+		CHECK(cudaMemsetAsync(cnt, 0, (size_t)nk * 32 * sizeof(unsigned), st));
+		CHECK(cudaMemsetAsync(vec, 0, VEC * sizeof(float), st));
+		for (int k = 0; k < nk; k++) {
+			cudaLaunchConfig_t cfg = {};
+			cudaLaunchAttribute attr[1];
+			cfg.gridDim = dim3(grid);
+			cfg.blockDim = dim3(NT);
+			cfg.dynamicSmemBytes = (size_t)smem;
+			cfg.stream = st;
+			attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+			attr[0].val.programmaticStreamSerializationAllowed = 1;
+			cfg.attrs = attr;
+			cfg.numAttrs = mode == M_SERIAL || k == 0 ? 0 : 1;
+			CHECK(cudaLaunchKernelEx(&cfg, k_link, mode, k, (const float *)(vec + (size_t)k * VEC),
+						 vec + (size_t)(k + 1) * VEC, cnt, err, (const int8_t *)(w ? w + woff[k] : NULL),
+						 wbytes[k]));
+		}
+		CHECK(cudaStreamEndCapture(st, &g));
+		CHECK(cudaGraphInstantiate(&ge, g, 0));
+		CHECK(cudaMemset(err, 0, sizeof(unsigned)));
+		double sum = 0;
+		for (int r = 0; r < reps + 1; r++) {
+			CHECK(cudaEventRecord(e0, st));
+			CHECK(cudaGraphLaunch(ge, st));
+			CHECK(cudaEventRecord(e1, st));
+			CHECK(cudaEventSynchronize(e1));
+			float ms;
+			CHECK(cudaEventElapsedTime(&ms, e0, e1));
+			if (r > 0)
+				sum += ms;
+		}
+		unsigned e = 0;
+		CHECK(cudaMemcpy(&e, err, sizeof(e), cudaMemcpyDeviceToHost));
+		CHECK(cudaMemcpy(got, vec + (size_t)nk * VEC, VEC * sizeof(float), cudaMemcpyDeviceToHost));
+		if (mode == M_SERIAL)
+			memcpy(ref, got, VEC * sizeof(float));
+		const bool same = !memcmp(ref, got, VEC * sizeof(float));
+		const double us = 1e3 * sum / reps / nk;
+		us_of[mode] = us;
+		const char *verdict = mode == M_SERIAL ? "reference"
+				      : mode == M_NONE ? (same ? "equal (by chance)" : "differ (expected: no wait)")
+				      : same ? "equal" : "DIFFER";
+		if (mode != M_NONE && mode != M_SERIAL && !same)
+			failed = 1;
+		if (e)
+			failed = 1;
+		const double gbps = woff[nk] / (double)nk / (us * 1e3);
+		printf("%-8s %12.2f %+13.2f %10.1f %7.1f%%  %s%s\n", name[mode], us, us - us_of[0], gbps, 100.0 * gbps / 4220.0,
+		       verdict, e ? "  TIMED OUT" : "");
+		fflush(stdout);
+		if (jf && !e)
+			fprintf(jf,
+				"{\"kind\":\"pdl\",\"date\":\"%s\",\"gpu\":\"%s\",\"mode\":\"%s\",\"kernels\":%d,\"blocks\":%d,"
+				"\"smem\":%d,\"blocks_per_sm\":%d,\"weight_bytes\":%lld,\"us_per_kernel\":%.3f,\"gbps\":%.1f,"
+				"\"sums_equal\":%s,\"command\":\"bench-pdl -n %d -g %d -w %s -s %d -r %d\"}\n",
+				date, prop.name, name[mode], nk, grid, smem, per_sm, (long long)woff[nk], us, gbps,
+				same ? "true" : "false", nk, grid, wlist, smem, reps);
+		CHECK(cudaGraphExecDestroy(ge));
+		CHECK(cudaGraphDestroy(g));
+	}
+	if (jf)
+		fclose(jf);
+	free(ref);
+	free(got);
+	if (w)
+		CHECK(cudaFree(w));
+	return failed;
+}
