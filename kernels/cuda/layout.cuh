@@ -502,7 +502,9 @@ template <int T> KB_HD const uint8_t *kb_w_d(KbTilePtr t, int64_t ch, int k, int
 	return t.d + (ch * 8 + (lane >> 2)) * Lay<T>::DB + 16 * k;
 }
 
-template <int T> KB_HD void kb_load_w(KbTilePtr t, int64_t ch, int lane, KbWRegs<T> *w)
+/* S1: only packet tq's scales, into s[0] (the one-token int8 products' column-a-block
+ * form, layout_i8.cuh, where lane tq scales blocks 2tq and 2tq + 1 alone). */
+template <int T, bool S1 = false> KB_HD void kb_load_w(KbTilePtr t, int64_t ch, int lane, KbWRegs<T> *w)
 {
 	typedef Lay<T> L;
 	KB_UNROLL
@@ -510,7 +512,9 @@ template <int T> KB_HD void kb_load_w(KbTilePtr t, int64_t ch, int lane, KbWRegs
 		KB_UNROLL
 		for (int v = 0; v < L::QV; v++)
 			w->q[p][v] = kb_ld_w16(kb_w_q<T>(t, ch, p, v, lane));
-		const uint8_t *sp = kb_w_s<T>(t, ch, p, lane);
+		if (S1 && p > 0)
+			continue;
+		const uint8_t *sp = kb_w_s<T>(t, ch, S1 ? (lane & 3) : p, lane);
 		if constexpr (L::SB == 16)
 			w->s[p] = kb_ld_w16(sp);
 		else if constexpr (L::SB == 8) {
@@ -557,6 +561,26 @@ KB_HD uint4 kb_ld_x16(const void *p, bool pred)
 		memcpy(&v, p, 16);
 	else
 		v.x = v.y = v.z = v.w = 0;
+#endif
+	return v;
+}
+
+/* 8 bytes at p if pred, else zeros: kb_ld_x16's narrower form. */
+KB_HD uint2 kb_ld_x8(const void *p, bool pred)
+{
+	uint2 v;
+#ifdef __CUDA_ARCH__
+	asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %3, 0;\n\t"
+		     "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\t"
+		     "@p ld.global.v2.u32 {%0,%1}, [%2];\n\t}"
+		     : "=r"(v.x), "=r"(v.y)
+		     : "l"(p), "r"((int)pred)
+		     : "memory");
+#else
+	if (pred)
+		memcpy(&v, p, 8);
+	else
+		v.x = v.y = 0;
 #endif
 	return v;
 }

@@ -281,6 +281,83 @@ template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const Kb
 	(void)acc;
 }
 
+/* ---- one token, a column a block (kb_chunk8_one in matmul_i8.cuh; Q4_0, Q4_1, Q8_0) ----
+ *
+ * With one token only column 0 of an m16n8k32's eight is data, so each block's two sums a
+ * lane (rows g, g+8) sit in the 8 lanes tq = 0, and the scale work after every mma (8
+ * instructions) runs in all 32 lanes for those 16 values.  Instead, block bi of the chunk
+ * takes column bi: lane group g holds block g's activations as its B registers in mma g
+ * and zeros in the others, and the chunk's mmas accumulate into one C.  After the chunk,
+ * lane (g, tq) holds rows g and g+8 of blocks 2tq (C elements 0, 2) and 2tq + 1 (1, 3),
+ * and one round of scale work covers all of them: a quarter of the instructions, and each
+ * lane needs the scales of its own packet only.  A row's sum is then spread over its four
+ * tq lanes, which kb_fold8 adds up before the block's flush.  Q4_0 and Q4_1 (8 blocks a
+ * chunk); Q8_0's chunk has 4, so half its lanes would idle through the scale work, and it
+ * measured 2% slower this way (bench/NOTES.md, session 12). */
+
+/* Types whose one-token products take a column a block (kb_chunk8_one), and whether the
+ * products of k_mmv mode I8 (matmul_i8.cuh: 2 is one token) then load only the lane's
+ * packet of scales (kb_load_w's S1). */
+__host__ __device__ constexpr bool kb_i8_cols(int t)
+{
+	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1;
+}
+__host__ __device__ constexpr bool kb_i8_s1(int t, int i8)
+{
+	return kb_i8_cols(t) && i8 == 2;
+}
+
+/* The lane's activations for one chunk: block g's levels (its two B registers), and the scales (and for Q4_1 the level sums) of blocks
+ * 2tq and 2tq + 1, token 0. */
+struct KbX1Regs {
+	uint32_t dep; /* 0, computed from every load (as KbXRegs::dep) */
+	uint32_t b0, b1;
+	float2 d, e;
+};
+
+template <int T> KB_HD void kb_load_x1(const KbActView *a, int64_t ch, int lane, KbX1Regs *x)
+{
+	constexpr int NB = Lay<T>::CC / 32;
+	const int g = lane >> 2, tq = lane & 3;
+	const int64_t col0 = ch * Lay<T>::CC, blk = col0 / 32 + 2 * tq;
+	/* block g of the chunk: 64-column group g / 2, bytes 16 tq + 8 (g & 1) of it */
+	const uint2 v = kb_ld_x8(a->xq + col0 + 64 * (g >> 1) + 16 * tq + 8 * (g & 1), g < NB);
+	/* blocks 2tq, 2tq + 1 are neighbours in kb_act8_d's vectors of four */
+	const uint2 u = kb_ld_x8(a->xd + kb_act8_d(blk, 0), 2 * tq < NB);
+	uint2 e = { 0, 0 };
+	if constexpr (kb_has_min(T))
+		e = kb_ld_x8(a->xe + kb_act8_d(blk, 0), 2 * tq < NB);
+	x->b0 = v.x;
+	x->b1 = v.y;
+	memcpy(&x->d, &u, 8);
+	memcpy(&x->e, &e, 8);
+	x->dep = (v.x ^ u.x ^ e.x) & (uint32_t)(a->n_tok >> 8); /* see kb_load_x */
+}
+
+/* acc += the scaled sums of the lane's blocks 2tq + j (C elements j, row g, and 2 + j, row
+ * g + 8): kb_post8's arithmetic, block by block the same terms.  S1: w holds only packet
+ * tq's scales (kb_load_w<T, true>), else all four (a select). */
+template <int T, bool S1> KB_HD void kb_post8_one(const KbWRegs<T> *w, const KbX1Regs *x, int tq, const int c[4],
+						 float acc[4])
+{
+	static_assert(Lay<T>::CPK == 4 && Lay<T>::CC == 256, "a chunk of four 64-column packets");
+	KB_UNROLL
+	for (int j = 0; j < 2; j++) {
+		const uint4 s = S1 || tq == 0 ? w->s[0] : tq == 1 ? w->s[1] : tq == 2 ? w->s[2] : w->s[3];
+		const uint32_t dv = j == 0 ? s.x : s.y, mv = j == 0 ? s.z : s.w; /* packet tq: blocks 2tq, 2tq + 1 */
+		const float xa = j == 0 ? x->d.x : x->d.y;
+		const float d0 = kb_f16lo(dv), d1 = kb_f16hi(dv);
+		acc[0] = fmaf(d0 * xa, (float)c[j], acc[0]);
+		acc[2] = fmaf(d1 * xa, (float)c[2 + j], acc[2]);
+		if constexpr (T == QD_TYPE_Q4_1) {
+			const float sa = j == 0 ? x->e.x : x->e.y;
+			acc[0] = fmaf(kb_f16lo(mv), sa, acc[0]);
+			acc[2] = fmaf(kb_f16hi(mv), sa, acc[2]);
+		}
+		(void)mv;
+	}
+}
+
 /* What the flush multiplies a product's sums by: Q4_0's int8 A is 16 (q - 8). */
 template <int T, int I8> KB_HD constexpr float kb_i8_post()
 {

@@ -203,8 +203,10 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 		kb_item<T, RT, ROPE, I8>(a, w, warp + (int64_t)cur.k * nw, lane, acc);
 		const int j = cur.j;
 		kb_cursor_next<T, RT>(a, cnt, warp, nw, &cur);
-		if (cur.j != j)
+		if (cur.j != j) {
+			kb_fold8<T, I8>(acc, lane);
 			kb_flush<RT, ROPE, 1, false, RMS>(a, j, warp, nw, lane, acc, red, post);
+		}
 		if (++st == S) {
 			st = 0;
 			ph ^= 1;

@@ -19,7 +19,14 @@
  * scale per 256 columns), so there the backends round x differently, the GPU more finely.  Q4_0's A is 16 (q - 8) (signed,
  * without a per-block correction), so its sums are 16 times the product's; the flush
  * scales them back (kb_i8_post, a power of two: exact).  The data side of this (where the
- * levels live, the A registers, the scaling) is layout_i8.cuh. */
+ * levels live, the A registers, the scaling) is layout_i8.cuh.
+ *
+ * One token of Q4_0 or Q4_1 (kb_chunk8_one): each block of a chunk in an mma column of its
+ * own, so that the scale work runs once a chunk for all eight blocks instead of after each
+ * mma (layout_i8.cuh says how).  Session 12 measured what the scale work costs by leaving
+ * it out (wrong results): Q4_0 +14%, Q8_0 +7%; this form took Q4_0 620 -> 640 and Q4_1 568
+ * -> 591 tok/s (7B, batch 1), and Q8_0 (4 blocks a chunk) 2% slower, so Q8_0 keeps the
+ * mma-by-mma form. */
 #ifndef QD_KERNELS_CUDA_MATMUL_I8_CUH
 #define QD_KERNELS_CUDA_MATMUL_I8_CUH
 
@@ -38,15 +45,92 @@ template <int T> __device__ __forceinline__ void kb_imma(int c[4], const uint32_
 		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
 
+/* c += A B (m16n8k32, int8, s32). */
+template <int T> __device__ __forceinline__ void kb_imma_acc(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+	if constexpr (kb_has_min(T))
+		asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+		    : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+	else
+		asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+		    : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 /* The k_mmv modes (its I8 parameter): 0 f16 activations (kb_chunk); 1 int8 activations;
  * 2 int8 for exactly one token. */
 __host__ __device__ constexpr bool kb_i8_one(int i8) { return i8 == 2; }
 
+#ifndef KB_COL_CHAINS
+#define KB_COL_CHAINS 4 /* accumulating mma chains in kb_chunk8_one: 4 measured +1% over 2 (Q4_0, Q4_1; session 12) */
+#endif
+
+/* One token: the chunk's blocks in columns of their own (layout_i8.cuh), KB_COL_CHAINS
+ * chains of accumulating mmas (block bi in chain bi % KB_COL_CHAINS) so that each waits on
+ * fewer.  S1: w holds the lane's packet of scales only. */
+template <int T, int RT, bool S1>
+__device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
+					      float (&acc)[RT][4])
+{
+	constexpr int NC = KB_COL_CHAINS;
+	constexpr int NB = Lay<T>::CC / 32;
+	const int g = lane >> 2, tq = lane & 3;
+	KbX1Regs x;
+	kb_load_x1<T>(&xv, ch, lane, &x);
+	const uint32_t zero = (uint32_t)(xv.n_tok >> 8); /* 0 (n_tok <= 8), not a constant the compiler sees */
+	const uint32_t k80 = 0x80808080u | zero;
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++) {
+		int c[NC][4];
+		KB_UNROLL
+		for (int k = 0; k < NC; k++)
+			c[k][0] = c[k][1] = c[k][2] = c[k][3] = 0;
+		KB_UNROLL
+		for (int bi = 0; bi < NB; bi++) {
+			uint32_t fa[4];
+			kb_frag_a8<T>(&w[rt], bi, k80, fa);
+			const bool mine = g == bi;
+			const uint32_t b0 = (mine ? x.b0 : zero) | (rt == 0 && bi == 0 ? x.dep : 0u);
+			kb_imma_acc<T>(c[bi % NC], fa, b0, mine ? x.b1 : zero);
+		}
+		KB_UNROLL
+		for (int k = 1; k < NC; k++)
+			KB_UNROLL
+			for (int i = 0; i < 4; i++)
+				c[0][i] += c[k][i];
+		kb_post8_one<T, S1>(&w[rt], &x, tq, c[0], acc[rt]);
+	}
+}
+
+/* Before a block's flush: with kb_chunk8_one a row's sum is spread over its four tq lanes
+ * (elements 0 and 2); the flush reads token 0 from lane tq = 0. */
+template <int T, int I8, int RT> __device__ __forceinline__ void kb_fold8(float (&acc)[RT][4], int lane)
+{
+	if constexpr (kb_i8_one(I8) && kb_i8_cols(T)) {
+		KB_UNROLL
+		for (int rt = 0; rt < RT; rt++)
+			KB_UNROLL
+			for (int i = 0; i < 4; i += 2) {
+				float v = acc[rt][i];
+				v += __shfl_xor_sync(0xffffffffu, v, 1);
+				v += __shfl_xor_sync(0xffffffffu, v, 2);
+				acc[rt][i] = (lane & 3) == 0 ? v : 0.f;
+			}
+	}
+	(void)acc;
+	(void)lane;
+}
+
 /* The products of one chunk of the block's RT tiles, into acc (kb_chunk's int8 form). */
-template <int T, int RT, bool ONE>
+template <int T, int RT, bool ONE, bool S1 = false>
 __device__ __forceinline__ void kb_chunk8(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					  float (&acc)[RT][4])
 {
+	if constexpr (ONE && kb_i8_cols(T)) {
+		kb_chunk8_one<T, RT, S1>(xv, w, ch, lane, acc);
+		return;
+	}
 	constexpr int NB = Lay<T>::CC / 32;
 	KbX8Regs<T> x;
 	kb_load_x8<T, ONE>(&xv, ch, lane, &x);

@@ -177,12 +177,12 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
  * takes chunks w, w + nw, ... of each, so its work is a list of (group, chunk) items
  * that it walks with two register stages: the next item's loads are in flight while
  * it computes the current one, across group boundaries too. */
-template <int T, int RT, bool ROPE, int I8>
+template <int T, int RT, bool ROPE, int I8, bool S1 = false>
 __device__ __forceinline__ void kb_item(const KbMmvArgs &a, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					float (&acc)[RT][4])
 {
 	if constexpr (I8 != 0)
-		kb_chunk8<T, RT, kb_i8_one(I8)>(a.x, w, ch, lane, acc);
+		kb_chunk8<T, RT, kb_i8_one(I8), S1>(a.x, w, ch, lane, acc);
 	else
 		kb_chunk<T, RT>(a, w, ch, lane, acc);
 }
@@ -207,7 +207,7 @@ __device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, 
  * (bench/NOTES.md, session 8).  Without CUR each item's pointers are
  * worked out from (group, chunk) as kb_load_item does: the cursor's registers would cost
  * the f16 kernels occupancy (Q4_K 128 -> 168). */
-template <int T, int RT, bool CUR, int RG = 1> struct KbLoader {
+template <int T, int RT, bool CUR, int RG = 1, bool S1 = false> struct KbLoader {
 	static_assert(RG != 4 || (CUR && RT == 1), "k_mmv_swi: int8 kernels, one tile a warp");
 	int lj, lch;             /* the next item: chunk lch of the block's group lj */
 	int wt;                  /* RG > 1: the warp's tiles of each group (kb_flush) */
@@ -286,7 +286,7 @@ template <int T, int RT, bool CUR, int RG = 1> struct KbLoader {
 				tp.q = b.q + rt * a.q_tile;
 				tp.s = b.s + rt * a.s_tile;
 				tp.d = b.d + rt * a.d_tile;
-				kb_load_w<T>(tp, lch, lane, &w[rt]);
+				kb_load_w<T, S1>(tp, lch, lane, &w[rt]);
 			}
 		}
 	}
@@ -297,12 +297,14 @@ template <int T, int RT, bool CUR, int RG = 1> struct KbLoader {
  * of group lj. */
 template <int T, int RT, bool ROPE, int I8, int RG, bool RMS>
 __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
-					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG> &ld, int warp, int nw,
+					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8)> &ld, int warp, int nw,
 					    int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post)
 {
-	kb_item<T, RT, ROPE, I8>(a, w, ch, lane, acc);
-	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks))
+	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8)>(a, w, ch, lane, acc);
+	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
+		kb_fold8<T, I8>(acc, lane);
 		kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j - 1, warp, nw, lane, acc, red, post);
+	}
 	if (i + 2 < total) {
 		ld.next(a, wc, nwc);
 		ld.load(a, i + 2, cnt, total, wc, nwc, lane, w);
@@ -340,7 +342,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	 * while it finishes (a norm, attention, SwiGLU: one to a few microseconds) two items a
 	 * warp are on their way, a decode step's 4096 x 4096 products nearly whole */
 	KbWRegs<T> wa[RT], wb[RT];
-	KbLoader<T, RT, I8 != 0, RG> ld;
+	KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8)> ld;
 	if (total > 0) {
 		ld.init(a, wc, RG == 1 ? 0 : warp / nwc);
 		ld.load(a, 0, cnt, total, wc, nwc, lane, wa);

@@ -28,7 +28,23 @@ static double half_bits(uint16_t h, bool bf)
 	return bf ? qd_bf16_to_f32(h) : qd_f16_to_f32(h);
 }
 
-/* The int8 path for one tile: y8[tok * rows + row] of its 16 rows, from the repacked
+/* One lane's m16n8k32 fragments (PTX layout) into the emulated A (16x32, row-major) and
+ * B (32x8): unsigned A bytes for the types with a minimum. */
+template <int T> static void frag8_put(int lane, const uint32_t fa[4], const uint32_t fb[2], int A[16][32], int B[32][8])
+{
+	const int g = lane >> 2, tq = lane & 3;
+	for (int rg = 0; rg < 4; rg++)
+		for (int e = 0; e < 4; e++) {
+			const uint32_t byte = (fa[rg] >> (8 * e)) & 0xff;
+			A[g + 8 * (rg & 1)][4 * tq + e + 16 * (rg >> 1)] = kb_has_min(T) ? (int)byte : (int)(int8_t)byte;
+		}
+	for (int rg = 0; rg < 2; rg++)
+		for (int e = 0; e < 4; e++)
+			B[4 * tq + e + 16 * rg][g] = (int8_t)((fb[rg] >> (8 * e)) & 0xff);
+}
+
+/* The int8 path for one tile (but Q4_0's and Q4_1's one-token path, tile_i8_cols below):
+ * y8[tok * rows + row] of its 16 rows, from the repacked
  * tile and the int8 activation planes, through kb_load_x8 / kb_frag_a8 / kb_post8 (with
  * Q4_K's kb_post8_begin / _end around a chunk) and the
  * m16n8k32 emulated (A 16x32 row-major, B 32x8, PTX fragment layout). */
@@ -53,20 +69,11 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 		for (int bi = 0; bi < L::CC / 32; bi++) {
 			int A[16][32], B[32][8];
 			for (int lane = 0; lane < 32; lane++) {
-				const int g = lane >> 2, tq = lane & 3;
 				uint32_t fa[4];
 				kb_frag_a8<T>(&w[(size_t)lane], bi, 0x80808080u, fa);
 				const uint32_t fb[2] = { xr[(size_t)lane].b[bi / 2][2 * (bi % 2)],
 							 xr[(size_t)lane].b[bi / 2][2 * (bi % 2) + 1] };
-				for (int rg = 0; rg < 4; rg++)
-					for (int e = 0; e < 4; e++) {
-						const uint32_t byte = (fa[rg] >> (8 * e)) & 0xff;
-						A[g + 8 * (rg & 1)][4 * tq + e + 16 * (rg >> 1)] =
-							kb_has_min(T) ? (int)byte : (int)(int8_t)byte;
-					}
-				for (int rg = 0; rg < 2; rg++)
-					for (int e = 0; e < 4; e++)
-						B[4 * tq + e + 16 * rg][g] = (int8_t)((fb[rg] >> (8 * e)) & 0xff);
+				frag8_put<T>(lane, fa, fb, A, B);
 			}
 			for (int lane = 0; lane < 32; lane++) {
 				const int g = lane >> 2, tq = lane & 3;
@@ -98,6 +105,56 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 			const int tok = 2 * (lane & 3) + (ci & 1);
 			if (row < rows && tok < n_tok)
 				y8[(size_t)(tok * rows + row)] = acc[lane][ci] * kb_i8_post<T, 1>();
+		}
+}
+
+/* The one-token int8 path of Q4_0 and Q4_1 (layout_i8.cuh, kb_chunk8_one): block bi of a
+ * chunk in mma column bi, lane group g's B registers block g's levels in mma g and zeros
+ * in the others, the chunk's mmas accumulated (integers: the chains' split does not change
+ * the sums), each lane's scale work for its blocks 2tq and 2tq + 1 with only its packet of
+ * scales loaded (S1), and kb_fold8's sum over the four tq lanes in its order. */
+template <int T>
+static void tile_i8_cols(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView &av, int64_t t, int64_t rows,
+			 std::vector<double> &y8)
+{
+	constexpr int NB = Lay<T>::CC / 32;
+	std::vector<KbWRegs<T>> w(32);
+	std::vector<KbX1Regs> xr(32);
+	float acc[32][4] = {};
+	for (int64_t ch = 0; ch < geo.n_chunks; ch++) {
+		for (int lane = 0; lane < 32; lane++) {
+			kb_load_w<T, true>(tp, ch, lane, &w[(size_t)lane]);
+			kb_load_x1<T>(&av, ch, lane, &xr[(size_t)lane]);
+		}
+		int c[32][4] = {};
+		for (int bi = 0; bi < NB; bi++) {
+			int A[16][32], B[32][8];
+			for (int lane = 0; lane < 32; lane++) {
+				uint32_t fa[4];
+				kb_frag_a8<T>(&w[(size_t)lane], bi, 0x80808080u, fa);
+				const bool mine = lane >> 2 == bi;
+				const uint32_t fb[2] = { mine ? xr[(size_t)lane].b0 : 0u, mine ? xr[(size_t)lane].b1 : 0u };
+				frag8_put<T>(lane, fa, fb, A, B);
+			}
+			for (int lane = 0; lane < 32; lane++) {
+				const int g = lane >> 2, tq = lane & 3;
+				for (int ci = 0; ci < 4; ci++) {
+					const int row = g + 8 * (ci >> 1), n = 2 * tq + (ci & 1);
+					for (int k = 0; k < 32; k++)
+						c[lane][ci] += A[row][k] * B[k][n];
+				}
+			}
+		}
+		for (int lane = 0; lane < 32; lane++)
+			kb_post8_one<T, true>(&w[(size_t)lane], &xr[(size_t)lane], lane & 3, c[lane], acc[lane]);
+	}
+	for (int lane = 0; lane < 32; lane += 4)
+		for (int ci = 0; ci < 4; ci += 2) {
+			const int64_t row = t * 16 + (lane >> 2) + 8 * (ci >> 1);
+			/* lane 0 of the four after xor 1 then xor 2: (a0 + a1) + (a2 + a3) */
+			const float v = (acc[lane][ci] + acc[lane + 1][ci]) + (acc[lane + 2][ci] + acc[lane + 3][ci]);
+			if (row < rows)
+				y8[(size_t)row] = v * kb_i8_post<T, 1>();
 		}
 }
 
@@ -194,8 +251,14 @@ template <int T> static double run_case(int64_t rows, int64_t cols, int n_tok, u
 	std::vector<KbXRegs<T>> xr(32);
 	for (int64_t t = 0; t < n_tiles; t++) {
 		const KbTilePtr tp = { q.data() + t * geo.q_tile, s.data() + t * geo.s_tile, d.data() + t * geo.d_tile };
-		if constexpr (KbI8<T>::ok)
+		if constexpr (kb_i8_cols(T)) {
+			if (n_tok == 1)
+				tile_i8_cols<T>(tp, geo, av, t, rows, y8);
+			else
+				tile_i8<T>(tp, geo, av, t, rows, n_tok, y8);
+		} else if constexpr (KbI8<T>::ok) {
 			tile_i8<T>(tp, geo, av, t, rows, n_tok, y8);
+		}
 		float acc[32][4] = {};
 		for (int64_t ch = 0; ch < geo.n_chunks; ch++) {
 			for (int lane = 0; lane < 32; lane++) {
