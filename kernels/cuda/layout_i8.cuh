@@ -291,8 +291,8 @@ template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const Kb
  * lane (g, tq) holds rows g and g+8 of blocks 2tq (C elements 0, 2) and 2tq + 1 (1, 3),
  * and one round of scale work covers all of them: a quarter of the instructions, and each
  * lane needs the scales of its own packet only.  A row's sum is then spread over its four
- * tq lanes, which kb_fold8 adds up before the block's flush.  Q4_0 and Q4_1 (8 blocks a
- * chunk); Q8_0's chunk has 4, so half its lanes would idle through the scale work, and it
+ * tq lanes, which kb_fold8 adds up before the block's flush.  Q4_0, Q4_1 and Q4_K (8
+ * blocks, or sub-blocks, a chunk); Q8_0's chunk has 4, so half its lanes would idle through the scale work, and it
  * measured 2% slower this way (bench/NOTES.md, session 12). */
 
 /* Types whose one-token products take a column a block (kb_chunk8_one), and whether the
@@ -300,7 +300,7 @@ template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const Kb
  * packet of scales (kb_load_w's S1). */
 __host__ __device__ constexpr bool kb_i8_cols(int t)
 {
-	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1;
+	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K;
 }
 __host__ __device__ constexpr bool kb_i8_s1(int t, int i8)
 {
@@ -334,13 +334,10 @@ template <int T> KB_HD void kb_load_x1(const KbActView *a, int64_t ch, int lane,
 	x->dep = (v.x ^ u.x ^ e.x) & (uint32_t)(a->n_tok >> 8); /* see kb_load_x */
 }
 
-/* acc += the scaled sums of the lane's blocks 2tq + j (C elements j, row g, and 2 + j, row
- * g + 8): kb_post8's arithmetic, block by block the same terms.  S1: w holds only packet
- * tq's scales (kb_load_w<T, true>), else all four (a select). */
-template <int T, bool S1> KB_HD void kb_post8_one(const KbWRegs<T> *w, const KbX1Regs *x, int tq, const int c[4],
-						 float acc[4])
+/* kb_post8_one for Q4_0 and Q4_1: a scale d (and Q4_1's minimum m) a block. */
+template <int T, bool S1>
+KB_HD void kb_post8_one_blocks(const KbWRegs<T> *w, const KbX1Regs *x, int tq, const int c[4], float acc[4])
 {
-	static_assert(Lay<T>::CPK == 4 && Lay<T>::CC == 256, "a chunk of four 64-column packets");
 	KB_UNROLL
 	for (int j = 0; j < 2; j++) {
 		const uint4 s = S1 || tq == 0 ? w->s[0] : tq == 1 ? w->s[1] : tq == 2 ? w->s[2] : w->s[3];
@@ -355,6 +352,43 @@ template <int T, bool S1> KB_HD void kb_post8_one(const KbWRegs<T> *w, const KbX
 			acc[2] = fmaf(kb_f16hi(mv), sa, acc[2]);
 		}
 		(void)mv;
+	}
+}
+
+/* acc += the scaled sums of the lane's blocks 2tq + j (C elements j, row g, and 2 + j, row
+ * g + 8): kb_post8's arithmetic, block by block the same terms.  S1: w holds only packet
+ * tq's scales (kb_load_w<T, true>), else all four (a select). */
+template <int T, bool S1> KB_HD void kb_post8_one(const KbWRegs<T> *w, const KbX1Regs *x, int tq, const int c[4],
+						 float acc[4])
+{
+	static_assert(Lay<T>::CPK == 4 && Lay<T>::CC == 256, "a chunk of four 64-column packets");
+	if constexpr (T == QD_TYPE_Q4_K) {
+		/* sub-blocks 2tq, 2tq + 1: bytes 2 (tq & 1) + j of the unpacked scale and minimum
+		 * registers tq / 2 (kb_q4k_unpack); kb_post8's ts and tm for just those two, then
+		 * kb_post8_end's d and dmin, so each lane adds its share of the superblock */
+		uint32_t sc[2][2], mn[2][2];
+		kb_q4k_unpack(w->d[0], sc[0], mn[0]);
+		kb_q4k_unpack(w->d[1], sc[1], mn[1]);
+		const int h = tq >> 1;
+		float ts[2] = { 0.f, 0.f }, tm[2] = { 0.f, 0.f };
+		KB_UNROLL
+		for (int j = 0; j < 2; j++) {
+			const int k = 2 * (tq & 1) + j;
+			const float xa = j == 0 ? x->d.x : x->d.y, sa = j == 0 ? x->e.x : x->e.y;
+			KB_UNROLL
+			for (int r = 0; r < 2; r++) { /* registers selected, not indexed: no local memory */
+				const int sv = kb_byte(h ? sc[r][1] : sc[r][0], k);
+				ts[r] = fmaf((float)(c[2 * r + j] * sv), xa, ts[r]);
+				tm[r] = fmaf((float)kb_byte(h ? mn[r][1] : mn[r][0], k), sa, tm[r]);
+			}
+		}
+		KB_UNROLL
+		for (int r = 0; r < 2; r++) {
+			const uint32_t dm = w->d[r].x; /* f16 d, f16 dmin */
+			acc[2 * r] = fmaf(-kb_f16hi(dm), tm[r], fmaf(kb_f16lo(dm), ts[r], acc[2 * r]));
+		}
+	} else {
+		kb_post8_one_blocks<T, S1>(w, x, tq, c, acc);
 	}
 }
 
