@@ -18,7 +18,7 @@
  * 128 barriers alone, no weights (what each costs by itself); "dyn-barrier" and "dyn-free":
  * the same with rows handed out as blocks ask for them (k_step_dyn); "chunk": each block
  * waits only for the 256-row chunks of the product before that its next unit reads
- * (k_step_chunk).
+ * (k_step_chunk); "chunk-free": the same units with no waits.
  *
  *   bench-persist [-r REPS] [-s SLOTS: 7 or 14] [-o OUT.jsonl]
  *
@@ -69,7 +69,8 @@ typedef struct {
 	unsigned *next; /* [NP * DONE_STRIDE]: k_step_dyn's next batch of each product */
 	unsigned *rc;   /* [NP][RC_MAX] * DONE_STRIDE: k_step_chunk's blocks done with each 256 rows */
 	const uint8_t *rexp; /* [NP][RC_MAX]: blocks that own rows of each 256 rows */
-	int barrier, slots; /* barrier: 0 free, 1 barrier, 2 sync (barriers only, no weights) */
+	int barrier, slots; /* the mode: 0 free, 1 barrier, 2 sync (barriers only, no weights), 3 dyn-barrier,
+			     * 4 dyn-free, 5 chunk, 6 chunk-free */
 } Args;
 
 __device__ __forceinline__ uint64_t gtime(void)
@@ -369,7 +370,11 @@ __global__ void __launch_bounds__(NT, 1) k_step_dyn(const __grid_constant__ Args
  * before a unit.  A block's partial sums meet in shared memory (a lane's, by an integer
  * atomic; the rows' final reduction is left out); the warp
  * that finishes a block's last unit of a product bumps the counts of the 256-row chunks
- * the block owns.  "chunk-free": the same streaming without the checks. */
+ * the block owns.  "chunk-free": the same streaming without the checks.  No data flows
+ * between the products here (x is constant, y unwritten), so the ordering is timed, not
+ * checked; and a real step would also need the partial sums double-buffered (warps run
+ * ahead into the next product) and each warp's writes fenced before the count: costs
+ * this leaves out, so its number is a ceiling. */
 #define NT_CHUNK (NT + 32)
 
 __device__ __forceinline__ int deps_of(int pi, int c, int *q)

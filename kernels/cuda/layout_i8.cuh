@@ -281,7 +281,7 @@ template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const Kb
 	(void)acc;
 }
 
-/* ---- one token, a column a block (kb_chunk8_one in matmul_i8.cuh; Q4_0, Q4_1, Q8_0) ----
+/* ---- one token, a column a block (kb_chunk8_one in matmul_i8.cuh; Q4_0, Q4_1, Q4_K) ----
  *
  * With one token only column 0 of an m16n8k32's eight is data, so each block's two sums a
  * lane (rows g, g+8) sit in the 8 lanes tq = 0, and the scale work after every mma (8
@@ -292,8 +292,8 @@ template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const Kb
  * and one round of scale work covers all of them: a quarter of the instructions, and each
  * lane needs the scales of its own packet only.  A row's sum is then spread over its four
  * tq lanes, which kb_fold8 adds up before the block's flush.  Q4_0, Q4_1 and Q4_K (8
- * blocks, or sub-blocks, a chunk); Q8_0's chunk has 4, so half its lanes would idle through the scale work, and it
- * measured 2% slower this way (bench/NOTES.md, session 12). */
+ * blocks, or sub-blocks, a chunk); Q8_0's chunk has 4, so half its lanes would idle through
+ * the scale work, and it measured 2% slower this way (bench/NOTES.md, session 12). */
 
 /* Types whose one-token products take a column a block (kb_chunk8_one), and whether the
  * products of k_mmv mode I8 (matmul_i8.cuh: 2 is one token) then load only the lane's
@@ -307,8 +307,8 @@ __host__ __device__ constexpr bool kb_i8_s1(int t, int i8)
 	return kb_i8_cols(t) && i8 == 2;
 }
 
-/* The lane's activations for one chunk: block g's levels (its two B registers), and the scales (and for Q4_1 the level sums) of blocks
- * 2tq and 2tq + 1, token 0. */
+/* The lane's activations for one chunk: block g's levels (its two B registers), and the
+ * scales (and for Q4_1 and Q4_K the level sums) of blocks 2tq and 2tq + 1, token 0. */
 struct KbX1Regs {
 	uint32_t dep; /* 0, computed from every load (as KbXRegs::dep) */
 	uint32_t b0, b1;
@@ -317,21 +317,30 @@ struct KbX1Regs {
 
 template <int T> KB_HD void kb_load_x1(const KbActView *a, int64_t ch, int lane, KbX1Regs *x)
 {
-	constexpr int NB = Lay<T>::CC / 32;
+	static_assert(kb_i8_cols(T) && Lay<T>::CC == 256, "eight blocks a chunk: one a lane group");
 	const int g = lane >> 2, tq = lane & 3;
 	const int64_t col0 = ch * Lay<T>::CC, blk = col0 / 32 + 2 * tq;
 	/* block g of the chunk: 64-column group g / 2, bytes 16 tq + 8 (g & 1) of it */
-	const uint2 v = kb_ld_x8(a->xq + col0 + 64 * (g >> 1) + 16 * tq + 8 * (g & 1), g < NB);
+	const uint2 v = kb_ld_x8(a->xq + col0 + 64 * (g >> 1) + 16 * tq + 8 * (g & 1), true);
 	/* blocks 2tq, 2tq + 1 are neighbours in kb_act8_d's vectors of four */
-	const uint2 u = kb_ld_x8(a->xd + kb_act8_d(blk, 0), 2 * tq < NB);
+	const uint2 u = kb_ld_x8(a->xd + kb_act8_d(blk, 0), true);
 	uint2 e = { 0, 0 };
 	if constexpr (kb_has_min(T))
-		e = kb_ld_x8(a->xe + kb_act8_d(blk, 0), 2 * tq < NB);
+		e = kb_ld_x8(a->xe + kb_act8_d(blk, 0), true);
 	x->b0 = v.x;
 	x->b1 = v.y;
 	memcpy(&x->d, &u, 8);
 	memcpy(&x->e, &e, 8);
 	x->dep = (v.x ^ u.x ^ e.x) & (uint32_t)(a->n_tok >> 8); /* see kb_load_x */
+}
+
+/* The B registers lane group g passes in mma bi of a chunk: block g's levels when bi == g,
+ * else zeros (ZERO: 0, held in a register). */
+KB_HD void kb_x1_b(const KbX1Regs *x, int lane, int bi, uint32_t zero, uint32_t b[2])
+{
+	const bool mine = lane >> 2 == bi;
+	b[0] = mine ? x->b0 : zero;
+	b[1] = mine ? x->b1 : zero;
 }
 
 /* kb_post8_one for Q4_0 and Q4_1: a scale d (and Q4_1's minimum m) a block. */

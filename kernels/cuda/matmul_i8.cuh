@@ -75,7 +75,7 @@ __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs
 {
 	constexpr int NC = KB_COL_CHAINS;
 	constexpr int NB = Lay<T>::CC / 32;
-	const int g = lane >> 2, tq = lane & 3;
+	const int tq = lane & 3;
 	KbX1Regs x;
 	kb_load_x1<T>(&xv, ch, lane, &x);
 	const uint32_t zero = (uint32_t)(xv.n_tok >> 8); /* 0 (n_tok <= 8), not a constant the compiler sees */
@@ -88,11 +88,10 @@ __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs
 			c[k][0] = c[k][1] = c[k][2] = c[k][3] = 0;
 		KB_UNROLL
 		for (int bi = 0; bi < NB; bi++) {
-			uint32_t fa[4];
+			uint32_t fa[4], fb[2];
 			kb_frag_a8<T>(&w[rt], bi, k80, fa);
-			const bool mine = g == bi;
-			const uint32_t b0 = (mine ? x.b0 : zero) | (rt == 0 && bi == 0 ? x.dep : 0u);
-			kb_imma_acc<T>(c[bi % NC], fa, b0, mine ? x.b1 : zero);
+			kb_x1_b(&x, lane, bi, zero, fb);
+			kb_imma_acc<T>(c[bi % NC], fa, fb[0] | (rt == 0 && bi == 0 ? x.dep : 0u), fb[1]);
 		}
 		KB_UNROLL
 		for (int k = 1; k < NC; k++)
@@ -104,7 +103,8 @@ __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs
 }
 
 /* Before a block's flush: with kb_chunk8_one a row's sum is spread over its four tq lanes
- * (elements 0 and 2); the flush reads token 0 from lane tq = 0. */
+ * (elements 0 and 2); the flush reads token 0 from lane tq = 0 (the other lanes' elements
+ * would be tokens 2, 4, 6, which the flush skips; zeroed all the same). */
 template <int T, int I8, int RT> __device__ __forceinline__ void kb_fold8(float (&acc)[RT][4], int lane)
 {
 	if constexpr (kb_i8_one(I8) && kb_i8_cols(T)) {

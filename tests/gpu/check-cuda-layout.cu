@@ -43,7 +43,8 @@ template <int T> static void frag8_put(int lane, const uint32_t fa[4], const uin
 			B[4 * tq + e + 16 * rg][g] = (int8_t)((fb[rg] >> (8 * e)) & 0xff);
 }
 
-/* The int8 path for one tile (but Q4_0's and Q4_1's one-token path, tile_i8_cols below):
+/* The int8 path for one tile (but the one-token path of Q4_0, Q4_1 and Q4_K, tile_i8_cols
+ * below):
  * y8[tok * rows + row] of its 16 rows, from the repacked
  * tile and the int8 activation planes, through kb_load_x8 / kb_frag_a8 / kb_post8 (with
  * Q4_K's kb_post8_begin / _end around a chunk) and the
@@ -108,11 +109,13 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 		}
 }
 
-/* The one-token int8 path of Q4_0 and Q4_1 (layout_i8.cuh, kb_chunk8_one): block bi of a
- * chunk in mma column bi, lane group g's B registers block g's levels in mma g and zeros
- * in the others, the chunk's mmas accumulated (integers: the chains' split does not change
- * the sums), each lane's scale work for its blocks 2tq and 2tq + 1 with only its packet of
- * scales loaded (S1), and kb_fold8's sum over the four tq lanes in its order. */
+/* The one-token int8 path of Q4_0, Q4_1 and Q4_K (layout_i8.cuh, kb_chunk8_one): block bi
+ * of a chunk in mma column bi, lane group g's B registers block g's levels in mma g and
+ * zeros in the others (kb_x1_b, the device's own selection), the chunk's mmas accumulated
+ * (integers: the chains' split does not change the sums), each lane's scale work for its
+ * blocks 2tq and 2tq + 1 with only its packet of scales loaded (S1), and kb_fold8's sum
+ * over the four tq lanes in its order (written out here: the device's are shuffles).  The
+ * bulk path's select among four packets (S1 false) is left to the GPU suites. */
 template <int T>
 static void tile_i8_cols(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView &av, int64_t t, int64_t rows,
 			 std::vector<double> &y8)
@@ -130,10 +133,9 @@ static void tile_i8_cols(const KbTilePtr &tp, const KbTileGeom &geo, const KbAct
 		for (int bi = 0; bi < NB; bi++) {
 			int A[16][32], B[32][8];
 			for (int lane = 0; lane < 32; lane++) {
-				uint32_t fa[4];
+				uint32_t fa[4], fb[2];
 				kb_frag_a8<T>(&w[(size_t)lane], bi, 0x80808080u, fa);
-				const bool mine = lane >> 2 == bi;
-				const uint32_t fb[2] = { mine ? xr[(size_t)lane].b0 : 0u, mine ? xr[(size_t)lane].b1 : 0u };
+				kb_x1_b(&xr[(size_t)lane], lane, bi, 0u, fb);
 				frag8_put<T>(lane, fa, fb, A, B);
 			}
 			for (int lane = 0; lane < 32; lane++) {
