@@ -1,7 +1,7 @@
 /* bench/bench-persist.cu: what one persistent kernel per decode step would reach on this GPU.
  *
  * Session 11 measured that the waits between the decode kernels (each product waits for
- * the whole kernel before it) cost a 7B batch-1 step ~14% (bench/NOTES.md).  This program
+ * the whole kernel before it) cost a 7B batch-1 step ~14% (bench/NOTES-gpu.md).  This program
  * measures the mechanics of the alternative before anyone builds it into the engine: one
  * cooperative kernel, one block per multiprocessor, that runs a 7B step's 128 products
  * (per layer q/k/v 12288x4096, o 4096x4096, gate/up 22016x4096, down 4096x11008; int8

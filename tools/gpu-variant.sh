@@ -12,7 +12,7 @@
 #
 # Why a fresh directory every time: in session 9 a reused one held objects from an
 # earlier session, so the variant's Q4 products were wrong and it timed 7% "faster"
-# (bench/NOTES.md).  Why the tests travel with it: a variant's timing only counts
+# (bench/NOTES-gpu.md).  Why the tests travel with it: a variant's timing only counts
 # once its products are right (a variant that drops work on purpose shows which).
 set -eu
 cd "$(dirname "$0")/.."

@@ -74,7 +74,7 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 	if (n > KB_CUDA_MAX_TOK && (r = pend_input(c, x, 0, 0)) < 0)
 		return r; /* y_norm is one token's */
 	/* above one pass of the decode kernels, gemm.cu: two passes of 8 for 9-16 tokens read
-	 * every weight twice and ran 12-13% slower (H200, 7B, bench/NOTES.md session 10) */
+	 * every weight twice and ran 12-13% slower (H200, 7B, bench/NOTES-gpu.md session 10) */
 	if (c->gemm && n > KB_CUDA_MAX_TOK && kb_cuda_mmq_fits(x, cols)) {
 		act_forget(c);
 		if ((r = xq_ensure(c, kb_cuda_mmq_scratch(cols, n))) < 0)
@@ -153,7 +153,7 @@ static void acts_swap(CudaBackend *c, const float *x, int n, int64_t cols)
 
 /* Fewest rows for which the epilogues run fused: the fused kernels' 32-row groups are
  * their blocks, so at least about as many as the H200's 132 multiprocessors (7B: 128
- * groups, batch 1 +2.6% (Q4_0) and +6.6% (Q8_0); SmolLM2's 18 lost 11%, bench/NOTES.md,
+ * groups, batch 1 +2.6% (Q4_0) and +6.6% (Q8_0); SmolLM2's 18 lost 11%, bench/NOTES-gpu.md,
  * session 8). */
 #define RES_NORM_MIN_ROWS 4096
 

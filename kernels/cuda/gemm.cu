@@ -530,7 +530,7 @@ __global__ void __launch_bounds__(256) k_mmq_x(const float *x, int64_t ldx, int6
  * batched decode, whose row blocks alone left most multiprocessors with one block or a
  * last wave half empty.  Depends only on the shape, so a launch is always shared alike.
  * (The fixed column splits this replaced, H200 7B Q4_0: 64 sequences 9,150 -> 9,830
- * tok/s; bench/NOTES.md, session 10.) */
+ * tok/s; bench/NOTES-gpu.md, session 10.) */
 static int64_t mmq_shares(const KbCuda *ctx, int occ, int64_t gx, int64_t gy, int64_t n_chunks, size_t tv)
 {
 	const int64_t blocks = gx * gy, U = gy * n_chunks;

@@ -120,7 +120,7 @@ struct KbCudaAct {
 };
 
 /* Whether products of TYPE over n_tok tokens take int8 activations (matmul_i8.cuh).  By
- * default only where that measured faster on the H200 (bench/NOTES.md, session 6): one
+ * default only where that measured faster on the H200 (bench/NOTES-gpu.md, session 6): one
  * token, with at least KB_I8_MIN_BYTES of product weights uploaded (7B Q4_0 decode step
  * +4%, 70B +9%).  At 4-8 tokens the Q4_0 kernel was 4-6% slower and Q4_1's 8%; and in a
  * small model (SmolLM2, 0.1 GB) the products gain less than rounding to int8 costs the
@@ -312,7 +312,7 @@ __device__ __forceinline__ void kb_pdl_wait(void)
  * PL: the planes as a compile-time set (no branches; kb_with_planes), or o.planes at run
  * time: KB_PL_DYN with the int8 code, KB_PL_DYN16 without it.  Code a producer does not
  * run still costs it (the int8 code alone made SmolLM2's steps slower where no int8 plane
- * was written: bench/NOTES.md, session 6). */
+ * was written: bench/NOTES-gpu.md, session 6). */
 template <unsigned PL = KB_PL_DYN>
 __device__ __forceinline__ void kb_act_put(const KbActOut &o, int t, int64_t col, float v)
 {

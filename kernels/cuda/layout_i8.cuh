@@ -293,7 +293,7 @@ template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const Kb
  * lane needs the scales of its own packet only.  A row's sum is then spread over its four
  * tq lanes, which kb_fold8 adds up before the block's flush.  Q4_0, Q4_1 and Q4_K (8
  * blocks, or sub-blocks, a chunk); Q8_0's chunk has 4, so half its lanes would idle through
- * the scale work, and it measured 2% slower this way (bench/NOTES.md, session 12). */
+ * the scale work, and it measured 2% slower this way (bench/NOTES-gpu.md, session 12). */
 
 /* Types whose one-token products take a column a block (kb_chunk8_one), and whether the
  * products of k_mmv mode I8 (matmul_i8.cuh: 2 is one token) then load only the lane's

@@ -18,7 +18,7 @@
  * scale) at low occupancy, not by bandwidth: deeper pipelines (cp.async stages,
  * activations loaded an item ahead, the bulk-copy ring of matmul_bulk.cuh) and a third
  * fewer instructions per item (an item cursor) were measured and did not move Q4_0
- * (bench/NOTES.md, sessions 2 and 3).  The bulk-copy variant is the default for Q4_1,
+ * (bench/NOTES-gpu.md, sessions 2 and 3).  The bulk-copy variant is the default for Q4_1,
  * where it wins by occupancy (kb_auto_stages).  The q/k/v product may carry RoPE and the
  * KV-cache stores in its flush (kb_rope_epilogue, its own kernel instances). */
 #include <cuda_bf16.h>
@@ -315,7 +315,7 @@ __device__ __forceinline__ void kb_cursor_next(const KbMmvArgs &a, int cnt, int 
 
 /* The products.  Q4_1's int8 kernels take 137-162 registers, so one block of 256 threads
  * fits a multiprocessor; capped at 128 (two blocks) they spill 32 bytes and ran 9% faster
- * at one token (bench/NOTES.md, session 6).  Every other instance keeps the plain bound:
+ * at one token (bench/NOTES-gpu.md, session 6).  Every other instance keeps the plain bound:
  * naming a minimum of even 1 block changed ptxas's schedule of the f16 kernels and cost
  * 4% of a 7B Q4_0 decode step. */
 template <int T, int RT, bool ROPE, int I8, bool RMS = false>

@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
  * each warp has little to keep in flight and the ring's set-up is not repaid): 1,368 ->
  * 1,268.  Q4_K and Q6_K (7B Q4_K_M) came out even, Q4_0 5% slower (441 -> 418), Q8_0 and
  * F16 slower; with int8 activations Q4_0 558 -> 521 (2 slots) / 502 (3) / 546 (4) and
- * Q8_0 416 -> 370 / 386 (bench/NOTES.md). */
+ * Q8_0 416 -> 370 / 386 (bench/NOTES-gpu.md). */
 template <int T> static int kb_auto_stages(int n_chunks)
 {
 	return T == QD_TYPE_Q4_1 && n_chunks >= 8 ? 2 : 0;

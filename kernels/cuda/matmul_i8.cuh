@@ -2,7 +2,7 @@
  * Included only by matmul.cu, after KbMmvArgs; k_mmv calls kb_chunk8 instead of kb_chunk
  * when its I8 parameter says so.
  *
- * Why: the f16 path (kb_chunk) is bound by instruction issue, not by memory (bench/NOTES.md,
+ * Why: the f16 path (kb_chunk) is bound by instruction issue, not by memory (bench/NOTES-gpu.md,
  * sessions 2-5).  Each Q4 word becomes four f16x2 A registers in 9 integer and f16
  * instructions, and a 32-column block takes two m16n8k16 and six more for its scale.  With
  * the activations as int8 levels and a scale per 32-column block (the CPU backend's Q8_0

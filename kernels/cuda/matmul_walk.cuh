@@ -204,7 +204,7 @@ __device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, 
  * a constant number of bytes within one weight; only crossing into the next weight (q/k/v,
  * gate/up) works them out again (kb_group_tile).  An item's load path is then ~60-80
  * instructions instead of ~103 (SASS, Q4_0 int8): 7B Q4_0 batch 1 +2.2% on the H200
- * (bench/NOTES.md, session 8).  Without CUR each item's pointers are
+ * (bench/NOTES-gpu.md, session 8).  Without CUR each item's pointers are
  * worked out from (group, chunk) as kb_load_item does: the cursor's registers would cost
  * the f16 kernels occupancy (Q4_K 128 -> 168). */
 template <int T, int RT, bool CUR, int RG = 1, bool S1 = false> struct KbLoader {
