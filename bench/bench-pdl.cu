@@ -30,7 +30,7 @@
  *
  * Prints microseconds a kernel for each mode (and with -w the weights' GB/s and % of 4.22
  * TB/s over the whole chain), and checks the sums of the modes that wait against the serial one's. */
-#include <cuda_runtime.h>
+#include "bench-sm90.cuh"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -44,23 +44,7 @@
 #define ITEM 64 /* bytes a lane loads an item: four 16-byte vectors */
 #define MAX_W 16 /* sizes in a -w list */
 
-#define CHECK(call) \
-	do { \
-		cudaError_t e_ = (call); \
-		if (e_ != cudaSuccess) { \
-			fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-			exit(1); \
-		} \
-	} while (0)
-
 enum { M_SERIAL, M_PDL, M_FLAG, M_NONE, M_COUNT };
-
-__device__ __forceinline__ uint64_t gtime(void)
-{
-	uint64_t t;
-	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-	return t;
-}
 
 /* A warp's item it of the block's share of the slab (its items are it = warp, warp + 8, ...). */
 __device__ __forceinline__ void load_item(const int8_t *w, int64_t it, int64_t n_items, int lane, int4 v[ITEM / 16])
@@ -117,7 +101,7 @@ __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, fl
 				asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt + (k - 1) * 32) : "memory");
 				if (v >= gridDim.x)
 					break;
-				if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)err) {
+				if (spin_expired(t0, err)) {
 					atomicExch(err, 1u);
 					break;
 				}

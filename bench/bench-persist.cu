@@ -25,7 +25,7 @@
  * Prints GB/s of weight bytes and % of 4.22 TB/s (the H200's measured copy bandwidth, the
  * engine's roofline).  The arithmetic is lighter than any quantized product's (no scales,
  * no dequantization), so this is a ceiling for the structure, not a product kernel. */
-#include <cuda_runtime.h>
+#include "bench-sm90.cuh"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -46,15 +46,6 @@
 #define CH_ROWS 64     /* k_step_chunk's unit: up to 64 of a block's rows x 256 columns */
 #define MAX_BROWS 168  /* a block's rows of one product (22016 / 132 rounded up) */
 
-#define CHECK(call) \
-	do { \
-		cudaError_t e_ = (call); \
-		if (e_ != cudaSuccess) { \
-			fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-			exit(1); \
-		} \
-	} while (0)
-
 typedef struct {
 	const int8_t *w;
 	float *y;
@@ -72,13 +63,6 @@ typedef struct {
 	int barrier, slots; /* the mode: 0 free, 1 barrier, 2 sync (barriers only, no weights), 3 dyn-barrier,
 			     * 4 dyn-free, 5 chunk, 6 chunk-free */
 } Args;
-
-__device__ __forceinline__ uint64_t gtime(void)
-{
-	uint64_t t;
-	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-	return t;
-}
 
 __device__ __forceinline__ uint32_t sm_addr(const void *p)
 {
@@ -162,6 +146,23 @@ __device__ __forceinline__ void ring_put(int *n, int S, int8_t *ring, uint64_t *
 	(*n)++;
 }
 
+/* The tagged rings' two ends (k_step_dyn, k_step_chunk): the producer's last fills, a
+ * sentinel (tag -1, no data) for each consumer warp; and a consumer's fill N, once it is
+ * there: its tag, its slot in *RET_S. */
+__device__ __forceinline__ void ring_close(int *n, int S, int8_t *ring, uint64_t *full, uint64_t *empty, int *tag)
+{
+	for (int i = 0; i < NCW; i++)
+		ring_put(n, S, ring, full, empty, tag, -1, NULL, 0);
+}
+
+__device__ __forceinline__ int ring_take(int n, int S, uint64_t *full, const int *tag, int *ret_s)
+{
+	const int s = n % S;
+	mbar_wait(&full[s], (uint32_t)((n / S) & 1));
+	*ret_s = s;
+	return tag[s];
+}
+
 /* A consumer warp's NR rows of C16 16-byte vectors in W4 times x: y[i] (dp4a). */
 __device__ __forceinline__ void rows_dot(const int4 *w4, const int4 *x4, int nr, int c16, int lane, float *y)
 {
@@ -193,7 +194,7 @@ __device__ __forceinline__ void grid_arrive_wait(unsigned *cnt, unsigned *err)
 		asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
 		if (v >= gridDim.x)
 			break;
-		if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)err) {
+		if (spin_expired(t0, err)) {
 			atomicExch(err, 1u);
 			break;
 		}
@@ -311,16 +312,14 @@ __global__ void __launch_bounds__(NT, 1) k_step_dyn(const __grid_constant__ Args
 			for (int i = 0; i < NCW; i++)
 				put(DYN_END | pi, NULL, 0);
 		}
-		for (int i = 0; i < NCW; i++)
-			put(-1, NULL, 0);
+		ring_close(&n, S, ring, full, empty, tag);
 		return;
 	}
 	const int cw = warp - 1;
 	const int4 *x4 = (const int4 *)a.x;
 	for (int n = cw;; n += NCW) {
-		const int s = n % S;
-		mbar_wait(&full[s], (uint32_t)((n / S) & 1));
-		const int t = tag[s];
+		int s;
+		const int t = ring_take(n, S, full, tag, &s);
 		if (t < 0)
 			break;
 		if (t & DYN_END) {
@@ -340,7 +339,7 @@ __global__ void __launch_bounds__(NT, 1) k_step_dyn(const __grid_constant__ Args
 		if (a.barrier == 3 && pi > 0) {
 			const uint64_t t0 = gtime();
 			while (complete < pi - 1) {
-				if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)a.err) {
+				if (spin_expired(t0, a.err)) {
 					if (lane == 0)
 						atomicExch(a.err, 1u);
 					break;
@@ -420,7 +419,7 @@ __device__ __forceinline__ void chunk_poller(const Args &a, volatile unsigned lo
 					ready[pi] = have;
 				__threadfence_block();
 			}
-			if (gtime() - t0 > 1000000000ull || *(volatile unsigned *)a.err) {
+			if (spin_expired(t0, a.err)) {
 				if (lane == 0)
 					atomicExch(a.err, 1u);
 				if (lane == 0)
@@ -471,16 +470,14 @@ __global__ void __launch_bounds__(NT_CHUNK, 1) k_step_chunk(const __grid_constan
 					put((pi << 16) | (c << 4) | g, p.w + ((int64_t)c * p.rows + row) * 256, (uint32_t)nr * 256u);
 				}
 		}
-		for (int i = 0; i < NCW; i++)
-			put(-1, NULL, 0);
+		ring_close(&n, S, ring, full, empty, tag);
 		return;
 	}
 	const int cw = warp - 1;
 	const int4 *x4 = (const int4 *)a.x;
 	for (int n = cw;; n += NCW) {
-		const int s = n % S;
-		mbar_wait(&full[s], (uint32_t)((n / S) & 1));
-		const int t = tag[s];
+		int s;
+		const int t = ring_take(n, S, full, tag, &s);
 		if (t < 0)
 			break;
 		const int pi = t >> 16, c = (t >> 4) & 0xff, g = t & 15;

@@ -71,19 +71,11 @@ $(GPU_BENCH_BIN): $(O)/bench/bench-cuda-mmv.o $(O)/kernels/types.o $(O)/libqdcud
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LDLIBS)
 
-# A standalone measurement of a persistent decode step's mechanics (its comment says
-# what); it uses sm_90 bulk copies, so only that code is built.
-GPU_PERSIST_BIN := $(O)/bench/bench-persist
-$(GPU_PERSIST_BIN): bench/bench-persist.cu
-	@mkdir -p $(dir $@)
-	@$(if $(Q),echo "  NVCC    $<")
-	$(Q)$(NVCC) $(NVCCFLAGS) -std=c++17 -gencode arch=compute_90a,code=sm_90a -MMD -MP \
-		-Xcompiler -Wall,-Wextra $< -o $@
-
-# The hand-over between two kernels of a chain, by mechanism (its comment says what);
-# griddepcontrol needs sm_90, so only that code is built.
-GPU_PDL_BIN := $(O)/bench/bench-pdl
-$(GPU_PDL_BIN): bench/bench-pdl.cu
+# Standalone sm_90 measurements (each file's comment says what): bench-persist, a
+# persistent decode step's mechanics (bulk copies); bench-pdl, the hand-over between the
+# kernels of a chain (griddepcontrol).  Only sm_90a code is built.
+GPU_SM90_BINS := $(O)/bench/bench-persist $(O)/bench/bench-pdl
+$(GPU_SM90_BINS): $(O)/bench/%: bench/%.cu
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC    $<")
 	$(Q)$(NVCC) $(NVCCFLAGS) -std=c++17 -gencode arch=compute_90a,code=sm_90a -MMD -MP \
@@ -105,7 +97,7 @@ $(GPU_CHECK_BIN): $(GPU_CHECK_BIN).o $(O)/kernels/types.o $(O)/kernels/cpu/quant
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LDLIBS)
 
-gpu-tools: $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN) $(GPU_PERSIST_BIN) $(GPU_PDL_BIN)
+gpu-tools: $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN) $(GPU_SM90_BINS)
 
 GPU_ENGINE_OBJ := $(O)/tests/gpu/engine-main.o $(patsubst %.c,$(O)/%.o,$(wildcard daemon/cli/cmd_run.c \
 	daemon/cli/cmd_bench.c daemon/cli/cmd_synth.c daemon/cli/cli_util.c))
@@ -119,7 +111,7 @@ test-gpu: $(GPU_TEST_BIN) $(GPU_CHECK_BIN)
 	$(Q)$(GPU_CHECK_BIN) && $(GPU_TEST_BIN)
 
 -include $(CUDA_OBJ:.o=.d) $(GPU_ENGINE_OBJ:.o=.d) $(O)/tests/gpu/test-cuda-mmv.d $(O)/bench/bench-cuda-mmv.d $(GPU_CHECK_BIN).d \
-	$(GPU_PERSIST_BIN).d $(GPU_PDL_BIN).d
+	$(GPU_SM90_BINS:=.d)
 
 else
 

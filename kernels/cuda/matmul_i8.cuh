@@ -32,30 +32,26 @@
 
 #include "layout_i8.cuh"
 
-/* c = A B on the tensor cores (m16n8k32, int8, s32 from zero); A unsigned for Q4_1, Q4_K. */
-template <int T> __device__ __forceinline__ void kb_imma(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-	if constexpr (kb_has_min(T))
-		asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
-		    : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
-	else
-		asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
-		    : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
-}
-
-/* c += A B (m16n8k32, int8, s32). */
+/* c += A B on the tensor cores (m16n8k32, int8, s32); A unsigned for Q4_1, Q4_K. */
 template <int T> __device__ __forceinline__ void kb_imma_acc(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
+#define KB_IMMA_ASM(AT) \
+	asm volatile("mma.sync.aligned.m16n8k32.row.col.s32." AT ".s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, " \
+		     "{%0,%1,%2,%3};" \
+		     : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3]) \
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
 	if constexpr (kb_has_min(T))
-		asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-		    : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+		KB_IMMA_ASM("u8");
 	else
-		asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-		    : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+		KB_IMMA_ASM("s8");
+#undef KB_IMMA_ASM
+}
+
+/* c = A B (from zero). */
+template <int T> __device__ __forceinline__ void kb_imma(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+	c[0] = c[1] = c[2] = c[3] = 0;
+	kb_imma_acc<T>(c, a, b0, b1);
 }
 
 /* The k_mmv modes (its I8 parameter): 0 f16 activations (kb_chunk); 1 int8 activations;
