@@ -95,7 +95,7 @@ template <int T> struct Lay;
 	};
 KB_LAY(QD_TYPE_Q4_0, 64, 4, 1, 8, 0, 2)
 KB_LAY(QD_TYPE_Q4_1, 64, 4, 1, 16, 0, 2)
-KB_LAY(QD_TYPE_Q8_0, 32, 4, 1, 4, 0, 2)
+KB_LAY(QD_TYPE_Q8_0, 32, 8, 1, 4, 0, 2) /* 256 columns: the one-token column form's 8 blocks (layout_i8.cuh) */
 KB_LAY(QD_TYPE_Q4_K, 64, 4, 1, 0, 32, 2)
 KB_LAY(QD_TYPE_Q6_K, 128, 2, 3, 16, 4, 1)
 KB_LAY(QD_TYPE_F16, 16, 4, 1, 0, 0, 4)
@@ -502,19 +502,21 @@ template <int T> KB_HD const uint8_t *kb_w_d(KbTilePtr t, int64_t ch, int k, int
 	return t.d + (ch * 8 + (lane >> 2)) * Lay<T>::DB + 16 * k;
 }
 
-/* S1: only packet tq's scales, into s[0] (the one-token int8 products' column-a-block
- * form, layout_i8.cuh, where lane tq scales blocks 2tq and 2tq + 1 alone). */
+/* S1: only the scales of lane tq's blocks 2tq and 2tq + 1, into s[0] (packet tq of the
+ * Q4 types' four) or s[0], s[1] (packets 2tq, 2tq + 1 of Q8_0's eight): the one-token int8
+ * products' column-a-block form (layout_i8.cuh), where lane tq scales those blocks alone. */
 template <int T, bool S1 = false> KB_HD void kb_load_w(KbTilePtr t, int64_t ch, int lane, KbWRegs<T> *w)
 {
 	typedef Lay<T> L;
+	constexpr int SP = L::CPK / 4; /* S1: packets a lane */
 	KB_UNROLL
 	for (int p = 0; p < L::CPK; p++) {
 		KB_UNROLL
 		for (int v = 0; v < L::QV; v++)
 			w->q[p][v] = kb_ld_w16(kb_w_q<T>(t, ch, p, v, lane));
-		if (S1 && p > 0)
+		if (S1 && p >= SP)
 			continue;
-		const uint8_t *sp = kb_w_s<T>(t, ch, S1 ? (lane & 3) : p, lane);
+		const uint8_t *sp = kb_w_s<T>(t, ch, S1 ? SP * (lane & 3) + p : p, lane);
 		if constexpr (L::SB == 16)
 			w->s[p] = kb_ld_w16(sp);
 		else if constexpr (L::SB == 8) {

@@ -293,14 +293,19 @@ template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const Kb
  * lane needs the scales of its own packet only.  A row's sum is then spread over its four
  * tq lanes, which kb_fold8 adds up before the block's flush.  Q4_0, Q4_1 and Q4_K (8
  * blocks, or sub-blocks, a chunk); Q8_0's chunk has 4, so half its lanes would idle through
- * the scale work, and it measured 2% slower this way (bench/NOTES-gpu.md, session 12). */
+ * the scale work, and it measured 2% slower this way (bench/NOTES-gpu.md, session 12); since
+ * session 13 its decode chunk is 8 packets (256 columns, 8 blocks) like the others', and it
+ * takes this form too (7B batch 1 442 -> 461 tok/s; the GEMM keeps chunks of 4: gemm.cu's
+ * KbGLay).  The cost, as for the Q4 types: rows pad to 256 columns (SmolLM2's 576 to 768,
+ * and its rows are 3 chunks, work for 3 of a block's 8 warps instead of 5), so SmolLM2 Q8_0 decodes at
+ * 1,536 tok/s instead of 1,710 (H200, bench/NOTES-gpu.md). */
 
 /* Types whose one-token products take a column a block (kb_chunk8_one), and whether the
- * products of k_mmv mode I8 (matmul_i8.cuh: 2 is one token) then load only the lane's
- * packet of scales (kb_load_w's S1). */
+ * products of k_mmv mode I8 (matmul_i8.cuh: 2 is one token) then load only the scales of
+ * the lane's blocks (kb_load_w's S1). */
 __host__ __device__ constexpr bool kb_i8_cols(int t)
 {
-	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K;
+	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K || t == QD_TYPE_Q8_0;
 }
 __host__ __device__ constexpr bool kb_i8_s1(int t, int i8)
 {
@@ -343,14 +348,38 @@ KB_HD void kb_x1_b(const KbX1Regs *x, int lane, int bi, uint32_t zero, uint32_t 
 	b[1] = mine ? x->b1 : zero;
 }
 
-/* kb_post8_one for Q4_0 and Q4_1: a scale d (and Q4_1's minimum m) a block. */
+/* The scales of lane tq's block 2tq + j: Q4_0 and Q4_1 f16 d (row g, row g + 8) and
+ * Q4_1's m, from packet tq (blocks 2tq, 2tq + 1); Q8_0's d from packet 2tq + j.  S1: w
+ * holds only those packets (kb_load_w<T, true>), else all (selects). */
+template <int T, bool S1> KB_HD void kb_one_scales(const KbWRegs<T> *w, int tq, int j, uint32_t *dv, uint32_t *mv)
+{
+	if constexpr (T == QD_TYPE_Q8_0) {
+		if (S1) {
+			*dv = w->s[j].x;
+		} else {
+			const int p = 2 * tq + j;
+			uint32_t v = w->s[0].x;
+			KB_UNROLL
+			for (int k = 1; k < Lay<T>::CPK; k++)
+				v = p == k ? w->s[k].x : v;
+			*dv = v;
+		}
+		*mv = 0;
+	} else {
+		const uint4 s = S1 || tq == 0 ? w->s[0] : tq == 1 ? w->s[1] : tq == 2 ? w->s[2] : w->s[3];
+		*dv = j == 0 ? s.x : s.y;
+		*mv = j == 0 ? s.z : s.w;
+	}
+}
+
+/* kb_post8_one for Q4_0, Q4_1 and Q8_0: a scale d (and Q4_1's minimum m) a block. */
 template <int T, bool S1>
 KB_HD void kb_post8_one_blocks(const KbWRegs<T> *w, const KbX1Regs *x, int tq, const int c[4], float acc[4])
 {
 	KB_UNROLL
 	for (int j = 0; j < 2; j++) {
-		const uint4 s = S1 || tq == 0 ? w->s[0] : tq == 1 ? w->s[1] : tq == 2 ? w->s[2] : w->s[3];
-		const uint32_t dv = j == 0 ? s.x : s.y, mv = j == 0 ? s.z : s.w; /* packet tq: blocks 2tq, 2tq + 1 */
+		uint32_t dv, mv;
+		kb_one_scales<T, S1>(w, tq, j, &dv, &mv);
 		const float xa = j == 0 ? x->d.x : x->d.y;
 		const float d0 = kb_f16lo(dv), d1 = kb_f16hi(dv);
 		acc[0] = fmaf(d0 * xa, (float)c[j], acc[0]);
@@ -365,12 +394,12 @@ KB_HD void kb_post8_one_blocks(const KbWRegs<T> *w, const KbX1Regs *x, int tq, c
 }
 
 /* acc += the scaled sums of the lane's blocks 2tq + j (C elements j, row g, and 2 + j, row
- * g + 8): kb_post8's arithmetic, block by block the same terms.  S1: w holds only packet
- * tq's scales (kb_load_w<T, true>), else all four (a select). */
+ * g + 8): kb_post8's arithmetic, block by block the same terms.  S1: w holds only the
+ * lane's scales (kb_load_w<T, true>), else all (selects: kb_one_scales). */
 template <int T, bool S1> KB_HD void kb_post8_one(const KbWRegs<T> *w, const KbX1Regs *x, int tq, const int c[4],
 						 float acc[4])
 {
-	static_assert(Lay<T>::CPK == 4 && Lay<T>::CC == 256, "a chunk of four 64-column packets");
+	static_assert(Lay<T>::CC == 256, "a chunk of eight blocks: two a lane");
 	if constexpr (T == QD_TYPE_Q4_K) {
 		/* sub-blocks 2tq, 2tq + 1: bytes 2 (tq & 1) + j of the unpacked scale and minimum
 		 * registers tq / 2 (kb_q4k_unpack); kb_post8's ts and tm for just those two, then

@@ -315,7 +315,9 @@ __device__ __forceinline__ void kb_cursor_next(const KbMmvArgs &a, int cnt, int 
 
 /* The products.  Q4_1's int8 kernels take 137-162 registers, so one block of 256 threads
  * fits a multiprocessor; capped at 128 (two blocks) they spill 32 bytes and ran 9% faster
- * at one token (bench/NOTES-gpu.md, session 6).  Every other instance keeps the plain bound:
+ * at one token (bench/NOTES-gpu.md, session 6).  So do Q8_0's since its decode chunk is 8
+ * packets (118-158 registers; capped, 48-72 bytes of spills and 7B batch 1 454 -> 461,
+ * session 13).  Every other instance keeps the plain bound:
  * naming a minimum of even 1 block changed ptxas's schedule of the f16 kernels and cost
  * 4% of a 7B Q4_0 decode step. */
 template <int T, int RT, bool ROPE, int I8, bool RMS = false>
@@ -352,7 +354,7 @@ __global__ void __launch_bounds__(512) k_mmv_swi(const KbMmvArgs a)
 /* The kernel instance for these parameters. */
 template <int T, int RT, bool ROPE, int I8, bool RMS = false> static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
 {
-	if constexpr (T == QD_TYPE_Q4_1 && I8 != 0)
+	if constexpr ((T == QD_TYPE_Q4_1 || T == QD_TYPE_Q8_0) && I8 != 0)
 		return k_mmv_2<T, RT, ROPE, I8, RMS>;
 	else
 		return k_mmv<T, RT, ROPE, I8, RMS>;
@@ -395,7 +397,7 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
  * configuration) asks for it. */
 template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c, const KbMmvArgs &a, bool rope)
 {
-	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
+	const int S = c->stages < 0 ? kb_auto_stages<T, I8>(a.n_chunks) : c->stages;
 	const bool bulk = S > 0 && ctx->cc_major >= 9;
 	if (a.rms.on) { /* activations of kb_cuda_mmv_res_norm: one token, one row tile (kb_cuda_mmv_rms_ok) */
 		if constexpr (I8 == 2) {
@@ -520,7 +522,7 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	}
 	if (a.rms.on) /* f16 activations never hold y * g (kb_cuda_mmv_rms_ok) */
 		return -EINVAL;
-	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
+	const int S = c->stages < 0 ? kb_auto_stages<T, 0>(a.n_chunks) : c->stages;
 	const bool bulk = S > 0 && ctx->cc_major >= 9;
 	if (rope) /* its own instances (one row tile), so the other products carry none of it */
 		return bulk ? launch_bulk<T, 1, true, 0, false>(ctx, c, S, a) : launch_rt<T, 1, true, 0, false>(ctx, c, a);

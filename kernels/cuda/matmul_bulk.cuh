@@ -225,9 +225,14 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
  * each warp has little to keep in flight and the ring's set-up is not repaid): 1,368 ->
  * 1,268.  Q4_K and Q6_K (7B Q4_K_M) came out even, Q4_0 5% slower (441 -> 418), Q8_0 and
  * F16 slower; with int8 activations Q4_0 558 -> 521 (2 slots) / 502 (3) / 546 (4) and
- * Q8_0 416 -> 370 / 386 (bench/NOTES-gpu.md). */
-template <int T> static int kb_auto_stages(int n_chunks)
+ * Q8_0 416 -> 370 / 386 (bench/NOTES-gpu.md).  Since Q8_0's decode chunk is 8 packets
+ * (session 13) its f16 register kernel (2-8 tokens) holds twice the weights a stage (80 ->
+ * 158 registers, one block a multiprocessor: 7B batch 8 2,994 -> 2,702 tok/s); through the
+ * ring with two slots 2 / 4 / 8 tokens run 771 / 1,527 / 2,991 -> 848 / 1,636 / 3,068 (7B). */
+template <int T, int I8> static int kb_auto_stages(int n_chunks)
 {
+	if (T == QD_TYPE_Q8_0)
+		return I8 == 0 && n_chunks >= 8 ? 2 : 0;
 	return T == QD_TYPE_Q4_1 && n_chunks >= 8 ? 2 : 0;
 }
 

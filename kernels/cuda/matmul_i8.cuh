@@ -21,12 +21,13 @@
  * scales them back (kb_i8_post, a power of two: exact).  The data side of this (where the
  * levels live, the A registers, the scaling) is layout_i8.cuh.
  *
- * One token of Q4_0, Q4_1 or Q4_K (kb_chunk8_one): each block (Q4_K: sub-block) of a chunk
+ * One token of Q4_0, Q4_1, Q4_K or Q8_0 (kb_chunk8_one): each block (Q4_K: sub-block) of a chunk
  * in an mma column of its own, so that the scale work runs once a chunk for all eight
  * instead of after each mma (layout_i8.cuh says how).  Session 12 measured what the scale
  * work costs by leaving it out (wrong results): Q4_0 +14%, Q8_0 +7%; this form took 7B batch
- * 1 Q4_0 618 -> 639 tok/s, Q4_1 568 -> 591, Q4_K_M 418 -> 457 and 70B Q4_0 92.0 -> 94.1;
- * Q8_0 (4 blocks a chunk) measured 2% slower, so it keeps the mma-by-mma form. */
+ * 1 Q4_0 618 -> 639 tok/s, Q4_1 568 -> 591, Q4_K_M 418 -> 457 and 70B Q4_0 92.0 -> 94.1.
+ * Q8_0, whose chunk then held 4 blocks, measured 2% slower that way; with its decode chunk
+ * 8 packets (session 13) 442 -> 461 (74% -> 77%), so every int8 type takes it at one token. */
 #ifndef QD_KERNELS_CUDA_MATMUL_I8_CUH
 #define QD_KERNELS_CUDA_MATMUL_I8_CUH
 

@@ -43,8 +43,7 @@ template <int T> static void frag8_put(int lane, const uint32_t fa[4], const uin
 			B[4 * tq + e + 16 * rg][g] = (int8_t)((fb[rg] >> (8 * e)) & 0xff);
 }
 
-/* The int8 path for one tile (but the one-token path of Q4_0, Q4_1 and Q4_K, tile_i8_cols
- * below):
+/* The int8 path for one tile at 2-8 tokens (one token: tile_i8_cols below):
  * y8[tok * rows + row] of its 16 rows, from the repacked
  * tile and the int8 activation planes, through kb_load_x8 / kb_frag_a8 / kb_post8 (with
  * Q4_K's kb_post8_begin / _end around a chunk) and the
@@ -109,13 +108,13 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 		}
 }
 
-/* The one-token int8 path of Q4_0, Q4_1 and Q4_K (layout_i8.cuh, kb_chunk8_one): block bi
+/* The one-token int8 path (layout_i8.cuh, kb_chunk8_one; every int8 type): block bi
  * of a chunk in mma column bi, lane group g's B registers block g's levels in mma g and
  * zeros in the others (kb_x1_b, the device's own selection), the chunk's mmas accumulated
  * (integers: the chains' split does not change the sums), each lane's scale work for its
- * blocks 2tq and 2tq + 1 with only its packet of scales loaded (S1), and kb_fold8's sum
+ * blocks 2tq and 2tq + 1 with only their scales loaded (S1), and kb_fold8's sum
  * over the four tq lanes in its order (written out here: the device's are shuffles).  The
- * bulk path's select among four packets (S1 false) is left to the GPU suites. */
+ * bulk path's select among all the packets (S1 false) is left to the GPU suites. */
 template <int T>
 static void tile_i8_cols(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView &av, int64_t t, int64_t rows,
 			 std::vector<double> &y8)
