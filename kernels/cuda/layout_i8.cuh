@@ -297,8 +297,8 @@ template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const Kb
  * session 13 its decode chunk is 8 packets (256 columns, 8 blocks) like the others', and it
  * takes this form too (7B batch 1 442 -> 461 tok/s; the GEMM keeps chunks of 4: gemm.cu's
  * KbGLay).  The cost, as for the Q4 types: rows pad to 256 columns (SmolLM2's 576 to 768,
- * and its rows are 3 chunks, work for 3 of a block's 8 warps instead of 5), so SmolLM2 Q8_0 decodes at
- * 1,536 tok/s instead of 1,710 (H200, bench/NOTES-gpu.md). */
+ * and its rows are 3 chunks, work for 3 of a block's 8 warps instead of 5), so SmolLM2
+ * Q8_0 decodes at 1,536 tok/s instead of 1,710 (H200, bench/NOTES-gpu.md). */
 
 /* Types whose one-token products take a column a block (kb_chunk8_one), and whether the
  * products of k_mmv mode I8 (matmul_i8.cuh: 2 is one token) then load only the scales of
