@@ -118,12 +118,11 @@ template <int T> struct KbX8Regs {
 	float4 e[kb_has_min(T) ? 2 : 1][kb_has_min(T) ? ND : 1];
 };
 
-template <int T, bool ONE>
-KB_HD void kb_load_x8(const KbActView *a, int64_t ch, int lane, KbX8Regs<T> *x)
+template <int T> KB_HD void kb_load_x8(const KbActView *a, int64_t ch, int lane, KbX8Regs<T> *x)
 {
 	typedef Lay<T> L;
 	const int g = lane >> 2, tq = lane & 3;
-	const int64_t col0 = ch * L::CC; /* a multiple of 128 */
+	const int64_t col0 = ch * L::CC; /* a multiple of 256 */
 	uint32_t dep = 0;
 	KB_UNROLL
 	for (int q = 0; q < L::NG; q++) {
@@ -139,14 +138,12 @@ KB_HD void kb_load_x8(const KbActView *a, int64_t ch, int lane, KbX8Regs<T> *x)
 		const int tk = 2 * tq + j;
 		KB_UNROLL
 		for (int k = 0; k < KbX8Regs<T>::ND; k++) {
-			uint4 u = { 0, 0, 0, 0 }, e = { 0, 0, 0, 0 };
-			if (!ONE || j == 0) {
-				u = kb_ld_x16(a->xd + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
-				dep ^= u.x;
-				if constexpr (kb_has_min(T)) {
-					e = kb_ld_x16(a->xe + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
-					dep ^= e.x;
-				}
+			uint4 e = { 0, 0, 0, 0 };
+			const uint4 u = kb_ld_x16(a->xd + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
+			dep ^= u.x;
+			if constexpr (kb_has_min(T)) {
+				e = kb_ld_x16(a->xe + kb_act8_d(col0 / 32 + 4 * k, tk), tk < a->n_tok);
+				dep ^= e.x;
 			}
 			memcpy(&x->d[j][k], &u, 16);
 			if constexpr (kb_has_min(T))
@@ -205,14 +202,14 @@ template <int T> KB_HD void kb_post8_begin(const KbWRegs<T> *w, KbPost8<T> *st)
 /* acc += the scaled sums of block bi (C layout: c[0], c[1] row g tokens 2tq, 2tq + 1;
  * c[2], c[3] row g + 8): the CPU backend's dot products (quant.c) block by block,
  * d_w d_x sum(q_w q_x), + m_w s_x for Q4_1.  Q4_K's go to st (d_w = d sc, m_w = -dmin mn:
- * sc c is an exact integer, below 2^22) and reach acc in kb_post8_end.  ONE: only token 0
- * exists, so c[1] and c[3] are skipped. */
-template <int T, bool ONE>
+ * sc c is an exact integer, below 2^22) and reach acc in kb_post8_end.  (One token takes
+ * kb_post8_one, a column a block.) */
+template <int T>
 KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int c[4], float acc[4],
 		    KbPost8<T> *st)
 {
 	const float xa = kb_f4at(x->d[0][bi / 4], bi % 4);
-	const float xb = ONE ? 0.f : kb_f4at(x->d[1][bi / 4], bi % 4);
+	const float xb = kb_f4at(x->d[1][bi / 4], bi % 4);
 	if constexpr (T == QD_TYPE_Q4_K) {
 		const int h = bi / 4, k = bi % 4;
 		const int s0 = kb_byte(st->sc[0][h], k), s1 = kb_byte(st->sc[1][h], k);
@@ -222,13 +219,11 @@ KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int
 		st->ts[2] = fmaf((float)(c[2] * s1), xa, st->ts[2]);
 		st->tm[0] = fmaf(n0, sa, st->tm[0]);
 		st->tm[2] = fmaf(n1, sa, st->tm[2]);
-		if constexpr (!ONE) {
-			const float sb = kb_f4at(x->e[1][bi / 4], bi % 4);
-			st->ts[1] = fmaf((float)(c[1] * s0), xb, st->ts[1]);
-			st->ts[3] = fmaf((float)(c[3] * s1), xb, st->ts[3]);
-			st->tm[1] = fmaf(n0, sb, st->tm[1]);
-			st->tm[3] = fmaf(n1, sb, st->tm[3]);
-		}
+		const float sb = kb_f4at(x->e[1][bi / 4], bi % 4);
+		st->ts[1] = fmaf((float)(c[1] * s0), xb, st->ts[1]);
+		st->ts[3] = fmaf((float)(c[3] * s1), xb, st->ts[3]);
+		st->tm[1] = fmaf(n0, sb, st->tm[1]);
+		st->tm[3] = fmaf(n1, sb, st->tm[3]);
 		(void)w;
 		(void)acc;
 	} else {
@@ -243,45 +238,39 @@ KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int
 		const float d0 = kb_f16lo(dv), d1 = kb_f16hi(dv);
 		acc[0] = fmaf(d0 * xa, (float)c[0], acc[0]);
 		acc[2] = fmaf(d1 * xa, (float)c[2], acc[2]);
-		if constexpr (!ONE) {
-			acc[1] = fmaf(d0 * xb, (float)c[1], acc[1]);
-			acc[3] = fmaf(d1 * xb, (float)c[3], acc[3]);
-		}
+		acc[1] = fmaf(d0 * xb, (float)c[1], acc[1]);
+		acc[3] = fmaf(d1 * xb, (float)c[3], acc[3]);
 		if constexpr (T == QD_TYPE_Q4_1) { /* + m_w s: the minimum times the rounded x's block sum */
 			const uint32_t mv = bi % 2 == 0 ? s.z : s.w;
 			const float m0 = kb_f16lo(mv), m1 = kb_f16hi(mv);
 			const float sa = kb_f4at(x->e[0][bi / 4], bi % 4);
 			acc[0] = fmaf(m0, sa, acc[0]);
 			acc[2] = fmaf(m1, sa, acc[2]);
-			if constexpr (!ONE) {
-				const float sb = kb_f4at(x->e[1][bi / 4], bi % 4);
-				acc[1] = fmaf(m0, sb, acc[1]);
-				acc[3] = fmaf(m1, sb, acc[3]);
-			}
+			const float sb = kb_f4at(x->e[1][bi / 4], bi % 4);
+			acc[1] = fmaf(m0, sb, acc[1]);
+			acc[3] = fmaf(m1, sb, acc[3]);
 		}
 		(void)st;
 	}
 }
 
 /* After a chunk's blocks: Q4_K's acc += d ts - dmin tm (rows g, g+8: headers d[0], d[1]). */
-template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const KbPost8<T> *st, float acc[4])
+template <int T> KB_HD void kb_post8_end(const KbWRegs<T> *w, const KbPost8<T> *st, float acc[4])
 {
 	if constexpr (T == QD_TYPE_Q4_K) {
 		const float d0 = kb_f16lo(w->d[0].x), m0 = kb_f16hi(w->d[0].x);
 		const float d1 = kb_f16lo(w->d[1].x), m1 = kb_f16hi(w->d[1].x);
 		acc[0] = fmaf(-m0, st->tm[0], fmaf(d0, st->ts[0], acc[0]));
 		acc[2] = fmaf(-m1, st->tm[2], fmaf(d1, st->ts[2], acc[2]));
-		if constexpr (!ONE) {
-			acc[1] = fmaf(-m0, st->tm[1], fmaf(d0, st->ts[1], acc[1]));
-			acc[3] = fmaf(-m1, st->tm[3], fmaf(d1, st->ts[3], acc[3]));
-		}
+		acc[1] = fmaf(-m0, st->tm[1], fmaf(d0, st->ts[1], acc[1]));
+		acc[3] = fmaf(-m1, st->tm[3], fmaf(d1, st->ts[3], acc[3]));
 	}
 	(void)w;
 	(void)st;
 	(void)acc;
 }
 
-/* ---- one token, a column a block (kb_chunk8_one in matmul_i8.cuh; Q4_0, Q4_1, Q4_K) ----
+/* ---- one token, a column a block (kb_chunk8_one in matmul_i8.cuh; every int8 type) ----
  *
  * With one token only column 0 of an m16n8k32's eight is data, so each block's two sums a
  * lane (rows g, g+8) sit in the 8 lanes tq = 0, and the scale work after every mma (8
@@ -290,26 +279,23 @@ template <int T, bool ONE> KB_HD void kb_post8_end(const KbWRegs<T> *w, const Kb
  * and zeros in the others, and the chunk's mmas accumulate into one C.  After the chunk,
  * lane (g, tq) holds rows g and g+8 of blocks 2tq (C elements 0, 2) and 2tq + 1 (1, 3),
  * and one round of scale work covers all of them: a quarter of the instructions, and each
- * lane needs the scales of its own packet only.  A row's sum is then spread over its four
- * tq lanes, which kb_fold8 adds up before the block's flush.  Q4_0, Q4_1 and Q4_K (8
- * blocks, or sub-blocks, a chunk); Q8_0's chunk has 4, so half its lanes would idle through
- * the scale work, and it measured 2% slower this way (bench/NOTES-gpu.md, session 12); since
- * session 13 its decode chunk is 8 packets (256 columns, 8 blocks) like the others', and it
- * takes this form too (7B batch 1 442 -> 461 tok/s; the GEMM keeps chunks of 4: gemm.cu's
- * KbGLay).  The cost, as for the Q4 types: rows pad to 256 columns (SmolLM2's 576 to 768,
- * and its rows are 3 chunks, work for 3 of a block's 8 warps instead of 5), so SmolLM2
- * Q8_0 decodes at 1,536 tok/s instead of 1,710 (H200, bench/NOTES-gpu.md). */
+ * lane needs the scales of its own two blocks only.  A row's sum is then spread over its
+ * four tq lanes, which kb_fold8 adds up before the block's flush.  A chunk has 8 blocks
+ * (Q4_K: sub-blocks).  Q8_0's chunk had 4 until session 13, so half its lanes would have
+ * idled through the scale work, and that measured 2% slower (bench/NOTES-gpu.md, session
+ * 12); with its decode chunk 8 packets (256 columns; the GEMM keeps chunks of 4: gemm.cu's
+ * KbGLay) the column form took 7B batch 1 442 -> 454 tok/s (461 with k_mmv_2's register
+ * cap, matmul.cu).  The cost of 8-packet chunks falls on the f16 products (2-8 tokens, and
+ * one token in models under 1 GiB): twice the weights an item in registers (80 -> 158), so
+ * 7B's 2-8-token products take the bulk-copy ring (kb_auto_stages), and SmolLM2 Q8_0 (f16
+ * at one token, rows of 576 padded to 768: 3 chunks, work for 3 of a block's 8 warps
+ * instead of 5) decodes at 1,536 tok/s instead of 1,710 (H200, session 13). */
 
-/* Types whose one-token products take a column a block (kb_chunk8_one), and whether the
- * products of k_mmv mode I8 (matmul_i8.cuh: 2 is one token) then load only the scales of
- * the lane's blocks (kb_load_w's S1). */
-__host__ __device__ constexpr bool kb_i8_cols(int t)
-{
-	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K || t == QD_TYPE_Q8_0;
-}
+/* Whether the one-token products of k_mmv mode I8 (matmul_i8.cuh: 2 is one token) load
+ * only the scales of the lane's blocks (kb_load_w's S1). */
 __host__ __device__ constexpr bool kb_i8_s1(int t, int i8)
 {
-	return kb_i8_cols(t) && i8 == 2;
+	return kb_i8_type(t) && i8 == 2;
 }
 
 /* The lane's activations for one chunk: block g's levels (its two B registers), and the
@@ -322,7 +308,7 @@ struct KbX1Regs {
 
 template <int T> KB_HD void kb_load_x1(const KbActView *a, int64_t ch, int lane, KbX1Regs *x)
 {
-	static_assert(kb_i8_cols(T) && Lay<T>::CC == 256, "eight blocks a chunk: one a lane group");
+	static_assert(KbI8<T>::ok && Lay<T>::CC == 256, "eight blocks a chunk: one a lane group");
 	const int g = lane >> 2, tq = lane & 3;
 	const int64_t col0 = ch * Lay<T>::CC, blk = col0 / 32 + 2 * tq;
 	/* block g of the chunk: 64-column group g / 2, bytes 16 tq + 8 (g & 1) of it */

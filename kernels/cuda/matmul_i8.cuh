@@ -7,9 +7,8 @@
  * instructions, and a 32-column block takes two m16n8k16 and six more for its scale.  With
  * the activations as int8 levels and a scale per 32-column block (the CPU backend's Q8_0
  * activations, kb_act_put), a block is one m16n8k32 whose A registers are 3 instructions a
- * Q4 word (kb_dec_q4_i8; a word is one row of one block) or 4 PRMT for a Q8_0 block, its
- * activation registers half as many, and
- * at one token the scale work of the odd token columns is skipped (ONE).
+ * Q4 word (kb_dec_q4_i8; a word is one row of one block) or 4 PRMT for a Q8_0 block, and
+ * its activation registers half as many.
  *
  * Arithmetic: c = sum over the block of A q_x in int32 (exact), then acc += (d_w d_x) c,
  * plus m_w s_x for Q4_1 (s_x = d_x sum(q_x) rounded to f16, Q8_1's s): what the CPU
@@ -65,7 +64,7 @@ __host__ __device__ constexpr bool kb_i8_one(int i8) { return i8 == 2; }
 
 /* One token: the chunk's blocks in columns of their own (layout_i8.cuh), KB_COL_CHAINS
  * chains of accumulating mmas (block bi in chain bi % KB_COL_CHAINS) so that each waits on
- * fewer.  S1: w holds the lane's packet of scales only. */
+ * fewer.  S1: w holds the scales of the lane's blocks only. */
 template <int T, int RT, bool S1>
 __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					      float (&acc)[RT][4])
@@ -104,7 +103,7 @@ __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs
  * would be tokens 2, 4, 6, which the flush skips; zeroed all the same). */
 template <int T, int I8, int RT> __device__ __forceinline__ void kb_fold8(float (&acc)[RT][4], int lane)
 {
-	if constexpr (kb_i8_one(I8) && kb_i8_cols(T)) {
+	if constexpr (kb_i8_one(I8)) {
 		KB_UNROLL
 		for (int rt = 0; rt < RT; rt++)
 			KB_UNROLL
@@ -119,18 +118,19 @@ template <int T, int I8, int RT> __device__ __forceinline__ void kb_fold8(float 
 	(void)lane;
 }
 
-/* The products of one chunk of the block's RT tiles, into acc (kb_chunk's int8 form). */
+/* The products of one chunk of the block's RT tiles, into acc (kb_chunk's int8 form); ONE:
+ * exactly one token (kb_chunk8_one's column form). */
 template <int T, int RT, bool ONE, bool S1 = false>
 __device__ __forceinline__ void kb_chunk8(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					  float (&acc)[RT][4])
 {
-	if constexpr (ONE && kb_i8_cols(T)) {
+	if constexpr (ONE) {
 		kb_chunk8_one<T, RT, S1>(xv, w, ch, lane, acc);
 		return;
 	}
 	constexpr int NB = Lay<T>::CC / 32;
 	KbX8Regs<T> x;
-	kb_load_x8<T, ONE>(&xv, ch, lane, &x);
+	kb_load_x8<T>(&xv, ch, lane, &x);
 	/* 0x80808080, but not a constant the compiler sees (n_tok <= 8): kept in a register */
 	const uint32_t k80 = 0x80808080u | (uint32_t)(xv.n_tok >> 8);
 	KB_UNROLL
@@ -144,9 +144,9 @@ __device__ __forceinline__ void kb_chunk8(const KbActView &xv, const KbWRegs<T> 
 			const int q = bi / 2, k = 2 * (bi % 2);
 			int c[4];
 			kb_imma<T>(c, fa, x.b[q][k] | (rt == 0 && bi == 0 ? x.dep : 0u), x.b[q][k + 1]);
-			kb_post8<T, ONE>(&w[rt], &x, bi, c, acc[rt], &st);
+			kb_post8<T>(&w[rt], &x, bi, c, acc[rt], &st);
 		}
-		kb_post8_end<T, ONE>(&w[rt], &st, acc[rt]);
+		kb_post8_end<T>(&w[rt], &st, acc[rt]);
 	}
 }
 

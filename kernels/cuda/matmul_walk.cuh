@@ -209,7 +209,7 @@ __device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, 
  * the f16 kernels occupancy (Q4_K 128 -> 168). */
 template <int T, int RT, bool CUR, int RG = 1, bool S1 = false> struct KbLoader {
 	static_assert(RG != 4 || (CUR && RT == 1), "k_mmv_swi: int8 kernels, one tile a warp");
-	static_assert(!S1 || CUR, "one packet of scales: the int8 kernels' cursor loads only");
+	static_assert(!S1 || CUR, "the lane's scales only: the int8 kernels' cursor loads only");
 	int lj, lch;             /* the next item: chunk lch of the block's group lj */
 	int wt;                  /* RG > 1: the warp's tiles of each group (kb_flush) */
 	KbTilePtr b;             /* CUR: tile 0 of that group */

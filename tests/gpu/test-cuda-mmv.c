@@ -465,7 +465,9 @@ static void test_mmq_shares(void)
 {
 	if (!ensure_ctx("mmq_shares"))
 		return;
-	static const int types[] = { QD_TYPE_Q4_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_F16 };
+	/* Q8_0: the GEMM's chunk is half its decode chunk (gemm.cu's KbGLay), so its units are
+	 * twice geo.n_chunks */
+	static const int types[] = { QD_TYPE_Q4_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_F16, QD_TYPE_Q8_0 };
 	static const int64_t rows[3] = { 390, 130, 300 };
 	static const int shares[][2] = { { 0, 2 }, { 1, 1 }, { 2, 2 }, { 2, 3 }, { 2, 5 }, { 2, 8 }, { 4, 1 } };
 	static const int ns[] = { 12, 20, 40, 100 };
