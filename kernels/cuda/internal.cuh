@@ -50,6 +50,7 @@ static inline int kb_type_slot(int type)
 	case QD_TYPE_Q4_0: return 0;
 	case QD_TYPE_Q4_1: return 1;
 	case QD_TYPE_Q8_0: return 2;
+	case KB_TYPE_Q8_0_F16: return 2; /* Q8_0's f16 instances: Q8_0's own are never launched */
 	case QD_TYPE_Q4_K: return 3;
 	case QD_TYPE_Q6_K: return 4;
 	case QD_TYPE_F16: return 5;

@@ -96,6 +96,13 @@ template <int T> struct Lay;
 KB_LAY(QD_TYPE_Q4_0, 64, 4, 1, 8, 0, 2)
 KB_LAY(QD_TYPE_Q4_1, 64, 4, 1, 16, 0, 2)
 KB_LAY(QD_TYPE_Q8_0, 32, 8, 1, 4, 0, 2) /* 256 columns: the one-token column form's 8 blocks (layout_i8.cuh) */
+/* Q8_0 as its f16 products walk it in registers: items of 4 packets, the same bytes (the
+ * layout does not depend on the grouping; a Q8_0 chunk is two such items).  8-packet items
+ * cost the f16 register kernel twice the weights a stage (80 -> 158 registers; SmolLM2 Q8_0
+ * -10%, 7B batch 8 -10%: bench/NOTES-gpu.md, session 13), so matmul.cu's launch_f16 runs
+ * them as this type.  Not a GGUF type: no weight has it. */
+#define KB_TYPE_Q8_0_F16 0x1008
+KB_LAY(KB_TYPE_Q8_0_F16, 32, 4, 1, 4, 0, 2)
 KB_LAY(QD_TYPE_Q4_K, 64, 4, 1, 0, 32, 2)
 KB_LAY(QD_TYPE_Q6_K, 128, 2, 3, 16, 4, 1)
 KB_LAY(QD_TYPE_F16, 16, 4, 1, 0, 0, 4)
@@ -648,7 +655,7 @@ template <int T> KB_HD void kb_frag_a(const KbWRegs<T> *w, int m, uint32_t a[4])
 		const uint32_t word = k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
 		const uint32_t hw = j == 0 ? h.x : j == 1 ? h.y : j == 2 ? h.z : h.w;
 		kb_dec_q6(word, hw >> (2 * (i & 1)), a);
-	} else if constexpr (T == QD_TYPE_Q8_0) {
+	} else if constexpr (T == QD_TYPE_Q8_0 || T == KB_TYPE_Q8_0_F16) {
 		const uint4 v = w->q[p][0];
 		if (i == 0)
 			kb_dec_q8(v.x, v.y, a);
@@ -702,7 +709,7 @@ template <int T> KB_HD void kb_post(const KbWRegs<T> *w, const KbXRegs<T> *x, in
 			acc[2] += d1 * t[2] + m1 * xa;
 			acc[3] += d1 * t[3] + m1 * xb;
 		}
-	} else if constexpr (T == QD_TYPE_Q8_0) {
+	} else if constexpr (T == QD_TYPE_Q8_0 || T == KB_TYPE_Q8_0_F16) {
 		const uint32_t dv = w->s[sg].x;
 		const float d0 = kb_f16lo(dv), d1 = kb_f16hi(dv);
 		acc[0] += d0 * t[0];

@@ -285,11 +285,11 @@ template <int T> KB_HD void kb_post8_end(const KbWRegs<T> *w, const KbPost8<T> *
  * idled through the scale work, and that measured 2% slower (bench/NOTES-gpu.md, session
  * 12); with its decode chunk 8 packets (256 columns; the GEMM keeps chunks of 4: gemm.cu's
  * KbGLay) the column form took 7B batch 1 442 -> 454 tok/s (461 with k_mmv_2's register
- * cap, matmul.cu).  The cost of 8-packet chunks falls on the f16 products (2-8 tokens, and
- * one token in models under 1 GiB): twice the weights an item in registers (80 -> 158), so
- * 7B's 2-8-token products take the bulk-copy ring (kb_auto_stages), and SmolLM2 Q8_0 (f16
- * at one token, rows of 576 padded to 768: 3 chunks, work for 3 of a block's 8 warps
- * instead of 5) decodes at 1,536 tok/s instead of 1,710 (H200, session 13). */
+ * cap, matmul.cu).  Its f16 products (2-8 tokens, and one token in models under 1 GiB)
+ * would hold twice the weights an item in registers (80 -> 158; SmolLM2 Q8_0 -10%), so they
+ * walk items of 4 packets (KB_TYPE_Q8_0_F16, layout.cuh) but for 2-8 tokens of long rows on
+ * sm_90, which take the 8-packet chunks through the bulk-copy ring (matmul.cu's launch_f16;
+ * bench/NOTES-gpu.md, session 13). */
 
 /* Whether the one-token products of k_mmv mode I8 (matmul_i8.cuh: 2 is one token) load
  * only the scales of the lane's blocks (kb_load_w's S1). */

@@ -397,7 +397,7 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
  * configuration) asks for it. */
 template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c, const KbMmvArgs &a, bool rope)
 {
-	const int S = c->stages < 0 ? kb_auto_stages<T, I8>(a.n_chunks) : c->stages;
+	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
 	const bool bulk = S > 0 && ctx->cc_major >= 9;
 	if (a.rms.on) { /* activations of kb_cuda_mmv_res_norm: one token, one row tile (kb_cuda_mmv_rms_ok) */
 		if constexpr (I8 == 2) {
@@ -437,6 +437,25 @@ static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int 
 template <int T, int I8> static int launch_norm(KbCuda *ctx, const KbMmvArgs &a)
 {
 	return launch_wide(ctx, k_mmv_norm<T, I8>, KB_NORM_SM_BYTES, &ctx->occ_norm[kb_type_slot(T)][I8], a);
+}
+
+/* The items of Q8_0's f16 walk (KB_TYPE_Q8_0_F16) over COLS columns: the padding's all-zero
+ * items past them are left out (they would add zeros), so a 576-column row is 5 items, as
+ * before its chunks were 8 packets. */
+static int kb_q8_f16_items(int64_t cols)
+{
+	return (int)((cols + Lay<KB_TYPE_Q8_0_F16>::CC - 1) / Lay<KB_TYPE_Q8_0_F16>::CC);
+}
+
+/* k_mmv_norm with f16 activations; Q8_0's in items of 4 packets, as launch_f16. */
+template <int T> static int launch_f16_norm(KbCuda *ctx, KbMmvArgs a, int64_t cols)
+{
+	if constexpr (T == QD_TYPE_Q8_0) {
+		a.n_chunks = kb_q8_f16_items(cols);
+		return launch_norm<KB_TYPE_Q8_0_F16, 0>(ctx, a);
+	} else {
+		return launch_norm<T, 0>(ctx, a);
+	}
 }
 
 /* The arguments every product launch shares: weight i's regions, its y and row groups
@@ -483,6 +502,8 @@ static void kb_args_base(KbMmvArgs *a, int nw, const KbCudaWeight *const *w, flo
 	}
 }
 
+template <int T> static int launch_f16(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a, bool rope, int64_t cols);
+
 template <int T>
 static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
 		      const int64_t *ldy, int acc, const KbCudaRope *rope, const KbMmvNorm *nrm)
@@ -513,7 +534,7 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 			if (kb_i8_use(ctx, T, act->n_tok))
 				return act->n_tok == 1 ? launch_norm<T, 2>(ctx, a) : launch_norm<T, 1>(ctx, a);
 		}
-		return launch_norm<T, 0>(ctx, a);
+		return launch_f16_norm<T>(ctx, a, w[0]->cols);
 	}
 	if constexpr (KbI8<T>::ok) {
 		if (kb_i8_use(ctx, T, act->n_tok))
@@ -522,7 +543,12 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	}
 	if (a.rms.on) /* f16 activations never hold y * g (kb_cuda_mmv_rms_ok) */
 		return -EINVAL;
-	const int S = c->stages < 0 ? kb_auto_stages<T, 0>(a.n_chunks) : c->stages;
+	return launch_f16<T>(ctx, c, a, rope != NULL, w[0]->cols);
+}
+
+/* The f16 products of weight type T with S ring slots (0: register loads). */
+template <int T> static int launch_f16_as(KbCuda *ctx, const KbMmvConfig *c, const KbMmvArgs &a, bool rope, int S)
+{
 	const bool bulk = S > 0 && ctx->cc_major >= 9;
 	if (rope) /* its own instances (one row tile), so the other products carry none of it */
 		return bulk ? launch_bulk<T, 1, true, 0, false>(ctx, c, S, a) : launch_rt<T, 1, true, 0, false>(ctx, c, a);
@@ -532,6 +558,24 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	if (c->row_tiles == 1)
 		return launch_rt<T, 1, false, 0, false>(ctx, c, a);
 	return launch_rt<T, 2, false, 0, false>(ctx, c, a);
+}
+
+/* The f16 products of weight type T over COLS columns.  Q8_0's: 2-8 tokens of rows of 8
+ * chunks or more on sm_90 (7B) take its 8-packet chunks through the bulk-copy ring (2 / 4 /
+ * 8 tokens 771 / 1,527 / 2,991 -> 848 / 1,636 / 3,068 tok/s; with 4-packet items the ring
+ * is slower: 716 / 1,386 / 2,672); the rest (one token in models under 1 GiB, short rows,
+ * older GPUs) items of 4 packets in registers (KB_TYPE_Q8_0_F16, layout.cuh), the kernel
+ * Q8_0 had before its chunks were 8 packets (bench/NOTES-gpu.md, session 13). */
+template <int T> static int launch_f16(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a, bool rope, int64_t cols)
+{
+	if constexpr (T == QD_TYPE_Q8_0) {
+		if (c->stages < 0 && ctx->cc_major >= 9 && a.x.n_tok > 1 && a.n_chunks >= 8)
+			return launch_f16_as<T>(ctx, c, a, rope, 2);
+		a.n_chunks = kb_q8_f16_items(cols);
+		return launch_f16<KB_TYPE_Q8_0_F16>(ctx, c, a, rope, cols);
+	} else {
+		return launch_f16_as<T>(ctx, c, a, rope, c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages);
+	}
 }
 
 /* Whether ACT holds the planes products of TYPE read: the ones its producer wrote must

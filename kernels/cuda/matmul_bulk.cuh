@@ -217,24 +217,18 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 #endif
 }
 
-/* Ring slots per warp when the configuration leaves the choice to the weight (stages < 0):
- * two where the bulk-copy kernel measured faster in
+/* Ring slots per warp when the configuration leaves the choice to the weight (stages < 0),
+ * for f16 and int8 activations alike: two where the bulk-copy kernel measured faster in
  * whole models on the H200, else none (k_mmv).  Q4_1 rows of 4096 (7B shape, batch 1):
  * f16 336 -> 391 tok/s (session 3), int8 478 -> 499-503 (session 8: 103 registers
  * instead of k_mmv_2's 128 with spills); but rows of 576 (SmolLM2: three chunks a row, so
  * each warp has little to keep in flight and the ring's set-up is not repaid): 1,368 ->
  * 1,268.  Q4_K and Q6_K (7B Q4_K_M) came out even, Q4_0 5% slower (441 -> 418), Q8_0 and
  * F16 slower; with int8 activations Q4_0 558 -> 521 (2 slots) / 502 (3) / 546 (4) and
- * Q8_0 416 -> 370 / 386 (bench/NOTES-gpu.md).  Since Q8_0's decode chunk is 8 packets
- * (session 13) its f16 register kernel holds twice the weights a stage (80 -> 158
- * registers, one block a multiprocessor: 7B batch 8 2,994 -> 2,702 tok/s), so its f16
- * products take the ring (7B 2 / 4 / 8 tokens 771 / 1,527 / 2,991 -> 848 / 1,636 / 3,068;
- * one-token f16 products, in models under 1 GiB or with QD_CUDA_MMV_I8=0, were not
- * measured that way) and its int8 ones keep k_mmv_2.  Before sm_90 there is no ring. */
-template <int T, int I8> static int kb_auto_stages(int n_chunks)
+ * Q8_0 416 -> 370 / 386 (bench/NOTES-gpu.md).  (Q8_0's 2-8-token products of long rows
+ * choose the ring themselves: matmul.cu's launch_f16.) */
+template <int T> static int kb_auto_stages(int n_chunks)
 {
-	if (T == QD_TYPE_Q8_0)
-		return I8 == 0 && n_chunks >= 8 ? 2 : 0;
 	return T == QD_TYPE_Q4_1 && n_chunks >= 8 ? 2 : 0;
 }
 
