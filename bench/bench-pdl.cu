@@ -36,7 +36,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define NT 256
 #define VEC 4096
@@ -94,20 +93,8 @@ __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, fl
 	if (mode == M_PDL) {
 		asm volatile("griddepcontrol.wait;" ::: "memory");
 	} else if (mode == M_FLAG && k > 0) {
-		if (threadIdx.x == 0) {
-			const uint64_t t0 = gtime();
-			for (;;) {
-				unsigned v;
-				asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt + (k - 1) * 32) : "memory");
-				if (v >= gridDim.x)
-					break;
-				if (spin_expired(t0, err)) {
-					atomicExch(err, 1u);
-					break;
-				}
-			}
-			asm volatile("fence.acq_rel.gpu;" ::: "memory");
-		}
+		if (threadIdx.x == 0)
+			spin_count(cnt + (k - 1) * 32, gridDim.x, err);
 		__syncthreads();
 	}
 	float s = 0.f;
@@ -227,14 +214,10 @@ int main(int argc, char **argv)
 	static const char *const name[M_COUNT] = { "serial", "pdl", "flag", "none" };
 	float *ref = (float *)malloc(VEC * sizeof(float)), *got = (float *)malloc(VEC * sizeof(float));
 	double us_of[M_COUNT];
-	FILE *jf = out ? fopen(out, "a") : NULL;
-	if (out && !jf) {
-		perror(out);
-		return 1;
-	}
+	FILE *jf;
 	char date[32];
-	time_t t = time(NULL);
-	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+	if (bench_out_open(out, &jf, date) < 0)
+		return 1;
 	printf("%s, %d SMs: a chain of %d kernels of %d x %d threads (%d B shared memory a block: %d blocks fit an SM), "
 	       "%.2f MB of weights a kernel (-w %s), one CUDA graph\n",
 	       prop.name, prop.multiProcessorCount, nk, grid, NT, smem, per_sm, woff[nk] / 1e6 / nk, wlist);

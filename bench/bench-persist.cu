@@ -31,7 +31,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define REF_GBPS 4220.0
 #define NT 256      /* warp 0 the producer, 1..7 consumers */
@@ -188,18 +187,7 @@ __device__ __forceinline__ void grid_arrive_wait(unsigned *cnt, unsigned *err)
 {
 	__threadfence();
 	atomicAdd(cnt, 1u);
-	const uint64_t t0 = gtime();
-	for (;;) {
-		unsigned v;
-		asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
-		if (v >= gridDim.x)
-			break;
-		if (spin_expired(t0, err)) {
-			atomicExch(err, 1u);
-			break;
-		}
-	}
-	asm volatile("fence.acq_rel.gpu;" ::: "memory");
+	spin_count(cnt, gridDim.x, err);
 }
 
 __global__ void __launch_bounds__(NT, 1) k_step(const __grid_constant__ Args a)
@@ -403,10 +391,8 @@ __device__ __forceinline__ void chunk_poller(const Args &a, volatile unsigned lo
 					int q[3];
 					const int nq = deps_of(pi, c, q);
 					for (int i = 0; i < nq; i++) {
-						unsigned v;
 						const unsigned *cnt = a.rc + ((size_t)(pi - 1) * RC_MAX + q[i]) * DONE_STRIDE;
-						asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
-						ok = ok && v >= a.rexp[(pi - 1) * RC_MAX + q[i]];
+						ok = ok && ld_relaxed(cnt) >= a.rexp[(pi - 1) * RC_MAX + q[i]];
 					}
 				}
 				got |= (unsigned long long)__ballot_sync(0xffffffffu, ok) << c0;
@@ -619,14 +605,10 @@ int main(int argc, char **argv)
 	cudaEvent_t e0, e1;
 	CHECK(cudaEventCreate(&e0));
 	CHECK(cudaEventCreate(&e1));
-	FILE *jf = out ? fopen(out, "a") : NULL;
-	if (out && !jf) {
-		perror(out);
-		return 1;
-	}
+	FILE *jf;
 	char date[32];
-	time_t t = time(NULL);
-	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+	if (bench_out_open(out, &jf, date) < 0)
+		return 1;
 	printf("%s, %d SMs, %d-byte slots x %d, %.2f GB of int8 weights a step (7B shapes, %d products)\n",
 	       prop.name, grid, SLOT, slots, wbytes / 1e9, NP);
 	printf("%-8s %10s %10s %8s\n", "mode", "us/step", "GB/s", "% 4.22");

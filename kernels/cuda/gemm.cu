@@ -86,7 +86,7 @@ template <int T> __device__ __forceinline__ void kb_frag_a_w(const KbWRegs<T> *w
 			n0 = kb_bcast_lo(mv);
 			n1 = kb_bcast_hi(mv);
 		}
-	} else if constexpr (T == QD_TYPE_Q8_0) {
+	} else if constexpr (T == QD_TYPE_Q8_0 || T == KB_TYPE_Q8_0_F16) {
 		const uint32_t dv = w->s[m / 2].x;
 		s0 = kb_bcast_lo(dv);
 		s1 = kb_bcast_hi(dv);
@@ -115,21 +115,11 @@ template <int T> __device__ __forceinline__ void kb_frag_a_w(const KbWRegs<T> *w
 	a[3] = kb_h2fma(a[3], s1, n1);
 }
 
-/* The GEMM's chunk: Lay's, but 4 packets (128 columns) for Q8_0, whose decode chunk of 8
- * (the one-token column form, layout_i8.cuh) would double the GEMM's shared memory a
- * stage (past sm_86/89's 99 KiB at 32 tokens) and cost it occupancy.  The repacked layout
- * does not depend on the grouping: a decode chunk is GEMM chunks 2c, 2c + 1. */
-template <int T> struct KbGLay : Lay<T> {
-};
-template <> struct KbGLay<QD_TYPE_Q8_0> : Lay<QD_TYPE_Q8_0> {
-	static constexpr int CPK = 4, CC = 128, NM = 8, NG = 2;
-};
-
 /* kb_load_w from a tile chunk staged in shared memory (same byte layout, chunk 0). */
 template <int T> __device__ __forceinline__ void kb_load_w_sm(const uint8_t *q, const uint8_t *s, const uint8_t *d,
 							     int lane, KbWRegs<T> *w)
 {
-	typedef KbGLay<T> L;
+	typedef Lay<T> L;
 	const int g = lane >> 2;
 	KB_UNROLL
 	for (int p = 0; p < L::CPK; p++) {
@@ -199,7 +189,7 @@ typedef struct {
 } KbMmqArgs;
 
 template <int T> struct MmqGeo {
-	typedef KbGLay<T> L;
+	typedef Lay<T> L;
 	static constexpr int QB = L::CPK * L::QV * 512, SBY = L::CPK * 8 * L::SB, DBY = 8 * L::DB;
 	static constexpr int WB = QB + SBY + DBY;  /* one tile's chunk */
 	static constexpr int XR = L::CC * 2 + 16; /* one token's chunk, padded against bank conflicts */
@@ -269,7 +259,7 @@ __device__ __forceinline__ MmqRb mmq_rb(const KbMmqArgs &a, int by)
 template <int T, int RT, int NT>
 __device__ __forceinline__ void mmq_stage(const KbMmqArgs &a, const MmqRb &rb, int ch, uint32_t st, int tok0)
 {
-	typedef KbGLay<T> L;
+	typedef Lay<T> L;
 	typedef MmqGeo<T> G;
 	constexpr int TILES = MMQ_WARPS * RT, XP = L::CC * 2 / 16, NTH = MMQ_WARPS * 32;
 	mmq_stage_region<G::QB / 16, TILES, G::WB>(rb.q + (int64_t)ch * G::QB, (uint32_t)a.q_tile, rb.left, st);
@@ -413,7 +403,7 @@ __device__ __forceinline__ void mmq_finish(const KbMmqArgs &a, float (&acc)[RT][
 template <int T, int RT, int NT>
 __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 {
-	typedef KbGLay<T> L;
+	typedef Lay<T> L;
 	typedef MmqGeo<T> G;
 	extern __shared__ __align__(16) uint8_t kb_sm[];
 	__shared__ int last;
@@ -588,7 +578,7 @@ static int mmq_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const u
 	a.q_tile = w[0]->geo.q_tile;
 	a.s_tile = w[0]->geo.s_tile;
 	a.d_tile = w[0]->geo.d_tile;
-	a.n_chunks = (int)w[0]->geo.n_chunks * (Lay<T>::CPK / KbGLay<T>::CPK);
+	a.n_chunks = (int)(w[0]->cols_pad / Lay<T>::CC); /* T's chunks, not the weight type's */
 	a.n = n;
 	a.acc = acc;
 	a.gy = gy;
@@ -687,8 +677,12 @@ extern "C" int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, co
 		same &= w[i]->type == w[0]->type;
 	for (int i = 0; i < nw && r == 0; i += same ? nw : 1) {
 		const int m = same ? nw : 1;
+		/* Q8_0 in chunks of 4 packets (KB_TYPE_Q8_0_F16, layout.cuh): its decode chunk of 8
+		 * would double the GEMM's shared memory a stage (past sm_86/89's 99 KiB at 32
+		 * tokens) and cost it occupancy */
 		r = kb_with_product_type(w[i]->type, [&](auto t) {
-			return mmq_type<decltype(t)::value>(ctx, m, w + i, xh, ldo, n, y + i, acc);
+			constexpr int T = decltype(t)::value;
+			return mmq_type<T == QD_TYPE_Q8_0 ? KB_TYPE_Q8_0_F16 : T>(ctx, m, w + i, xh, ldo, n, y + i, acc);
 		});
 	}
 	return r;

@@ -96,11 +96,12 @@ template <int T> struct Lay;
 KB_LAY(QD_TYPE_Q4_0, 64, 4, 1, 8, 0, 2)
 KB_LAY(QD_TYPE_Q4_1, 64, 4, 1, 16, 0, 2)
 KB_LAY(QD_TYPE_Q8_0, 32, 8, 1, 4, 0, 2) /* 256 columns: the one-token column form's 8 blocks (layout_i8.cuh) */
-/* Q8_0 as its f16 products walk it in registers: items of 4 packets, the same bytes (the
- * layout does not depend on the grouping; a Q8_0 chunk is two such items).  8-packet items
- * cost the f16 register kernel twice the weights a stage (80 -> 158 registers; SmolLM2 Q8_0
- * -10%, 7B batch 8 -10%: bench/NOTES-gpu.md, session 13), so matmul.cu's launch_f16 runs
- * them as this type.  Not a GGUF type: no weight has it. */
+/* Q8_0 in chunks of 4 packets, the same bytes (the layout does not depend on the grouping;
+ * a Q8_0 chunk is two of these): what its f16 register products (matmul.cu's launch_f16)
+ * and the GEMM (gemm.cu) walk.  8-packet items cost the f16 register kernel twice the
+ * weights a stage (80 -> 158 registers; SmolLM2 Q8_0 -10%, 7B batch 8 -10%:
+ * bench/NOTES-gpu.md, session 13) and the GEMM twice the shared memory a stage.  Not a
+ * GGUF type: no weight has it. */
 #define KB_TYPE_Q8_0_F16 0x1008
 KB_LAY(KB_TYPE_Q8_0_F16, 32, 4, 1, 4, 0, 2)
 KB_LAY(QD_TYPE_Q4_K, 64, 4, 1, 0, 32, 2)

@@ -283,9 +283,9 @@ template <int T> KB_HD void kb_post8_end(const KbWRegs<T> *w, const KbPost8<T> *
  * four tq lanes, which kb_fold8 adds up before the block's flush.  A chunk has 8 blocks
  * (Q4_K: sub-blocks).  Q8_0's chunk had 4 until session 13, so half its lanes would have
  * idled through the scale work, and that measured 2% slower (bench/NOTES-gpu.md, session
- * 12); with its decode chunk 8 packets (256 columns; the GEMM keeps chunks of 4: gemm.cu's
- * KbGLay) the column form took 7B batch 1 442 -> 454 tok/s (461 with k_mmv_2's register
- * cap, matmul.cu).  Its f16 products (2-8 tokens, and one token in models under 1 GiB)
+ * 12); with its decode chunk 8 packets (256 columns; the GEMM keeps chunks of 4,
+ * KB_TYPE_Q8_0_F16 in layout.cuh) the column form took 7B batch 1 442 -> 454 tok/s (461
+ * with k_mmv_2's register cap, matmul.cu).  Its f16 products (2-8 tokens, and one token in models under 1 GiB)
  * would hold twice the weights an item in registers (80 -> 158; SmolLM2 Q8_0 -10%), so they
  * walk items of 4 packets (KB_TYPE_Q8_0_F16, layout.cuh) but for 2-8 tokens of long rows on
  * sm_90, which take the 8-packet chunks through the bulk-copy ring (matmul.cu's launch_f16;

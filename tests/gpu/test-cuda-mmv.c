@@ -465,7 +465,7 @@ static void test_mmq_shares(void)
 {
 	if (!ensure_ctx("mmq_shares"))
 		return;
-	/* Q8_0: the GEMM's chunk is half its decode chunk (gemm.cu's KbGLay), so its units are
+	/* Q8_0: the GEMM's chunk is half its decode chunk (KB_TYPE_Q8_0_F16), so its units are
 	 * twice geo.n_chunks */
 	static const int types[] = { QD_TYPE_Q4_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_F16, QD_TYPE_Q8_0 };
 	static const int64_t rows[3] = { 390, 130, 300 };
