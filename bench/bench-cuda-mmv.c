@@ -16,7 +16,7 @@
  *   bench-cuda-mmv [-o OUT.jsonl] [-t q4_0,q8_0,...] [-n 1,2,4,8] [-l LAYERS] [-d DEV]
  *                  [--i8 -1|0|1] [--sweep] [--gemm N,... [--shares W,M:W,M...]] [--commit SHA]
  * --sweep times the product kernels over their configurations instead (mode "graph");
- * --i8 1 / 0 gives Q4_0, Q4_1, Q4_K and Q8_0 int8 / f16 activations (-1, the default: the
+ * --i8 1 / 0 gives Q4_0, Q4_1, Q4_K, Q6_K and Q8_0 int8 / f16 activations (-1, the default: the
  * backend's choice, kb_i8_use).  --gemm times the many-token products (kb_cuda_mmq) of a
  * layer at each N tokens instead, per group (q/k/v, o, gate/up, down) and in TFLOP/s, for
  * each kb_cuda_set_mmq_shares setting W,M of --shares (default: the context's). */

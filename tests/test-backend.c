@@ -76,10 +76,10 @@ static int gpu_i8(int type, int n)
 /* GPU and CPU products against a double-precision product of the dequantized weights,
  * each within a share of sum |w x| (the size of the terms, not of the result): the GPU
  * rounds activations to f16 (2^-11 relative), the CPU to 8-bit blocks, and so does the
- * GPU for Q4_0, Q4_1, Q4_K and Q8_0 up to 8 tokens (int8 products): there the two
+ * GPU for Q4_0, Q4_1, Q4_K, Q6_K and Q8_0 up to 8 tokens (int8 products): there the two
  * backends round the same activations the same way, so their results agree to f32
- * accumulation, except Q4_K's, whose CPU dot product takes Q8_K activations (one scale per
- * 256 columns; the GPU's is per 32), so only the 1e-2 bound applies to it. */
+ * accumulation, except Q4_K's and Q6_K's, whose CPU dot products take Q8_K activations
+ * (one scale per 256 columns; the GPU's is per 32), so only the 1e-2 bound applies to them. */
 static void test_matmul(void)
 {
 	if (!ready())
@@ -96,7 +96,7 @@ static void test_matmul(void)
 		for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
 			const int64_t rows = shapes[si].rows, cols = shapes[si].cols;
 			const int n = shapes[si].n;
-			const int i8 = gpu_i8(type, n), same8 = i8 && type != QD_TYPE_Q4_K;
+			const int i8 = gpu_i8(type, n), same8 = i8 && type != QD_TYPE_Q4_K && type != QD_TYPE_Q6_K;
 			size_t bytes;
 			uint8_t *raw = rand_weight(type, rows, cols, &s, &bytes);
 			float *x = rand_f32((size_t)(n * cols), &s, 1.0f);

@@ -56,9 +56,9 @@ static void norm_done(KbBackend *g, KbWeight *w, uint8_t **raw, int nw, float **
 /* matmul_res_norm on a backend whose one-token Q4_0 products take int8 activations (where
  * the CUDA backend fuses it): the residual y and the products that follow equal the plain
  * calls' (matmul acc, rmsnorm, matmul) up to the activations' rounding, both for products
- * that scale by 1 / rms (Q4_0, Q4_K) and for one that makes the backend run the norm after
- * all (Q6_K, whose products take f16 activations); and y_norm read after another op is
- * refused, not read stale. */
+ * that scale by 1 / rms (Q4_0, Q6_K, Q4_K) and for one that makes the backend run the norm
+ * after all (F16, whose products take f16 activations); and y_norm read after another op
+ * is refused, not read stale. */
 static void test_matmul_res_norm(void)
 {
 	if (!ready())
@@ -66,9 +66,9 @@ static void test_matmul_res_norm(void)
 	KbBackend *g = cuda_i8_new();
 	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
 	enum { D = 4096, R = 320 };
-	enum { NW = 4 };
-	static const int types[NW] = { QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_Q4_K };
-	static const int64_t rows[NW] = { D, R, R, R };
+	enum { NW = 5 };
+	static const int types[NW] = { QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_F16, QD_TYPE_Q4_K };
+	static const int64_t rows[NW] = { D, R, R, R, R };
 	uint64_t s = 0x5e;
 	uint8_t *raw[NW];
 	KbWeight w[NW];

@@ -596,7 +596,7 @@ int kb_cuda_backend_new(int device, KbBackend **ret)
 	const char *st = getenv("QD_CUDA_MMV_STAGES");
 	if (st && *st)
 		kb_cuda_set_mmv_stages(ctx, 0, atoi(st));
-	/* QD_CUDA_MMV_I8=0 / 1: the Q4_0, Q4_1, Q4_K and Q8_0 decode products take f16 / int8
+	/* QD_CUDA_MMV_I8=0 / 1: the Q4_0, Q4_1, Q4_K, Q6_K and Q8_0 decode products take f16 / int8
 	 * activations (unset: kb_i8_use's choice) */
 	const char *i8 = getenv("QD_CUDA_MMV_I8");
 	if (i8 && *i8)

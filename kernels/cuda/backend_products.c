@@ -59,7 +59,7 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 	const KbCudaWeight *mm[KB_CUDA_MMV_MAX_W];
 	if (nw < 1 || nw > KB_CUDA_MMV_MAX_W || n < 1 || !x)
 		return -EINVAL;
-	int same = 1;
+	int same = 1, scales = 1; /* scales: every product can read y * g (kb_cuda_mmv_rms_ok) */
 	for (int i = 0; i < nw; i++) {
 		CudaWeight *cw = w[i] ? w[i]->priv : NULL;
 		if (!cw || !y[i] || w[i]->cols != w[0]->cols)
@@ -68,6 +68,7 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 			return -EOPNOTSUPP;
 		mm[i] = cw->mm;
 		same &= w[i]->type == w[0]->type;
+		scales &= kb_cuda_mmv_rms_ok(c->ctx, w[i]->type, n);
 	}
 	const int64_t cols = w[0]->cols;
 	int r;
@@ -85,7 +86,7 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 		return r;
 	/* the activations are already converted when the last product or norm left x there */
 	const int reuse = c->fuse && x == c->act_x && n == c->act_n && cols == c->act_cols;
-	if ((r = pend_input(c, x, reuse, same && kb_cuda_mmv_rms_ok(c->ctx, w[0]->type, n))) < 0)
+	if ((r = pend_input(c, x, reuse, scales)) < 0)
 		return r;
 	for (int t0 = 0; t0 < n && r == 0; t0 += KB_CUDA_MAX_TOK) {
 		int nt = n - t0 < KB_CUDA_MAX_TOK ? n - t0 : KB_CUDA_MAX_TOK;
@@ -168,10 +169,9 @@ static int epi_fusable(const CudaBackend *c, const CudaWeight *cw, int type, int
 
 /* The residual product with the next norm's first half in its epilogue
  * (kb_cuda_mmv_res_norm) when the step is one token whose products take int8 activations
- * (the only kernels that scale by 1 / rms: kb_cuda_mmv_rms_ok, asked of W's type, which
- * the norm's products share in most models we make; Q4_K_M's layers whose ffn_down is Q4_K
- * before an attn_v of Q6_K, ~8 of 32, fuse here and then run the norm anyway, since mixed
- * q/k/v types settle it) and the rows are many enough: y_norm
+ * (the only kernels that scale by 1 / rms: kb_cuda_mmv_rms_ok, asked of W's type; a
+ * product of the norm's that cannot, e.g. an F16 head after Q4_0 layers, runs the norm
+ * first) and the rows are many enough: y_norm
  * is not written; act (act_alt before the swap) holds y_res * norm_w and the products
  * that read it scale by 1 / rms (a product that cannot runs the norm first: norm_settle).
  * Elsewhere the product and the norm kernel. */

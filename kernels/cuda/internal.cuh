@@ -183,8 +183,8 @@ template <typename F> static auto kb_with_planes(const KbActOut &o, F &&f)
 	case KB_PL_H | KB_PL_S: return f(std::integral_constant<unsigned, KB_PL_H | KB_PL_S>());
 	case KB_PL_Q: return f(std::integral_constant<unsigned, KB_PL_Q>());
 	case KB_PL_Q | KB_PL_E: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_E>());
+	/* an F16 head after int8 layers, one token (with Q4_1's or Q4_K's sums: E) */
 	case KB_PL_Q | KB_PL_H: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_H>());
-	/* Q4_K_M at one token: Q4_K's int8 with sums, Q6_K's f16 */
 	case KB_PL_Q | KB_PL_E | KB_PL_H: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_E | KB_PL_H>());
 	default: return f(std::integral_constant<unsigned, KB_PL_DYN>());
 	}

@@ -31,10 +31,17 @@
  *   k = 4tq..4tq+3 of the block's m16n8k32, the high ones for k = 16 + 4tq.. (layout_i8.cuh),
  *   with no byte permute.  (Until session 8 a word held rows g and g+8 of one mma, which
  *   cost the int8 path two PRMT a word.)
- *   Q6_K low nibbles: one word per mma, nibble slot s holding row g + 8*((s>>1)&1),
- *   column 4tq + 2*(s&1) + (s>>2) of the mma's 16.  Q6_K high bits: one word per mma
- *   pair (2j, 2j+1): nibble slot s holds the two high bits of slot s of mma 2j in its
- *   bits 0-1 and of mma 2j+1 in bits 2-3.
+ *   Q6_K: three words per 32-column block (X, Y, Z: the packet's q vectors 0, 1, 2, block
+ *   k in component k), holding the int8 A registers a0..a3 of the block's m16n8k32
+ *   (layout_i8.cuh: a0 row g, k = 4tq..4tq+3; a1 row g+8, the same k; a2 row g, k = 16 +
+ *   4tq..; a3 row g+8; k in kb_act8_pos's order) as 6-bit codes c = q ^ 32, the two's
+ *   complement of q - 32: byte b of X is c(a0, b) << 2 | (c(a2, b) & 3), of Y c(a1, b) << 2
+ *   | (c(a3, b) & 3), of Z (c(a2, b) >> 2) << 4 | c(a3, b) >> 2.  So the int8 registers,
+ *   4 (q - 32), are X & 0xfc.., Y & 0xfc.. and two three- or four-instruction merges
+ *   (kb_q6_dec8), and the f16 ones of mma 2k + h are their bytes h and 2 + h (lane tq's
+ *   columns 4tq, 4tq + 1 of that mma; a2, a3: 4tq + 2, + 3).  Code 0 is q = 32, a zero
+ *   weight, so zero bytes are zero weights.  (Until session 14 a nibble word per mma and
+ *   a high-bit word per mma pair, which only the f16 products could read cheaply.)
  *   Q8_0: two words per mma: bytes (row g c0, row g c1, row g+8 c0, row g+8 c1), then
  *   the same for columns c2, c3.
  *   F16/BF16: the four A registers of the mma, in order (row g c0c1, row g+8 c0c1,
@@ -208,15 +215,19 @@ template <int T> KB_HD void kb_repack_lane(const KbRepack *r, int64_t tl, int64_
 					w[2 * j + h] |= (uint32_t)(q & 15) << (4 * s);
 				}
 	} else if constexpr (T == QD_TYPE_Q6_K) {
-		/* nibble words, one per mma (the low four bits), then high-bit words */
-		for (int i = 0; i < L::P / 16; i++)
-			for (int s = 0; s < 8; s++) {
-				int h = (s >> 1) & 1;
-				int64_t c = c0 + 16 * i + 4 * tq + 2 * (s & 1) + (s >> 2);
-				int q = ok[h] && c < r->cols ? kb_raw_q<T>(row[h], c) : 0;
-				w[i] |= (uint32_t)(q & 15) << (4 * s);
-				if constexpr (T == QD_TYPE_Q6_K)
-					w[8 + i / 2] |= (uint32_t)((q >> 4) & 3) << (4 * s + 2 * (i & 1));
+		/* block k's X, Y, Z words (top comment); padding codes 0 (q = 32) */
+		for (int k = 0; k < L::P / 32; k++)
+			for (int b = 0; b < 4; b++) {
+				uint32_t cv[4];
+				for (int ri = 0; ri < 4; ri++) { /* a0 .. a3: row g + 8 (ri & 1), k 16 (ri >> 1) + 4tq + b */
+					const int h = ri & 1;
+					const int64_t c = c0 + 32 * k + 4 * tq + 2 * (ri >> 1) + b / 2 + 16 * (b & 1);
+					const int q = ok[h] && c < r->cols ? kb_raw_q<T>(row[h], c) : 32;
+					cv[ri] = (uint32_t)(q ^ 32);
+				}
+				w[k] |= (cv[0] << 2 | (cv[2] & 3)) << (8 * b);
+				w[4 + k] |= (cv[1] << 2 | (cv[3] & 3)) << (8 * b);
+				w[8 + k] |= ((cv[2] >> 2) << 4 | cv[3] >> 2) << (8 * b);
 			}
 	} else if constexpr (T == QD_TYPE_Q8_0) {
 		for (int i = 0; i < 2; i++)
@@ -393,15 +404,26 @@ KB_HD void kb_dec_q4(uint32_t wg, uint32_t w8, uint32_t off_lo, uint32_t off_hi,
 	a[3] = kb_h2fma(kb_andor(w8, 0x00f000f0u, KB_H2_1024), 0x2c002c00u, off_hi);
 }
 
-/* Q6_K: low nibbles w, high bits already shifted to bits 0-1 of each slot in hh. */
-KB_HD void kb_dec_q6(uint32_t w, uint32_t hh, uint32_t a[4])
+/* (a & m) | (b & ~m) in one LOP3. */
+KB_HD uint32_t kb_sel(uint32_t a, uint32_t b, uint32_t m) { return kb_lop3<0xE4>(a, b, m); }
+
+/* Q6_K: the int8 A registers of one block from its X, Y, Z words (layout above), 4 (q - 32)
+ * as signed bytes; U: 4q as unsigned bytes instead (the f16 decode's), the sign bits
+ * flipped by k80 = 0x80808080 (held in a register by the caller; 0 when !U).  9 instructions,
+ * 10 with U. */
+template <bool U> KB_HD void kb_q6_dec8(uint32_t x, uint32_t y, uint32_t z, uint32_t k80, uint32_t a[4])
 {
-	const uint32_t off = 0x64206420u; /* 1024 + 32 */
-	const uint32_t m = 0x000f000fu, mh = 0x00300030u;
-	a[0] = kb_h2sub(kb_andor(w, m, kb_andor(hh << 4, mh, KB_H2_1024)), off);
-	a[2] = kb_h2sub(kb_andor(w >> 4, m, kb_andor(hh, mh, KB_H2_1024)), off);
-	a[1] = kb_h2sub(kb_andor(w >> 8, m, kb_andor(hh >> 4, mh, KB_H2_1024)), off);
-	a[3] = kb_h2sub(kb_andor(w >> 12, m, kb_andor(hh >> 8, mh, KB_H2_1024)), off);
+	a[0] = kb_andxor(x, 0xfcfcfcfcu, k80);
+	a[1] = kb_andxor(y, 0xfcfcfcfcu, k80);
+	if (U) /* bit 7 of a2 is bit 7 of z, of a3 bit 3 */
+		z ^= 0x88888888u;
+	a[2] = kb_sel(z, (x & 0x03030303u) << 2, 0xf0f0f0f0u);
+	a[3] = kb_sel(z << 4, (y & 0x03030303u) << 2, 0xf0f0f0f0u);
+}
+
+KB_HD uint32_t kb_u4at(uint4 v, int k)
+{
+	return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
 }
 
 /* Q8_0: two words of signed bytes. */
@@ -511,12 +533,13 @@ template <int T> KB_HD const uint8_t *kb_w_d(KbTilePtr t, int64_t ch, int k, int
 }
 
 /* S1: only the scales of lane tq's blocks 2tq and 2tq + 1, into s[0] (packet tq of the
- * Q4 types' four) or s[0], s[1] (packets 2tq, 2tq + 1 of Q8_0's eight): the one-token int8
- * products' column-a-block form (layout_i8.cuh), where lane tq scales those blocks alone. */
+ * Q4 types' four, packet tq / 2 of Q6_K's two) or s[0], s[1] (packets 2tq, 2tq + 1 of Q8_0's
+ * eight): the one-token int8 products' column-a-block form (layout_i8.cuh), where lane tq
+ * scales those blocks alone. */
 template <int T, bool S1 = false> KB_HD void kb_load_w(KbTilePtr t, int64_t ch, int lane, KbWRegs<T> *w)
 {
 	typedef Lay<T> L;
-	constexpr int SP = L::CPK / 4; /* S1: packets a lane */
+	constexpr int SP = L::CPK >= 4 ? L::CPK / 4 : 1; /* S1: packets a lane */
 	KB_UNROLL
 	for (int p = 0; p < L::CPK; p++) {
 		KB_UNROLL
@@ -524,7 +547,7 @@ template <int T, bool S1 = false> KB_HD void kb_load_w(KbTilePtr t, int64_t ch, 
 			w->q[p][v] = kb_ld_w16(kb_w_q<T>(t, ch, p, v, lane));
 		if (S1 && p >= SP)
 			continue;
-		const uint8_t *sp = kb_w_s<T>(t, ch, S1 ? SP * (lane & 3) + p : p, lane);
+		const uint8_t *sp = kb_w_s<T>(t, ch, S1 ? (lane & 3) * L::CPK / 4 + p : p, lane);
 		if constexpr (L::SB == 16)
 			w->s[p] = kb_ld_w16(sp);
 		else if constexpr (L::SB == 8) {
@@ -651,11 +674,16 @@ template <int T> KB_HD void kb_frag_a(const KbWRegs<T> *w, int m, uint32_t a[4])
 		else
 			kb_dec_q4(wg, w8, KB_H2_1024, 0xd400d400u /* -64 */, a);
 	} else if constexpr (T == QD_TYPE_Q6_K) {
-		const uint4 v = w->q[p][i / 4], h = w->q[p][2];
-		const int k = i % 4, j = i / 2;
-		const uint32_t word = k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
-		const uint32_t hw = j == 0 ? h.x : j == 1 ? h.y : j == 2 ? h.z : h.w;
-		kb_dec_q6(word, hw >> (2 * (i & 1)), a);
+		/* block i / 2's int8 registers as 4q, bytes (i & 1, 2 + (i & 1)) of each in f16
+		 * (1024 + 4q), then q - 32 = (1024 + 4q) / 4 - 288, exact */
+		const int k = i / 2;
+		uint32_t u[4];
+		kb_q6_dec8<true>(kb_u4at(w->q[p][0], k), kb_u4at(w->q[p][1], k), kb_u4at(w->q[p][2], k), 0x80808080u,
+				 u);
+		const uint32_t sel = (i & 1) ? 0x4341u : 0x4240u;
+		KB_UNROLL
+		for (int r = 0; r < 4; r++)
+			a[r] = kb_h2fma(kb_prmt(u[r], 0x64646464u, sel), 0x34003400u /* 1/4 */, 0xdc80dc80u /* -288 */);
 	} else if constexpr (T == QD_TYPE_Q8_0 || T == KB_TYPE_Q8_0_F16) {
 		const uint4 v = w->q[p][0];
 		if (i == 0)

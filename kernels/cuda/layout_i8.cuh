@@ -1,5 +1,5 @@
 /* kernels/cuda/layout_i8.cuh: the int8 side of the decode products' layout (Q4_0, Q4_1,
- * Q4_K, Q8_0 weights with int8 activations; the kernels are in matmul_i8.cuh): where the int8
+ * Q4_K, Q6_K, Q8_0 weights with int8 activations; the kernels are in matmul_i8.cuh): where the int8
  * activation levels and scales live, how a repacked weight word becomes int8 A registers,
  * and the per-block scaling.  __host__ __device__ like layout.cuh, so
  * tests/gpu/check-cuda-layout.cu runs the same functions on the host with an emulated
@@ -12,11 +12,25 @@
 /* Types whose decode products can take int8 activations (matmul_i8.cuh). */
 __host__ __device__ constexpr bool kb_i8_type(int t)
 {
-	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K || t == QD_TYPE_Q8_0;
+	return t == QD_TYPE_Q4_0 || t == QD_TYPE_Q4_1 || t == QD_TYPE_Q4_K || t == QD_TYPE_Q6_K || t == QD_TYPE_Q8_0;
 }
 template <int T> struct KbI8 {
 	static constexpr bool ok = kb_i8_type(T);
 };
+
+/* The m16n8k32 a 32-column block takes: one, but two for Q6_K, whose scales are per 16
+ * columns: mma h with B masked to the levels of half h (kb_i8_bmask), the two sums then
+ * merged with their scales (kb_q6_merge, kb_q6_merge_one). */
+__host__ __device__ constexpr int kb_i8_halves(int t)
+{
+	return t == QD_TYPE_Q6_K ? 2 : 1;
+}
+/* The B register bytes of half h of a block, out of NH halves: kb_act8_pos puts columns
+ * 0-15 of a block in the even bytes. */
+KB_HD uint32_t kb_i8_bmask(int nh, int h)
+{
+	return nh == 1 ? 0xffffffffu : h == 0 ? 0x00ff00ffu : 0xff00ff00u;
+}
 
 /* The int8 activations (decode products with int8 mma, matmul_i8.cuh).  Within each
  * 64-column group the 16 bytes of lane tq are, for blocks b = 0, 1 of the group, the two B
@@ -85,7 +99,8 @@ template <bool SIGNED> KB_HD void kb_dec_q4_i8(uint32_t w, uint32_t k80, uint32_
 }
 
 /* Int8 A registers of the m16n8k32 of 32-column block bi (0..CC/32-1) of the chunk, its
- * k the block's natural column order: Q4_0 16 (q - 8), Q4_1 and Q4_K q, Q8_0 q.  k80: 0x80808080. */
+ * k the block's natural column order: Q4_0 16 (q - 8), Q4_1 and Q4_K q, Q6_K 4 (q - 32),
+ * Q8_0 q.  k80: 0x80808080. */
 template <int T> KB_HD void kb_frag_a8(const KbWRegs<T> *w, int bi, uint32_t k80, uint32_t a[4])
 {
 	static_assert(KbI8<T>::ok, "an int8 decode type");
@@ -98,6 +113,11 @@ template <int T> KB_HD void kb_frag_a8(const KbWRegs<T> *w, int bi, uint32_t k80
 		a[1] = kb_prmt(v.x, v.z, 0x7362);
 		a[2] = kb_prmt(v.y, v.w, 0x5140);
 		a[3] = kb_prmt(v.y, v.w, 0x7362);
+	} else if constexpr (T == QD_TYPE_Q6_K) {
+		/* block bi % 4 of packet bi / 4: its X, Y, Z words (layout.cuh) */
+		const int p = bi / 4, k = bi % 4;
+		kb_q6_dec8<false>(kb_u4at(w->q[p][0], k), kb_u4at(w->q[p][1], k), kb_u4at(w->q[p][2], k), 0u, a);
+		(void)k80;
 	} else {
 		/* block bi's words: row g, then row g+8 */
 		const uint4 v = w->q[bi / 2][0];
@@ -169,6 +189,29 @@ template <> struct KbPost8<QD_TYPE_Q4_K> {
 	uint32_t sc[2][2], mn[2][2];
 	float ts[4], tm[4];
 };
+template <> struct KbPost8<QD_TYPE_Q6_K> { /* sums of c d_x, before d */
+	float ts[4];
+};
+
+/* Q6_K's 8-bit scale of sub-block k (0..7) of a packet from its s vector: row g's (r 0) or
+ * row g + 8's (r 1). */
+KB_HD int kb_q6_sc(uint4 s, int r, int k)
+{
+	const uint32_t v = r == 0 ? (k < 4 ? s.x : s.y) : (k < 4 ? s.z : s.w);
+	return (int)(int8_t)(uint8_t)(v >> (8 * (k % 4)));
+}
+
+/* Q6_K, 2-8 tokens: block bi's half sums c0 (columns 0-15) and c1 merged with the halves'
+ * scales (sub-blocks 2 bi, 2 bi + 1), per C element (c[0], c[1] row g; c[2], c[3] row g +
+ * 8); exact in int32 (|c| <= 16 * 128 * 127, |sc| <= 128). */
+KB_HD void kb_q6_merge(const KbWRegs<QD_TYPE_Q6_K> *w, int bi, const int c0[4], const int c1[4], int c[4])
+{
+	const uint4 s = w->s[bi / 4];
+	const int k = 2 * (bi % 4);
+	KB_UNROLL
+	for (int i = 0; i < 4; i++)
+		c[i] = c0[i] * kb_q6_sc(s, i >> 1, k) + c1[i] * kb_q6_sc(s, i >> 1, k + 1);
+}
 
 /* The GGUF Q4_K header's 12 scale bytes (h.y, h.z, h.w) as kb_q4k_scale reads them, all
  * eight sub-blocks at once. */
@@ -194,6 +237,10 @@ template <int T> KB_HD void kb_post8_begin(const KbWRegs<T> *w, KbPost8<T> *st)
 		KB_UNROLL
 		for (int i = 0; i < 4; i++)
 			st->ts[i] = st->tm[i] = 0.f;
+	} else if constexpr (T == QD_TYPE_Q6_K) {
+		KB_UNROLL
+		for (int i = 0; i < 4; i++)
+			st->ts[i] = 0.f;
 	}
 	(void)w;
 	(void)st;
@@ -226,6 +273,13 @@ KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int
 		st->tm[3] = fmaf(n1, sb, st->tm[3]);
 		(void)w;
 		(void)acc;
+	} else if constexpr (T == QD_TYPE_Q6_K) { /* c: kb_q6_merge's; d at the chunk's end */
+		st->ts[0] = fmaf((float)c[0], xa, st->ts[0]);
+		st->ts[2] = fmaf((float)c[2], xa, st->ts[2]);
+		st->ts[1] = fmaf((float)c[1], xb, st->ts[1]);
+		st->ts[3] = fmaf((float)c[3], xb, st->ts[3]);
+		(void)w;
+		(void)acc;
 	} else {
 		uint32_t dv;
 		uint4 s = { 0, 0, 0, 0 };
@@ -254,9 +308,17 @@ KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int
 	}
 }
 
-/* After a chunk's blocks: Q4_K's acc += d ts - dmin tm (rows g, g+8: headers d[0], d[1]). */
+/* After a chunk's blocks: Q4_K's acc += d ts - dmin tm (rows g, g+8: headers d[0], d[1]);
+ * Q6_K's acc += d ts (f16 d of rows g, g + 8 in d[0].x). */
 template <int T> KB_HD void kb_post8_end(const KbWRegs<T> *w, const KbPost8<T> *st, float acc[4])
 {
+	if constexpr (T == QD_TYPE_Q6_K) {
+		const float d0 = kb_f16lo(w->d[0].x), d1 = kb_f16hi(w->d[0].x);
+		acc[0] = fmaf(d0, st->ts[0], acc[0]);
+		acc[1] = fmaf(d0, st->ts[1], acc[1]);
+		acc[2] = fmaf(d1, st->ts[2], acc[2]);
+		acc[3] = fmaf(d1, st->ts[3], acc[3]);
+	}
 	if constexpr (T == QD_TYPE_Q4_K) {
 		const float d0 = kb_f16lo(w->d[0].x), m0 = kb_f16hi(w->d[0].x);
 		const float d1 = kb_f16lo(w->d[1].x), m1 = kb_f16hi(w->d[1].x);
@@ -358,6 +420,23 @@ template <int T, bool S1> KB_HD void kb_one_scales(const KbWRegs<T> *w, int tq, 
 	}
 }
 
+/* Q6_K, one token: the lane's half sums c0, c1 (C elements j, row g, and 2 + j, row g + 8,
+ * of block 2tq + j) merged with the halves' scales: sub-blocks 4tq + 2j + h, packet tq / 2
+ * (S1: the only one w holds), sub-block 4 (tq & 1) + 2j + h in it.  Exact, as kb_q6_merge. */
+template <bool S1>
+KB_HD void kb_q6_merge_one(const KbWRegs<QD_TYPE_Q6_K> *w, int tq, const int c0[4], const int c1[4], int c[4])
+{
+	const uint4 s = S1 || tq < 2 ? w->s[0] : w->s[1];
+	/* the lane's 4 bytes of each row's scales: selected words, then constant bytes */
+	const uint32_t r0 = tq & 1 ? s.y : s.x, r1 = tq & 1 ? s.w : s.z;
+	const uint4 v = { r0, 0u, r1, 0u };
+	KB_UNROLL
+	for (int i = 0; i < 4; i++) {
+		const int r = i >> 1, j = i & 1;
+		c[i] = c0[i] * kb_q6_sc(v, r, 2 * j) + c1[i] * kb_q6_sc(v, r, 2 * j + 1);
+	}
+}
+
 /* kb_post8_one for Q4_0, Q4_1 and Q8_0: a scale d (and Q4_1's minimum m) a block. */
 template <int T, bool S1>
 KB_HD void kb_post8_one_blocks(const KbWRegs<T> *w, const KbX1Regs *x, int tq, const int c[4], float acc[4])
@@ -411,15 +490,22 @@ template <int T, bool S1> KB_HD void kb_post8_one(const KbWRegs<T> *w, const KbX
 			const uint32_t dm = w->d[r].x; /* f16 d, f16 dmin */
 			acc[2 * r] = fmaf(-kb_f16hi(dm), tm[r], fmaf(kb_f16lo(dm), ts[r], acc[2 * r]));
 		}
+	} else if constexpr (T == QD_TYPE_Q6_K) { /* c: kb_q6_merge_one's; d a row a chunk */
+		KB_UNROLL
+		for (int r = 0; r < 2; r++) {
+			const float d = r == 0 ? kb_f16lo(w->d[0].x) : kb_f16hi(w->d[0].x);
+			acc[2 * r] = fmaf(d, fmaf((float)c[2 * r + 1], x->d.y, (float)c[2 * r] * x->d.x), acc[2 * r]);
+		}
+		(void)tq;
 	} else {
 		kb_post8_one_blocks<T, S1>(w, x, tq, c, acc);
 	}
 }
 
-/* What the flush multiplies a product's sums by: Q4_0's int8 A is 16 (q - 8). */
+/* What the flush multiplies a product's sums by: Q4_0's int8 A is 16 (q - 8), Q6_K's 4 (q - 32). */
 template <int T, int I8> KB_HD constexpr float kb_i8_post()
 {
-	return I8 && T == QD_TYPE_Q4_0 ? 0.0625f : 1.0f;
+	return I8 && T == QD_TYPE_Q4_0 ? 0.0625f : I8 && T == QD_TYPE_Q6_K ? 0.25f : 1.0f;
 }
 
 #endif

@@ -1,4 +1,4 @@
-/* kernels/cuda/matmul_i8.cuh: the decode products' int8 arithmetic (Q4_0, Q4_1, Q4_K, Q8_0).
+/* kernels/cuda/matmul_i8.cuh: the decode products' int8 arithmetic (Q4_0, Q4_1, Q4_K, Q6_K, Q8_0).
  * Included only by matmul.cu, after KbMmvArgs; k_mmv calls kb_chunk8 instead of kb_chunk
  * when its I8 parameter says so.
  *
@@ -20,7 +20,12 @@
  * scales them back (kb_i8_post, a power of two: exact).  The data side of this (where the
  * levels live, the A registers, the scaling) is layout_i8.cuh.
  *
- * One token of Q4_0, Q4_1, Q4_K or Q8_0 (kb_chunk8_one): each block (Q4_K: sub-block) of a chunk
+ * Q6_K's scales are per 16 columns and its A is 4 (q - 32) (layout.cuh): a block takes two
+ * mmas, B masked to one half's levels in each, whose sums its 8-bit scales merge into one in
+ * int32 (kb_q6_merge); the flush scales by 1/4.  (Until session 14 Q6_K took f16
+ * activations: Q4_K_M's last f16 products, 22% of its bytes.)
+ *
+ * One token of Q4_0, Q4_1, Q4_K, Q6_K or Q8_0 (kb_chunk8_one): each block (Q4_K: sub-block) of a chunk
  * in an mma column of its own, so that the scale work runs once a chunk for all eight
  * instead of after each mma (layout_i8.cuh says how).  Session 12 measured what the scale
  * work costs by leaving it out (wrong results): Q4_0 +14%, Q8_0 +7%; this form took 7B batch
@@ -69,32 +74,54 @@ template <int T, int RT, bool S1>
 __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					      float (&acc)[RT][4])
 {
-	constexpr int NC = KB_COL_CHAINS;
+	constexpr int NH = kb_i8_halves(T); /* Q6_K: an mma a half block, KB_COL_CHAINS / 2 chains a half */
+	constexpr int NC = KB_COL_CHAINS / NH;
 	constexpr int NB = Lay<T>::CC / 32;
 	const int tq = lane & 3;
 	KbX1Regs x;
 	kb_load_x1<T>(&xv, ch, lane, &x);
 	const uint32_t zero = (uint32_t)(xv.n_tok >> 8); /* 0 (n_tok <= 8), not a constant the compiler sees */
 	const uint32_t k80 = 0x80808080u | zero;
+	KbX1Regs xh[NH]; /* the levels of each half (all of them when NH is 1) */
+	KB_UNROLL
+	for (int h = 0; h < NH; h++) {
+		xh[h] = x;
+		xh[h].b0 &= kb_i8_bmask(NH, h);
+		xh[h].b1 &= kb_i8_bmask(NH, h);
+	}
 	KB_UNROLL
 	for (int rt = 0; rt < RT; rt++) {
-		int c[NC][4];
+		int c[NH][NC][4];
 		KB_UNROLL
-		for (int k = 0; k < NC; k++)
-			c[k][0] = c[k][1] = c[k][2] = c[k][3] = 0;
+		for (int h = 0; h < NH; h++)
+			KB_UNROLL
+			for (int k = 0; k < NC; k++)
+				c[h][k][0] = c[h][k][1] = c[h][k][2] = c[h][k][3] = 0;
 		KB_UNROLL
 		for (int bi = 0; bi < NB; bi++) {
-			uint32_t fa[4], fb[2];
+			uint32_t fa[4];
 			kb_frag_a8<T>(&w[rt], bi, k80, fa);
-			kb_x1_b(&x, lane, bi, zero, fb);
-			kb_imma_acc<T>(c[bi % NC], fa, fb[0] | (rt == 0 && bi == 0 ? x.dep : 0u), fb[1]);
+			KB_UNROLL
+			for (int h = 0; h < NH; h++) {
+				uint32_t fb[2];
+				kb_x1_b(&xh[h], lane, bi, zero, fb);
+				kb_imma_acc<T>(c[h][bi % NC], fa, fb[0] | (rt == 0 && bi == 0 && h == 0 ? x.dep : 0u), fb[1]);
+			}
 		}
 		KB_UNROLL
-		for (int k = 1; k < NC; k++)
+		for (int h = 0; h < NH; h++)
 			KB_UNROLL
-			for (int i = 0; i < 4; i++)
-				c[0][i] += c[k][i];
-		kb_post8_one<T, S1>(&w[rt], &x, tq, c[0], acc[rt]);
+			for (int k = 1; k < NC; k++)
+				KB_UNROLL
+				for (int i = 0; i < 4; i++)
+					c[h][0][i] += c[h][k][i];
+		if constexpr (NH == 2) {
+			int cm[4];
+			kb_q6_merge_one<S1>(&w[rt], tq, c[0][0], c[1][0], cm);
+			kb_post8_one<T, S1>(&w[rt], &x, tq, cm, acc[rt]);
+		} else {
+			kb_post8_one<T, S1>(&w[rt], &x, tq, c[0][0], acc[rt]);
+		}
 	}
 }
 
@@ -142,9 +169,20 @@ __device__ __forceinline__ void kb_chunk8(const KbActView &xv, const KbWRegs<T> 
 			uint32_t fa[4];
 			kb_frag_a8<T>(&w[rt], bi, k80, fa);
 			const int q = bi / 2, k = 2 * (bi % 2);
-			int c[4];
-			kb_imma<T>(c, fa, x.b[q][k] | (rt == 0 && bi == 0 ? x.dep : 0u), x.b[q][k + 1]);
-			kb_post8<T>(&w[rt], &x, bi, c, acc[rt], &st);
+			constexpr int NH = kb_i8_halves(T);
+			int c[NH][4];
+			KB_UNROLL
+			for (int h = 0; h < NH; h++) {
+				const uint32_t m = kb_i8_bmask(NH, h);
+				kb_imma<T>(c[h], fa, (x.b[q][k] & m) | (rt == 0 && bi == 0 ? x.dep : 0u), x.b[q][k + 1] & m);
+			}
+			if constexpr (NH == 2) {
+				int cm[4];
+				kb_q6_merge(&w[rt], bi, c[0], c[1], cm);
+				kb_post8<T>(&w[rt], &x, bi, cm, acc[rt], &st);
+			} else {
+				kb_post8<T>(&w[rt], &x, bi, c[0], acc[rt], &st);
+			}
 		}
 		kb_post8_end<T>(&w[rt], &st, acc[rt]);
 	}

@@ -28,19 +28,32 @@ static double half_bits(uint16_t h, bool bf)
 	return bf ? qd_bf16_to_f32(h) : qd_f16_to_f32(h);
 }
 
-/* One lane's m16n8k32 fragments (PTX layout) into the emulated A (16x32, row-major) and
- * B (32x8): unsigned A bytes for the types with a minimum. */
-template <int T> static void frag8_put(int lane, const uint32_t fa[4], const uint32_t fb[2], int A[16][32], int B[32][8])
+/* One m16n8k32 of a warp, emulated: the lanes' fragments (PTX layout) into A (16x32,
+ * row-major; unsigned bytes for the types with a minimum) and B (32x8), then c[lane] +=
+ * the lane's C elements. */
+template <int T> static void imma8(const uint32_t fa[32][4], const uint32_t fb[32][2], int c[32][4])
 {
-	const int g = lane >> 2, tq = lane & 3;
-	for (int rg = 0; rg < 4; rg++)
-		for (int e = 0; e < 4; e++) {
-			const uint32_t byte = (fa[rg] >> (8 * e)) & 0xff;
-			A[g + 8 * (rg & 1)][4 * tq + e + 16 * (rg >> 1)] = kb_has_min(T) ? (int)byte : (int)(int8_t)byte;
+	int A[16][32], B[32][8];
+	for (int lane = 0; lane < 32; lane++) {
+		const int g = lane >> 2, tq = lane & 3;
+		for (int rg = 0; rg < 4; rg++)
+			for (int e = 0; e < 4; e++) {
+				const uint32_t byte = (fa[lane][rg] >> (8 * e)) & 0xff;
+				A[g + 8 * (rg & 1)][4 * tq + e + 16 * (rg >> 1)] =
+					kb_has_min(T) ? (int)byte : (int)(int8_t)byte;
+			}
+		for (int rg = 0; rg < 2; rg++)
+			for (int e = 0; e < 4; e++)
+				B[4 * tq + e + 16 * rg][g] = (int8_t)((fb[lane][rg] >> (8 * e)) & 0xff);
+	}
+	for (int lane = 0; lane < 32; lane++) {
+		const int g = lane >> 2, tq = lane & 3;
+		for (int ci = 0; ci < 4; ci++) {
+			const int row = g + 8 * (ci >> 1), n = 2 * tq + (ci & 1);
+			for (int k = 0; k < 32; k++)
+				c[lane][ci] += A[row][k] * B[k][n];
 		}
-	for (int rg = 0; rg < 2; rg++)
-		for (int e = 0; e < 4; e++)
-			B[4 * tq + e + 16 * rg][g] = (int8_t)((fb[rg] >> (8 * e)) & 0xff);
+	}
 }
 
 /* The int8 path for one tile at 2-8 tokens (one token: tile_i8_cols below):
@@ -53,6 +66,7 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 		    int n_tok, std::vector<double> &y8)
 {
 	typedef Lay<T> L;
+	constexpr int NH = kb_i8_halves(T);
 	std::vector<KbWRegs<T>> w(32);
 	std::vector<KbX8Regs<T>> xr(32);
 	float acc[32][4] = {};
@@ -64,24 +78,24 @@ static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView 
 			kb_post8_begin<T>(&w[(size_t)lane], &st[(size_t)lane]);
 		}
 		for (int bi = 0; bi < L::CC / 32; bi++) {
-			int A[16][32], B[32][8];
-			for (int lane = 0; lane < 32; lane++) {
-				uint32_t fa[4];
-				kb_frag_a8<T>(&w[(size_t)lane], bi, 0x80808080u, fa);
-				const uint32_t fb[2] = { xr[(size_t)lane].b[bi / 2][2 * (bi % 2)],
-							 xr[(size_t)lane].b[bi / 2][2 * (bi % 2) + 1] };
-				frag8_put<T>(lane, fa, fb, A, B);
+			int c[NH][32][4] = {};
+			for (int h = 0; h < NH; h++) { /* Q6_K: an mma a half block, B masked to it */
+				uint32_t fa[32][4], fb[32][2];
+				const uint32_t m = kb_i8_bmask(NH, h);
+				for (int lane = 0; lane < 32; lane++) {
+					kb_frag_a8<T>(&w[(size_t)lane], bi, 0x80808080u, fa[lane]);
+					fb[lane][0] = xr[(size_t)lane].b[bi / 2][2 * (bi % 2)] & m;
+					fb[lane][1] = xr[(size_t)lane].b[bi / 2][2 * (bi % 2) + 1] & m;
+				}
+				imma8<T>(fa, fb, c[h]);
 			}
 			for (int lane = 0; lane < 32; lane++) {
-				const int g = lane >> 2, tq = lane & 3;
-				int c[4];
-				for (int ci = 0; ci < 4; ci++) {
-					const int row = g + 8 * (ci >> 1), n = 2 * tq + (ci & 1);
-					c[ci] = 0;
-					for (int k = 0; k < 32; k++)
-						c[ci] += A[row][k] * B[k][n];
-				}
-				kb_post8<T>(&w[(size_t)lane], &xr[(size_t)lane], bi, c, acc[lane], &st[(size_t)lane]);
+				int cm[4];
+				if constexpr (NH == 2)
+					kb_q6_merge(&w[(size_t)lane], bi, c[0][lane], c[1][lane], cm);
+				else
+					memcpy(cm, c[0][lane], sizeof(cm));
+				kb_post8<T>(&w[(size_t)lane], &xr[(size_t)lane], bi, cm, acc[lane], &st[(size_t)lane]);
 			}
 		}
 		for (int lane = 0; lane < 32; lane++)
@@ -108,7 +122,7 @@ template <int T, bool S1>
 static void tile_i8_cols(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView &av, int64_t t, int64_t rows,
 			 std::vector<double> &y8)
 {
-	constexpr int NB = Lay<T>::CC / 32;
+	constexpr int NB = Lay<T>::CC / 32, NH = kb_i8_halves(T);
 	std::vector<KbWRegs<T>> w(32);
 	std::vector<KbX1Regs> xr(32);
 	float acc[32][4] = {};
@@ -117,26 +131,27 @@ static void tile_i8_cols(const KbTilePtr &tp, const KbTileGeom &geo, const KbAct
 			kb_load_w<T, S1>(tp, ch, lane, &w[(size_t)lane]);
 			kb_load_x1<T>(&av, ch, lane, &xr[(size_t)lane]);
 		}
-		int c[32][4] = {};
-		for (int bi = 0; bi < NB; bi++) {
-			int A[16][32], B[32][8];
-			for (int lane = 0; lane < 32; lane++) {
-				uint32_t fa[4], fb[2];
-				kb_frag_a8<T>(&w[(size_t)lane], bi, 0x80808080u, fa);
-				kb_x1_b(&xr[(size_t)lane], lane, bi, 0u, fb);
-				frag8_put<T>(lane, fa, fb, A, B);
-			}
-			for (int lane = 0; lane < 32; lane++) {
-				const int g = lane >> 2, tq = lane & 3;
-				for (int ci = 0; ci < 4; ci++) {
-					const int row = g + 8 * (ci >> 1), n = 2 * tq + (ci & 1);
-					for (int k = 0; k < 32; k++)
-						c[lane][ci] += A[row][k] * B[k][n];
+		int c[NH][32][4] = {};
+		for (int bi = 0; bi < NB; bi++)
+			for (int h = 0; h < NH; h++) { /* Q6_K: an mma a half block, B masked to it */
+				uint32_t fa[32][4], fb[32][2];
+				for (int lane = 0; lane < 32; lane++) {
+					KbX1Regs xm = xr[(size_t)lane];
+					xm.b0 &= kb_i8_bmask(NH, h);
+					xm.b1 &= kb_i8_bmask(NH, h);
+					kb_frag_a8<T>(&w[(size_t)lane], bi, 0x80808080u, fa[lane]);
+					kb_x1_b(&xm, lane, bi, 0u, fb[lane]);
 				}
+				imma8<T>(fa, fb, c[h]);
 			}
+		for (int lane = 0; lane < 32; lane++) {
+			int cm[4];
+			if constexpr (NH == 2)
+				kb_q6_merge_one<S1>(&w[(size_t)lane], lane & 3, c[0][lane], c[1][lane], cm);
+			else
+				memcpy(cm, c[0][lane], sizeof(cm));
+			kb_post8_one<T, S1>(&w[(size_t)lane], &xr[(size_t)lane], lane & 3, cm, acc[lane]);
 		}
-		for (int lane = 0; lane < 32; lane++)
-			kb_post8_one<T, S1>(&w[(size_t)lane], &xr[(size_t)lane], lane & 3, c[lane], acc[lane]);
 	}
 	for (int lane = 0; lane < 32; lane += 4)
 		for (int ci = 0; ci < 4; ci += 2) {
@@ -437,10 +452,10 @@ static void check_planes(void)
 	expect("7B Q4_1, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E);
 	expect("7B Q4_1, 8 tokens", kb_act_planes(c, 8), KB_PL_H | KB_PL_S);
 	set(QD_TYPE_Q4_0, QD_TYPE_Q6_K, 3700 * MB); /* 7B Q4_0 with a Q6_K head */
-	expect("7B Q4_0 + Q6_K, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_H);
+	expect("7B Q4_0 + Q6_K, 1 token", kb_act_planes(c, 1), KB_PL_Q);
 	expect("7B Q4_0 + Q6_K, 2 tokens", kb_act_planes(c, 2), KB_PL_H);
 	set(QD_TYPE_Q4_K, QD_TYPE_Q6_K, 4000 * MB);
-	expect("7B Q4_K_M, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E | KB_PL_H);
+	expect("7B Q4_K_M, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E);
 	expect("7B Q4_K_M, 2 tokens", kb_act_planes(c, 2), KB_PL_H | KB_PL_S);
 	/* the models' plane sets have producer instances of their own (not KB_PL_DYN) */
 	expect("7B Q4_K_M, 1 token: producer instance", instance(kb_act_planes(c, 1)), kb_act_planes(c, 1));
