@@ -53,12 +53,14 @@ static void norm_done(KbBackend *g, KbWeight *w, uint8_t **raw, int nw, float **
 	g->ops->free(g);
 }
 
-/* matmul_res_norm on a backend whose one-token Q4_0 products take int8 activations (where
- * the CUDA backend fuses it): the residual y and the products that follow equal the plain
- * calls' (matmul acc, rmsnorm, matmul) up to the activations' rounding, both for products
- * that scale by 1 / rms (Q4_0, Q6_K, Q4_K) and for one that makes the backend run the norm
- * after all (F16, whose products take f16 activations); and y_norm read after another op
- * is refused, not read stale. */
+/* matmul_res_norm on a backend whose one-token products take int8 activations (where the
+ * CUDA backend fuses it), with a Q4_0 and a Q6_K residual product: the residual y and the
+ * products that follow equal the plain calls' (matmul acc, rmsnorm, matmul_multi) up to the
+ * activations' rounding.  Where every product that follows scales by 1 / rms (Q4_0, Q6_K,
+ * Q4_K, and a Q4_K + Q6_K pair as Q4_K_M's q/k/v) the norm is left out, so the products
+ * read other roundings than the plain calls' (they differ, slightly); where one cannot (F16,
+ * alone or beside Q4_K) the backend runs the norm after all, and they read the same bits.
+ * And y_norm read after another op is refused, not read stale. */
 static void test_matmul_res_norm(void)
 {
 	if (!ready())
@@ -66,9 +68,12 @@ static void test_matmul_res_norm(void)
 	KbBackend *g = cuda_i8_new();
 	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
 	enum { D = 4096, R = 320 };
-	enum { NW = 5 };
-	static const int types[NW] = { QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_F16, QD_TYPE_Q4_K };
-	static const int64_t rows[NW] = { D, R, R, R, R };
+	enum { NW = 6 }; /* two residual weights (D x D), four products (R x D) */
+	static const int types[NW] = { QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_F16, QD_TYPE_Q4_K };
+	static const int64_t rows[NW] = { D, D, R, R, R, R };
+	/* the products after the norm: indices into w, -1 ends */
+	static const int sets[][3] = { { 2, -1 }, { 3, -1 }, { 4, -1 }, { 5, -1 }, { 5, 3, -1 }, { 5, 4, -1 } };
+	const int nsets = (int)(sizeof(sets) / sizeof(sets[0]));
 	uint64_t s = 0x5e;
 	uint8_t *raw[NW];
 	KbWeight w[NW];
@@ -81,57 +86,69 @@ static void test_matmul_res_norm(void)
 	}
 	float *x, *y0, *gw, *dx, *dy, *dg;
 	CU_ASSERT_EQUAL_FATAL(norm_inputs(g, D, &s, &x, &y0, &gw, &dx, &dy, &dg), 0);
-	float *dn = buf_in(g, NULL, sizeof(float) * D), *dout = buf_in(g, NULL, sizeof(float) * R);
-	CU_ASSERT_FATAL(dn && dout);
+	float *dn = buf_in(g, NULL, sizeof(float) * D);
+	float *dout[2] = { buf_in(g, NULL, sizeof(float) * R), buf_in(g, NULL, sizeof(float) * R) };
+	CU_ASSERT_FATAL(dn && dout[0] && dout[1]);
 	const float eps = 1e-5f;
-	float yf[D], yp[D], of[NW - 1][R], op[NW - 1][R];
-	for (int k = 1; k < NW; k++) {
-		/* fused: the residual product and the norm in one call, then the product */
-		CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
-		CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, &w[0], dx, 1, dy, dg, D, eps, dn), 0);
-		CU_ASSERT_EQUAL(g->ops->matmul(g, &w[k], dn, 1, dout), 0);
-		CU_ASSERT_EQUAL(buf_out(g, of[k - 1], dout, sizeof(float) * R), 0);
-		CU_ASSERT_EQUAL(buf_out(g, yf, dy, sizeof(float) * D), 0);
-		/* plain calls */
-		const KbWeight *w0 = &w[0];
-		CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
-		CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 1, &w0, dx, 1, &dy, 1), 0);
-		CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dy, dg, 1, D, eps, dn), 0);
-		CU_ASSERT_EQUAL(g->ops->matmul(g, &w[k], dn, 1, dout), 0);
-		CU_ASSERT_EQUAL(buf_out(g, op[k - 1], dout, sizeof(float) * R), 0);
-		CU_ASSERT_EQUAL(buf_out(g, yp, dy, sizeof(float) * D), 0);
-		int64_t at = 0;
-		const double wy = worst(yf, yp, yp, D, 1e-6, 1e-6, &at);
-		CU_ASSERT(wy <= 1);
-		/* the products' own int8 rounding of their input (1/254 of a block's largest
-		 * value) is what differs: bounded like test_matmul's int8 products */
-		double num = 0, den = 0;
-		for (int i = 0; i < R; i++) {
-			num += ((double)of[k - 1][i] - op[k - 1][i]) * ((double)of[k - 1][i] - op[k - 1][i]);
-			den += (double)op[k - 1][i] * op[k - 1][i];
+	static float yf[D], yp[D], of[2][R], op[2][R];
+	for (int ri = 0; ri < 2; ri++)
+		for (int k = 0; k < nsets; k++) {
+			const KbWeight *wr = &w[ri], *wk[2];
+			int nk = 0, scales = 1;
+			for (; nk < 2 && sets[k][nk] >= 0; nk++) {
+				wk[nk] = &w[sets[k][nk]];
+				scales &= wk[nk]->type != QD_TYPE_F16;
+			}
+			for (int fused = 1; fused >= 0; fused--) {
+				CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+				if (fused) { /* the residual product and the norm in one call */
+					CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, wr, dx, 1, dy, dg, D, eps, dn), 0);
+				} else {
+					CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 1, &wr, dx, 1, &dy, 1), 0);
+					CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dy, dg, 1, D, eps, dn), 0);
+				}
+				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, nk, wk, dn, 1, dout, 0), 0);
+				for (int i = 0; i < nk; i++)
+					CU_ASSERT_EQUAL(buf_out(g, fused ? of[i] : op[i], dout[i], sizeof(float) * R), 0);
+				CU_ASSERT_EQUAL(buf_out(g, fused ? yf : yp, dy, sizeof(float) * D), 0);
+			}
+			int64_t at = 0;
+			const double wy = worst(yf, yp, yp, D, 1e-6, 1e-6, &at);
+			CU_ASSERT(wy <= 1);
+			printf("\n    %s residual, then", qd_type_traits(types[ri])->name);
+			for (int i = 0; i < nk; i++) {
+				/* the products' own int8 rounding of their input (1/254 of a block's
+				 * largest value) is what differs: bounded like test_matmul's int8
+				 * products; nothing differs where the norm ran */
+				double num = 0, den = 0;
+				for (int j = 0; j < R; j++) {
+					num += ((double)of[i][j] - op[i][j]) * ((double)of[i][j] - op[i][j]);
+					den += (double)op[i][j] * op[i][j];
+				}
+				const double rel = sqrt(num / (den > 0 ? den : 1));
+				CU_ASSERT(den > 0 && rel < 1e-2);
+				CU_ASSERT(scales ? rel > 0 : rel == 0);
+				printf(" %s %.2e", qd_type_traits(wk[i]->type)->name, rel);
+			}
+			printf(" relative to the plain calls' (norm %s), residual %.2g of its bound",
+			       scales ? "left to the products" : "run", wy);
 		}
-		const double rel = sqrt(num / (den > 0 ? den : 1));
-		CU_ASSERT(rel < 1e-2);
-		printf("\n    %s after matmul_res_norm: residual %.2g of its bound, product %.2e relative to the "
-		       "plain calls'", qd_type_traits(types[k])->name, wy, rel);
-	}
 	/* y_norm after another op than a product: refused */
 	CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
 	CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, &w[0], dx, 1, dy, dg, D, eps, dn), 0);
 	CU_ASSERT_EQUAL(g->ops->upload(g, dx, x, sizeof(float) * D), 0);
-	CU_ASSERT_EQUAL(g->ops->matmul(g, &w[1], dn, 1, dout), -EINVAL);
+	CU_ASSERT_EQUAL(g->ops->matmul(g, &w[2], dn, 1, dout[0]), -EINVAL);
 	printf("\n");
-	float *bufs[] = { dx, dg, dy, dn, dout };
+	float *bufs[] = { dx, dg, dy, dn, dout[0], dout[1] };
 	norm_done(g, w, raw, NW, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
 }
 
-/* matmul_swiglu on the same kind of backend: h and the down product after it equal the
- * plain calls' (matmul_multi, swiglu, matmul) to the products' summation order and the
- * activations' rounding, from a norm kernel's activations and from matmul_res_norm's. */
-static void test_matmul_swiglu(void)
+/* matmul_swiglu on the same kind of backend, weights of TYPE: h and the down product after
+ * it equal the plain calls' (matmul_multi, swiglu, matmul) to the products' summation order
+ * and the activations' rounding, from a norm kernel's activations and from
+ * matmul_res_norm's. */
+static void swiglu_case(int type)
 {
-	if (!ready())
-		return;
 	KbBackend *g = cuda_i8_new();
 	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
 	enum { D = 4096, F = 4352, R = 256 };
@@ -141,9 +158,9 @@ static void test_matmul_swiglu(void)
 	KbWeight w[4]; /* o, gate, up, down */
 	for (int i = 0; i < 4; i++) {
 		size_t bytes;
-		raw[i] = rand_weight(QD_TYPE_Q4_0, rows[i], cols[i], &s, &bytes);
+		raw[i] = rand_weight(type, rows[i], cols[i], &s, &bytes);
 		CU_ASSERT_FATAL(raw[i] != NULL);
-		w[i] = (KbWeight){ QD_TYPE_Q4_0, rows[i], cols[i], raw[i], NULL, 0 };
+		w[i] = (KbWeight){ type, rows[i], cols[i], raw[i], NULL, 0 };
 		CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
 	}
 	float *x, *y0, *gw, *dx, *dy, *dg;
@@ -197,12 +214,20 @@ static void test_matmul_swiglu(void)
 		CU_ASSERT(dh2 > 0 && rh < 1e-2);
 		CU_ASSERT(rh > 0); /* the fused path ran: its sums are added in another order */
 		CU_ASSERT(do2 > 0 && ro < 1e-2);
-		printf("\n    matmul_swiglu after %s: h %.2e, down product %.2e relative to the plain calls'",
-		       k == 0 ? "rmsnorm" : "matmul_res_norm", rh, ro);
+		printf("\n    %s matmul_swiglu after %s: h %.2e, down product %.2e relative to the plain calls'",
+		       qd_type_traits(type)->name, k == 0 ? "rmsnorm" : "matmul_res_norm", rh, ro);
 	}
-	printf("\n");
 	float *bufs[] = { dx, dg, dy, dn, dgate, dup, dh, dout };
 	norm_done(g, w, raw, 4, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
+}
+
+static void test_matmul_swiglu(void)
+{
+	if (!ready())
+		return;
+	swiglu_case(QD_TYPE_Q4_0);
+	swiglu_case(QD_TYPE_Q6_K);
+	printf("\n");
 }
 
 /* matmul_argmax on the GPU: the product's bits, and per token the first index of the

@@ -121,18 +121,21 @@ struct KbCudaAct {
 };
 
 /* Whether products of TYPE over n_tok tokens take int8 activations (matmul_i8.cuh).  By
- * default only where that measured faster on the H200 (bench/NOTES-gpu.md, session 6): one
- * token, with at least KB_I8_MIN_BYTES of product weights uploaded (7B Q4_0 decode step
- * +4%, 70B +9%).  At 4-8 tokens the Q4_0 kernel was 4-6% slower and Q4_1's 8%; and in a
- * small model (SmolLM2, 0.1 GB) the products gain less than rounding to int8 costs the
- * norms. */
+ * default only where that measured faster on the H200 (bench/NOTES-gpu.md, sessions 6 and
+ * 14), with at least KB_I8_MIN_BYTES of product weights uploaded: one token (7B Q4_0 decode
+ * step +4%, 70B +9%), and 2-8 tokens of the K types, whose f16 decode is the heaviest (7B
+ * Q4_K 2 / 4 / 8 tokens +10 / +8.5 / +9%, Q4_K_M +3.6 / +2.5 / +2.4%), where Q4_0's int8
+ * kernel was 4-6% slower at 4-8 tokens and Q4_1's 8%.  In a small model (SmolLM2, 0.1 GB)
+ * the products gain less than rounding to int8 costs the norms. */
 #define KB_I8_MIN_BYTES ((uint64_t)1 << 30)
 static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
 {
 	if (!kb_i8_type(type) || n_tok < 1 || n_tok > KB_CUDA_MAX_TOK)
 		return 0;
 	const int v = ctx->mmv[n_tok - 1].i8;
-	return v >= 0 ? v : n_tok == 1 && ctx->live_bytes >= KB_I8_MIN_BYTES;
+	if (v >= 0)
+		return v;
+	return (n_tok == 1 || type == QD_TYPE_Q4_K || type == QD_TYPE_Q6_K) && ctx->live_bytes >= KB_I8_MIN_BYTES;
 }
 
 /* Planes of KbCudaAct a producer fills: f16, bf16 hi + lo, block sums, int8 + scales,

@@ -49,7 +49,8 @@
  *
  * Scales are applied in f32 after the mmas of each block (Q4_0/Q4_1/Q8_0/Q4_K: 32
  * columns, 2 mmas; Q6_K: 16 columns, 1 mma), so A holds exact small integers and the
- * only rounding is the activations' conversion to f16.
+ * only rounding is the activations' conversion to f16.  (The int8 products: a block's
+ * m16n8k32, Q6_K's two merged in int32 first; layout_i8.cuh.)
  *   Q4_0 s (8 B):  f16 d[row g, blk 0], d[g+8, 0], d[g, 1], d[g+8, 1]
  *   Q4_1 s (16 B): the same four d, then the four m
  *   Q8_0 s (4 B):  f16 d[g], d[g+8]
@@ -408,13 +409,13 @@ KB_HD void kb_dec_q4(uint32_t wg, uint32_t w8, uint32_t off_lo, uint32_t off_hi,
 KB_HD uint32_t kb_sel(uint32_t a, uint32_t b, uint32_t m) { return kb_lop3<0xE4>(a, b, m); }
 
 /* Q6_K: the int8 A registers of one block from its X, Y, Z words (layout above), 4 (q - 32)
- * as signed bytes; U: 4q as unsigned bytes instead (the f16 decode's), the sign bits
- * flipped by k80 = 0x80808080 (held in a register by the caller; 0 when !U).  9 instructions,
- * 10 with U. */
-template <bool U> KB_HD void kb_q6_dec8(uint32_t x, uint32_t y, uint32_t z, uint32_t k80, uint32_t a[4])
+ * as signed bytes; U: 4q as unsigned bytes instead (the f16 decode's: the sign bits
+ * flipped).  9 instructions, 10 with U. */
+template <bool U> KB_HD void kb_q6_dec8(uint32_t x, uint32_t y, uint32_t z, uint32_t a[4])
 {
-	a[0] = kb_andxor(x, 0xfcfcfcfcu, k80);
-	a[1] = kb_andxor(y, 0xfcfcfcfcu, k80);
+	const uint32_t f = U ? 0x80808080u : 0u;
+	a[0] = kb_andxor(x, 0xfcfcfcfcu, f);
+	a[1] = kb_andxor(y, 0xfcfcfcfcu, f);
 	if (U) /* bit 7 of a2 is bit 7 of z, of a3 bit 3 */
 		z ^= 0x88888888u;
 	a[2] = kb_sel(z, (x & 0x03030303u) << 2, 0xf0f0f0f0u);
@@ -678,8 +679,7 @@ template <int T> KB_HD void kb_frag_a(const KbWRegs<T> *w, int m, uint32_t a[4])
 		 * (1024 + 4q), then q - 32 = (1024 + 4q) / 4 - 288, exact */
 		const int k = i / 2;
 		uint32_t u[4];
-		kb_q6_dec8<true>(kb_u4at(w->q[p][0], k), kb_u4at(w->q[p][1], k), kb_u4at(w->q[p][2], k), 0x80808080u,
-				 u);
+		kb_q6_dec8<true>(kb_u4at(w->q[p][0], k), kb_u4at(w->q[p][1], k), kb_u4at(w->q[p][2], k), u);
 		const uint32_t sel = (i & 1) ? 0x4341u : 0x4240u;
 		KB_UNROLL
 		for (int r = 0; r < 4; r++)

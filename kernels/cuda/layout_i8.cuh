@@ -116,7 +116,7 @@ template <int T> KB_HD void kb_frag_a8(const KbWRegs<T> *w, int bi, uint32_t k80
 	} else if constexpr (T == QD_TYPE_Q6_K) {
 		/* block bi % 4 of packet bi / 4: its X, Y, Z words (layout.cuh) */
 		const int p = bi / 4, k = bi % 4;
-		kb_q6_dec8<false>(kb_u4at(w->q[p][0], k), kb_u4at(w->q[p][1], k), kb_u4at(w->q[p][2], k), 0u, a);
+		kb_q6_dec8<false>(kb_u4at(w->q[p][0], k), kb_u4at(w->q[p][1], k), kb_u4at(w->q[p][2], k), a);
 		(void)k80;
 	} else {
 		/* block bi's words: row g, then row g+8 */
@@ -182,7 +182,8 @@ KB_HD float kb_f4at(float4 v, int i)
  * 6-bit scales and mins of rows g and g+8, four to a register (byte j of sc[r][0] and
  * mn[r][0] is sub-block j, of sc[r][1] and mn[r][1] sub-block 4 + j), unpacked once a
  * chunk with byte-parallel masks; and the chunk's sums before d and dmin: ts = sum over
- * the sub-blocks of sc c d_x, tm = sum of mn s_x (per C element). Empty for the others. */
+ * the sub-blocks of sc c d_x, tm = sum of mn s_x (per C element).  Q6_K's: the chunk's
+ * sums of c d_x (c merged by kb_q6_merge) before d.  Empty for the others. */
 template <int T> struct KbPost8 {
 };
 template <> struct KbPost8<QD_TYPE_Q4_K> {
@@ -203,7 +204,8 @@ KB_HD int kb_q6_sc(uint4 s, int r, int k)
 
 /* Q6_K, 2-8 tokens: block bi's half sums c0 (columns 0-15) and c1 merged with the halves'
  * scales (sub-blocks 2 bi, 2 bi + 1), per C element (c[0], c[1] row g; c[2], c[3] row g +
- * 8); exact in int32 (|c| <= 16 * 128 * 127, |sc| <= 128). */
+ * 8); exact in int32 (|c| <= 16 * 128 * 127, |sc| <= 128; the f32 conversion after may
+ * round above 2^24). */
 KB_HD void kb_q6_merge(const KbWRegs<QD_TYPE_Q6_K> *w, int bi, const int c0[4], const int c1[4], int c[4])
 {
 	const uint4 s = w->s[bi / 4];
@@ -249,8 +251,9 @@ template <int T> KB_HD void kb_post8_begin(const KbWRegs<T> *w, KbPost8<T> *st)
 /* acc += the scaled sums of block bi (C layout: c[0], c[1] row g tokens 2tq, 2tq + 1;
  * c[2], c[3] row g + 8): the CPU backend's dot products (quant.c) block by block,
  * d_w d_x sum(q_w q_x), + m_w s_x for Q4_1.  Q4_K's go to st (d_w = d sc, m_w = -dmin mn:
- * sc c is an exact integer, below 2^22) and reach acc in kb_post8_end.  (One token takes
- * kb_post8_one, a column a block.) */
+ * sc c is an exact integer, below 2^22) and reach acc in kb_post8_end, as do Q6_K's (c
+ * already merged over the block's halves with their scales, kb_q6_merge).  (One token
+ * takes kb_post8_one, a column a block.) */
 template <int T>
 KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int c[4], float acc[4],
 		    KbPost8<T> *st)

@@ -22,7 +22,8 @@
  *
  * Q6_K's scales are per 16 columns and its A is 4 (q - 32) (layout.cuh): a block takes two
  * mmas, B masked to one half's levels in each, whose sums its 8-bit scales merge into one in
- * int32 (kb_q6_merge); the flush scales by 1/4.  (Until session 14 Q6_K took f16
+ * int32 (kb_q6_merge); the flush scales by 1/4.  Its CPU dot product takes Q8_K activations
+ * too, so here also the GPU rounds x more finely than the CPU.  (Until session 14 Q6_K took f16
  * activations: Q4_K_M's last f16 products, 22% of its bytes.)
  *
  * One token of Q4_0, Q4_1, Q4_K, Q6_K or Q8_0 (kb_chunk8_one): each block (Q4_K: sub-block) of a chunk
@@ -68,14 +69,16 @@ __host__ __device__ constexpr bool kb_i8_one(int i8) { return i8 == 2; }
 #endif
 
 /* One token: the chunk's blocks in columns of their own (layout_i8.cuh), KB_COL_CHAINS
- * chains of accumulating mmas (block bi in chain bi % KB_COL_CHAINS) so that each waits on
- * fewer.  S1: w holds the scales of the lane's blocks only. */
+ * chains of accumulating mmas (block bi in chain bi % KB_COL_CHAINS; Q6_K, two mmas a
+ * block: KB_COL_CHAINS / 2 chains a half) so that each waits on fewer.  S1: w holds the
+ * scales of the lane's blocks only. */
 template <int T, int RT, bool S1>
 __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					      float (&acc)[RT][4])
 {
 	constexpr int NH = kb_i8_halves(T); /* Q6_K: an mma a half block, KB_COL_CHAINS / 2 chains a half */
 	constexpr int NC = KB_COL_CHAINS / NH;
+	static_assert(NC >= 1, "KB_COL_CHAINS: at least one chain a half");
 	constexpr int NB = Lay<T>::CC / 32;
 	const int tq = lane & 3;
 	KbX1Regs x;

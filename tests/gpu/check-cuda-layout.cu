@@ -59,7 +59,8 @@ template <int T> static void imma8(const uint32_t fa[32][4], const uint32_t fb[3
 /* The int8 path for one tile at 2-8 tokens (one token: tile_i8_cols below):
  * y8[tok * rows + row] of its 16 rows, from the repacked
  * tile and the int8 activation planes, through kb_load_x8 / kb_frag_a8 / kb_post8 (with
- * Q4_K's kb_post8_begin / _end around a chunk) and the
+ * Q4_K's and Q6_K's kb_post8_begin / _end around a chunk; Q6_K's two masked mmas a block,
+ * kb_q6_merge) and the
  * m16n8k32 emulated (A 16x32 row-major, B 32x8, PTX fragment layout). */
 template <int T>
 static void tile_i8(const KbTilePtr &tp, const KbTileGeom &geo, const KbActView &av, int64_t t, int64_t rows,
@@ -453,10 +454,10 @@ static void check_planes(void)
 	expect("7B Q4_1, 8 tokens", kb_act_planes(c, 8), KB_PL_H | KB_PL_S);
 	set(QD_TYPE_Q4_0, QD_TYPE_Q6_K, 3700 * MB); /* 7B Q4_0 with a Q6_K head */
 	expect("7B Q4_0 + Q6_K, 1 token", kb_act_planes(c, 1), KB_PL_Q);
-	expect("7B Q4_0 + Q6_K, 2 tokens", kb_act_planes(c, 2), KB_PL_H);
+	expect("7B Q4_0 + Q6_K, 2 tokens", kb_act_planes(c, 2), KB_PL_Q | KB_PL_H); /* Q6_K int8 at 2-8 too */
 	set(QD_TYPE_Q4_K, QD_TYPE_Q6_K, 4000 * MB);
 	expect("7B Q4_K_M, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E);
-	expect("7B Q4_K_M, 2 tokens", kb_act_planes(c, 2), KB_PL_H | KB_PL_S);
+	expect("7B Q4_K_M, 2 tokens", kb_act_planes(c, 2), KB_PL_Q | KB_PL_E);
 	/* the models' plane sets have producer instances of their own (not KB_PL_DYN) */
 	expect("7B Q4_K_M, 1 token: producer instance", instance(kb_act_planes(c, 1)), kb_act_planes(c, 1));
 	set(QD_TYPE_BF16, -1, 13000 * MB);
