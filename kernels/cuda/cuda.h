@@ -212,7 +212,7 @@ int kb_cuda_set_mmv_stages(KbCuda *ctx, int n_tok, int stages);
  * a scale per 32 columns, as the CPU backend does for all but Q4_K and Q6_K (whose CPU
  * activations have one scale per 256 columns) (int8 tensor-core mma); 0: as f16 like every other type;
  * -1 (the default): where that measured faster on the H200 (one token, and 2-8 tokens of
- * Q4_K and Q6_K, with at least 1 GiB of weights uploaded). */
+ * Q4_1, Q4_K and Q6_K, with at least 1 GiB of weights uploaded). */
 int kb_cuda_set_mmv_i8(KbCuda *ctx, int n_tok, int on);
 /* Whether TYPE's products can take int8 activations at all (what kb_cuda_set_mmv_i8 turns on). */
 int kb_cuda_i8_type(int type);

@@ -123,10 +123,11 @@ struct KbCudaAct {
 /* Whether products of TYPE over n_tok tokens take int8 activations (matmul_i8.cuh).  By
  * default only where that measured faster on the H200 (bench/NOTES-gpu.md, sessions 6 and
  * 14), with at least KB_I8_MIN_BYTES of product weights uploaded: one token (7B Q4_0 decode
- * step +4%, 70B +9%), and 2-8 tokens of the K types, whose f16 decode is the heaviest (7B
- * Q4_K 2 / 4 / 8 tokens +10 / +8.5 / +9%, Q4_K_M +3.6 / +2.5 / +2.4%), where Q4_0's int8
- * kernel was 4-6% slower at 4-8 tokens and Q4_1's 8%.  In a small model (SmolLM2, 0.1 GB)
- * the products gain less than rounding to int8 costs the norms. */
+ * step +4%, 70B +9%), and 2-8 tokens of the types whose f16 decode is the heaviest (7B
+ * 2 / 4 / 8 tokens: Q4_K +10 / +8.5 / +9%, Q4_K_M +3.6 / +2.5 / +2.4%, Q4_1 +2.4 / +3.1 /
+ * +6.9%; session 14), not Q4_0 (within 1%) nor Q8_0 (-13 to -16%: its f16 products take
+ * the bulk-copy ring there).  In a small model (SmolLM2, 0.1 GB) the products gain less
+ * than rounding to int8 costs the norms. */
 #define KB_I8_MIN_BYTES ((uint64_t)1 << 30)
 static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
 {
@@ -135,7 +136,8 @@ static inline int kb_i8_use(const KbCuda *ctx, int type, int n_tok)
 	const int v = ctx->mmv[n_tok - 1].i8;
 	if (v >= 0)
 		return v;
-	return (n_tok == 1 || type == QD_TYPE_Q4_K || type == QD_TYPE_Q6_K) && ctx->live_bytes >= KB_I8_MIN_BYTES;
+	const int many = type == QD_TYPE_Q4_1 || type == QD_TYPE_Q4_K || type == QD_TYPE_Q6_K;
+	return (n_tok == 1 || many) && ctx->live_bytes >= KB_I8_MIN_BYTES;
 }
 
 /* Planes of KbCudaAct a producer fills: f16, bf16 hi + lo, block sums, int8 + scales,

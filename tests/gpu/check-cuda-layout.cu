@@ -449,9 +449,12 @@ static void check_planes(void)
 	set(QD_TYPE_Q4_1, QD_TYPE_Q8_0, 98 * MB); /* SmolLM2: f16 activations at any size */
 	expect("SmolLM2, 1 token", kb_act_planes(c, 1), KB_PL_H | KB_PL_S);
 	expect("SmolLM2, 8 tokens", kb_act_planes(c, 8), KB_PL_H | KB_PL_S);
-	set(QD_TYPE_Q4_1, QD_TYPE_Q8_0, 3900 * MB); /* 7B Q4_1: int8 at one token */
+	set(QD_TYPE_Q4_1, QD_TYPE_Q8_0, 3900 * MB); /* 7B Q4_1 with a Q8_0 head: int8 at one token */
 	expect("7B Q4_1, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E);
-	expect("7B Q4_1, 8 tokens", kb_act_planes(c, 8), KB_PL_H | KB_PL_S);
+	/* at 2-8 tokens Q4_1 int8 (session 14), the Q8_0 head f16 */
+	expect("7B Q4_1 + Q8_0, 8 tokens", kb_act_planes(c, 8), KB_PL_Q | KB_PL_E | KB_PL_H);
+	set(QD_TYPE_Q4_1, QD_TYPE_Q6_K, 3900 * MB);
+	expect("7B Q4_1 + Q6_K, 8 tokens", kb_act_planes(c, 8), KB_PL_Q | KB_PL_E);
 	set(QD_TYPE_Q4_0, QD_TYPE_Q6_K, 3700 * MB); /* 7B Q4_0 with a Q6_K head */
 	expect("7B Q4_0 + Q6_K, 1 token", kb_act_planes(c, 1), KB_PL_Q);
 	expect("7B Q4_0 + Q6_K, 2 tokens", kb_act_planes(c, 2), KB_PL_Q | KB_PL_H); /* Q6_K int8 at 2-8 too */
