@@ -408,11 +408,20 @@ KB_HD void kb_dec_q4(uint32_t wg, uint32_t w8, uint32_t off_lo, uint32_t off_hi,
 /* (a & m) | (b & ~m) in one LOP3. */
 KB_HD uint32_t kb_sel(uint32_t a, uint32_t b, uint32_t m) { return kb_lop3<0xE4>(a, b, m); }
 
-/* Q6_K: the int8 A registers of one block from its X, Y, Z words (layout above), 4 (q - 32)
- * as signed bytes; U: 4q as unsigned bytes instead (the f16 decode's: the sign bits
- * flipped).  9 instructions, 10 with U. */
-template <bool U> KB_HD void kb_q6_dec8(uint32_t x, uint32_t y, uint32_t z, uint32_t a[4])
+/* Component i of a 4-vector (uint4, float4). */
+template <typename V> KB_HD auto kb_v4at(V v, int i) -> decltype(v.x)
 {
+	return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+/* Q6_K: the int8 A registers of block k of a packet from its X, Y, Z words (components k of
+ * the packet's q vectors Q[0..2], layout above), 4 (q - 32) as signed bytes; U: 4q as
+ * unsigned bytes instead (the f16 decode's: the sign bits flipped).  9 instructions, 10
+ * with U. */
+template <bool U> KB_HD void kb_q6_dec8(const uint4 *q, int k, uint32_t a[4])
+{
+	const uint32_t x = kb_v4at(q[0], k), y = kb_v4at(q[1], k);
+	uint32_t z = kb_v4at(q[2], k);
 	const uint32_t f = U ? 0x80808080u : 0u;
 	a[0] = kb_andxor(x, 0xfcfcfcfcu, f);
 	a[1] = kb_andxor(y, 0xfcfcfcfcu, f);
@@ -422,10 +431,6 @@ template <bool U> KB_HD void kb_q6_dec8(uint32_t x, uint32_t y, uint32_t z, uint
 	a[3] = kb_sel(z << 4, (y & 0x03030303u) << 2, 0xf0f0f0f0u);
 }
 
-KB_HD uint32_t kb_u4at(uint4 v, int k)
-{
-	return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
-}
 
 /* Q8_0: two words of signed bytes. */
 KB_HD void kb_dec_q8(uint32_t wa, uint32_t wb, uint32_t a[4])
@@ -679,7 +684,7 @@ template <int T> KB_HD void kb_frag_a(const KbWRegs<T> *w, int m, uint32_t a[4])
 		 * (1024 + 4q), then q - 32 = (1024 + 4q) / 4 - 288, exact */
 		const int k = i / 2;
 		uint32_t u[4];
-		kb_q6_dec8<true>(kb_u4at(w->q[p][0], k), kb_u4at(w->q[p][1], k), kb_u4at(w->q[p][2], k), u);
+		kb_q6_dec8<true>(w->q[p], k, u);
 		const uint32_t sel = (i & 1) ? 0x4341u : 0x4240u;
 		KB_UNROLL
 		for (int r = 0; r < 4; r++)

@@ -116,7 +116,7 @@ template <int T> KB_HD void kb_frag_a8(const KbWRegs<T> *w, int bi, uint32_t k80
 	} else if constexpr (T == QD_TYPE_Q6_K) {
 		/* block bi % 4 of packet bi / 4: its X, Y, Z words (layout.cuh) */
 		const int p = bi / 4, k = bi % 4;
-		kb_q6_dec8<false>(kb_u4at(w->q[p][0], k), kb_u4at(w->q[p][1], k), kb_u4at(w->q[p][2], k), a);
+		kb_q6_dec8<false>(w->q[p], k, a);
 		(void)k80;
 	} else {
 		/* block bi's words: row g, then row g+8 */
@@ -173,11 +173,6 @@ template <int T> KB_HD void kb_load_x8(const KbActView *a, int64_t ch, int lane,
 	x->dep = dep & (uint32_t)(a->n_tok >> 8); /* see kb_load_x */
 }
 
-KB_HD float kb_f4at(float4 v, int i)
-{
-	return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
 /* Q4_K's per-chunk state (a chunk is one superblock, its 8 blocks the sub-blocks): the
  * 6-bit scales and mins of rows g and g+8, four to a register (byte j of sc[r][0] and
  * mn[r][0] is sub-block j, of sc[r][1] and mn[r][1] sub-block 4 + j), unpacked once a
@@ -194,12 +189,11 @@ template <> struct KbPost8<QD_TYPE_Q6_K> { /* sums of c d_x, before d */
 	float ts[4];
 };
 
-/* Q6_K's 8-bit scale of sub-block k (0..7) of a packet from its s vector: row g's (r 0) or
- * row g + 8's (r 1). */
-KB_HD int kb_q6_sc(uint4 s, int r, int k)
+/* Q6_K: c0 sc_k + c1 sc_(k+1), the two halves' sums of a block merged with their 8-bit
+ * scales, bytes k and k + 1 of V (four of a row's scales). */
+KB_HD int kb_q6_mix(int c0, int c1, uint32_t v, int k)
 {
-	const uint32_t v = r == 0 ? (k < 4 ? s.x : s.y) : (k < 4 ? s.z : s.w);
-	return (int)(int8_t)(uint8_t)(v >> (8 * (k % 4)));
+	return c0 * (int)(int8_t)(uint8_t)(v >> (8 * k)) + c1 * (int)(int8_t)(uint8_t)(v >> (8 * k + 8));
 }
 
 /* Q6_K, 2-8 tokens: block bi's half sums c0 (columns 0-15) and c1 merged with the halves'
@@ -208,11 +202,13 @@ KB_HD int kb_q6_sc(uint4 s, int r, int k)
  * round above 2^24). */
 KB_HD void kb_q6_merge(const KbWRegs<QD_TYPE_Q6_K> *w, int bi, const int c0[4], const int c1[4], int c[4])
 {
+	/* packet bi / 4: row g's scales in s.x, s.y, row g + 8's in s.z, s.w; sub-blocks 2 (bi % 4), + 1 */
 	const uint4 s = w->s[bi / 4];
 	const int k = 2 * (bi % 4);
+	const uint32_t v0 = k < 4 ? s.x : s.y, v1 = k < 4 ? s.z : s.w;
 	KB_UNROLL
 	for (int i = 0; i < 4; i++)
-		c[i] = c0[i] * kb_q6_sc(s, i >> 1, k) + c1[i] * kb_q6_sc(s, i >> 1, k + 1);
+		c[i] = kb_q6_mix(c0[i], c1[i], i >> 1 ? v1 : v0, k % 4);
 }
 
 /* The GGUF Q4_K header's 12 scale bytes (h.y, h.z, h.w) as kb_q4k_scale reads them, all
@@ -258,18 +254,18 @@ template <int T>
 KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int c[4], float acc[4],
 		    KbPost8<T> *st)
 {
-	const float xa = kb_f4at(x->d[0][bi / 4], bi % 4);
-	const float xb = kb_f4at(x->d[1][bi / 4], bi % 4);
+	const float xa = kb_v4at(x->d[0][bi / 4], bi % 4);
+	const float xb = kb_v4at(x->d[1][bi / 4], bi % 4);
 	if constexpr (T == QD_TYPE_Q4_K) {
 		const int h = bi / 4, k = bi % 4;
 		const int s0 = kb_byte(st->sc[0][h], k), s1 = kb_byte(st->sc[1][h], k);
 		const float n0 = (float)kb_byte(st->mn[0][h], k), n1 = (float)kb_byte(st->mn[1][h], k);
-		const float sa = kb_f4at(x->e[0][bi / 4], bi % 4);
+		const float sa = kb_v4at(x->e[0][bi / 4], bi % 4);
 		st->ts[0] = fmaf((float)(c[0] * s0), xa, st->ts[0]);
 		st->ts[2] = fmaf((float)(c[2] * s1), xa, st->ts[2]);
 		st->tm[0] = fmaf(n0, sa, st->tm[0]);
 		st->tm[2] = fmaf(n1, sa, st->tm[2]);
-		const float sb = kb_f4at(x->e[1][bi / 4], bi % 4);
+		const float sb = kb_v4at(x->e[1][bi / 4], bi % 4);
 		st->ts[1] = fmaf((float)(c[1] * s0), xb, st->ts[1]);
 		st->ts[3] = fmaf((float)(c[3] * s1), xb, st->ts[3]);
 		st->tm[1] = fmaf(n0, sb, st->tm[1]);
@@ -300,10 +296,10 @@ KB_HD void kb_post8(const KbWRegs<T> *w, const KbX8Regs<T> *x, int bi, const int
 		if constexpr (T == QD_TYPE_Q4_1) { /* + m_w s: the minimum times the rounded x's block sum */
 			const uint32_t mv = bi % 2 == 0 ? s.z : s.w;
 			const float m0 = kb_f16lo(mv), m1 = kb_f16hi(mv);
-			const float sa = kb_f4at(x->e[0][bi / 4], bi % 4);
+			const float sa = kb_v4at(x->e[0][bi / 4], bi % 4);
 			acc[0] = fmaf(m0, sa, acc[0]);
 			acc[2] = fmaf(m1, sa, acc[2]);
-			const float sb = kb_f4at(x->e[1][bi / 4], bi % 4);
+			const float sb = kb_v4at(x->e[1][bi / 4], bi % 4);
 			acc[1] = fmaf(m0, sb, acc[1]);
 			acc[3] = fmaf(m1, sb, acc[3]);
 		}
@@ -431,13 +427,10 @@ KB_HD void kb_q6_merge_one(const KbWRegs<QD_TYPE_Q6_K> *w, int tq, const int c0[
 {
 	const uint4 s = S1 || tq < 2 ? w->s[0] : w->s[1];
 	/* the lane's 4 bytes of each row's scales: selected words, then constant bytes */
-	const uint32_t r0 = tq & 1 ? s.y : s.x, r1 = tq & 1 ? s.w : s.z;
-	const uint4 v = { r0, 0u, r1, 0u };
+	const uint32_t v0 = tq & 1 ? s.y : s.x, v1 = tq & 1 ? s.w : s.z;
 	KB_UNROLL
-	for (int i = 0; i < 4; i++) {
-		const int r = i >> 1, j = i & 1;
-		c[i] = c0[i] * kb_q6_sc(v, r, 2 * j) + c1[i] * kb_q6_sc(v, r, 2 * j + 1);
-	}
+	for (int i = 0; i < 4; i++)
+		c[i] = kb_q6_mix(c0[i], c1[i], i >> 1 ? v1 : v0, 2 * (i & 1));
 }
 
 /* kb_post8_one for Q4_0, Q4_1 and Q8_0: a scale d (and Q4_1's minimum m) a block. */
