@@ -424,14 +424,26 @@ template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c,
 }
 
 /* The 16-warp kernels whose flush holds a whole 32-row group (k_mmv_norm, k_mmv_swi; EPI:
- * their epilogue's shared memory): as many blocks as fit. */
-static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int *occ, const KbMmvArgs &a)
+ * their epilogue's shared memory): as many blocks as fit, or with ROUNDS the fewest that
+ * take the groups in as many rounds.  k_mmv_swi takes ROUNDS: 7B's 344 groups on the H200
+ * in 115 blocks of three rather than 132 of two or three, and the multiprocessors left
+ * free start the down product early (+0.3-0.5% at batch 1).  The same rule for every
+ * product launch lost 0.3-3%, and gate/up's groups split evenly between blocks lost 5%
+ * (bench/NOTES-gpu.md, session 15). */
+static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int *occ, const KbMmvArgs &a,
+		       bool rounds = false)
 {
 	constexpr int NW = 16;
 	const size_t smem = (size_t)2 * NW * 32 * sizeof(float4) + KB_RMS_SM_BYTES + epi;
 	int grid;
 	int r = kb_fit_grid(ctx, k, NW * 32, smem, occ, 0, a.n_groups, &grid);
-	return r < 0 ? r : kb_launch(ctx, k, dim3((unsigned)grid), dim3(NW * 32), smem, a);
+	if (r < 0)
+		return r;
+	if (rounds && grid < a.n_groups) {
+		const int n = (a.n_groups + grid - 1) / grid;
+		grid = (a.n_groups + n - 1) / n;
+	}
+	return kb_launch(ctx, k, dim3((unsigned)grid), dim3(NW * 32), smem, a);
 }
 
 template <int T, int I8> static int launch_norm(KbCuda *ctx, const KbMmvArgs &a)
@@ -677,7 +689,7 @@ template <int T> static int launch_swi(KbCuda *ctx, const KbMmvArgs &a, bool rms
 {
 	if constexpr (KbI8<T>::ok) {
 		return launch_wide(ctx, rms ? k_mmv_swi<T, true> : k_mmv_swi<T, false>, KB_SWI_SM_BYTES,
-				   &ctx->occ_swi[kb_type_slot(T)][rms], a);
+				   &ctx->occ_swi[kb_type_slot(T)][rms], a, true);
 	} else {
 		(void)ctx;
 		(void)a;
