@@ -431,7 +431,6 @@ template <bool U> KB_HD void kb_q6_dec8(const uint4 *q, int k, uint32_t a[4])
 	a[3] = kb_sel(z << 4, (y & 0x03030303u) << 2, 0xf0f0f0f0u);
 }
 
-
 /* Q8_0: two words of signed bytes. */
 KB_HD void kb_dec_q8(uint32_t wa, uint32_t wb, uint32_t a[4])
 {

@@ -427,9 +427,9 @@ template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c,
  * their epilogue's shared memory): as many blocks as fit, or with ROUNDS the fewest that
  * take the groups in as many rounds.  k_mmv_swi takes ROUNDS: 7B's 344 groups on the H200
  * in 115 blocks of three rather than 132 of two or three, and the multiprocessors left
- * free can start the down product early (+0.3-0.5% at batch 1, Q8_0 within noise).  The same rule for every
- * product launch lost 0.3-3%, and gate/up's groups split evenly between blocks lost 5%
- * (bench/NOTES-gpu.md, session 15). */
+ * free can start the down product early (+0.3-0.5% at batch 1, Q8_0 within noise).  The
+ * same rule for every product launch lost 0.3-3%, and gate/up's groups split evenly
+ * between blocks lost 5% (bench/NOTES-gpu.md, session 15). */
 static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int *occ, const KbMmvArgs &a,
 		       bool rounds = false)
 {
