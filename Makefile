@@ -44,6 +44,9 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(O)/tests/%)
 TESTUTIL_OBJ := $(O)/tests/testutil.o
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+# The tests' vocabulary-only GGUFs, built from their text form (tests/gen-gguf.c): no
+# model-like file is tracked.
+TEST_GGUF := $(patsubst tests/data/%.gguf.txt,$(O)/tests/data/%.gguf,$(wildcard tests/data/*.gguf.txt))
 
 # Component makefiles (daemon, client, CUDA) add sources, binaries and TEST_BIN entries.
 include $(wildcard mk/*.mk)
@@ -82,6 +85,15 @@ $(O)/quantd: $(QUANTD_OBJ) $(DAEMON_OBJ) $(O)/libqdengine.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(DAEMON_LIBS) $(LDLIBS)
 
+$(O)/tests/gen-gguf: $(O)/tests/gen-gguf.o $(O)/libqdengine.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(O)/tests/data/%.gguf: tests/data/%.gguf.txt $(O)/tests/gen-gguf
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  GGUF    $@")
+	$(Q)$(O)/tests/gen-gguf build $< $@
+
 $(O)/tests/%: $(O)/tests/%.o $(TESTUTIL_OBJ) $(O)/libqdengine.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcunit $(LDLIBS)
@@ -95,7 +107,7 @@ $(MODEL):
 	$(Q)sh tools/fetch-model.sh
 
 # Every suite runs even when one fails; the exit status says whether all passed.
-test: $(O)/quantd $(TEST_BIN) $(MODEL)
+test: $(O)/quantd $(TEST_BIN) $(TEST_GGUF) $(MODEL)
 	$(Q)fail=0; for t in $(TEST_BIN); do \
 		echo "=== $$t"; QD_BUILD=$(O) QD_MODEL=$(MODEL) $$t || fail=1; \
 	done; \
@@ -115,4 +127,4 @@ bench-matmul: $(O)/bench/bench-matmul
 clean:
 	rm -rf build build-san
 
--include $(ENGINE_OBJ:.o=.d) $(QUANTD_OBJ:.o=.d) $(TEST_BIN:=.d) $(TESTUTIL_OBJ:.o=.d)
+-include $(ENGINE_OBJ:.o=.d) $(QUANTD_OBJ:.o=.d) $(TEST_BIN:=.d) $(TESTUTIL_OBJ:.o=.d) $(O)/tests/gen-gguf.d

@@ -478,14 +478,42 @@ static uint32_t rd32(const uint8_t *p)
 	return v;
 }
 
+static int hex_digit(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The bytes of a file of hex digits (line breaks between pairs ignored), decoded in place;
+ * NULL if it cannot be read or holds anything else. */
+static uint8_t *read_hex(const char *path, size_t *ret_len)
+{
+	size_t n = 0, o = 0;
+	char *t = tu_read_file(path, &n);
+	if (!t)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (t[i] == '\n')
+			continue;
+		int hi = hex_digit(t[i]), lo = i + 1 < n ? hex_digit(t[i + 1]) : -1;
+		if (hi < 0 || lo < 0) {
+			free(t);
+			return NULL;
+		}
+		t[o++] = (char)(hi << 4 | lo);
+		i++;
+	}
+	*ret_len = o;
+	return (uint8_t *)t;
+}
+
 static void test_gguf_py_vectors(void)
 {
-	const char *path = "tests/data/quant-vectors.bin";
+	const char *path = "tests/data/quant-vectors.hex";
 	size_t len = 0;
-	uint8_t *buf = (uint8_t *)tu_read_file(path, &len);
+	uint8_t *buf = read_hex(path, &len);
 	if (!buf) {
 		printf("\n    cannot read %s (run from the repository root; tools/quant-vectors.py makes it)", path);
-		CU_FAIL_FATAL("quant-vectors.bin missing");
+		CU_FAIL_FATAL("quant-vectors.hex missing or malformed");
 	}
 	CU_ASSERT_FATAL(len >= 12 && memcmp(buf, "QDQVEC1\0", 8) == 0);
 	uint32_t nrec = rd32(buf + 8);

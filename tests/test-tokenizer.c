@@ -14,10 +14,10 @@
 #include "testutil.h"
 
 #define TEXT_PATH "tests/data/multilingual.txt"
-#define SPM_PATH "tests/data/spm-tiny.gguf"
+#define SPM_PATH tu_build_path("tests/data/spm-tiny.gguf") /* made from its .gguf.txt */
 #define SMOL_IDS "tests/data/tokenizer-smollm2.ids"
 #define SPM_IDS "tests/data/tokenizer-spm.ids"
-#define BPE_TINY "tests/data/bpe-tiny.gguf"
+#define BPE_TINY tu_build_path("tests/data/bpe-tiny.gguf")
 
 /* The GGUF is closed right after tok_new: the tokenizer must not point into it. */
 static Tokenizer *load(const char *path)

@@ -47,6 +47,15 @@ const char *tu_build_dir(void)
 	return p && *p ? p : "build";
 }
 
+const char *tu_build_path(const char *rel)
+{
+	static char buf[4][256];
+	static int k;
+	k = (k + 1) % 4;
+	snprintf(buf[k], sizeof(buf[k]), "%s/%s", tu_build_dir(), rel);
+	return buf[k];
+}
+
 void tu_skip(const char *test, const char *why)
 {
 	printf("\n    SKIP: %s: %s\n", test, why);

@@ -26,6 +26,9 @@ int tu_main(const char *name, const TuTest *tests);
 const char *tu_model_path(void);
 /* Build directory ($QD_BUILD or build). */
 const char *tu_build_dir(void);
+/* tu_build_dir()/REL, e.g. the GGUFs make builds for the tests (tests/data/NAME.gguf from
+ * its text form, tests/gen-gguf.c); valid for the next 3 calls. */
+const char *tu_build_path(const char *rel);
 /* Prints "SKIP: why" visibly; the test then returns without asserting.  Prefer skip_if,
  * which keeps the test out of the passed count. */
 void tu_skip(const char *test, const char *why);

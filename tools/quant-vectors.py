@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Writes tests/data/quant-vectors.bin: reference vectors from the `gguf` Python package
+"""Writes tests/data/quant-vectors.hex: reference vectors from the `gguf` Python package
 (gguf-py, llama.cpp's own reader/writer) that tests/test-quant.c checks our kernels against.
 gguf-py is an implementation independent of ours (numpy), so agreement with it checks our
 block layouts and rounding from the outside.
 
     pip install gguf numpy
-    python3 tools/quant-vectors.py [OUT]        (default OUT: tests/data/quant-vectors.bin)
+    python3 tools/quant-vectors.py [OUT]        (default OUT: tests/data/quant-vectors.hex)
 
 The output is deterministic (fixed seed) and small (~16 KB); commit it.
 
-File format, all integers little-endian:
+The file is the bytes below as lowercase hex, 64 digits a line (text: no binary blob in
+git).  Format of those bytes, all integers little-endian:
 
     header   char magic[8] = "QDQVEC1\\0"
              u32  n_records
@@ -116,7 +117,7 @@ def quantize(x, qtype):
 
 
 def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else "tests/data/quant-vectors.bin"
+    out = sys.argv[1] if len(sys.argv) > 1 else "tests/data/quant-vectors.hex"
     rng = np.random.default_rng(SEED)
     records = []
 
@@ -136,18 +137,16 @@ def main():
         assert y.size == n and np.all(np.isfinite(y) | (qtype in (T.F16, T.BF16)))
         records.append((b"DEQU", qtype, n, raw.tobytes(), y.astype(np.float32).tobytes(), False))
 
-    with open(out, "wb") as f:
-        f.write(MAGIC)
-        f.write(struct.pack("<I", len(records)))
-        for kind, qtype, n, qbytes, fbytes, quan in records:
-            f.write(kind)
-            f.write(struct.pack("<III", int(qtype), n, len(qbytes)))
-            if quan:
-                f.write(fbytes)
-                f.write(qbytes)
-            else:
-                f.write(qbytes)
-                f.write(fbytes)
+    blob = bytearray(MAGIC)
+    blob += struct.pack("<I", len(records))
+    for kind, qtype, n, qbytes, fbytes, quan in records:
+        blob += kind
+        blob += struct.pack("<III", int(qtype), n, len(qbytes))
+        blob += fbytes + qbytes if quan else qbytes + fbytes
+    digits = blob.hex()
+    with open(out, "w") as f:
+        for i in range(0, len(digits), 64):
+            f.write(digits[i:i + 64] + "\n")
     print(f"{out}: {len(records)} records")
 
 

@@ -17,8 +17,10 @@ When --llama-python names a Python with llama_cpp, the GGUF is also loaded by ll
 Output format: as tools/tokenizer-ref.py (L<n> lines and F, special tokens not parsed).
 
 Usage (needs: pip install sentencepiece gguf):
-    python3 tools/spm-ref.py tests/data/multilingual.txt tests/data/spm-tiny.gguf \\
+    python3 tools/spm-ref.py tests/data/multilingual.txt build/tests/data/spm-tiny.gguf \\
         tests/data/tokenizer-spm.ids [--llama-python PY]
+    build/tests/gen-gguf dump build/tests/data/spm-tiny.gguf > tests/data/spm-tiny.gguf.txt
+(git keeps the vocabulary as text; make builds the GGUF from it with tests/gen-gguf.c.)
 """
 import argparse
 import io

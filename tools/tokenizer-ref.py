@@ -35,10 +35,13 @@ Usage (needs: pip install gguf tokenizers):
     python3 tools/tokenizer-ref.py models/SmolLM2-135M-Instruct.Q4_1.gguf \\
         tests/data/multilingual.txt tests/data/tokenizer-smollm2.ids \\
         --llama-python /path/to/python-with-llama_cpp
-    python3 tools/tokenizer-ref.py --make-vocab tests/data/bpe-tiny.gguf tests/data/multilingual.txt
+    python3 tools/tokenizer-ref.py --make-vocab build/tests/data/bpe-tiny.gguf tests/data/multilingual.txt
+    build/tests/gen-gguf dump build/tests/data/bpe-tiny.gguf > tests/data/bpe-tiny.gguf.txt
     for p in smollm llama-bpe qwen2 gpt-2 default; do python3 tools/tokenizer-ref.py \\
-        tests/data/bpe-tiny.gguf tests/data/multilingual.txt tests/data/tokenizer-bpe-$p.ids \\
+        build/tests/data/bpe-tiny.gguf tests/data/multilingual.txt tests/data/tokenizer-bpe-$p.ids \\
         --pre $p --plain-only --llama-python /path/to/python-with-llama_cpp; done
+(git keeps the vocabulary as text, tests/data/bpe-tiny.gguf.txt; make builds the GGUF from
+it with tests/gen-gguf.c.)
 """
 import argparse
 import json
