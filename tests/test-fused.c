@@ -293,6 +293,50 @@ static void test_matmul_argmax(void)
 	free(y2);
 }
 
+/* matmul_argmax over rows wider than one round of the device's scan (40,003 outputs: two
+ * rounds of 16-byte loads and a tail of three), against the first largest of the
+ * downloaded logits: a three-way tie planted in the second round and the tail, token 0's
+ * row aligned (16-byte loads) and token 1's not (4-byte loads). */
+static void test_matmul_argmax_wide(void)
+{
+	if (!ready())
+		return;
+	const int64_t rows = 40003, cols = 64;
+	const int n = 2;
+	uint16_t *raw = calloc((size_t)(rows * cols), sizeof(uint16_t));
+	float *x = calloc((size_t)(n * cols), sizeof(float)), *y = malloc(sizeof(float) * n * rows);
+	CU_ASSERT_FATAL(raw && x && y);
+	uint64_t s = 0x3a;
+	for (int64_t r = 0; r < rows; r++)
+		raw[r * cols] = qd_f32_to_f16(qg_signed(&s, 0.01f, 1.f));
+	raw[40002 * cols] = raw[40001 * cols] = raw[33000 * cols] = qd_f32_to_f16(3.0f); /* 33000 wins */
+	x[0] = 1.0f;
+	x[cols] = -0.5f; /* token 1: the most negative weight's row */
+	KbWeight w = { QD_TYPE_F16, rows, cols, raw, NULL, 0 };
+	CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &w), 0);
+	float *dx = buf_in(gpu, x, sizeof(float) * n * cols), *dy = buf_in(gpu, NULL, sizeof(float) * n * rows);
+	CU_ASSERT_FATAL(dx && dy);
+	int32_t idx[2] = { -1, -1 };
+	CU_ASSERT_EQUAL(gpu->ops->matmul_argmax(gpu, &w, dx, n, dy, idx), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, y, dy, sizeof(float) * n * rows), 0);
+	for (int t = 0; t < n; t++) {
+		int32_t want = 0;
+		for (int64_t r = 1; r < rows; r++)
+			if (y[t * rows + r] > y[t * rows + want])
+				want = (int32_t)r;
+		CU_ASSERT_EQUAL(idx[t], want);
+		if (idx[t] != want)
+			printf("\n    token %d: argmax %d, expected %d\n", t, idx[t], want);
+	}
+	CU_ASSERT_EQUAL(idx[0], 33000);
+	gpu->ops->release(gpu, dx);
+	gpu->ops->release(gpu, dy);
+	gpu->ops->weight_release(gpu, &w);
+	free(raw);
+	free(x);
+	free(y);
+}
+
 /* matmul_rope_kv (q/k/v products with RoPE and the KV stores in their epilogue) against
  * matmul_multi then rope_kv_store: the same bits in q, k, v and both caches.  GQA, partial
  * rotary dims, positions up to 1,000 (large angles), 1..8 tokens in one pass and 12 (two
@@ -543,6 +587,7 @@ int main(void)
 {
 	static const TuTest tests[] = {
 		{ "matmul_argmax: ties, -0, NaN rows", test_matmul_argmax, gpu_skip },
+		{ "matmul_argmax: rows of two scan rounds and a tail", test_matmul_argmax_wide, gpu_skip },
 		{ "matmul_rope_kv = matmul_multi + rope_kv_store, bit for bit", test_matmul_rope_kv, gpu_skip },
 		{ "matmul_res_norm = matmul + rmsnorm, to the activations' rounding", test_matmul_res_norm, gpu_skip },
 		{ "matmul_swiglu = matmul_multi + swiglu, to the sums' order", test_matmul_swiglu, gpu_skip },
