@@ -527,6 +527,7 @@ static void test_topk(void)
 		return;
 	static const struct { int64_t cols; int k; } shapes[] = {
 		{ 1, 1 }, { 100, 7 }, { 1000, 40 }, { 49152, 40 }, { 32000, 256 }, { 128256, 64 }, { 5000, 1 },
+		{ 32001, 40 }, /* rows 1-3, 5 and 6 not 16-byte aligned: the device's 4-byte loads */
 	};
 	const int n = 7;
 	uint64_t s = 0x99;

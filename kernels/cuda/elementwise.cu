@@ -429,23 +429,56 @@ __device__ __forceinline__ void kb_amax_warp(float &bv, int &bi)
 	}
 }
 
-/* Loads a thread keeps in flight in k_argmax: a row is a few L2 round trips, not one per
- * 1,024 columns (a 32,000-column row took 14.6 us one load at a time, H200). */
-#define AMAX_UNROLL 8
+#define SCAN_UNROLL 8
 
-/* (v, c) into the thread's best pair. */
-__device__ __forceinline__ void kb_amax_take(float v, int64_t c, float &bv, int &bi)
+/* f(column, value) for every column of a row this thread takes, then NaN (which neither
+ * argmax nor top-k ever takes) for the padding past the end up to a whole round:
+ * SCAN_UNROLL loads a round in flight together, each 16 bytes (four columns) where the row
+ * is aligned, so that a pass over a 32,000-column row is one L2 round trip (32 with one
+ * column a load and one load in flight, as k_argmax had: 14.6 us on the H200).  Whole
+ * warps call f together. */
+template <typename F> __device__ __forceinline__ void row_scan(const float *row, int64_t cols, F &&f)
 {
-	if (kb_amax_better(v, (int)c, bv, bi)) {
-		bv = v;
-		bi = (int)c;
+	const int64_t nt = blockDim.x;
+	int64_t cv = 0; /* the columns before cv went by 16-byte loads */
+	if (((uintptr_t)row & 15) == 0) {
+		const float4 *r4 = (const float4 *)row;
+		const int64_t n4 = cols / 4;
+		for (int64_t b = 0; b < n4; b += SCAN_UNROLL * nt) {
+			float4 v[SCAN_UNROLL];
+			KB_UNROLL
+			for (int j = 0; j < SCAN_UNROLL; j++) {
+				const int64_t i = b + j * nt + threadIdx.x;
+				v[j] = i < n4 ? r4[i] : make_float4(NAN, NAN, NAN, NAN);
+			}
+			KB_UNROLL
+			for (int j = 0; j < SCAN_UNROLL; j++) {
+				const int64_t c = 4 * (b + j * nt + threadIdx.x);
+				f(c, v[j].x);
+				f(c + 1, v[j].y);
+				f(c + 2, v[j].z);
+				f(c + 3, v[j].w);
+			}
+		}
+		cv = 4 * n4;
+	}
+	for (int64_t c0 = cv; c0 < cols; c0 += SCAN_UNROLL * (int64_t)blockDim.x) {
+		float v[SCAN_UNROLL];
+		KB_UNROLL
+		for (int j = 0; j < SCAN_UNROLL; j++) {
+			const int64_t c = c0 + (int64_t)j * blockDim.x + threadIdx.x;
+			v[j] = c < cols ? row[c] : NAN;
+		}
+		KB_UNROLL
+		for (int j = 0; j < SCAN_UNROLL; j++)
+			f(c0 + (int64_t)j * blockDim.x + threadIdx.x, v[j]);
 	}
 }
 
-/* One block per row: each thread scans a stride of the row (16-byte loads where the row
- * is aligned, AMAX_UNROLL of them in flight), then the warps and the block reduce (value,
- * index) pairs; the pairs' order decides nothing, so the scan's order does not matter.  A
- * row of only NaNs gives 0.  Launched early (trig), it waits for the product. */
+/* One block per row: each thread scans a stride of the row (row_scan), then the warps and
+ * the block reduce (value, index) pairs; the pairs' order decides nothing, so the scan's
+ * order does not matter.  A row of only NaNs gives 0.  Launched early (trig), it waits
+ * for the product. */
 __global__ void __launch_bounds__(1024) k_argmax(int trig, const float *y, int64_t cols, int64_t ldy, int32_t *idx)
 {
 	if (trig)
@@ -454,31 +487,12 @@ __global__ void __launch_bounds__(1024) k_argmax(int trig, const float *y, int64
 	const float *row = y + (int64_t)blockIdx.x * ldy;
 	float bv = -INFINITY;
 	int bi = INT_MAX;
-	const int64_t nt = blockDim.x;
-	int64_t c0 = 0;
-	if (((uintptr_t)row & 15) == 0) {
-		const float4 *r4 = (const float4 *)row;
-		const int64_t n4 = cols / 4;
-		for (int64_t b = 0; b < n4; b += AMAX_UNROLL * nt) {
-			float4 v[AMAX_UNROLL];
-			KB_UNROLL
-			for (int j = 0; j < AMAX_UNROLL; j++) {
-				const int64_t i = b + j * nt + threadIdx.x;
-				v[j] = i < n4 ? r4[i] : make_float4(NAN, NAN, NAN, NAN); /* NaN never wins */
-			}
-			KB_UNROLL
-			for (int j = 0; j < AMAX_UNROLL; j++) {
-				const int64_t c = 4 * (b + j * nt + threadIdx.x);
-				kb_amax_take(v[j].x, c, bv, bi);
-				kb_amax_take(v[j].y, c + 1, bv, bi);
-				kb_amax_take(v[j].z, c + 2, bv, bi);
-				kb_amax_take(v[j].w, c + 3, bv, bi);
-			}
+	row_scan(row, cols, [&](int64_t c, float v) {
+		if (kb_amax_better(v, (int)c, bv, bi)) {
+			bv = v;
+			bi = (int)c;
 		}
-		c0 = 4 * n4;
-	}
-	for (int64_t c = c0 + threadIdx.x; c < cols; c += nt)
-		kb_amax_take(row[c], c, bv, bi);
+	});
 	kb_amax_warp(bv, bi);
 	__shared__ float sv[32];
 	__shared__ int si[32];
@@ -517,27 +531,6 @@ extern "C" int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, 
  * that pass writes in any order; otherwise in index order.  The row is read from L2 (the
  * product has just written it) five times. */
 
-#define TOPK_UNROLL 8
-
-/* f(column, value) for every column of a row this thread takes (threadIdx.x + i *
- * blockDim.x, then NaN, never a candidate, for the padding past the end up to a whole
- * round), TOPK_UNROLL columns a round with their loads in flight together: a pass is then
- * a few L2 round trips, not one per column.  Whole warps call f together. */
-template <typename F> __device__ __forceinline__ void topk_scan(const float *row, int64_t cols, F &&f)
-{
-	for (int64_t c0 = 0; c0 < cols; c0 += TOPK_UNROLL * (int64_t)blockDim.x) {
-		float v[TOPK_UNROLL];
-		KB_UNROLL
-		for (int j = 0; j < TOPK_UNROLL; j++) {
-			const int64_t c = c0 + (int64_t)j * blockDim.x + threadIdx.x;
-			v[j] = c < cols ? row[c] : NAN;
-		}
-		KB_UNROLL
-		for (int j = 0; j < TOPK_UNROLL; j++)
-			f(c0 + (int64_t)j * blockDim.x + threadIdx.x, v[j]);
-	}
-}
-
 __device__ __forceinline__ uint32_t kb_topk_key(float v)
 {
 	if (!(v > -INFINITY)) /* NaN or -inf */
@@ -546,9 +539,12 @@ __device__ __forceinline__ uint32_t kb_topk_key(float v)
 	return b & 0x80000000u ? ~b : b | 0x80000000u;
 }
 
-__global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int64_t ldy, int k, int32_t *ids,
-					       float *vals, int32_t *counts)
+__global__ void __launch_bounds__(1024) k_topk(int trig, const float *y, int64_t cols, int64_t ldy, int k,
+					       int32_t *ids, float *vals, int32_t *counts)
 {
+	if (trig)
+		kb_pdl_trigger();
+	kb_pdl_wait(); /* launched early (trig): the product writes y */
 	__shared__ uint32_t hist[256];
 	/* the bin chosen, the rank left within it, candidates, the bin's count, output slots */
 	__shared__ uint32_t sel_s[5];
@@ -566,7 +562,7 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 		/* Logits of one row share their top bits, so most keys land in a few bins: the
 		 * lanes of a warp with the same bin add once, together (one shared-memory atomic
 		 * per bin per warp instead of 32 to the same address). */
-		topk_scan(row, cols, [&](int64_t, float v) {
+		row_scan(row, cols, [&](int64_t, float v) {
 			const uint32_t key = kb_topk_key(v);
 			const uint32_t bin = key && (key & mask) == prefix ? (key >> shift) & 255u : 256u;
 			const uint32_t same = __match_any_sync(0xffffffffu, bin);
@@ -627,7 +623,7 @@ __global__ void __launch_bounds__(1024) k_topk(const float *y, int64_t cols, int
 		if (tid == 0)
 			sel_s[4] = 0;
 		__syncthreads();
-		topk_scan(row, cols, [&](int64_t c, float v) {
+		row_scan(row, cols, [&](int64_t c, float v) {
 			const uint32_t key = kb_topk_key(v);
 			if (key && key >= kth) {
 				const uint32_t slot = atomicAdd(&sel_s[4], 1u);
@@ -685,5 +681,7 @@ extern "C" int kb_cuda_topk(KbCuda *ctx, const float *y, int n, int64_t cols, in
 	if (!ctx || !y || !ids || !vals || !counts || n < 1 || cols < 1 || cols > INT_MAX || ldy < cols || k < 1 ||
 	    k > KB_CUDA_TOPK_MAX)
 		return -EINVAL;
-	return kb_launch_ex(ctx, 0, k_topk, dim3((unsigned)n), dim3(1024), 0, y, cols, ldy, k, ids, vals, counts);
+	const int pdl = kb_small_pdl(n);
+	return kb_launch_ex(ctx, pdl, k_topk, dim3((unsigned)n), dim3(1024), 0, pdl, y, cols, ldy, k, ids, vals,
+			    counts);
 }
