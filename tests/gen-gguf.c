@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "daemon/engine/gguf.h"
+#include "tests/hexdigit.h"
 
 static const char *const type_names[GGUF_TYPE_COUNT] = {
 	[GGUF_U32] = "u32", [GGUF_I32] = "i32", [GGUF_F32] = "f32", [GGUF_BOOL] = "bool", [GGUF_STRING] = "str",
@@ -126,11 +127,6 @@ static ssize_t next_line(FILE *f, char **buf, size_t *cap)
 	return n;
 }
 
-static int hexval(char c)
-{
-	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /* S unescaped in place; its new length, or -1 for a malformed escape. */
 static ssize_t unescape(char *s, size_t n)
 {
@@ -140,9 +136,9 @@ static ssize_t unescape(char *s, size_t n)
 			s[o++] = s[i];
 			continue;
 		}
-		if (i + 3 >= n || s[i + 1] != 'x' || hexval(s[i + 2]) < 0 || hexval(s[i + 3]) < 0)
+		if (i + 3 >= n || s[i + 1] != 'x' || hex_digit(s[i + 2]) < 0 || hex_digit(s[i + 3]) < 0)
 			return -1;
-		s[o++] = (char)(hexval(s[i + 2]) << 4 | hexval(s[i + 3]));
+		s[o++] = (char)(hex_digit(s[i + 2]) << 4 | hex_digit(s[i + 3]));
 		i += 3;
 	}
 	return (ssize_t)o;

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "kernels/cpu/quant.h"
+#include "tests/hexdigit.h"
 #include "tests/testutil.h"
 
 static const int weight_types[] = { QD_TYPE_F32, QD_TYPE_F16, QD_TYPE_BF16, QD_TYPE_Q8_0,
@@ -476,11 +477,6 @@ static uint32_t rd32(const uint8_t *p)
 	uint32_t v;
 	memcpy(&v, p, 4);
 	return v;
-}
-
-static int hex_digit(char c)
-{
-	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 /* The bytes of a file of hex digits (line breaks between pairs ignored), decoded in place;

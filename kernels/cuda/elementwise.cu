@@ -4,7 +4,7 @@
  * KB_CUDA_MAX_TOK tokens (kb_small_pdl) the forward pass's kernels here launch with
  * programmatic dependent launch: each lets its successor start at once and itself waits
  * for its predecessor before touching memory it writes, so launches overlap the kernel
- * before.  Argmax and top-k, after the step, launch plainly. */
+ * before.  So do argmax and top-k, which follow the output head's product. */
 #include <limits.h>
 #include <math.h>
 

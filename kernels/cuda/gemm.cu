@@ -677,12 +677,12 @@ extern "C" int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, co
 		same &= w[i]->type == w[0]->type;
 	for (int i = 0; i < nw && r == 0; i += same ? nw : 1) {
 		const int m = same ? nw : 1;
-		/* Q8_0 in chunks of 4 packets (KB_TYPE_Q8_0_F16, layout.cuh): its decode chunk of 8
+		/* Q8_0 in chunks of 4 packets (kb_f16_type, layout.cuh): its decode chunk of 8
 		 * would double the GEMM's shared memory a stage (past sm_86/89's 99 KiB at 32
 		 * tokens) and cost it occupancy */
 		r = kb_with_product_type(w[i]->type, [&](auto t) {
 			constexpr int T = decltype(t)::value;
-			return mmq_type<T == QD_TYPE_Q8_0 ? KB_TYPE_Q8_0_F16 : T>(ctx, m, w + i, xh, ldo, n, y + i, acc);
+			return mmq_type<kb_f16_type<T>()>(ctx, m, w + i, xh, ldo, n, y + i, acc);
 		});
 	}
 	return r;

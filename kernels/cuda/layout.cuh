@@ -112,6 +112,11 @@ KB_LAY(QD_TYPE_Q8_0, 32, 8, 1, 4, 0, 2) /* 256 columns: the one-token column for
  * GGUF type: no weight has it. */
 #define KB_TYPE_Q8_0_F16 0x1008
 KB_LAY(KB_TYPE_Q8_0_F16, 32, 4, 1, 4, 0, 2)
+/* The layout T's f16 products and its GEMM walk: Q8_0's in chunks of 4 packets. */
+template <int T> constexpr int kb_f16_type()
+{
+	return T == QD_TYPE_Q8_0 ? KB_TYPE_Q8_0_F16 : T;
+}
 KB_LAY(QD_TYPE_Q4_K, 64, 4, 1, 0, 32, 2)
 KB_LAY(QD_TYPE_Q6_K, 128, 2, 3, 16, 4, 1)
 KB_LAY(QD_TYPE_F16, 16, 4, 1, 0, 0, 4)

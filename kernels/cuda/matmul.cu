@@ -462,12 +462,9 @@ static int kb_q8_f16_items(int64_t cols)
 /* k_mmv_norm with f16 activations; Q8_0's in items of 4 packets, as launch_f16. */
 template <int T> static int launch_f16_norm(KbCuda *ctx, KbMmvArgs a, int64_t cols)
 {
-	if constexpr (T == QD_TYPE_Q8_0) {
+	if constexpr (T == QD_TYPE_Q8_0)
 		a.n_chunks = kb_q8_f16_items(cols);
-		return launch_norm<KB_TYPE_Q8_0_F16, 0>(ctx, a);
-	} else {
-		return launch_norm<T, 0>(ctx, a);
-	}
+	return launch_norm<kb_f16_type<T>(), 0>(ctx, a);
 }
 
 /* The arguments every product launch shares: weight i's regions, its y and row groups
@@ -584,7 +581,7 @@ template <int T> static int launch_f16(KbCuda *ctx, const KbMmvConfig *c, KbMmvA
 		if (c->stages < 0 && ctx->cc_major >= 9 && a.x.n_tok > 1 && a.n_chunks >= 8)
 			return launch_f16_as<T>(ctx, c, a, rope, 2);
 		a.n_chunks = kb_q8_f16_items(cols);
-		return launch_f16<KB_TYPE_Q8_0_F16>(ctx, c, a, rope, cols);
+		return launch_f16<kb_f16_type<T>()>(ctx, c, a, rope, cols);
 	} else {
 		return launch_f16_as<T>(ctx, c, a, rope, c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages);
 	}
