@@ -11,6 +11,7 @@
  * floats (exact); strings are the rest of the line with '\\' and bytes below 0x20 or 0x7f
  * written as \xNN. */
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,12 +119,22 @@ static int dump(const char *path)
 	return 0;
 }
 
-/* Reads one line (without its '\n') into *buf; its length, or -1 at the end. */
-static ssize_t next_line(FILE *f, char **buf, size_t *cap)
+/* The text being built from: its current line and that line's number (for errors). */
+typedef struct {
+	FILE *f;
+	char *line;
+	size_t cap;
+	long lineno;
+} Reader;
+
+/* Reads the next line (without its '\n') into rd->line; its length, or -1 at the end. */
+static ssize_t next_line(Reader *rd)
 {
-	ssize_t n = getline(buf, cap, f);
-	if (n > 0 && (*buf)[n - 1] == '\n')
-		(*buf)[--n] = 0;
+	ssize_t n = getline(&rd->line, &rd->cap, rd->f);
+	if (n >= 0)
+		rd->lineno++;
+	if (n > 0 && rd->line[n - 1] == '\n')
+		rd->line[--n] = 0;
 	return n;
 }
 
@@ -185,8 +196,8 @@ static int set_scalar(GgufWriter *w, const char *key, int type, const void *v)
 	}
 }
 
-/* Array KEY of N elements of TYPE from the next N lines of F. */
-static int build_array(GgufWriter *w, FILE *f, const char *key, int type, uint64_t n, char **line, size_t *cap)
+/* Array KEY of N elements of TYPE from the next N lines. */
+static int build_array(GgufWriter *w, Reader *rd, const char *key, int type, uint64_t n)
 {
 	char **strs = NULL;
 	size_t *lens = NULL;
@@ -201,18 +212,18 @@ static int build_array(GgufWriter *w, FILE *f, const char *key, int type, uint64
 	if ((type == GGUF_STRING && (!strs || !lens)) || (type != GGUF_STRING && !vals))
 		r = -ENOMEM;
 	for (uint64_t k = 0; k < n && r == 0; k++) {
-		ssize_t len = next_line(f, line, cap);
+		ssize_t len = next_line(rd);
 		if (len < 0) {
 			r = -EINVAL;
 		} else if (type == GGUF_STRING) {
-			if ((len = unescape(*line, (size_t)len)) < 0 || !(strs[k] = malloc((size_t)len + 1)))
+			if ((len = unescape(rd->line, (size_t)len)) < 0 || !(strs[k] = malloc((size_t)len + 1)))
 				r = len < 0 ? -EINVAL : -ENOMEM;
 			else {
-				memcpy(strs[k], *line, (size_t)len);
+				memcpy(strs[k], rd->line, (size_t)len);
 				lens[k] = (size_t)len;
 			}
 		} else {
-			r = parse_scalar(type, *line, vals + 4 * k);
+			r = parse_scalar(type, rd->line, vals + 4 * k);
 		}
 	}
 	if (r == 0) {
@@ -236,27 +247,22 @@ static int build_array(GgufWriter *w, FILE *f, const char *key, int type, uint64
 
 static int build(const char *in, const char *out)
 {
-	FILE *f = fopen(in, "r");
-	if (!f) {
+	Reader rd = { .f = fopen(in, "r") };
+	if (!rd.f) {
 		fprintf(stderr, "gen-gguf: %s: %s\n", in, strerror(errno));
 		return 1;
 	}
 	GgufWriter *w = NULL;
-	char *line = NULL;
-	size_t cap = 0;
-	long lineno = 0;
 	int r = gguf_writer_new(&w);
-	ssize_t n;
-	while (r == 0 && (n = next_line(f, &line, &cap)) >= 0) {
-		lineno++;
-		char *sp1 = strchr(line, ' '), *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
-		if (!sp1 || !sp2) {
+	while (r == 0 && next_line(&rd) >= 0) {
+		char *sp1 = strchr(rd.line, ' '), *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+		char key[256]; /* the key outlives the line: an array's elements are read into it */
+		if (!sp1 || !sp2 || sp1 - rd.line >= (ptrdiff_t)sizeof(key)) {
 			r = -EINVAL;
 			break;
 		}
 		*sp1 = *sp2 = 0;
-		char key[256];
-		snprintf(key, sizeof(key), "%s", line);
+		memcpy(key, rd.line, (size_t)(sp1 - rd.line) + 1);
 		const char *tname = sp1 + 1, *val = sp2 + 1;
 		if (!strcmp(tname, "arr")) {
 			char et[16];
@@ -266,7 +272,7 @@ static int build(const char *in, const char *out)
 				r = -EINVAL;
 				break;
 			}
-			r = build_array(w, f, key, t, cnt, &line, &cap);
+			r = build_array(w, &rd, key, t, cnt);
 			continue;
 		}
 		const int t = type_of(tname);
@@ -287,10 +293,10 @@ static int build(const char *in, const char *out)
 	if (r == 0)
 		r = gguf_writer_finish(w);
 	if (r < 0)
-		fprintf(stderr, "gen-gguf: %s:%ld: %s\n", in, lineno, r == -EINVAL ? "malformed line" : strerror(-r));
+		fprintf(stderr, "gen-gguf: %s:%ld: %s\n", in, rd.lineno, r == -EINVAL ? "malformed line" : strerror(-r));
 	gguf_writer_free(w);
-	free(line);
-	fclose(f);
+	free(rd.line);
+	fclose(rd.f);
 	return r < 0;
 }
 
