@@ -21,6 +21,7 @@
 __global__ void k_kv_store(int trig, const float *k, const float *v, __half *kc, __half *vc, const int32_t *pos,
 			   const int32_t *seq, int kvd, int64_t stride)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
@@ -144,6 +145,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 							      float *out, KbActOut act /* planes 0: none */, float *part,
 							      unsigned *cnt)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	extern __shared__ __align__(16) float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
@@ -204,6 +206,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	if (VPRE && kw0 < kw1 && kready < kw1) /* the rows this step wrote */
 		att_tile_load<PER, VPRE>(kc, vc, base, kvd, kw0, kw1, kready, kw1, lane, u, vpre);
 	__syncthreads();
+	KB_MARK(0);
 
 	float acc[ATT_MAXPER];
 #pragma unroll
@@ -284,7 +287,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 			}
 		}
 		m = mnew;
+		if (j0 == kw0)
+			KB_MARK(1);
 	}
+	KB_MARK(2);
 #pragma unroll
 	for (int k = 0; k < PER; k++)
 		wacc[warp * hd + PER * lane + k] = acc[k];
@@ -293,6 +299,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		wl[warp] = l;
 	}
 	__syncthreads();
+	KB_MARK(3);
 	/* warps without keys have m = -inf, l = 0 and weigh nothing */
 	float M = wm[0];
 	for (int w = 1; w < ATT_WARPS; w++)
@@ -366,6 +373,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		if (act.planes)
 			kb_act_put<Q8 ? KB_PL_DYN : KB_PL_DYN16>(act, t, (int64_t)h * hd + i, s * inv);
 	}
+	KB_MARK(4);
 }
 
 typedef void (*AttKernel)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int,

@@ -66,6 +66,65 @@ int kb_cuda_split_scratch(KbCuda *ctx, size_t part_bytes, size_t n_cnt, float **
 	return r;
 }
 
+#ifdef QD_TRACE
+/* The dev-only block trace (internal.cuh): one ring for the process, bound into every
+ * translation unit's copy of its pointers when the first context starts, written to
+ * $QD_TRACE_OUT (records in ring order, oldest first) when a context is freed. */
+static int (*trace_binders[32])(void *, void *, unsigned);
+static int trace_nbinders;
+static KbTraceRec *trace_buf;
+static unsigned long long *trace_cnt;
+static const unsigned trace_cap = 1u << 21;
+
+extern "C" int kb_trace_register(int (*bind)(void *, void *, unsigned))
+{
+	if (trace_nbinders < 32)
+		trace_binders[trace_nbinders++] = bind;
+	return 0;
+}
+
+static void trace_start(void)
+{
+	if (trace_buf || !getenv("QD_TRACE_OUT"))
+		return;
+	if (cudaMalloc(&trace_buf, sizeof(KbTraceRec) * trace_cap) != cudaSuccess ||
+	    cudaMalloc(&trace_cnt, sizeof(*trace_cnt)) != cudaSuccess ||
+	    cudaMemset(trace_cnt, 0, sizeof(*trace_cnt)) != cudaSuccess) {
+		fprintf(stderr, "trace: no device memory for the ring, not tracing\n");
+		cudaFree(trace_buf);
+		trace_buf = NULL;
+		return;
+	}
+	for (int i = 0; i < trace_nbinders; i++)
+		trace_binders[i](trace_buf, trace_cnt, trace_cap);
+	fprintf(stderr, "trace: %d translation units, %u records\n", trace_nbinders, trace_cap);
+}
+
+static void trace_dump(void)
+{
+	const char *path = getenv("QD_TRACE_OUT");
+	if (!trace_buf || !path)
+		return;
+	unsigned long long n = 0;
+	cudaDeviceSynchronize();
+	cudaMemcpy(&n, trace_cnt, sizeof(n), cudaMemcpyDeviceToHost);
+	const unsigned long long keep = n < trace_cap ? n : trace_cap;
+	KbTraceRec *h = (KbTraceRec *)malloc(sizeof(KbTraceRec) * trace_cap);
+	FILE *f = fopen(path, "wb");
+	if (h && f && cudaMemcpy(h, trace_buf, sizeof(KbTraceRec) * trace_cap, cudaMemcpyDeviceToHost) == cudaSuccess) {
+		for (unsigned long long i = n - keep; i < n; i++)
+			fwrite(&h[i % trace_cap], sizeof(KbTraceRec), 1, f);
+		fprintf(stderr, "trace: %llu of %llu records to %s\n", keep, n, path);
+	}
+	if (f)
+		fclose(f);
+	free(h);
+	cudaFree(trace_buf);
+	cudaFree(trace_cnt);
+	trace_buf = NULL;
+}
+#endif
+
 extern "C" int kb_cuda_bind(KbCuda *ctx)
 {
 	return ctx ? kb_err(cudaSetDevice(ctx->device)) : -EINVAL;
@@ -78,6 +137,9 @@ extern "C" void kb_cuda_free(KbCuda *ctx)
 	cudaSetDevice(ctx->device);
 	if (ctx->stream)
 		cudaStreamSynchronize(ctx->stream);
+#ifdef QD_TRACE
+	trace_dump();
+#endif
 	kb_cuda_act_free(ctx->act);
 	if (ctx->att_part)
 		cudaFree(ctx->att_part);
@@ -135,6 +197,9 @@ extern "C" int kb_cuda_init(int device, KbCuda **ret_ctx)
 	}
 	if ((r = kb_err(cudaEventCreate(&ctx->t0))) < 0 || (r = kb_err(cudaEventCreate(&ctx->t1))) < 0)
 		goto fail;
+#ifdef QD_TRACE
+	trace_start();
+#endif
 	*ret_ctx = ctx;
 	return 0;
 fail:

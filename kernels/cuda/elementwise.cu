@@ -100,6 +100,7 @@ __device__ __forceinline__ void rms_store(const float *xr, const float *w, int d
 __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm(int trig, const float *x, const float *w, int dim, float eps,
 							  float *y)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	const float *xr = x + (int64_t)blockIdx.x * dim;
@@ -125,6 +126,7 @@ template <unsigned PL>
 __global__ void __launch_bounds__(RMS_THREADS) k_rmsnorm_act(int trig, const float *x, const float *w, int dim,
 							      float eps, float *y, const KbActOut o, int cols_pad)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	const float *xr = x + (int64_t)blockIdx.x * dim;
@@ -197,6 +199,7 @@ __global__ void __launch_bounds__(64) k_rope(int trig, float *x, const int32_t *
 					      int rot_dim,
 					      float theta_scale)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
@@ -212,6 +215,7 @@ __global__ void __launch_bounds__(64) k_rope_kv(int trig, float *q, float *k, co
 						 const int32_t *pos, const int32_t *seq, int n_head, int n_head_kv,
 						 int hd, int rot_dim, float theta_scale, int64_t stride)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
@@ -300,6 +304,7 @@ extern "C" int kb_cuda_rope(KbCuda *ctx, float *x, const int32_t *pos, int n, in
 
 __global__ void k_swiglu(int trig, const float *g, const float *u, int64_t n, float *y)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
@@ -310,6 +315,7 @@ __global__ void k_swiglu(int trig, const float *g, const float *u, int64_t n, fl
 
 __global__ void k_add(int trig, float *x, const float *y, int64_t n)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
@@ -355,6 +361,7 @@ template <unsigned PL>
 __global__ void __launch_bounds__(256) k_swiglu_act(int trig, const float *g, const float *u, int64_t dim, float *y,
 						    const KbActOut o)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
@@ -481,6 +488,7 @@ template <typename F> __device__ __forceinline__ void row_scan(const float *row,
  * for the product. */
 __global__ void __launch_bounds__(1024) k_argmax(int trig, const float *y, int64_t cols, int64_t ldy, int32_t *idx)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
@@ -542,6 +550,7 @@ __device__ __forceinline__ uint32_t kb_topk_key(float v)
 __global__ void __launch_bounds__(1024) k_topk(int trig, const float *y, int64_t cols, int64_t ldy, int k,
 					       int32_t *ids, float *vals, int32_t *counts)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait(); /* launched early (trig): the product writes y */

@@ -64,6 +64,7 @@ template <int T>
 __global__ void __launch_bounds__(256) k_get_rows(int trig, const uint8_t *raw, int64_t row_bytes, int64_t cols,
 						  const int32_t *ids, float *out)
 {
+	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();

@@ -296,11 +296,93 @@ __device__ __forceinline__ void kb_pdl_trigger(void)
 #endif
 }
 
+#ifdef QD_TRACE
+/* Dev-only block trace (built with -DQD_TRACE through tools/gpu-variant.sh, never by
+ * default): thread 0 of every traced block records its launch (%gridid), multiprocessor,
+ * and the global timer at its start, at its PDL wait's release and at its end, into a
+ * device ring that kb_cuda_free writes to $QD_TRACE_OUT (tools/trace-step.py reads it). */
+#define KB_TRACE_MARKS 6
+struct KbTraceRec {
+	unsigned long long grid, t0, tw, t1;
+	unsigned blk, smid, nblk, nthr;
+	unsigned long long mark[KB_TRACE_MARKS]; /* KB_MARK(i): thread 0 at a kernel's stage i; 0 unset */
+};
+static __device__ KbTraceRec *kb_trace_buf;
+static __device__ unsigned long long *kb_trace_cnt;
+static __device__ unsigned kb_trace_cap;
+extern "C" int kb_trace_register(int (*bind)(void *, void *, unsigned));
+/* each translation unit has its own copies of the variables above (no -rdc): each
+ * registers a binder that kb_cuda_init calls */
+static int kb_trace_bind_tu(void *buf, void *cnt, unsigned cap)
+{
+	if (cudaMemcpyToSymbol(kb_trace_buf, &buf, sizeof(buf)) != cudaSuccess ||
+	    cudaMemcpyToSymbol(kb_trace_cnt, &cnt, sizeof(cnt)) != cudaSuccess ||
+	    cudaMemcpyToSymbol(kb_trace_cap, &cap, sizeof(cap)) != cudaSuccess)
+		return -EIO;
+	return 0;
+}
+static int kb_trace_registered __attribute__((unused)) = kb_trace_register(kb_trace_bind_tu);
+__device__ __forceinline__ unsigned long long kb_gtime(void)
+{
+	unsigned long long t;
+	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+	return t;
+}
+__device__ __forceinline__ unsigned long long *kb_trace_tw(void)
+{
+	__shared__ unsigned long long tw;
+	return &tw;
+}
+__device__ __forceinline__ unsigned long long *kb_trace_marks(void)
+{
+	__shared__ unsigned long long m[KB_TRACE_MARKS];
+	return m;
+}
+#define KB_MARK(i) do { if (threadIdx.x == 0) kb_trace_marks()[i] = kb_gtime(); } while (0)
+struct KbTraceScope {
+	unsigned long long t0;
+	__device__ KbTraceScope()
+	{
+		t0 = kb_gtime();
+		if (threadIdx.x == 0) {
+			*kb_trace_tw() = 0;
+			for (int i = 0; i < KB_TRACE_MARKS; i++)
+				kb_trace_marks()[i] = 0;
+		}
+	}
+	__device__ ~KbTraceScope()
+	{
+		if (threadIdx.x != 0 || !kb_trace_buf)
+			return;
+		KbTraceRec r;
+		r.t1 = kb_gtime();
+		r.t0 = t0;
+		r.tw = *kb_trace_tw();
+		asm volatile("mov.u64 %0, %%gridid;" : "=l"(r.grid));
+		asm volatile("mov.u32 %0, %%smid;" : "=r"(r.smid));
+		r.blk = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+		r.nblk = gridDim.x * gridDim.y * gridDim.z;
+		r.nthr = blockDim.x * blockDim.y * blockDim.z;
+		for (int i = 0; i < KB_TRACE_MARKS; i++)
+			r.mark[i] = kb_trace_marks()[i];
+		kb_trace_buf[atomicAdd(kb_trace_cnt, 1ull) % kb_trace_cap] = r;
+	}
+};
+#define KB_TRACE() KbTraceScope kb_trace_scope_
+#else
+#define KB_TRACE() do { } while (0)
+#define KB_MARK(i) do { } while (0)
+#endif
+
 /* Waits until the previous kernel in the stream has finished and its writes are visible. */
 __device__ __forceinline__ void kb_pdl_wait(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 	asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#ifdef QD_TRACE
+	if (threadIdx.x == 0)
+		*kb_trace_tw() = kb_gtime();
 #endif
 }
 

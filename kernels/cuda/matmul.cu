@@ -35,6 +35,7 @@
 template <unsigned PL>
 __global__ void __launch_bounds__(64) k_act_prep(const float *x, int64_t ldx, int64_t cols, const KbActOut o)
 {
+	KB_TRACE();
 	kb_pdl_trigger();
 	kb_pdl_wait();
 	const int t = blockIdx.y;

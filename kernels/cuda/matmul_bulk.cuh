@@ -142,6 +142,7 @@ __device__ __forceinline__ void kb_bulk_regs(uint32_t tile, int lane, KbWRegs<T>
 template <int T, int RT, bool ROPE, int I8, bool RMS>
 __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 {
+	KB_TRACE();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 	typedef KbBulk<T, RT> B;
 	constexpr float post = kb_i8_post<T, I8>();

@@ -325,6 +325,7 @@ template <bool RMS> __device__ __forceinline__ void kb_rms_prefetch(const KbMmvA
 template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false>
 __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 {
+	KB_TRACE();
 	constexpr float post = kb_i8_post<T, I8>();
 	extern __shared__ float4 kb_red[]; /* [2][warps][RT][32 lanes], then KB_RMS_SM_BYTES (+ KB_NORM_SM_BYTES) */
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
