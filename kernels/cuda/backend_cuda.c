@@ -140,6 +140,24 @@ int dev_grow(CudaBackend *c, void **buf, size_t *have, size_t bytes)
 	return 1;
 }
 
+/* The same for mapped host memory (kb_cuda_host_alloc): *host and *dev. */
+int host_grow(CudaBackend *c, void **host, void **dev, size_t *have, size_t bytes)
+{
+	void *h = NULL, *d = NULL;
+	if (*host && *have >= bytes)
+		return 0;
+	int r = regrow_begin(c);
+	if (r == 0)
+		r = kb_cuda_host_alloc(c->ctx, bytes, &h, &d);
+	if (r < 0)
+		return r;
+	kb_cuda_host_free(c->ctx, *host);
+	*host = h;
+	*dev = d;
+	*have = bytes;
+	return 1;
+}
+
 /* c->xq with at least BYTES; recorded steps that used the old one are dropped. */
 int xq_ensure(CudaBackend *c, size_t bytes)
 {
@@ -178,11 +196,11 @@ static void cuda_free(KbBackend *b)
 	kb_cuda_act_free(c->act_alt);
 	kb_cuda_dev_free(c->ctx, c->norm_part);
 	kb_cuda_dev_free(c->ctx, c->xq);
-	kb_cuda_dev_free(c->ctx, c->amax);
+	kb_cuda_host_free(c->ctx, c->amax);
 	kb_cuda_dev_free(c->ctx, c->topk_dev);
 	free(c->topk_host);
 	kb_cuda_dev_free(c->ctx, c->step.dev);
-	free(c->step.host);
+	kb_cuda_host_free(c->ctx, c->step.host);
 	idx_done(c->ctx, &c->ids);
 	idx_done(c->ctx, &c->pos);
 	idx_done(c->ctx, &c->att_tiles);

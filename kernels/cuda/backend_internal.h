@@ -36,7 +36,8 @@ typedef struct {
 /* The step in progress and the graph cache. */
 typedef struct {
 	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step */
-	int32_t *host;          /* staging for the one copy, [3][cap] */
+	int32_t *host;          /* the same in mapped host memory, [3][cap], written at step_begin */
+	int32_t *host_dev;      /* its device address, read by the step's first kernel (idx_fetch) */
 	int cap;
 	int active, capturing, n;
 	const int32_t *tok, *pos, *seq; /* the step's host arrays, as the ops will pass them */
@@ -74,7 +75,8 @@ typedef struct {
 	int gemm;               /* products of > KB_CUDA_MAX_TOK tokens through kb_cuda_mmq */
 	void *xq;               /* its f16 activation scratch */
 	size_t xq_bytes;
-	int32_t *amax;          /* matmul_argmax: the rows' greedy ids on the device */
+	int32_t *amax;          /* matmul_argmax: the rows' greedy ids, in mapped host memory */
+	int32_t *amax_dev;      /* its device address: the kernel writes the ids there directly */
 	size_t amax_bytes;
 	void *topk_dev;         /* topk: ids [n][k], values [n][k], counts [n] on the device */
 	void *topk_host;        /* and their copy on the host */
@@ -102,6 +104,7 @@ void act_forget(CudaBackend *c);
 int regrow_begin(CudaBackend *c);
 int act_ensure(CudaBackend *c, int64_t cols);
 int dev_grow(CudaBackend *c, void **buf, size_t *have, size_t bytes);
+int host_grow(CudaBackend *c, void **host, void **dev, size_t *have, size_t bytes);
 int xq_ensure(CudaBackend *c, size_t bytes);
 int step_idx(CudaBackend *c, IdxBuf *ib, int which, const int32_t *host, int n, const int32_t **ret_dev);
 

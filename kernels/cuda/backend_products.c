@@ -270,11 +270,13 @@ int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, int n, f
 	int r = cuda_matmul(b, w, x, n, y);
 	if (r < 0)
 		return r;
-	if ((r = dev_grow(c, (void **)&c->amax, &c->amax_bytes, sizeof(int32_t) * (size_t)n)) < 0)
+	if ((r = host_grow(c, (void **)&c->amax, (void **)&c->amax_dev, &c->amax_bytes, sizeof(int32_t) * (size_t)n)) < 0)
 		return r;
-	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax)) < 0)
+	/* the ids land in host memory as the kernel writes them: one wait, no copy queued */
+	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax_dev)) < 0 || (r = kb_cuda_sync(c->ctx)) < 0)
 		return r;
-	return kb_cuda_download(c->ctx, ret_idx, c->amax, sizeof(int32_t) * (size_t)n);
+	memcpy(ret_idx, c->amax, sizeof(int32_t) * (size_t)n);
+	return 0;
 }
 
 int cuda_matmul_rope_kv(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,

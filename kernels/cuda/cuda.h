@@ -61,12 +61,19 @@ void *kb_cuda_stream(KbCuda *ctx);
 
 /* Waits for all queued work; returns the first asynchronous error as -EIO. */
 int kb_cuda_sync(KbCuda *ctx);
+/* 1 while queued work has not finished, else 0 (errors are left to the next call). */
+int kb_cuda_stream_busy(KbCuda *ctx);
 
 /* ---- memory ---- */
 
 /* Device allocation (cudaMalloc, never managed memory). */
 int kb_cuda_alloc(KbCuda *ctx, size_t bytes, void **ret_dev);
 void kb_cuda_dev_free(KbCuda *ctx, void *dev); /* NULL-safe */
+/* Pinned host memory that kernels read and write in place (mapped): *RET_HOST for the
+ * host, *RET_DEV for kernels.  For the few bytes a step passes each way, which then need
+ * no copy in either direction.  The host may touch it only while no queued kernel does. */
+int kb_cuda_host_alloc(KbCuda *ctx, size_t bytes, void **ret_host, void **ret_dev);
+void kb_cuda_host_free(KbCuda *ctx, void *host); /* NULL-safe */
 
 /* Copies host -> device through the pinned staging buffers (double-buffered: the host
  * memcpy of one piece overlaps the asynchronous copy of the previous one), and waits

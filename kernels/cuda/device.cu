@@ -236,6 +236,11 @@ extern "C" void *kb_cuda_stream(KbCuda *ctx)
 	return ctx ? (void *)ctx->stream : NULL;
 }
 
+extern "C" int kb_cuda_stream_busy(KbCuda *ctx)
+{
+	return ctx && cudaStreamQuery(ctx->stream) == cudaErrorNotReady;
+}
+
 extern "C" int kb_cuda_sync(KbCuda *ctx)
 {
 	if (!ctx)
@@ -266,6 +271,33 @@ extern "C" void kb_cuda_dev_free(KbCuda *ctx, void *dev)
 		return;
 	cudaSetDevice(ctx->device);
 	cudaFree(dev);
+}
+
+extern "C" int kb_cuda_host_alloc(KbCuda *ctx, size_t bytes, void **ret_host, void **ret_dev)
+{
+	if (!ctx || !bytes || !ret_host || !ret_dev)
+		return -EINVAL;
+	void *h = NULL, *d = NULL;
+	int r = kb_err(cudaSetDevice(ctx->device));
+	if (r == 0)
+		r = kb_err(cudaHostAlloc(&h, bytes, cudaHostAllocMapped));
+	if (r == 0 && (r = kb_err(cudaHostGetDevicePointer(&d, h, 0))) < 0) {
+		cudaFreeHost(h);
+		h = NULL;
+	}
+	if (r < 0)
+		return r;
+	*ret_host = h;
+	*ret_dev = d;
+	return 0;
+}
+
+extern "C" void kb_cuda_host_free(KbCuda *ctx, void *host)
+{
+	if (!ctx || !host)
+		return;
+	cudaSetDevice(ctx->device);
+	cudaFreeHost(host);
 }
 
 /* Copies BYTES from host to device through the staging buffers; the host memcpy into

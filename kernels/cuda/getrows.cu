@@ -74,6 +74,27 @@ __global__ void __launch_bounds__(256) k_get_rows(int trig, const uint8_t *raw, 
 		o[e] = dq_elem<T>(row, e);
 }
 
+/* One block: the step's indices from mapped host memory (read past the caches: the host
+ * rewrites them every step), then a fence, and only then may the next kernel launch, so
+ * that the pre-wait reads of positions and slots in later kernels (attention) see them. */
+__global__ void __launch_bounds__(256) k_idx_fetch(int32_t *dev, const int32_t *src, int n)
+{
+	KB_TRACE();
+	kb_pdl_wait(); /* earlier kernels may still read dev */
+	for (int i = (int)threadIdx.x; i < n; i += (int)blockDim.x)
+		dev[i] = __ldcv(src + i);
+	__threadfence();
+	__syncthreads();
+	kb_pdl_trigger();
+}
+
+extern "C" int kb_cuda_idx_fetch(KbCuda *ctx, int32_t *dev, const int32_t *src, int n)
+{
+	if (!ctx || !dev || !src || n < 1)
+		return -EINVAL;
+	return kb_launch(ctx, k_idx_fetch, dim3(1), dim3(256), 0, dev, src, n);
+}
+
 extern "C" int kb_cuda_get_rows_supported(int type)
 {
 	switch (type) {
