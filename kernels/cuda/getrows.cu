@@ -1,7 +1,10 @@
 /* kernels/cuda/getrows.cu: embedding rows in GGUF block layout -> f32.  One block per
  * requested row, one thread per element; each element is decoded from its block alone,
  * with the CPU's float operations in the CPU's order (no fused multiply-adds), so rows
- * match kernels/cpu/quant.c bit for bit. */
+ * match kernels/cpu/quant.c bit for bit.  A row of up to GR_STAGE_MAX bytes is first
+ * copied to shared memory with every load issued at once: decoded straight from global
+ * memory, each thread's elements waited for their bytes one after another (16 memory
+ * latencies, ~10 us of a 7B decode step's start, tools/trace-step.py). */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -60,16 +63,39 @@ __device__ __forceinline__ float dq_elem(const uint8_t *row, int64_t e)
 	}
 }
 
+#define GR_STAGE_MAX (32 << 10)
+
+/* STAGE: 0 decode from global memory; 16, 4 or 1: copy the row to shared memory in
+ * pieces of that many bytes first (the row's address and length are multiples of it). */
 template <int T>
 __global__ void __launch_bounds__(256) k_get_rows(int trig, const uint8_t *raw, int64_t row_bytes, int64_t cols,
-						  const int32_t *ids, float *out)
+						  const int32_t *ids, float *out, int stage)
 {
+	extern __shared__ __align__(16) uint8_t srow[];
 	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
 	const uint8_t *row = raw + (int64_t)ids[blockIdx.x] * row_bytes;
 	float *o = out + (int64_t)blockIdx.x * cols;
+	if (stage) {
+		const int nb = (int)row_bytes, t = (int)threadIdx.x, bd = (int)blockDim.x;
+		if (stage == 16) {
+#pragma unroll 4
+			for (int i = t; i < nb / 16; i += bd)
+				((uint4 *)srow)[i] = ((const uint4 *)row)[i];
+		} else if (stage == 4) {
+#pragma unroll 4
+			for (int i = t; i < nb / 4; i += bd)
+				((uint32_t *)srow)[i] = ((const uint32_t *)row)[i];
+		} else {
+#pragma unroll 4
+			for (int i = t; i < nb; i += bd)
+				srow[i] = row[i];
+		}
+		__syncthreads();
+		row = srow;
+	}
 	for (int64_t e = threadIdx.x; e < cols; e += blockDim.x)
 		o[e] = dq_elem<T>(row, e);
 }
@@ -111,8 +137,11 @@ static int launch(KbCuda *ctx, const void *raw, int64_t row_bytes, int64_t cols,
 		  float *out)
 {
 	const int pdl = kb_small_pdl(n);
-	return kb_launch_ex(ctx, pdl, k_get_rows<T>, dim3((unsigned)n), dim3(256), 0, pdl,
-			(const uint8_t *)raw, row_bytes, cols, ids, out);
+	const uintptr_t a = (uintptr_t)raw;
+	const int stage = row_bytes > GR_STAGE_MAX ? 0 : row_bytes % 16 == 0 && a % 16 == 0 ? 16
+						     : row_bytes % 4 == 0 && a % 4 == 0 ? 4 : 1;
+	return kb_launch_ex(ctx, pdl, k_get_rows<T>, dim3((unsigned)n), dim3(256), stage ? (size_t)row_bytes : 0, pdl,
+			(const uint8_t *)raw, row_bytes, cols, ids, out, stage);
 }
 
 extern "C" int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, int64_t cols,
