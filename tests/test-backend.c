@@ -20,10 +20,8 @@ static void test_get_rows(void)
 		return;
 	const int types[] = { QD_TYPE_F32, QD_TYPE_F16, QD_TYPE_BF16, QD_TYPE_Q8_0,
 			      QD_TYPE_Q4_0, QD_TYPE_Q4_1, QD_TYPE_Q4_K, QD_TYPE_Q6_K };
-	/* k_get_rows' paths: rows of 768 columns (Q6_K's 630 bytes go to shared memory a byte
-	 * at a time, the other types' 16 bytes at a time); of 576, SmolLM2's width (Q4_1's 360
-	 * bytes 4 at a time; the K types have no such rows); of 8448 (F32's 33 KiB are decoded
-	 * straight from global memory) */
+	/* rows of 768 columns; of 576, SmolLM2's width (rows of 324-612 bytes that are not
+	 * multiples of 16; the K types have no such rows); of 8448 (F32's 33 KiB) */
 	const int64_t widths[] = { 768, 576, 8448 };
 	uint64_t s = 0x51;
 	for (size_t k = 0; k < 3 * sizeof(types) / sizeof(types[0]); k++) {

@@ -44,16 +44,12 @@ def load(path):
         grids[g].append((t0, tw, t1, blk, sm, nblk, nthr, tuple(marks)))
     out = []
     for g, bl in grids.items():
-        # a graph's replays run the same launch (one %gridid) again: its blocks, ordered by
-        # start, split into runs where a start is more than 100 us after the one before
+        # a graph's replays run the same launch (one %gridid) again, one after another: its
+        # blocks, ordered by start, are runs of the launch's block count, counted from the
+        # newest (the ring may have overwritten part of the oldest run, which is dropped)
         bl.sort()
-        runs, cur = [], [bl[0]]
-        for b in bl[1:]:
-            if b[0] - cur[-1][0] > 100000:
-                runs.append(cur)
-                cur = []
-            cur.append(b)
-        runs.append(cur)
+        nblk = bl[0][5]
+        runs = [bl[i - nblk:i] for i in range(len(bl), nblk - 1, -nblk)]
         for run in runs:
             nblk, nthr = run[0][5], run[0][6]
             out.append({"grid": g, "blocks": run, "nblk": nblk, "nthr": nthr,

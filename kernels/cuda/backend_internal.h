@@ -36,8 +36,7 @@ typedef struct {
 /* The step in progress and the graph cache. */
 typedef struct {
 	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step */
-	int32_t *host;          /* the same in mapped host memory, [3][cap], written at step_begin */
-	int32_t *host_dev;      /* its device address, read by the step's first kernel (idx_fetch) */
+	int32_t *host;          /* pinned staging for the one copy, [3][cap] */
 	int cap;
 	int active, capturing, n;
 	const int32_t *tok, *pos, *seq; /* the step's host arrays, as the ops will pass them */

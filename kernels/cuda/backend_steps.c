@@ -1,7 +1,6 @@
 /* kernels/cuda/backend_steps.c: step recording (CUDA graphs) for the ops table of
- * backend_cuda.c.  At step_begin the step's index arrays go to mapped host memory, the
- * step's first kernel copies them to the device (no copy is queued before the step), and
- * the ops up to step_end read them from there.  A step of n_tokens <= STEP_GRAPH_MAX_TOK
+ * backend_cuda.c.  At step_begin the step's index arrays go to the device in one copy from
+ * pinned memory, and the ops up to step_end read them from there.  A step of n_tokens <= STEP_GRAPH_MAX_TOK
  * runs op by op the first time (which also grows buffers and uploads tables), is captured
  * into a CUDA graph the second time and replayed from then on: one launch instead of ~600
  * (7B).  The recorded kernels read everything that changes between steps (ids,
@@ -49,25 +48,6 @@ static StepGraph *graph_slot(StepState *st)
 	return v;
 }
 
-/* The step's first kernel: its indices from the mapped staging to st->dev.  Captured
- * when the step is being recorded; a failure there ends the capture (nothing of it ran). */
-static int step_fetch(CudaBackend *c)
-{
-	StepState *st = &c->step;
-	int r = kb_cuda_idx_fetch(c->ctx, st->dev, st->host_dev, 3 * st->n);
-	if (r < 0) {
-		if (st->capturing) {
-			KbCudaGraph *g = NULL;
-			kb_cuda_capture_end(c->ctx, &g);
-			kb_cuda_graph_free(g);
-			st->capturing = 0;
-			st->state[st->n] = 2;
-		}
-		st->active = 0;
-	}
-	return r;
-}
-
 int cuda_step_begin(KbBackend *b, const KbStep *s)
 {
 	CudaBackend *c = cb(b);
@@ -90,6 +70,7 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 		if ((r = kb_cuda_sync(c->ctx)) < 0 ||
 		    (r = kb_cuda_host_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &host, &host_dev)) < 0)
 			return r;
+		(void)host_dev; /* pinned for the copy; the kernels read st->dev */
 		if ((r = kb_cuda_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &dev)) < 0) {
 			kb_cuda_host_free(c->ctx, host);
 			return r;
@@ -99,18 +80,20 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 		kb_cuda_host_free(c->ctx, st->host);
 		st->dev = dev;
 		st->host = host;
-		st->host_dev = host_dev;
 		st->cap = cap;
 	}
-	/* The three arrays go to mapped host memory, and the step's first kernel copies them
-	 * to the device (kb_cuda_idx_fetch; recorded, so a replay reads them there too).  No
-	 * kernel may still read that memory: a step ends with a wait (forward.c), and one
-	 * that ended without (an error) may have left kernels queued. */
+	/* One copy for the three arrays, from pinned staging (an asynchronous DMA: no staging
+	 * by the driver).  It completes before any kernel of the step starts, so kernels may
+	 * read the indices before their PDL wait (attention does).  The staging must not be
+	 * rewritten while an earlier copy may still read it: a step ends with a wait
+	 * (forward.c), but one that ended without (an error) may have left work queued. */
 	if (kb_cuda_stream_busy(c->ctx) && (r = kb_cuda_sync(c->ctx)) < 0)
 		return r;
 	memcpy(st->host, s->token, sizeof(int32_t) * (size_t)n);
 	memcpy(st->host + n, s->pos, sizeof(int32_t) * (size_t)n);
 	memcpy(st->host + 2 * n, s->seq, sizeof(int32_t) * (size_t)n);
+	if ((r = kb_cuda_upload_async(c->ctx, st->dev, st->host, sizeof(int32_t) * 3 * (size_t)n)) < 0)
+		return r;
 	if (st->enabled && n <= STEP_GRAPH_MAX_TOK) {
 		StepGraph *g = graph_find(st, n);
 		if (g) {
@@ -128,21 +111,21 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 	st->seq = s->seq;
 	if (!st->enabled || n > STEP_GRAPH_MAX_TOK || st->state[n] == 2) {
 		st->stats.plain++;
-		return step_fetch(c);
+		return 0;
 	}
 	if (st->state[n] == 0) {
 		/* warm-up: buffers grow and tables upload outside any capture */
 		st->state[n] = 1;
 		st->stats.plain++;
-		return step_fetch(c);
+		return 0;
 	}
 	if (kb_cuda_capture_begin(c->ctx) < 0) {
 		st->state[n] = 2;
 		st->stats.plain++;
-		return step_fetch(c);
+		return 0;
 	}
 	st->capturing = 1;
-	return step_fetch(c);
+	return 0;
 }
 
 int cuda_step_end(KbBackend *b, int status)

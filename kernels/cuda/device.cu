@@ -74,6 +74,7 @@ static int (*trace_binders[32])(void *, void *, unsigned);
 static int trace_nbinders;
 static KbTraceRec *trace_buf;
 static unsigned long long *trace_cnt;
+static int trace_users; /* contexts alive: the ring is written out and freed with the last */
 static const unsigned trace_cap = 1u << 21;
 
 extern "C" int kb_trace_register(int (*bind)(void *, void *, unsigned))
@@ -83,16 +84,22 @@ extern "C" int kb_trace_register(int (*bind)(void *, void *, unsigned))
 	return 0;
 }
 
-static void trace_start(void)
+static void trace_start(KbCuda *ctx)
 {
-	if (trace_buf || !getenv("QD_TRACE_OUT"))
+	if (!getenv("QD_TRACE_OUT"))
+		return;
+	ctx->traced = 1;
+	trace_users++;
+	if (trace_buf)
 		return;
 	if (cudaMalloc(&trace_buf, sizeof(KbTraceRec) * trace_cap) != cudaSuccess ||
 	    cudaMalloc(&trace_cnt, sizeof(*trace_cnt)) != cudaSuccess ||
 	    cudaMemset(trace_cnt, 0, sizeof(*trace_cnt)) != cudaSuccess) {
 		fprintf(stderr, "trace: no device memory for the ring, not tracing\n");
 		cudaFree(trace_buf);
+		cudaFree(trace_cnt);
 		trace_buf = NULL;
+		trace_cnt = NULL;
 		return;
 	}
 	for (int i = 0; i < trace_nbinders; i++)
@@ -100,10 +107,10 @@ static void trace_start(void)
 	fprintf(stderr, "trace: %d translation units, %u records\n", trace_nbinders, trace_cap);
 }
 
-static void trace_dump(void)
+static void trace_dump(KbCuda *ctx)
 {
 	const char *path = getenv("QD_TRACE_OUT");
-	if (!trace_buf || !path)
+	if (!ctx->traced || --trace_users > 0 || !trace_buf || !path)
 		return;
 	unsigned long long n = 0;
 	cudaDeviceSynchronize();
@@ -122,6 +129,7 @@ static void trace_dump(void)
 	cudaFree(trace_buf);
 	cudaFree(trace_cnt);
 	trace_buf = NULL;
+	trace_cnt = NULL;
 }
 #endif
 
@@ -138,7 +146,7 @@ extern "C" void kb_cuda_free(KbCuda *ctx)
 	if (ctx->stream)
 		cudaStreamSynchronize(ctx->stream);
 #ifdef QD_TRACE
-	trace_dump();
+	trace_dump(ctx);
 #endif
 	kb_cuda_act_free(ctx->act);
 	if (ctx->att_part)
@@ -198,7 +206,8 @@ extern "C" int kb_cuda_init(int device, KbCuda **ret_ctx)
 	if ((r = kb_err(cudaEventCreate(&ctx->t0))) < 0 || (r = kb_err(cudaEventCreate(&ctx->t1))) < 0)
 		goto fail;
 #ifdef QD_TRACE
-	trace_start();
+	trace_start(ctx);
+	ctx->smem_optin -= 256; /* the trace's static shared memory, beside opted-in rings */
 #endif
 	*ret_ctx = ctx;
 	return 0;

@@ -1,10 +1,7 @@
 /* kernels/cuda/getrows.cu: embedding rows in GGUF block layout -> f32.  One block per
  * requested row, one thread per element; each element is decoded from its block alone,
  * with the CPU's float operations in the CPU's order (no fused multiply-adds), so rows
- * match kernels/cpu/quant.c bit for bit.  A row of up to GR_STAGE_MAX bytes is first
- * copied to shared memory with every load issued at once: decoded straight from global
- * memory, each thread's elements waited for their bytes one after another (16 memory
- * latencies, ~10 us of a 7B decode step's start, tools/trace-step.py). */
+ * match kernels/cpu/quant.c bit for bit. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -63,62 +60,18 @@ __device__ __forceinline__ float dq_elem(const uint8_t *row, int64_t e)
 	}
 }
 
-#define GR_STAGE_MAX (32 << 10)
-
-/* STAGE: 0 decode from global memory; 16, 4 or 1: copy the row to shared memory in
- * pieces of that many bytes first (the row's address and length are multiples of it). */
 template <int T>
 __global__ void __launch_bounds__(256) k_get_rows(int trig, const uint8_t *raw, int64_t row_bytes, int64_t cols,
-						  const int32_t *ids, float *out, int stage)
+						  const int32_t *ids, float *out)
 {
-	extern __shared__ __align__(16) uint8_t srow[];
 	KB_TRACE();
 	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
 	const uint8_t *row = raw + (int64_t)ids[blockIdx.x] * row_bytes;
 	float *o = out + (int64_t)blockIdx.x * cols;
-	if (stage) {
-		const int nb = (int)row_bytes, t = (int)threadIdx.x, bd = (int)blockDim.x;
-		if (stage == 16) {
-#pragma unroll 4
-			for (int i = t; i < nb / 16; i += bd)
-				((uint4 *)srow)[i] = ((const uint4 *)row)[i];
-		} else if (stage == 4) {
-#pragma unroll 4
-			for (int i = t; i < nb / 4; i += bd)
-				((uint32_t *)srow)[i] = ((const uint32_t *)row)[i];
-		} else {
-#pragma unroll 4
-			for (int i = t; i < nb; i += bd)
-				srow[i] = row[i];
-		}
-		__syncthreads();
-		row = srow;
-	}
 	for (int64_t e = threadIdx.x; e < cols; e += blockDim.x)
 		o[e] = dq_elem<T>(row, e);
-}
-
-/* One block: the step's indices from mapped host memory (read past the caches: the host
- * rewrites them every step), then a fence, and only then may the next kernel launch, so
- * that the pre-wait reads of positions and slots in later kernels (attention) see them. */
-__global__ void __launch_bounds__(256) k_idx_fetch(int32_t *dev, const int32_t *src, int n)
-{
-	KB_TRACE();
-	kb_pdl_wait(); /* earlier kernels may still read dev */
-	for (int i = (int)threadIdx.x; i < n; i += (int)blockDim.x)
-		dev[i] = __ldcv(src + i);
-	__threadfence();
-	__syncthreads();
-	kb_pdl_trigger();
-}
-
-extern "C" int kb_cuda_idx_fetch(KbCuda *ctx, int32_t *dev, const int32_t *src, int n)
-{
-	if (!ctx || !dev || !src || n < 1)
-		return -EINVAL;
-	return kb_launch(ctx, k_idx_fetch, dim3(1), dim3(256), 0, dev, src, n);
 }
 
 extern "C" int kb_cuda_get_rows_supported(int type)
@@ -137,11 +90,8 @@ static int launch(KbCuda *ctx, const void *raw, int64_t row_bytes, int64_t cols,
 		  float *out)
 {
 	const int pdl = kb_small_pdl(n);
-	const uintptr_t a = (uintptr_t)raw;
-	const int stage = row_bytes > GR_STAGE_MAX ? 0 : row_bytes % 16 == 0 && a % 16 == 0 ? 16
-						     : row_bytes % 4 == 0 && a % 4 == 0 ? 4 : 1;
-	return kb_launch_ex(ctx, pdl, k_get_rows<T>, dim3((unsigned)n), dim3(256), stage ? (size_t)row_bytes : 0, pdl,
-			(const uint8_t *)raw, row_bytes, cols, ids, out, stage);
+	return kb_launch_ex(ctx, pdl, k_get_rows<T>, dim3((unsigned)n), dim3(256), 0, pdl,
+			(const uint8_t *)raw, row_bytes, cols, ids, out);
 }
 
 extern "C" int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, int64_t cols,

@@ -61,6 +61,7 @@ static inline int kb_type_slot(int type)
 struct KbCuda {
 	int device, cc_major, sm_count;
 	size_t smem_optin;      /* shared memory a block may opt in to (99 KiB on sm_86/89) */
+	int traced;             /* a -DQD_TRACE build's context that holds the block trace's ring */
 	int type_live[32];      /* product weights of each type now uploaded (which planes producers write) */
 	uint64_t live_bytes;    /* and their GGUF bytes (kb_i8_use) */
 	cudaStream_t stream;

@@ -28,10 +28,6 @@ int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, 
 /* idx[t] = the first index of the largest of y[t][0..cols) (row t at y + t * ldy), NaNs
  * skipped, -0 equal to +0, 0 for a row of NaNs: the CPU's kb_matmul_argmax rule. */
 int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int32_t *idx);
-/* dev[0, n) = src[0, n), SRC mapped host memory (kb_cuda_host_alloc's device pointer):
- * the step's indices reach the device inside the step's first kernel, with no copy queued
- * before it.  Kernels launched after it (early, PDL) may read DEV before their wait. */
-int kb_cuda_idx_fetch(KbCuda *ctx, int32_t *dev, const int32_t *src, int n);
 
 /* For each of n rows of y: the k (1..KB_CUDA_TOPK_MAX) largest values, NaN and -inf never
  * counted, of equal values the lowest indices: ids[t][0..counts[t]) and vals[t][...] (row
