@@ -66,11 +66,10 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 	if (n > st->cap) {
 		/* recorded steps and queued kernels may use the old buffer */
 		int cap = n > 2 * st->cap ? n : 2 * st->cap;
-		void *host = NULL, *host_dev = NULL, *dev = NULL;
+		void *host = NULL, *dev = NULL;
 		if ((r = kb_cuda_sync(c->ctx)) < 0 ||
-		    (r = kb_cuda_host_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &host, &host_dev)) < 0)
+		    (r = kb_cuda_host_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &host, NULL)) < 0)
 			return r;
-		(void)host_dev; /* pinned for the copy; the kernels read st->dev */
 		if ((r = kb_cuda_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &dev)) < 0) {
 			kb_cuda_host_free(c->ctx, host);
 			return r;

@@ -69,9 +69,9 @@ int kb_cuda_stream_busy(KbCuda *ctx);
 /* Device allocation (cudaMalloc, never managed memory). */
 int kb_cuda_alloc(KbCuda *ctx, size_t bytes, void **ret_dev);
 void kb_cuda_dev_free(KbCuda *ctx, void *dev); /* NULL-safe */
-/* Pinned host memory that kernels read and write in place (mapped): *RET_HOST for the
- * host, *RET_DEV for kernels.  For the few bytes a step passes each way, which then need
- * no copy in either direction.  The host may touch it only while no queued kernel does. */
+/* Pinned host memory: *RET_HOST for the host and, when RET_DEV is not NULL, mapped for
+ * kernels at *RET_DEV, which then read and write it in place (the few bytes a step passes
+ * back need no copy).  The host may touch it only while no queued work does. */
 int kb_cuda_host_alloc(KbCuda *ctx, size_t bytes, void **ret_host, void **ret_dev);
 void kb_cuda_host_free(KbCuda *ctx, void *host); /* NULL-safe */
 

@@ -284,20 +284,21 @@ extern "C" void kb_cuda_dev_free(KbCuda *ctx, void *dev)
 
 extern "C" int kb_cuda_host_alloc(KbCuda *ctx, size_t bytes, void **ret_host, void **ret_dev)
 {
-	if (!ctx || !bytes || !ret_host || !ret_dev)
+	if (!ctx || !bytes || !ret_host)
 		return -EINVAL;
 	void *h = NULL, *d = NULL;
 	int r = kb_err(cudaSetDevice(ctx->device));
 	if (r == 0)
-		r = kb_err(cudaHostAlloc(&h, bytes, cudaHostAllocMapped));
-	if (r == 0 && (r = kb_err(cudaHostGetDevicePointer(&d, h, 0))) < 0) {
+		r = kb_err(cudaHostAlloc(&h, bytes, ret_dev ? cudaHostAllocMapped : cudaHostAllocDefault));
+	if (r == 0 && ret_dev && (r = kb_err(cudaHostGetDevicePointer(&d, h, 0))) < 0) {
 		cudaFreeHost(h);
 		h = NULL;
 	}
 	if (r < 0)
 		return r;
 	*ret_host = h;
-	*ret_dev = d;
+	if (ret_dev)
+		*ret_dev = d;
 	return 0;
 }
 
