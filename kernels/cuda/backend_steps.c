@@ -1,12 +1,12 @@
 /* kernels/cuda/backend_steps.c: step recording (CUDA graphs) for the ops table of
  * backend_cuda.c.  At step_begin the step's index arrays go to the device in one copy from
- * pinned memory, and the ops up to step_end read them from there.  A step of n_tokens <= STEP_GRAPH_MAX_TOK
- * runs op by op the first time (which also grows buffers and uploads tables), is captured
- * into a CUDA graph the second time and replayed from then on: one launch instead of ~600
- * (7B).  The recorded kernels read everything that changes between steps (ids,
- * positions, slots, hence attention lengths) from device memory, so a replay is the same
- * computation as the op calls.  STEP_GRAPHS graphs are kept, the least recently replayed
- * going first; QD_CUDA_GRAPHS=0 (read by kb_cuda_backend_new) turns recording off. */
+ * pinned memory, and the ops up to step_end read them from there.  A step of n_tokens <=
+ * STEP_GRAPH_MAX_TOK runs op by op the first time (which also grows buffers and uploads
+ * tables), is captured into a CUDA graph the second time and replayed from then on: one
+ * launch instead of ~600 (7B).  The recorded kernels read everything that changes between
+ * steps (ids, positions, slots, hence attention lengths) from device memory, so a replay is
+ * the same computation as the op calls.  STEP_GRAPHS graphs are kept, the least recently
+ * replayed going first; QD_CUDA_GRAPHS=0 (read by kb_cuda_backend_new) turns recording off. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
