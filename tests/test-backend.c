@@ -14,49 +14,53 @@
 static const int all_types[] = { QD_TYPE_Q4_0, QD_TYPE_Q4_1, QD_TYPE_Q8_0, QD_TYPE_Q4_K,
 				 QD_TYPE_Q6_K, QD_TYPE_F16, QD_TYPE_BF16 };
 
+/* get_rows of 9 rows (repeats, first and last) of a random 37-row TYPE table COLS wide:
+ * the GPU's rows equal the CPU's, and an id past the table is refused. */
+static void get_rows_case(int type, int64_t cols, uint64_t *s)
+{
+	const int64_t rows = 37;
+	size_t bytes;
+	uint8_t *raw = rand_weight(type, rows, cols, s, &bytes);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(raw);
+	KbWeight wc = { type, rows, cols, raw, NULL, 0 }, wg = wc;
+	CU_ASSERT_EQUAL_FATAL(cpu->ops->weight_prepare(cpu, &wc), 0);
+	CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &wg), 0);
+	int32_t ids[9] = { 0, 36, 5, 5, 17, 1, 35, 20, 0 };
+	float *oc = malloc(sizeof(float) * 9 * cols), *og = malloc(sizeof(float) * 9 * cols);
+	float *dg = buf_in(gpu, NULL, sizeof(float) * 9 * cols);
+	CU_ASSERT_FATAL(oc && og && dg);
+	CU_ASSERT_EQUAL(cpu->ops->get_rows(cpu, &wc, ids, 9, oc), 0);
+	CU_ASSERT_EQUAL(gpu->ops->get_rows(gpu, &wg, ids, 9, dg), 0);
+	CU_ASSERT_EQUAL(buf_out(gpu, og, dg, sizeof(float) * 9 * cols), 0);
+	int64_t at = 0;
+	double w = worst(og, oc, oc, 9 * cols, 1e-30, 1e-6, &at);
+	CU_ASSERT(w <= 1);
+	if (w > 1)
+		printf("\n    get_rows %s: element %lld gpu %g cpu %g\n", qd_type_traits(type)->name,
+		       (long long)at, og[at], oc[at]);
+	int32_t bad[2] = { 1, (int32_t)rows };
+	CU_ASSERT_EQUAL(gpu->ops->get_rows(gpu, &wg, bad, 2, dg), -EINVAL);
+	gpu->ops->release(gpu, dg);
+	gpu->ops->weight_release(gpu, &wg);
+	cpu->ops->weight_release(cpu, &wc);
+	free(oc);
+	free(og);
+	free(raw);
+}
+
 static void test_get_rows(void)
 {
 	if (!ready())
 		return;
 	const int types[] = { QD_TYPE_F32, QD_TYPE_F16, QD_TYPE_BF16, QD_TYPE_Q8_0,
 			      QD_TYPE_Q4_0, QD_TYPE_Q4_1, QD_TYPE_Q4_K, QD_TYPE_Q6_K };
-	/* rows of 768 columns; of 576, SmolLM2's width (rows of 324-612 bytes that are not
-	 * multiples of 16; the K types have no such rows); of 8448 (F32's 33 KiB) */
+	/* rows of 768 columns; of 576, SmolLM2's width (the K types have none); of 8448 */
 	const int64_t widths[] = { 768, 576, 8448 };
 	uint64_t s = 0x51;
-	for (size_t k = 0; k < 3 * sizeof(types) / sizeof(types[0]); k++) {
-		const size_t ti = k % (sizeof(types) / sizeof(types[0]));
-		const int64_t rows = 37, cols = widths[k / (sizeof(types) / sizeof(types[0]))];
-		if (cols % qd_type_traits(types[ti])->blck)
-			continue;
-		size_t bytes;
-		uint8_t *raw = rand_weight(types[ti], rows, cols, &s, &bytes);
-		CU_ASSERT_PTR_NOT_NULL_FATAL(raw);
-		KbWeight wc = { types[ti], rows, cols, raw, NULL, 0 }, wg = wc;
-		CU_ASSERT_EQUAL_FATAL(cpu->ops->weight_prepare(cpu, &wc), 0);
-		CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &wg), 0);
-		int32_t ids[9] = { 0, 36, 5, 5, 17, 1, 35, 20, 0 };
-		float *oc = malloc(sizeof(float) * 9 * cols), *og = malloc(sizeof(float) * 9 * cols);
-		float *dg = buf_in(gpu, NULL, sizeof(float) * 9 * cols);
-		CU_ASSERT_FATAL(oc && og && dg);
-		CU_ASSERT_EQUAL(cpu->ops->get_rows(cpu, &wc, ids, 9, oc), 0);
-		CU_ASSERT_EQUAL(gpu->ops->get_rows(gpu, &wg, ids, 9, dg), 0);
-		CU_ASSERT_EQUAL(buf_out(gpu, og, dg, sizeof(float) * 9 * cols), 0);
-		int64_t at = 0;
-		double w = worst(og, oc, oc, 9 * cols, 1e-30, 1e-6, &at);
-		CU_ASSERT(w <= 1);
-		if (w > 1)
-			printf("\n    get_rows %s: element %lld gpu %g cpu %g\n", qd_type_traits(types[ti])->name,
-			       (long long)at, og[at], oc[at]);
-		int32_t bad[2] = { 1, (int32_t)rows };
-		CU_ASSERT_EQUAL(gpu->ops->get_rows(gpu, &wg, bad, 2, dg), -EINVAL);
-		gpu->ops->release(gpu, dg);
-		gpu->ops->weight_release(gpu, &wg);
-		cpu->ops->weight_release(cpu, &wc);
-		free(oc);
-		free(og);
-		free(raw);
-	}
+	for (size_t wi = 0; wi < sizeof(widths) / sizeof(widths[0]); wi++)
+		for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++)
+			if (widths[wi] % qd_type_traits(types[ti])->blck == 0)
+				get_rows_case(types[ti], widths[wi], &s);
 }
 
 /* Whether the CUDA backend gives TYPE's products of n tokens int8 activations: its default

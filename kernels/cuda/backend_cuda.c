@@ -550,7 +550,10 @@ static int cuda_mem_info(KbBackend *b, uint64_t *ret_free, uint64_t *ret_total)
 
 static int cuda_sync(KbBackend *b)
 {
-	return kb_cuda_sync(cb(b)->ctx);
+	const int r = kb_cuda_sync(cb(b)->ctx);
+	if (r == 0)
+		cb(b)->step.copy_queued = 0;
+	return r;
 }
 
 const KbOps cuda_ops = {

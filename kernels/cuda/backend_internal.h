@@ -39,6 +39,7 @@ typedef struct {
 	int32_t *host;          /* pinned staging for the one copy, [3][cap] */
 	int cap;
 	int active, capturing, n;
+	int copy_queued;        /* a copy out of host may still be queued (until cuda_sync) */
 	const int32_t *tok, *pos, *seq; /* the step's host arrays, as the ops will pass them */
 	StepGraph graphs[STEP_GRAPHS];
 	uint8_t state[STEP_GRAPH_MAX_TOK + 1]; /* per n: 0 new, 1 ran once (warm), 2 not capturable */

@@ -84,15 +84,16 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 	/* One copy for the three arrays, from pinned staging (an asynchronous DMA: no staging
 	 * by the driver).  It completes before any kernel of the step starts, so kernels may
 	 * read the indices before their PDL wait (attention does).  The staging must not be
-	 * rewritten while an earlier copy may still read it: a step ends with a wait
-	 * (forward.c), but one that ended without (an error) may have left work queued. */
-	if (kb_cuda_stream_busy(c->ctx) && (r = kb_cuda_sync(c->ctx)) < 0)
+	 * rewritten while an earlier copy may still read it: a step ends with the backend's
+	 * sync (forward.c), but one that ended without (an error) may have left it queued. */
+	if (st->copy_queued && (r = kb_cuda_sync(c->ctx)) < 0)
 		return r;
 	memcpy(st->host, s->token, sizeof(int32_t) * (size_t)n);
 	memcpy(st->host + n, s->pos, sizeof(int32_t) * (size_t)n);
 	memcpy(st->host + 2 * n, s->seq, sizeof(int32_t) * (size_t)n);
 	if ((r = kb_cuda_upload_async(c->ctx, st->dev, st->host, sizeof(int32_t) * 3 * (size_t)n)) < 0)
 		return r;
+	st->copy_queued = 1;
 	if (st->enabled && n <= STEP_GRAPH_MAX_TOK) {
 		StepGraph *g = graph_find(st, n);
 		if (g) {

@@ -61,8 +61,6 @@ void *kb_cuda_stream(KbCuda *ctx);
 
 /* Waits for all queued work; returns the first asynchronous error as -EIO. */
 int kb_cuda_sync(KbCuda *ctx);
-/* 1 while queued work has not finished, else 0 (errors are left to the next call). */
-int kb_cuda_stream_busy(KbCuda *ctx);
 
 /* ---- memory ---- */
 

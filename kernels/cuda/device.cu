@@ -245,11 +245,6 @@ extern "C" void *kb_cuda_stream(KbCuda *ctx)
 	return ctx ? (void *)ctx->stream : NULL;
 }
 
-extern "C" int kb_cuda_stream_busy(KbCuda *ctx)
-{
-	return ctx && cudaStreamQuery(ctx->stream) == cudaErrorNotReady;
-}
-
 extern "C" int kb_cuda_sync(KbCuda *ctx)
 {
 	if (!ctx)
