@@ -33,7 +33,7 @@ import struct
 import sys
 from collections import Counter, defaultdict
 
-REC = struct.Struct("<QQQQIIII6Q")
+REC = struct.Struct("<QQQQIIII8Q")
 
 
 def load(path):
@@ -154,13 +154,16 @@ def main():
     print(f"\nsum of adds: {us(tot)} us")
     # stage marks (KB_MARK in a kernel): microseconds after the block's wait release
     marked = defaultdict(list)
-    for s in keep:
-        for k in s:
+    for s, p in zip(keep, per):
+        for i, (k, c) in enumerate(zip(s, p)):
+            key = (p[i - 1]["shape"] if i else "-") + " > " + c["shape"]
             for b in k["blocks"]:
                 if b[1] and any(b[7]):
-                    marked[f'{k["nblk"]}x{k["nthr"]}'].append(b)
+                    marked[key].append(b)
     for shape, bl in marked.items():
         print(f"\nstage marks of {shape} ({len(bl)} blocks), us after the block's wait (mean / max):")
+        v = [b[0] - b[1] for b in bl]
+        print(f"  start:  {us(sum(v) / len(v))} / {us(max(v))}")
         for i in range(len(bl[0][7])):
             v = [(b[7][i] - b[1]) for b in bl if b[7][i]]
             if v:

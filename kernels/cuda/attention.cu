@@ -183,6 +183,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		}
 	}
 	const int64_t base = (int64_t)sl * stride + (int64_t)(h / group) * hd;
+	if (kready >= 0) /* trace builds: the indices read (a branch on them, so the mark waits) */
+		KB_MARK(7);
 	/* each warp takes a contiguous quarter of the split's keys, in tiles of 32: a short
 	 * context (decode) keeps all four warps busy on a few keys each rather than one
 	 * warp walking them all */
@@ -207,6 +209,13 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		att_tile_load<PER, VPRE>(kc, vc, base, kvd, kw0, kw1, kready, kw1, lane, u, vpre);
 	__syncthreads();
 	KB_MARK(0);
+#ifdef QD_TRACE
+	if (VPRE && threadIdx.x == 0 && kw0 < kw1) { /* thread 0's rows asked before the wait, in */
+		volatile uint32_t sink = u[0].x ^ vpre[0].x;
+		(void)sink;
+		KB_MARK(6);
+	}
+#endif
 
 	float acc[ATT_MAXPER];
 #pragma unroll

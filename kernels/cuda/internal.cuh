@@ -302,7 +302,7 @@ __device__ __forceinline__ void kb_pdl_trigger(void)
  * default): thread 0 of every traced block records its launch (%gridid), multiprocessor,
  * and the global timer at its start, at its PDL wait's release and at its end, into a
  * device ring that kb_cuda_free writes to $QD_TRACE_OUT (tools/trace-step.py reads it). */
-#define KB_TRACE_MARKS 6
+#define KB_TRACE_MARKS 8
 struct KbTraceRec {
 	unsigned long long grid, t0, tw, t1;
 	unsigned blk, smid, nblk, nthr;

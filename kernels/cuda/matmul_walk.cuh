@@ -62,6 +62,16 @@ __device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, int si, int
 	}
 }
 
+/* k_mmv_norm's flush needs, for the block's first group, the residual rows it adds to
+ * (written earlier in the step) and the norm's weights (model data): both long gone from
+ * L2 by then (the products stream past them), so read at the flush they were two DRAM
+ * misses in series at the kernel's end (~0.7 and ~0.9 us after the barrier, traced).  Token
+ * WARP's row LANE of group 0 into registers instead: the weight before the wait, the
+ * residual right after it.  Later groups of the block read theirs in the flush. */
+struct KbNormPre {
+	float y, g;
+};
+
 /* 1 / rms of token w (KbMmvRms) from the partial sums of squares, by warp w. */
 __device__ __forceinline__ float kb_rms_inv(const KbMmvRms &r, int w, int lane)
 {
@@ -81,11 +91,12 @@ __device__ __forceinline__ float kb_rms_inv(const KbMmvRms &r, int w, int lane)
  * every other keeps its registers). */
 template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
-					 float (&acc)[RT][4], float4 *red, float post = 1.0f)
+					 float (&acc)[RT][4], float4 *red, float post = 1.0f, const KbNormPre *np = nullptr)
 {
 	static_assert(!NORM || (RG == 2 && RT == 1 && !ROPE), "k_mmv_norm: 32-row groups, one tile a warp");
 	constexpr bool SWI = RG == 4; /* k_mmv_swi: gate's tiles 2 jl, 2 jl + 1, then up's */
 	static_assert(!SWI || (RT == 1 && !ROPE && !NORM), "k_mmv_swi: one tile a warp");
+	KB_MARK(0); /* trace builds: thread 0's stages of the block's last flush */
 	float4 *slot = red + (size_t)(j & 1) * nw * RT * 32;
 	float *rsm = (float *)(red + (size_t)2 * nw * RT * 32); /* KB_RMS_SM_BYTES */
 	KB_UNROLL
@@ -99,6 +110,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			rsm[warp] = r;
 	}
 	__syncthreads();
+	KB_MARK(1);
 	const float *f = (const float *)slot;
 	int si;
 	int64_t tile0;
@@ -131,8 +143,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		}
 		if constexpr (NORM) {
 			if (tok < a.x.n_tok)
-				ysm[tok * 32 + rg * 16 + (l >> 2) + 8 * (ci >> 1)] =
-					row < g.rows ? g.y[tok * g.ldy + row] + sum : 0.f;
+				ysm[tok * 32 + rg * 16 + (l >> 2) + 8 * (ci >> 1)] = row < g.rows ? sum : 0.f;
 			continue;
 		}
 		if constexpr (SWI) { /* [gate, up][token][32 rows] */
@@ -145,19 +156,21 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			*yp = a.acc ? *yp + sum : sum; /* acc: the same bits as a product, then add */
 		}
 	}
+	KB_MARK(2);
 	if constexpr (NORM) {
 		/* warp w: token w's 32 rows, lane l row tile0 * 16 + l (rows are a multiple of 32) */
 		__syncthreads();
 		if (warp < a.x.n_tok) {
 			const int64_t row = tile0 * 16 + lane;
-			const float y = ysm[warp * 32 + lane];
+			const bool pre = j == 0 && np; /* kb_norm_pre's registers */
+			const float y = (pre ? np->y : g.y[warp * g.ldy + row]) + ysm[warp * 32 + lane];
 			g.y[warp * g.ldy + row] = y;
 			double ss = (double)y * y;
 			for (int o = 16; o; o >>= 1)
 				ss += __shfl_xor_sync(0xffffffffu, ss, o);
 			if (lane == 0)
 				a.nrm.part[(int64_t)warp * a.nrm.nb + tile0 / 2] = ss;
-			kb_act_put<KB_PL_DYN>(a.nrm.o, warp, row, __fmul_rn(y, a.nrm.g[row]));
+			kb_act_put<KB_PL_DYN>(a.nrm.o, warp, row, __fmul_rn(y, pre ? np->g : a.nrm.g[row]));
 		}
 	}
 	if constexpr (SWI) {
@@ -171,6 +184,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			kb_act_put<KB_PL_DYN>(a.swo, warp, row, h);
 		}
 	}
+	KB_MARK(3);
 }
 
 /* Block b owns row-tile groups b, b + grid, b + 2 grid, ... (RT tiles each); warp w
@@ -299,12 +313,13 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false> struct KbLoader 
 template <int T, int RT, bool ROPE, int I8, int RG, bool RMS>
 __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
 					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8)> &ld, int warp, int nw,
-					    int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post)
+					    int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
+					    const KbNormPre &np)
 {
 	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8)>(a, w, ch, lane, acc);
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
 		kb_fold8<T, I8>(acc, lane);
-		kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j - 1, warp, nw, lane, acc, red, post);
+		kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j - 1, warp, nw, lane, acc, red, post, &np);
 	}
 	if (i + 2 < total) {
 		ld.next(a, wc, nwc);
@@ -318,6 +333,18 @@ template <bool RMS> __device__ __forceinline__ void kb_rms_prefetch(const KbMmvA
 {
 	if (RMS && warp < a.x.n_tok && lane * 16 < a.rms.nb)
 		asm volatile("prefetch.global.L1 [%0];" ::"l"(a.rms.part + (int64_t)warp * a.rms.nb + lane * 16));
+}
+
+template <bool PRE> __device__ __forceinline__ void kb_norm_pre(const KbMmvArgs &a, int J, int warp, int lane,
+							       KbNormPre &np)
+{
+	if (J < 1 || warp >= a.x.n_tok)
+		return;
+	const int64_t row = (int64_t)blockIdx.x * 32 + lane;
+	if (PRE)
+		np.g = a.nrm.g[row];
+	else
+		np.y = a.seg[0].y[warp * a.seg[0].ldy + row];
 }
 
 /* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  RG: tiles a group's
@@ -353,22 +380,27 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 		ld.next(a, wc, nwc);
 		ld.load(a, 1, cnt, total, wc, nwc, lane, wb);
 	}
+	KbNormPre np = { 0.f, 0.f };
+	if constexpr (RG == 2)
+		kb_norm_pre<true>(a, J, warp, lane, np);
 	kb_pdl_wait();
+	if constexpr (RG == 2)
+		kb_norm_pre<false>(a, J, warp, lane, np);
 	kb_rms_prefetch<RMS>(a, warp, lane);
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j, warp, nw, lane, acc, kb_red, post);
+			kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j, warp, nw, lane, acc, kb_red, post, &np);
 		return;
 	}
 	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
 	int j = 0, ch = wc;
 	for (int i = 0; i < total; i += 2) {
 		kb_mmv_step<T, RT, ROPE, I8, RG, RMS>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc, kb_red,
-						 post);
+						 post, np);
 		if (i + 1 >= total)
 			break;
 		kb_mmv_step<T, RT, ROPE, I8, RG, RMS>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc, kb_red,
-						 post);
+						 post, np);
 	}
 }
 
