@@ -35,10 +35,13 @@ typedef struct {
 	float *out;          /* [n_tokens][n_head*head_dim] */
 } KbAttention;
 
-/* A forward step's per-token inputs (host arrays of n_tokens), for step_begin. */
+/* A forward step's per-token inputs (host arrays of n_tokens), for step_begin.  variant
+ * tells apart steps of one n_tokens whose calls differ (forward.c: 1 when the step ends
+ * with the output norm, head and greedy ids, 0 when with the last layer). */
 typedef struct {
 	int n_tokens;
 	const int32_t *token, *pos, *seq;
+	int variant;
 } KbStep;
 
 typedef struct KbBackend KbBackend;
@@ -81,9 +84,9 @@ typedef struct {
 
 	/* Optional (NULL where not offered): a step's op calls as one unit that the backend
 	 * may record once and replay (CUDA graphs).  The calls between step_begin and
-	 * step_end must be the same for every step of the same n_tokens, take their index
-	 * arrays as exactly S's token/pos/seq pointers, touch only memory that stays
-	 * allocated, and neither download nor sync.  step_begin returns 1 when it has
+	 * step_end must be the same for every step of the same n_tokens and variant, take
+	 * their index arrays as exactly S's token/pos/seq pointers, touch only memory that
+	 * stays allocated, and neither download nor sync.  step_begin returns 1 when it has
 	 * already queued the whole unit again (skip the calls and step_end), 0 when the
 	 * caller must make the calls and then call step_end with their status (the first
 	 * negative one, or 0), or -errno.  step_end returns 0 when the unit ran or is
@@ -127,7 +130,8 @@ typedef struct {
 
 	/* Optional: matmul, and ret_idx[t] (host array of n) = the first index of the largest
 	 * y[t][r] (NaNs skipped; 0 when all are NaN), found during or right after the product,
-	 * so a greedy sampler need not read the logits again. */
+	 * so a greedy sampler need not read the logits again.  Called between step_begin and
+	 * step_end, it may fill ret_idx only at the next sync (after the unit's replays too). */
 	int (*matmul_argmax)(KbBackend *b, const KbWeight *w, const float *x, int n, float *y,
 			     int32_t *ret_idx);
 

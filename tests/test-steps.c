@@ -45,7 +45,12 @@ static int argmax(const float *x, int n)
 }
 
 /* The whole model, greedy: the GPU's tokens equal the CPU's for 40 steps, or the first
- * divergence is a near-tie (both backends' logits of the two tokens within 0.5). */
+ * divergence is a near-tie (both backends' logits of the two tokens within 0.5).  Two more
+ * contexts take the same tokens as WANT_ARGMAX rows, whose steps hold the output norm, head
+ * and greedy ids (forward.c's run_layers HEAD; on the GPU recorded and replayed as one
+ * graph, the ids delivered at the step's sync): the CPU's ids equal its logits' argmax, the
+ * GPU's equal its logits path's or differ at a near-tie of those logits (the norm rides on
+ * the last product there, so the head's int8 input is rounded differently). */
 static void test_model_greedy(void)
 {
 	if (!ready())
@@ -60,11 +65,14 @@ static void test_model_greedy(void)
 	Model *m = NULL;
 	CU_ASSERT_EQUAL_FATAL(model_load(tu_model_path(), &m, err, sizeof(err)), 0);
 	const int n_vocab = model_config(m)->n_vocab;
-	Context *cc = NULL, *cg = NULL;
+	Context *cc = NULL, *cg = NULL, *ca = NULL, *cga = NULL;
 	ContextParams p = { .n_seq = 1, .n_ctx = 192, .n_batch = 64, .n_threads = 0, .backend = "cpu" };
 	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &cc), 0);
+	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &ca), 0);
 	p.backend = "cuda";
 	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &cg), 0);
+	CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &cga), 0);
+	int a_same = 0, a_steps = 0, a_ties = 0;
 	const int steps = 40;
 	float *lc = malloc(sizeof(float) * (size_t)n_vocab);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(lc);
@@ -75,11 +83,13 @@ static void test_model_greedy(void)
 		CU_ASSERT_FATAL(n > 0 && n <= 64);
 		for (int i = 0; i < n; i++)
 			pos[i] = i;
-		ctx_seq_truncate(cc, 0, 0);
-		ctx_seq_truncate(cg, 0, 0);
+		Context *all[] = { cc, cg, ca, cga };
 		Batch b = { .n_tokens = n, .token = ids, .pos = pos, .seq = seq };
-		CU_ASSERT_EQUAL_FATAL(ctx_decode(cc, &b), 0);
-		CU_ASSERT_EQUAL_FATAL(ctx_decode(cg, &b), 0);
+		for (int i = 0; i < 4; i++) {
+			ctx_seq_truncate(all[i], 0, 0);
+			CU_ASSERT_EQUAL_FATAL(ctx_decode(all[i], &b), 0);
+		}
+		const uint8_t want_id = WANT_ARGMAX;
 		double max_diff = 0;
 		int same = 0, cur = n;
 		for (int step = 0; step < steps; step++) {
@@ -98,11 +108,31 @@ static void test_model_greedy(void)
 				CU_ASSERT(gap_c <= 0.5 && gap_g <= 0.5);
 				break;
 			}
+			if (step > 0) { /* the ids of the step before, as WANT_ARGMAX rows */
+				const int ta = ctx_argmax(ca, 0), tga = ctx_argmax(cga, 0);
+				CU_ASSERT_PTR_NULL(ctx_logits(cga, 0));
+				CU_ASSERT_EQUAL(ta, tc);
+				a_steps++;
+				if (tga == tg) {
+					a_same++;
+				} else if (tga >= 0 && tga < n_vocab) {
+					a_ties++;
+					printf("\n    prompt %zu step %d: WANT_ARGMAX id %d, logits path %d, logit gap %.3f", pi,
+					       step, tga, tg, lg[tg] - lg[tga]);
+					CU_ASSERT(lg[tg] - lg[tga] <= 0.5);
+				} else {
+					CU_FAIL("WANT_ARGMAX id out of range");
+				}
+			}
 			same++;
 			int32_t next = tc;
 			Batch d = { .n_tokens = 1, .token = &next, .pos = &cur, .seq = seq };
+			Batch da = d;
+			da.want_logits = &want_id;
 			CU_ASSERT_EQUAL_FATAL(ctx_decode(cc, &d), 0);
 			CU_ASSERT_EQUAL_FATAL(ctx_decode(cg, &d), 0);
+			CU_ASSERT_EQUAL_FATAL(ctx_decode(ca, &da), 0);
+			CU_ASSERT_EQUAL_FATAL(ctx_decode(cga, &da), 0);
 			cur++;
 		}
 		printf("\n    prompt %zu (%d tokens): %d/%d greedy tokens equal, max |logit diff| %.4f", pi, n, same,
@@ -112,10 +142,14 @@ static void test_model_greedy(void)
 		 * 0.69 to 1.14 on the H200 (2026-11-29). */
 		CU_ASSERT(max_diff < 2.0);
 	}
-	printf("\n");
+	printf("\n    WANT_ARGMAX steps: %d, GPU ids equal to its logits path's: %d, near ties: %d\n", a_steps, a_same,
+	       a_ties);
+	CU_ASSERT(a_steps > 0);
 	free(lc);
 	ctx_free(cc);
 	ctx_free(cg);
+	ctx_free(ca);
+	ctx_free(cga);
 	model_free(m);
 }
 
@@ -315,7 +349,7 @@ static int mini_ops(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *po
 static int mini_step(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *pos, const int32_t *seq, int n,
 		     int fused)
 {
-	const KbStep st = { n, ids, pos, seq };
+	const KbStep st = { n, ids, pos, seq, 0 };
 	int r = 0;
 	if (b->ops->step_begin && (r = b->ops->step_begin(b, &st)) != 0)
 		return r < 0 ? r : 0;

@@ -416,8 +416,12 @@ static int gate_up(Context *c, const KbWeight *const *wgu, int n)
 
 /* The embedding and the layers: what a step does for any n tokens, reading the batch's
  * ids, positions and slots only through the ops' index arguments, so that a backend
- * may record it (step_begin/step_end) and replay it. */
-static int run_layers(Context *c, const Batch *b)
+ * may record it (step_begin/step_end) and replay it.  HEAD (every row wants only its
+ * greedy id, and the backend finds them: a greedy decode step): the output part too, in
+ * the same unit: the last layer's residual product also starts the output norm (as the
+ * other layers' start the next attn_norm: res_norm), then the head with the ids, which
+ * the backend may deliver at the next sync (KbOps.matmul_argmax). */
+static int run_layers(Context *c, const Batch *b, int head)
 {
 	const ModelConfig *cfg = &c->m->cfg;
 	const KbOps *o = c->be->ops;
@@ -448,17 +452,19 @@ static int run_layers(Context *c, const Batch *b)
 		if (r < 0 || (r = o->attention(be, &a)) < 0 ||
 		    (r = res_norm(c, &l->wo, c->att, n, l->ffn_norm)) < 0 || (r = gate_up(c, wgu, n)) < 0)
 			return r;
-		/* the next layer's attn_norm with this down product; the output norm stays
-		 * separate (ctx_decode gathers the rows that want logits first) */
+		/* the next layer's attn_norm with this down product, or the output norm when no
+		 * rows are gathered first (ctx_decode) */
 		normed = il + 1 < cfg->n_layer && o->matmul_res_norm;
 		if (normed)
 			r = res_norm(c, &l->w_down, c->gate, n, c->layers[il + 1].l.attn_norm);
+		else if (il + 1 == cfg->n_layer && head)
+			r = res_norm(c, &l->w_down, c->gate, n, c->output_norm);
 		else
 			r = mm(c, 1, (const KbWeight *const[1]){ &l->w_down }, c->gate, n, res, 1);
 		if (r < 0)
 			return r;
 	}
-	return 0;
+	return head ? o->matmul_argmax(be, &c->output, c->xn, n, c->logits, c->out_argmax) : 0;
 }
 
 int ctx_decode(Context *c, const Batch *b)
@@ -476,20 +482,10 @@ int ctx_decode(Context *c, const Batch *b)
 	if (r < 0)
 		return r;
 
-	/* Backends with steps may replay the layers as a whole (see KbOps.step_begin). */
-	const KbStep st = { .n_tokens = n, .token = b->token, .pos = b->pos, .seq = b->seq };
-	if (!o->step_begin || (r = o->step_begin(be, &st)) == 0) {
-		r = run_layers(c, b);
-		if (o->step_begin) {
-			int re = o->step_end(be, r);
-			r = re == 1 ? run_layers(c, b) : re;
-		}
-	}
-	if (r < 0)
-		return r;
-
-	/* Gather the rows that want logits, then one product with the output head. */
-	int n_out = 0, topk_k = 0;
+	/* The rows that want logits, known first: when every row wants only its greedy id
+	 * (run_layers' HEAD), the output part is a part of the step; else the rows are
+	 * gathered to the front after the layers, normed and multiplied then. */
+	int n_out = 0, topk_k = 0, head = o->matmul_argmax != NULL;
 	for (int t = 0; t < n; t++) {
 		int want = b->want_logits ? b->want_logits[t] : t == n - 1 ? WANT_LOGITS : WANT_NONE;
 		if (want == WANT_TOPK) {
@@ -499,22 +495,38 @@ int ctx_decode(Context *c, const Batch *b)
 			else if (k > topk_k)
 				topk_k = k;
 		}
+		head &= want == WANT_ARGMAX;
 		if (want) {
-			if (n_out != t &&
-			    (r = o->copy(be, c->x + (int64_t)n_out * d, c->x + (int64_t)t * d, sizeof(float) * (size_t)d)) < 0)
-				return r;
 			c->out_want[n_out] = (uint8_t)want;
 			c->out_topk[n_out] = want == WANT_TOPK;
 			c->out_rows[n_out++] = t;
 		}
 	}
+
+	/* Backends with steps may replay the layers as a whole (see KbOps.step_begin); with
+	 * the output part or without, they are different steps (variant). */
+	const KbStep st = { .n_tokens = n, .token = b->token, .pos = b->pos, .seq = b->seq, .variant = head };
+	if (!o->step_begin || (r = o->step_begin(be, &st)) == 0) {
+		r = run_layers(c, b, head);
+		if (o->step_begin) {
+			int re = o->step_end(be, r);
+			r = re == 1 ? run_layers(c, b, head) : re;
+		}
+	}
+	if (r < 0)
+		return r;
 	if (n_out == 0)
 		return o->sync(be);
-	if ((r = o->rmsnorm(be, c->x, c->output_norm, n_out, d, cfg->norm_eps, c->xn)) < 0)
-		return r;
-	r = o->matmul_argmax ? o->matmul_argmax(be, &c->output, c->xn, n_out, c->logits, c->out_argmax)
-			     : o->matmul(be, &c->output, c->xn, n_out, c->logits);
-	if (r < 0)
+
+	/* The head's rows: gathered (ascending, each row moves down or stays), normed, then
+	 * one product with the output head. */
+	for (int i = 0; i < n_out && !head; i++)
+		if (c->out_rows[i] != i &&
+		    (r = o->copy(be, c->x + (int64_t)i * d, c->x + (int64_t)c->out_rows[i] * d, sizeof(float) * (size_t)d)) < 0)
+			return r;
+	if (!head && ((r = o->rmsnorm(be, c->x, c->output_norm, n_out, d, cfg->norm_eps, c->xn)) < 0 ||
+		      (r = o->matmul_argmax ? o->matmul_argmax(be, &c->output, c->xn, n_out, c->logits, c->out_argmax)
+					    : o->matmul(be, &c->output, c->xn, n_out, c->logits)) < 0))
 		return r;
 	/* Rows go to the host in runs; a WANT_ARGMAX row whose id the backend found stays, and
 	 * so does a WANT_TOPK row, whose candidates come instead (the WANT_TOPK rows' top-k in

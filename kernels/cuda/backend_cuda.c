@@ -550,9 +550,14 @@ static int cuda_mem_info(KbBackend *b, uint64_t *ret_free, uint64_t *ret_total)
 
 static int cuda_sync(KbBackend *b)
 {
-	const int r = kb_cuda_sync(cb(b)->ctx);
-	if (r == 0)
-		cb(b)->step.copy_queued = 0;
+	CudaBackend *c = cb(b);
+	const int r = kb_cuda_sync(c->ctx);
+	if (r == 0) {
+		c->step.copy_queued = 0;
+		if (c->amax_to) /* a step's greedy ids (cuda_matmul_argmax) */
+			memcpy(c->amax_to, c->amax, sizeof(int32_t) * (size_t)c->amax_to_n);
+	}
+	c->amax_to = NULL;
 	return r;
 }
 

@@ -29,8 +29,11 @@ typedef struct {
 
 typedef struct {
 	int n;          /* n_tokens of the step it replays; 0: free */
+	int variant;    /* and its KbStep.variant (0 or 1) */
 	KbCudaGraph *g;
 	uint64_t used;  /* clock of the last replay */
+	int32_t *ids;   /* matmul_argmax in the step: where its ids go at the sync after a replay */
+	int ids_n;
 } StepGraph;
 
 /* The step in progress and the graph cache. */
@@ -38,11 +41,11 @@ typedef struct {
 	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step */
 	int32_t *host;          /* pinned staging for the one copy, [3][cap] */
 	int cap;
-	int active, capturing, n;
+	int active, capturing, n, variant;
 	int copy_queued;        /* a copy out of host may still be queued (until cuda_sync) */
 	const int32_t *tok, *pos, *seq; /* the step's host arrays, as the ops will pass them */
 	StepGraph graphs[STEP_GRAPHS];
-	uint8_t state[STEP_GRAPH_MAX_TOK + 1]; /* per n: 0 new, 1 ran once (warm), 2 not capturable */
+	uint8_t state[2][STEP_GRAPH_MAX_TOK + 1]; /* per variant and n: 0 new, 1 ran once (warm), 2 not capturable */
 	uint64_t clock;
 	KbCudaStepStats stats;
 	int enabled;
@@ -78,6 +81,8 @@ typedef struct {
 	int32_t *amax;          /* matmul_argmax: the rows' greedy ids, in mapped host memory */
 	int32_t *amax_dev;      /* its device address: the kernel writes the ids there directly */
 	size_t amax_bytes;
+	int32_t *amax_to;       /* matmul_argmax in a step: the caller's ids array, filled by the */
+	int amax_to_n;          /* next sync (cuda_sync), and its length; NULL: none pending */
 	void *topk_dev;         /* topk: ids [n][k], values [n][k], counts [n] on the device */
 	void *topk_host;        /* and their copy on the host */
 	size_t topk_bytes;

@@ -272,8 +272,16 @@ int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, int n, f
 		return r;
 	if ((r = host_grow(c, (void **)&c->amax, (void **)&c->amax_dev, &c->amax_bytes, sizeof(int32_t) * (size_t)n)) < 0)
 		return r;
-	/* the ids land in host memory as the kernel writes them: one wait, no copy queued */
-	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax_dev)) < 0 || (r = kb_cuda_sync(c->ctx)) < 0)
+	/* the ids land in host memory as the kernel writes them: one wait, no copy queued;
+	 * inside a step (recorded, no waits) they go to RET_IDX at the next sync */
+	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax_dev)) < 0)
+		return r;
+	if (c->step.active) {
+		c->amax_to = ret_idx;
+		c->amax_to_n = n;
+		return 0;
+	}
+	if ((r = kb_cuda_sync(c->ctx)) < 0)
 		return r;
 	memcpy(ret_idx, c->amax, sizeof(int32_t) * (size_t)n);
 	return 0;

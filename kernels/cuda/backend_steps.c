@@ -24,10 +24,10 @@ void graphs_drop(CudaBackend *c)
 	}
 }
 
-static StepGraph *graph_find(StepState *st, int n)
+static StepGraph *graph_find(StepState *st, int n, int variant)
 {
 	for (int i = 0; i < STEP_GRAPHS; i++)
-		if (st->graphs[i].n == n)
+		if (st->graphs[i].n == n && st->graphs[i].variant == variant)
 			return &st->graphs[i];
 	return NULL;
 }
@@ -56,7 +56,7 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 		return -EINVAL;
 	if (st->active)
 		return -EBUSY;
-	const int n = s->n_tokens;
+	const int n = s->n_tokens, variant = s->variant != 0;
 	/* the daemon may create a model's context on its loader thread and step it on the
 	 * engine thread: kernel launches go to the calling thread's current device */
 	int r = kb_cuda_bind(c->ctx);
@@ -95,32 +95,36 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 		return r;
 	st->copy_queued = 1;
 	if (st->enabled && n <= STEP_GRAPH_MAX_TOK) {
-		StepGraph *g = graph_find(st, n);
+		StepGraph *g = graph_find(st, n, variant);
 		if (g) {
 			g->used = ++st->clock;
 			if ((r = kb_cuda_graph_launch(c->ctx, g->g)) < 0)
 				return r;
+			c->amax_to = g->ids; /* the recorded greedy ids, copied out at the sync */
+			c->amax_to_n = g->ids_n;
 			st->stats.replays++;
 			return 1;
 		}
 	}
 	st->active = 1;
 	st->n = n;
+	st->variant = variant;
 	st->tok = s->token;
 	st->pos = s->pos;
 	st->seq = s->seq;
-	if (!st->enabled || n > STEP_GRAPH_MAX_TOK || st->state[n] == 2) {
+	uint8_t *state = &st->state[variant][n <= STEP_GRAPH_MAX_TOK ? n : 0];
+	if (!st->enabled || n > STEP_GRAPH_MAX_TOK || *state == 2) {
 		st->stats.plain++;
 		return 0;
 	}
-	if (st->state[n] == 0) {
+	if (*state == 0) {
 		/* warm-up: buffers grow and tables upload outside any capture */
-		st->state[n] = 1;
+		*state = 1;
 		st->stats.plain++;
 		return 0;
 	}
 	if (kb_cuda_capture_begin(c->ctx) < 0) {
-		st->state[n] = 2;
+		*state = 2;
 		st->stats.plain++;
 		return 0;
 	}
@@ -136,6 +140,8 @@ int cuda_step_end(KbBackend *b, int status)
 		return -EINVAL;
 	st->active = 0;
 	act_forget(c);
+	if (status < 0)
+		c->amax_to = NULL;
 	if (!st->capturing)
 		return status < 0 ? status : 0;
 	st->capturing = 0;
@@ -144,6 +150,9 @@ int cuda_step_end(KbBackend *b, int status)
 	if (status >= 0 && r == 0) {
 		StepGraph *slot = graph_slot(st);
 		slot->n = st->n;
+		slot->variant = st->variant;
+		slot->ids = c->amax_to;
+		slot->ids_n = c->amax_to_n;
 		slot->g = g;
 		slot->used = ++st->clock;
 		st->stats.captures++;
@@ -155,7 +164,8 @@ int cuda_step_end(KbBackend *b, int status)
 	 * recorded, or a failing one), this size now runs op by op: the caller runs
 	 * the ops again, which reports a real failure as such. */
 	kb_cuda_graph_free(g);
-	st->state[st->n] = 2;
+	c->amax_to = NULL;
+	st->state[st->variant][st->n] = 2;
 	st->stats.failed++;
 	return 1;
 }
