@@ -270,8 +270,13 @@ int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, int n, f
 	int r = cuda_matmul(b, w, x, n, y);
 	if (r < 0)
 		return r;
-	if ((r = host_grow(c, (void **)&c->amax, (void **)&c->amax_dev, &c->amax_bytes, sizeof(int32_t) * (size_t)n)) < 0)
+	/* room for a recorded step's rows at least, so that growing (which drops the graphs:
+	 * they write to the old buffer) is rare */
+	const int cap = n > STEP_GRAPH_MAX_TOK ? n : STEP_GRAPH_MAX_TOK;
+	if ((r = host_grow(c, (void **)&c->amax, (void **)&c->amax_dev, &c->amax_bytes, sizeof(int32_t) * (size_t)cap)) < 0)
 		return r;
+	if (r > 0)
+		graphs_drop(c);
 	/* the ids land in host memory as the kernel writes them: one wait, no copy queued;
 	 * inside a step (recorded, no waits) they go to RET_IDX at the next sync */
 	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax_dev)) < 0)

@@ -156,8 +156,10 @@ int cuda_step_end(KbBackend *b, int status)
 		slot->g = g;
 		slot->used = ++st->clock;
 		st->stats.captures++;
-		if ((r = kb_cuda_graph_launch(c->ctx, g)) < 0)
+		if ((r = kb_cuda_graph_launch(c->ctx, g)) < 0) {
+			c->amax_to = NULL;
 			return r;
+		}
 		return 0;
 	}
 	/* Nothing recorded ran.  Whatever broke the capture (an op that cannot be
