@@ -57,10 +57,10 @@ static void norm_done(KbBackend *g, KbWeight *w, uint8_t **raw, int nw, float **
  * CUDA backend fuses it), with a Q4_0 and a Q6_K residual product: the residual y and the
  * products that follow equal the plain calls' (matmul acc, rmsnorm, matmul_multi) up to the
  * activations' rounding.  Where every product that follows scales by 1 / rms (Q4_0, Q6_K,
- * Q4_K, and a Q4_K + Q6_K pair as Q4_K_M's q/k/v) the norm is left out, so the products
- * read other roundings than the plain calls' (they differ, slightly); where one cannot (F16,
- * alone or beside Q4_K) the backend runs the norm after all, and they read the same bits.
- * And y_norm read after another op is refused, not read stale. */
+ * Q4_K, Q8_0, Q4_1, and a Q4_K + Q6_K pair as Q4_K_M's q/k/v) the norm is left out, so the
+ * products read other roundings than the plain calls' (they differ, slightly); where one
+ * cannot (F16, alone or beside Q4_K) the backend runs the norm after all, and they read the
+ * same bits.  And y_norm read after another op is refused, not read stale. */
 static void test_matmul_res_norm(void)
 {
 	if (!ready())
@@ -68,11 +68,14 @@ static void test_matmul_res_norm(void)
 	KbBackend *g = cuda_i8_new();
 	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
 	enum { D = 4096, R = 320 };
-	enum { NW = 6 }; /* two residual weights (D x D), four products (R x D) */
-	static const int types[NW] = { QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_F16, QD_TYPE_Q4_K };
-	static const int64_t rows[NW] = { D, D, R, R, R, R };
-	/* the products after the norm: indices into w, -1 ends */
-	static const int sets[][3] = { { 2, -1 }, { 3, -1 }, { 4, -1 }, { 5, -1 }, { 5, 3, -1 }, { 5, 4, -1 } };
+	enum { NW = 8 }; /* two residual weights (D x D), six products (R x D) */
+	static const int types[NW] = { QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_Q4_0, QD_TYPE_Q6_K,
+					QD_TYPE_F16,  QD_TYPE_Q4_K, QD_TYPE_Q8_0, QD_TYPE_Q4_1 };
+	static const int64_t rows[NW] = { D, D, R, R, R, R, R, R };
+	/* the products after the norm: indices into w, -1 ends (Q8_0: the register-capped
+	 * kernel; Q4_1: the bulk-copy one, both with their 1 / rms from kb_rms_early) */
+	static const int sets[][3] = { { 2, -1 }, { 3, -1 }, { 4, -1 }, { 5, -1 }, { 5, 3, -1 }, { 5, 4, -1 },
+				       { 6, -1 }, { 7, -1 } };
 	const int nsets = (int)(sizeof(sets) / sizeof(sets[0]));
 	uint64_t s = 0x5e;
 	uint8_t *raw[NW];

@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 		kb_cursor_next<T, RT>(a, cnt, warp, nw, &iss);
 	}
 	kb_pdl_wait();
-	kb_rms_prefetch<RMS>(a, warp, lane);
+	kb_rms_early<RT, RMS>(a, red, nw, warp, lane);
 
 	float acc[RT][4];
 	KB_UNROLL

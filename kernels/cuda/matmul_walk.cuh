@@ -98,16 +98,11 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 	static_assert(!SWI || (RT == 1 && !ROPE && !NORM), "k_mmv_swi: one tile a warp");
 	KB_MARK(0); /* trace builds: thread 0's stages of the block's last flush */
 	float4 *slot = red + (size_t)(j & 1) * nw * RT * 32;
-	float *rsm = (float *)(red + (size_t)2 * nw * RT * 32); /* KB_RMS_SM_BYTES */
+	float *rsm = (float *)(red + (size_t)2 * nw * RT * 32); /* KB_RMS_SM_BYTES: kb_rms_early's */
 	KB_UNROLL
 	for (int rt = 0; rt < RT; rt++) {
 		slot[(warp * RT + rt) * 32 + lane] = make_float4(acc[rt][0], acc[rt][1], acc[rt][2], acc[rt][3]);
 		acc[rt][0] = acc[rt][1] = acc[rt][2] = acc[rt][3] = 0.f;
-	}
-	if (RMS && j == 0 && warp < a.x.n_tok) {
-		const float r = kb_rms_inv(a.rms, warp, lane);
-		if (lane == 0)
-			rsm[warp] = r;
 	}
 	__syncthreads();
 	KB_MARK(1);
@@ -327,12 +322,19 @@ __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[
 	}
 }
 
-/* Prefetches the partial sums a KbMmvRms flush reads (after the wait: the previous kernel
- * wrote them), so that the block's first flush finds them in L1. */
-template <bool RMS> __device__ __forceinline__ void kb_rms_prefetch(const KbMmvArgs &a, int warp, int lane)
+/* The tokens' 1 / rms (KbMmvRms) into shared memory right after the wait (the partial sums
+ * are the previous kernel's), where every flush reads them after its barrier.  Computed in
+ * the block's first flush instead, it cost a DRAM round trip with the whole block waiting,
+ * and its registers made the capped k_mmv_2 spill (Q8_0 q/k/v's stack 72 -> 32 bytes, the
+ * head's 48 -> 0): 7B Q8_0 +3.2-3.7% this way (bench/NOTES-gpu.md, session 18). */
+template <int RT, bool RMS>
+__device__ __forceinline__ void kb_rms_early(const KbMmvArgs &a, float4 *red, int nw, int warp, int lane)
 {
-	if (RMS && warp < a.x.n_tok && lane * 16 < a.rms.nb)
-		asm volatile("prefetch.global.L1 [%0];" ::"l"(a.rms.part + (int64_t)warp * a.rms.nb + lane * 16));
+	if (RMS && warp < a.x.n_tok) {
+		const float r = kb_rms_inv(a.rms, warp, lane);
+		if (lane == 0)
+			((float *)(red + (size_t)2 * nw * RT * 32))[warp] = r; /* kb_flush's rsm */
+	}
 }
 
 template <bool PRE> __device__ __forceinline__ void kb_norm_pre(const KbMmvArgs &a, int J, int warp, int lane,
@@ -386,7 +388,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	kb_pdl_wait();
 	if constexpr (RG == 2)
 		kb_norm_pre<false>(a, J, warp, lane, np);
-	kb_rms_prefetch<RMS>(a, warp, lane);
+	kb_rms_early<RT, RMS>(a, kb_red, nw, warp, lane);
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
 			kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j, warp, nw, lane, acc, kb_red, post, &np);
