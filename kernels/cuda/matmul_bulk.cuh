@@ -27,8 +27,8 @@ template <int T, int RT> struct KbBulk {
 	static_assert(QB % 16 == 0 && SBB % 16 == 0 && DBB % 16 == 0, "bulk copies move 16-byte units");
 };
 
-/* Shared memory of k_mmv_bulk: reduction slots (and the tokens' 1 / rms, kb_flush), then
- * the mbarriers, then the rings. */
+/* Shared memory of k_mmv_bulk: reduction slots (and the tokens' 1 / rms, kb_rms_early's,
+ * read by kb_flush), then the mbarriers, then the rings. */
 __host__ __device__ static inline size_t kb_bulk_red_bytes(int nw, int rt)
 {
 	return (size_t)2 * nw * rt * 32 * sizeof(float4) + (KB_RMS_SM_BYTES + 127) / 128 * 128; /* rings 128-aligned */

@@ -356,7 +356,9 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 {
 	KB_TRACE();
 	constexpr float post = kb_i8_post<T, I8>();
-	extern __shared__ float4 kb_red[]; /* [2][warps][RT][32 lanes], then KB_RMS_SM_BYTES (+ KB_NORM_SM_BYTES) */
+	/* [2][warps][RT][32 lanes], then KB_RMS_SM_BYTES (kb_rms_early's 1 / rms), then k_mmv_norm's
+	 * KB_NORM_SM_BYTES or k_mmv_swi's KB_SWI_SM_BYTES */
+	extern __shared__ float4 kb_red[];
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 	/* RG > 1: warp w takes tile w / nwc of each group, its chunks wc, wc + nwc, ... */
 	const int nwc = nw / RG, wc = RG == 1 ? warp : warp % nwc;
