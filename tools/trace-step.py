@@ -93,6 +93,11 @@ def metrics(step):
     return rows
 
 
+def kind(p, i):
+    """A launch's kind: its shape and the shape of the launch before it in the step."""
+    return (p[i - 1]["shape"] if i else "-") + " > " + p[i]["shape"]
+
+
 def avg(vals):
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
@@ -139,8 +144,7 @@ def main():
     kinds = defaultdict(list)
     for p in per:
         for i, c in enumerate(p):
-            key = (p[i - 1]["shape"] if i else "-") + " > " + c["shape"]
-            kinds[key].append(c)
+            kinds[kind(p, i)].append(c)
     print("\n| kernel (after) | launches a step | hand | post-wait to last end | adds | late (lag) |")
     print("|---|---:|---:|---:|---:|---|")
     tot = 0
@@ -155,11 +159,10 @@ def main():
     # stage marks (KB_MARK in a kernel): microseconds after the block's wait release
     marked = defaultdict(list)
     for s, p in zip(keep, per):
-        for i, (k, c) in enumerate(zip(s, p)):
-            key = (p[i - 1]["shape"] if i else "-") + " > " + c["shape"]
+        for i, k in enumerate(s):
             for b in k["blocks"]:
                 if b[1] and any(b[7]):
-                    marked[key].append(b)
+                    marked[kind(p, i)].append(b)
     for shape, bl in marked.items():
         print(f"\nstage marks of {shape} ({len(bl)} blocks), us after the block's wait (mean / max):")
         v = [b[0] - b[1] for b in bl]

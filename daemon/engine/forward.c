@@ -518,9 +518,9 @@ int ctx_decode(Context *c, const Batch *b)
 	if (n_out == 0)
 		return o->sync(be);
 
-	/* The head's rows: gathered (ascending, each row moves down or stays), normed, then
-	 * one product with the output head. */
-	for (int i = 0; i < n_out && !head; i++)
+	/* The head's rows: gathered (ascending, each row moves down or stays; none moves when
+	 * every row wants its id, HEAD), normed, then one product with the output head. */
+	for (int i = 0; i < n_out; i++)
 		if (c->out_rows[i] != i &&
 		    (r = o->copy(be, c->x + (int64_t)i * d, c->x + (int64_t)c->out_rows[i] * d, sizeof(float) * (size_t)d)) < 0)
 			return r;

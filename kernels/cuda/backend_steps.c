@@ -112,8 +112,8 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 	st->tok = s->token;
 	st->pos = s->pos;
 	st->seq = s->seq;
-	uint8_t *state = &st->state[variant][n <= STEP_GRAPH_MAX_TOK ? n : 0];
-	if (!st->enabled || n > STEP_GRAPH_MAX_TOK || *state == 2) {
+	uint8_t *state = st->enabled && n <= STEP_GRAPH_MAX_TOK ? &st->state[variant][n] : NULL;
+	if (!state || *state == 2) {
 		st->stats.plain++;
 		return 0;
 	}
