@@ -15,8 +15,10 @@
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: quantd synth --shape %s --type T [--seed S] OUT.gguf\n"
-		   "  T: q4_0, q4_1, q8_0, q4_k, q6_k, q4_k_m (Q4_K with attn_v, ffn_down, output in Q6_K),\n"
-		   "     f16, bf16, f32\n",
+		   "  T: q4_0, q4_1, q8_0, q4_k, q6_k, q4_k_m, f16, bf16, f32; the matrices take the types\n"
+		   "     `quantd quantize` gives them (llama.cpp's rules): the 4-bit types' output in Q6_K,\n"
+		   "     q4_k_m Q4_K with attn_v and ffn_down in Q6_K in the first and last eighth of the\n"
+		   "     layers and every third between\n",
 		synth_shape_names());
 }
 

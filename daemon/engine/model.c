@@ -211,19 +211,20 @@ const char *model_name(const Model *m)
 
 const char *model_type_label(const Model *m, char *buf, size_t n)
 {
-	const int t = m->layers[0].wq.type, down = m->layers[0].w_down.type;
-	bool mixed = false;
+	const int t = m->layers[0].wq.type;
+	bool mixed = false, q6 = false; /* q6: some layer's ffn_down is Q6_K (the _M mix's use_more_bits layers) */
 	for (int il = 0; il < m->cfg.n_layer; il++) {
 		const Layer *l = &m->layers[il];
 		const KbWeight *ws[] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down };
 		for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++)
 			mixed |= ws[i]->type != t;
+		q6 |= l->w_down.type == QD_TYPE_Q6_K;
 	}
 	const QdTypeTraits *tr = qd_type_traits(t);
 	const char *name = tr ? tr->name : "?";
 	if (!mixed)
 		snprintf(buf, n, "%s", name);
-	else if (t == QD_TYPE_Q4_K && down == QD_TYPE_Q6_K)
+	else if (t == QD_TYPE_Q4_K && q6)
 		snprintf(buf, n, "Q4_K_M");
 	else
 		snprintf(buf, n, "%s mix", name);

@@ -11,6 +11,7 @@
 
 #include "../../kernels/types.h"
 #include "gguf.h"
+#include "quantize.h"
 
 static const SynthShape shapes[] = {
 	{ "llama2-7b", 32, 4096, 11008, 32, 32, 32000, 4096, 10000.f },
@@ -128,7 +129,11 @@ typedef struct {
 	int64_t cols, rows; /* rows 1: a vector */
 } TensorSpec;
 
-/* The model's tensors in file order; *ret_n of them, malloc'd. */
+/* The model's tensors in file order; *ret_n of them, malloc'd.  The matrices of a
+ * quantized TYPE take the types `quantd quantize` gives them (quant_pick_type: llama.cpp's
+ * rules), so a synth model has the bytes of the models the issue's llama.cpp figures were
+ * measured on: a Q6_K output for the 4-bit types, and in the Q4_K_M mix (MIX) Q6_K attn_v
+ * and ffn_down only in llama.cpp's use_more_bits layers (half of a 7B's), not in all. */
 static int plan(const SynthShape *s, int type, int mix, TensorSpec **ret, size_t *ret_n)
 {
 	const int64_t kv = (int64_t)s->n_embd / s->n_head * s->n_head_kv;
@@ -136,8 +141,10 @@ static int plan(const SynthShape *s, int type, int mix, TensorSpec **ret, size_t
 	TensorSpec *t = calloc(n, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
-	const int hi = mix ? QD_TYPE_Q6_K : type;
+	const bool pick = qd_type_traits(type)->quantized;
+	const int target = mix ? QUANT_MIX_Q4_K_M : type;
 	size_t i = 0;
+	int r = 0;
 #define T(ty, c, r, ...) (snprintf(t[i].name, sizeof(t[i].name), __VA_ARGS__), t[i].type = (ty), t[i].cols = (c), \
 			  t[i].rows = (r), i++)
 	T(type, s->n_embd, s->n_vocab, "token_embd.weight");
@@ -145,16 +152,26 @@ static int plan(const SynthShape *s, int type, int mix, TensorSpec **ret, size_t
 		T(QD_TYPE_F32, s->n_embd, 1, "blk.%d.attn_norm.weight", l);
 		T(type, s->n_embd, s->n_embd, "blk.%d.attn_q.weight", l);
 		T(type, s->n_embd, kv, "blk.%d.attn_k.weight", l);
-		T(hi, s->n_embd, kv, "blk.%d.attn_v.weight", l);
+		T(type, s->n_embd, kv, "blk.%d.attn_v.weight", l);
 		T(type, s->n_embd, s->n_embd, "blk.%d.attn_output.weight", l);
 		T(QD_TYPE_F32, s->n_embd, 1, "blk.%d.ffn_norm.weight", l);
 		T(type, s->n_embd, s->n_ff, "blk.%d.ffn_gate.weight", l);
 		T(type, s->n_embd, s->n_ff, "blk.%d.ffn_up.weight", l);
-		T(hi, s->n_ff, s->n_embd, "blk.%d.ffn_down.weight", l);
+		T(type, s->n_ff, s->n_embd, "blk.%d.ffn_down.weight", l);
 	}
 	T(QD_TYPE_F32, s->n_embd, 1, "output_norm.weight");
-	T(hi, s->n_embd, s->n_vocab, "output.weight");
+	T(type, s->n_embd, s->n_vocab, "output.weight");
 #undef T
+	for (size_t k = 0; pick && r == 0 && k < i; k++) {
+		const int64_t ne[2] = { t[k].cols, t[k].rows };
+		int wanted;
+		if (t[k].rows > 1)
+			r = quant_pick_type(target, t[k].name, 2, ne, s->n_layer, false, &t[k].type, &wanted);
+	}
+	if (r < 0) {
+		free(t);
+		return r;
+	}
 	*ret = t;
 	*ret_n = i;
 	return 0;
