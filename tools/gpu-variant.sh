@@ -22,7 +22,7 @@ shift
 case $NAME in *[!A-Za-z0-9_-]*|"") echo "gpu-variant: NAME: letters, digits, _ and - only" >&2; exit 2;; esac
 O=.dev/bv-$NAME
 rm -rf "$O" ".dev/v-$NAME"
-BINS="qd-engine tests/test-backend tests/test-fused tests/test-steps"
+BINS="qd-engine tests/test-backend tests/test-fused tests/test-steps bench/bench-cuda-mmv"
 make -j"$(nproc)" O="$O" CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" NVCCFLAGS="-O3 $*" \
 	$(for b in $BINS; do echo "$O/$b"; done)
 mkdir -p ".dev/v-$NAME" .dev/x
