@@ -318,9 +318,9 @@ __device__ __forceinline__ void kb_cursor_next(const KbMmvArgs &a, int cnt, int 
  * fits a multiprocessor; capped at 128 (two blocks) they spill 32 bytes and ran 9% faster
  * at one token (bench/NOTES-gpu.md, session 6).  So do Q8_0's since its decode chunk is 8
  * packets (118-158 registers; capped, 48-72 bytes of spills and 7B batch 1 454 -> 461,
- * session 13).  Every other instance keeps the plain bound:
- * naming a minimum of even 1 block changed ptxas's schedule of the f16 kernels and cost
- * 4% of a 7B Q4_0 decode step. */
+ * session 13).  Q4_0's one-token instances run at three blocks (k_mmv_3, kb_mmv_occ3).
+ * Every other instance keeps the plain bound: naming a minimum of even 1 block changed
+ * ptxas's schedule of the f16 kernels and cost 4% of a 7B Q4_0 decode step. */
 template <int T, int RT, bool ROPE, int I8, bool RMS = false>
 __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 {
@@ -352,10 +352,19 @@ __global__ void __launch_bounds__(512) k_mmv_swi(const KbMmvArgs a)
 	kb_mmv_body<T, 1, false, 2, 4, RMS>(a);
 }
 
+/* Q4_0's one-token k_mmv at three blocks a multiprocessor (kb_mmv_occ3). */
+template <int T, int RT, bool ROPE, int I8, bool RMS = false>
+__global__ void __launch_bounds__(256, 3) k_mmv_3(const KbMmvArgs a)
+{
+	kb_mmv_body<T, RT, ROPE, I8, 1, RMS>(a);
+}
+
 /* The kernel instance for these parameters. */
 template <int T, int RT, bool ROPE, int I8, bool RMS = false> static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
 {
-	if constexpr ((T == QD_TYPE_Q4_1 || T == QD_TYPE_Q8_0) && I8 != 0)
+	if constexpr (kb_mmv_occ3<T, RT, I8, 1>())
+		return k_mmv_3<T, RT, ROPE, I8, RMS>;
+	else if constexpr ((T == QD_TYPE_Q4_1 || T == QD_TYPE_Q8_0) && I8 != 0)
 		return k_mmv_2<T, RT, ROPE, I8, RMS>;
 	else
 		return k_mmv<T, RT, ROPE, I8, RMS>;

@@ -68,16 +68,26 @@ __host__ __device__ constexpr bool kb_i8_one(int i8) { return i8 == 2; }
 #define KB_COL_CHAINS 4 /* accumulating mma chains in kb_chunk8_one: 4 measured +1% over 2 (Q4_0, Q4_1; session 12) */
 #endif
 
-/* One token: the chunk's blocks in columns of their own (layout_i8.cuh), KB_COL_CHAINS
- * chains of accumulating mmas (block bi in chain bi % KB_COL_CHAINS; Q6_K, two mmas a
- * block: KB_COL_CHAINS / 2 chains a half) so that each waits on fewer.  S1: w holds the
- * scales of the lane's blocks only. */
-template <int T, int RT, bool S1>
+/* Whether a one-token walk (kb_mmv_body's k_mmv, one tile a warp: RG 1, RT 1) runs as
+ * k_mmv_3: three 8-warp blocks a multiprocessor instead of two, in 80 registers, which its
+ * kb_chunk8_one fits with two mma chains (four spill 40-48 bytes).  Q4_0 only, whose
+ * one-token k_mmv needs 88-103 registers (Q4_K's 110-116 would spill).  Its q/k/v and head
+ * launches then keep 24 warps a multiprocessor: 7B Q4_0 batch 1 +1.1% with every product
+ * at two chains (bench/NOTES-gpu.md, session 19). */
+template <int T, int RT, int I8, int RG> __host__ __device__ constexpr bool kb_mmv_occ3()
+{
+	return T == QD_TYPE_Q4_0 && I8 == 2 && RG == 1 && RT == 1;
+}
+
+/* One token: the chunk's blocks in columns of their own (layout_i8.cuh), NCH chains of
+ * accumulating mmas (block bi in chain bi % NCH; Q6_K, two mmas a block: NCH / 2 chains a
+ * half) so that each waits on fewer.  S1: w holds the scales of the lane's blocks only. */
+template <int T, int RT, bool S1, int NCH = KB_COL_CHAINS>
 __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					      float (&acc)[RT][4])
 {
-	constexpr int NH = kb_i8_halves(T); /* Q6_K: an mma a half block, KB_COL_CHAINS / 2 chains a half */
-	constexpr int NC = KB_COL_CHAINS / NH;
+	constexpr int NH = kb_i8_halves(T); /* Q6_K: an mma a half block, NCH / 2 chains a half */
+	constexpr int NC = NCH / NH;
 	static_assert(NC >= 1, "KB_COL_CHAINS: at least one chain a half");
 	constexpr int NB = Lay<T>::CC / 32;
 	const int tq = lane & 3;
@@ -150,12 +160,12 @@ template <int T, int I8, int RT> __device__ __forceinline__ void kb_fold8(float 
 
 /* The products of one chunk of the block's RT tiles, into acc (kb_chunk's int8 form); ONE:
  * exactly one token (kb_chunk8_one's column form). */
-template <int T, int RT, bool ONE, bool S1 = false>
+template <int T, int RT, bool ONE, bool S1 = false, int NCH = KB_COL_CHAINS>
 __device__ __forceinline__ void kb_chunk8(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					  float (&acc)[RT][4])
 {
 	if constexpr (ONE) {
-		kb_chunk8_one<T, RT, S1>(xv, w, ch, lane, acc);
+		kb_chunk8_one<T, RT, S1, NCH>(xv, w, ch, lane, acc);
 		return;
 	}
 	constexpr int NB = Lay<T>::CC / 32;

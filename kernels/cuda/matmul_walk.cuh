@@ -186,12 +186,12 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
  * takes chunks w, w + nw, ... of each, so its work is a list of (group, chunk) items
  * that it walks with two register stages: the next item's loads are in flight while
  * it computes the current one, across group boundaries too. */
-template <int T, int RT, bool ROPE, int I8, bool S1 = false>
+template <int T, int RT, bool ROPE, int I8, bool S1 = false, int NCH = KB_COL_CHAINS>
 __device__ __forceinline__ void kb_item(const KbMmvArgs &a, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					float (&acc)[RT][4])
 {
 	if constexpr (I8 != 0)
-		kb_chunk8<T, RT, kb_i8_one(I8), S1>(a.x, w, ch, lane, acc);
+		kb_chunk8<T, RT, kb_i8_one(I8), S1, NCH>(a.x, w, ch, lane, acc);
 	else
 		kb_chunk<T, RT>(a, w, ch, lane, acc);
 }
@@ -311,7 +311,7 @@ __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[
 					    int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
 					    const KbNormPre &np)
 {
-	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8)>(a, w, ch, lane, acc);
+	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_mmv_occ3<T, RT, I8, RG>() ? 2 : KB_COL_CHAINS>(a, w, ch, lane, acc);
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
 		kb_fold8<T, I8>(acc, lane);
 		kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j - 1, warp, nw, lane, acc, red, post, &np);
