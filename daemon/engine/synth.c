@@ -257,7 +257,7 @@ int synth_write(const char *path, const SynthShape *s, int type, int mix_q4_k_m,
 	char name[128];
 	int r = plan(s, type, mix_q4_k_m, &t, &n_t);
 	if (r < 0 || (r = gguf_writer_new(&w)) < 0 || !(buf = malloc(buf_bytes))) {
-		r = r < 0 ? r : -ENOMEM;
+		r = qd_errf(err, errlen, r < 0 ? r : -ENOMEM, "planning the tensors and the writer");
 		goto out;
 	}
 	/* model_name() appends the matrices' type */

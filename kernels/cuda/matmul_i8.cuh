@@ -71,9 +71,10 @@ __host__ __device__ constexpr bool kb_i8_one(int i8) { return i8 == 2; }
 /* Whether a one-token walk (kb_mmv_body's k_mmv, one tile a warp: RG 1, RT 1) runs as
  * k_mmv_3: three 8-warp blocks a multiprocessor instead of two, in 80 registers, which its
  * kb_chunk8_one fits with two mma chains (four spill 40-48 bytes).  Q4_0 only, whose
- * one-token k_mmv needs 88-103 registers (Q4_K's 110-116 would spill).  Its q/k/v and head
- * launches then keep 24 warps a multiprocessor: 7B Q4_0 batch 1 +1.1% with every product
- * at two chains (bench/NOTES-gpu.md, session 19). */
+ * one-token k_mmv needs 88-103 registers (Q4_K's 110-116 would spill).  Its launches (a
+ * step's q/k/v; the head where it is Q4_0, and the unfused products) then keep 24 warps a
+ * multiprocessor: 7B Q4_0 batch 1 +1.95% (+1.1% with every product at two chains;
+ * bench/NOTES-gpu.md, session 19).  Two chains there whatever KB_COL_CHAINS says. */
 template <int T, int RT, int I8, int RG> __host__ __device__ constexpr bool kb_mmv_occ3()
 {
 	return T == QD_TYPE_Q4_0 && I8 == 2 && RG == 1 && RT == 1;
@@ -88,7 +89,7 @@ __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs
 {
 	constexpr int NH = kb_i8_halves(T); /* Q6_K: an mma a half block, NCH / 2 chains a half */
 	constexpr int NC = NCH / NH;
-	static_assert(NC >= 1, "KB_COL_CHAINS: at least one chain a half");
+	static_assert(NC >= 1, "NCH: at least one chain a half");
 	constexpr int NB = Lay<T>::CC / 32;
 	const int tq = lane & 3;
 	KbX1Regs x;
