@@ -145,8 +145,8 @@ static int plan(const SynthShape *s, int type, int mix, TensorSpec **ret, size_t
 	const int target = mix ? QUANT_MIX_Q4_K_M : type;
 	size_t i = 0;
 	int r = 0;
-#define T(ty, c, r, ...) (snprintf(t[i].name, sizeof(t[i].name), __VA_ARGS__), t[i].type = (ty), t[i].cols = (c), \
-			  t[i].rows = (r), i++)
+#define T(ty, c, nr, ...) (snprintf(t[i].name, sizeof(t[i].name), __VA_ARGS__), t[i].type = (ty), t[i].cols = (c), \
+			   t[i].rows = (nr), i++)
 	T(type, s->n_embd, s->n_vocab, "token_embd.weight");
 	for (int l = 0; l < s->n_layer; l++) {
 		T(QD_TYPE_F32, s->n_embd, 1, "blk.%d.attn_norm.weight", l);

@@ -554,7 +554,7 @@ static int cuda_sync(KbBackend *b)
 	const int r = kb_cuda_sync(c->ctx);
 	if (r == 0) {
 		c->step.copy_queued = 0;
-		if (c->amax_to) /* a step's greedy ids (cuda_matmul_argmax) */
+		if (c->amax_to) /* greedy ids (cuda_matmul_argmax), of a step or not */
 			memcpy(c->amax_to, c->amax, sizeof(int32_t) * (size_t)c->amax_to_n);
 	}
 	c->amax_to = NULL;

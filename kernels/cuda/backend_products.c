@@ -277,19 +277,14 @@ int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, int n, f
 		return r;
 	if (r > 0)
 		graphs_drop(c);
-	/* the ids land in host memory as the kernel writes them: one wait, no copy queued;
-	 * inside a step (recorded, no waits) they go to RET_IDX at the next sync */
+	/* the ids land in host memory as the kernel writes them (no copy queued) and go to
+	 * RET_IDX at the sync (cuda_sync): now, or inside a step (recorded, no waits) at the
+	 * caller's next one */
 	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax_dev)) < 0)
 		return r;
-	if (c->step.active) {
-		c->amax_to = ret_idx;
-		c->amax_to_n = n;
-		return 0;
-	}
-	if ((r = kb_cuda_sync(c->ctx)) < 0)
-		return r;
-	memcpy(ret_idx, c->amax, sizeof(int32_t) * (size_t)n);
-	return 0;
+	c->amax_to = ret_idx;
+	c->amax_to_n = n;
+	return c->step.active ? 0 : b->ops->sync(b);
 }
 
 int cuda_matmul_rope_kv(KbBackend *b, const KbWeight *const *w, const float *x, int n, float *const *y,

@@ -80,6 +80,12 @@ template <int T, int RT, int I8, int RG> __host__ __device__ constexpr bool kb_m
 	return T == QD_TYPE_Q4_0 && I8 == 2 && RG == 1 && RT == 1;
 }
 
+/* The accumulating mma chains of a walk's one-token items (kb_chunk8_one's NCH). */
+template <int T, int RT, int I8, int RG> __host__ __device__ constexpr int kb_col_chains()
+{
+	return kb_mmv_occ3<T, RT, I8, RG>() ? 2 : KB_COL_CHAINS;
+}
+
 /* One token: the chunk's blocks in columns of their own (layout_i8.cuh), NCH chains of
  * accumulating mmas (block bi in chain bi % NCH; Q6_K, two mmas a block: NCH / 2 chains a
  * half) so that each waits on fewer.  S1: w holds the scales of the lane's blocks only. */

@@ -311,7 +311,7 @@ __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[
 					    int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
 					    const KbNormPre &np)
 {
-	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_mmv_occ3<T, RT, I8, RG>() ? 2 : KB_COL_CHAINS>(a, w, ch, lane, acc);
+	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_col_chains<T, RT, I8, RG>()>(a, w, ch, lane, acc);
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
 		kb_fold8<T, I8>(acc, lane);
 		kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j - 1, warp, nw, lane, acc, red, post, &np);
