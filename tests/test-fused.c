@@ -224,6 +224,98 @@ static void swiglu_case(int type)
 	norm_done(g, w, raw, 4, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
 }
 
+/* A head of another type than most products reads a norm's output: the producers write
+ * only the planes of the types that make up most of the product weights (here 17 Q4_0), so
+ * such a head converts its input itself (and a pending matmul_res_norm runs its norm
+ * first).  Its output equals the plain calls' (matmul_multi acc, rmsnorm, a copy, the head)
+ * bit for bit where nothing is fused; after the fused matmul_res_norm (one token, int8) to
+ * the residual sums' order, or where the head scales by 1 / rms itself (Q6_K) to the
+ * activations' rounding.  Int8 activations at every token count, then
+ * f16 at every one (an F16 head lacks the f16 plane in the first, a Q4_1 head its sums in
+ * the second). */
+static void test_head_planes(void)
+{
+	if (!ready())
+		return;
+	enum { D = 4096, R = 320, NL = 16 };
+	static const int heads[] = { QD_TYPE_F16, QD_TYPE_Q4_1, QD_TYPE_Q6_K };
+	enum { NH = sizeof(heads) / sizeof(heads[0]), NW = 1 + NL + NH };
+	int bad = 0, cases = 0;
+	for (int i8 = 1; i8 >= 0; i8--) {
+		KbBackend *g = NULL;
+		setenv("QD_CUDA_MMV_I8", i8 ? "1" : "0", 1);
+		const int cr = cuda_new(0, &g);
+		unsetenv("QD_CUDA_MMV_I8");
+		CU_ASSERT_EQUAL_FATAL(cr, 0);
+		uint64_t s = 0x4ead + (uint64_t)i8;
+		uint8_t *raw[NW];
+		KbWeight w[NW]; /* the residual weight (D x D), NL layers' (32 x D), the heads */
+		for (int i = 0; i < NW; i++) {
+			const int type = i <= NL ? QD_TYPE_Q4_0 : heads[i - NL - 1];
+			const int64_t rows = i == 0 ? D : i <= NL ? 32 : R;
+			size_t bytes;
+			raw[i] = rand_weight(type, rows, D, &s, &bytes);
+			CU_ASSERT_FATAL(raw[i] != NULL);
+			w[i] = (KbWeight){ type, rows, D, raw[i], NULL, 0 };
+			CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
+		}
+		enum { NT = 8 };
+		float *x = rand_f32((size_t)NT * D, &s, 1.0f), *y0 = rand_f32((size_t)NT * D, &s, 4.0f);
+		float *gw = rand_f32(D, &s, 1.0f);
+		CU_ASSERT_FATAL(x && y0 && gw);
+		for (int i = 0; i < D; i++)
+			gw[i] += 1.5f;
+		float *dx = buf_in(g, x, sizeof(float) * NT * D), *dy = buf_in(g, NULL, sizeof(float) * NT * D);
+		float *dg = buf_in(g, gw, sizeof(float) * D), *dn = buf_in(g, NULL, sizeof(float) * NT * D);
+		float *dn2 = buf_in(g, NULL, sizeof(float) * NT * D), *dout = buf_in(g, NULL, sizeof(float) * NT * R);
+		CU_ASSERT_FATAL(dx && dy && dg && dn && dn2 && dout);
+		static float oa[NT * R], ob[NT * R];
+		static const int ns[] = { 1, 3, 8 };
+		for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++)
+			for (int h = 0; h < NH; h++) {
+				const int n = ns[ni];
+				const KbWeight *wr = &w[0], *wh = &w[1 + NL + h];
+				const size_t ob_bytes = sizeof(float) * (size_t)(n * R);
+				/* the step's way: the residual product and the norm (fused at one token
+				 * with int8 activations), the head on the norm's output */
+				CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * (size_t)(n * D)), 0);
+				CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, wr, dx, n, dy, dg, D, 1e-5f, dn), 0);
+				CU_ASSERT_EQUAL(g->ops->matmul(g, wh, dn, n, dout), 0);
+				CU_ASSERT_EQUAL(buf_out(g, oa, dout, ob_bytes), 0);
+				/* the plain calls, the head's input converted from a copy */
+				CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * (size_t)(n * D)), 0);
+				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 1, &wr, dx, n, &dy, 1), 0);
+				CU_ASSERT_EQUAL(g->ops->rmsnorm(g, dy, dg, n, D, 1e-5f, dn), 0);
+				CU_ASSERT_EQUAL(g->ops->copy(g, dn2, dn, sizeof(float) * (size_t)(n * D)), 0);
+				CU_ASSERT_EQUAL(g->ops->matmul(g, wh, dn2, n, dout), 0);
+				CU_ASSERT_EQUAL(buf_out(g, ob, dout, ob_bytes), 0);
+				/* fused: the residual product's own sums (another order: y to ~1e-6),
+				 * and the Q6_K head left to scale by 1 / rms (int8 rounding of y * g) */
+				const int fused = i8 && n == 1, scales = fused && wh->type == QD_TYPE_Q6_K;
+				double num = 0, den = 0;
+				for (int j = 0; j < n * R; j++) {
+					num += ((double)oa[j] - ob[j]) * ((double)oa[j] - ob[j]);
+					den += (double)ob[j] * ob[j];
+				}
+				const double rel = sqrt(num / (den > 0 ? den : 1));
+				const int ok = den > 0 && (scales ? rel < 1e-2 && rel > 0
+							  : fused ? rel < 1e-4 : memcmp(oa, ob, ob_bytes) == 0);
+				if (fused)
+					printf("\n    int8, one token, %s head after matmul_res_norm: %.2e relative to the plain calls'",
+					       qd_type_traits(wh->type)->name, rel);
+				if (!ok)
+					printf("\n    %s activations, %s head, n=%d: %.2e relative to the plain calls'  FAIL",
+					       i8 ? "int8" : "f16", qd_type_traits(wh->type)->name, n, rel);
+				bad += !ok;
+				cases++;
+			}
+		float *bufs[] = { dx, dg, dy, dn, dn2, dout };
+		norm_done(g, w, raw, NW, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	printf("\n    %d cases (heads F16, Q4_1, Q6_K after 17 Q4_0 products' norm), %d differ\n", cases, bad);
+}
+
 static void test_matmul_swiglu(void)
 {
 	if (!ready())
@@ -343,13 +435,17 @@ static void test_matmul_argmax_wide(void)
 /* matmul_rope_kv (q/k/v products with RoPE and the KV stores in their epilogue) against
  * matmul_multi then rope_kv_store: the same bits in q, k, v and both caches.  GQA, partial
  * rotary dims, positions up to 1,000 (large angles), 1..8 tokens in one pass and 12 (two
- * passes: the separate launches), Q4_1 rows wide enough for the bulk-copy kernel. */
+ * passes: the separate launches), Q4_1 rows wide enough for the bulk-copy kernel, and a v
+ * of another type than q and k (Q4_K_M's Q6_K v: the products, then the RoPE kernel). */
 static void test_matmul_rope_kv(void)
 {
 	if (!ready())
 		return;
-	static const struct { int type; int64_t cols; int rot; } cfgs[] = {
-		{ QD_TYPE_Q4_0, 512, 64 }, { QD_TYPE_Q8_0, 256, 32 }, { QD_TYPE_F16, 320, 64 }, { QD_TYPE_Q4_1, 2048, 64 },
+	/* type: q's and k's; vtype: v's (Q4_K_M's split: a launch for q and k, one for v) */
+	static const struct { int type, vtype; int64_t cols; int rot; } cfgs[] = {
+		{ QD_TYPE_Q4_0, QD_TYPE_Q4_0, 512, 64 }, { QD_TYPE_Q8_0, QD_TYPE_Q8_0, 256, 32 },
+		{ QD_TYPE_F16, QD_TYPE_F16, 320, 64 },   { QD_TYPE_Q4_1, QD_TYPE_Q4_1, 2048, 64 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 64 }, { QD_TYPE_Q4_0, QD_TYPE_Q8_0, 256, 32 },
 	};
 	const int nh = 8, nkv = 2, hd = 64, n_seq = 2, n_ctx = 1100;
 	const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, stride = (int64_t)n_ctx * kvd;
@@ -362,9 +458,10 @@ static void test_matmul_rope_kv(void)
 		uint8_t *raw[3];
 		for (int i = 0; i < 3; i++) {
 			size_t bytes;
-			raw[i] = rand_weight(cfgs[ci].type, rows[i], cols, &s, &bytes);
+			const int type = i == 2 ? cfgs[ci].vtype : cfgs[ci].type;
+			raw[i] = rand_weight(type, rows[i], cols, &s, &bytes);
 			CU_ASSERT_PTR_NOT_NULL_FATAL(raw[i]);
-			w[i] = (KbWeight){ cfgs[ci].type, rows[i], cols, raw[i], NULL, 0 };
+			w[i] = (KbWeight){ type, rows[i], cols, raw[i], NULL, 0 };
 			CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &w[i]), 0);
 		}
 		const KbWeight *const wp[3] = { &w[0], &w[1], &w[2] };
@@ -421,8 +518,8 @@ static void test_matmul_rope_kv(void)
 			CU_ASSERT_EQUAL(buf_out(gpu, cb2, vcb, cache), 0);
 			diff += memcmp(ca, cb2, cache) != 0;
 			if (diff)
-				printf("\n    matmul_rope_kv %s n=%d: %d of 5 outputs differ\n",
-				       qd_type_traits(cfgs[ci].type)->name, n, diff);
+				printf("\n    matmul_rope_kv %s (v %s) n=%d: %d of 5 outputs differ\n",
+				       qd_type_traits(cfgs[ci].type)->name, qd_type_traits(cfgs[ci].vtype)->name, n, diff);
 			bad += diff != 0;
 			cases++;
 			void *bufs[] = { dx, ya[0], ya[1], ya[2], yb[0], yb[1], yb[2], kca, vca, kcb, vcb };
@@ -595,6 +692,7 @@ int main(void)
 		{ "matmul_rope_kv = matmul_multi + rope_kv_store, bit for bit", test_matmul_rope_kv, gpu_skip },
 		{ "matmul_res_norm = matmul + rmsnorm, to the activations' rounding", test_matmul_res_norm, gpu_skip },
 		{ "matmul_swiglu = matmul_multi + swiglu, to the sums' order", test_matmul_swiglu, gpu_skip },
+		{ "a head of another type converts a norm's output itself", test_head_planes, gpu_skip },
 		{ "rope_kv_store: a 300-token step = steps of 8, bit for bit", test_rope_kv_many, gpu_skip },
 		{ "topk: ties, -0, NaN/-inf, short rows vs a host sort", test_topk, gpu_skip },
 		{ "cleanup", test_cleanup, NULL },

@@ -45,6 +45,21 @@ static int pend_input(CudaBackend *c, const float *x, int reuse, int scales)
 	return scales ? 0 : norm_settle(c);
 }
 
+/* Whether act holds X (n tokens of cols), converted by the last product or producer. */
+static int act_is(const CudaBackend *c, const float *x, int n, int64_t cols)
+{
+	return x && x == c->act_x && n == c->act_n && cols == c->act_cols;
+}
+
+/* Whether act holds the planes the products of the NW weights W read. */
+static int act_holds(const CudaBackend *c, int nw, const KbWeight *const *w)
+{
+	for (int i = 0; i < nw; i++)
+		if (!kb_cuda_act_holds(c->act, w[i]->type))
+			return 0;
+	return 1;
+}
+
 /* y[i] = W[i] . x (acc: +=) for nw weights; one launch per pass of KB_CUDA_MAX_TOK
  * tokens when the weights share type and cols (q/k/v, gate/up), else one per run of
  * weights of one type.
@@ -84,10 +99,14 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 	}
 	if ((r = act_ensure(c, cols)) < 0)
 		return r;
-	/* the activations are already converted when the last product or norm left x there */
-	const int reuse = c->fuse && x == c->act_x && n == c->act_n && cols == c->act_cols;
-	if ((r = pend_input(c, x, reuse, scales)) < 0)
+	/* the activations are already converted when the last product or norm left x there,
+	 * in the planes these products read (a head of another type than the layers' may
+	 * convert x itself: kb_cuda_act_holds; a pending norm is run first so x exists) */
+	int reuse = c->fuse && act_is(c, x, n, cols);
+	const int held = reuse && act_holds(c, nw, w);
+	if ((r = pend_input(c, x, reuse, held ? scales : 0)) < 0)
 		return r;
+	reuse = held;
 	for (int t0 = 0; t0 < n && r == 0; t0 += KB_CUDA_MAX_TOK) {
 		int nt = n - t0 < KB_CUDA_MAX_TOK ? n - t0 : KB_CUDA_MAX_TOK;
 		float *yt[KB_CUDA_MMV_MAX_W];
@@ -196,10 +215,11 @@ int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x, int n,
 		return r;
 	if (r > 0)
 		graphs_drop(c);
-	const int reuse = x == c->act_x && n == c->act_n && cols == c->act_cols;
+	int reuse = act_is(c, x, n, cols);
 	/* k_mmv_norm reads only a norm's output itself, never y * g */
 	if ((r = pend_input(c, x, reuse, 0)) < 0)
 		return r;
+	reuse = reuse && act_holds(c, 1, &w);
 	if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x, cols, cols, n)) < 0) {
 		act_forget(c);
 		return r;
@@ -231,8 +251,7 @@ int cuda_matmul_swiglu(KbBackend *b, const KbWeight *const *w, const float *x, i
 	CudaWeight *cg = w[0]->priv, *cu = w[1]->priv;
 	const int64_t rows = w[0]->rows, cols = w[0]->cols;
 	int r = 0, fused = epi_fusable(c, cg, w[0]->type, rows, n) && cu && cu->mm && w[1]->type == w[0]->type &&
-			   w[1]->rows == rows && w[1]->cols == cols && x == c->act_x && n == c->act_n &&
-			   cols == c->act_cols;
+			   w[1]->rows == rows && w[1]->cols == cols && act_is(c, x, n, cols) && act_holds(c, 1, w);
 	/* room for h's activations first; growing act drops what it holds, so a pending norm
 	 * is run before (its y_norm then exists for the plain calls) */
 	const int64_t need = rows > cols ? rows : cols;

@@ -122,6 +122,12 @@ int64_t kb_cuda_act_cap(const KbCudaAct *act);
 int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_dev, int64_t ldx,
 			int64_t cols, int n_tok);
 
+/* Whether ACT, as last written, holds the planes products of TYPE over its tokens read.
+ * kb_cuda_act_prepare writes every live type's; the producers that write ACT in a step
+ * (norms, attention, SwiGLU) only the planes of the types most products have, so a
+ * product of another type (a head) may have to prepare its input. */
+int kb_cuda_act_holds(const KbCudaAct *act, int type);
+
 /* y[t*ldy + r] = sum_c W[r][c] * x[t][c] for t < the act's n_tok, r < rows (device f32
  * y, ldy >= rows).  The act must have been prepared with cols == the weight's cols.
  * Queued.  With programmatic dependent launch the kernel starts reading the weights

@@ -159,12 +159,20 @@ static inline unsigned kb_act_need(const KbCuda *ctx, int type, int n_tok)
 
 /* The planes products of n_tok tokens read, for the product weights uploaded now (all of
  * them when there are none).  Writing only those keeps the one-block producers (RMSNorm)
- * short: each plane costs every thread a few instructions per column. */
-static inline unsigned kb_act_planes(const KbCuda *ctx, int n_tok)
+ * short: each plane costs every thread a few instructions per column.  Producers (the
+ * norms, attention, SwiGLU: EVERY false) write the planes of the types that make up at
+ * least 1/16 of the product weights, the ones layers read: a head of another type (a Q4_0
+ * model's Q6_K output reads int8 at 2-8 tokens where Q4_0 reads f16) converts its input
+ * itself (kb_cuda_act_prepare: EVERY), instead of every producer of the step writing its
+ * planes too (a 7B Q4_0 at batch 8: -6%, bench/NOTES-gpu.md, session 19). */
+static inline unsigned kb_act_planes(const KbCuda *ctx, int n_tok, bool every)
 {
+	int total = 0;
+	for (int t = 0; t < 32; t++)
+		total += ctx->type_live[t];
 	unsigned p = 0;
 	for (int t = 0; t < 32; t++)
-		if (ctx->type_live[t] > 0)
+		if (ctx->type_live[t] > 0 && (every || 16 * ctx->type_live[t] >= total))
 			p |= kb_act_need(ctx, t, n_tok);
 	return p ? p : (unsigned)KB_PL_ALL;
 }
@@ -203,10 +211,10 @@ static inline bool kb_act_q8(const KbActOut &o)
 }
 
 /* A producer's view of A for a step of n_tok tokens; records the planes in A (the caller
- * launches the producer next). */
-static inline KbActOut kb_act_out(KbCudaAct *a, int n_tok)
+ * launches the producer next).  EVERY: the planes of every live type (kb_act_planes). */
+static inline KbActOut kb_act_out(KbCudaAct *a, int n_tok, bool every = false)
 {
-	KbActOut o = { a->xh, a->xhi, a->xlo, a->xs, a->xq, a->xd, a->xe, a->cap, kb_act_planes(a->ctx, n_tok) };
+	KbActOut o = { a->xh, a->xhi, a->xlo, a->xs, a->xq, a->xd, a->xe, a->cap, kb_act_planes(a->ctx, n_tok, every) };
 	a->planes = o.planes;
 	a->rms_on = 0;
 	return o;

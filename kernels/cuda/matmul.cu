@@ -98,7 +98,7 @@ extern "C" int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_d
 	    n_tok < 1 || n_tok > KB_CUDA_MAX_TOK)
 		return -EINVAL;
 	const int64_t cols_pad = (cols + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
-	const KbActOut o = kb_act_out(act, n_tok);
+	const KbActOut o = kb_act_out(act, n_tok, true); /* whatever product asked for it */
 	int r = kb_with_planes(o, [&](auto pl) {
 		return kb_launch(ctx, k_act_prep<decltype(pl)::value>, dim3((unsigned)(cols_pad / 64), (unsigned)n_tok),
 				 dim3(64), 0, x_dev, ldx, cols, o);
@@ -604,6 +604,11 @@ static bool kb_act_has_planes(const KbCuda *ctx, int type, const KbCudaAct *act)
 {
 	const unsigned need = kb_act_need(ctx, type, act->n_tok);
 	return (act->planes & need) == need;
+}
+
+extern "C" int kb_cuda_act_holds(const KbCudaAct *act, int type)
+{
+	return act && act->n_tok > 0 && kb_act_has_planes(act->ctx, type, act);
 }
 
 static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,

@@ -438,39 +438,50 @@ static void check_planes(void)
 		o.planes = planes;
 		return kb_with_planes(o, [](auto pl) { return decltype(pl)::value; });
 	};
-	auto set = [&](int t1, int t2, uint64_t bytes) {
+	/* N1 weights of T1 (a 7B's 224 layer products), one of T2 (its head) */
+	auto set = [&](int t1, int t2, uint64_t bytes, int n1 = 224) {
 		memset(c->type_live, 0, sizeof(c->type_live));
-		c->type_live[t1]++;
+		c->type_live[t1] += n1;
 		if (t2 >= 0)
 			c->type_live[t2]++;
 		c->live_bytes = bytes;
 	};
-	expect("nothing uploaded", kb_act_planes(c, 1), KB_PL_ALL);
+	auto prod = [&](int n) { return kb_act_planes(c, n, false); }; /* what producers write */
+	auto every = [&](int n) { return kb_act_planes(c, n, true); }; /* kb_cuda_act_prepare */
+	expect("nothing uploaded", prod(1), KB_PL_ALL);
+	expect("nothing uploaded, prepare", every(1), KB_PL_ALL);
 	set(QD_TYPE_Q4_1, QD_TYPE_Q8_0, 98 * MB); /* SmolLM2: f16 activations at any size */
-	expect("SmolLM2, 1 token", kb_act_planes(c, 1), KB_PL_H | KB_PL_S);
-	expect("SmolLM2, 8 tokens", kb_act_planes(c, 8), KB_PL_H | KB_PL_S);
+	expect("SmolLM2, 1 token", prod(1), KB_PL_H | KB_PL_S);
+	expect("SmolLM2, 8 tokens", every(8), KB_PL_H | KB_PL_S);
 	set(QD_TYPE_Q4_1, QD_TYPE_Q8_0, 3900 * MB); /* 7B Q4_1 with a Q8_0 head: int8 at one token */
-	expect("7B Q4_1, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E);
-	/* at 2-8 tokens Q4_1 int8 (session 14), the Q8_0 head f16 */
-	expect("7B Q4_1 + Q8_0, 8 tokens", kb_act_planes(c, 8), KB_PL_Q | KB_PL_E | KB_PL_H);
+	expect("7B Q4_1, 1 token", prod(1), KB_PL_Q | KB_PL_E);
+	/* at 2-8 tokens Q4_1 int8 (session 14), the Q8_0 head f16: only its own prepare writes f16 */
+	expect("7B Q4_1 + Q8_0, 8 tokens", prod(8), KB_PL_Q | KB_PL_E);
+	expect("7B Q4_1 + Q8_0, 8 tokens, prepare", every(8), KB_PL_Q | KB_PL_E | KB_PL_H);
 	set(QD_TYPE_Q4_1, QD_TYPE_Q6_K, 3900 * MB);
-	expect("7B Q4_1 + Q6_K, 8 tokens", kb_act_planes(c, 8), KB_PL_Q | KB_PL_E);
+	expect("7B Q4_1 + Q6_K, 8 tokens", prod(8), KB_PL_Q | KB_PL_E);
 	set(QD_TYPE_Q4_0, QD_TYPE_Q6_K, 3700 * MB); /* 7B Q4_0 with a Q6_K head */
-	expect("7B Q4_0 + Q6_K, 1 token", kb_act_planes(c, 1), KB_PL_Q);
-	expect("7B Q4_0 + Q6_K, 2 tokens", kb_act_planes(c, 2), KB_PL_Q | KB_PL_H); /* Q6_K int8 at 2-8 too */
-	set(QD_TYPE_Q4_K, QD_TYPE_Q6_K, 4000 * MB);
-	expect("7B Q4_K_M, 1 token", kb_act_planes(c, 1), KB_PL_Q | KB_PL_E);
-	expect("7B Q4_K_M, 2 tokens", kb_act_planes(c, 2), KB_PL_Q | KB_PL_E);
+	expect("7B Q4_0 + Q6_K, 1 token", prod(1), KB_PL_Q);
+	expect("7B Q4_0 + Q6_K, 2 tokens", prod(2), KB_PL_H); /* Q6_K int8 at 2-8 tokens, the head */
+	expect("7B Q4_0 + Q6_K, 2 tokens, prepare", every(2), KB_PL_Q | KB_PL_H);
+	set(QD_TYPE_Q4_0, QD_TYPE_Q6_K, 3700 * MB, 15); /* 15 of one, 1 of the other: both are layers' */
+	expect("Q4_0 x 15 + Q6_K, 2 tokens", prod(2), KB_PL_Q | KB_PL_H);
+	set(QD_TYPE_Q4_K, QD_TYPE_Q6_K, 4000 * MB, 176);
+	c->type_live[QD_TYPE_Q6_K] += 48; /* Q4_K_M: v and down of 16 layers, and the head */
+	expect("7B Q4_K_M, 1 token", prod(1), KB_PL_Q | KB_PL_E);
+	expect("7B Q4_K_M, 2 tokens", prod(2), KB_PL_Q | KB_PL_E);
 	/* the models' plane sets have producer instances of their own (not KB_PL_DYN) */
-	expect("7B Q4_K_M, 1 token: producer instance", instance(kb_act_planes(c, 1)), kb_act_planes(c, 1));
+	expect("7B Q4_K_M, 1 token: producer instance", instance(prod(1)), prod(1));
 	set(QD_TYPE_BF16, -1, 13000 * MB);
-	expect("7B BF16", kb_act_planes(c, 1), KB_PL_B);
+	expect("7B BF16", prod(1), KB_PL_B);
 	set(QD_TYPE_Q8_0, -1, 6800 * MB);
 	c->mmv[0].i8 = 0; /* forced off at one token, on at eight */
 	c->mmv[7].i8 = 1;
-	expect("Q8_0 forced off, 1 token", kb_act_planes(c, 1), KB_PL_H);
-	expect("Q8_0 forced on, 8 tokens", kb_act_planes(c, 8), KB_PL_Q);
-	/* every product's planes are among what the producers write for the live types */
+	expect("Q8_0 forced off, 1 token", prod(1), KB_PL_H);
+	expect("Q8_0 forced on, 8 tokens", prod(8), KB_PL_Q);
+	/* every product's planes are among what a prepare writes for the live types, and
+	 * the producers write the layers' (T1's) planes, the head's (T2's) only where the
+	 * layers read them too */
 	static const int types[] = { QD_TYPE_Q4_0, QD_TYPE_Q4_1, QD_TYPE_Q8_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K,
 				     QD_TYPE_F16, QD_TYPE_BF16 };
 	for (int t1 : types)
@@ -479,18 +490,25 @@ static void check_planes(void)
 				for (int n = 1; n <= KB_CUDA_MAX_TOK; n++) {
 					set(t1, t2, bytes);
 					c->mmv[n - 1].i8 = -1;
-					const unsigned p = kb_act_planes(c, n);
+					const unsigned p = every(n);
 					for (int t : { t1, t2 })
 						if ((p & kb_act_need(c, t, n)) != kb_act_need(c, t, n)) {
 							printf("planes: type %d of {%d, %d}, %d tokens: 0x%x lacks 0x%x  FAIL\n", t,
 							       t1, t2, n, p, kb_act_need(c, t, n));
 							bad++;
 						}
-					/* the producer instance writes exactly those planes, or reads them at run time */
-					const unsigned inst = instance(p);
-					if (inst != p && inst != KB_PL_DYN) {
-						printf("planes: 0x%x launched as instance 0x%x  FAIL\n", p, inst);
+					if (prod(n) != kb_act_need(c, t1, n)) {
+						printf("planes: producers of {%d x 224, %d}, %d tokens: 0x%x, expected 0x%x  FAIL\n",
+						       t1, t2, n, prod(n), kb_act_need(c, t1, n));
 						bad++;
+					}
+					/* the producer instance writes exactly those planes, or reads them at run time */
+					for (unsigned q : { p, prod(n) }) {
+						const unsigned inst = instance(q);
+						if (inst != q && inst != KB_PL_DYN) {
+							printf("planes: 0x%x launched as instance 0x%x  FAIL\n", q, inst);
+							bad++;
+						}
 					}
 				}
 	free(c);
