@@ -9,12 +9,31 @@
 
 /* A CUDA backend whose one-token Q4_0 products take int8 activations (QD_CUDA_MMV_I8=1),
  * so that matmul_res_norm and matmul_swiglu run fused for 4096-row products. */
+static KbBackend *cuda_i8_mode_new(int mode);
 static KbBackend *cuda_i8_new(void)
 {
+	return cuda_i8_mode_new(1);
+}
+
+/* A CUDA backend made with QD_CUDA_MMV_I8=MODE (1 or 0; -1: unset, the backend's own
+ * choice), the caller's setting of it restored afterwards. */
+static KbBackend *cuda_i8_mode_new(int mode)
+{
+	const char *old = getenv("QD_CUDA_MMV_I8");
+	char *keep = old ? strdup(old) : NULL;
+	if (old && !keep)
+		return NULL;
+	if (mode >= 0)
+		setenv("QD_CUDA_MMV_I8", mode ? "1" : "0", 1);
+	else
+		unsetenv("QD_CUDA_MMV_I8");
 	KbBackend *g = NULL;
-	setenv("QD_CUDA_MMV_I8", "1", 1);
 	int r = cuda_new(0, &g);
-	unsetenv("QD_CUDA_MMV_I8");
+	if (keep)
+		setenv("QD_CUDA_MMV_I8", keep, 1);
+	else
+		unsetenv("QD_CUDA_MMV_I8");
+	free(keep);
 	return r == 0 ? g : NULL;
 }
 
@@ -225,34 +244,35 @@ static void swiglu_case(int type)
 }
 
 /* A head of another type than most products reads a norm's output: the producers write
- * only the planes of the types that make up most of the product weights (here 17 Q4_0), so
- * such a head converts its input itself (and a pending matmul_res_norm runs its norm
- * first).  Its output equals the plain calls' (matmul_multi acc, rmsnorm, a copy, the head)
- * bit for bit where nothing is fused; after the fused matmul_res_norm (one token, int8) to
- * the residual sums' order, or where the head scales by 1 / rms itself (Q6_K) to the
- * activations' rounding.  Int8 activations at every token count, then
- * f16 at every one (an F16 head lacks the f16 plane in the first, a Q4_1 head its sums in
- * the second). */
+ * only the planes of the types that make up at least 1/16 of the product weights (here 17
+ * Q4_0), so such a head converts its input itself (and a pending matmul_res_norm runs its
+ * norm first).  Its output equals the plain calls' (matmul_multi acc, rmsnorm, a copy, the
+ * head) bit for bit where nothing is fused; after the fused matmul_res_norm (one token,
+ * int8) to the residual sums' order, or where the head scales by 1 / rms itself (Q6_K) to
+ * the activations' rounding.  Three settings: int8 activations at every token count (an F16
+ * head lacks the f16 plane), f16 at every one (a Q4_1 head lacks its sums), and the default
+ * choice with over 1 GiB of weights uploaded (a 1.2 GB Q4_0 matrix that is never
+ * multiplied), where at 2-8 tokens Q4_0 takes f16 and the Q4_1 and Q6_K heads int8: a Q4_0
+ * model with llama.cpp's Q6_K output.  The norm's output buffer holds NaNs before each
+ * step-like sequence, so a head that read it unwritten would fail. */
 static void test_head_planes(void)
 {
 	if (!ready())
 		return;
 	enum { D = 4096, R = 320, NL = 16 };
 	static const int heads[] = { QD_TYPE_F16, QD_TYPE_Q4_1, QD_TYPE_Q6_K };
-	enum { NH = sizeof(heads) / sizeof(heads[0]), NW = 1 + NL + NH };
+	enum { NH = sizeof(heads) / sizeof(heads[0]), NW = 1 + NL + NH + 1 };
 	int bad = 0, cases = 0;
-	for (int i8 = 1; i8 >= 0; i8--) {
-		KbBackend *g = NULL;
-		setenv("QD_CUDA_MMV_I8", i8 ? "1" : "0", 1);
-		const int cr = cuda_new(0, &g);
-		unsetenv("QD_CUDA_MMV_I8");
-		CU_ASSERT_EQUAL_FATAL(cr, 0);
-		uint64_t s = 0x4ead + (uint64_t)i8;
-		uint8_t *raw[NW];
-		KbWeight w[NW]; /* the residual weight (D x D), NL layers' (32 x D), the heads */
-		for (int i = 0; i < NW; i++) {
-			const int type = i <= NL ? QD_TYPE_Q4_0 : heads[i - NL - 1];
-			const int64_t rows = i == 0 ? D : i <= NL ? 32 : R;
+	for (int mode = 1; mode >= -1; mode--) { /* QD_CUDA_MMV_I8=1, =0, unset */
+		KbBackend *g = cuda_i8_mode_new(mode);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+		uint64_t s = 0x4ead + (uint64_t)(mode + 1);
+		uint8_t *raw[NW] = { 0 };
+		KbWeight w[NW]; /* the residual weight (D x D), NL layers' (32 x D), the heads, the big one */
+		const int nw = mode < 0 ? NW : NW - 1;
+		for (int i = 0; i < nw; i++) {
+			const int type = i <= NL || i == NW - 1 ? QD_TYPE_Q4_0 : heads[i - NL - 1];
+			const int64_t rows = i == 0 ? D : i <= NL ? 32 : i < NW - 1 ? R : 524288;
 			size_t bytes;
 			raw[i] = rand_weight(type, rows, D, &s, &bytes);
 			CU_ASSERT_FATAL(raw[i] != NULL);
@@ -261,10 +281,12 @@ static void test_head_planes(void)
 		}
 		enum { NT = 8 };
 		float *x = rand_f32((size_t)NT * D, &s, 1.0f), *y0 = rand_f32((size_t)NT * D, &s, 4.0f);
-		float *gw = rand_f32(D, &s, 1.0f);
-		CU_ASSERT_FATAL(x && y0 && gw);
+		float *gw = rand_f32(D, &s, 1.0f), *nan = malloc(sizeof(float) * NT * D);
+		CU_ASSERT_FATAL(x && y0 && gw && nan);
 		for (int i = 0; i < D; i++)
 			gw[i] += 1.5f;
+		for (int i = 0; i < NT * D; i++)
+			nan[i] = NAN;
 		float *dx = buf_in(g, x, sizeof(float) * NT * D), *dy = buf_in(g, NULL, sizeof(float) * NT * D);
 		float *dg = buf_in(g, gw, sizeof(float) * D), *dn = buf_in(g, NULL, sizeof(float) * NT * D);
 		float *dn2 = buf_in(g, NULL, sizeof(float) * NT * D), *dout = buf_in(g, NULL, sizeof(float) * NT * R);
@@ -278,6 +300,7 @@ static void test_head_planes(void)
 				const size_t ob_bytes = sizeof(float) * (size_t)(n * R);
 				/* the step's way: the residual product and the norm (fused at one token
 				 * with int8 activations), the head on the norm's output */
+				CU_ASSERT_EQUAL(g->ops->upload(g, dn, nan, sizeof(float) * (size_t)(n * D)), 0);
 				CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * (size_t)(n * D)), 0);
 				CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, wr, dx, n, dy, dg, D, 1e-5f, dn), 0);
 				CU_ASSERT_EQUAL(g->ops->matmul(g, wh, dn, n, dout), 0);
@@ -291,7 +314,7 @@ static void test_head_planes(void)
 				CU_ASSERT_EQUAL(buf_out(g, ob, dout, ob_bytes), 0);
 				/* fused: the residual product's own sums (another order: y to ~1e-6),
 				 * and the Q6_K head left to scale by 1 / rms (int8 rounding of y * g) */
-				const int fused = i8 && n == 1, scales = fused && wh->type == QD_TYPE_Q6_K;
+				const int fused = mode != 0 && n == 1, scales = fused && wh->type == QD_TYPE_Q6_K;
 				double num = 0, den = 0;
 				for (int j = 0; j < n * R; j++) {
 					num += ((double)oa[j] - ob[j]) * ((double)oa[j] - ob[j]);
@@ -301,16 +324,18 @@ static void test_head_planes(void)
 				const int ok = den > 0 && (scales ? rel < 1e-2 && rel > 0
 							  : fused ? rel < 1e-4 : memcmp(oa, ob, ob_bytes) == 0);
 				if (fused)
-					printf("\n    int8, one token, %s head after matmul_res_norm: %.2e relative to the plain calls'",
-					       qd_type_traits(wh->type)->name, rel);
+					printf("\n    %s, one token, %s head after matmul_res_norm: %.2e relative to the plain calls'",
+					       mode > 0 ? "int8" : "default", qd_type_traits(wh->type)->name, rel);
 				if (!ok)
 					printf("\n    %s activations, %s head, n=%d: %.2e relative to the plain calls'  FAIL",
-					       i8 ? "int8" : "f16", qd_type_traits(wh->type)->name, n, rel);
+					       mode > 0 ? "int8" : mode == 0 ? "f16" : "default", qd_type_traits(wh->type)->name, n,
+					       rel);
 				bad += !ok;
 				cases++;
 			}
 		float *bufs[] = { dx, dg, dy, dn, dn2, dout };
-		norm_done(g, w, raw, NW, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
+		norm_done(g, w, raw, nw, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
+		free(nan);
 	}
 	CU_ASSERT_EQUAL(bad, 0);
 	printf("\n    %d cases (heads F16, Q4_1, Q6_K after 17 Q4_0 products' norm), %d differ\n", cases, bad);

@@ -124,8 +124,8 @@ int kb_cuda_act_prepare(KbCuda *ctx, KbCudaAct *act, const float *x_dev, int64_t
 
 /* Whether ACT, as last written, holds the planes products of TYPE over its tokens read.
  * kb_cuda_act_prepare writes every live type's; the producers that write ACT in a step
- * (norms, attention, SwiGLU) only the planes of the types most products have, so a
- * product of another type (a head) may have to prepare its input. */
+ * (norms, attention, SwiGLU) only those of the types with at least 1/16 of the product
+ * weights, so a product of another type (a head) may have to prepare its input. */
 int kb_cuda_act_holds(const KbCudaAct *act, int type);
 
 /* y[t*ldy + r] = sum_c W[r][c] * x[t][c] for t < the act's n_tok, r < rows (device f32

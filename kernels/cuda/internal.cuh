@@ -197,7 +197,9 @@ template <typename F> static auto kb_with_planes(const KbActOut &o, F &&f)
 	case KB_PL_H | KB_PL_S: return f(std::integral_constant<unsigned, KB_PL_H | KB_PL_S>());
 	case KB_PL_Q: return f(std::integral_constant<unsigned, KB_PL_Q>());
 	case KB_PL_Q | KB_PL_E: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_E>());
-	/* an F16 head after int8 layers, one token (with Q4_1's or Q4_K's sums: E) */
+	/* a prepare for a head of another form than the layers' (kb_act_planes' EVERY: an F16
+	 * head after int8 layers, a Q6_K head after Q4_0's f16 at 2-8 tokens; E: Q4_1's or
+	 * Q4_K's sums) */
 	case KB_PL_Q | KB_PL_H: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_H>());
 	case KB_PL_Q | KB_PL_E | KB_PL_H: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_E | KB_PL_H>());
 	default: return f(std::integral_constant<unsigned, KB_PL_DYN>());
