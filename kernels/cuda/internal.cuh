@@ -164,7 +164,7 @@ static inline unsigned kb_act_need(const KbCuda *ctx, int type, int n_tok)
  * least 1/16 of the product weights, the ones layers read: a head of another type (a Q4_0
  * model's Q6_K output reads int8 at 2-8 tokens where Q4_0 reads f16) converts its input
  * itself (kb_cuda_act_prepare: EVERY), instead of every producer of the step writing its
- * planes too (a 7B Q4_0 at batch 8: -6%, bench/NOTES-gpu.md, session 19). */
+ * planes too (which cost a 7B Q4_0 at batch 8 6%: bench/NOTES-gpu.md, sessions 19-20). */
 static inline unsigned kb_act_planes(const KbCuda *ctx, int n_tok, bool every)
 {
 	int total = 0;
