@@ -7,14 +7,6 @@
  * without one and in builds without CUDA. */
 #include "tests/backend_util.h"
 
-/* A CUDA backend whose one-token Q4_0 products take int8 activations (QD_CUDA_MMV_I8=1),
- * so that matmul_res_norm and matmul_swiglu run fused for 4096-row products. */
-static KbBackend *cuda_i8_mode_new(int mode);
-static KbBackend *cuda_i8_new(void)
-{
-	return cuda_i8_mode_new(1);
-}
-
 /* A CUDA backend made with QD_CUDA_MMV_I8=MODE (1 or 0; -1: unset, the backend's own
  * choice), the caller's setting of it restored afterwards. */
 static KbBackend *cuda_i8_mode_new(int mode)
@@ -35,6 +27,13 @@ static KbBackend *cuda_i8_mode_new(int mode)
 		unsetenv("QD_CUDA_MMV_I8");
 	free(keep);
 	return r == 0 ? g : NULL;
+}
+
+/* A CUDA backend whose one-token Q4_0 products take int8 activations (QD_CUDA_MMV_I8=1),
+ * so that matmul_res_norm and matmul_swiglu run fused for 4096-row products. */
+static KbBackend *cuda_i8_new(void)
+{
+	return cuda_i8_mode_new(1);
 }
 
 /* A norm's test inputs of D columns: x, the residual y0 and norm weights around 1.5 (none

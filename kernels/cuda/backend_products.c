@@ -102,11 +102,10 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 	/* the activations are already converted when the last product or norm left x there,
 	 * in the planes these products read (a head of another type than the layers' may
 	 * convert x itself: kb_cuda_act_holds; a pending norm is run first so x exists) */
-	int reuse = c->fuse && act_is(c, x, n, cols);
-	const int held = reuse && act_holds(c, nw, w);
-	if ((r = pend_input(c, x, reuse, held ? scales : 0)) < 0)
+	const int at = c->fuse && act_is(c, x, n, cols);
+	const int reuse = at && act_holds(c, nw, w);
+	if ((r = pend_input(c, x, at, reuse ? scales : 0)) < 0)
 		return r;
-	reuse = held;
 	for (int t0 = 0; t0 < n && r == 0; t0 += KB_CUDA_MAX_TOK) {
 		int nt = n - t0 < KB_CUDA_MAX_TOK ? n - t0 : KB_CUDA_MAX_TOK;
 		float *yt[KB_CUDA_MMV_MAX_W];
@@ -215,11 +214,10 @@ int cuda_matmul_res_norm(KbBackend *b, const KbWeight *w, const float *x, int n,
 		return r;
 	if (r > 0)
 		graphs_drop(c);
-	int reuse = act_is(c, x, n, cols);
+	const int at = act_is(c, x, n, cols), reuse = at && act_holds(c, 1, &w);
 	/* k_mmv_norm reads only a norm's output itself, never y * g */
-	if ((r = pend_input(c, x, reuse, 0)) < 0)
+	if ((r = pend_input(c, x, at, 0)) < 0)
 		return r;
-	reuse = reuse && act_holds(c, 1, &w);
 	if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x, cols, cols, n)) < 0) {
 		act_forget(c);
 		return r;
