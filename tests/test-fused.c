@@ -456,111 +456,239 @@ static void test_matmul_argmax_wide(void)
 	free(y);
 }
 
+/* The q/k/v launches of two weight types that ran as one (KbCudaStepStats.qkv_pairs). */
+static uint64_t qkv_pairs(KbBackend *g)
+{
+	KbCudaStepStats st;
+	CU_ASSERT_EQUAL_FATAL(kb_cuda_backend_step_stats(g, &st), 0);
+	return st.qkv_pairs;
+}
+
 /* matmul_rope_kv (q/k/v products with RoPE and the KV stores in their epilogue) against
  * matmul_multi then rope_kv_store: the same bits in q, k, v and both caches.  GQA, partial
  * rotary dims, positions up to 1,000 (large angles), 1..8 tokens in one pass and 12 (two
- * passes: the separate launches), Q4_1 rows wide enough for the bulk-copy kernel, and a v
- * of another type than q and k (Q4_K_M's Q6_K v: the products, then the RoPE kernel). */
+ * passes: the separate launches), Q4_1 rows wide enough for the bulk-copy kernel, and q/k/v
+ * of two types: Q4_K_M's Q6_K v, or k and v, with f16 activations (QD_CUDA_MMV_I8=0, as the
+ * backend's own choice for weights this small: a launch per type, then the RoPE kernel) and
+ * with int8 ones (=1: one token is one k_mmv_pair launch, counted), each once with more row
+ * groups than a launch has blocks (its blocks then walk several, across q/k and k/v), and a
+ * pair without a pair kernel (Q4_0 + Q8_0). */
 static void test_matmul_rope_kv(void)
 {
 	if (!ready())
 		return;
-	/* type: q's and k's; vtype: v's (Q4_K_M's split: a launch for q and k, one for v) */
-	static const struct { int type, vtype; int64_t cols; int rot; } cfgs[] = {
-		{ QD_TYPE_Q4_0, QD_TYPE_Q4_0, 512, 64 }, { QD_TYPE_Q8_0, QD_TYPE_Q8_0, 256, 32 },
-		{ QD_TYPE_F16, QD_TYPE_F16, 320, 64 },   { QD_TYPE_Q4_1, QD_TYPE_Q4_1, 2048, 64 },
-		{ QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 64 }, { QD_TYPE_Q4_0, QD_TYPE_Q8_0, 256, 32 },
+	KbBackend *const backends[2] = { cuda_i8_mode_new(0), cuda_i8_new() };
+	CU_ASSERT_FATAL(backends[0] && backends[1]);
+	/* type, ktype, vtype: q's, k's, v's */
+	static const struct { int type, ktype, vtype; int64_t cols; int rot, nh, nkv; } cfgs[] = {
+		{ QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q4_0, 512, 64, 8, 2 },
+		{ QD_TYPE_Q8_0, QD_TYPE_Q8_0, QD_TYPE_Q8_0, 256, 32, 8, 2 },
+		{ QD_TYPE_F16, QD_TYPE_F16, QD_TYPE_F16, 320, 64, 8, 2 },
+		{ QD_TYPE_Q4_1, QD_TYPE_Q4_1, QD_TYPE_Q4_1, 2048, 64, 8, 2 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 64, 8, 2 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_Q6_K, 512, 64, 8, 2 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 64, 80, 20 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_Q6_K, 512, 64, 80, 20 },
+		{ QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q8_0, 256, 32, 8, 2 },
 	};
-	const int nh = 8, nkv = 2, hd = 64, n_seq = 2, n_ctx = 1100;
-	const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, stride = (int64_t)n_ctx * kvd;
+	const int hd = 64, n_seq = 2, n_ctx = 1100;
 	uint64_t s = 0x517;
-	int bad = 0, cases = 0;
-	for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
-		const int64_t cols = cfgs[ci].cols;
-		const int64_t rows[3] = { qd, kvd, kvd };
-		KbWeight w[3];
-		uint8_t *raw[3];
-		for (int i = 0; i < 3; i++) {
-			size_t bytes;
-			const int type = i == 2 ? cfgs[ci].vtype : cfgs[ci].type;
-			raw[i] = rand_weight(type, rows[i], cols, &s, &bytes);
-			CU_ASSERT_PTR_NOT_NULL_FATAL(raw[i]);
-			w[i] = (KbWeight){ type, rows[i], cols, raw[i], NULL, 0 };
-			CU_ASSERT_EQUAL_FATAL(gpu->ops->weight_prepare(gpu, &w[i]), 0);
+	int bad = 0, cases = 0, pairs = 0;
+	for (int bi = 0; bi < 2; bi++) {
+		for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
+			KbBackend *const g = backends[bi];
+			const int pair = bi == 1 && cfgs[ci].type == QD_TYPE_Q4_K && cfgs[ci].vtype == QD_TYPE_Q6_K;
+			const int nh = cfgs[ci].nh, nkv = cfgs[ci].nkv;
+			const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, stride = (int64_t)n_ctx * kvd;
+			const int64_t cols = cfgs[ci].cols;
+			const int64_t rows[3] = { qd, kvd, kvd };
+			KbWeight w[3];
+			uint8_t *raw[3];
+			for (int i = 0; i < 3; i++) {
+				size_t bytes;
+				const int type = i == 0 ? cfgs[ci].type : i == 1 ? cfgs[ci].ktype : cfgs[ci].vtype;
+				raw[i] = rand_weight(type, rows[i], cols, &s, &bytes);
+				CU_ASSERT_PTR_NOT_NULL_FATAL(raw[i]);
+				w[i] = (KbWeight){ type, rows[i], cols, raw[i], NULL, 0 };
+				CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
+			}
+			const KbWeight *const wp[3] = { &w[0], &w[1], &w[2] };
+			static const int ns[] = { 1, 3, 8, 12 };
+			for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
+				const int n = ns[ni];
+				float *x = rand_f32((size_t)(n * cols), &s, 1.0f);
+				int32_t pos[12], seq[12];
+				for (int t = 0; t < n; t++) {
+					seq[t] = t % 2;
+					pos[t] = (int32_t)((t * 97 + (int)ci * 13) % 1000) + (t == 0 ? 999 - (int)ci : 0);
+				}
+				const size_t cache = (size_t)(stride * n_seq) * 2;
+				float *dx = buf_in(g, x, sizeof(float) * (size_t)(n * cols));
+				float *ya[3], *yb[3];
+				for (int i = 0; i < 3; i++) {
+					ya[i] = buf_in(g, NULL, sizeof(float) * (size_t)(n * rows[i]));
+					yb[i] = buf_in(g, NULL, sizeof(float) * (size_t)(n * rows[i]));
+				}
+				uint16_t *zero = calloc(cache, 1);
+				uint16_t *kca = buf_in(g, zero, cache), *vca = buf_in(g, zero, cache);
+				uint16_t *kcb = buf_in(g, zero, cache), *vcb = buf_in(g, zero, cache);
+				CU_ASSERT_FATAL(x && dx && zero && kca && vca && kcb && vcb && ya[2] && yb[2]);
+				KbAttention a = { .n_tokens = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .pos = pos,
+						  .seq = seq, .k_cache = kca, .v_cache = vca, .kv_slot_stride = stride };
+				KbAttention b2 = a;
+				b2.k_cache = kcb;
+				b2.v_cache = vcb;
+				float *const yap[3] = { ya[0], ya[1], ya[2] }, *const ybp[3] = { yb[0], yb[1], yb[2] };
+				const uint64_t p0 = qkv_pairs(g);
+				CU_ASSERT_EQUAL(g->ops->matmul_rope_kv(g, wp, dx, n, yap, &a, cfgs[ci].rot, 10000.0f), 0);
+				CU_ASSERT_EQUAL(qkv_pairs(g) - p0, (uint64_t)(pair && n == 1));
+				pairs += (int)(qkv_pairs(g) - p0);
+				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 3, wp, dx, n, ybp, 0), 0);
+				CU_ASSERT_EQUAL(g->ops->rope_kv_store(g, &b2, yb[0], yb[1], yb[2], cfgs[ci].rot, 10000.0f), 0);
+				int diff = 0;
+				for (int i = 0; i < 3; i++) {
+					const size_t bytes = sizeof(float) * (size_t)(n * rows[i]);
+					float *ha = malloc(bytes), *hb = malloc(bytes);
+					CU_ASSERT_FATAL(ha && hb);
+					CU_ASSERT_EQUAL(buf_out(g, ha, ya[i], bytes), 0);
+					CU_ASSERT_EQUAL(buf_out(g, hb, yb[i], bytes), 0);
+					diff += memcmp(ha, hb, bytes) != 0;
+					free(ha);
+					free(hb);
+				}
+				uint16_t *ca = malloc(cache), *cb2 = malloc(cache);
+				CU_ASSERT_FATAL(ca && cb2);
+				CU_ASSERT_EQUAL(buf_out(g, ca, kca, cache), 0);
+				CU_ASSERT_EQUAL(buf_out(g, cb2, kcb, cache), 0);
+				diff += memcmp(ca, cb2, cache) != 0;
+				int nonzero = 0;
+				for (size_t e = 0; e < cache / 2; e++)
+					nonzero += ca[e] != 0;
+				CU_ASSERT(nonzero > 0); /* the stores happened */
+				CU_ASSERT_EQUAL(buf_out(g, ca, vca, cache), 0);
+				CU_ASSERT_EQUAL(buf_out(g, cb2, vcb, cache), 0);
+				diff += memcmp(ca, cb2, cache) != 0;
+				if (diff)
+					printf("\n    matmul_rope_kv %s (k %s, v %s) n=%d %s: %d of 5 outputs differ\n",
+					       qd_type_traits(cfgs[ci].type)->name, qd_type_traits(cfgs[ci].ktype)->name,
+					       qd_type_traits(cfgs[ci].vtype)->name, n, bi ? "int8" : "f16", diff);
+				bad += diff != 0;
+				cases++;
+				void *bufs[] = { dx, ya[0], ya[1], ya[2], yb[0], yb[1], yb[2], kca, vca, kcb, vcb };
+				for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+					g->ops->release(g, bufs[i]);
+				free(ca);
+				free(cb2);
+				free(zero);
+				free(x);
+			}
+			for (int i = 0; i < 3; i++) {
+				g->ops->weight_release(g, &w[i]);
+				free(raw[i]);
+			}
 		}
-		const KbWeight *const wp[3] = { &w[0], &w[1], &w[2] };
-		static const int ns[] = { 1, 3, 8, 12 };
-		for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
-			const int n = ns[ni];
-			float *x = rand_f32((size_t)(n * cols), &s, 1.0f);
-			int32_t pos[12], seq[12];
-			for (int t = 0; t < n; t++) {
-				seq[t] = t % 2;
-				pos[t] = (int32_t)((t * 97 + (int)ci * 13) % 1000) + (t == 0 ? 999 - (int)ci : 0);
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT_EQUAL(pairs, 4);
+	printf("\n    %d cases, %d differ; %d pair launches\n", cases, bad, pairs);
+	backends[0]->ops->free(backends[0]);
+	backends[1]->ops->free(backends[1]);
+}
+
+/* Q4_K_M's q/k/v pair after matmul_res_norm, where its products scale by 1 / rms (the
+ * k_mmv_pair instance a 7B decode step runs), against the same products launched a type
+ * at a time (matmul_multi, which reads the same y * g activations) and rope_kv_store: the
+ * same bits in q, k, v and the caches, for q and k of one type and q alone. */
+static void test_pair_after_norm(void)
+{
+	if (!ready())
+		return;
+	KbBackend *g = cuda_i8_new();
+	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+	enum { D = 4096, NH = 8, NKV = 2, HD = 64, CTX = 64 };
+	const int64_t rows[4] = { D, NH * HD, NKV * HD, NKV * HD };
+	static const int sets[2][4] = { { QD_TYPE_Q4_0, QD_TYPE_Q4_K, QD_TYPE_Q4_K, QD_TYPE_Q6_K },
+					{ QD_TYPE_Q4_0, QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_Q6_K } };
+	uint64_t s = 0x9a1;
+	float *x, *y0, *gw, *dx, *dy, *dg;
+	CU_ASSERT_EQUAL_FATAL(norm_inputs(g, D, &s, &x, &y0, &gw, &dx, &dy, &dg), 0);
+	float *dn = buf_in(g, NULL, sizeof(float) * D), *out[2][3];
+	const size_t cache = sizeof(uint16_t) * CTX * NKV * HD;
+	uint16_t *zero = calloc(cache, 1), *kc[2], *vc[2];
+	CU_ASSERT_FATAL(dn && zero);
+	for (int k = 0; k < 2; k++) {
+		kc[k] = buf_in(g, zero, cache);
+		vc[k] = buf_in(g, zero, cache);
+		for (int i = 0; i < 3; i++)
+			out[k][i] = buf_in(g, NULL, sizeof(float) * (size_t)rows[1 + i]);
+		CU_ASSERT_FATAL(kc[k] && vc[k] && out[k][0] && out[k][1] && out[k][2]);
+	}
+	int bad = 0;
+	for (int si = 0; si < 2; si++) {
+		KbWeight w[4];
+		uint8_t *raw[4];
+		for (int i = 0; i < 4; i++) {
+			size_t bytes;
+			raw[i] = rand_weight(sets[si][i], rows[i], D, &s, &bytes);
+			CU_ASSERT_FATAL(raw[i] != NULL);
+			w[i] = (KbWeight){ sets[si][i], rows[i], D, raw[i], NULL, 0 };
+			CU_ASSERT_EQUAL_FATAL(g->ops->weight_prepare(g, &w[i]), 0);
+		}
+		const KbWeight *const qkv[3] = { &w[1], &w[2], &w[3] };
+		int32_t pos = 37 + si, seq = 0;
+		for (int k = 0; k < 2; k++) {
+			KbAttention a = { .n_tokens = 1, .n_head = NH, .n_head_kv = NKV, .head_dim = HD, .pos = &pos,
+					  .seq = &seq, .k_cache = kc[k], .v_cache = vc[k], .kv_slot_stride = CTX * NKV * HD };
+			float *const y[3] = { out[k][0], out[k][1], out[k][2] };
+			CU_ASSERT_EQUAL(g->ops->upload(g, dy, y0, sizeof(float) * D), 0);
+			CU_ASSERT_EQUAL(g->ops->matmul_res_norm(g, &w[0], dx, 1, dy, dg, D, 1e-5f, dn), 0);
+			const uint64_t p0 = qkv_pairs(g);
+			if (k == 0) {
+				CU_ASSERT_EQUAL(g->ops->matmul_rope_kv(g, qkv, dn, 1, y, &a, HD, 10000.0f), 0);
+			} else {
+				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 3, qkv, dn, 1, y, 0), 0);
+				CU_ASSERT_EQUAL(g->ops->rope_kv_store(g, &a, y[0], y[1], y[2], HD, 10000.0f), 0);
 			}
-			const size_t cache = (size_t)(stride * n_seq) * 2;
-			float *dx = buf_in(gpu, x, sizeof(float) * (size_t)(n * cols));
-			float *ya[3], *yb[3];
-			for (int i = 0; i < 3; i++) {
-				ya[i] = buf_in(gpu, NULL, sizeof(float) * (size_t)(n * rows[i]));
-				yb[i] = buf_in(gpu, NULL, sizeof(float) * (size_t)(n * rows[i]));
-			}
-			uint16_t *zero = calloc(cache, 1);
-			uint16_t *kca = buf_in(gpu, zero, cache), *vca = buf_in(gpu, zero, cache);
-			uint16_t *kcb = buf_in(gpu, zero, cache), *vcb = buf_in(gpu, zero, cache);
-			CU_ASSERT_FATAL(x && dx && zero && kca && vca && kcb && vcb && ya[2] && yb[2]);
-			KbAttention a = { .n_tokens = n, .n_head = nh, .n_head_kv = nkv, .head_dim = hd, .pos = pos,
-					  .seq = seq, .k_cache = kca, .v_cache = vca, .kv_slot_stride = stride };
-			KbAttention b2 = a;
-			b2.k_cache = kcb;
-			b2.v_cache = vcb;
-			float *const yap[3] = { ya[0], ya[1], ya[2] }, *const ybp[3] = { yb[0], yb[1], yb[2] };
-			CU_ASSERT_EQUAL(gpu->ops->matmul_rope_kv(gpu, wp, dx, n, yap, &a, cfgs[ci].rot, 10000.0f), 0);
-			CU_ASSERT_EQUAL(gpu->ops->matmul_multi(gpu, 3, wp, dx, n, ybp, 0), 0);
-			CU_ASSERT_EQUAL(gpu->ops->rope_kv_store(gpu, &b2, yb[0], yb[1], yb[2], cfgs[ci].rot, 10000.0f), 0);
-			int diff = 0;
-			for (int i = 0; i < 3; i++) {
-				const size_t bytes = sizeof(float) * (size_t)(n * rows[i]);
-				float *ha = malloc(bytes), *hb = malloc(bytes);
-				CU_ASSERT_FATAL(ha && hb);
-				CU_ASSERT_EQUAL(buf_out(gpu, ha, ya[i], bytes), 0);
-				CU_ASSERT_EQUAL(buf_out(gpu, hb, yb[i], bytes), 0);
-				diff += memcmp(ha, hb, bytes) != 0;
-				free(ha);
-				free(hb);
-			}
-			uint16_t *ca = malloc(cache), *cb2 = malloc(cache);
-			CU_ASSERT_FATAL(ca && cb2);
-			CU_ASSERT_EQUAL(buf_out(gpu, ca, kca, cache), 0);
-			CU_ASSERT_EQUAL(buf_out(gpu, cb2, kcb, cache), 0);
-			diff += memcmp(ca, cb2, cache) != 0;
+			CU_ASSERT_EQUAL(qkv_pairs(g) - p0, (uint64_t)(k == 0));
+		}
+		int diff = 0;
+		for (int i = 0; i < 3; i++) {
+			const size_t bytes = sizeof(float) * (size_t)rows[1 + i];
+			float *ha = malloc(bytes), *hb = malloc(bytes);
+			CU_ASSERT_FATAL(ha && hb);
+			CU_ASSERT_EQUAL(buf_out(g, ha, out[0][i], bytes), 0);
+			CU_ASSERT_EQUAL(buf_out(g, hb, out[1][i], bytes), 0);
+			diff += memcmp(ha, hb, bytes) != 0;
+			free(ha);
+			free(hb);
+		}
+		uint16_t *ca = malloc(cache), *cb = malloc(cache);
+		CU_ASSERT_FATAL(ca && cb);
+		for (int c = 0; c < 2; c++) {
+			CU_ASSERT_EQUAL(buf_out(g, ca, c ? vc[0] : kc[0], cache), 0);
+			CU_ASSERT_EQUAL(buf_out(g, cb, c ? vc[1] : kc[1], cache), 0);
+			diff += memcmp(ca, cb, cache) != 0;
 			int nonzero = 0;
 			for (size_t e = 0; e < cache / 2; e++)
 				nonzero += ca[e] != 0;
 			CU_ASSERT(nonzero > 0); /* the stores happened */
-			CU_ASSERT_EQUAL(buf_out(gpu, ca, vca, cache), 0);
-			CU_ASSERT_EQUAL(buf_out(gpu, cb2, vcb, cache), 0);
-			diff += memcmp(ca, cb2, cache) != 0;
-			if (diff)
-				printf("\n    matmul_rope_kv %s (v %s) n=%d: %d of 5 outputs differ\n",
-				       qd_type_traits(cfgs[ci].type)->name, qd_type_traits(cfgs[ci].vtype)->name, n, diff);
-			bad += diff != 0;
-			cases++;
-			void *bufs[] = { dx, ya[0], ya[1], ya[2], yb[0], yb[1], yb[2], kca, vca, kcb, vcb };
-			for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
-				gpu->ops->release(gpu, bufs[i]);
-			free(ca);
-			free(cb2);
-			free(zero);
-			free(x);
 		}
-		for (int i = 0; i < 3; i++) {
-			gpu->ops->weight_release(gpu, &w[i]);
+		free(ca);
+		free(cb);
+		printf("\n    q %s, k %s, v %s after the fused norm: %d of 5 outputs differ", qd_type_traits(sets[si][1])->name,
+		       qd_type_traits(sets[si][2])->name, qd_type_traits(sets[si][3])->name, diff);
+		bad += diff != 0;
+		for (int i = 0; i < 4; i++) {
+			g->ops->weight_release(g, &w[i]);
 			free(raw[i]);
 		}
 	}
 	CU_ASSERT_EQUAL(bad, 0);
-	printf("\n    %d cases, %d differ\n", cases, bad);
+	printf("\n");
+	float *bufs[] = { dx, dg, dy, dn, out[0][0], out[0][1], out[0][2], out[1][0], out[1][1], out[1][2],
+			  (float *)kc[0], (float *)vc[0], (float *)kc[1], (float *)vc[1] };
+	free(zero);
+	norm_done(g, NULL, NULL, 0, bufs, sizeof(bufs) / sizeof(bufs[0]), x, y0, gw);
 }
 
 /* rope_kv_store for a prefill-sized step (one block per token) against the same tokens in
@@ -714,6 +842,7 @@ int main(void)
 		{ "matmul_argmax: ties, -0, NaN rows", test_matmul_argmax, gpu_skip },
 		{ "matmul_argmax: rows of two scan rounds and a tail", test_matmul_argmax_wide, gpu_skip },
 		{ "matmul_rope_kv = matmul_multi + rope_kv_store, bit for bit", test_matmul_rope_kv, gpu_skip },
+		{ "Q4_K_M's q/k/v pair after the fused norm, bit for bit", test_pair_after_norm, gpu_skip },
 		{ "matmul_res_norm = matmul + rmsnorm, to the activations' rounding", test_matmul_res_norm, gpu_skip },
 		{ "matmul_swiglu = matmul_multi + swiglu, to the sums' order", test_matmul_swiglu, gpu_skip },
 		{ "a head of another type converts a norm's output itself", test_head_planes, gpu_skip },

@@ -64,8 +64,8 @@ static int act_holds(const CudaBackend *c, int nw, const KbWeight *const *w)
  * tokens when the weights share type and cols (q/k/v, gate/up), else one per run of
  * weights of one type.
  * With ROPE (nw 3, acc 0), also RoPE and the KV stores in the products' epilogue when the
- * step takes one pass of the decode kernels, else *rope_done = 0 and the caller runs
- * rope_kv_store. */
+ * step takes one pass of the decode kernels and one launch holds the weights (one type, or
+ * a pair: kb_cuda_mmv_qkv_rope), else *rope_done = 0 and the caller runs rope_kv_store. */
 static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const float *x, int n, float *const *y,
 		    int acc, const KbCudaRope *rope, int *rope_done)
 {
@@ -113,16 +113,23 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 			yt[i] = y[i] + (int64_t)t0 * w[i]->rows;
 		if (!reuse && (r = kb_cuda_act_prepare(c->ctx, c->act, x + (int64_t)t0 * cols, cols, cols, nt)) < 0)
 			break;
-		if (same && c->fuse && rope && nt == n) {
-			if ((r = kb_cuda_mmv_qkv_rope(c->ctx, mm, c->act, yt, rope)) == 0)
+		if (c->fuse && rope && nt == n) {
+			/* one type, or two where one launch holds the pair (Q4_K_M's use_more_bits layers) */
+			r = kb_cuda_mmv_qkv_rope(c->ctx, mm, c->act, yt, rope);
+			if (r == 0) {
 				*rope_done = 1;
-		} else {
-			/* runs of one type share a launch (Q4_K_M's q and k when v is Q6_K) */
-			for (int i = 0, m; i < nw && r == 0; i += m) {
-				for (m = 1; c->fuse && i + m < nw && w[i + m]->type == w[i]->type; m++)
-					;
-				r = kb_cuda_mmv_multi(c->ctx, m, &mm[i], c->act, &yt[i], acc);
+				c->step.stats.qkv_pairs += !same;
+				continue;
 			}
+			if (same || r != -EOPNOTSUPP)
+				continue;
+			r = 0;
+		}
+		/* runs of one type share a launch (q and k of two types without a pair launch) */
+		for (int i = 0, m; i < nw && r == 0; i += m) {
+			for (m = 1; c->fuse && i + m < nw && w[i + m]->type == w[i]->type; m++)
+				;
+			r = kb_cuda_mmv_multi(c->ctx, m, &mm[i], c->act, &yt[i], acc);
 		}
 	}
 	act_forget(c);

@@ -147,7 +147,9 @@ int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 /* kb_cuda_mmv_multi of W = q, k, v (acc 0), with kb_cuda_rope_kv_store's work done as the
  * products write their rows: RoPE on the q and k rows, then k and v into the caches at
  * seq[t] * slot_stride + pos[t] * rows(k).  The same bits as the two calls.  pos/seq:
- * device arrays of act's n_tok; theta_scale = base^(-2/rot_dim). */
+ * device arrays of act's n_tok; theta_scale = base^(-2/rot_dim).  q (and k) may be of
+ * another type than the rest where one launch holds that pair (Q4_K + Q6_K, one token,
+ * int8 activations); else that is -EOPNOTSUPP. */
 typedef struct {
 	const int32_t *pos, *seq;
 	uint16_t *k_cache, *v_cache;
@@ -251,9 +253,11 @@ int kb_cuda_timer_stop(KbCuda *ctx, double *ret_ms);
 
 /* How the steps of a backend made by kb_cuda_backend_new ran so far: captured into a
  * graph (and run), replayed, run op by op, and captures that failed (that size then
- * runs op by op for good). */
+ * runs op by op for good); and q/k/v products of two weight types that ran as one launch
+ * (kb_cuda_mmv_qkv_rope's pair; counted where the op runs, not in graph replays). */
 typedef struct {
 	uint64_t captures, replays, plain, failed;
+	uint64_t qkv_pairs;
 } KbCudaStepStats;
 
 struct KbBackend;

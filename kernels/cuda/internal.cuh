@@ -77,6 +77,7 @@ struct KbCuda {
 	int occ_norm[7][3];     /* the same for k_mmv_norm: [type slot][I8] */
 	int occ_swi[7][2];      /* and k_mmv_swi: [type slot][RMS] */
 	int occ_bulk[7][18][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
+	int occ_pair[2][9];     /* and k_mmv_pair (its one type pair): [RMS][warps] */
 	uint64_t up_bytes;
 	double up_sec;
 	KbCudaAct *act;         /* for kb_cuda_mmv */

@@ -158,10 +158,14 @@ typedef struct {
 	int n_chunks, n_groups, prefetch, acc;
 	int stages; /* k_mmv_bulk: ring slots per warp */
 	KbActView x;
-	KbMmvRope rope; /* k_mmv<..., true>: segments 0, 1, 2 = q, k, v */
+	KbMmvRope rope; /* k_mmv<..., true>: segments 0, 1, 2 = q, k, v (k_mmv_pair: from si0 on) */
 	KbMmvNorm nrm;  /* k_mmv_norm */
 	KbMmvRms rms;
 	KbActOut swo;   /* k_mmv_swi: the planes of silu(gate) * up */
+	/* k_mmv_pair: blocks blk0..blk0+nblk-1 of the launch walk these groups (kb_blk), their
+	 * segment 0 is q (si0 0), k (1) or v (2) (last, so the other kernels' arguments keep
+	 * their places) */
+	int blk0, nblk, si0;
 } KbMmvArgs;
 
 /* Shared memory of the products after the reduction slots ([2][warps][RT][32] float4):
@@ -359,6 +363,22 @@ __global__ void __launch_bounds__(256, 3) k_mmv_3(const KbMmvArgs a)
 	kb_mmv_body<T, RT, ROPE, I8, 1, RMS>(a);
 }
 
+/* q/k/v of two weight types in one launch (Q4_K_M's use_more_bits layers: q and k in Q4_K,
+ * v in Q6_K): blocks [0, b.blk0) walk A's row groups, the rest B's, each with the RoPE +
+ * KV-store epilogue of its rows (KbMmvArgs.si0).  (Only these walks offset their block
+ * index and count their own blocks, kb_blk and kb_nblk; every other kernel's SASS stays as
+ * it was.)  One token, int8 activations, one row tile.  Without it such a layer took a
+ * launch per type and then the rope_kv_store kernel: traced, 7B Q4_K_M's split layer added
+ * q/k 13.7 + v 6.1 + RoPE 4.7 us, the pair launch 14.4 (bench/NOTES-gpu.md, session 21). */
+template <int T1, int T2, bool RMS>
+__global__ void __launch_bounds__(256, 2) k_mmv_pair(const KbMmvArgs a, const KbMmvArgs b)
+{
+	if ((int)blockIdx.x < b.blk0)
+		kb_mmv_body<T1, 1, true, 2, 1, RMS, true>(a);
+	else
+		kb_mmv_body<T2, 1, true, 2, 1, RMS, true>(b);
+}
+
 /* The kernel instance for these parameters. */
 template <int T, int RT, bool ROPE, int I8, bool RMS = false> static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
 {
@@ -523,6 +543,20 @@ static void kb_args_base(KbMmvArgs *a, int nw, const KbCudaWeight *const *w, flo
 
 template <int T> static int launch_f16(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a, bool rope, int64_t cols);
 
+/* The epilogue's arguments; KVD: k's rows. */
+static void kb_rope_args(KbMmvRope *r, const KbCudaRope *rope, int64_t kvd)
+{
+	r->pos = rope->pos;
+	r->seq = rope->seq;
+	r->kc = (__half *)rope->k_cache;
+	r->vc = (__half *)rope->v_cache;
+	r->stride = rope->slot_stride;
+	r->hd = rope->head_dim;
+	r->rot_dim = rope->rot_dim;
+	r->kvd = (int)kvd;
+	r->theta_scale = rope->theta_scale;
+}
+
 template <int T>
 static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
 		      const int64_t *ldy, int acc, const KbCudaRope *rope, const KbMmvNorm *nrm)
@@ -534,17 +568,8 @@ static int launch_mmv(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
 	kb_args_base(&a, nw, w, y, ldy, nrm ? -32 : c->row_tiles, act);
 	a.prefetch = c->prefetch;
 	a.acc = acc;
-	if (rope) {
-		a.rope.pos = rope->pos;
-		a.rope.seq = rope->seq;
-		a.rope.kc = (__half *)rope->k_cache;
-		a.rope.vc = (__half *)rope->v_cache;
-		a.rope.stride = rope->slot_stride;
-		a.rope.hd = rope->head_dim;
-		a.rope.rot_dim = rope->rot_dim;
-		a.rope.kvd = (int)w[1]->rows;
-		a.rope.theta_scale = rope->theta_scale;
-	}
+	if (rope)
+		kb_rope_args(&a.rope, rope, w[1]->rows);
 	if (nrm) {
 		if (a.rms.on) /* its input must be the norm's output itself: k_mmv_norm has no RMS instance */
 			return -EINVAL;
@@ -611,25 +636,107 @@ extern "C" int kb_cuda_act_holds(const KbCudaAct *act, int type)
 	return act && act->n_tok > 0 && kb_act_has_planes(act->ctx, type, act);
 }
 
+/* Whether the NW weights W fit one launch on ACT into Y (LDY): ACT's columns, the planes
+ * each weight's type reads in ACT, and with SAME one type. */
+static bool kb_mmv_fits(const KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act,
+			float *const *y, const int64_t *ldy, bool same)
+{
+	if (!ctx || !act || act->ctx != ctx || act->n_tok < 1 || nw < 1 || nw > KB_CUDA_MMV_MAX_W)
+		return false;
+	for (int i = 0; i < nw; i++)
+		if (!w[i] || w[i]->ctx != ctx || !y[i] || act->cols != w[i]->cols || ldy[i] < w[i]->rows ||
+		    (same && w[i]->type != w[0]->type) || !kb_act_has_planes(ctx, w[i]->type, act))
+			return false;
+	return true;
+}
+
+/* The RoPE epilogue's conditions: q, k, v of whole heads, k and v alike, a row pair never
+ * split. */
+static bool kb_rope_fits(const KbCudaWeight *const *w, const KbCudaRope *rope)
+{
+	return rope->pos && rope->seq && rope->k_cache && rope->v_cache && rope->head_dim >= 2 &&
+	       rope->head_dim % 2 == 0 && rope->rot_dim >= 0 && rope->rot_dim % 2 == 0 && rope->rot_dim <= rope->head_dim &&
+	       w[0]->rows % rope->head_dim == 0 && w[1]->rows % rope->head_dim == 0 && w[1]->rows == w[2]->rows &&
+	       rope->slot_stride >= w[1]->rows;
+}
+
 static int mmv_launch(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
 		      const int64_t *ldy, int acc, const KbCudaRope *rope, const KbMmvNorm *nrm = NULL)
 {
-	if (!ctx || !act || act->ctx != ctx || act->n_tok < 1 || nw < 1 || nw > KB_CUDA_MMV_MAX_W)
-		return -EINVAL;
-	/* the epilogue: q, k, v of whole heads, k and v alike, a row pair never split */
-	if (rope && (nw != 3 || acc || !rope->pos || !rope->seq || !rope->k_cache || !rope->v_cache ||
-		     rope->head_dim < 2 || rope->head_dim % 2 || rope->rot_dim < 0 || rope->rot_dim % 2 ||
-		     rope->rot_dim > rope->head_dim || w[0]->rows % rope->head_dim || w[1]->rows % rope->head_dim ||
-		     w[1]->rows != w[2]->rows || rope->slot_stride < w[1]->rows))
-		return -EINVAL;
-	for (int i = 0; i < nw; i++)
-		if (!w[i] || w[i]->ctx != ctx || !y[i] || act->cols != w[i]->cols || ldy[i] < w[i]->rows ||
-		    w[i]->type != w[0]->type)
-			return -EINVAL;
-	if (!kb_act_has_planes(ctx, w[0]->type, act))
+	if (!kb_mmv_fits(ctx, nw, w, act, y, ldy, true) || (rope && (nw != 3 || acc || !kb_rope_fits(w, rope))))
 		return -EINVAL;
 	return kb_with_product_type(w[0]->type, [&](auto t) {
 		return launch_mmv<decltype(t)::value>(ctx, nw, w, act, y, ldy, acc, rope, nrm);
+	});
+}
+
+/* The type pairs k_mmv_pair is built for: q (and k) of type T1, the rest T2. */
+template <typename F> static int kb_with_pair(int t1, int t2, F &&f)
+{
+	if (t1 == QD_TYPE_Q4_K && t2 == QD_TYPE_Q6_K)
+		return f(std::integral_constant<int, QD_TYPE_Q4_K>(), std::integral_constant<int, QD_TYPE_Q6_K>());
+	return -EOPNOTSUPP;
+}
+
+template <int T1, int T2> static int launch_pair(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a, KbMmvArgs b)
+{
+	const int nw = c->warps;
+	const size_t smem = (size_t)2 * nw * 32 * sizeof(float4) + KB_RMS_SM_BYTES;
+	void (*k)(const KbMmvArgs, const KbMmvArgs) = a.rms.on ? k_mmv_pair<T1, T2, true> : k_mmv_pair<T1, T2, false>;
+	int ga = a.n_groups, gb = b.n_groups;
+	if (c->persist) {
+		int *occ = &ctx->occ_pair[a.rms.on][nw];
+		int r = kb_occupancy(k, nw * 32, smem, occ);
+		if (r < 0)
+			return r;
+		const int use = c->persist < *occ ? c->persist : *occ;
+		int64_t fit = (int64_t)use * ctx->sm_count;
+		fit = fit > 2 ? fit : 2; /* a block for each product at least */
+		if (fit < ga + gb) {
+			/* blocks in proportion to the row groups, not to their bytes: a walk's time
+			 * goes by its items (7B Q4_K_M, 512 Q4_K and 256 Q6_K groups on 264 blocks:
+			 * 176 + 88, three groups a block, 608 tok/s; by bytes, 128 + 136, 595) */
+			const int64_t share = (fit * a.n_groups + (ga + gb) / 2) / (ga + gb);
+			ga = share < 1 ? 1 : share > fit - 1 ? (int)fit - 1 : (int)share; /* fit < ga + gb, so */
+			gb = (int)fit - ga; /* neither share exceeds its product's groups */
+		}
+	}
+	a.blk0 = 0;
+	a.nblk = ga;
+	b.blk0 = ga;
+	b.nblk = gb;
+	return kb_launch(ctx, k, dim3((unsigned)(ga + gb)), dim3((unsigned)(nw * 32)), smem, a, b);
+}
+
+/* q/k/v with the RoPE epilogue as one k_mmv_pair launch: the first M weights of one type,
+ * the rest of another.  -EOPNOTSUPP where the pair has no instance or the step is not one
+ * that k_mmv's int8 one-token walk takes for both types (the caller then launches each
+ * type's run and rope_kv_store). */
+static int mmv_pair_launch(KbCuda *ctx, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y,
+			   const int64_t *ldy, const KbCudaRope *rope)
+{
+	if (!kb_mmv_fits(ctx, 3, w, act, y, ldy, false) || !kb_rope_fits(w, rope))
+		return -EINVAL;
+	const int m = w[1]->type == w[0]->type ? 2 : 1;
+	const int t1 = w[0]->type, t2 = w[m]->type;
+	const KbMmvConfig *c = &ctx->mmv[0];
+	if (w[2]->type != t2 || act->n_tok != 1 || c->row_tiles != 1 || !kb_i8_use(ctx, t1, 1) || !kb_i8_use(ctx, t2, 1))
+		return -EOPNOTSUPP;
+	return kb_with_pair(t1, t2, [&](auto p1, auto p2) {
+		constexpr int T1 = decltype(p1)::value, T2 = decltype(p2)::value;
+		const int ring = c->stages >= 0 ? c->stages
+						: kb_auto_stages<T1>((int)w[0]->geo.n_chunks) +
+							  kb_auto_stages<T2>((int)w[m]->geo.n_chunks);
+		if (ring > 0)
+			return -EOPNOTSUPP; /* a type of the pair takes the bulk-copy ring */
+		KbMmvArgs a, b;
+		kb_args_base(&a, m, w, y, ldy, 1, act);
+		kb_args_base(&b, 3 - m, w + m, y + m, ldy + m, 1, act);
+		a.prefetch = b.prefetch = c->prefetch;
+		kb_rope_args(&a.rope, rope, w[1]->rows);
+		kb_rope_args(&b.rope, rope, w[1]->rows);
+		b.si0 = m;
+		return launch_pair<T1, T2>(ctx, c, a, b);
 	});
 }
 
@@ -653,11 +760,13 @@ extern "C" int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const 
 extern "C" int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, const KbCudaAct *act,
 				    float *const *y_dev, const KbCudaRope *rope)
 {
-	if (!w || !y_dev || !rope)
+	if (!w || !y_dev || !rope || !w[0] || !w[1] || !w[2])
 		return -EINVAL;
 	int64_t ldy[3];
 	for (int i = 0; i < 3; i++)
-		ldy[i] = w[i] ? w[i]->rows : 0;
+		ldy[i] = w[i]->rows;
+	if (w[1]->type != w[0]->type || w[2]->type != w[0]->type)
+		return mmv_pair_launch(ctx, w, act, y_dev, ldy, rope);
 	return mmv_launch(ctx, 3, w, act, y_dev, ldy, 0, rope);
 }
 

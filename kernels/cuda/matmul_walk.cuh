@@ -7,21 +7,35 @@
 #ifndef QD_KERNELS_CUDA_MATMUL_WALK_CUH
 #define QD_KERNELS_CUDA_MATMUL_WALK_CUH
 
+/* How many blocks walk A's row groups (block b takes groups b, b + count, ...): the grid,
+ * or with PAIR (k_mmv_pair, whose grid holds a run of blocks for each of two products) A's
+ * run. */
+template <bool PAIR> __device__ __forceinline__ int kb_nblk(const KbMmvArgs &a)
+{
+	return PAIR ? a.nblk : (int)gridDim.x;
+}
+
+/* This block's place among them. */
+template <bool PAIR> __device__ __forceinline__ int kb_blk(const KbMmvArgs &a)
+{
+	return PAIR ? (int)blockIdx.x - a.blk0 : (int)blockIdx.x;
+}
+
 /* Loads (group, chunk) item i of this warp's list into w, and asks L2 for the item
  * `prefetch` places after the next one. */
-template <int T, int RT, int RG = 1>
+template <int T, int RT, int RG = 1, bool PAIR = false>
 __device__ __forceinline__ void kb_load_item(const KbMmvArgs &a, int i, int j, int ch, int cnt, int total,
 					     int warp, int nw, int lane, KbWRegs<T> (&w)[RT], int wt = 0)
 {
 	int si;
 	int64_t tile0;
-	const KbTilePtr b = kb_group_tile(a, (int)blockIdx.x + j * (int)gridDim.x, RT * RG, &si, &tile0);
+	const KbTilePtr b = kb_group_tile(a, kb_blk<PAIR>(a) + j * kb_nblk<PAIR>(a), RT * RG, &si, &tile0);
 	if constexpr (RG > 1)
 		tile0 += wt * RT; /* this warp's tiles of the group */
 	if (RG == 1 && a.prefetch) {
 		const int ip = i + 1 + a.prefetch;
 		if (ip < total)
-			kb_prefetch_chunk<T, RT>(a, (int)blockIdx.x + (ip / cnt) * (int)gridDim.x, warp + (ip % cnt) * nw,
+			kb_prefetch_chunk<T, RT>(a, kb_blk<PAIR>(a) + (ip / cnt) * kb_nblk<PAIR>(a), warp + (ip % cnt) * nw,
 						 lane);
 	}
 	KB_UNROLL
@@ -89,7 +103,7 @@ __device__ __forceinline__ float kb_rms_inv(const KbMmvRms &r, int w, int lane)
  * k_mmv_norm's 32-row groups are; NORM: that kernel's epilogue (KbMmvNorm); RMS: the
  * activations hold y * g (KbMmvRms: only the instances that read them have the code, so
  * every other keeps its registers). */
-template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false>
+template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false, bool PAIR = false>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
 					 float (&acc)[RT][4], float4 *red, float post = 1.0f, const KbNormPre *np = nullptr)
 {
@@ -109,7 +123,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 	const float *f = (const float *)slot;
 	int si;
 	int64_t tile0;
-	const int jl = (int)blockIdx.x + j * (int)gridDim.x;
+	const int jl = kb_blk<PAIR>(a) + j * kb_nblk<PAIR>(a);
 	kb_group_tile(a, jl, RT * RG, &si, &tile0);
 	if constexpr (SWI) {
 		si = 0;
@@ -133,7 +147,8 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			/* rows 2i and 2i+1 are in threads v and v ^ 16 of the same warp (whole warps
 			 * run this loop, so the shuffle is uniform) */
 			const float other = __shfl_xor_sync(0xffffffffu, sum, 16);
-			kb_rope_epilogue(a.rope, si, row, tok, row < g.rows && tok < a.x.n_tok, sum, other, g.y, g.ldy);
+			kb_rope_epilogue(a.rope, (PAIR ? a.si0 : 0) + si, row, tok, row < g.rows && tok < a.x.n_tok, sum, other,
+					 g.y, g.ldy);
 			continue;
 		}
 		if constexpr (NORM) {
@@ -216,7 +231,7 @@ __device__ __forceinline__ bool kb_walk_next(int &j, int &ch, int warp, int nw, 
  * (bench/NOTES-gpu.md, session 8).  Without CUR each item's pointers are
  * worked out from (group, chunk) as kb_load_item does: the cursor's registers would cost
  * the f16 kernels occupancy (Q4_K 128 -> 168). */
-template <int T, int RT, bool CUR, int RG = 1, bool S1 = false> struct KbLoader {
+template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = false> struct KbLoader {
 	static_assert(RG != 4 || (CUR && RT == 1), "k_mmv_swi: int8 kernels, one tile a warp");
 	static_assert(!S1 || CUR, "the lane's scales only: the int8 kernels' cursor loads only");
 	int lj, lch;             /* the next item: chunk lch of the block's group lj */
@@ -253,11 +268,12 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false> struct KbLoader 
 		lch = warp;
 		wt = tile_set;
 		if constexpr (CUR) {
-			const int64_t gs = (int64_t)gridDim.x * (RG == 4 ? 2 : RT * RG); /* tiles of one weight a group */
+			/* tiles of one weight a group (unsigned: gridDim's widening, so the SASS stays) */
+			const int64_t gs = (int64_t)(unsigned)kb_nblk<PAIR>(a) * (RG == 4 ? 2 : RT * RG);
 			sq = gs * a.q_tile;
 			ss = gs * a.s_tile;
 			sd = gs * a.d_tile;
-			jg = (int)blockIdx.x;
+			jg = kb_blk<PAIR>(a);
 			set(a);
 		}
 	}
@@ -267,7 +283,7 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false> struct KbLoader 
 	{
 		if (!kb_walk_next(lj, lch, warp, nw, a.n_chunks) || !CUR)
 			return;
-		jg += (int)gridDim.x;
+		jg += kb_nblk<PAIR>(a);
 		if (jg < g1) {
 			b.q += sq;
 			b.s += ss;
@@ -282,12 +298,12 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false> struct KbLoader 
 					     KbWRegs<T> (&w)[RT])
 	{
 		if constexpr (!CUR) {
-			kb_load_item<T, RT, RG>(a, i, lj, lch, cnt, total, warp, nw, lane, w, wt);
+			kb_load_item<T, RT, RG, PAIR>(a, i, lj, lch, cnt, total, warp, nw, lane, w, wt);
 		} else {
 			if (RG == 1 && a.prefetch) {
 				const int ip = i + 1 + a.prefetch;
 				if (ip < total)
-					kb_prefetch_chunk<T, RT>(a, (int)blockIdx.x + (ip / cnt) * (int)gridDim.x,
+					kb_prefetch_chunk<T, RT>(a, kb_blk<PAIR>(a) + (ip / cnt) * kb_nblk<PAIR>(a),
 								 warp + (ip % cnt) * nw, lane);
 			}
 			KB_UNROLL
@@ -305,16 +321,16 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false> struct KbLoader 
 /* Item i of kb_mmv_body's walk, chunk ch of the block's group j: computed from W (the group
  * flushed when it ends), then W refilled with item i + 2, the next to load after chunk lch
  * of group lj. */
-template <int T, int RT, bool ROPE, int I8, int RG, bool RMS>
+template <int T, int RT, bool ROPE, int I8, int RG, bool RMS, bool PAIR>
 __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
-					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8)> &ld, int warp, int nw,
-					    int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
+					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8), PAIR> &ld, int warp,
+					    int nw, int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
 					    const KbNormPre &np)
 {
 	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_col_chains<T, RT, I8, RG>()>(a, w, ch, lane, acc);
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
 		kb_fold8<T, I8>(acc, lane);
-		kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j - 1, warp, nw, lane, acc, red, post, &np);
+		kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR>(a, j - 1, warp, nw, lane, acc, red, post, &np);
 	}
 	if (i + 2 < total) {
 		ld.next(a, wc, nwc);
@@ -351,7 +367,7 @@ template <bool PRE> __device__ __forceinline__ void kb_norm_pre(const KbMmvArgs 
 
 /* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  RG: tiles a group's
  * warps split (2: k_mmv_norm).  The kernels are k_mmv, k_mmv_2 and k_mmv_norm below. */
-template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false>
+template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false, bool PAIR = false>
 __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 {
 	KB_TRACE();
@@ -362,7 +378,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 	/* RG > 1: warp w takes tile w / nwc of each group, its chunks wc, wc + nwc, ... */
 	const int nwc = nw / RG, wc = RG == 1 ? warp : warp % nwc;
-	const int J = (a.n_groups - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
+	const int J = (a.n_groups - kb_blk<PAIR>(a) + kb_nblk<PAIR>(a) - 1) / kb_nblk<PAIR>(a);
 	const int cnt = wc < a.n_chunks ? (a.n_chunks - wc + nwc - 1) / nwc : 0;
 	const int total = J * cnt;
 	kb_pdl_trigger();
@@ -375,7 +391,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	 * while it finishes (a norm, attention, SwiGLU: one to a few microseconds) two items a
 	 * warp are on their way, a decode step's 4096 x 4096 products nearly whole */
 	KbWRegs<T> wa[RT], wb[RT];
-	KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8)> ld;
+	KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8), PAIR> ld;
 	if (total > 0) {
 		ld.init(a, wc, RG == 1 ? 0 : warp / nwc);
 		ld.load(a, 0, cnt, total, wc, nwc, lane, wa);
@@ -393,18 +409,18 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	kb_rms_early<RT, RMS>(a, kb_red, nw, warp, lane);
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT, ROPE, RG, RG == 2, RMS>(a, j, warp, nw, lane, acc, kb_red, post, &np);
+			kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR>(a, j, warp, nw, lane, acc, kb_red, post, &np);
 		return;
 	}
 	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
 	int j = 0, ch = wc;
 	for (int i = 0; i < total; i += 2) {
-		kb_mmv_step<T, RT, ROPE, I8, RG, RMS>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc, kb_red,
-						 post, np);
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc,
+							   kb_red, post, np);
 		if (i + 1 >= total)
 			break;
-		kb_mmv_step<T, RT, ROPE, I8, RG, RMS>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc, kb_red,
-						 post, np);
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane,
+							   acc, kb_red, post, np);
 	}
 }
 
