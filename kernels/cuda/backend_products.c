@@ -125,7 +125,8 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 				continue;
 			r = 0;
 		}
-		/* runs of one type share a launch (q and k of two types without a pair launch) */
+		/* a launch for each run of one type: one for q/k/v or gate/up of one type, two for
+		 * q/k/v of two types without a pair launch (then rope_kv_store runs after) */
 		for (int i = 0, m; i < nw && r == 0; i += m) {
 			for (m = 1; c->fuse && i + m < nw && w[i + m]->type == w[i]->type; m++)
 				;
