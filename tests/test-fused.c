@@ -464,6 +464,25 @@ static uint64_t qkv_pairs(KbBackend *g)
 	return st.qkv_pairs;
 }
 
+/* Whether backend buffers A and B (BYTES each) differ in any bit; with NONZERO, how many
+ * 16-bit words of A are not 0 (a KV cache's stores happened). */
+static int bufs_differ(KbBackend *g, const void *a, const void *b, size_t bytes, int *nonzero)
+{
+	uint8_t *ha = malloc(bytes), *hb = malloc(bytes);
+	CU_ASSERT_FATAL(ha && hb);
+	CU_ASSERT_EQUAL(buf_out(g, ha, a, bytes), 0);
+	CU_ASSERT_EQUAL(buf_out(g, hb, b, bytes), 0);
+	const int diff = memcmp(ha, hb, bytes) != 0;
+	if (nonzero) {
+		*nonzero = 0;
+		for (size_t e = 0; e + 1 < bytes; e += 2)
+			*nonzero += ha[e] || ha[e + 1];
+	}
+	free(ha);
+	free(hb);
+	return diff;
+}
+
 /* matmul_rope_kv (q/k/v products with RoPE and the KV stores in their epilogue) against
  * matmul_multi then rope_kv_store: the same bits in q, k, v and both caches.  GQA, partial
  * rotary dims, positions up to 1,000 (large angles), 1..8 tokens in one pass and 12 (two
@@ -545,29 +564,12 @@ static void test_matmul_rope_kv(void)
 				pairs += (int)(qkv_pairs(g) - p0);
 				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 3, wp, dx, n, ybp, 0), 0);
 				CU_ASSERT_EQUAL(g->ops->rope_kv_store(g, &b2, yb[0], yb[1], yb[2], cfgs[ci].rot, 10000.0f), 0);
-				int diff = 0;
-				for (int i = 0; i < 3; i++) {
-					const size_t bytes = sizeof(float) * (size_t)(n * rows[i]);
-					float *ha = malloc(bytes), *hb = malloc(bytes);
-					CU_ASSERT_FATAL(ha && hb);
-					CU_ASSERT_EQUAL(buf_out(g, ha, ya[i], bytes), 0);
-					CU_ASSERT_EQUAL(buf_out(g, hb, yb[i], bytes), 0);
-					diff += memcmp(ha, hb, bytes) != 0;
-					free(ha);
-					free(hb);
-				}
-				uint16_t *ca = malloc(cache), *cb2 = malloc(cache);
-				CU_ASSERT_FATAL(ca && cb2);
-				CU_ASSERT_EQUAL(buf_out(g, ca, kca, cache), 0);
-				CU_ASSERT_EQUAL(buf_out(g, cb2, kcb, cache), 0);
-				diff += memcmp(ca, cb2, cache) != 0;
-				int nonzero = 0;
-				for (size_t e = 0; e < cache / 2; e++)
-					nonzero += ca[e] != 0;
+				int diff = 0, nonzero;
+				for (int i = 0; i < 3; i++)
+					diff += bufs_differ(g, ya[i], yb[i], sizeof(float) * (size_t)(n * rows[i]), NULL);
+				diff += bufs_differ(g, kca, kcb, cache, &nonzero);
 				CU_ASSERT(nonzero > 0); /* the stores happened */
-				CU_ASSERT_EQUAL(buf_out(g, ca, vca, cache), 0);
-				CU_ASSERT_EQUAL(buf_out(g, cb2, vcb, cache), 0);
-				diff += memcmp(ca, cb2, cache) != 0;
+				diff += bufs_differ(g, vca, vcb, cache, NULL);
 				if (diff)
 					printf("\n    matmul_rope_kv %s (k %s, v %s) n=%d %s: %d of 5 outputs differ\n",
 					       qd_type_traits(cfgs[ci].type)->name, qd_type_traits(cfgs[ci].ktype)->name,
@@ -577,8 +579,6 @@ static void test_matmul_rope_kv(void)
 				void *bufs[] = { dx, ya[0], ya[1], ya[2], yb[0], yb[1], yb[2], kca, vca, kcb, vcb };
 				for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
 					g->ops->release(g, bufs[i]);
-				free(ca);
-				free(cb2);
 				free(zero);
 				free(x);
 			}
@@ -652,29 +652,13 @@ static void test_pair_after_norm(void)
 			CU_ASSERT_EQUAL(qkv_pairs(g) - p0, (uint64_t)(k == 0));
 		}
 		int diff = 0;
-		for (int i = 0; i < 3; i++) {
-			const size_t bytes = sizeof(float) * (size_t)rows[1 + i];
-			float *ha = malloc(bytes), *hb = malloc(bytes);
-			CU_ASSERT_FATAL(ha && hb);
-			CU_ASSERT_EQUAL(buf_out(g, ha, out[0][i], bytes), 0);
-			CU_ASSERT_EQUAL(buf_out(g, hb, out[1][i], bytes), 0);
-			diff += memcmp(ha, hb, bytes) != 0;
-			free(ha);
-			free(hb);
-		}
-		uint16_t *ca = malloc(cache), *cb = malloc(cache);
-		CU_ASSERT_FATAL(ca && cb);
+		for (int i = 0; i < 3; i++)
+			diff += bufs_differ(g, out[0][i], out[1][i], sizeof(float) * (size_t)rows[1 + i], NULL);
 		for (int c = 0; c < 2; c++) {
-			CU_ASSERT_EQUAL(buf_out(g, ca, c ? vc[0] : kc[0], cache), 0);
-			CU_ASSERT_EQUAL(buf_out(g, cb, c ? vc[1] : kc[1], cache), 0);
-			diff += memcmp(ca, cb, cache) != 0;
-			int nonzero = 0;
-			for (size_t e = 0; e < cache / 2; e++)
-				nonzero += ca[e] != 0;
+			int nonzero;
+			diff += bufs_differ(g, c ? vc[0] : kc[0], c ? vc[1] : kc[1], cache, &nonzero);
 			CU_ASSERT(nonzero > 0); /* the stores happened */
 		}
-		free(ca);
-		free(cb);
 		printf("\n    q %s, k %s, v %s after the fused norm: %d of 5 outputs differ", qd_type_traits(sets[si][1])->name,
 		       qd_type_traits(sets[si][2])->name, qd_type_traits(sets[si][3])->name, diff);
 		bad += diff != 0;

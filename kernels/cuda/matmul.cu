@@ -683,23 +683,20 @@ template <int T1, int T2> static int launch_pair(KbCuda *ctx, const KbMmvConfig 
 	const int nw = c->warps;
 	const size_t smem = (size_t)2 * nw * 32 * sizeof(float4) + KB_RMS_SM_BYTES;
 	void (*k)(const KbMmvArgs, const KbMmvArgs) = a.rms.on ? k_mmv_pair<T1, T2, true> : k_mmv_pair<T1, T2, false>;
-	int ga = a.n_groups, gb = b.n_groups;
+	int ga = a.n_groups, gb = b.n_groups, grid = ga + gb;
 	if (c->persist) {
-		int *occ = &ctx->occ_pair[a.rms.on][nw];
-		int r = kb_occupancy(k, nw * 32, smem, occ);
+		int r = kb_fit_grid(ctx, k, nw * 32, smem, &ctx->occ_pair[a.rms.on][nw], c->persist, ga + gb, &grid);
 		if (r < 0)
 			return r;
-		const int use = c->persist < *occ ? c->persist : *occ;
-		int64_t fit = (int64_t)use * ctx->sm_count;
-		fit = fit > 2 ? fit : 2; /* a block for each product at least */
-		if (fit < ga + gb) {
-			/* blocks in proportion to the row groups, not to their bytes: a walk's time
-			 * goes by its items (7B Q4_K_M, 512 Q4_K and 256 Q6_K groups on 264 blocks:
-			 * 176 + 88, three groups a block, 608 tok/s; by bytes, 128 + 136, 595) */
-			const int64_t share = (fit * a.n_groups + (ga + gb) / 2) / (ga + gb);
-			ga = share < 1 ? 1 : share > fit - 1 ? (int)fit - 1 : (int)share; /* fit < ga + gb, so */
-			gb = (int)fit - ga; /* neither share exceeds its product's groups */
-		}
+		grid = grid > 2 ? grid : 2; /* a block for each product at least */
+	}
+	if (grid < ga + gb) {
+		/* blocks in proportion to the row groups, not to their bytes: a walk's time goes by
+		 * its items (7B Q4_K_M, 512 Q4_K and 256 Q6_K groups on 264 blocks: 176 + 88, three
+		 * groups a block, 608 tok/s; by bytes, 128 + 136, 595) */
+		const int64_t share = ((int64_t)grid * a.n_groups + (ga + gb) / 2) / (ga + gb);
+		ga = share < 1 ? 1 : share > grid - 1 ? grid - 1 : (int)share; /* grid < ga + gb, so */
+		gb = grid - ga; /* neither share exceeds its product's groups */
 	}
 	a.blk0 = 0;
 	a.nblk = ga;
