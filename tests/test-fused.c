@@ -490,8 +490,9 @@ static int bufs_differ(KbBackend *g, const void *a, const void *b, size_t bytes,
  * of two types: Q4_K_M's Q6_K v, or k and v, with f16 activations (QD_CUDA_MMV_I8=0, as the
  * backend's own choice for weights this small: a launch per type, then the RoPE kernel) and
  * with int8 ones (=1: one token is one k_mmv_pair launch, counted), each once with more row
- * groups than a launch has blocks (its blocks then walk several, across q/k and k/v), and a
- * pair without a pair kernel (Q4_0 + Q8_0). */
+ * groups than a launch has blocks (its blocks then walk several, across q/k and k/v), a
+ * pair without a pair kernel (Q4_0 + Q8_0), a rotation of 64 pairs (the epilogue's whole
+ * table) and two above it (rot_dim 192, 256: separate launches). */
 static void test_matmul_rope_kv(void)
 {
 	if (!ready())
@@ -499,25 +500,31 @@ static void test_matmul_rope_kv(void)
 	KbBackend *const backends[2] = { cuda_i8_mode_new(0), cuda_i8_new() };
 	CU_ASSERT_FATAL(backends[0] && backends[1]);
 	/* type, ktype, vtype: q's, k's, v's */
-	static const struct { int type, ktype, vtype; int64_t cols; int rot, nh, nkv; } cfgs[] = {
-		{ QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q4_0, 512, 64, 8, 2 },
-		{ QD_TYPE_Q8_0, QD_TYPE_Q8_0, QD_TYPE_Q8_0, 256, 32, 8, 2 },
-		{ QD_TYPE_F16, QD_TYPE_F16, QD_TYPE_F16, 320, 64, 8, 2 },
-		{ QD_TYPE_Q4_1, QD_TYPE_Q4_1, QD_TYPE_Q4_1, 2048, 64, 8, 2 },
-		{ QD_TYPE_Q4_K, QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 64, 8, 2 },
-		{ QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_Q6_K, 512, 64, 8, 2 },
-		{ QD_TYPE_Q4_K, QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 64, 80, 20 },
-		{ QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_Q6_K, 512, 64, 80, 20 },
-		{ QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q8_0, 256, 32, 8, 2 },
+	static const struct { int type, ktype, vtype; int64_t cols; int rot, nh, nkv, hd; } cfgs[] = {
+		{ QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q4_0, 512, 64, 8, 2, 64 },
+		{ QD_TYPE_Q8_0, QD_TYPE_Q8_0, QD_TYPE_Q8_0, 256, 32, 8, 2, 64 },
+		{ QD_TYPE_F16, QD_TYPE_F16, QD_TYPE_F16, 320, 64, 8, 2, 64 },
+		{ QD_TYPE_Q4_1, QD_TYPE_Q4_1, QD_TYPE_Q4_1, 2048, 64, 8, 2, 64 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 64, 8, 2, 64 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_Q6_K, 512, 64, 8, 2, 64 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 64, 80, 20, 64 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q6_K, QD_TYPE_Q6_K, 512, 64, 80, 20, 64 },
+		{ QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q8_0, 256, 32, 8, 2, 64 },
+		/* the epilogue's whole table of sines and cosines (64 pairs), and rotations above
+		 * it (the products, then the RoPE kernel), one of them a pair of types */
+		{ QD_TYPE_Q4_0, QD_TYPE_Q4_0, QD_TYPE_Q4_0, 512, 128, 4, 2, 128 },
+		{ QD_TYPE_Q8_0, QD_TYPE_Q8_0, QD_TYPE_Q8_0, 512, 256, 2, 1, 256 },
+		{ QD_TYPE_Q4_K, QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 192, 2, 1, 256 },
 	};
-	const int hd = 64, n_seq = 2, n_ctx = 1100;
+	const int n_seq = 2, n_ctx = 1100;
 	uint64_t s = 0x517;
 	int bad = 0, cases = 0, pairs = 0;
 	for (int bi = 0; bi < 2; bi++) {
 		for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
 			KbBackend *const g = backends[bi];
-			const int pair = bi == 1 && cfgs[ci].type == QD_TYPE_Q4_K && cfgs[ci].vtype == QD_TYPE_Q6_K;
-			const int nh = cfgs[ci].nh, nkv = cfgs[ci].nkv;
+			const int pair = bi == 1 && cfgs[ci].type == QD_TYPE_Q4_K && cfgs[ci].vtype == QD_TYPE_Q6_K &&
+					 cfgs[ci].rot <= 128;
+			const int nh = cfgs[ci].nh, nkv = cfgs[ci].nkv, hd = cfgs[ci].hd;
 			const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, stride = (int64_t)n_ctx * kvd;
 			const int64_t cols = cfgs[ci].cols;
 			const int64_t rows[3] = { qd, kvd, kvd };

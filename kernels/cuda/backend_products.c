@@ -65,7 +65,8 @@ static int act_holds(const CudaBackend *c, int nw, const KbWeight *const *w)
  * weights of one type.
  * With ROPE (nw 3, acc 0), also RoPE and the KV stores in the products' epilogue when the
  * step takes one pass of the decode kernels and one launch holds the weights (one type, or
- * a pair: kb_cuda_mmv_qkv_rope), else *rope_done = 0 and the caller runs rope_kv_store. */
+ * a pair: kb_cuda_mmv_qkv_rope) and the rotation fits its table (rot_dim <= 128), else
+ * *rope_done = 0 and the caller runs rope_kv_store. */
 static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const float *x, int n, float *const *y,
 		    int acc, const KbCudaRope *rope, int *rope_done)
 {
@@ -121,7 +122,7 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 				c->step.stats.qkv_pairs += !same;
 				continue;
 			}
-			if (same || r != -EOPNOTSUPP)
+			if (r != -EOPNOTSUPP)
 				continue;
 			r = 0;
 		}

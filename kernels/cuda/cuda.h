@@ -149,7 +149,8 @@ int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
  * seq[t] * slot_stride + pos[t] * rows(k).  The same bits as the two calls.  pos/seq:
  * device arrays of act's n_tok; theta_scale = base^(-2/rot_dim).  q (and k) may be of
  * another type than the rest where one launch holds that pair (Q4_K + Q6_K, one token,
- * int8 activations); else that is -EOPNOTSUPP. */
+ * int8 activations); else that is -EOPNOTSUPP, as is rot_dim above 128 (the epilogue's
+ * table of sines and cosines). */
 typedef struct {
 	const int32_t *pos, *seq;
 	uint16_t *k_cache, *v_cache;

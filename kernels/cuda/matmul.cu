@@ -169,10 +169,26 @@ typedef struct {
 } KbMmvArgs;
 
 /* Shared memory of the products after the reduction slots ([2][warps][RT][32] float4):
- * the tokens' 1 / rms (KbMmvRms), then for k_mmv_norm the group's new rows, two buffers. */
+ * the tokens' 1 / rms (KbMmvRms), then for k_mmv_norm the group's new rows, two buffers,
+ * for k_mmv_swi gate's and up's, for the RoPE epilogue KbRopeSm. */
 #define KB_RMS_SM_BYTES 32
 #define KB_NORM_SM_BYTES (2 * KB_MAX_TOK * 32 * 4)
 #define KB_SWI_SM_BYTES (2 * KB_NORM_SM_BYTES) /* k_mmv_swi: gate's and up's rows */
+
+/* The RoPE epilogue's inputs, written before the products' wait (kb_rope_pre): the
+ * tokens' positions and cache slots, and the sine and cosine of each rotated pair's angle,
+ * so the flush reads them instead of the indices in global memory and of an angle chain
+ * and sincosf of its own.  The fused epilogue takes rot_dim <= 2 KB_ROPE_TAB (the caller
+ * runs rope_kv_store above that). */
+#define KB_ROPE_TAB 64
+typedef struct {
+	int pos[KB_MAX_TOK], seq[KB_MAX_TOK];
+	float2 sc[KB_MAX_TOK][KB_ROPE_TAB]; /* sin, cos of pos * theta_scale^i */
+} KbRopeSm;
+template <bool ROPE> __host__ __device__ constexpr size_t kb_rope_sm()
+{
+	return ROPE ? sizeof(KbRopeSm) : 0;
+}
 
 /* The weight that owns row group jg, and jg's first tile within it.  Selects rather than
  * an indexed load, so the argument block stays in constant space. */
@@ -411,7 +427,7 @@ template <int T, int RT, bool ROPE, int I8, bool RMS>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 {
 	const int nw = c->warps;
-	const size_t smem = (size_t)2 * nw * RT * 32 * sizeof(float4) + KB_RMS_SM_BYTES;
+	const size_t smem = (size_t)2 * nw * RT * 32 * sizeof(float4) + KB_RMS_SM_BYTES + kb_rope_sm<ROPE>();
 	int grid = a.n_groups;
 	if (c->persist) {
 		int r = kb_fit_grid(ctx, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(), nw * 32, smem,
@@ -681,7 +697,7 @@ template <typename F> static int kb_with_pair(int t1, int t2, F &&f)
 template <int T1, int T2> static int launch_pair(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a, KbMmvArgs b)
 {
 	const int nw = c->warps;
-	const size_t smem = (size_t)2 * nw * 32 * sizeof(float4) + KB_RMS_SM_BYTES;
+	const size_t smem = (size_t)2 * nw * 32 * sizeof(float4) + KB_RMS_SM_BYTES + kb_rope_sm<true>();
 	void (*k)(const KbMmvArgs, const KbMmvArgs) = a.rms.on ? k_mmv_pair<T1, T2, true> : k_mmv_pair<T1, T2, false>;
 	int ga = a.n_groups, gb = b.n_groups, grid = ga + gb;
 	if (c->persist) {
@@ -759,6 +775,8 @@ extern "C" int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, c
 {
 	if (!w || !y_dev || !rope || !w[0] || !w[1] || !w[2])
 		return -EINVAL;
+	if (rope->rot_dim > 2 * KB_ROPE_TAB)
+		return -EOPNOTSUPP; /* beyond KbRopeSm's table */
 	int64_t ldy[3];
 	for (int i = 0; i < 3; i++)
 		ldy[i] = w[i]->rows;

@@ -28,14 +28,15 @@ template <int T, int RT> struct KbBulk {
 };
 
 /* Shared memory of k_mmv_bulk: reduction slots (and the tokens' 1 / rms, kb_rms_early's,
- * read by kb_flush), then the mbarriers, then the rings. */
-__host__ __device__ static inline size_t kb_bulk_red_bytes(int nw, int rt)
+ * read by kb_flush, and with ROPE KbRopeSm), then the mbarriers, then the rings. */
+template <bool ROPE> __host__ __device__ static inline size_t kb_bulk_red_bytes(int nw, int rt)
 {
-	return (size_t)2 * nw * rt * 32 * sizeof(float4) + (KB_RMS_SM_BYTES + 127) / 128 * 128; /* rings 128-aligned */
+	return (size_t)2 * nw * rt * 32 * sizeof(float4) +
+	       (KB_RMS_SM_BYTES + kb_rope_sm<ROPE>() + 127) / 128 * 128; /* rings 128-aligned */
 }
-__host__ __device__ static inline size_t kb_bulk_ring_off(int nw, int rt, int stages)
+template <bool ROPE> __host__ __device__ static inline size_t kb_bulk_ring_off(int nw, int rt, int stages)
 {
-	return kb_bulk_red_bytes(nw, rt) + ((size_t)nw * stages * 8 + 127) / 128 * 128;
+	return kb_bulk_red_bytes<ROPE>(nw, rt) + ((size_t)nw * stages * 8 + 127) / 128 * 128;
 }
 
 __device__ __forceinline__ uint32_t kb_smem_u32(const void *p)
@@ -150,8 +151,8 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 	const int S = a.stages;
 	float4 *red = (float4 *)kb_bulk_sm;
-	const uint32_t bar0 = kb_smem_u32(kb_bulk_sm + kb_bulk_red_bytes(nw, RT)) + 8 * warp * S;
-	const uint32_t ring = kb_smem_u32(kb_bulk_sm + kb_bulk_ring_off(nw, RT, S)) + (uint32_t)(warp * S * B::BYTES);
+	const uint32_t bar0 = kb_smem_u32(kb_bulk_sm + kb_bulk_red_bytes<ROPE>(nw, RT)) + 8 * warp * S;
+	const uint32_t ring = kb_smem_u32(kb_bulk_sm + kb_bulk_ring_off<ROPE>(nw, RT, S)) + (uint32_t)(warp * S * B::BYTES);
 	const int J = (a.n_groups - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
 	const int cnt = warp < a.n_chunks ? (a.n_chunks - warp + nw - 1) / nw : 0;
 	const int total = J * cnt;
@@ -172,6 +173,7 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
 			kb_bulk_issue<T, RT>(a, iss, i, ring, bar0);
 		kb_cursor_next<T, RT>(a, cnt, warp, nw, &iss);
 	}
+	kb_rope_pre<ROPE, RT>(a, red, nw, warp, lane);
 	kb_pdl_wait();
 	kb_rms_early<RT, RMS>(a, red, nw, warp, lane);
 
@@ -236,10 +238,10 @@ template <int T> static int kb_auto_stages(int n_chunks)
 template <int T, int RT, bool ROPE, int I8, bool RMS>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a);
 
-template <int T, int RT>
+template <int T, int RT, bool ROPE>
 static size_t kb_bulk_smem(int nw, int S)
 {
-	return kb_bulk_ring_off(nw, RT, S) + (size_t)nw * S * KbBulk<T, RT>::BYTES;
+	return kb_bulk_ring_off<ROPE>(nw, RT, S) + (size_t)nw * S * KbBulk<T, RT>::BYTES;
 }
 
 /* Cache slots of a kernel variant: [row tiles - 1], or 2 for the RoPE epilogue (RT 1). */
@@ -253,9 +255,9 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 {
 	const int nw = c->warps;
 	/* a ring too large for a block: fewer slots (every type fits one at 8 warps) */
-	while (S > 1 && kb_bulk_smem<T, RT>(nw, S) > ctx->smem_optin)
+	while (S > 1 && kb_bulk_smem<T, RT, ROPE>(nw, S) > ctx->smem_optin)
 		S--;
-	const size_t smem = kb_bulk_smem<T, RT>(nw, S);
+	const size_t smem = kb_bulk_smem<T, RT, ROPE>(nw, S);
 	if (smem > ctx->smem_optin)
 		return launch_rt<T, RT, ROPE, I8, RMS>(ctx, c, a);
 	a.stages = S;

@@ -49,30 +49,66 @@ __device__ __forceinline__ void kb_load_item(const KbMmvArgs &a, int i, int j, i
 }
 
 /* One output of the q/k/v product with the RoPE + KV-store epilogue: segment si (0 q,
- * 1 k, 2 v), row, token, its sum and its pair partner's (row ^ 1).  The angle is built by
- * repeated multiplication and the rotation rounded step by step exactly as rope_kv_store
- * does (elementwise.cu), so fused and separate launches give the same bits. */
-__device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, int si, int64_t row, int tok, bool store,
-						 float sum, float other, float *y, int64_t ldy)
+ * 1 k, 2 v), row, token, its sum and its pair partner's (row ^ 1).  The angle's sine and
+ * cosine, the position and the slot come from rs (kb_rope_pre), and the rotation is rounded
+ * step by step exactly as rope_kv_store does (elementwise.cu), so fused and separate
+ * launches give the same bits. */
+__device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, const KbRopeSm *rs, int si, int64_t row, int tok,
+						 bool store, float sum, float other, float *y, int64_t ldy)
 {
 	if (!store)
 		return;
 	float val = sum;
-	const int rh = (int)(row % r.hd);
+	const int rh = (int)row % r.hd; /* row < rows: an int */
 	if (si < 2 && rh < r.rot_dim) {
-		float theta = (float)r.pos[tok];
-		for (int i = 0; i < rh / 2; i++)
-			theta = __fmul_rn(theta, r.theta_scale);
-		float sn, cs;
-		sincosf(theta, &sn, &cs);
+		const float2 v = rs->sc[tok][rh / 2];
+		const float sn = v.x, cs = v.y;
 		const bool odd = rh & 1;
 		const float x0 = odd ? other : sum, x1 = odd ? sum : other;
 		val = odd ? __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs)) : __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
 	}
 	y[tok * ldy + row] = val;
 	if (si > 0) {
-		const int64_t dst = (int64_t)r.seq[tok] * r.stride + (int64_t)r.pos[tok] * r.kvd + row;
+		const int64_t dst = (int64_t)rs->seq[tok] * r.stride + (int64_t)rs->pos[tok] * r.kvd + row;
 		(si == 1 ? r.kc : r.vc)[dst] = __float2half_rn(val);
+	}
+}
+
+/* The RoPE epilogue's KbRopeSm, after kb_rms_early's 1 / rms in the block's shared memory. */
+template <int RT> __device__ __forceinline__ KbRopeSm *kb_rope_sm_at(float4 *red, int nw)
+{
+	return (KbRopeSm *)((float *)(red + (size_t)2 * nw * RT * 32) + KB_RMS_SM_BYTES / 4);
+}
+
+/* Before the wait, with ROPE: KbRopeSm for the block's flushes, token t's by warp nw - 1 - t
+ * (the warps wait there anyway; warp 0 has kb_rms_early after it).  The step's indices are
+ * copied before its first kernel starts, so they may be read before the wait, as attention
+ * does.  Lane l builds the angles of pairs l and l + 32 by rope_kv_store's repeated
+ * multiplication (theta_scale^i, rounded each time) and takes their sincosf: the flush then
+ * needs neither the chain (up to 63 dependent multiplications) nor sincosf's registers (in
+ * Q4_0's 80-register k_mmv_3 its 8-byte spill went), nor the indices' global reads.
+ * rot_dim <= 2 KB_ROPE_TAB (kb_cuda_mmv_qkv_rope). */
+template <bool ROPE, int RT>
+__device__ __forceinline__ void kb_rope_pre(const KbMmvArgs &a, float4 *red, int nw, int warp, int lane)
+{
+	const int t = nw - 1 - warp;
+	if (!ROPE || t < 0 || t >= a.x.n_tok)
+		return;
+	KbRopeSm *rs = kb_rope_sm_at<RT>(red, nw);
+	const int pos = a.rope.pos[t], half = a.rope.rot_dim / 2;
+	if (lane == 0) {
+		rs->pos[t] = pos;
+		rs->seq[t] = a.rope.seq[t];
+	}
+	float th = (float)pos;
+	for (int i = 0; i < lane; i++)
+		th = __fmul_rn(th, a.rope.theta_scale);
+	for (int i = lane; i < half; i += 32) {
+		float sn, cs;
+		sincosf(th, &sn, &cs);
+		rs->sc[t][i] = make_float2(sn, cs);
+		for (int k = 0; k < 32; k++)
+			th = __fmul_rn(th, a.rope.theta_scale);
 	}
 }
 
@@ -147,8 +183,8 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			/* rows 2i and 2i+1 are in threads v and v ^ 16 of the same warp (whole warps
 			 * run this loop, so the shuffle is uniform) */
 			const float other = __shfl_xor_sync(0xffffffffu, sum, 16);
-			kb_rope_epilogue(a.rope, (PAIR ? a.si0 : 0) + si, row, tok, row < g.rows && tok < a.x.n_tok, sum, other,
-					 g.y, g.ldy);
+			kb_rope_epilogue(a.rope, (const KbRopeSm *)(rsm + KB_RMS_SM_BYTES / 4), (PAIR ? a.si0 : 0) + si, row,
+					 tok, row < g.rows && tok < a.x.n_tok, sum, other, g.y, g.ldy);
 			continue;
 		}
 		if constexpr (NORM) {
@@ -373,7 +409,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	KB_TRACE();
 	constexpr float post = kb_i8_post<T, I8>();
 	/* [2][warps][RT][32 lanes], then KB_RMS_SM_BYTES (kb_rms_early's 1 / rms), then k_mmv_norm's
-	 * KB_NORM_SM_BYTES or k_mmv_swi's KB_SWI_SM_BYTES */
+	 * KB_NORM_SM_BYTES, k_mmv_swi's KB_SWI_SM_BYTES or the RoPE epilogue's KbRopeSm */
 	extern __shared__ float4 kb_red[];
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 	/* RG > 1: warp w takes tile w / nwc of each group, its chunks wc, wc + nwc, ... */
@@ -403,6 +439,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	KbNormPre np = { 0.f, 0.f };
 	if constexpr (RG == 2)
 		kb_norm_pre<true>(a, J, warp, lane, np);
+	kb_rope_pre<ROPE, RT>(a, kb_red, nw, warp, lane);
 	kb_pdl_wait();
 	if constexpr (RG == 2)
 		kb_norm_pre<false>(a, J, warp, lane, np);
