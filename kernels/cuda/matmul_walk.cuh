@@ -139,7 +139,36 @@ __device__ __forceinline__ float kb_rms_inv(const KbMmvRms &r, int w, int lane)
  * k_mmv_norm's 32-row groups are; NORM: that kernel's epilogue (KbMmvNorm); RMS: the
  * activations hold y * g (KbMmvRms: only the instances that read them have the code, so
  * every other keeps its registers). */
-template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false, bool PAIR = false>
+/* k_mmv_norm's epilogue, warp w = token w: the group's new rows (lane l: row tile0 * 16 + l;
+ * rows are a multiple of 32) from the product's sums S, their sum of squares, and y * g into
+ * the planes of the products that read the norm. */
+__device__ __forceinline__ void kb_norm_epi(const KbMmvArgs &a, const KbMmvSeg &g, const KbNormPre *np, int j,
+					    int64_t tile0, int warp, int lane, float s)
+{
+	const int64_t row = tile0 * 16 + lane;
+	const bool pre = j == 0 && np; /* kb_norm_pre's registers */
+	const float y = (pre ? np->y : g.y[warp * g.ldy + row]) + s;
+	g.y[warp * g.ldy + row] = y;
+	double ss = (double)y * y;
+	for (int o = 16; o; o >>= 1)
+		ss += __shfl_xor_sync(0xffffffffu, ss, o);
+	if (lane == 0)
+		a.nrm.part[(int64_t)warp * a.nrm.nb + tile0 / 2] = ss;
+	kb_act_put<KB_PL_DYN>(a.nrm.o, warp, row, __fmul_rn(y, pre ? np->g : a.nrm.g[row]));
+}
+
+/* k_mmv_swi's, warp w = token w: silu(gate) * up of the group's 32 rows, k_swiglu_act's
+ * arithmetic, into gate's y and the down product's planes. */
+__device__ __forceinline__ void kb_swi_epi(const KbMmvArgs &a, const KbMmvSeg &g, int64_t tile0, int warp, int lane,
+					   float gate, float up)
+{
+	const int64_t row = tile0 * 16 + lane;
+	const float h = kb_silu_mul(gate, up);
+	g.y[warp * g.ldy + row] = h;
+	kb_act_put<KB_PL_DYN>(a.swo, warp, row, h);
+}
+
+template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false, bool PAIR = false, bool ONE = false>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
 					 float (&acc)[RT][4], float4 *red, float post = 1.0f, const KbNormPre *np = nullptr)
 {
@@ -167,6 +196,30 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 	}
 	const KbMmvSeg &g = si == 0 ? a.seg[0] : si == 1 ? a.seg[1] : a.seg[2];
 	const int nwc = RG == 1 ? nw : nw / RG;
+	if constexpr ((NORM || SWI) && ONE) {
+		/* one token (the int8 one-token instances): lane l of warp 0 adds up row l of the
+		 * group (for SWI gate's and up's) straight from the slots, in the loop's order
+		 * below, so the other warps go on with their items: no share of the loop (whose
+		 * other lanes hold tokens 1-7: none), no ysm and no second barrier */
+		if (warp == 0) {
+			const int r = lane & 15, l = 4 * (r & 7), ci = 2 * (r >> 3);
+			auto rows_sum = [&](int rg) { /* row r of tile rg: element ci of lane l (kb_fold8) */
+				float sum = 0.f;
+				for (int k = 0; k < nwc; k++)
+					sum += f[((rg * nwc + k) * RT * 32 + l) * 4 + ci];
+				sum *= post;
+				if (RMS)
+					sum *= rsm[0];
+				return sum;
+			};
+			if constexpr (NORM)
+				kb_norm_epi(a, g, np, j, tile0, 0, lane, tile0 * 16 + lane < g.rows ? rows_sum(lane >> 4) : 0.f);
+			else
+				kb_swi_epi(a, g, tile0, 0, lane, rows_sum(lane >> 4), rows_sum(2 + (lane >> 4)));
+		}
+		KB_MARK(3);
+		return;
+	}
 	float *ysm = rsm + KB_RMS_SM_BYTES / 4 + (j & 1) * KB_MAX_TOK * 32 * (SWI ? 2 : 1); /* NORM, SWI */
 	for (int v = threadIdx.x; v < RG * RT * 128; v += blockDim.x) {
 		const int rg = v >> 7, l = (v >> 2) & 31, ci = v & 3;
@@ -204,31 +257,14 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 	}
 	KB_MARK(2);
 	if constexpr (NORM) {
-		/* warp w: token w's 32 rows, lane l row tile0 * 16 + l (rows are a multiple of 32) */
 		__syncthreads();
-		if (warp < a.x.n_tok) {
-			const int64_t row = tile0 * 16 + lane;
-			const bool pre = j == 0 && np; /* kb_norm_pre's registers */
-			const float y = (pre ? np->y : g.y[warp * g.ldy + row]) + ysm[warp * 32 + lane];
-			g.y[warp * g.ldy + row] = y;
-			double ss = (double)y * y;
-			for (int o = 16; o; o >>= 1)
-				ss += __shfl_xor_sync(0xffffffffu, ss, o);
-			if (lane == 0)
-				a.nrm.part[(int64_t)warp * a.nrm.nb + tile0 / 2] = ss;
-			kb_act_put<KB_PL_DYN>(a.nrm.o, warp, row, __fmul_rn(y, pre ? np->g : a.nrm.g[row]));
-		}
+		if (warp < a.x.n_tok)
+			kb_norm_epi(a, g, np, j, tile0, warp, lane, ysm[warp * 32 + lane]);
 	}
 	if constexpr (SWI) {
-		/* warp w: token w's 32 rows of silu(gate) * up, k_swiglu_act's arithmetic, into
-		 * gate's y and the down product's planes */
 		__syncthreads();
-		if (warp < a.x.n_tok) {
-			const int64_t row = tile0 * 16 + lane;
-			const float h = kb_silu_mul(ysm[warp * 32 + lane], ysm[(KB_MAX_TOK + warp) * 32 + lane]);
-			g.y[warp * g.ldy + row] = h;
-			kb_act_put<KB_PL_DYN>(a.swo, warp, row, h);
-		}
+		if (warp < a.x.n_tok)
+			kb_swi_epi(a, g, tile0, warp, lane, ysm[warp * 32 + lane], ysm[(KB_MAX_TOK + warp) * 32 + lane]);
 	}
 	KB_MARK(3);
 }
@@ -366,7 +402,7 @@ __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[
 	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_col_chains<T, RT, I8, RG>()>(a, w, ch, lane, acc);
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
 		kb_fold8<T, I8>(acc, lane);
-		kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR>(a, j - 1, warp, nw, lane, acc, red, post, &np);
+		kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8)>(a, j - 1, warp, nw, lane, acc, red, post, &np);
 	}
 	if (i + 2 < total) {
 		ld.next(a, wc, nwc);
@@ -446,7 +482,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	kb_rms_early<RT, RMS>(a, kb_red, nw, warp, lane);
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR>(a, j, warp, nw, lane, acc, kb_red, post, &np);
+			kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8)>(a, j, warp, nw, lane, acc, kb_red, post, &np);
 		return;
 	}
 	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
