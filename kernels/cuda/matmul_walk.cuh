@@ -220,6 +220,32 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		KB_MARK(3);
 		return;
 	}
+	if constexpr (ONE && RG == 1 && RT <= 2) {
+		/* one token, the same way: thread u < 32 (warp 0) takes row u & 15 of tile u >> 4,
+		 * the other warps go on; rows 2i and 2i + 1 are lanes u and u ^ 1.  (Written as
+		 * a loop, not as a branch on the warp, which made Q4_0's k_mmv_3 spill 16 bytes.) */
+		for (int u = threadIdx.x; u < 32; u += blockDim.x) {
+			const int rt = RT == 1 ? 0 : u >> 4, r = u & 15, l = 4 * (r & 7), ci = 2 * (r >> 3);
+			float sum = 0.f;
+			for (int k = 0; k < nwc; k++)
+				sum += f[((k * RT + rt) * 32 + l) * 4 + ci];
+			sum *= post;
+			if (RMS)
+				sum *= rsm[0];
+			const int64_t row = (tile0 + rt) * 16 + r;
+			const bool mine = u < RT * 16 && row < g.rows;
+			if constexpr (ROPE) {
+				const float other = __shfl_xor_sync(0xffffffffu, sum, 1);
+				kb_rope_epilogue(a.rope, (const KbRopeSm *)(rsm + KB_RMS_SM_BYTES / 4), (PAIR ? a.si0 : 0) + si,
+						 row, 0, mine, sum, other, g.y, g.ldy);
+			} else if (mine) {
+				float *yp = g.y + row;
+				*yp = a.acc ? *yp + sum : sum;
+			}
+		}
+		KB_MARK(3);
+		return;
+	}
 	float *ysm = rsm + KB_RMS_SM_BYTES / 4 + (j & 1) * KB_MAX_TOK * 32 * (SWI ? 2 : 1); /* NORM, SWI */
 	for (int v = threadIdx.x; v < RG * RT * 128; v += blockDim.x) {
 		const int rg = v >> 7, l = (v >> 2) & 31, ci = v & 3;
