@@ -90,8 +90,9 @@ static void test_matmul_res_norm(void)
 	static const int types[NW] = { QD_TYPE_Q4_0, QD_TYPE_Q6_K, QD_TYPE_Q4_0, QD_TYPE_Q6_K,
 					QD_TYPE_F16,  QD_TYPE_Q4_K, QD_TYPE_Q8_0, QD_TYPE_Q4_1 };
 	static const int64_t rows[NW] = { D, D, R, R, R, R, R, R };
-	/* the products after the norm: indices into w, -1 ends (Q8_0: the register-capped
-	 * kernel; Q4_1: the bulk-copy one, both with their 1 / rms from kb_rms_early) */
+	/* the products after the norm: indices into w, -1 ends (Q8_0 and Q4_1: the
+	 * register-capped kernel, with their 1 / rms from kb_rms_early; the bulk-copy one,
+	 * which one token no longer takes by default, with QD_CUDA_MMV_STAGES=2) */
 	static const int sets[][3] = { { 2, -1 }, { 3, -1 }, { 4, -1 }, { 5, -1 }, { 5, 3, -1 }, { 5, 4, -1 },
 				       { 6, -1 }, { 7, -1 } };
 	const int nsets = (int)(sizeof(sets) / sizeof(sets[0]));
@@ -486,7 +487,8 @@ static int bufs_differ(KbBackend *g, const void *a, const void *b, size_t bytes,
 /* matmul_rope_kv (q/k/v products with RoPE and the KV stores in their epilogue) against
  * matmul_multi then rope_kv_store: the same bits in q, k, v and both caches.  GQA, partial
  * rotary dims, positions up to 1,000 (large angles), 1..8 tokens in one pass and 12 (two
- * passes: the separate launches), Q4_1 rows wide enough for the bulk-copy kernel, and q/k/v
+ * passes: the separate launches), Q4_1 rows wide enough for the bulk-copy kernel (2-8
+ * tokens; every count with QD_CUDA_MMV_STAGES=2, where the pair is refused), and q/k/v
  * of two types: Q4_K_M's Q6_K v, or k and v, with f16 activations (QD_CUDA_MMV_I8=0, as the
  * backend's own choice for weights this small: a launch per type, then the RoPE kernel) and
  * with int8 ones (=1: one token is one k_mmv_pair launch, counted), each once with more row

@@ -443,7 +443,7 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
  * configuration) asks for it. */
 template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c, const KbMmvArgs &a, bool rope)
 {
-	const int S = c->stages < 0 ? kb_auto_stages<T>(a.n_chunks) : c->stages;
+	const int S = c->stages < 0 ? kb_auto_stages<T, kb_i8_one(I8)>(a.n_chunks) : c->stages;
 	const bool bulk = S > 0 && ctx->cc_major >= 9;
 	if (a.rms.on) { /* activations of kb_cuda_mmv_res_norm: one token, one row tile (kb_cuda_mmv_rms_ok) */
 		if constexpr (I8 == 2) {
@@ -738,8 +738,8 @@ static int mmv_pair_launch(KbCuda *ctx, const KbCudaWeight *const *w, const KbCu
 	return kb_with_pair(t1, t2, [&](auto p1, auto p2) {
 		constexpr int T1 = decltype(p1)::value, T2 = decltype(p2)::value;
 		const int ring = c->stages >= 0 ? c->stages
-						: kb_auto_stages<T1>((int)w[0]->geo.n_chunks) +
-							  kb_auto_stages<T2>((int)w[m]->geo.n_chunks);
+						: kb_auto_stages<T1, true>((int)w[0]->geo.n_chunks) +
+							  kb_auto_stages<T2, true>((int)w[m]->geo.n_chunks);
 		if (ring > 0)
 			return -EOPNOTSUPP; /* a type of the pair takes the bulk-copy ring */
 		KbMmvArgs a, b;

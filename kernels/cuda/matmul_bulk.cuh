@@ -229,10 +229,13 @@ __global__ void __launch_bounds__(256) k_mmv_bulk(const KbMmvArgs a)
  * 1,268.  Q4_K and Q6_K (7B Q4_K_M) came out even, Q4_0 5% slower (441 -> 418), Q8_0 and
  * F16 slower; with int8 activations Q4_0 558 -> 521 (2 slots) / 502 (3) / 546 (4) and
  * Q8_0 416 -> 370 / 386 (bench/NOTES-gpu.md).  (Q8_0's 2-8-token products of long rows
- * choose the ring themselves: matmul.cu's launch_f16.) */
-template <int T> static int kb_auto_stages(int n_chunks)
+ * choose the ring themselves: matmul.cu's launch_f16.)  ONE: the int8 one-token products,
+ * which since session 22's flushes (one warp's, the RoPE table) run faster from registers
+ * (k_mmv_2) for Q4_1 too: 7B batch 1 612 -> 658 tok/s (and at session 21's kernels 625 ->
+ * 633 already). */
+template <int T, bool ONE = false> static int kb_auto_stages(int n_chunks)
 {
-	return T == QD_TYPE_Q4_1 && n_chunks >= 8 ? 2 : 0;
+	return T == QD_TYPE_Q4_1 && n_chunks >= 8 && !ONE ? 2 : 0;
 }
 
 template <int T, int RT, bool ROPE, int I8, bool RMS>
