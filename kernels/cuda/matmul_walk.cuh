@@ -80,8 +80,8 @@ template <int RT> __device__ __forceinline__ KbRopeSm *kb_rope_sm_at(float4 *red
 	return (KbRopeSm *)((float *)(red + (size_t)2 * nw * RT * 32) + KB_RMS_SM_BYTES / 4);
 }
 
-/* Before the wait, with ROPE: KbRopeSm for the block's flushes, token t's by warp nw - 1 - t
- * (the warps wait there anyway; warp 0 has kb_rms_early after it).  The step's indices are
+/* Before the wait, with ROPE: KbRopeSm for the block's flushes, token t's by warp
+ * nw - 1 - t % nw (the warps wait there anyway; warp 0 has kb_rms_early after it).  The step's indices are
  * copied before its first kernel starts, so they may be read before the wait, as attention
  * does.  Lane l builds the angles of pairs l and l + 32 by rope_kv_store's repeated
  * multiplication (theta_scale^i, rounded each time) and takes their sincosf: the flush then
@@ -91,24 +91,25 @@ template <int RT> __device__ __forceinline__ KbRopeSm *kb_rope_sm_at(float4 *red
 template <bool ROPE, int RT>
 __device__ __forceinline__ void kb_rope_pre(const KbMmvArgs &a, float4 *red, int nw, int warp, int lane)
 {
-	const int t = nw - 1 - warp;
-	if (!ROPE || t < 0 || t >= a.x.n_tok)
+	if (!ROPE)
 		return;
 	KbRopeSm *rs = kb_rope_sm_at<RT>(red, nw);
-	const int pos = a.rope.pos[t], half = a.rope.rot_dim / 2;
-	if (lane == 0) {
-		rs->pos[t] = pos;
-		rs->seq[t] = a.rope.seq[t];
-	}
-	float th = (float)pos;
-	for (int i = 0; i < lane; i++)
-		th = __fmul_rn(th, a.rope.theta_scale);
-	for (int i = lane; i < half; i += 32) {
-		float sn, cs;
-		sincosf(th, &sn, &cs);
-		rs->sc[t][i] = make_float2(sn, cs);
-		for (int k = 0; k < 32; k++)
+	for (int t = nw - 1 - warp; t < a.x.n_tok; t += nw) { /* more tokens than warps: a loop */
+		const int pos = a.rope.pos[t], half = a.rope.rot_dim / 2;
+		if (lane == 0) {
+			rs->pos[t] = pos;
+			rs->seq[t] = a.rope.seq[t];
+		}
+		float th = (float)pos;
+		for (int i = 0; i < lane; i++)
 			th = __fmul_rn(th, a.rope.theta_scale);
+		for (int i = lane; i < half; i += 32) {
+			float sn, cs;
+			sincosf(th, &sn, &cs);
+			rs->sc[t][i] = make_float2(sn, cs);
+			for (int k = 0; k < 32; k++)
+				th = __fmul_rn(th, a.rope.theta_scale);
+		}
 	}
 }
 

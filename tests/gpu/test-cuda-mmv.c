@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "kernels/cuda/cuda.h"
+#include "kernels/cuda/ops.h"
 #include "tests/gpu/qgen.h"
 #include "tests/testutil.h"
 
@@ -438,6 +439,108 @@ static void test_chain(void)
 	free(x);
 }
 
+/* kb_cuda_mmv_qkv_rope against kb_cuda_mmv_multi + kb_cuda_rope_kv_store, bit for bit,
+ * with fewer warps a block than tokens (configurations of 8, 4 and 2 warps, 8 tokens): the
+ * RoPE epilogue's positions, slots and angles are written before the wait by warp
+ * nw - 1 - t % nw for token t, so with 2 warps each writes four tokens'. */
+static void test_rope_warps(void)
+{
+	if (!ensure_ctx("rope_warps"))
+		return;
+	enum { NT = 8, NH = 4, NKV = 2, HD = 64, COLS = 256, CTX = 40 };
+	const int64_t rows[3] = { NH * HD, NKV * HD, NKV * HD }, stride = (int64_t)CTX * NKV * HD;
+	int bsz, blck = qg_block(QD_TYPE_Q4_0, &bsz);
+	uint64_t s = 0x5eed;
+	KbCudaWeight *w[3] = { NULL, NULL, NULL };
+	KbCudaAct *act = NULL;
+	float *x = malloc(sizeof(float) * NT * COLS), *dx = NULL, *dy[2][3] = { { NULL } };
+	uint16_t *kc[2] = { NULL, NULL }, *vc[2] = { NULL, NULL };
+	int32_t idx[2 * NT], *dpos = NULL;
+	const size_t cache = sizeof(uint16_t) * 2 * (size_t)stride; /* two sequences */
+	uint8_t *raw = malloc((size_t)(rows[0] * (COLS / blck) * bsz));
+	void *ha = malloc(cache), *hb = malloc(cache);
+	CU_ASSERT_FATAL(x && raw && ha && hb);
+	for (int i = 0; i < NT * COLS; i++)
+		x[i] = qg_signed(&s, 0.f, 1.f);
+	for (int t = 0; t < NT; t++) {
+		idx[t] = 3 + 4 * t + t % 3; /* positions */
+		idx[NT + t] = t % 2;        /* slots */
+	}
+	int r = 0;
+	for (int i = 0; i < 3 && r == 0; i++) {
+		qg_fill(QD_TYPE_Q4_0, raw, rows[i] * (COLS / blck), &s);
+		r = kb_cuda_weight_upload(ctx, QD_TYPE_Q4_0, rows[i], COLS, raw, &w[i]);
+	}
+	if (r == 0)
+		r = kb_cuda_act_new(ctx, COLS, &act);
+	if (r == 0)
+		r = kb_cuda_alloc(ctx, sizeof(float) * NT * COLS, (void **)&dx);
+	if (r == 0)
+		r = kb_cuda_alloc(ctx, sizeof(idx), (void **)&dpos);
+	for (int k = 0; k < 2 && r == 0; k++) {
+		for (int i = 0; i < 3 && r == 0; i++)
+			r = kb_cuda_alloc(ctx, sizeof(float) * NT * (size_t)rows[i], (void **)&dy[k][i]);
+		if (r == 0)
+			r = kb_cuda_alloc(ctx, cache, (void **)&kc[k]);
+		if (r == 0)
+			r = kb_cuda_alloc(ctx, cache, (void **)&vc[k]);
+	}
+	if (r == 0)
+		r = kb_cuda_upload(ctx, dx, x, sizeof(float) * NT * COLS);
+	if (r == 0)
+		r = kb_cuda_upload(ctx, dpos, idx, sizeof(idx));
+	CU_ASSERT_EQUAL_FATAL(r, 0);
+	static const int warps[] = { 8, 4, 2 };
+	int bad = 0;
+	for (int wi = 0; wi < 3; wi++) {
+		CU_ASSERT_EQUAL(kb_cuda_set_mmv_config(ctx, 0, warps[wi], -1, -1, -1), 0);
+		for (int k = 0; k < 2; k++) {
+			CU_ASSERT_EQUAL(kb_cuda_memset(ctx, kc[k], 0, cache), 0);
+			CU_ASSERT_EQUAL(kb_cuda_memset(ctx, vc[k], 0, cache), 0);
+		}
+		const KbCudaRope rope = { dpos, dpos + NT, kc[0], vc[0], stride, HD, HD, powf(10000.f, -2.f / HD) };
+		CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, dx, COLS, COLS, NT), 0);
+		CU_ASSERT_EQUAL(kb_cuda_mmv_qkv_rope(ctx, (const KbCudaWeight *const *)w, act, dy[0], &rope), 0);
+		CU_ASSERT_EQUAL(kb_cuda_mmv_multi(ctx, 3, (const KbCudaWeight *const *)w, act, dy[1], 0), 0);
+		CU_ASSERT_EQUAL(kb_cuda_rope_kv_store(ctx, dy[1][0], dy[1][1], dy[1][2], kc[1], vc[1], dpos, dpos + NT, NT,
+						      NH, NKV, HD, HD, rope.theta_scale, stride),
+				0);
+		int diff = 0;
+		for (int i = 0; i < 3; i++) {
+			const size_t b = sizeof(float) * NT * (size_t)rows[i];
+			CU_ASSERT_EQUAL(kb_cuda_download(ctx, ha, dy[0][i], b), 0);
+			CU_ASSERT_EQUAL(kb_cuda_download(ctx, hb, dy[1][i], b), 0);
+			diff += memcmp(ha, hb, b) != 0;
+		}
+		uint16_t *const c[2][2] = { { kc[0], kc[1] }, { vc[0], vc[1] } };
+		for (int i = 0; i < 2; i++) {
+			CU_ASSERT_EQUAL(kb_cuda_download(ctx, ha, c[i][0], cache), 0);
+			CU_ASSERT_EQUAL(kb_cuda_download(ctx, hb, c[i][1], cache), 0);
+			diff += memcmp(ha, hb, cache) != 0;
+		}
+		if (diff)
+			printf("\n    %d warps: %d of 5 outputs differ\n", warps[wi], diff);
+		bad += diff != 0;
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	kb_cuda_set_mmv_config(ctx, 0, 8, -1, -1, -1); /* back to the usual */
+	for (int k = 0; k < 2; k++) {
+		for (int i = 0; i < 3; i++)
+			kb_cuda_dev_free(ctx, dy[k][i]);
+		kb_cuda_dev_free(ctx, kc[k]);
+		kb_cuda_dev_free(ctx, vc[k]);
+	}
+	kb_cuda_dev_free(ctx, dx);
+	kb_cuda_dev_free(ctx, dpos);
+	kb_cuda_act_free(act);
+	for (int i = 0; i < 3; i++)
+		kb_cuda_weight_free(w[i]);
+	free(raw);
+	free(x);
+	free(ha);
+	free(hb);
+}
+
 /* Poisons (0xff: a NaN) weight i's outputs and the guard after them, uploads y0's first n
  * rows over the outputs when acc, and launches the three weights' product. */
 static int mmq_launch3(const KbCudaWeight *const *w, const float *dx, int n, void *scratch, float *const *dy,
@@ -622,6 +725,7 @@ int main(void)
 		{ "q8_0", test_q8_0, gpu_skip },     { "q4_k", test_q4_k, gpu_skip },
 		{ "q6_k", test_q6_k, gpu_skip },     { "f16", test_f16, gpu_skip },
 		{ "bf16", test_bf16, gpu_skip },     { "chain", test_chain, gpu_skip },
+		{ "rope_warps", test_rope_warps, gpu_skip },
 		{ "mmq_shares", test_mmq_shares, gpu_skip }, { "done", test_done, gpu_skip },
 		{ NULL, NULL, NULL },
 	};
