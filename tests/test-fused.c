@@ -457,12 +457,23 @@ static void test_matmul_argmax_wide(void)
 	free(y);
 }
 
-/* The q/k/v launches of two weight types that ran as one (KbCudaStepStats.qkv_pairs). */
+/* The q/k/v launches of two weight types that ran as one (KbCudaStepStats.qkv_pairs), and
+ * the q/k/v products that took RoPE and the KV stores in their epilogue (qkv_rope). */
+static KbCudaStepStats step_stats(KbBackend *g)
+{
+	KbCudaStepStats st = { 0 };
+	CU_ASSERT_EQUAL_FATAL(kb_cuda_backend_step_stats(g, &st), 0);
+	return st;
+}
+
 static uint64_t qkv_pairs(KbBackend *g)
 {
-	KbCudaStepStats st;
-	CU_ASSERT_EQUAL_FATAL(kb_cuda_backend_step_stats(g, &st), 0);
-	return st.qkv_pairs;
+	return step_stats(g).qkv_pairs;
+}
+
+static uint64_t qkv_rope(KbBackend *g)
+{
+	return step_stats(g).qkv_rope;
 }
 
 /* Whether backend buffers A and B (BYTES each) differ in any bit; with NONZERO, how many
@@ -486,7 +497,7 @@ static int bufs_differ(KbBackend *g, const void *a, const void *b, size_t bytes,
 
 /* matmul_rope_kv (q/k/v products with RoPE and the KV stores in their epilogue) against
  * matmul_multi then rope_kv_store: the same bits in q, k, v and both caches.  GQA, partial
- * rotary dims, positions up to 1,000 (large angles), 1..8 tokens in one pass and 12 (two
+ * rotary dims, positions up to 1,131 (large angles), 1..8 tokens in one pass and 12 (two
  * passes: the separate launches), Q4_1 rows wide enough for the bulk-copy kernel (2-8
  * tokens; every count with QD_CUDA_MMV_STAGES=2, where the pair is refused), and q/k/v
  * of two types: Q4_K_M's Q6_K v, or k and v, with f16 activations (QD_CUDA_MMV_I8=0, as the
@@ -518,9 +529,9 @@ static void test_matmul_rope_kv(void)
 		{ QD_TYPE_Q8_0, QD_TYPE_Q8_0, QD_TYPE_Q8_0, 512, 256, 2, 1, 256 },
 		{ QD_TYPE_Q4_K, QD_TYPE_Q4_K, QD_TYPE_Q6_K, 512, 192, 2, 1, 256 },
 	};
-	const int n_seq = 2, n_ctx = 1100;
+	const int n_seq = 2, n_ctx = 1200;
 	uint64_t s = 0x517;
-	int bad = 0, cases = 0, pairs = 0;
+	int bad = 0, cases = 0, pairs = 0, fused = 0;
 	for (int bi = 0; bi < 2; bi++) {
 		for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
 			KbBackend *const g = backends[bi];
@@ -567,9 +578,15 @@ static void test_matmul_rope_kv(void)
 				b2.k_cache = kcb;
 				b2.v_cache = vcb;
 				float *const yap[3] = { ya[0], ya[1], ya[2] }, *const ybp[3] = { yb[0], yb[1], yb[2] };
-				const uint64_t p0 = qkv_pairs(g);
+				const uint64_t p0 = qkv_pairs(g), f0 = qkv_rope(g);
 				CU_ASSERT_EQUAL(g->ops->matmul_rope_kv(g, wp, dx, n, yap, &a, cfgs[ci].rot, 10000.0f), 0);
 				CU_ASSERT_EQUAL(qkv_pairs(g) - p0, (uint64_t)(pair && n == 1));
+				/* the epilogue took it: one pass (n <= 8), one launch (one type or the
+				 * pair) and a rotation its table holds (rot_dim <= 128) */
+				const int one_type = cfgs[ci].ktype == cfgs[ci].type && cfgs[ci].vtype == cfgs[ci].type;
+				CU_ASSERT_EQUAL(qkv_rope(g) - f0, (uint64_t)(n <= 8 && (one_type || (pair && n == 1)) &&
+									      cfgs[ci].rot <= 128));
+				fused += (int)(qkv_rope(g) - f0);
 				pairs += (int)(qkv_pairs(g) - p0);
 				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 3, wp, dx, n, ybp, 0), 0);
 				CU_ASSERT_EQUAL(g->ops->rope_kv_store(g, &b2, yb[0], yb[1], yb[2], cfgs[ci].rot, 10000.0f), 0);
@@ -599,7 +616,7 @@ static void test_matmul_rope_kv(void)
 	}
 	CU_ASSERT_EQUAL(bad, 0);
 	CU_ASSERT_EQUAL(pairs, 4);
-	printf("\n    %d cases, %d differ; %d pair launches\n", cases, bad, pairs);
+	printf("\n    %d cases, %d differ; %d pair launches, %d with the epilogue\n", cases, bad, pairs, fused);
 	backends[0]->ops->free(backends[0]);
 	backends[1]->ops->free(backends[1]);
 }

@@ -119,6 +119,7 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 			r = kb_cuda_mmv_qkv_rope(c->ctx, mm, c->act, yt, rope);
 			if (r == 0) {
 				*rope_done = 1;
+				c->step.stats.qkv_rope++;
 				c->step.stats.qkv_pairs += !same;
 				continue;
 			}
@@ -127,7 +128,8 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 			r = 0;
 		}
 		/* a launch for each run of one type: one for q/k/v or gate/up of one type, two for
-		 * q/k/v of two types without a pair launch (then rope_kv_store runs after) */
+		 * q/k/v of two types without a pair launch (then rope_kv_store runs after, as it
+		 * does for one type whose rotation exceeds the epilogue's table) */
 		for (int i = 0, m; i < nw && r == 0; i += m) {
 			for (m = 1; c->fuse && i + m < nw && w[i + m]->type == w[i]->type; m++)
 				;

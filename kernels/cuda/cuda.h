@@ -254,11 +254,12 @@ int kb_cuda_timer_stop(KbCuda *ctx, double *ret_ms);
 
 /* How the steps of a backend made by kb_cuda_backend_new ran so far: captured into a
  * graph (and run), replayed, run op by op, and captures that failed (that size then
- * runs op by op for good); and q/k/v products of two weight types that ran as one launch
- * (kb_cuda_mmv_qkv_rope's pair; counted where the op runs, not in graph replays). */
+ * runs op by op for good); q/k/v products with RoPE and the KV stores in their epilogue
+ * (kb_cuda_mmv_qkv_rope), and of those the ones of two weight types that ran as one launch
+ * (its pair); both counted where the op runs, not in graph replays. */
 typedef struct {
 	uint64_t captures, replays, plain, failed;
-	uint64_t qkv_pairs;
+	uint64_t qkv_pairs, qkv_rope;
 } KbCudaStepStats;
 
 struct KbBackend;

@@ -169,11 +169,11 @@ typedef struct {
 } KbMmvArgs;
 
 /* Shared memory of the products after the reduction slots ([2][warps][RT][32] float4):
- * the tokens' 1 / rms (KbMmvRms), then for k_mmv_norm the group's new rows, two buffers,
- * for k_mmv_swi gate's and up's, for the RoPE epilogue KbRopeSm. */
+ * the tokens' 1 / rms (KbMmvRms), then for k_mmv_norm of 2-8 tokens the group's new rows,
+ * two buffers (one token's flush, and k_mmv_swi's, which is always one token's, read the
+ * slots directly: kb_flush), for the RoPE epilogue KbRopeSm. */
 #define KB_RMS_SM_BYTES 32
 #define KB_NORM_SM_BYTES (2 * KB_MAX_TOK * 32 * 4)
-#define KB_SWI_SM_BYTES (2 * KB_NORM_SM_BYTES) /* k_mmv_swi: gate's and up's rows */
 
 /* The RoPE epilogue's inputs, written before the products' wait (kb_rope_pre): the
  * tokens' positions and cache slots, and the sine and cosine of each rotated pair's angle,
@@ -494,7 +494,8 @@ static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int 
 
 template <int T, int I8> static int launch_norm(KbCuda *ctx, const KbMmvArgs &a)
 {
-	return launch_wide(ctx, k_mmv_norm<T, I8>, KB_NORM_SM_BYTES, &ctx->occ_norm[kb_type_slot(T)][I8], a);
+	return launch_wide(ctx, k_mmv_norm<T, I8>, kb_i8_one(I8) ? 0 : KB_NORM_SM_BYTES, &ctx->occ_norm[kb_type_slot(T)][I8],
+			   a);
 }
 
 /* The items of Q8_0's f16 walk (KB_TYPE_Q8_0_F16) over COLS columns: the padding's all-zero
@@ -824,8 +825,8 @@ extern "C" int kb_cuda_mmv_res_norm(KbCuda *ctx, const KbCudaWeight *w, const Kb
 template <int T> static int launch_swi(KbCuda *ctx, const KbMmvArgs &a, bool rms)
 {
 	if constexpr (KbI8<T>::ok) {
-		return launch_wide(ctx, rms ? k_mmv_swi<T, true> : k_mmv_swi<T, false>, KB_SWI_SM_BYTES,
-				   &ctx->occ_swi[kb_type_slot(T)][rms], a, true);
+		return launch_wide(ctx, rms ? k_mmv_swi<T, true> : k_mmv_swi<T, false>, 0, &ctx->occ_swi[kb_type_slot(T)][rms],
+				   a, true);
 	} else {
 		(void)ctx;
 		(void)a;

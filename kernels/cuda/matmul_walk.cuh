@@ -81,7 +81,8 @@ template <int RT> __device__ __forceinline__ KbRopeSm *kb_rope_sm_at(float4 *red
 }
 
 /* Before the wait, with ROPE: KbRopeSm for the block's flushes, token t's by warp
- * nw - 1 - t % nw (the warps wait there anyway; warp 0 has kb_rms_early after it).  The step's indices are
+ * nw - 1 - t % nw (the warps wait there anyway; warp 0 has kb_rms_early after it, which
+ * runs at one token only).  The step's indices are
  * copied before its first kernel starts, so they may be read before the wait, as attention
  * does.  Lane l builds the angles of pairs l and l + 32 by rope_kv_store's repeated
  * multiplication (theta_scale^i, rounded each time) and takes their sincosf: the flush then
@@ -134,12 +135,6 @@ __device__ __forceinline__ float kb_rms_inv(const KbMmvRms &r, int w, int lane)
 	return 1.0f / sqrtf((float)(s / r.dim) + r.eps);
 }
 
-/* End of the block's group j: the warps' partial sums meet in shared memory (two
- * slots, alternating, so one barrier per group suffices) and go to y.  RG: the group's
- * tiles are split among the warps (warps [t nw/RG, (t+1) nw/RG) take tile t), as
- * k_mmv_norm's 32-row groups are; NORM: that kernel's epilogue (KbMmvNorm); RMS: the
- * activations hold y * g (KbMmvRms: only the instances that read them have the code, so
- * every other keeps its registers). */
 /* k_mmv_norm's epilogue, warp w = token w: the group's new rows (lane l: row tile0 * 16 + l;
  * rows are a multiple of 32) from the product's sums S, their sum of squares, and y * g into
  * the planes of the products that read the norm. */
@@ -158,8 +153,8 @@ __device__ __forceinline__ void kb_norm_epi(const KbMmvArgs &a, const KbMmvSeg &
 	kb_act_put<KB_PL_DYN>(a.nrm.o, warp, row, __fmul_rn(y, pre ? np->g : a.nrm.g[row]));
 }
 
-/* k_mmv_swi's, warp w = token w: silu(gate) * up of the group's 32 rows, k_swiglu_act's
- * arithmetic, into gate's y and the down product's planes. */
+/* k_mmv_swi's (one token: warp 0 = token 0): silu(gate) * up of the group's 32 rows,
+ * k_swiglu_act's arithmetic, into gate's y and the down product's planes. */
 __device__ __forceinline__ void kb_swi_epi(const KbMmvArgs &a, const KbMmvSeg &g, int64_t tile0, int warp, int lane,
 					   float gate, float up)
 {
@@ -169,13 +164,20 @@ __device__ __forceinline__ void kb_swi_epi(const KbMmvArgs &a, const KbMmvSeg &g
 	kb_act_put<KB_PL_DYN>(a.swo, warp, row, h);
 }
 
+/* End of the block's group j: the warps' partial sums meet in shared memory (two
+ * slots, alternating, so one barrier per group suffices) and go to y.  RG: the group's
+ * tiles are split among the warps (warps [t nw/RG, (t+1) nw/RG) take tile t), as
+ * k_mmv_norm's 32-row groups are; NORM: that kernel's epilogue (KbMmvNorm); RMS: the
+ * activations hold y * g (KbMmvRms: only the instances that read them have the code, so
+ * every other keeps its registers); ONE: exactly one token (the int8 one-token instances),
+ * whose rows warp 0 sums straight from the slots while the other warps go on. */
 template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false, bool PAIR = false, bool ONE = false>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
 					 float (&acc)[RT][4], float4 *red, float post = 1.0f, const KbNormPre *np = nullptr)
 {
 	static_assert(!NORM || (RG == 2 && RT == 1 && !ROPE), "k_mmv_norm: 32-row groups, one tile a warp");
 	constexpr bool SWI = RG == 4; /* k_mmv_swi: gate's tiles 2 jl, 2 jl + 1, then up's */
-	static_assert(!SWI || (RT == 1 && !ROPE && !NORM), "k_mmv_swi: one tile a warp");
+	static_assert(!SWI || (RT == 1 && !ROPE && !NORM && ONE), "k_mmv_swi: one tile a warp, one token");
 	KB_MARK(0); /* trace builds: thread 0's stages of the block's last flush */
 	float4 *slot = red + (size_t)(j & 1) * nw * RT * 32;
 	float *rsm = (float *)(red + (size_t)2 * nw * RT * 32); /* KB_RMS_SM_BYTES: kb_rms_early's */
@@ -222,8 +224,9 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		return;
 	}
 	if constexpr (ONE && RG == 1 && RT <= 2) {
-		/* one token, the same way: thread u < 32 (warp 0) takes row u & 15 of tile u >> 4,
-		 * the other warps go on; rows 2i and 2i + 1 are lanes u and u ^ 1.  (Written as
+		/* one token, the same way: thread u < 32 (warp 0) takes row u & 15 of tile u >> 4
+		 * (with one tile, lanes 16-31 repeat tile 0's rows and store nothing), the other
+		 * warps go on; rows 2i and 2i + 1 are lanes u and u ^ 1.  (Written as
 		 * a loop, not as a branch on the warp, which made Q4_0's k_mmv_3 spill 16 bytes.) */
 		for (int u = threadIdx.x; u < 32; u += blockDim.x) {
 			const int rt = RT == 1 ? 0 : u >> 4, r = u & 15, l = 4 * (r & 7), ci = 2 * (r >> 3);
@@ -247,7 +250,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		KB_MARK(3);
 		return;
 	}
-	float *ysm = rsm + KB_RMS_SM_BYTES / 4 + (j & 1) * KB_MAX_TOK * 32 * (SWI ? 2 : 1); /* NORM, SWI */
+	float *ysm = rsm + KB_RMS_SM_BYTES / 4 + (j & 1) * KB_MAX_TOK * 32; /* NORM of 2-8 tokens */
 	for (int v = threadIdx.x; v < RG * RT * 128; v += blockDim.x) {
 		const int rg = v >> 7, l = (v >> 2) & 31, ci = v & 3;
 		const int wt = rg / RT, rt = rg % RT;
@@ -255,7 +258,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		for (int k = 0; k < nwc; k++)
 			sum += f[(((wt * nwc + k) * RT + rt) * 32 + l) * 4 + ci];
 		sum *= post; /* 1 but for kb_i8_post */
-		const int64_t row = (tile0 + (SWI ? rg & 1 : rg)) * 16 + (l >> 2) + 8 * (ci >> 1);
+		const int64_t row = (tile0 + rg) * 16 + (l >> 2) + 8 * (ci >> 1);
 		const int tok = 2 * (l & 3) + (ci & 1);
 		if (RMS && tok < a.x.n_tok)
 			sum *= rsm[tok];
@@ -272,11 +275,6 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 				ysm[tok * 32 + rg * 16 + (l >> 2) + 8 * (ci >> 1)] = row < g.rows ? sum : 0.f;
 			continue;
 		}
-		if constexpr (SWI) { /* [gate, up][token][32 rows] */
-			if (tok < a.x.n_tok)
-				ysm[((rg >> 1) * KB_MAX_TOK + tok) * 32 + (rg & 1) * 16 + (l >> 2) + 8 * (ci >> 1)] = sum;
-			continue;
-		}
 		if (row < g.rows && tok < a.x.n_tok) {
 			float *yp = g.y + tok * g.ldy + row;
 			*yp = a.acc ? *yp + sum : sum; /* acc: the same bits as a product, then add */
@@ -287,11 +285,6 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		__syncthreads();
 		if (warp < a.x.n_tok)
 			kb_norm_epi(a, g, np, j, tile0, warp, lane, ysm[warp * 32 + lane]);
-	}
-	if constexpr (SWI) {
-		__syncthreads();
-		if (warp < a.x.n_tok)
-			kb_swi_epi(a, g, tile0, warp, lane, ysm[warp * 32 + lane], ysm[(KB_MAX_TOK + warp) * 32 + lane]);
 	}
 	KB_MARK(3);
 }
@@ -465,14 +458,14 @@ template <bool PRE> __device__ __forceinline__ void kb_norm_pre(const KbMmvArgs 
 }
 
 /* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  RG: tiles a group's
- * warps split (2: k_mmv_norm).  The kernels are k_mmv, k_mmv_2 and k_mmv_norm below. */
+ * warps split (2: k_mmv_norm, 4: k_mmv_swi).  The kernels are in matmul.cu. */
 template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false, bool PAIR = false>
 __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 {
 	KB_TRACE();
 	constexpr float post = kb_i8_post<T, I8>();
 	/* [2][warps][RT][32 lanes], then KB_RMS_SM_BYTES (kb_rms_early's 1 / rms), then k_mmv_norm's
-	 * KB_NORM_SM_BYTES, k_mmv_swi's KB_SWI_SM_BYTES or the RoPE epilogue's KbRopeSm */
+	 * KB_NORM_SM_BYTES (2-8 tokens) or the RoPE epilogue's KbRopeSm */
 	extern __shared__ float4 kb_red[];
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 	/* RG > 1: warp w takes tile w / nwc of each group, its chunks wc, wc + nwc, ... */
