@@ -175,6 +175,17 @@ typedef struct {
 #define KB_RMS_SM_BYTES 32
 #define KB_NORM_SM_BYTES (2 * KB_MAX_TOK * 32 * 4)
 
+/* The reduction slots: two of [warps NW][RT tiles][32 lanes] float4; their float4s and
+ * bytes. */
+__host__ __device__ constexpr size_t kb_slot_f4(int nw, int rt)
+{
+	return (size_t)2 * nw * rt * 32;
+}
+__host__ __device__ constexpr size_t kb_slot_bytes(int nw, int rt)
+{
+	return kb_slot_f4(nw, rt) * sizeof(float4);
+}
+
 /* The RoPE epilogue's inputs, written before the products' wait (kb_rope_pre): the
  * tokens' positions and cache slots, and the sine and cosine of each rotated pair's angle,
  * so the flush reads them instead of the indices in global memory and of an angle chain
@@ -427,7 +438,7 @@ template <int T, int RT, bool ROPE, int I8, bool RMS>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 {
 	const int nw = c->warps;
-	const size_t smem = (size_t)2 * nw * RT * 32 * sizeof(float4) + KB_RMS_SM_BYTES + kb_rope_sm<ROPE>();
+	const size_t smem = kb_slot_bytes(nw, RT) + KB_RMS_SM_BYTES + kb_rope_sm<ROPE>();
 	int grid = a.n_groups;
 	if (c->persist) {
 		int r = kb_fit_grid(ctx, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(), nw * 32, smem,
@@ -480,7 +491,7 @@ static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int 
 		       bool rounds = false)
 {
 	constexpr int NW = 16;
-	const size_t smem = (size_t)2 * NW * 32 * sizeof(float4) + KB_RMS_SM_BYTES + epi;
+	const size_t smem = kb_slot_bytes(NW, 1) + KB_RMS_SM_BYTES + epi;
 	int grid;
 	int r = kb_fit_grid(ctx, k, NW * 32, smem, occ, 0, a.n_groups, &grid);
 	if (r < 0)
@@ -698,7 +709,7 @@ template <typename F> static int kb_with_pair(int t1, int t2, F &&f)
 template <int T1, int T2> static int launch_pair(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a, KbMmvArgs b)
 {
 	const int nw = c->warps;
-	const size_t smem = (size_t)2 * nw * 32 * sizeof(float4) + KB_RMS_SM_BYTES + kb_rope_sm<true>();
+	const size_t smem = kb_slot_bytes(nw, 1) + KB_RMS_SM_BYTES + kb_rope_sm<true>();
 	void (*k)(const KbMmvArgs, const KbMmvArgs) = a.rms.on ? k_mmv_pair<T1, T2, true> : k_mmv_pair<T1, T2, false>;
 	int ga = a.n_groups, gb = b.n_groups, grid = ga + gb;
 	if (c->persist) {

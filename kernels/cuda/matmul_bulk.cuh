@@ -31,8 +31,7 @@ template <int T, int RT> struct KbBulk {
  * read by kb_flush, and with ROPE KbRopeSm), then the mbarriers, then the rings. */
 template <bool ROPE> __host__ __device__ static inline size_t kb_bulk_red_bytes(int nw, int rt)
 {
-	return (size_t)2 * nw * rt * 32 * sizeof(float4) +
-	       (KB_RMS_SM_BYTES + kb_rope_sm<ROPE>() + 127) / 128 * 128; /* rings 128-aligned */
+	return kb_slot_bytes(nw, rt) + (KB_RMS_SM_BYTES + kb_rope_sm<ROPE>() + 127) / 128 * 128; /* rings 128-aligned */
 }
 template <bool ROPE> __host__ __device__ static inline size_t kb_bulk_ring_off(int nw, int rt, int stages)
 {

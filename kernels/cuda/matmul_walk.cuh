@@ -74,10 +74,16 @@ __device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, const KbRop
 	}
 }
 
-/* The RoPE epilogue's KbRopeSm, after kb_rms_early's 1 / rms in the block's shared memory. */
+/* The tokens' 1 / rms (kb_rms_early's, KB_RMS_SM_BYTES) after the reduction slots RED of
+ * NW warps, and the RoPE epilogue's KbRopeSm after them. */
+template <int RT> __device__ __forceinline__ float *kb_rsm_at(float4 *red, int nw)
+{
+	return (float *)(red + kb_slot_f4(nw, RT));
+}
+
 template <int RT> __device__ __forceinline__ KbRopeSm *kb_rope_sm_at(float4 *red, int nw)
 {
-	return (KbRopeSm *)((float *)(red + (size_t)2 * nw * RT * 32) + KB_RMS_SM_BYTES / 4);
+	return (KbRopeSm *)(kb_rsm_at<RT>(red, nw) + KB_RMS_SM_BYTES / 4);
 }
 
 /* Before the wait, with ROPE: KbRopeSm for the block's flushes, token t's by warp
@@ -164,6 +170,22 @@ __device__ __forceinline__ void kb_swi_epi(const KbMmvArgs &a, const KbMmvSeg &g
 	kb_act_put<KB_PL_DYN>(a.swo, warp, row, h);
 }
 
+/* One token: row r of tile rt of warp set wt from the slots F (NWC warps a tile), where
+ * kb_fold8 left it (lane 4 (r & 7), element 2 (r >> 3)), summed in the general loop's order
+ * and scaled as it is (POST, and with RMS the token's 1 / rms RSM[0]). */
+template <int RT, bool RMS>
+__device__ __forceinline__ float kb_one_row(const float *f, int wt, int rt, int r, int nwc, float post, const float *rsm)
+{
+	const int l = 4 * (r & 7), ci = 2 * (r >> 3);
+	float sum = 0.f;
+	for (int k = 0; k < nwc; k++)
+		sum += f[(((wt * nwc + k) * RT + rt) * 32 + l) * 4 + ci];
+	sum *= post;
+	if (RMS)
+		sum *= rsm[0];
+	return sum;
+}
+
 /* End of the block's group j: the warps' partial sums meet in shared memory (two
  * slots, alternating, so one barrier per group suffices) and go to y.  RG: the group's
  * tiles are split among the warps (warps [t nw/RG, (t+1) nw/RG) take tile t), as
@@ -180,7 +202,9 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 	static_assert(!SWI || (RT == 1 && !ROPE && !NORM && ONE), "k_mmv_swi: one tile a warp, one token");
 	KB_MARK(0); /* trace builds: thread 0's stages of the block's last flush */
 	float4 *slot = red + (size_t)(j & 1) * nw * RT * 32;
-	float *rsm = (float *)(red + (size_t)2 * nw * RT * 32); /* KB_RMS_SM_BYTES: kb_rms_early's */
+	/* kb_rsm_at's place, written out: through the call ptxas schedules k_mmv_norm's 2-8-token
+	 * instances differently (up to 2% more instructions) */
+	float *rsm = (float *)(red + (size_t)2 * nw * RT * 32);
 	KB_UNROLL
 	for (int rt = 0; rt < RT; rt++) {
 		slot[(warp * RT + rt) * 32 + lane] = make_float4(acc[rt][0], acc[rt][1], acc[rt][2], acc[rt][3]);
@@ -205,20 +229,13 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		 * below, so the other warps go on with their items: no share of the loop (whose
 		 * other lanes hold tokens 1-7: none), no ysm and no second barrier */
 		if (warp == 0) {
-			const int r = lane & 15, l = 4 * (r & 7), ci = 2 * (r >> 3);
-			auto rows_sum = [&](int rg) { /* row r of tile rg: element ci of lane l (kb_fold8) */
-				float sum = 0.f;
-				for (int k = 0; k < nwc; k++)
-					sum += f[((rg * nwc + k) * RT * 32 + l) * 4 + ci];
-				sum *= post;
-				if (RMS)
-					sum *= rsm[0];
-				return sum;
-			};
+			const int r = lane & 15, rg = lane >> 4; /* row r of tile rg (SWI: gate's, then up's rg + 2) */
 			if constexpr (NORM)
-				kb_norm_epi(a, g, np, j, tile0, 0, lane, tile0 * 16 + lane < g.rows ? rows_sum(lane >> 4) : 0.f);
+				kb_norm_epi(a, g, np, j, tile0, 0, lane,
+					    tile0 * 16 + lane < g.rows ? kb_one_row<RT, RMS>(f, rg, 0, r, nwc, post, rsm) : 0.f);
 			else
-				kb_swi_epi(a, g, tile0, 0, lane, rows_sum(lane >> 4), rows_sum(2 + (lane >> 4)));
+				kb_swi_epi(a, g, tile0, 0, lane, kb_one_row<RT, RMS>(f, rg, 0, r, nwc, post, rsm),
+					   kb_one_row<RT, RMS>(f, rg + 2, 0, r, nwc, post, rsm));
 		}
 		KB_MARK(3);
 		return;
@@ -229,18 +246,13 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		 * warps go on; rows 2i and 2i + 1 are lanes u and u ^ 1.  (Written as
 		 * a loop, not as a branch on the warp, which made Q4_0's k_mmv_3 spill 16 bytes.) */
 		for (int u = threadIdx.x; u < 32; u += blockDim.x) {
-			const int rt = RT == 1 ? 0 : u >> 4, r = u & 15, l = 4 * (r & 7), ci = 2 * (r >> 3);
-			float sum = 0.f;
-			for (int k = 0; k < nwc; k++)
-				sum += f[((k * RT + rt) * 32 + l) * 4 + ci];
-			sum *= post;
-			if (RMS)
-				sum *= rsm[0];
+			const int rt = RT == 1 ? 0 : u >> 4, r = u & 15;
+			const float sum = kb_one_row<RT, RMS>(f, 0, rt, r, nwc, post, rsm);
 			const int64_t row = (tile0 + rt) * 16 + r;
 			const bool mine = u < RT * 16 && row < g.rows;
 			if constexpr (ROPE) {
 				const float other = __shfl_xor_sync(0xffffffffu, sum, 1);
-				kb_rope_epilogue(a.rope, (const KbRopeSm *)(rsm + KB_RMS_SM_BYTES / 4), (PAIR ? a.si0 : 0) + si,
+				kb_rope_epilogue(a.rope, kb_rope_sm_at<RT>(red, nw), (PAIR ? a.si0 : 0) + si,
 						 row, 0, mine, sum, other, g.y, g.ldy);
 			} else if (mine) {
 				float *yp = g.y + row;
@@ -266,7 +278,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			/* rows 2i and 2i+1 are in threads v and v ^ 16 of the same warp (whole warps
 			 * run this loop, so the shuffle is uniform) */
 			const float other = __shfl_xor_sync(0xffffffffu, sum, 16);
-			kb_rope_epilogue(a.rope, (const KbRopeSm *)(rsm + KB_RMS_SM_BYTES / 4), (PAIR ? a.si0 : 0) + si, row,
+			kb_rope_epilogue(a.rope, kb_rope_sm_at<RT>(red, nw), (PAIR ? a.si0 : 0) + si, row,
 					 tok, row < g.rows && tok < a.x.n_tok, sum, other, g.y, g.ldy);
 			continue;
 		}
@@ -441,7 +453,7 @@ __device__ __forceinline__ void kb_rms_early(const KbMmvArgs &a, float4 *red, in
 	if (RMS && warp < a.x.n_tok) {
 		const float r = kb_rms_inv(a.rms, warp, lane);
 		if (lane == 0)
-			((float *)(red + (size_t)2 * nw * RT * 32))[warp] = r; /* kb_flush's rsm */
+			kb_rsm_at<RT>(red, nw)[warp] = r; /* kb_flush's rsm */
 	}
 }
 
