@@ -426,6 +426,51 @@ static void test_step_graphs(void)
 	bp->ops->free(bp);
 }
 
+/* Attention is launched with the splits the step's longest context can use, so a step is
+ * recorded again each time that count changes: with 4 keys a split, one sequence's steps
+ * at positions 0..23 take six graphs (1..6 splits), replay them in between, and give the
+ * plain op calls' bits. */
+static void test_step_graph_splits(void)
+{
+	if (!ready())
+		return;
+	KbBackend *bg = NULL, *bp = NULL;
+	setenv("QD_CUDA_ATT_SPLIT_KEYS", "4", 1);
+	int rg = cuda_new_mode(1, &bg), rp = cuda_new_mode(0, &bp);
+	unsetenv("QD_CUDA_ATT_SPLIT_KEYS");
+	CU_ASSERT_EQUAL_FATAL(rg, 0);
+	CU_ASSERT_EQUAL_FATAL(rp, 0);
+	Mini mg, mp;
+	CU_ASSERT_EQUAL_FATAL(mini_new(bg, &mg, 0x5f), 0);
+	CU_ASSERT_EQUAL_FATAL(mini_new(bp, &mp, 0x5f), 0);
+	float og[MD], op[MD];
+	uint64_t s = 0x3d;
+	int diffs = 0;
+	for (int i = 0; i < 24; i++) {
+		int32_t id = (int32_t)(tu_rand_u64(&s) % MVOCAB), pos = i, seq = 0;
+		CU_ASSERT_EQUAL_FATAL(mini_step(bg, &mg, &id, &pos, &seq, 1, 1), 0);
+		CU_ASSERT_EQUAL_FATAL(mini_step(bp, &mp, &id, &pos, &seq, 1, 0), 0);
+		CU_ASSERT_EQUAL_FATAL(buf_out(bg, og, mg.x, sizeof(og)), 0);
+		CU_ASSERT_EQUAL_FATAL(buf_out(bp, op, mp.x, sizeof(op)), 0);
+		diffs += memcmp(og, op, sizeof(og)) != 0;
+	}
+	CU_ASSERT_EQUAL(diffs, 0);
+#ifdef QD_HAVE_CUDA
+	KbCudaStepStats st;
+	CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(bg, &st), 0);
+	/* the first step warms up (plain); then each split count's first step is captured */
+	CU_ASSERT_EQUAL(st.failed, 0);
+	CU_ASSERT_EQUAL(st.captures, 6);
+	CU_ASSERT_EQUAL(st.replays, 24 - 1 - 6);
+	printf("\n    24 steps, %d differ; graphs: %llu captured, %llu replays\n", diffs,
+	       (unsigned long long)st.captures, (unsigned long long)st.replays);
+#endif
+	mini_free(bg, &mg);
+	mini_free(bp, &mp);
+	bg->ops->free(bg);
+	bp->ops->free(bp);
+}
+
 /* A whole random-weight model (tiny shape, Q4_K_M mix): logits and greedy ids with graphs
  * and shared conversions equal those without, bit for bit, over a multi-sequence prompt,
  * decode steps of three sequences and of one, some of them greedy-id steps (their output
@@ -528,6 +573,7 @@ int main(void)
 		{ "WANT_ARGMAX/WANT_TOPK rows: ids and candidates without the logits", test_want_argmax,
 		  gpu_model_skip },
 		{ "step graphs: replay = op by op, bit for bit", test_step_graphs, gpu_skip },
+		{ "step graphs: one per attention split count", test_step_graph_splits, gpu_skip },
 		{ "step graphs: tiny synth model, logits bit for bit", test_step_model, gpu_skip },
 		{ "GPU memory: a context that cannot fit is refused up front", test_mem_refusal, gpu_skip },
 		{ "cleanup", test_cleanup, NULL },

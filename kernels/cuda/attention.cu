@@ -146,7 +146,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 							      unsigned *cnt)
 {
 	KB_TRACE();
-	if (trig)
+	/* TRIG: 0 no early launch; 1 the next kernel (o) may launch now; 2 only once this
+	 * block has asked for its K/V rows (below) */
+	if (trig == 1)
 		kb_pdl_trigger();
 	extern __shared__ __align__(16) float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
 	__shared__ int last;
@@ -165,8 +167,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	 * Without an early launch (trig 0) everything before has finished. */
 	const int len = pos[t] + 1;
 	/* splits in use: at least split_keys keys each.  The launch (and a recorded graph)
-	 * has gridDim.y splits for the longest context; at shorter ones the merge would cost
-	 * more than the split saves, so the spare blocks leave at once. */
+	 * has gridDim.y splits for the step's longest context (or for any, when the caller
+	 * did not say); at shorter ones the merge would cost more than the split saves, so
+	 * the spare blocks leave at once. */
 	const int S_all = gridDim.y, S_need = (len + split_keys - 1) / split_keys;
 	const int S = S_need < S_all ? S_need : S_all;
 	if (sp >= S)
@@ -201,6 +204,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	uint2 vpre[VPRE ? 32 : 1];
 	if (VPRE && kw0 < kw1)
 		att_tile_load<PER, VPRE>(kc, vc, base, kvd, kw0, kw1, 0, kready, lane, u, vpre);
+	if (trig == 2)
+		kb_pdl_trigger();
 	kb_pdl_wait();
 	const float *qr = q + ((int64_t)t * n_head + h) * hd;
 	for (int i = threadIdx.x; i < hd; i += blockDim.x)
@@ -344,6 +349,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		__threadfence();
 		/* the splits' maxima, sums and weights in shared memory (wacc is free now) */
 		const float *p0 = part + (int64_t)bh * S_all * (hd + 2);
+		static_assert(KB_ATT_MAX_SPLITS <= 16, "the merge's shared arrays");
 		float *sm_m = wacc, *sm_l = wacc + 16, *sm_w = wacc + 32;
 		if (threadIdx.x < S) {
 			sm_m[threadIdx.x] = __ldcg(p0 + threadIdx.x * (hd + 2) + hd);
@@ -411,19 +417,29 @@ extern "C" int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys)
 	return 0;
 }
 
-/* Splits per (token, head): enough blocks for KB_ATT_WAVE in all, at most 16. */
-static int att_splits(const KbCuda *ctx, int64_t pairs)
+extern "C" int kb_cuda_att_split_class(const KbCuda *ctx, int max_len)
+{
+	if (!ctx || max_len < 1)
+		return KB_ATT_MAX_SPLITS;
+	const int s = (int)(((int64_t)max_len + ctx->att_split_keys - 1) / ctx->att_split_keys);
+	return s < KB_ATT_MAX_SPLITS ? s : KB_ATT_MAX_SPLITS;
+}
+
+/* Splits per (token, head): enough blocks for KB_ATT_WAVE in all, at most what the
+ * longest context can use (kb_cuda_att_split_class). */
+static int att_splits(const KbCuda *ctx, int64_t pairs, int max_len)
 {
 	const int64_t want = (int64_t)KB_ATT_WAVE * ctx->sm_count;
+	const int cls = kb_cuda_att_split_class(ctx, max_len);
 	if (pairs >= want)
 		return 1;
 	int64_t s = (want + pairs - 1) / pairs;
-	return (int)(s > 16 ? 16 : s);
+	return (int)(s > cls ? cls : s);
 }
 
 extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 				 const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
-				 int64_t slot_stride, float scale, float *out, KbCudaAct *act)
+				 int64_t slot_stride, float scale, int max_len, float *out, KbCudaAct *act)
 {
 	if (!ctx || !q || !k_cache || !v_cache || !pos || !seq || !out || n < 0 || n_head < 1 || n_head_kv < 1 ||
 	    n_head % n_head_kv || head_dim < 32 || head_dim % 32 || head_dim > 32 * ATT_MAXPER)
@@ -443,9 +459,12 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 			return -EINVAL;
 		av = kb_act_out(act, n);
 	}
-	const int S = att_splits(ctx, blocks);
-	if (S > 1) {
-		/* room for every split launch: pairs * S < 2 * wave */
+	const int S = att_splits(ctx, blocks, max_len);
+	if (att_splits(ctx, blocks, 0) > 1) {
+		/* room for every split launch: pairs * S < 2 * wave.  Allocated when a launch of
+		 * this size could split at any context, not only at this one: a step's first
+		 * (plain) run must allocate it before the step is recorded at a longer context
+		 * (no allocation inside a capture) */
 		const size_t parts = (size_t)2 * KB_ATT_WAVE * ctx->sm_count;
 		int r = kb_cuda_split_scratch(ctx, parts * (32 * ATT_MAXPER + 2) * sizeof(float), parts, &ctx->att_part,
 					      &ctx->att_cnt);
@@ -456,8 +475,13 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	/* at most a wave of (token, head) pairs (decode): V rows preloaded (k_attention's VPRE) */
 	const bool pre = (head_dim == 64 || head_dim == 128) && blocks <= (int64_t)KB_ATT_WAVE * ctx->sm_count;
 	AttKernel k = kb_act_q8(av) ? att_kernel<true>(head_dim, pre) : att_kernel<false>(head_dim, pre);
-	const int pdl = kb_small_pdl(n);
-	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, pdl,
+	/* With PDL at one token, o may launch at once and load its weights while attention
+	 * runs (launching it only after attention's rows were asked for cost Q4_0 1.5%).  At
+	 * several tokens the rows are several sequences' caches and o's preloads delay them:
+	 * there o launches once every block has asked for its rows (8 tokens: Q4_0 +1.9%,
+	 * Q4_K_M +0.8%, Q8_0 +0.5%; bench/NOTES-gpu.md, session 23). */
+	const int pdl = kb_small_pdl(n), trig = pdl ? (n > 1 ? 2 : 1) : 0;
+	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, trig,
 			q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head,
 			n_head / n_head_kv, head_dim, (int)(n_head_kv * head_dim), slot_stride, scale, ctx->att_split_keys,
 			out, av,

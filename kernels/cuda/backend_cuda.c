@@ -504,7 +504,7 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 				 ? c->act
 				 : NULL;
 	r = kb_cuda_attention(c->ctx, a->q, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head, a->n_head_kv,
-			      a->head_dim, a->kv_slot_stride, a->scale, a->out, act);
+			      a->head_dim, a->kv_slot_stride, a->scale, step_max_len(a->pos, a->n_tokens), a->out, act);
 	if (r == 0 && act) {
 		c->act_x = a->out;
 		c->act_n = a->n_tokens;

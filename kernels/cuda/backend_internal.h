@@ -30,6 +30,7 @@ typedef struct {
 typedef struct {
 	int n;          /* n_tokens of the step it replays; 0: free */
 	int variant;    /* and its KbStep.variant (0 or 1) */
+	int splits;     /* and the attention splits its launches have (kb_cuda_att_split_class) */
 	KbCudaGraph *g;
 	uint64_t used;  /* clock of the last replay */
 	int32_t *ids;   /* matmul_argmax in the step: where its ids go at the sync after a replay */
@@ -41,7 +42,7 @@ typedef struct {
 	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step */
 	int32_t *host;          /* pinned staging for the one copy, [3][cap] */
 	int cap;
-	int active, capturing, n, variant;
+	int active, capturing, n, variant, splits;
 	int copy_queued;        /* a copy out of host may still be queued (until cuda_sync) */
 	const int32_t *tok, *pos, *seq; /* the step's host arrays, as the ops will pass them */
 	StepGraph graphs[STEP_GRAPHS];
@@ -92,6 +93,17 @@ typedef struct {
 static inline CudaBackend *cb(KbBackend *b)
 {
 	return (CudaBackend *)b;
+}
+
+/* The longest context among a step's tokens (host positions): what its attention
+ * launches are sized for (kb_cuda_attention's max_len). */
+static inline int step_max_len(const int32_t *pos, int n)
+{
+	int m = 0;
+	for (int t = 0; t < n; t++)
+		if (pos[t] + 1 > m)
+			m = pos[t] + 1;
+	return m;
 }
 
 /* ---- backend_cuda.c ---- */

@@ -5,7 +5,9 @@
  * tables), is captured into a CUDA graph the second time and replayed from then on: one
  * launch instead of ~600 (7B).  The recorded kernels read everything that changes between
  * steps (ids, positions, slots, hence attention lengths) from device memory, so a replay is
- * the same computation as the op calls.  STEP_GRAPHS graphs are kept, the least recently
+ * the same computation as the op calls; only attention's launch is sized by the step's
+ * longest context (its splits), so graphs are kept per (n_tokens, variant, splits).
+ * STEP_GRAPHS graphs are kept, the least recently
  * replayed going first; QD_CUDA_GRAPHS=0 (read by kb_cuda_backend_new) turns recording off. */
 #include <errno.h>
 #include <stdlib.h>
@@ -24,10 +26,10 @@ void graphs_drop(CudaBackend *c)
 	}
 }
 
-static StepGraph *graph_find(StepState *st, int n, int variant)
+static StepGraph *graph_find(StepState *st, int n, int variant, int splits)
 {
 	for (int i = 0; i < STEP_GRAPHS; i++)
-		if (st->graphs[i].n == n && st->graphs[i].variant == variant)
+		if (st->graphs[i].n == n && st->graphs[i].variant == variant && st->graphs[i].splits == splits)
 			return &st->graphs[i];
 	return NULL;
 }
@@ -57,6 +59,10 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 	if (st->active)
 		return -EBUSY;
 	const int n = s->n_tokens, variant = s->variant != 0;
+	/* attention is launched with the splits the step's longest context can use, so a
+	 * graph is recorded per split count too (a new one every split_keys keys of context,
+	 * up to KB_ATT_MAX_SPLITS) */
+	const int splits = kb_cuda_att_split_class(c->ctx, step_max_len(s->pos, n));
 	/* the daemon may create a model's context on its loader thread and step it on the
 	 * engine thread: kernel launches go to the calling thread's current device */
 	int r = kb_cuda_bind(c->ctx);
@@ -95,7 +101,7 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 		return r;
 	st->copy_queued = 1;
 	if (st->enabled && n <= STEP_GRAPH_MAX_TOK) {
-		StepGraph *g = graph_find(st, n, variant);
+		StepGraph *g = graph_find(st, n, variant, splits);
 		if (g) {
 			g->used = ++st->clock;
 			if ((r = kb_cuda_graph_launch(c->ctx, g->g)) < 0)
@@ -109,6 +115,7 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 	st->active = 1;
 	st->n = n;
 	st->variant = variant;
+	st->splits = splits;
 	st->tok = s->token;
 	st->pos = s->pos;
 	st->seq = s->seq;
@@ -151,6 +158,7 @@ int cuda_step_end(KbBackend *b, int status)
 		StepGraph *slot = graph_slot(st);
 		slot->n = st->n;
 		slot->variant = st->variant;
+		slot->splits = st->splits;
 		slot->ids = c->amax_to;
 		slot->ids_n = c->amax_to_n;
 		slot->g = g;

@@ -79,17 +79,28 @@ int kb_cuda_rope_kv_store(KbCuda *ctx, float *q, float *k, const float *v, uint1
  * setter returns 0 or -EINVAL (keys outside 1..2^24).  Steps recorded as graphs keep the
  * value they were recorded with. */
 #define KB_ATT_SPLIT_KEYS 256
+#define KB_ATT_MAX_SPLITS 16
 int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys);
+
+/* The splits a (token, head) of a step whose longest context is MAX_LEN keys can use:
+ * ceil(MAX_LEN / split keys), 1..KB_ATT_MAX_SPLITS (MAX_LEN < 1: the most).  A launch
+ * has no more than this many (kb_cuda_attention), so a step recorded as a graph is
+ * recorded again when it changes (backend_steps.c keys its graphs by it). */
+int kb_cuda_att_split_class(const KbCuda *ctx, int max_len);
 
 /* For each (token t, head h): q rounded to f16, scores against keys 0..pos[t] of slot
  * seq[t] (kv head h / (n_head / n_head_kv)), times scale, softmax, weighted sum of the
  * values into out[t][h*head_dim..].  Online softmax over 4 warps, so sums are ordered
  * differently from the CPU's.  head_dim a multiple of 32 and <= 256 (else -EINVAL).
  * With ACT (non-NULL; n <= KB_CUDA_MAX_TOK, n_head*head_dim <= its capacity) out is
- * also converted into it in the same launch, as by kb_cuda_rmsnorm_act. */
+ * also converted into it in the same launch, as by kb_cuda_rmsnorm_act.  MAX_LEN: the
+ * longest context (pos[t] + 1) of the step when the caller knows it, else 0; the launch
+ * then has no split blocks that every token's context would leave idle (at a 7B decode
+ * step of a short context, 480 of 512 blocks: 2% of a Q4_0 step).  Each token's splits,
+ * and so its bits, are the same either way. */
 int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 		      const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
-		      int64_t slot_stride, float scale, float *out, KbCudaAct *act);
+		      int64_t slot_stride, float scale, int max_len, float *out, KbCudaAct *act);
 
 /* The same for steps of many tokens (attention_tc.cu), on the tensor cores: TILES (device,
  * [n_tiles][2]: first batch token, count 1..16) are runs of batch tokens of one sequence
