@@ -146,10 +146,6 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 							      unsigned *cnt)
 {
 	KB_TRACE();
-	/* TRIG: 0 no early launch; 1 the next kernel (o) may launch now; 2 only once this
-	 * block has asked for its K/V rows (below) */
-	if (trig == 1)
-		kb_pdl_trigger();
 	extern __shared__ __align__(16) float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
 	__shared__ int last;
 	float *qs = sm, *wacc = sm + hd, *wm = wacc + ATT_WARPS * hd, *wl = wm + ATT_WARPS;
@@ -204,7 +200,11 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	uint2 vpre[VPRE ? 32 : 1];
 	if (VPRE && kw0 < kw1)
 		att_tile_load<PER, VPRE>(kc, vc, base, kvd, kw0, kw1, 0, kready, lane, u, vpre);
-	if (trig == 2)
+	/* the next kernel (o) launches once every block has asked for its rows: they are then
+	 * ahead of o's weight preloads, which still load while attention runs (launched at
+	 * the block's start instead, o's preloads delayed the rows: Q8_0 batch 8 -0.5%, F16
+	 * batch 1 -5%; bench/NOTES-gpu.md, session 23) */
+	if (trig)
 		kb_pdl_trigger();
 	kb_pdl_wait();
 	const float *qr = q + ((int64_t)t * n_head + h) * hd;
@@ -475,13 +475,8 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	/* at most a wave of (token, head) pairs (decode): V rows preloaded (k_attention's VPRE) */
 	const bool pre = (head_dim == 64 || head_dim == 128) && blocks <= (int64_t)KB_ATT_WAVE * ctx->sm_count;
 	AttKernel k = kb_act_q8(av) ? att_kernel<true>(head_dim, pre) : att_kernel<false>(head_dim, pre);
-	/* With PDL at one token, o may launch at once and load its weights while attention
-	 * runs (launching it only after attention's rows were asked for cost Q4_0 1.5%).  At
-	 * several tokens the rows are several sequences' caches and o's preloads delay them:
-	 * there o launches once every block has asked for its rows (8 tokens: Q4_0 +1.9%,
-	 * Q4_K_M +0.8%, Q8_0 +0.5%; bench/NOTES-gpu.md, session 23). */
-	const int pdl = kb_small_pdl(n), trig = pdl ? (n > 1 ? 2 : 1) : 0;
-	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, trig,
+	const int pdl = kb_small_pdl(n);
+	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, pdl,
 			q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head,
 			n_head / n_head_kv, head_dim, (int)(n_head_kv * head_dim), slot_stride, scale, ctx->att_split_keys,
 			out, av,
