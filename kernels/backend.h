@@ -33,6 +33,8 @@ typedef struct {
 	int64_t kv_slot_stride;
 	float scale;
 	float *out;          /* [n_tokens][n_head*head_dim] */
+	const KbWeight *next; /* the product that reads out next, or NULL: a backend may start
+			       * loading its weights while attention runs */
 } KbAttention;
 
 /* A forward step's per-token inputs (host arrays of n_tokens), for step_begin.  variant

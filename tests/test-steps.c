@@ -427,9 +427,11 @@ static void test_step_graphs(void)
 }
 
 /* Attention is launched with the splits the step's longest context can use, so a step is
- * recorded again each time that count changes: with 4 keys a split, one sequence's steps
- * at positions 0..23 take six graphs (1..6 splits), replay them in between, and give the
- * plain op calls' bits. */
+ * recorded again each time that count changes.  With 4 keys a split: one sequence's steps
+ * at positions 0..23 take six graphs (1..6 splits) and replay them in between; then two
+ * sequences at once, one long (positions 24..27: 7 splits) and one short (0..3, whose
+ * tokens use 1 of them), warm up, record and replay their own graph; then a rewind to
+ * position 2 replays the 1-split graph.  Every step gives the plain op calls' bits. */
 static void test_step_graph_splits(void)
 {
 	if (!ready())
@@ -443,27 +445,41 @@ static void test_step_graph_splits(void)
 	Mini mg, mp;
 	CU_ASSERT_EQUAL_FATAL(mini_new(bg, &mg, 0x5f), 0);
 	CU_ASSERT_EQUAL_FATAL(mini_new(bp, &mp, 0x5f), 0);
-	float og[MD], op[MD];
+	float og[2 * MD], op[2 * MD];
 	uint64_t s = 0x3d;
-	int diffs = 0;
-	for (int i = 0; i < 24; i++) {
-		int32_t id = (int32_t)(tu_rand_u64(&s) % MVOCAB), pos = i, seq = 0;
-		CU_ASSERT_EQUAL_FATAL(mini_step(bg, &mg, &id, &pos, &seq, 1, 1), 0);
-		CU_ASSERT_EQUAL_FATAL(mini_step(bp, &mp, &id, &pos, &seq, 1, 0), 0);
-		CU_ASSERT_EQUAL_FATAL(buf_out(bg, og, mg.x, sizeof(og)), 0);
-		CU_ASSERT_EQUAL_FATAL(buf_out(bp, op, mp.x, sizeof(op)), 0);
-		diffs += memcmp(og, op, sizeof(og)) != 0;
+	int diffs = 0, steps = 0;
+	for (int i = 0; i < 24 + 4 + 1; i++) {
+		int32_t ids[2], pos[2] = { i, 0 }, seq[2] = { 0, 1 };
+		int n = 1;
+		if (i >= 24 && i < 28) {
+			n = 2;
+			pos[1] = i - 24;
+		} else if (i == 28) { /* the rewind */
+			pos[0] = 2;
+			seq[0] = 1;
+		}
+		for (int t = 0; t < n; t++)
+			ids[t] = (int32_t)(tu_rand_u64(&s) % MVOCAB);
+		const size_t bytes = sizeof(float) * (size_t)n * MD;
+		CU_ASSERT_EQUAL_FATAL(mini_step(bg, &mg, ids, pos, seq, n, 1), 0);
+		CU_ASSERT_EQUAL_FATAL(mini_step(bp, &mp, ids, pos, seq, n, 0), 0);
+		CU_ASSERT_EQUAL_FATAL(buf_out(bg, og, mg.x, bytes), 0);
+		CU_ASSERT_EQUAL_FATAL(buf_out(bp, op, mp.x, bytes), 0);
+		diffs += memcmp(og, op, bytes) != 0;
+		steps++;
 	}
 	CU_ASSERT_EQUAL(diffs, 0);
 #ifdef QD_HAVE_CUDA
 	KbCudaStepStats st;
 	CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(bg, &st), 0);
-	/* the first step warms up (plain); then each split count's first step is captured */
+	/* one token: a warm-up, 6 captures, 17 replays; two: a warm-up, a capture, 2 replays;
+	 * the rewind: a replay */
 	CU_ASSERT_EQUAL(st.failed, 0);
-	CU_ASSERT_EQUAL(st.captures, 6);
-	CU_ASSERT_EQUAL(st.replays, 24 - 1 - 6);
-	printf("\n    24 steps, %d differ; graphs: %llu captured, %llu replays\n", diffs,
-	       (unsigned long long)st.captures, (unsigned long long)st.replays);
+	CU_ASSERT_EQUAL(st.plain, 2);
+	CU_ASSERT_EQUAL(st.captures, 7);
+	CU_ASSERT_EQUAL(st.replays, 17 + 2 + 1);
+	printf("\n    %d steps, %d differ; graphs: %llu captured, %llu replays, %llu plain\n", steps, diffs,
+	       (unsigned long long)st.captures, (unsigned long long)st.replays, (unsigned long long)st.plain);
 #endif
 	mini_free(bg, &mg);
 	mini_free(bp, &mp);

@@ -442,6 +442,7 @@ static int run_layers(Context *c, const Batch *b, int head)
 		const KbWeight *const wqkv[3] = { &l->wq, &l->wk, &l->wv }, *const wgu[2] = { &l->w_gate, &l->w_up };
 		a.k_cache = c->k_cache[il];
 		a.v_cache = c->v_cache[il];
+		a.next = &l->wo;
 		/* the residual adds ride on the products (acc), and so may the norms after them */
 		if (!normed && (r = o->rmsnorm(be, c->x, l->attn_norm, n, d, cfg->norm_eps, c->xn)) < 0)
 			return r;

@@ -65,11 +65,12 @@ __device__ __forceinline__ float warp_sum(float v)
 	return v;
 }
 
-/* Splits: a (token, head) gets gridDim.y blocks, each over a contiguous share of its
- * keys, so that a decode step with few (token, head) pairs still fills the GPU.  With
- * more than one split each block leaves its (max, sum, unnormalized values) in PART;
- * the last block of the pair to finish (a counter in CNT, reset by that block) merges
- * them in split order, so the result does not depend on which block finished last. */
+/* Splits: a (token, head) gets min(ceil(len / split_keys), gridDim.y) blocks, each over a
+ * contiguous share of its keys, so that a decode step with few (token, head) pairs still
+ * fills the GPU.  With more than one split each block leaves its (max, sum, unnormalized
+ * values) in PART; the last block of the pair to finish (a counter in CNT, reset by that
+ * block) merges them in split order, so the result does not depend on which block
+ * finished last. */
 /* PER = head_dim / 32 values per lane: lane l owns dimensions PER*l .. PER*l + PER-1, so
  * that a value row is one load of 2*PER bytes per lane. */
 template <int PER>
@@ -146,6 +147,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 							      unsigned *cnt)
 {
 	KB_TRACE();
+	/* TRIG: 0 no early launch of the next kernel; 1 once this block has asked for its
+	 * rows (below); 2 now (kb_cuda_attention's EARLY) */
+	if (trig == 2)
+		kb_pdl_trigger();
 	extern __shared__ __align__(16) float sm[]; /* qs[hd], acc[ATT_WARPS][hd], m[ATT_WARPS], l[ATT_WARPS] */
 	__shared__ int last;
 	float *qs = sm, *wacc = sm + hd, *wm = wacc + ATT_WARPS * hd, *wl = wm + ATT_WARPS;
@@ -200,11 +205,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	uint2 vpre[VPRE ? 32 : 1];
 	if (VPRE && kw0 < kw1)
 		att_tile_load<PER, VPRE>(kc, vc, base, kvd, kw0, kw1, 0, kready, lane, u, vpre);
-	/* the next kernel (o) launches once every block has asked for its rows: they are then
-	 * ahead of o's weight preloads, which still load while attention runs (launched at
-	 * the block's start instead, o's preloads delayed the rows: Q8_0 batch 8 -0.5%, F16
-	 * batch 1 -5%; bench/NOTES-gpu.md, session 23) */
-	if (trig)
+	/* by default the next kernel (o) launches once every block has asked for its rows
+	 * (a block's first warp here counts for it; SASS keeps the loads before), so they are
+	 * ahead of o's weight preloads, which still load while attention runs (launched at the
+	 * block's start, o's preloads delayed the rows: Q8_0 batch 8 -0.5%, F16 batch 1 -5%;
+	 * bench/NOTES-gpu.md, session 23) */
+	if (trig == 1)
 		kb_pdl_trigger();
 	kb_pdl_wait();
 	const float *qr = q + ((int64_t)t * n_head + h) * hd;
@@ -417,29 +423,23 @@ extern "C" int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys)
 	return 0;
 }
 
-extern "C" int kb_cuda_att_split_class(const KbCuda *ctx, int max_len)
-{
-	if (!ctx || max_len < 1)
-		return KB_ATT_MAX_SPLITS;
-	const int s = (int)(((int64_t)max_len + ctx->att_split_keys - 1) / ctx->att_split_keys);
-	return s < KB_ATT_MAX_SPLITS ? s : KB_ATT_MAX_SPLITS;
-}
-
 /* Splits per (token, head): enough blocks for KB_ATT_WAVE in all, at most what the
- * longest context can use (kb_cuda_att_split_class). */
-static int att_splits(const KbCuda *ctx, int64_t pairs, int max_len)
+ * longest context can use. */
+extern "C" int kb_cuda_att_splits(const KbCuda *ctx, int64_t pairs, int max_len)
 {
 	const int64_t want = (int64_t)KB_ATT_WAVE * ctx->sm_count;
-	const int cls = kb_cuda_att_split_class(ctx, max_len);
+	int most = KB_ATT_MAX_SPLITS;
+	if (max_len > 0 && ((int64_t)max_len + ctx->att_split_keys - 1) / ctx->att_split_keys < most)
+		most = (int)(((int64_t)max_len + ctx->att_split_keys - 1) / ctx->att_split_keys);
 	if (pairs >= want)
 		return 1;
-	int64_t s = (want + pairs - 1) / pairs;
-	return (int)(s > cls ? cls : s);
+	const int64_t s = (want + pairs - 1) / pairs;
+	return (int)(s > most ? most : s);
 }
 
 extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 				 const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
-				 int64_t slot_stride, float scale, int max_len, float *out, KbCudaAct *act)
+				 int64_t slot_stride, float scale, int max_len, int early, float *out, KbCudaAct *act)
 {
 	if (!ctx || !q || !k_cache || !v_cache || !pos || !seq || !out || n < 0 || n_head < 1 || n_head_kv < 1 ||
 	    n_head % n_head_kv || head_dim < 32 || head_dim % 32 || head_dim > 32 * ATT_MAXPER)
@@ -459,8 +459,8 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 			return -EINVAL;
 		av = kb_act_out(act, n);
 	}
-	const int S = att_splits(ctx, blocks, max_len);
-	if (att_splits(ctx, blocks, 0) > 1) {
+	const int S = kb_cuda_att_splits(ctx, blocks, max_len);
+	if (kb_cuda_att_splits(ctx, blocks, 0) > 1) {
 		/* room for every split launch: pairs * S < 2 * wave.  Allocated when a launch of
 		 * this size could split at any context, not only at this one: a step's first
 		 * (plain) run must allocate it before the step is recorded at a longer context
@@ -475,8 +475,8 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	/* at most a wave of (token, head) pairs (decode): V rows preloaded (k_attention's VPRE) */
 	const bool pre = (head_dim == 64 || head_dim == 128) && blocks <= (int64_t)KB_ATT_WAVE * ctx->sm_count;
 	AttKernel k = kb_act_q8(av) ? att_kernel<true>(head_dim, pre) : att_kernel<false>(head_dim, pre);
-	const int pdl = kb_small_pdl(n);
-	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, pdl,
+	const int pdl = kb_small_pdl(n), trig = pdl ? (early ? 2 : 1) : 0;
+	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, trig,
 			q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head,
 			n_head / n_head_kv, head_dim, (int)(n_head_kv * head_dim), slot_stride, scale, ctx->att_split_keys,
 			out, av,

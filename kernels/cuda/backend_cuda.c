@@ -469,6 +469,24 @@ static int att_tiles(CudaBackend *c, const KbAttention *a)
 	return nt;
 }
 
+/* At one token the next product (wo) may launch at attention's start and load its weights
+ * while attention runs when they are at most this many bytes: 7B wo of 9.4 MB (Q4_0, Q4_K_M)
+ * and 17.8 MB (Q8_0) gained 1.0-1.8% a step, 7B F16's 33.5 MB lost 4.9% and 70B Q4_0's 37.7
+ * MB 0.2% (their preloads delay q/k/v's last loads and attention's rows; session 23). */
+#define ATT_EARLY_NEXT_BYTES (24ull << 20)
+
+static int att_early(const KbAttention *a)
+{
+	if (a->n_tokens != 1 || !a->next || !a->next->priv)
+		return 0;
+	const CudaWeight *w = a->next->priv;
+	if (!w->mm)
+		return 0;
+	KbCudaWeightInfo info;
+	kb_cuda_weight_info(w->mm, &info);
+	return info.gguf_bytes <= ATT_EARLY_NEXT_BYTES;
+}
+
 /* Attention converts its output for the next product (wo) in the same launch when that
  * fits one pass, as rmsnorm does.  Steps too large for a recorded graph (the host's
  * positions and slots are this call's) take the tensor cores where the head size allows. */
@@ -481,6 +499,7 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 	int r = idx_pos_seq(c, a, &dpos, &dseq);
 	if (r < 0)
 		return r;
+	c->att_heads = a->n_head;
 	const int tc_shape = (a->head_dim == 64 || a->head_dim == 128) && a->kv_slot_stride % 8 == 0 &&
 			     ((uintptr_t)a->q | (uintptr_t)a->out | (uintptr_t)a->k_cache | (uintptr_t)a->v_cache) % 16 == 0;
 	if (c->att_tc && a->n_tokens > STEP_GRAPH_MAX_TOK && !c->step.capturing && tc_shape) {
@@ -504,7 +523,8 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 				 ? c->act
 				 : NULL;
 	r = kb_cuda_attention(c->ctx, a->q, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head, a->n_head_kv,
-			      a->head_dim, a->kv_slot_stride, a->scale, step_max_len(a->pos, a->n_tokens), a->out, act);
+			      a->head_dim, a->kv_slot_stride, a->scale, step_max_len(a->pos, a->n_tokens), att_early(a),
+			      a->out, act);
 	if (r == 0 && act) {
 		c->act_x = a->out;
 		c->act_n = a->n_tokens;

@@ -30,7 +30,7 @@ typedef struct {
 typedef struct {
 	int n;          /* n_tokens of the step it replays; 0: free */
 	int variant;    /* and its KbStep.variant (0 or 1) */
-	int splits;     /* and the attention splits its launches have (kb_cuda_att_split_class) */
+	int splits;     /* and the splits its attention launches have (kb_cuda_att_splits) */
 	KbCudaGraph *g;
 	uint64_t used;  /* clock of the last replay */
 	int32_t *ids;   /* matmul_argmax in the step: where its ids go at the sync after a replay */
@@ -76,6 +76,8 @@ typedef struct {
 	int64_t act_cols;
 	int fuse;
 	int att_tc;             /* many-token attention on the tensor cores (attention_tc.cu) */
+	int att_heads;          /* n_head of the last attention call (0: none yet), for step_begin's
+				 * prediction of its launch (kb_cuda_att_splits) */
 	int gemm;               /* products of > KB_CUDA_MAX_TOK tokens through kb_cuda_mmq */
 	void *xq;               /* its f16 activation scratch */
 	size_t xq_bytes;

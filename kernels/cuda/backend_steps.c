@@ -6,8 +6,9 @@
  * launch instead of ~600 (7B).  The recorded kernels read everything that changes between
  * steps (ids, positions, slots, hence attention lengths) from device memory, so a replay is
  * the same computation as the op calls; only attention's launch is sized by the step's
- * longest context (its splits), so graphs are kept per (n_tokens, variant, splits).
- * STEP_GRAPHS graphs are kept, the least recently
+ * longest context (its splits), so graphs are kept per (n_tokens, variant, splits), and a
+ * step whose splits differ from every graph of its size is captured at once (its size has
+ * run op by op before).  STEP_GRAPHS graphs are kept, the least recently
  * replayed going first; QD_CUDA_GRAPHS=0 (read by kb_cuda_backend_new) turns recording off. */
 #include <errno.h>
 #include <stdlib.h>
@@ -60,9 +61,11 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 		return -EBUSY;
 	const int n = s->n_tokens, variant = s->variant != 0;
 	/* attention is launched with the splits the step's longest context can use, so a
-	 * graph is recorded per split count too (a new one every split_keys keys of context,
-	 * up to KB_ATT_MAX_SPLITS) */
-	const int splits = kb_cuda_att_split_class(c->ctx, step_max_len(s->pos, n));
+	 * graph is recorded per split count too (at a decode step of few sequences, a new one
+	 * every split_keys keys of context, up to KB_ATT_MAX_SPLITS); the head count is the
+	 * last attention call's (none yet: the step runs op by op anyway) */
+	const int splits = kb_cuda_att_splits(c->ctx, (int64_t)n * (c->att_heads > 0 ? c->att_heads : 1),
+					      step_max_len(s->pos, n));
 	/* the daemon may create a model's context on its loader thread and step it on the
 	 * engine thread: kernel launches go to the calling thread's current device */
 	int r = kb_cuda_bind(c->ctx);

@@ -76,17 +76,17 @@ int kb_cuda_rope_kv_store(KbCuda *ctx, float *q, float *k, const float *v, uint1
 /* Attention over a context of L keys runs in min(ceil(L / keys), the launch's splits)
  * blocks per (token, head), merged at the end; fewer keys a split than this cost more in
  * the merge than they save (H200, 7B decode).  The default is KB_ATT_SPLIT_KEYS; the
- * setter returns 0 or -EINVAL (keys outside 1..2^24).  Steps recorded as graphs keep the
- * value they were recorded with. */
+ * setter returns 0 or -EINVAL (keys outside 1..2^24).  Set it before any step is
+ * recorded: a recorded graph keeps the launch it was recorded with. */
 #define KB_ATT_SPLIT_KEYS 256
 #define KB_ATT_MAX_SPLITS 16
 int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys);
 
-/* The splits a (token, head) of a step whose longest context is MAX_LEN keys can use:
- * ceil(MAX_LEN / split keys), 1..KB_ATT_MAX_SPLITS (MAX_LEN < 1: the most).  A launch
- * has no more than this many (kb_cuda_attention), so a step recorded as a graph is
- * recorded again when it changes (backend_steps.c keys its graphs by it). */
-int kb_cuda_att_split_class(const KbCuda *ctx, int max_len);
+/* The splits per (token, head) kb_cuda_attention launches for PAIRS (token, head) pairs
+ * whose longest context is MAX_LEN keys (< 1: not known): enough blocks to fill the GPU,
+ * at most ceil(MAX_LEN / split keys) and KB_ATT_MAX_SPLITS.  backend_steps.c keys its
+ * graphs by it, so a step is recorded again when its launch would change. */
+int kb_cuda_att_splits(const KbCuda *ctx, int64_t pairs, int max_len);
 
 /* For each (token t, head h): q rounded to f16, scores against keys 0..pos[t] of slot
  * seq[t] (kv head h / (n_head / n_head_kv)), times scale, softmax, weighted sum of the
@@ -96,11 +96,13 @@ int kb_cuda_att_split_class(const KbCuda *ctx, int max_len);
  * also converted into it in the same launch, as by kb_cuda_rmsnorm_act.  MAX_LEN: the
  * longest context (pos[t] + 1) of the step when the caller knows it, else 0; the launch
  * then has no split blocks that every token's context would leave idle (at a 7B decode
- * step of a short context, 480 of 512 blocks: 2% of a Q4_0 step).  Each token's splits,
- * and so its bits, are the same either way. */
+ * step of a short context, 480 of 512 blocks).  Each token's splits, and so its bits, are
+ * the same either way.  EARLY (at most KB_CUDA_MAX_TOK tokens, where the next kernel is
+ * launched early): that kernel may launch at once rather than once every block has asked
+ * for its K/V rows. */
 int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 		      const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
-		      int64_t slot_stride, float scale, int max_len, float *out, KbCudaAct *act);
+		      int64_t slot_stride, float scale, int max_len, int early, float *out, KbCudaAct *act);
 
 /* The same for steps of many tokens (attention_tc.cu), on the tensor cores: TILES (device,
  * [n_tiles][2]: first batch token, count 1..16) are runs of batch tokens of one sequence
