@@ -1,12 +1,12 @@
 #!/bin/sh
 # tools/gpu-variant.sh NAME [NVCC_DEFINES...]: an experiment build of qd-engine,
-# test-backend, test-fused and test-steps for sm_90a, in a build directory made fresh for it
+# test-backend, test-fused, test-fused-qkv and test-steps for sm_90a, in a build directory made fresh for it
 # (.dev/bv-NAME), stripped into .dev/v-NAME/ and packed as .dev/x/v-NAME.tar.xz, for A/B
 # timings against the default pack (tools/gpu-pack.sh) on a GPU machine:
 #
 #   sh tools/gpu-variant.sh attexit -DQD_DEV_ATT_EXIT
 #   device: tar -xJf .dev/x/pack.tar.xz && tar -xJf .dev/x/v-attexit.tar.xz
-#           LD_LIBRARY_PATH=.dev/f .dev/v-attexit/test-backend   (and test-fused, and
+#           LD_LIBRARY_PATH=.dev/f .dev/v-attexit/test-backend   (and test-fused, test-fused-qkv, and
 #           test-steps for a change to the forward pass, before its timings count)
 #           LD_LIBRARY_PATH=.dev/f .dev/v-attexit/qd-engine bench ...
 #
@@ -22,7 +22,7 @@ shift
 case $NAME in *[!A-Za-z0-9_-]*|"") echo "gpu-variant: NAME: letters, digits, _ and - only" >&2; exit 2;; esac
 O=.dev/bv-$NAME
 rm -rf "$O" ".dev/v-$NAME"
-BINS="qd-engine tests/test-backend tests/test-fused tests/test-steps bench/bench-cuda-mmv"
+BINS="qd-engine tests/test-backend tests/test-fused tests/test-fused-qkv tests/test-steps bench/bench-cuda-mmv"
 make -j"$(nproc)" O="$O" CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" NVCCFLAGS="-O3 $*" \
 	$(for b in $BINS; do echo "$O/$b"; done)
 mkdir -p ".dev/v-$NAME" .dev/x
