@@ -429,8 +429,11 @@ extern "C" int kb_cuda_att_splits(const KbCuda *ctx, int64_t pairs, int max_len)
 {
 	const int64_t want = (int64_t)KB_ATT_WAVE * ctx->sm_count;
 	int most = KB_ATT_MAX_SPLITS;
-	if (max_len > 0 && ((int64_t)max_len + ctx->att_split_keys - 1) / ctx->att_split_keys < most)
-		most = (int)(((int64_t)max_len + ctx->att_split_keys - 1) / ctx->att_split_keys);
+	if (max_len > 0) {
+		const int64_t need = ((int64_t)max_len + ctx->att_split_keys - 1) / ctx->att_split_keys;
+		if (need < most)
+			most = (int)need;
+	}
 	if (pairs >= want)
 		return 1;
 	const int64_t s = (want + pairs - 1) / pairs;
