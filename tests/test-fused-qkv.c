@@ -26,6 +26,15 @@ static uint64_t qkv_rope(KbBackend *g)
 	return step_stats(g).qkv_rope;
 }
 
+/* QD_CUDA_MMV_STAGES=N > 0 forces the products' bulk-copy ring, and then a q/k/v of two
+ * types is not run as one launch (k_mmv_pair is the register kernel's): the pair counts
+ * expected are 0, so that the suite also runs green in that mode. */
+static int ring_forced(void)
+{
+	const char *e = getenv("QD_CUDA_MMV_STAGES");
+	return e && atoi(e) > 0;
+}
+
 /* Whether backend buffers A and B (BYTES each) differ in any bit; with NONZERO, how many
  * 16-bit words of A are not 0 (a KV cache's stores happened). */
 static int bufs_differ(KbBackend *g, const void *a, const void *b, size_t bytes, int *nonzero)
@@ -86,7 +95,7 @@ static void test_matmul_rope_kv(void)
 		for (size_t ci = 0; ci < sizeof(cfgs) / sizeof(cfgs[0]); ci++) {
 			KbBackend *const g = backends[bi];
 			const int pair = bi == 1 && cfgs[ci].type == QD_TYPE_Q4_K && cfgs[ci].vtype == QD_TYPE_Q6_K &&
-					 cfgs[ci].rot <= 128;
+					 cfgs[ci].rot <= 128 && !ring_forced();
 			const int nh = cfgs[ci].nh, nkv = cfgs[ci].nkv, hd = cfgs[ci].hd;
 			const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, stride = (int64_t)n_ctx * kvd;
 			const int64_t cols = cfgs[ci].cols;
@@ -165,7 +174,7 @@ static void test_matmul_rope_kv(void)
 		}
 	}
 	CU_ASSERT_EQUAL(bad, 0);
-	CU_ASSERT_EQUAL(pairs, 4);
+	CU_ASSERT_EQUAL(pairs, ring_forced() ? 0 : 4);
 	printf("\n    %d cases, %d differ; %d pair launches, %d with the epilogue\n", cases, bad, pairs, fused);
 	backends[0]->ops->free(backends[0]);
 	backends[1]->ops->free(backends[1]);
@@ -225,7 +234,7 @@ static void test_pair_after_norm(void)
 				CU_ASSERT_EQUAL(g->ops->matmul_multi(g, 3, qkv, dn, 1, y, 0), 0);
 				CU_ASSERT_EQUAL(g->ops->rope_kv_store(g, &a, y[0], y[1], y[2], HD, 10000.0f), 0);
 			}
-			CU_ASSERT_EQUAL(qkv_pairs(g) - p0, (uint64_t)(k == 0));
+			CU_ASSERT_EQUAL(qkv_pairs(g) - p0, (uint64_t)(k == 0 && !ring_forced()));
 		}
 		int diff = 0;
 		for (int i = 0; i < 3; i++)
