@@ -367,6 +367,19 @@ static int mini_step(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *p
 	return r;
 }
 
+/* One step of N tokens on BG (graphs and the fused ops) and on BP (op by op): whether the
+ * layer's outputs differ in any bit (OG, OP: room for N rows each). */
+static int steps_differ(KbBackend *bg, Mini *mg, KbBackend *bp, Mini *mp, const int32_t *ids, const int32_t *pos,
+			const int32_t *seq, int n, float *og, float *op)
+{
+	const size_t bytes = sizeof(float) * (size_t)n * MD;
+	CU_ASSERT_EQUAL_FATAL(mini_step(bg, mg, ids, pos, seq, n, 1), 0);
+	CU_ASSERT_EQUAL_FATAL(mini_step(bp, mp, ids, pos, seq, n, 0), 0);
+	CU_ASSERT_EQUAL_FATAL(buf_out(bg, og, mg->x, bytes), 0);
+	CU_ASSERT_EQUAL_FATAL(buf_out(bp, op, mp->x, bytes), 0);
+	return memcmp(og, op, bytes) != 0;
+}
+
 /* Steps recorded and replayed as CUDA graphs (with shared activation conversions and the
  * fused ops) give the same bits as the plain op calls, step after step, while positions, slots and ids change;
  * the graphs are really used (one capture per batch size, the rest replays). */
@@ -397,11 +410,7 @@ static void test_step_graphs(void)
 			seq[0] = 1;
 			pos[0] = i;
 		}
-		CU_ASSERT_EQUAL_FATAL(mini_step(bg, &mg, ids, pos, seq, n, 1), 0);
-		CU_ASSERT_EQUAL_FATAL(mini_step(bp, &mp, ids, pos, seq, n, 0), 0);
-		CU_ASSERT_EQUAL_FATAL(buf_out(bg, og, mg.x, sizeof(float) * (size_t)n * MD), 0);
-		CU_ASSERT_EQUAL_FATAL(buf_out(bp, op, mp.x, sizeof(float) * (size_t)n * MD), 0);
-		diffs += memcmp(og, op, sizeof(float) * (size_t)n * MD) != 0;
+		diffs += steps_differ(bg, &mg, bp, &mp, ids, pos, seq, n, og, op);
 		steps++;
 	}
 	CU_ASSERT_EQUAL(diffs, 0);
@@ -460,12 +469,7 @@ static void test_step_graph_splits(void)
 		}
 		for (int t = 0; t < n; t++)
 			ids[t] = (int32_t)(tu_rand_u64(&s) % MVOCAB);
-		const size_t bytes = sizeof(float) * (size_t)n * MD;
-		CU_ASSERT_EQUAL_FATAL(mini_step(bg, &mg, ids, pos, seq, n, 1), 0);
-		CU_ASSERT_EQUAL_FATAL(mini_step(bp, &mp, ids, pos, seq, n, 0), 0);
-		CU_ASSERT_EQUAL_FATAL(buf_out(bg, og, mg.x, bytes), 0);
-		CU_ASSERT_EQUAL_FATAL(buf_out(bp, op, mp.x, bytes), 0);
-		diffs += memcmp(og, op, bytes) != 0;
+		diffs += steps_differ(bg, &mg, bp, &mp, ids, pos, seq, n, og, op);
 		steps++;
 	}
 	CU_ASSERT_EQUAL(diffs, 0);

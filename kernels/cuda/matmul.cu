@@ -103,6 +103,13 @@ __host__ __device__ constexpr size_t kb_slot_bytes(int nw, int rt)
 	return kb_slot_f4(nw, rt) * sizeof(float4);
 }
 
+/* A register-walk launch's shared memory: the slots, the 1 / rms, then EPI bytes (k_mmv_norm's
+ * rows, or KbRopeSm). */
+static inline size_t kb_mmv_smem(int nw, int rt, size_t epi)
+{
+	return kb_slot_bytes(nw, rt) + KB_RMS_SM_BYTES + epi;
+}
+
 /* The RoPE epilogue's inputs, written before the products' wait (kb_rope_pre): the
  * tokens' positions and cache slots, and the sine and cosine of each rotated pair's angle,
  * so the flush reads them instead of the indices in global memory and of an angle chain
@@ -355,7 +362,7 @@ template <int T, int RT, bool ROPE, int I8, bool RMS>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 {
 	const int nw = c->warps;
-	const size_t smem = kb_slot_bytes(nw, RT) + KB_RMS_SM_BYTES + kb_rope_sm<ROPE>();
+	const size_t smem = kb_mmv_smem(nw, RT, kb_rope_sm<ROPE>());
 	int grid = a.n_groups;
 	if (c->persist) {
 		int r = kb_fit_grid(ctx, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(), nw * 32, smem,
@@ -408,7 +415,7 @@ static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int 
 		       bool rounds = false)
 {
 	constexpr int NW = 16;
-	const size_t smem = kb_slot_bytes(NW, 1) + KB_RMS_SM_BYTES + epi;
+	const size_t smem = kb_mmv_smem(NW, 1, epi);
 	int grid;
 	int r = kb_fit_grid(ctx, k, NW * 32, smem, occ, 0, a.n_groups, &grid);
 	if (r < 0)
@@ -626,7 +633,7 @@ template <typename F> static int kb_with_pair(int t1, int t2, F &&f)
 template <int T1, int T2> static int launch_pair(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a, KbMmvArgs b)
 {
 	const int nw = c->warps;
-	const size_t smem = kb_slot_bytes(nw, 1) + KB_RMS_SM_BYTES + kb_rope_sm<true>();
+	const size_t smem = kb_mmv_smem(nw, 1, kb_rope_sm<true>());
 	void (*k)(const KbMmvArgs, const KbMmvArgs) = a.rms.on ? k_mmv_pair<T1, T2, true> : k_mmv_pair<T1, T2, false>;
 	int ga = a.n_groups, gb = b.n_groups, grid = ga + gb;
 	if (c->persist) {
