@@ -440,7 +440,9 @@ static void test_step_graphs(void)
  * at positions 0..23 take six graphs (1..6 splits) and replay them in between; then two
  * sequences at once, one long (positions 24..27: 7 splits) and one short (0..3, whose
  * tokens use 1 of them), warm up, record and replay their own graph; then a rewind to
- * position 2 replays the 1-split graph.  Every step gives the plain op calls' bits. */
+ * position 2 replays the 1-split graph, recorded before the two-token steps (until session
+ * 24 the step index buffer grew there, which dropped every graph: this step recorded
+ * again).  Every step gives the plain op calls' bits. */
 static void test_step_graph_splits(void)
 {
 	if (!ready())
@@ -457,6 +459,10 @@ static void test_step_graph_splits(void)
 	float og[2 * MD], op[2 * MD];
 	uint64_t s = 0x3d;
 	int diffs = 0, steps = 0;
+#ifdef QD_HAVE_CUDA
+	char kinds[32] = ""; /* each step: P plain, C captured, R replayed */
+	KbCudaStepStats was = { 0 };
+#endif
 	for (int i = 0; i < 24 + 4 + 1; i++) {
 		int32_t ids[2], pos[2] = { i, 0 }, seq[2] = { 0, 1 };
 		int n = 1;
@@ -470,20 +476,28 @@ static void test_step_graph_splits(void)
 		for (int t = 0; t < n; t++)
 			ids[t] = (int32_t)(tu_rand_u64(&s) % MVOCAB);
 		diffs += steps_differ(bg, &mg, bp, &mp, ids, pos, seq, n, og, op);
+#ifdef QD_HAVE_CUDA
+		KbCudaStepStats now;
+		CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(bg, &now), 0);
+		kinds[i] = now.captures > was.captures ? 'C' : now.replays > was.replays ? 'R' : 'P';
+		was = now;
+#endif
 		steps++;
 	}
 	CU_ASSERT_EQUAL(diffs, 0);
 #ifdef QD_HAVE_CUDA
 	KbCudaStepStats st;
 	CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(bg, &st), 0);
+	/* the steps' kinds in order: one token (24), two (4), the rewind */
+	CU_ASSERT_STRING_EQUAL(kinds, "PCRRCRRRCRRRCRRRCRRRCRRRPCRRR");
 	/* one token: a warm-up, 6 captures, 17 replays; two: a warm-up, a capture, 2 replays;
 	 * the rewind: a replay */
 	CU_ASSERT_EQUAL(st.failed, 0);
 	CU_ASSERT_EQUAL(st.plain, 2);
 	CU_ASSERT_EQUAL(st.captures, 7);
 	CU_ASSERT_EQUAL(st.replays, 17 + 2 + 1);
-	printf("\n    %d steps, %d differ; graphs: %llu captured, %llu replays, %llu plain\n", steps, diffs,
-	       (unsigned long long)st.captures, (unsigned long long)st.replays, (unsigned long long)st.plain);
+	printf("\n    %d steps, %d differ; graphs: %llu captured, %llu replays, %llu plain (%s)\n", steps, diffs,
+	       (unsigned long long)st.captures, (unsigned long long)st.replays, (unsigned long long)st.plain, kinds);
 #endif
 	mini_free(bg, &mg);
 	mini_free(bp, &mp);

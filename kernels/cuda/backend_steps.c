@@ -73,8 +73,12 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 		return r;
 	act_forget(c);
 	if (n > st->cap) {
-		/* recorded steps and queued kernels may use the old buffer */
+		/* recorded steps and queued kernels may use the old buffer, so growing drops
+		 * the graphs: room for a recorded step's tokens from the start, as for the
+		 * greedy ids (a 1-token decode going to 2 sequences dropped every 1-token graph) */
 		int cap = n > 2 * st->cap ? n : 2 * st->cap;
+		if (cap < STEP_GRAPH_MAX_TOK)
+			cap = STEP_GRAPH_MAX_TOK;
 		void *host = NULL, *dev = NULL;
 		if ((r = kb_cuda_sync(c->ctx)) < 0 ||
 		    (r = kb_cuda_host_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &host, NULL)) < 0)
