@@ -122,11 +122,22 @@ __device__ __forceinline__ void att_tile_load(const __half *kc, const __half *vc
 			u[v] = *(const uint4 *)(kr + 8 * v);
 	}
 	if constexpr (VPRE) {
+		/* rows j0 + [a, b) as a bit mask, and one pointer stepped a row at a time: four
+		 * instructions a row.  Written with each row's conditions and address, the
+		 * compiler rebuilt both from the constant bank for every row (~13 instructions):
+		 * the step's own rows, loaded after the wait by the warp that holds them, cost
+		 * that warp ~440 instructions while the block's first barrier waited for it
+		 * (ncu; 7B batch 1 Q4_0 +2.5%, Q8_0 +1.2%: bench/NOTES-gpu.md, session 24) */
+		const int a = (lo > j0 ? lo : j0) - j0;
+		int b = (hi < kw1 ? hi : kw1) - j0;
+		b = b < 32 ? b : 32;
+		const uint32_t below_b = b <= 0 ? 0u : b >= 32 ? 0xffffffffu : (1u << b) - 1u;
+		const uint32_t below_a = a >= 32 ? 0xffffffffu : (1u << a) - 1u;
+		const uint32_t rows = below_b & ~below_a;
+		const __half *vr = vc + base + (int64_t)j0 * kvd + PER * lane;
 #pragma unroll
-		for (int jj = 0; jj < 32; jj++) {
-			const int jv = j0 + jj;
-			if (jv < kw1 && jv >= lo && jv < hi) {
-				const __half *vr = vc + base + (int64_t)jv * kvd + PER * lane;
+		for (int jj = 0; jj < 32; jj++, vr += kvd) {
+			if (rows >> jj & 1u) {
 				if constexpr (PER == 4)
 					vpre[jj] = *(const uint2 *)vr;
 				else
