@@ -459,11 +459,12 @@ static void test_step_graph_splits(void)
 	float og[2 * MD], op[2 * MD];
 	uint64_t s = 0x3d;
 	int diffs = 0, steps = 0;
+	enum { STEPS = 24 + 4 + 1 }; /* one token, two, the rewind */
 #ifdef QD_HAVE_CUDA
-	char kinds[32] = ""; /* each step: P plain, C captured, R replayed */
+	char kinds[STEPS + 1] = ""; /* each step: P plain, C captured, R replayed */
 	KbCudaStepStats was = { 0 };
 #endif
-	for (int i = 0; i < 24 + 4 + 1; i++) {
+	for (int i = 0; i < STEPS; i++) {
 		int32_t ids[2], pos[2] = { i, 0 }, seq[2] = { 0, 1 };
 		int n = 1;
 		if (i >= 24 && i < 28) {
@@ -488,7 +489,8 @@ static void test_step_graph_splits(void)
 #ifdef QD_HAVE_CUDA
 	KbCudaStepStats st;
 	CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(bg, &st), 0);
-	/* the steps' kinds in order: one token (24), two (4), the rewind */
+	/* the steps' kinds in order: one token (24), two (4), the rewind (7 graphs: fewer
+	 * than the STEP_GRAPHS kept, so none is evicted) */
 	CU_ASSERT_STRING_EQUAL(kinds, "PCRRCRRRCRRRCRRRCRRRCRRRPCRRR");
 	/* one token: a warm-up, 6 captures, 17 replays; two: a warm-up, a capture, 2 replays;
 	 * the rewind: a replay */

@@ -169,8 +169,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	/* Read before waiting for the previous kernel (the q/k/v product or RoPE, which
 	 * write q and this step's K and V rows): the positions and slots, and in the decode
-	 * instances (VPRE; elsewhere the held rows would cost occupancy: 44 -> 126 registers
-	 * at PER 4) the first tile's K and V rows of keys below the smallest position this
+	 * instances (VPRE; elsewhere the held rows would cost occupancy: 60 -> 168 registers
+	 * at PER 4, sm_90a, session 24) the first tile's K and V rows of keys below the smallest position this
 	 * step writes in the token's slot (a step may rewind a sequence: positions 5, 6, 2).
 	 * Both were written
 	 * before the step's first kernel started: a step begins with the copy of its
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	/* VPRE (head sizes 64 and 128, PER 2 or 4): a tile's 32 V rows are requested with its
 	 * K rows, before the scores (32 words or pairs of words a lane), so a tile costs one
 	 * memory latency instead of one per eight V rows.  Taken when the launch is at most a
-	 * wave of (token, head) pairs: its registers (130 a thread at PER 4, against 44) cost
+	 * wave of (token, head) pairs: its registers (168 a thread at PER 4, against 60) cost
 	 * occupancy that many blocks need (7B, 64 tokens: -1.5%). */
 	static_assert(!VPRE || PER == 2 || PER == 4, "V rows preloaded for head sizes 64 and 128");
 	constexpr int NV = 4 * PER;

@@ -74,8 +74,9 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 	act_forget(c);
 	if (n > st->cap) {
 		/* recorded steps and queued kernels may use the old buffer, so growing drops
-		 * the graphs: room for a recorded step's tokens from the start, as for the
-		 * greedy ids (a 1-token decode going to 2 sequences dropped every 1-token graph) */
+		 * every graph: room for a recorded step's tokens from the start, as for the
+		 * greedy ids (a decode going from 1 sequence to 2 dropped every graph it had
+		 * recorded; a prefill longer than any before still does) */
 		int cap = n > 2 * st->cap ? n : 2 * st->cap;
 		if (cap < STEP_GRAPH_MAX_TOK)
 			cap = STEP_GRAPH_MAX_TOK;
