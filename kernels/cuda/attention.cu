@@ -170,13 +170,13 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	/* Read before waiting for the previous kernel (the q/k/v product or RoPE, which
 	 * write q and this step's K and V rows): the positions and slots, and in the decode
 	 * instances (VPRE; elsewhere the held rows would cost occupancy: 60 -> 168 registers
-	 * at PER 4, sm_90a, session 24) the first tile's K and V rows of keys below the smallest position this
-	 * step writes in the token's slot (a step may rewind a sequence: positions 5, 6, 2).
-	 * Both were written
-	 * before the step's first kernel started: a step begins with the copy of its
-	 * indices (cuda_step_begin), which waits for every earlier kernel (outside steps,
-	 * test-backend's direct calls, positions are copied when they change: idx_get).
-	 * Without an early launch (trig 0) everything before has finished. */
+	 * at PER 4 on sm_90a) the first tile's K and V rows of keys below the smallest
+	 * position this step writes in the token's slot (a step may rewind a sequence:
+	 * positions 5, 6, 2).  Both were written before the step's first kernel started: a
+	 * step begins with the copy of its indices (cuda_step_begin), which waits for every
+	 * earlier kernel (outside steps, test-backend's direct calls, positions are copied
+	 * when they change: idx_get).  Without an early launch (trig 0) everything before
+	 * has finished. */
 	const int len = pos[t] + 1;
 	/* splits in use: at least split_keys keys each.  The launch (and a recorded graph)
 	 * has gridDim.y splits for the step's longest context (or for any, when the caller
