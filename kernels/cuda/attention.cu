@@ -6,11 +6,12 @@
  * pairs (decode) and the context is long (at least att_split_keys keys a split), each
  * over a share of the keys (split-K, merged by the last one).  Warp w takes the w-th
  * quarter of its block's keys, in tiles of 32: each lane scores one key of the tile (a
- * whole dot product over head_dim, the row in one round of 16-byte loads), the warp
- * updates its running max and sum (online softmax), then walks the tile's 32 weights
- * accumulating values, each lane owning head_dim/32 dimensions (coalesced row reads; at
- * decode sizes the tile's V rows are requested with its K rows, VPRE).  The four warps'
- * partial results meet in shared memory at the end. */
+ * whole dot product over head_dim, the row in one round of 16-byte loads; at decode
+ * sizes, VPRE, the warp scores the tile with mmas instead, att_scores), the warp updates
+ * its running max and sum (online softmax), then walks the tile's 32 weights
+ * accumulating values, each lane owning head_dim/32 dimensions (coalesced row reads; with
+ * VPRE the tile's V rows are requested with its K rows).  The four warps' partial
+ * results meet in shared memory at the end. */
 #include <cuda_fp16.h>
 #include <math.h>
 #include <string.h>
@@ -106,45 +107,92 @@ __device__ __forceinline__ void att_vload(const __half *vr, int lane, float (&v)
 	}
 }
 
-/* A tile's loads (k_attention): lane l's key j0 + l (the whole K row, 4 * PER 16-byte
- * loads) and, with VPRE, the tile's 32 V rows (lane l's PER halves of each), for keys in
- * [lo, hi) below kw1; other registers keep what they hold. */
-template <int PER, bool VPRE>
+/* A tile's loads (k_attention's VPRE instances), for keys in [lo, hi) below kw1; other
+ * registers keep what they hold.  K in the A-operand order of att_scores: lane (g, tq)
+ * (g = lane / 4, tq = lane % 4) takes keys j0 + g + 8 r (r = 0..3) at dimensions
+ * 32 m + 8 tq .. +7 (m = 0..PER-1), u[r * PER + m]: one 16-byte load each, a row's 64
+ * bytes a load across its four lanes.  V: the tile's 32 rows, lane l's PER halves of
+ * each (vpre[jj], the row j0 + jj). */
+template <int PER>
 __device__ __forceinline__ void att_tile_load(const __half *kc, const __half *vc, int64_t base, int kvd, int j0,
 					      int kw1, int lo, int hi, int lane, uint4 (&u)[4 * PER],
-					      uint2 (&vpre)[VPRE ? 32 : 1])
+					      uint2 (&vpre)[32])
 {
-	const int j = j0 + lane;
-	if (j < kw1 && j >= lo && j < hi) {
-		const __half *kr = kc + base + (int64_t)j * kvd;
+	/* rows j0 + [a, b) as a bit mask, and one pointer stepped a row at a time: four
+	 * instructions a row.  Written with each row's conditions and address, the compiler
+	 * rebuilt both from the constant bank for every row (~13 instructions): the step's
+	 * own rows, loaded after the wait by the warp that holds them, cost that warp ~440
+	 * instructions while the block's first barrier waited for it (ncu; 7B batch 1 Q4_0
+	 * +2.5%, Q8_0 +1.2%: bench/NOTES-gpu.md, session 24) */
+	const int a = (lo > j0 ? lo : j0) - j0;
+	int b = (hi < kw1 ? hi : kw1) - j0;
+	b = b < 32 ? b : 32;
+	const uint32_t below_b = b <= 0 ? 0u : b >= 32 ? 0xffffffffu : (1u << b) - 1u;
+	const uint32_t below_a = a >= 32 ? 0xffffffffu : (1u << a) - 1u;
+	const uint32_t rows = below_b & ~below_a;
+	const int g = lane >> 2;
+	const __half *kr = kc + base + (int64_t)(j0 + g) * kvd + 8 * (lane & 3);
 #pragma unroll
-		for (int v = 0; v < 4 * PER; v++)
-			u[v] = *(const uint4 *)(kr + 8 * v);
-	}
-	if constexpr (VPRE) {
-		/* rows j0 + [a, b) as a bit mask, and one pointer stepped a row at a time: four
-		 * instructions a row.  Written with each row's conditions and address, the
-		 * compiler rebuilt both from the constant bank for every row (~13 instructions):
-		 * the step's own rows, loaded after the wait by the warp that holds them, cost
-		 * that warp ~440 instructions while the block's first barrier waited for it
-		 * (ncu; 7B batch 1 Q4_0 +2.5%, Q8_0 +1.2%: bench/NOTES-gpu.md, session 24) */
-		const int a = (lo > j0 ? lo : j0) - j0;
-		int b = (hi < kw1 ? hi : kw1) - j0;
-		b = b < 32 ? b : 32;
-		const uint32_t below_b = b <= 0 ? 0u : b >= 32 ? 0xffffffffu : (1u << b) - 1u;
-		const uint32_t below_a = a >= 32 ? 0xffffffffu : (1u << a) - 1u;
-		const uint32_t rows = below_b & ~below_a;
-		const __half *vr = vc + base + (int64_t)j0 * kvd + PER * lane;
+	for (int r = 0; r < 4; r++, kr += 8 * (int64_t)kvd) {
+		if (rows >> (g + 8 * r) & 1u) {
 #pragma unroll
-		for (int jj = 0; jj < 32; jj++, vr += kvd) {
-			if (rows >> jj & 1u) {
-				if constexpr (PER == 4)
-					vpre[jj] = *(const uint2 *)vr;
-				else
-					vpre[jj].x = *(const uint32_t *)vr;
-			}
+			for (int m = 0; m < PER; m++)
+				u[r * PER + m] = *(const uint4 *)(kr + 32 * m);
 		}
 	}
+	const __half *vr = vc + base + (int64_t)j0 * kvd + PER * lane;
+#pragma unroll
+	for (int jj = 0; jj < 32; jj++, vr += kvd) {
+		if (rows >> jj & 1u) {
+			if constexpr (PER == 4)
+				vpre[jj] = *(const uint2 *)vr;
+			else
+				vpre[jj].x = *(const uint32_t *)vr;
+		}
+	}
+}
+
+/* The tile's 32 scores q . k on the tensor cores (VPRE): keys as the rows of A (16 a
+ * mma, u in att_tile_load's order), q as B's column 0 (qb: lane (0, tq)'s halves of q at
+ * 32 m + 8 tq .. +7, zeros in the other lanes).  A k-step takes 16 dimensions, permuted
+ * alike in A and B, so each sum is the whole dot product: f16 x f16 products, exact in
+ * f32, summed in f32 (in another order than the lane-per-key form this replaced, 327
+ * instructions a warp; q as A and keys as B's columns, 8 keys an mma, measured slower:
+ * bench/NOTES-gpu.md, session 25).  TWO: keys 16-31 of the tile too (the same for the
+ * whole warp).  Returns key j0 + lane's score in lane lane (unscaled). */
+template <int PER>
+__device__ __forceinline__ float att_scores(const uint4 (&u)[4 * PER], const uint32_t (&qb)[PER][4], int lane,
+					    bool two)
+{
+	/* c[mt][hs]: M-tile mt (keys 16 mt .. +15), the k-steps of each load's halves hs in
+	 * chains of their own; column 0 holds the scores, rows g (c[0]) and g + 8 (c[2]) */
+	float c[2][2][4];
+#pragma unroll
+	for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+		for (int hs = 0; hs < 2; hs++)
+			c[mt][hs][0] = c[mt][hs][1] = c[mt][hs][2] = c[mt][hs][3] = 0.f;
+#pragma unroll
+	for (int mt = 0; mt < 2; mt++) {
+		if (mt == 1 && !two)
+			break;
+#pragma unroll
+		for (int m = 0; m < PER; m++)
+#pragma unroll
+			for (int hs = 0; hs < 2; hs++) {
+				const uint4 &lo = u[(2 * mt) * PER + m], &hi = u[(2 * mt + 1) * PER + m];
+				const uint32_t a[4] = { kb_u4_word(lo, 2 * hs), kb_u4_word(hi, 2 * hs),
+							kb_u4_word(lo, 2 * hs + 1), kb_u4_word(hi, 2 * hs + 1) };
+				kb_mma_f16(c[mt][hs], a, qb[m][2 * hs], qb[m][2 * hs + 1]);
+			}
+	}
+	/* key 8 r + g sits in lane 4 g: r = 2 mt + (row g + 8) */
+	const int src = (lane & 7) << 2, r = lane >> 3;
+	const float s0 = __shfl_sync(0xffffffffu, c[0][0][0] + c[0][1][0], src);
+	const float s1 = __shfl_sync(0xffffffffu, c[0][0][2] + c[0][1][2], src);
+	const float s2 = __shfl_sync(0xffffffffu, c[1][0][0] + c[1][1][0], src);
+	const float s3 = __shfl_sync(0xffffffffu, c[1][0][2] + c[1][1][2], src);
+	return r == 0 ? s0 : r == 1 ? s1 : r == 2 ? s2 : s3;
 }
 
 /* Q8: the instance that can write int8 activation planes (kb_act_put). */
@@ -214,8 +262,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	constexpr int NV = 4 * PER;
 	uint4 u[NV];
 	uint2 vpre[VPRE ? 32 : 1];
-	if (VPRE && kw0 < kw1)
-		att_tile_load<PER, VPRE>(kc, vc, base, kvd, kw0, kw1, 0, kready, lane, u, vpre);
+	if constexpr (VPRE)
+		if (kw0 < kw1)
+			att_tile_load<PER>(kc, vc, base, kvd, kw0, kw1, 0, kready, lane, u, vpre);
 	/* by default the next kernel (o) launches once every block has asked for its rows
 	 * (a block's first warp here counts for it; SASS keeps the loads before), so they are
 	 * ahead of o's weight preloads, which still load while attention runs (launched at the
@@ -225,11 +274,29 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		kb_pdl_trigger();
 	kb_pdl_wait();
 	const float *qr = q + ((int64_t)t * n_head + h) * hd;
-	for (int i = threadIdx.x; i < hd; i += blockDim.x)
-		qs[i] = __half2float(__float2half_rn(qr[i]));
-	if (VPRE && kw0 < kw1 && kready < kw1) /* the rows this step wrote */
-		att_tile_load<PER, VPRE>(kc, vc, base, kvd, kw0, kw1, kready, kw1, lane, u, vpre);
-	__syncthreads();
+	/* VPRE: q as att_scores' B operand, straight to registers (lanes 0-3 of each warp;
+	 * no shared memory, no barrier); otherwise in shared memory, rounded to f16 alike */
+	uint32_t qb[VPRE ? PER : 1][4];
+	if constexpr (VPRE) {
+#pragma unroll
+		for (int m = 0; m < PER; m++) {
+			float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
+			if (lane < 4) {
+				x0 = *(const float4 *)(qr + 32 * m + 8 * lane);
+				x1 = *(const float4 *)(qr + 32 * m + 8 * lane + 4);
+			}
+			qb[m][0] = kb_pack_h2(x0.x, x0.y);
+			qb[m][1] = kb_pack_h2(x0.z, x0.w);
+			qb[m][2] = kb_pack_h2(x1.x, x1.y);
+			qb[m][3] = kb_pack_h2(x1.z, x1.w);
+		}
+		if (kw0 < kw1 && kready < kw1) /* the rows this step wrote */
+			att_tile_load<PER>(kc, vc, base, kvd, kw0, kw1, kready, kw1, lane, u, vpre);
+	} else {
+		for (int i = threadIdx.x; i < hd; i += blockDim.x)
+			qs[i] = __half2float(__float2half_rn(qr[i]));
+		__syncthreads();
+	}
 	KB_MARK(0);
 #ifdef QD_TRACE
 	if (VPRE && threadIdx.x == 0 && kw0 < kw1) { /* thread 0's rows asked before the wait, in */
@@ -246,20 +313,22 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	float m = -INFINITY, l = 0.f;
 	for (int j0 = kw0; j0 < kw1; j0 += 32) {
 		const int j = j0 + lane;
-		if (VPRE && j0 > kw0) /* the first tile's rows are loaded above */
-			att_tile_load<PER, VPRE>(kc, vc, base, kvd, j0, kw1, 0, kw1, lane, u, vpre);
 		float s = -INFINITY;
-		if (j < kw1) {
-			if constexpr (!VPRE) {
-				/* the key's V row on its way to L2 while the score is computed */
-				const __half *vr = vc + base + (int64_t)j * kvd;
-				for (int b = 0; b < hd; b += 64)
-					asm volatile("prefetch.global.L2 [%0];" ::"l"(vr + b));
-				const __half *kr = kc + base + (int64_t)j * kvd;
+		if constexpr (VPRE) {
+			if (j0 > kw0) /* the first tile's rows are loaded above */
+				att_tile_load<PER>(kc, vc, base, kvd, j0, kw1, 0, kw1, lane, u, vpre);
+			const float d = att_scores<PER>(u, qb, lane, kw1 - j0 > 16);
+			if (j < kw1)
+				s = d * scale;
+		} else if (j < kw1) {
+			/* the key's V row on its way to L2 while the score is computed */
+			const __half *vr = vc + base + (int64_t)j * kvd;
+			for (int b = 0; b < hd; b += 64)
+				asm volatile("prefetch.global.L2 [%0];" ::"l"(vr + b));
+			const __half *kr = kc + base + (int64_t)j * kvd;
 #pragma unroll
-				for (int v = 0; v < NV; v++)
-					u[v] = *(const uint4 *)(kr + 8 * v);
-			}
+			for (int v = 0; v < NV; v++)
+				u[v] = *(const uint4 *)(kr + 8 * v);
 			/* the whole K row requested at once (hd = 32 * PER halves, 4 * PER loads),
 			 * then four independent sums: one memory latency and a quarter of the
 			 * dependent adds of a single running sum */
@@ -267,17 +336,17 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 #pragma unroll
 			for (int v = 0; v < NV; v++) {
 				const __half2 *h2 = (const __half2 *)&u[v];
-				const float4 qa = *(const float4 *)(qs + 8 * v), qb = *(const float4 *)(qs + 8 * v + 4);
+				const float4 qa = *(const float4 *)(qs + 8 * v), qc = *(const float4 *)(qs + 8 * v + 4);
 				const float2 f0 = __half22float2(h2[0]), f1 = __half22float2(h2[1]);
 				const float2 f2 = __half22float2(h2[2]), f3 = __half22float2(h2[3]);
 				d4[v & 3] = fmaf(qa.x, f0.x, d4[v & 3]);
 				d4[v & 3] = fmaf(qa.y, f0.y, d4[v & 3]);
 				d4[v & 3] = fmaf(qa.z, f1.x, d4[v & 3]);
 				d4[v & 3] = fmaf(qa.w, f1.y, d4[v & 3]);
-				d4[v & 3] = fmaf(qb.x, f2.x, d4[v & 3]);
-				d4[v & 3] = fmaf(qb.y, f2.y, d4[v & 3]);
-				d4[v & 3] = fmaf(qb.z, f3.x, d4[v & 3]);
-				d4[v & 3] = fmaf(qb.w, f3.y, d4[v & 3]);
+				d4[v & 3] = fmaf(qc.x, f2.x, d4[v & 3]);
+				d4[v & 3] = fmaf(qc.y, f2.y, d4[v & 3]);
+				d4[v & 3] = fmaf(qc.z, f3.x, d4[v & 3]);
+				d4[v & 3] = fmaf(qc.w, f3.y, d4[v & 3]);
 			}
 			s = ((d4[0] + d4[1]) + (d4[2] + d4[3])) * scale;
 		}

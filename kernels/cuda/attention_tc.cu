@@ -31,24 +31,6 @@
 
 #define TC_WARPS 4 /* heads a block: the warps of a block share K/V rows through L1 under GQA */
 
-__device__ __forceinline__ void tc_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-	asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t tc_pack(float lo, float hi)
-{
-	const __half2 h = __floats2half2_rn(lo, hi);
-	return *(const uint32_t *)&h;
-}
-
-__device__ __forceinline__ uint32_t tc_word(const uint4 &u, int i)
-{
-	return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
-}
-
 template <int HD>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_attention_tc(const float *q, const __half *kc, const __half *vc,
 								 const int32_t *pos, const int32_t *seq,
@@ -80,10 +62,10 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_attention_tc(const float *q, 
 		for (int i = 0; i < KS; i++) {
 			const float4 x0 = p0 >= 0 ? *(const float4 *)(q0 + 4 * i) : z;
 			const float4 x1 = p1 >= 0 ? *(const float4 *)(q1 + 4 * i) : z;
-			qa[i][0] = tc_pack(x0.x, x0.y);
-			qa[i][1] = tc_pack(x1.x, x1.y);
-			qa[i][2] = tc_pack(x0.z, x0.w);
-			qa[i][3] = tc_pack(x1.z, x1.w);
+			qa[i][0] = kb_pack_h2(x0.x, x0.y);
+			qa[i][1] = kb_pack_h2(x1.x, x1.y);
+			qa[i][2] = kb_pack_h2(x0.z, x0.w);
+			qa[i][3] = kb_pack_h2(x1.z, x1.w);
 		}
 	}
 	float o[NT][4];
@@ -126,7 +108,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_attention_tc(const float *q, 
 			s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
 			for (int i = 0; i < KS; i++)
-				tc_mma(s[j], qa[i], tc_word(uk[j][i / 2], 2 * (i % 2)), tc_word(uk[j][i / 2], 2 * (i % 2) + 1));
+				kb_mma_f16(s[j], qa[i], kb_u4_word(uk[j][i / 2], 2 * (i % 2)), kb_u4_word(uk[j][i / 2], 2 * (i % 2) + 1));
 		}
 		load_k(kb + 16, uk);
 		float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -183,7 +165,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_attention_tc(const float *q, 
 				const __half2 hi = __floats2half2_rn(pv[r][0], pv[r][1]);
 				const float2 hf = __half22float2(hi);
 				ah[r] = *(const uint32_t *)&hi;
-				al[r] = tc_pack(pv[r][0] - hf.x, pv[r][1] - hf.y);
+				al[r] = kb_pack_h2(pv[r][0] - hf.x, pv[r][1] - hf.y);
 			}
 		}
 		/* O += P V: n-tile jj's column g is dimension NT*g + jj of the lane's V rows */
@@ -191,10 +173,10 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_attention_tc(const float *q, 
 		for (int jj = 0; jj < NT; jj++) {
 			const int v = jj / 8, w = (jj % 8) / 2;
 			const unsigned sel = jj % 2 ? 0x7632u : 0x5410u;
-			const uint32_t b0 = __byte_perm(tc_word(uv[0][v], w), tc_word(uv[1][v], w), sel);
-			const uint32_t b1 = __byte_perm(tc_word(uv[2][v], w), tc_word(uv[3][v], w), sel);
-			tc_mma(o[jj], ah, b0, b1);
-			tc_mma(o[jj], al, b0, b1);
+			const uint32_t b0 = __byte_perm(kb_u4_word(uv[0][v], w), kb_u4_word(uv[1][v], w), sel);
+			const uint32_t b1 = __byte_perm(kb_u4_word(uv[2][v], w), kb_u4_word(uv[3][v], w), sel);
+			kb_mma_f16(o[jj], ah, b0, b1);
+			kb_mma_f16(o[jj], al, b0, b1);
 		}
 	}
 	l0 += __shfl_xor_sync(0xffffffffu, l0, 1);

@@ -459,6 +459,28 @@ __device__ __forceinline__ float kb_silu_mul(float g, float u)
 	return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
 }
 
+/* c += A B on the tensor cores: mma.sync m16n8k16, f16 operands, f32 sums (the
+ * attention kernels; the products have their own forms in matmul.cu). */
+__device__ __forceinline__ void kb_mma_f16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two floats as one f16x2 register (lo in the low half, as an mma operand wants). */
+__device__ __forceinline__ uint32_t kb_pack_h2(float lo, float hi)
+{
+	const __half2 h = __floats2half2_rn(lo, hi);
+	return *(const uint32_t *)&h;
+}
+
+/* Word I (0-3) of a 16-byte load. */
+__device__ __forceinline__ uint32_t kb_u4_word(const uint4 &u, int i)
+{
+	return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
+}
+
 /* Scratch for split kernels (attention.cu, gemm.cu): *part with PART_BYTES and *cnt with
  * N_CNT zeroed counters, allocated the first time and kept (recorded graphs point at
  * them, so they never move).  Returns 0 or -errno, leaving both NULL on failure. */
