@@ -52,11 +52,16 @@ extern "C" int kb_cuda_kv_store(KbCuda *ctx, const float *k, const float *v, uin
 #define KB_ATT_WAVE 4 /* split attention aims at this many blocks per multiprocessor */
 #define ATT_MAXPER 8 /* head_dim / 32 */
 
+/* The warp's largest value: one integer reduction on the float's bits mapped to an int of
+ * the same order (negative values' magnitude bits flipped; the map is its own inverse),
+ * instead of five dependent shuffles. */
 __device__ __forceinline__ float warp_max(float v)
 {
-	for (int o = 16; o; o >>= 1)
-		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-	return v;
+	int i = __float_as_int(v);
+	i ^= (i >> 31) & 0x7fffffff;
+	i = __reduce_max_sync(0xffffffffu, i);
+	i ^= (i >> 31) & 0x7fffffff;
+	return __int_as_float(i);
 }
 
 __device__ __forceinline__ float warp_sum(float v)
@@ -261,7 +266,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	static_assert(!VPRE || PER == 2 || PER == 4, "V rows preloaded for head sizes 64 and 128");
 	constexpr int NV = 4 * PER;
 	uint4 u[NV];
-	uint2 vpre[VPRE ? 32 : 1];
+	uint2 vpre[VPRE ? 32 : 1] = {}; /* rows past the context weigh 0 in the V sums: finite */
 	if constexpr (VPRE)
 		if (kw0 < kw1)
 			att_tile_load<PER>(kc, vc, base, kvd, kw0, kw1, 0, kready, lane, u, vpre);
@@ -359,18 +364,29 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 			acc[k] *= corr;
 		const int cnt_j = kw1 - j0 < 32 ? kw1 - j0 : 32;
 		if constexpr (VPRE) {
+			/* eight rows a group without a branch inside, so that its eight
+			 * shuffles issue back to back (a test and a branch a row kept each
+			 * row's shuffle behind the one before).  Rows past cnt_j in a group
+			 * have p = 0 and registers that hold zeros or an earlier tile's rows,
+			 * so they add +-0: the same sums, in the same order */
 #pragma unroll
-			for (int jj = 0; jj < 32; jj++) {
-				if (jj >= cnt_j) /* the same for the whole warp */
+			for (int g = 0; g < 32; g += 8) {
+				if (g >= cnt_j) /* the same for the whole warp */
 					break;
-				const float pj = __shfl_sync(0xffffffffu, p, jj);
-				const float2 a = __half22float2(*(const __half2 *)&vpre[jj].x);
-				acc[0] = fmaf(pj, a.x, acc[0]);
-				acc[1] = fmaf(pj, a.y, acc[1]);
-				if constexpr (PER == 4) {
-					const float2 b = __half22float2(*(const __half2 *)&vpre[jj].y);
-					acc[2] = fmaf(pj, b.x, acc[2]);
-					acc[3] = fmaf(pj, b.y, acc[3]);
+				float pj[8];
+#pragma unroll
+				for (int jj = 0; jj < 8; jj++)
+					pj[jj] = __shfl_sync(0xffffffffu, p, g + jj);
+#pragma unroll
+				for (int jj = 0; jj < 8; jj++) {
+					const float2 a = __half22float2(*(const __half2 *)&vpre[g + jj].x);
+					acc[0] = fmaf(pj[jj], a.x, acc[0]);
+					acc[1] = fmaf(pj[jj], a.y, acc[1]);
+					if constexpr (PER == 4) {
+						const float2 b = __half22float2(*(const __half2 *)&vpre[g + jj].y);
+						acc[2] = fmaf(pj[jj], b.x, acc[2]);
+						acc[3] = fmaf(pj[jj], b.y, acc[3]);
+					}
 				}
 			}
 		} else {
