@@ -412,7 +412,7 @@ static void test_attention(void)
 		double w = att_compare(ac, ag, nq, qpos, qseq, q, oc, og, &at);
 		CU_ASSERT(w <= 1);
 		/* few (token, head) pairs: the decode kernel's mma scores (VPRE) at head sizes 64
-		 * and 128 */
+		 * and 128; the per-token kernel at 32 */
 		printf("\n    attention cfg %zu, decode (%d tokens): worst %.3f of the bound", ci, nq, w);
 		if (w > 1)
 			printf("\n    attention cfg %zu: element %lld gpu %g cpu %g\n", ci, (long long)at, og[at], oc[at]);

@@ -161,10 +161,13 @@ __device__ __forceinline__ void att_tile_load(const __half *kc, const __half *vc
  * mma, u in att_tile_load's order), q as B's column 0 (qb: lane (0, tq)'s halves of q at
  * 32 m + 8 tq .. +7, zeros in the other lanes).  A k-step takes 16 dimensions, permuted
  * alike in A and B, so each sum is the whole dot product: f16 x f16 products, exact in
- * f32, summed in f32 (in another order than the lane-per-key form this replaced, 327
- * instructions a warp; q as A and keys as B's columns, 8 keys an mma, measured slower:
+ * f32, accumulated by the tensor cores in f32 (in another order, and not with IEEE
+ * rounding at every add, than the lane-per-key form this replaced, 327 instructions a
+ * warp; q as A and keys as B's columns, 8 keys an mma, measured slower:
  * bench/NOTES-gpu.md, session 25).  TWO: keys 16-31 of the tile too (the same for the
- * whole warp).  Returns key j0 + lane's score in lane lane (unscaled). */
+ * whole warp).  Returns key j0 + lane's score in lane lane (unscaled); lanes past the
+ * tile's keys get whatever their A rows held (unloaded registers: possibly NaN), which
+ * the caller masks.  A row's sum depends on that row alone, so they reach no other. */
 template <int PER>
 __device__ __forceinline__ float att_scores(const uint4 (&u)[4 * PER], const uint32_t (&qb)[PER][4], int lane,
 					    bool two)
@@ -222,7 +225,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	/* Read before waiting for the previous kernel (the q/k/v product or RoPE, which
 	 * write q and this step's K and V rows): the positions and slots, and in the decode
-	 * instances (VPRE; elsewhere the held rows would cost occupancy: 60 -> 168 registers
+	 * instances (VPRE; elsewhere the held rows would cost occupancy: 60 -> 202 registers
 	 * at PER 4 on sm_90a) the first tile's K and V rows of keys below the smallest
 	 * position this step writes in the token's slot (a step may rewind a sequence:
 	 * positions 5, 6, 2).  Both were written before the step's first kernel started: a
@@ -261,8 +264,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	/* VPRE (head sizes 64 and 128, PER 2 or 4): a tile's 32 V rows are requested with its
 	 * K rows, before the scores (32 words or pairs of words a lane), so a tile costs one
 	 * memory latency instead of one per eight V rows.  Taken when the launch is at most a
-	 * wave of (token, head) pairs: its registers (168 a thread at PER 4, against 60) cost
-	 * occupancy that many blocks need (7B, 64 tokens: -1.5%). */
+	 * wave of (token, head) pairs: its registers (202 a thread at PER 4 with the mma
+	 * scores, 126 at PER 2; 60 without VPRE) cost occupancy that many blocks need (7B, 64
+	 * tokens: -1.5%, measured at 168). */
 	static_assert(!VPRE || PER == 2 || PER == 4, "V rows preloaded for head sizes 64 and 128");
 	constexpr int NV = 4 * PER;
 	uint4 u[NV];
@@ -367,8 +371,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 			/* eight rows a group without a branch inside, so that its eight
 			 * shuffles issue back to back (a test and a branch a row kept each
 			 * row's shuffle behind the one before).  Rows past cnt_j in a group
-			 * have p = 0 and registers that hold zeros or an earlier tile's rows,
-			 * so they add +-0: the same sums, in the same order */
+			 * have p = 0 and registers that hold zeros or an earlier tile's rows
+			 * (finite: an earlier tile's inf would have made the sums non-finite
+			 * already), so they add +-0: the same sums in the same order, up to
+			 * the sign of a zero sum */
 #pragma unroll
 			for (int g = 0; g < 32; g += 8) {
 				if (g >= cnt_j) /* the same for the whole warp */
