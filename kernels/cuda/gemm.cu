@@ -157,13 +157,6 @@ template <int N> __device__ __forceinline__ void kb_cp_wait(void)
 	asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-__device__ __forceinline__ void kb_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 /* ---- the product ---- */
 
 /* One weight of a launch: grid rows [y0, y1) are its row blocks. */
@@ -467,7 +460,7 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 						for (int i = 0; i < 4; i++)
 							KB_UNROLL
 							for (int rt = 0; rt < RT; rt++)
-								kb_mma(acc[rt][nt], fa[rt][i], bw[2 * i], bw[2 * i + 1]);
+								kb_mma_f16(acc[rt][nt], fa[rt][i], bw[2 * i], bw[2 * i + 1]);
 					}
 				}
 			}

@@ -460,12 +460,14 @@ __device__ __forceinline__ float kb_silu_mul(float g, float u)
 }
 
 /* c += A B on the tensor cores: mma.sync m16n8k16, f16 operands, f32 sums (the
- * attention kernels; the products have their own forms in matmul.cu). */
+ * products, the GEMM, attention).  volatile: keeps a product's mmas after its chunk's
+ * activation loads (also volatile), so that the compiler issues all of those loads
+ * before the first mma instead of sinking each next to its use. */
 __device__ __forceinline__ void kb_mma_f16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
-	asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 /* Two floats as one f16x2 register (lo in the low half, as an mma operand wants). */

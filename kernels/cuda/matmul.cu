@@ -141,17 +141,7 @@ __device__ __forceinline__ KbTilePtr kb_group_tile(const KbMmvArgs &a, int jg, i
 	return t;
 }
 
-/* c += A * B on the tensor cores (m16n8k16, f32 accumulators). */
-/* volatile: keeps the mmas after the chunk's activation loads (also volatile), so
- * that the compiler issues all of those loads before the first mma instead of sinking
- * each next to its use */
-__device__ __forceinline__ void kb_mma_f16(float c[4], const uint32_t a[4], const uint32_t b[2])
-{
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-	    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
+/* c += A * B on the tensor cores with bf16 operands (kb_mma_f16's form, internal.cuh). */
 __device__ __forceinline__ void kb_mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2])
 {
 	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -213,7 +203,7 @@ __device__ __forceinline__ void kb_chunk(const KbMmvArgs &a, const KbWRegs<T> (&
 					kb_mma_bf16(t, fa, fb);
 					kb_mma_bf16(t, fa, fl);
 				} else {
-					kb_mma_f16(t, fa, fb);
+					kb_mma_f16(t, fa, fb[0], fb[1]);
 				}
 			}
 			kb_post<T>(&w[rt], &x, sg, t, acc[rt]);
