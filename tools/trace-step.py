@@ -107,17 +107,27 @@ def us(v):
     return "" if v is None else f"{v / 1000:.2f}"
 
 
-def main():
+def cli(doc):
+    """TRACE and N from the command line (TRACE [--steps N], N 8 by default); None after
+    printing DOC when no trace is named."""
     args = sys.argv[1:]
-    if not args:
-        print(__doc__)
-        return 2
     nsteps = 8
     if "--steps" in args:
         i = args.index("--steps")
         nsteps = int(args[i + 1])
         del args[i:i + 2]
-    ks = load(args[0])
+    if not args:
+        print(doc)
+        return None
+    return args[0], nsteps
+
+
+def main():
+    a = cli(__doc__)
+    if a is None:
+        return 2
+    path, nsteps = a
+    ks = load(path)
     steps = steps_of(ks)
     lens = Counter(len(s) for s in steps)
     n, _ = lens.most_common(1)[0]

@@ -54,16 +54,11 @@ def pct(v, p):
 
 
 def main():
-    args = sys.argv[1:]
-    if not args:
-        print(__doc__)
+    a = ts.cli(__doc__)
+    if a is None:
         return 2
-    nsteps = 8
-    if "--steps" in args:
-        i = args.index("--steps")
-        nsteps = int(args[i + 1])
-        del args[i:i + 2]
-    steps = ts.steps_of(ts.load(args[0]))
+    path, nsteps = a
+    steps = ts.steps_of(ts.load(path))
     n = max(set(len(s) for s in steps), key=lambda m: sum(1 for s in steps if len(s) == m))
     keep = [s for s in steps if len(s) == n][-nsteps:]
     kinds = defaultdict(list)
