@@ -25,12 +25,26 @@
  * shared memory (unused), which decides whether the next kernel's blocks fit on a
  * multiprocessor beside this one's: the engine's kernels fill the register file, so the
  * next kernel's early launch cannot place a block where one of them still runs.
+ * -a 0|1[,0|1...] makes the kernels marked 1 (the k % n-th of the list) split-K products:
+ * every block adds a whole vector of partial sums into y with float4 atomics instead of
+ * writing its own slice (y zeroed first; the partials are small integers, so their sum
+ * does not depend on the atomics' order and the sums check still holds).  That is what a
+ * layer costs when a product is folded into the kernel before it (o into attention,
+ * down into gate/up): one grid-wide dependency fewer, 4,096 atomics a block more.  With
+ * -c C (2, 4 or 8) the split-K kernels run in clusters of C blocks that add their partials
+ * in distributed shared memory first, so only one block in C adds to each element of y.
+ * -R N spreads those adds over N replicas of y (cluster c adds into replica c % N; the next
+ * kernel reads and sums all N), -t starts each cluster's adds at a different line of y,
+ * -G B launches the split-K kernels with B blocks (the others with -g's).
  *
- *   bench-pdl [-n KERNELS] [-g BLOCKS] [-w MB[,MB...]] [-s BYTES] [-r REPS] [-o OUT.jsonl]
+ *   bench-pdl [-n KERNELS] [-g BLOCKS] [-w MB[,MB...]] [-a 0|1[,...]] [-c CLUSTER] [-G BLOCKS]
+ *             [-R REPLICAS] [-t] [-s BYTES] [-r REPS] [-o OUT.jsonl]
  *
  * Prints microseconds a kernel for each mode (and with -w the weights' GB/s and % of 4.22
  * TB/s over the whole chain), and checks the sums of the modes that wait against the serial one's. */
 #include "bench-sm90.cuh"
+
+#include <cooperative_groups.h>
 
 #include <stdint.h>
 #include <stdio.h>
@@ -42,6 +56,8 @@
 #define MAX_K 1024
 #define ITEM 64 /* bytes a lane loads an item: four 16-byte vectors */
 #define MAX_W 16 /* sizes in a -w list */
+
+namespace cg = cooperative_groups;
 
 enum { M_SERIAL, M_PDL, M_FLAG, M_NONE, M_COUNT };
 
@@ -72,9 +88,17 @@ __device__ __forceinline__ int dot_item(const int4 v[ITEM / 16], int xq, int acc
 	return acc;
 }
 
-/* Kernel k of the chain: x = vector k, y = vector k + 1 (vectors [NK + 1][VEC]). */
+/* A block's four partial sums of y[i..i+3] in split-K mode: small integers. */
+__device__ __forceinline__ float4 part4(int t, int i, int b)
+{
+	return make_float4((float)((t + i + b) & 3), (float)((t + i + 1 + b) & 3), (float)((t + i + 2 + b) & 3),
+			   (float)((t + i + 3 + b) & 3));
+}
+
+/* Kernel k of the chain: x = vector k, y = vector k + 1 (vectors [NK + 1][R replicas][VEC]). */
 __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, float *y, unsigned *cnt, unsigned *err,
-					     const int8_t *w, int64_t wbytes)
+					     const int8_t *w, int64_t wbytes, int atom, int rin, int rout, int rot,
+					     int prev_grid)
 {
 	__shared__ float red[NT / 32], total;
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -94,12 +118,13 @@ __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, fl
 		asm volatile("griddepcontrol.wait;" ::: "memory");
 	} else if (mode == M_FLAG && k > 0) {
 		if (threadIdx.x == 0)
-			spin_count(cnt + (k - 1) * 32, gridDim.x, err);
+			spin_count(cnt + (k - 1) * 32, (unsigned)prev_grid, err);
 		__syncthreads();
 	}
 	float s = 0.f;
-	for (int i = threadIdx.x; i < VEC; i += NT)
-		s += x[i];
+	for (int r = 0; r < rin; r++) /* x's replicas (more than one after a split-K kernel) */
+		for (int i = threadIdx.x; i < VEC; i += NT)
+			s += x[r * VEC + i];
 	if (wbytes) { /* the items, two register stages: compute one, load the one two on */
 		const int xq = __float_as_int(x[lane]) & 0x01010101;
 		int acc = 0;
@@ -124,11 +149,41 @@ __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, fl
 			total = s;
 	}
 	__syncthreads();
-	/* this block's slice of y: the sum scaled down so the chain stays finite */
-	const int per = (VEC + gridDim.x - 1) / gridDim.x;
-	const float v = total * (1.0f / VEC);
-	for (int i = blockIdx.x * per + threadIdx.x; i < (blockIdx.x + 1) * per && i < VEC; i += NT)
-		y[i] = v + (float)(i & 7);
+	if (atom) { /* split-K: partials for all of y, small integers (exact in any order) */
+		const int t = (int)total;
+		cg::cluster_group cl = cg::this_cluster();
+		const unsigned csize = cl.num_blocks(), cid = blockIdx.x / csize;
+		float4 *y4 = (float4 *)(y + (cid % rout) * VEC); /* this cluster's replica of y */
+		if (csize == 1) {
+			const unsigned sh = rot ? cid * 97 % (VEC / 4) : 0;
+			for (unsigned j = threadIdx.x; j < VEC / 4; j += NT) {
+				const unsigned i = (j + sh) % (VEC / 4);
+				atomicAdd(y4 + i, part4(t, 4 * i, blockIdx.x));
+			}
+		} else { /* the cluster's blocks add their partials in distributed shared memory first:
+			  * block r of the cluster sums slice r of the vector over the cluster, then adds it to y */
+			__shared__ float4 part[VEC / 4];
+			for (int i = threadIdx.x; i < VEC / 4; i += NT)
+				part[i] = part4(t, 4 * i, blockIdx.x);
+			cl.sync();
+			const unsigned r = cl.block_rank(), per = VEC / 4 / csize, sh = rot ? cid * 97 % per : 0;
+			for (unsigned j = threadIdx.x; j < per; j += NT) {
+				const unsigned i = r * per + (j + sh) % per;
+				float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+				for (unsigned b = 0; b < csize; b++) {
+					const float4 v = cl.map_shared_rank(part, b)[i];
+					a.x += v.x, a.y += v.y, a.z += v.z, a.w += v.w;
+				}
+				atomicAdd(y4 + i, a);
+			}
+			cl.sync(); /* no block leaves while the others read its partials */
+		}
+	} else { /* this block's slice of y: the sum scaled down so the chain stays finite */
+		const int per = (VEC + gridDim.x - 1) / gridDim.x;
+		const float v = total * (1.0f / VEC);
+		for (int i = blockIdx.x * per + threadIdx.x; i < (blockIdx.x + 1) * per && i < VEC; i += NT)
+			y[i] = v + (float)(i & 7);
+	}
 	if (mode == M_FLAG) {
 		__syncthreads();
 		if (threadIdx.x == 0) {
@@ -138,9 +193,19 @@ __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, fl
 	}
 }
 
+/* Vector k + 1's replicas past the first zeroed, and its first too after a split-K kernel
+ * k (ATOM: a 0/1 a kernel); R replicas a vector, a block a vector. */
+__global__ void k_zero(float *vec, const int *atom, int R)
+{
+	for (int i = atom[blockIdx.x] ? threadIdx.x : VEC + threadIdx.x; i < R * VEC; i += blockDim.x)
+		vec[(size_t)(blockIdx.x + 1) * R * VEC + i] = 0.f;
+}
+
 int main(int argc, char **argv)
 {
-	int nk = 256, reps = 20, grid = 0, smem = 0, nwl = 1;
+	int nk = 256, reps = 20, grid = 0, smem = 0, nwl = 1, nal = 0, csize = 1, R = 1, rot = 0, agrid = 0;
+	int alist[MAX_W] = { 0 };
+	const char *aopt = "0";
 	double wmb[MAX_W] = { 0 };
 	const char *wlist = "0";
 	const char *out = NULL;
@@ -153,12 +218,22 @@ int main(int argc, char **argv)
 			reps = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "-w") && i + 1 < argc)
 			wlist = argv[++i];
+		else if (!strcmp(argv[i], "-R") && i + 1 < argc)
+			R = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-G") && i + 1 < argc)
+			agrid = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-t"))
+			rot = 1;
+		else if (!strcmp(argv[i], "-c") && i + 1 < argc)
+			csize = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "-a") && i + 1 < argc)
+			aopt = argv[++i];
 		else if (!strcmp(argv[i], "-s") && i + 1 < argc)
 			smem = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "-o") && i + 1 < argc)
 			out = argv[++i];
 		else {
-			fprintf(stderr, "usage: bench-pdl [-n KERNELS] [-g BLOCKS] [-w MB[,MB...]] [-s BYTES] [-r REPS] [-o OUT.jsonl]\n");
+			fprintf(stderr, "usage: bench-pdl [-n KERNELS] [-g BLOCKS] [-w MB[,MB...]] [-a 0|1[,...]] [-c CLUSTER] [-G BLOCKS] [-R REPLICAS] [-t] [-s BYTES] [-r REPS] [-o OUT.jsonl]\n");
 			return 2;
 		}
 	}
@@ -170,6 +245,8 @@ int main(int argc, char **argv)
 	}
 	if (grid <= 0)
 		grid = 2 * prop.multiProcessorCount;
+	if (agrid <= 0)
+		agrid = grid;
 	bool wbad = false;
 	nwl = 0;
 	for (const char *p = wlist; !wbad;) { /* MB[,MB...] */
@@ -182,14 +259,29 @@ int main(int argc, char **argv)
 			break;
 		p = end + 1;
 	}
+	for (const char *p = aopt; !wbad;) { /* 0|1[,0|1...] */
+		if ((*p != '0' && *p != '1') || nal == MAX_W || (p[1] && p[1] != ','))
+			wbad = true;
+		else
+			alist[nal++] = *p - '0';
+		if (wbad || !p[1])
+			break;
+		p += 2;
+	}
+	if (csize < 1 || csize > 8 || (csize & (csize - 1)) || agrid % csize || R < 1 || R > 16 || agrid > 1024)
+		wbad = true;
 	if (nk < 2 || nk > MAX_K || reps < 1 || grid > 1024 || wbad || nwl < 1 || smem < 0 ||
 	    smem > (int)prop.sharedMemPerBlockOptin) {
-		fprintf(stderr, "bench-pdl: bad -n, -g, -w, -s or -r\n");
+		fprintf(stderr, "bench-pdl: bad -n, -g, -w, -a, -c (a power of two up to 8 dividing -G), -R (1-16), -s or -r\n");
 		return 2;
 	}
 	/* a slab a kernel, a whole number of items */
 	static int64_t wbytes[MAX_K], woff[MAX_K + 1];
+	static int atom[MAX_K];
+	int *atom_d, n_atom = 0;
 	for (int k = 0; k < nk; k++) {
+		atom[k] = alist[k % nal];
+		n_atom += atom[k];
 		wbytes[k] = (int64_t)(wmb[k % nwl] * 1e6) / (32 * ITEM) * (32 * ITEM);
 		woff[k + 1] = woff[k] + wbytes[k];
 	}
@@ -203,7 +295,9 @@ int main(int argc, char **argv)
 	CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_link, NT, smem));
 	float *vec;
 	unsigned *cnt, *err;
-	CHECK(cudaMalloc((void **)&vec, (size_t)(nk + 1) * VEC * sizeof(float)));
+	CHECK(cudaMalloc((void **)&atom_d, (size_t)nk * sizeof(int)));
+	CHECK(cudaMemcpy(atom_d, atom, (size_t)nk * sizeof(int), cudaMemcpyHostToDevice));
+	CHECK(cudaMalloc((void **)&vec, (size_t)(nk + 1) * R * VEC * sizeof(float)));
 	CHECK(cudaMalloc((void **)&cnt, (size_t)nk * 32 * sizeof(unsigned)));
 	CHECK(cudaMalloc((void **)&err, sizeof(unsigned)));
 	cudaStream_t st;
@@ -212,15 +306,15 @@ int main(int argc, char **argv)
 	CHECK(cudaEventCreate(&e0));
 	CHECK(cudaEventCreate(&e1));
 	static const char *const name[M_COUNT] = { "serial", "pdl", "flag", "none" };
-	float *ref = (float *)malloc(VEC * sizeof(float)), *got = (float *)malloc(VEC * sizeof(float));
+	float *ref = (float *)malloc(VEC * sizeof(float)), *got = (float *)malloc((size_t)R * VEC * sizeof(float));
 	double us_of[M_COUNT];
 	FILE *jf;
 	char date[32];
 	if (bench_out_open(out, &jf, date) < 0)
 		return 1;
 	printf("%s, %d SMs: a chain of %d kernels of %d x %d threads (%d B shared memory a block: %d blocks fit an SM), "
-	       "%.2f MB of weights a kernel (-w %s), one CUDA graph\n",
-	       prop.name, prop.multiProcessorCount, nk, grid, NT, smem, per_sm, woff[nk] / 1e6 / nk, wlist);
+	       "%.2f MB of weights a kernel (-w %s), %d split-K kernels (-a %s), one CUDA graph\n",
+	       prop.name, prop.multiProcessorCount, nk, grid, NT, smem, per_sm, woff[nk] / 1e6 / nk, wlist, n_atom, aopt);
 	printf("%-8s %12s %14s %10s %8s  %s\n", "mode", "us/kernel", "vs serial", "GB/s", "% 4.22", "sums");
 	int failed = 0;
 	for (int mode = 0; mode < M_COUNT; mode++) {
@@ -231,22 +325,33 @@ int main(int argc, char **argv)
 		/* vector 0 the input, the others NaN (all bits set): a kernel that reads its input
 		 * before the one before has written it carries a NaN or an old value to the end,
 		 * where the sums are compared with the serial mode's */
-		CHECK(cudaMemsetAsync(vec, 0, VEC * sizeof(float), st));
-		CHECK(cudaMemsetAsync(vec + VEC, 0xff, (size_t)nk * VEC * sizeof(float), st));
+		CHECK(cudaMemsetAsync(vec, 0, (size_t)R * VEC * sizeof(float), st));
+		CHECK(cudaMemsetAsync(vec + (size_t)R * VEC, 0xff, (size_t)nk * R * VEC * sizeof(float), st));
+		if (n_atom || R > 1)
+			k_zero<<<nk, 256, 0, st>>>(vec, atom_d, R);
 		for (int k = 0; k < nk; k++) {
 			cudaLaunchConfig_t cfg = {};
-			cudaLaunchAttribute attr[1];
-			cfg.gridDim = dim3(grid);
+			cudaLaunchAttribute attr[2];
+			cfg.gridDim = dim3(atom[k] ? agrid : grid);
 			cfg.blockDim = dim3(NT);
 			cfg.dynamicSmemBytes = (size_t)smem;
 			cfg.stream = st;
 			attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
 			attr[0].val.programmaticStreamSerializationAllowed = 1;
 			cfg.attrs = attr;
+			attr[1].id = cudaLaunchAttributeClusterDimension;
+			attr[1].val.clusterDim.x = (unsigned)csize;
+			attr[1].val.clusterDim.y = 1;
+			attr[1].val.clusterDim.z = 1;
 			cfg.numAttrs = mode == M_SERIAL || k == 0 ? 0 : 1;
-			CHECK(cudaLaunchKernelEx(&cfg, k_link, mode, k, (const float *)(vec + (size_t)k * VEC),
-						 vec + (size_t)(k + 1) * VEC, cnt, err, (const int8_t *)(w ? w + woff[k] : NULL),
-						 wbytes[k]));
+			if (csize > 1 && atom[k]) { /* the cluster attribute after the PDL one (or alone) */
+				attr[cfg.numAttrs] = attr[1];
+				cfg.numAttrs++;
+			}
+			CHECK(cudaLaunchKernelEx(&cfg, k_link, mode, k, (const float *)(vec + (size_t)k * R * VEC),
+						 vec + (size_t)(k + 1) * R * VEC, cnt, err, (const int8_t *)(w ? w + woff[k] : NULL),
+						 wbytes[k], atom[k], k > 0 && atom[k - 1] ? R : 1, R, rot,
+						 k > 0 && atom[k - 1] ? agrid : grid));
 		}
 		CHECK(cudaStreamEndCapture(st, &g));
 		CHECK(cudaGraphInstantiate(&ge, g, 0));
@@ -264,7 +369,10 @@ int main(int argc, char **argv)
 		}
 		unsigned e = 0;
 		CHECK(cudaMemcpy(&e, err, sizeof(e), cudaMemcpyDeviceToHost));
-		CHECK(cudaMemcpy(got, vec + (size_t)nk * VEC, VEC * sizeof(float), cudaMemcpyDeviceToHost));
+		CHECK(cudaMemcpy(got, vec + (size_t)nk * R * VEC, (size_t)R * VEC * sizeof(float), cudaMemcpyDeviceToHost));
+		for (int r = 1; r < R; r++) /* exact: zeros, or small integers after a split-K kernel */
+			for (int i = 0; i < VEC; i++)
+				got[i] += got[r * VEC + i];
 		if (mode == M_SERIAL)
 			memcpy(ref, got, VEC * sizeof(float));
 		const bool same = !memcmp(ref, got, VEC * sizeof(float));
@@ -285,9 +393,9 @@ int main(int argc, char **argv)
 			fprintf(jf,
 				"{\"kind\":\"pdl\",\"date\":\"%s\",\"gpu\":\"%s\",\"mode\":\"%s\",\"kernels\":%d,\"blocks\":%d,"
 				"\"smem\":%d,\"blocks_per_sm\":%d,\"weight_bytes\":%lld,\"us_per_kernel\":%.3f,\"gbps\":%.1f,"
-				"\"sums_equal\":%s,\"command\":\"bench-pdl -n %d -g %d -w %s -s %d -r %d\"}\n",
+				"\"sums_equal\":%s,\"command\":\"bench-pdl -n %d -g %d -w %s -a %s -c %d -G %d -R %d%s -s %d -r %d\"}\n",
 				date, prop.name, name[mode], nk, grid, smem, per_sm, (long long)woff[nk], us, gbps,
-				same ? "true" : "false", nk, grid, wlist, smem, reps);
+				same ? "true" : "false", nk, grid, wlist, aopt, csize, agrid, R, rot ? " -t" : "", smem, reps);
 		CHECK(cudaGraphExecDestroy(ge));
 		CHECK(cudaGraphDestroy(g));
 	}
@@ -297,5 +405,6 @@ int main(int argc, char **argv)
 	free(got);
 	if (w)
 		CHECK(cudaFree(w));
+	CHECK(cudaFree(atom_d));
 	return failed;
 }
