@@ -7,7 +7,8 @@ A trace comes from an experiment build with -DQD_TRACE (tools/gpu-variant.sh NAM
 at its end (kernels/cuda/internal.cuh).  This script groups the records by launch, cuts
 the launches into steps where one starts after everything before it has ended, keeps the
 last N steps of the most common length, and prints per position in the step (averaged over
-those steps, microseconds from the step's first block):
+those steps, microseconds from the step's first block), after the step's length and the
+gap between consecutive steps (the host's part of a step's edge):
 
   kernel   grid x threads (the launch shape)
   start    first block's start .. last block's start
@@ -136,7 +137,14 @@ def main():
           f"the last {len(keep)} of {n} launches averaged")
     per = [metrics(s) for s in keep]
     total = avg([s[-1]["t1x"] - s[0]["t0"] for s in keep])
-    print(f"step: {us(total)} us from the first block's start to the last block's end\n")
+    print(f"step: {us(total)} us from the first block's start to the last block's end")
+    # the step's edge: from a step's last block to the next step's first (the host's sync,
+    # the next step's index copy and graph launch), over consecutive steps of the kept length
+    gaps = [b[0]["t0"] - max(k["t1x"] for k in a) for a, b in zip(steps, steps[1:])
+            if len(a) == n and len(b) == n]
+    gaps = gaps[-nsteps:]
+    print(f"between steps: {us(avg(gaps))} us (min {us(min(gaps) if gaps else None)}, "
+          f"max {us(max(gaps) if gaps else None)}, {len(gaps)} gaps)\n")
     print("| # | kernel | start | wait | end | hand | adds | late (lag) |")
     print("|---:|---|---|---|---|---:|---:|---|")
     show = list(range(min(n, 14))) + list(range(max(14, n - 8), n))
