@@ -95,7 +95,10 @@ __device__ __forceinline__ float4 part4(int t, int i, int b)
 			   (float)((t + i + 3 + b) & 3));
 }
 
-/* Kernel k of the chain: x = vector k, y = vector k + 1 (vectors [NK + 1][R replicas][VEC]). */
+/* Kernel k of the chain: x = vector k, y = vector k + 1 (vectors [NK + 1][R replicas][VEC]).
+ * CL: a split-K kernel in clusters (its 16 KiB of partials in shared memory exist only in
+ * this instance, so -s alone decides what the other kernels leave free). */
+template <bool CL>
 __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, float *y, unsigned *cnt, unsigned *err,
 					     const int8_t *w, int64_t wbytes, int atom, int rin, int rout, int rot,
 					     int prev_grid)
@@ -152,9 +155,9 @@ __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, fl
 	if (atom) { /* split-K: partials for all of y, small integers (exact in any order) */
 		const int t = (int)total;
 		cg::cluster_group cl = cg::this_cluster();
-		const unsigned csize = cl.num_blocks(), cid = blockIdx.x / csize;
+		const unsigned csize = CL ? cl.num_blocks() : 1, cid = blockIdx.x / csize;
 		float4 *y4 = (float4 *)(y + (cid % rout) * VEC); /* this cluster's replica of y */
-		if (csize == 1) {
+		if constexpr (!CL) {
 			const unsigned sh = rot ? cid * 97 % (VEC / 4) : 0;
 			for (unsigned j = threadIdx.x; j < VEC / 4; j += NT) {
 				const unsigned i = (j + sh) % (VEC / 4);
@@ -290,9 +293,10 @@ int main(int argc, char **argv)
 		CHECK(cudaMalloc((void **)&w, (size_t)woff[nk]));
 		CHECK(cudaMemset(w, 0x35, (size_t)woff[nk])); /* the values do not change the time */
 	}
-	CHECK(cudaFuncSetAttribute(k_link, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+	CHECK(cudaFuncSetAttribute(k_link<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+	CHECK(cudaFuncSetAttribute(k_link<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
 	int per_sm = 0;
-	CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_link, NT, smem));
+	CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_link<false>, NT, smem));
 	float *vec;
 	unsigned *cnt, *err;
 	CHECK(cudaMalloc((void **)&atom_d, (size_t)nk * sizeof(int)));
@@ -348,7 +352,7 @@ int main(int argc, char **argv)
 				attr[cfg.numAttrs] = attr[1];
 				cfg.numAttrs++;
 			}
-			CHECK(cudaLaunchKernelEx(&cfg, k_link, mode, k, (const float *)(vec + (size_t)k * R * VEC),
+			CHECK(cudaLaunchKernelEx(&cfg, csize > 1 && atom[k] ? k_link<true> : k_link<false>, mode, k, (const float *)(vec + (size_t)k * R * VEC),
 						 vec + (size_t)(k + 1) * R * VEC, cnt, err, (const int8_t *)(w ? w + woff[k] : NULL),
 						 wbytes[k], atom[k], k > 0 && atom[k - 1] ? R : 1, R, rot,
 						 k > 0 && atom[k - 1] ? agrid : grid));
