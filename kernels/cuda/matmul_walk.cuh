@@ -422,6 +422,36 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 	}
 };
 
+#ifdef QD_DEV_NOARITH
+/* Dev-only bound (-DQD_DEV_NOARITH through tools/gpu-variant.sh; wrong results): an item
+ * whose weights are loaded as usual but used for nothing, no activation loads, no math, so a
+ * step times what the walk costs without its arithmetic (session 27: 7B Q4_0 77.1%, Q4_K
+ * 75.9% of the roofline against 66% / 62%).  Every register field goes into one value
+ * behind a store that never happens, and kb_mmv_body zeroes the registers first: fields the
+ * loader never writes are undefined, and a first version that read them let the compiler
+ * drop every load (the build timed 193% of the roofline).  Check a build's PTX: its count of
+ * ld.global.nc.L1::no_allocate per kernel must equal the default build's.  The walk's
+ * kernels only (k_mmv, k_mmv_2, k_mmv_3, k_mmv_norm, k_mmv_swi, k_mmv_pair), not k_mmv_bulk. */
+template <int T, int RT>
+__device__ __forceinline__ void kb_item_noarith(const KbMmvArgs &a, const KbWRegs<T> (&w)[RT])
+{
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++) {
+		uint32_t h = w[rt].d[0].x ^ w[rt].d[0].y ^ w[rt].d[0].z ^ w[rt].d[0].w ^ w[rt].d[1].x ^ w[rt].d[1].y ^
+			     w[rt].d[1].z ^ w[rt].d[1].w;
+		KB_UNROLL
+		for (int c = 0; c < Lay<T>::CPK; c++) {
+			h ^= w[rt].s[c].x ^ w[rt].s[c].y ^ w[rt].s[c].z ^ w[rt].s[c].w;
+			KB_UNROLL
+			for (int v = 0; v < Lay<T>::QV; v++)
+				h ^= w[rt].q[c][v].x ^ w[rt].q[c][v].y ^ w[rt].q[c][v].z ^ w[rt].q[c][v].w;
+		}
+		if (h == 0x9e3779b9u) /* practically never */
+			*(volatile uint32_t *)a.seg[0].y = h;
+	}
+}
+#endif
+
 /* Item i of kb_mmv_body's walk, chunk ch of the block's group j: computed from W (the group
  * flushed when it ends), then W refilled with item i + 2, the next to load after chunk lch
  * of group lj. */
@@ -431,7 +461,11 @@ __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[
 					    int nw, int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
 					    const KbNormPre &np)
 {
+#ifdef QD_DEV_NOARITH
+	kb_item_noarith<T, RT>(a, w);
+#else
 	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_col_chains<T, RT, I8, RG>()>(a, w, ch, lane, acc);
+#endif
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
 		kb_fold8<T, I8>(acc, lane);
 		kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8)>(a, j - 1, warp, nw, lane, acc, red, post, &np);
@@ -494,7 +528,11 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	/* the first two items' weights are requested before waiting for the previous kernel:
 	 * while it finishes (a norm, attention, SwiGLU: one to a few microseconds) two items a
 	 * warp are on their way, a decode step's 4096 x 4096 products nearly whole */
+#ifdef QD_DEV_NOARITH
+	KbWRegs<T> wa[RT] = {}, wb[RT] = {}; /* see kb_item_noarith */
+#else
 	KbWRegs<T> wa[RT], wb[RT];
+#endif
 	KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8), PAIR> ld;
 	if (total > 0) {
 		ld.init(a, wc, RG == 1 ? 0 : warp / nwc);
