@@ -154,8 +154,7 @@ __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, fl
 	__syncthreads();
 	if (atom) { /* split-K: partials for all of y, small integers (exact in any order) */
 		const int t = (int)total;
-		cg::cluster_group cl = cg::this_cluster();
-		const unsigned csize = CL ? cl.num_blocks() : 1, cid = blockIdx.x / csize;
+		const unsigned csize = CL ? cg::this_cluster().num_blocks() : 1, cid = blockIdx.x / csize;
 		float4 *y4 = (float4 *)(y + (cid % rout) * VEC); /* this cluster's replica of y */
 		if constexpr (!CL) {
 			const unsigned sh = rot ? cid * 97 % (VEC / 4) : 0;
@@ -165,6 +164,7 @@ __global__ void __launch_bounds__(NT) k_link(int mode, int k, const float *x, fl
 			}
 		} else { /* the cluster's blocks add their partials in distributed shared memory first:
 			  * block r of the cluster sums slice r of the vector over the cluster, then adds it to y */
+			cg::cluster_group cl = cg::this_cluster();
 			__shared__ float4 part[VEC / 4];
 			for (int i = threadIdx.x; i < VEC / 4; i += NT)
 				part[i] = part4(t, 4 * i, blockIdx.x);
@@ -204,9 +204,24 @@ __global__ void k_zero(float *vec, const int *atom, int R)
 		vec[(size_t)(blockIdx.x + 1) * R * VEC + i] = 0.f;
 }
 
+/* A list V[,V...] of at most MAX_W numbers in [0, MAX] into OUT: how many, or -1. */
+static int read_list(const char *p, double out[MAX_W], double max)
+{
+	for (int n = 0;; p++) {
+		char *end = (char *)p;
+		const double v = strtod(p, &end);
+		if (n == MAX_W || end == p || v < 0 || v > max || (*end && *end != ','))
+			return -1;
+		out[n++] = v;
+		if (!*end)
+			return n;
+		p = end;
+	}
+}
+
 int main(int argc, char **argv)
 {
-	int nk = 256, reps = 20, grid = 0, smem = 0, nwl = 1, nal = 0, csize = 1, R = 1, rot = 0, agrid = 0;
+	int nk = 256, reps = 20, grid = 0, smem = 0, nwl, nal, csize = 1, R = 1, rot = 0, agrid = 0;
 	int alist[MAX_W] = { 0 };
 	const char *aopt = "0";
 	double wmb[MAX_W] = { 0 };
@@ -250,26 +265,13 @@ int main(int argc, char **argv)
 		grid = 2 * prop.multiProcessorCount;
 	if (agrid <= 0)
 		agrid = grid;
-	bool wbad = false;
-	nwl = 0;
-	for (const char *p = wlist; !wbad;) { /* MB[,MB...] */
-		char *end = (char *)p;
-		const double v = strtod(p, &end);
-		wbad = nwl == MAX_W || end == p || v < 0 || v > 512 || (*end && *end != ',');
-		if (!wbad)
-			wmb[nwl++] = v;
-		if (!*end)
-			break;
-		p = end + 1;
-	}
-	for (const char *p = aopt; !wbad;) { /* 0|1[,0|1...] */
-		if ((*p != '0' && *p != '1') || nal == MAX_W || (p[1] && p[1] != ','))
-			wbad = true;
-		else
-			alist[nal++] = *p - '0';
-		if (wbad || !p[1])
-			break;
-		p += 2;
+	double aval[MAX_W];
+	nwl = read_list(wlist, wmb, 512);
+	nal = read_list(aopt, aval, 1);
+	bool wbad = nal < 1;
+	for (int i = 0; i < nal && !wbad; i++) {
+		wbad = aval[i] != 0 && aval[i] != 1;
+		alist[i] = (int)aval[i];
 	}
 	if (csize < 1 || csize > 8 || (csize & (csize - 1)) || agrid % csize || R < 1 || R > 16 || agrid > 1024)
 		wbad = true;
@@ -336,26 +338,24 @@ int main(int argc, char **argv)
 		for (int k = 0; k < nk; k++) {
 			cudaLaunchConfig_t cfg = {};
 			cudaLaunchAttribute attr[2];
+			const bool clustered = csize > 1 && atom[k], after_atom = k > 0 && atom[k - 1];
 			cfg.gridDim = dim3(atom[k] ? agrid : grid);
 			cfg.blockDim = dim3(NT);
 			cfg.dynamicSmemBytes = (size_t)smem;
 			cfg.stream = st;
-			attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-			attr[0].val.programmaticStreamSerializationAllowed = 1;
 			cfg.attrs = attr;
-			attr[1].id = cudaLaunchAttributeClusterDimension;
-			attr[1].val.clusterDim.x = (unsigned)csize;
-			attr[1].val.clusterDim.y = 1;
-			attr[1].val.clusterDim.z = 1;
-			cfg.numAttrs = mode == M_SERIAL || k == 0 ? 0 : 1;
-			if (csize > 1 && atom[k]) { /* the cluster attribute after the PDL one (or alone) */
-				attr[cfg.numAttrs] = attr[1];
-				cfg.numAttrs++;
+			if (mode != M_SERIAL && k > 0) {
+				attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+				attr[cfg.numAttrs++].val.programmaticStreamSerializationAllowed = 1;
 			}
-			CHECK(cudaLaunchKernelEx(&cfg, csize > 1 && atom[k] ? k_link<true> : k_link<false>, mode, k, (const float *)(vec + (size_t)k * R * VEC),
-						 vec + (size_t)(k + 1) * R * VEC, cnt, err, (const int8_t *)(w ? w + woff[k] : NULL),
-						 wbytes[k], atom[k], k > 0 && atom[k - 1] ? R : 1, R, rot,
-						 k > 0 && atom[k - 1] ? agrid : grid));
+			if (clustered) {
+				attr[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
+				attr[cfg.numAttrs++].val.clusterDim = { (unsigned)csize, 1, 1 };
+			}
+			CHECK(cudaLaunchKernelEx(&cfg, clustered ? k_link<true> : k_link<false>, mode, k,
+						 (const float *)(vec + (size_t)k * R * VEC), vec + (size_t)(k + 1) * R * VEC, cnt,
+						 err, (const int8_t *)(w ? w + woff[k] : NULL), wbytes[k], atom[k],
+						 after_atom ? R : 1, R, rot, after_atom ? agrid : grid));
 		}
 		CHECK(cudaStreamEndCapture(st, &g));
 		CHECK(cudaGraphInstantiate(&ge, g, 0));
