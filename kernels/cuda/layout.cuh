@@ -542,37 +542,58 @@ template <int T> KB_HD const uint8_t *kb_w_d(KbTilePtr t, int64_t ch, int k, int
 	return t.d + (ch * 8 + (lane >> 2)) * Lay<T>::DB + 16 * k;
 }
 
+/* The q vectors of packet p of chunk ch of a tile into w (kb_load_w's first part, one packet:
+ * the one-token walk asks for each packet again as soon as its old one is decoded,
+ * kb_mmv_step). */
+template <int T> KB_HD void kb_load_wq(KbTilePtr t, int64_t ch, int p, int lane, KbWRegs<T> *w)
+{
+	KB_UNROLL
+	for (int v = 0; v < Lay<T>::QV; v++)
+		w->q[p][v] = kb_ld_w16(kb_w_q<T>(t, ch, p, v, lane));
+}
+
 /* S1: only the scales of lane tq's blocks 2tq and 2tq + 1, into s[0] (packet tq of the
  * Q4 types' four, packet tq / 2 of Q6_K's two) or s[0], s[1] (packets 2tq, 2tq + 1 of Q8_0's
  * eight): the one-token int8 products' column-a-block form (layout_i8.cuh), where lane tq
- * scales those blocks alone. */
-template <int T, bool S1 = false> KB_HD void kb_load_w(KbTilePtr t, int64_t ch, int lane, KbWRegs<T> *w)
+ * scales those blocks alone.  Packet p's scales (S1: the lane's p-th packet of them; none
+ * past those). */
+template <int T, bool S1> KB_HD void kb_load_ws(KbTilePtr t, int64_t ch, int p, int lane, KbWRegs<T> *w)
 {
 	typedef Lay<T> L;
 	constexpr int SP = L::CPK >= 4 ? L::CPK / 4 : 1; /* S1: packets a lane */
-	KB_UNROLL
-	for (int p = 0; p < L::CPK; p++) {
-		KB_UNROLL
-		for (int v = 0; v < L::QV; v++)
-			w->q[p][v] = kb_ld_w16(kb_w_q<T>(t, ch, p, v, lane));
-		if (S1 && p >= SP)
-			continue;
-		const uint8_t *sp = kb_w_s<T>(t, ch, S1 ? (lane & 3) * L::CPK / 4 + p : p, lane);
-		if constexpr (L::SB == 16)
-			w->s[p] = kb_ld_w16(sp);
-		else if constexpr (L::SB == 8) {
-			uint2 v = kb_ld_w8(sp);
-			w->s[p].x = v.x;
-			w->s[p].y = v.y;
-		} else if constexpr (L::SB == 4)
-			w->s[p].x = kb_ld_w4(sp);
-	}
-	if constexpr (L::DB == 32) {
+	if (S1 && p >= SP)
+		return;
+	const uint8_t *sp = kb_w_s<T>(t, ch, S1 ? (lane & 3) * L::CPK / 4 + p : p, lane);
+	if constexpr (L::SB == 16)
+		w->s[p] = kb_ld_w16(sp);
+	else if constexpr (L::SB == 8) {
+		uint2 v = kb_ld_w8(sp);
+		w->s[p].x = v.x;
+		w->s[p].y = v.y;
+	} else if constexpr (L::SB == 4)
+		w->s[p].x = kb_ld_w4(sp);
+}
+
+/* The chunk's superblock data (d). */
+template <int T> KB_HD void kb_load_wd(KbTilePtr t, int64_t ch, int lane, KbWRegs<T> *w)
+{
+	if constexpr (Lay<T>::DB == 32) {
 		w->d[0] = kb_ld_w16(kb_w_d<T>(t, ch, 0, lane));
 		w->d[1] = kb_ld_w16(kb_w_d<T>(t, ch, 1, lane));
-	} else if constexpr (L::DB == 4) {
+	} else if constexpr (Lay<T>::DB == 4) {
 		w->d[0].x = kb_ld_w4(kb_w_d<T>(t, ch, 0, lane));
 	}
+}
+
+/* Chunk ch of a tile into w: each packet's q vectors and scales, then d. */
+template <int T, bool S1 = false> KB_HD void kb_load_w(KbTilePtr t, int64_t ch, int lane, KbWRegs<T> *w)
+{
+	KB_UNROLL
+	for (int p = 0; p < Lay<T>::CPK; p++) {
+		kb_load_wq<T>(t, ch, p, lane, w);
+		kb_load_ws<T, S1>(t, ch, p, lane, w);
+	}
+	kb_load_wd<T>(t, ch, lane, w);
 }
 
 /* Activation buffers as the kernels see them. */

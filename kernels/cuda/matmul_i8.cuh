@@ -86,12 +86,20 @@ template <int T, int RT, int I8, int RG> __host__ __device__ constexpr int kb_co
 	return kb_mmv_occ3<T, RT, I8, RG>() ? 2 : KB_COL_CHAINS;
 }
 
+/* What kb_chunk8_one calls once it has made the A registers of tile rt's packet p (RL(rt, p)):
+ * nothing, or the walk's request for the next item's packet into the same registers
+ * (kb_mmv_step, kb_early_reload). */
+struct KbNoReload {
+	__device__ __forceinline__ void operator()(int, int) const {}
+};
+
 /* One token: the chunk's blocks in columns of their own (layout_i8.cuh), NCH chains of
  * accumulating mmas (block bi in chain bi % NCH; Q6_K, two mmas a block: NCH / 2 chains a
- * half) so that each waits on fewer.  S1: w holds the scales of the lane's blocks only. */
-template <int T, int RT, bool S1, int NCH = KB_COL_CHAINS>
+ * half) so that each waits on fewer.  S1: w holds the scales of the lane's blocks only.
+ * RL: called after each packet's last block (KbNoReload). */
+template <int T, int RT, bool S1, int NCH = KB_COL_CHAINS, class RL = KbNoReload>
 __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
-					      float (&acc)[RT][4])
+					      float (&acc)[RT][4], const RL &rl = RL())
 {
 	constexpr int NH = kb_i8_halves(T); /* Q6_K: an mma a half block, NCH / 2 chains a half */
 	constexpr int NC = NCH / NH;
@@ -127,6 +135,9 @@ __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs
 				kb_x1_b(&xh[h], lane, bi, zero, fb);
 				kb_imma_acc<T>(c[h][bi % NC], fa, fb[0] | (rt == 0 && bi == 0 && h == 0 ? x.dep : 0u), fb[1]);
 			}
+			constexpr int BPP = NB / Lay<T>::CPK; /* blocks a packet */
+			if (bi % BPP == BPP - 1)
+				rl(rt, bi / BPP);
 		}
 		KB_UNROLL
 		for (int h = 0; h < NH; h++)
@@ -167,14 +178,15 @@ template <int T, int I8, int RT> __device__ __forceinline__ void kb_fold8(float 
 
 /* The products of one chunk of the block's RT tiles, into acc (kb_chunk's int8 form); ONE:
  * exactly one token (kb_chunk8_one's column form). */
-template <int T, int RT, bool ONE, bool S1 = false, int NCH = KB_COL_CHAINS>
+template <int T, int RT, bool ONE, bool S1 = false, int NCH = KB_COL_CHAINS, class RL = KbNoReload>
 __device__ __forceinline__ void kb_chunk8(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
-					  float (&acc)[RT][4])
+					  float (&acc)[RT][4], const RL &rl = RL())
 {
 	if constexpr (ONE) {
-		kb_chunk8_one<T, RT, S1, NCH>(xv, w, ch, lane, acc);
+		kb_chunk8_one<T, RT, S1, NCH, RL>(xv, w, ch, lane, acc, rl);
 		return;
 	}
+	(void)rl;
 	constexpr int NB = Lay<T>::CC / 32;
 	KbX8Regs<T> x;
 	kb_load_x8<T>(&xv, ch, lane, &x);

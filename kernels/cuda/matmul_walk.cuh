@@ -305,12 +305,12 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
  * takes chunks w, w + nw, ... of each, so its work is a list of (group, chunk) items
  * that it walks with two register stages: the next item's loads are in flight while
  * it computes the current one, across group boundaries too. */
-template <int T, int RT, bool ROPE, int I8, bool S1 = false, int NCH = KB_COL_CHAINS>
+template <int T, int RT, bool ROPE, int I8, bool S1 = false, int NCH = KB_COL_CHAINS, class RL = KbNoReload>
 __device__ __forceinline__ void kb_item(const KbMmvArgs &a, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
-					float (&acc)[RT][4])
+					float (&acc)[RT][4], const RL &rl = RL())
 {
 	if constexpr (I8 != 0)
-		kb_chunk8<T, RT, kb_i8_one(I8), S1, NCH>(a.x, w, ch, lane, acc);
+		kb_chunk8<T, RT, kb_i8_one(I8), S1, NCH, RL>(a.x, w, ch, lane, acc, rl);
 	else
 		kb_chunk<T, RT>(a, w, ch, lane, acc);
 }
@@ -397,6 +397,45 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 		}
 	}
 
+	/* with item i's loads, the L2 request for the item a.prefetch places after i + 1 */
+	__device__ __forceinline__ void prefetch(const KbMmvArgs &a, int i, int cnt, int total, int warp, int nw,
+						 int lane)
+	{
+		if (RG == 1 && a.prefetch) {
+			const int ip = i + 1 + a.prefetch;
+			if (ip < total)
+				kb_prefetch_chunk<T, RT>(a, kb_blk<PAIR>(a) + (ip / cnt) * kb_nblk<PAIR>(a),
+							 warp + (ip % cnt) * nw, lane);
+		}
+	}
+
+	/* the q vectors of packet p of tile rt of the item (CUR only; load_sd brings the rest) */
+	__device__ __forceinline__ void load_q(const KbMmvArgs &a, int rt, int p, int lane, KbWRegs<T> &w)
+	{
+		static_assert(CUR, "the int8 kernels' cursor");
+		KbTilePtr tp;
+		tp.q = b.q + rt * a.q_tile;
+		kb_load_wq<T>(tp, lch, p, lane, &w);
+	}
+
+	/* the item's scales and d (after load_q's packets), and its L2 prefetch */
+	__device__ __forceinline__ void load_sd(const KbMmvArgs &a, int i, int cnt, int total, int warp, int nw,
+						int lane, KbWRegs<T> (&w)[RT])
+	{
+		static_assert(CUR, "the int8 kernels' cursor");
+		prefetch(a, i, cnt, total, warp, nw, lane);
+		KB_UNROLL
+		for (int rt = 0; rt < RT; rt++) {
+			KbTilePtr tp;
+			tp.s = b.s + rt * a.s_tile;
+			tp.d = b.d + rt * a.d_tile;
+			KB_UNROLL
+			for (int p = 0; p < Lay<T>::CPK; p++)
+				kb_load_ws<T, S1>(tp, lch, p, lane, &w[rt]);
+			kb_load_wd<T>(tp, lch, lane, &w[rt]);
+		}
+	}
+
 	/* item i (the list position, for the L2 prefetch) into w */
 	__device__ __forceinline__ void load(const KbMmvArgs &a, int i, int cnt, int total, int warp, int nw, int lane,
 					     KbWRegs<T> (&w)[RT])
@@ -404,12 +443,7 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 		if constexpr (!CUR) {
 			kb_load_item<T, RT, RG, PAIR>(a, i, lj, lch, cnt, total, warp, nw, lane, w, wt);
 		} else {
-			if (RG == 1 && a.prefetch) {
-				const int ip = i + 1 + a.prefetch;
-				if (ip < total)
-					kb_prefetch_chunk<T, RT>(a, kb_blk<PAIR>(a) + (ip / cnt) * kb_nblk<PAIR>(a),
-								 warp + (ip % cnt) * nw, lane);
-			}
+			prefetch(a, i, cnt, total, warp, nw, lane);
 			KB_UNROLL
 			for (int rt = 0; rt < RT; rt++) {
 				KbTilePtr tp;
@@ -452,25 +486,57 @@ __device__ __forceinline__ void kb_item_noarith(const KbMmvArgs &a, const KbWReg
 }
 #endif
 
+/* Whether a walk asks for item i + 2's packets while it computes item i, each as soon as
+ * item i's packet in the same registers is decoded (kb_chunk8_one's RL), and its scales once
+ * item i's are applied, rather than after the whole item and its flush: the one-token int8
+ * walks.  Asked for only after the item, a stage's next bytes waited for the item's mma
+ * chain, its scale work and, at a group's end, the flush's barrier; with two stages a warp
+ * the time from an item's arrival to its registers' refill is time with one item in flight
+ * instead of two.  7B batch 1: Q4_0 +2.8%, Q4_K +3.2%, Q4_K_M +2.0%, SmolLM2 (Q4_1) 0; Q8_0
+ * -1.1% (a packet a block, eight reloads an item, in kernels at the 128-register cap): not
+ * Q8_0 (bench/NOTES-gpu.md, session 28). */
+template <int T, int I8> __host__ __device__ constexpr bool kb_early_reload()
+{
+#ifdef QD_DEV_NOARITH
+	return false; /* kb_item_noarith: loads after the item, as it measured */
+#else
+	return kb_i8_one(I8) && T != QD_TYPE_Q8_0;
+#endif
+}
+
 /* Item i of kb_mmv_body's walk, chunk ch of the block's group j: computed from W (the group
- * flushed when it ends), then W refilled with item i + 2, the next to load after chunk lch
- * of group lj. */
+ * flushed when it ends), and W refilled with item i + 2, the next to load after chunk lch
+ * of group lj: during the item (kb_early_reload) or after its flush. */
 template <int T, int RT, bool ROPE, int I8, int RG, bool RMS, bool PAIR>
 __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
 					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8), PAIR> &ld, int warp,
 					    int nw, int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
 					    const KbNormPre &np)
 {
+	constexpr bool ER = kb_early_reload<T, I8>();
+	if constexpr (ER) {
+		const bool more = i + 2 < total;
+		if (more)
+			ld.next(a, wc, nwc);
+		kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_col_chains<T, RT, I8, RG>()>(
+			a, w, ch, lane, acc, [&](int rt, int p) {
+				if (more)
+					ld.load_q(a, rt, p, lane, w[rt]);
+			});
+		if (more)
+			ld.load_sd(a, i + 2, cnt, total, wc, nwc, lane, w);
+	} else {
 #ifdef QD_DEV_NOARITH
-	kb_item_noarith<T, RT>(a, w);
+		kb_item_noarith<T, RT>(a, w);
 #else
-	kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_col_chains<T, RT, I8, RG>()>(a, w, ch, lane, acc);
+		kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_col_chains<T, RT, I8, RG>()>(a, w, ch, lane, acc);
 #endif
+	}
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
 		kb_fold8<T, I8>(acc, lane);
 		kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8)>(a, j - 1, warp, nw, lane, acc, red, post, &np);
 	}
-	if (i + 2 < total) {
+	if (!ER && i + 2 < total) {
 		ld.next(a, wc, nwc);
 		ld.load(a, i + 2, cnt, total, wc, nwc, lane, w);
 	}
