@@ -89,6 +89,14 @@ template <int T, int RT, int I8, int RG> __host__ __device__ constexpr int kb_co
 /* What kb_chunk8_one calls once it has made the A registers of tile rt's packet p (RL(rt, p)):
  * nothing, or the walk's request for the next item's packet into the same registers
  * (kb_mmv_step, kb_early_reload). */
+/* Whether kb_chunk8_one asks for the next item's packets after its whole mma chain (before the
+ * scale work) rather than each after its own blocks: Q4_K, 7B batch 1 +0.9% that way, where
+ * Q4_0 measured 1.1% slower (bench/NOTES-gpu.md, session 28). */
+__host__ __device__ constexpr bool kb_reload_late(int t)
+{
+	return t == QD_TYPE_Q4_K;
+}
+
 struct KbNoReload {
 	__device__ __forceinline__ void operator()(int, int) const {}
 };
@@ -136,9 +144,13 @@ __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs
 				kb_imma_acc<T>(c[h][bi % NC], fa, fb[0] | (rt == 0 && bi == 0 && h == 0 ? x.dep : 0u), fb[1]);
 			}
 			constexpr int BPP = NB / Lay<T>::CPK; /* blocks a packet */
-			if (bi % BPP == BPP - 1)
+			if (!kb_reload_late(T) && bi % BPP == BPP - 1)
 				rl(rt, bi / BPP);
 		}
+		if constexpr (kb_reload_late(T))
+			KB_UNROLL
+			for (int p = 0; p < Lay<T>::CPK; p++)
+				rl(rt, p);
 		KB_UNROLL
 		for (int h = 0; h < NH; h++)
 			KB_UNROLL
