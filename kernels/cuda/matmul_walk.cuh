@@ -397,6 +397,16 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 		}
 	}
 
+	/* CUR: tile rt of the cursor's group */
+	__device__ __forceinline__ KbTilePtr tile(const KbMmvArgs &a, int rt) const
+	{
+		KbTilePtr tp;
+		tp.q = b.q + rt * a.q_tile;
+		tp.s = b.s + rt * a.s_tile;
+		tp.d = b.d + rt * a.d_tile;
+		return tp;
+	}
+
 	/* with item i's loads, the L2 request for the item a.prefetch places after i + 1 */
 	__device__ __forceinline__ void prefetch(const KbMmvArgs &a, int i, int cnt, int total, int warp, int nw,
 						 int lane)
@@ -413,9 +423,7 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 	__device__ __forceinline__ void load_q(const KbMmvArgs &a, int rt, int p, int lane, KbWRegs<T> &w)
 	{
 		static_assert(CUR, "the int8 kernels' cursor");
-		KbTilePtr tp;
-		tp.q = b.q + rt * a.q_tile;
-		kb_load_wq<T>(tp, lch, p, lane, &w);
+		kb_load_wq<T>(tile(a, rt), lch, p, lane, &w);
 	}
 
 	/* the item's scales and d (after load_q's packets), and its L2 prefetch */
@@ -426,9 +434,7 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 		prefetch(a, i, cnt, total, warp, nw, lane);
 		KB_UNROLL
 		for (int rt = 0; rt < RT; rt++) {
-			KbTilePtr tp;
-			tp.s = b.s + rt * a.s_tile;
-			tp.d = b.d + rt * a.d_tile;
+			const KbTilePtr tp = tile(a, rt);
 			KB_UNROLL
 			for (int p = 0; p < Lay<T>::CPK; p++)
 				kb_load_ws<T, S1>(tp, lch, p, lane, &w[rt]);
@@ -445,13 +451,8 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 		} else {
 			prefetch(a, i, cnt, total, warp, nw, lane);
 			KB_UNROLL
-			for (int rt = 0; rt < RT; rt++) {
-				KbTilePtr tp;
-				tp.q = b.q + rt * a.q_tile;
-				tp.s = b.s + rt * a.s_tile;
-				tp.d = b.d + rt * a.d_tile;
-				kb_load_w<T, S1>(tp, lch, lane, &w[rt]);
-			}
+			for (int rt = 0; rt < RT; rt++)
+				kb_load_w<T, S1>(tile(a, rt), lch, lane, &w[rt]);
 		}
 	}
 };
