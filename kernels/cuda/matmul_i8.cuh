@@ -86,9 +86,6 @@ template <int T, int RT, int I8, int RG> __host__ __device__ constexpr int kb_co
 	return kb_mmv_occ3<T, RT, I8, RG>() ? 2 : KB_COL_CHAINS;
 }
 
-/* What kb_chunk8_one calls once it has made the A registers of tile rt's packet p (RL(rt, p)):
- * nothing, or the walk's request for the next item's packet into the same registers
- * (kb_mmv_step, kb_early_reload). */
 /* Whether kb_chunk8_one asks for the next item's packets after its whole mma chain (before the
  * scale work) rather than each after its own blocks: Q4_K, 7B batch 1 +0.9% that way, where
  * Q4_0 measured 1.1% slower (bench/NOTES-gpu.md, session 28). */
@@ -97,6 +94,9 @@ __host__ __device__ constexpr bool kb_reload_late(int t)
 	return t == QD_TYPE_Q4_K;
 }
 
+/* What kb_chunk8_one calls once it has made the A registers of tile rt's packet p (RL(rt, p)):
+ * nothing, or the walk's request for the next item's packet into the same registers
+ * (kb_mmv_step, kb_early_reload). */
 struct KbNoReload {
 	__device__ __forceinline__ void operator()(int, int) const {}
 };
@@ -104,7 +104,8 @@ struct KbNoReload {
 /* One token: the chunk's blocks in columns of their own (layout_i8.cuh), NCH chains of
  * accumulating mmas (block bi in chain bi % NCH; Q6_K, two mmas a block: NCH / 2 chains a
  * half) so that each waits on fewer.  S1: w holds the scales of the lane's blocks only.
- * RL: called after each packet's last block (KbNoReload). */
+ * RL: called after each packet's last block, or for every packet after the chain
+ * (kb_reload_late). */
 template <int T, int RT, bool S1, int NCH = KB_COL_CHAINS, class RL = KbNoReload>
 __device__ __forceinline__ void kb_chunk8_one(const KbActView &xv, const KbWRegs<T> (&w)[RT], int64_t ch, int lane,
 					      float (&acc)[RT][4], const RL &rl = RL())
