@@ -514,23 +514,23 @@ __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[
 					    int nw, int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
 					    const KbNormPre &np)
 {
-	constexpr bool ER = kb_early_reload<T, I8>();
+	constexpr bool ER = kb_early_reload<T, I8>(), S1 = kb_i8_s1(T, I8);
+	constexpr int NCH = kb_col_chains<T, RT, I8, RG>();
 	if constexpr (ER) {
 		const bool more = i + 2 < total;
 		if (more)
 			ld.next(a, wc, nwc);
-		kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_col_chains<T, RT, I8, RG>()>(
-			a, w, ch, lane, acc, [&](int rt, int p) {
-				if (more)
-					ld.load_q(a, rt, p, lane, w[rt]);
-			});
+		kb_item<T, RT, ROPE, I8, S1, NCH>(a, w, ch, lane, acc, [&](int rt, int p) {
+			if (more)
+				ld.load_q(a, rt, p, lane, w[rt]);
+		});
 		if (more)
 			ld.load_sd(a, i + 2, cnt, total, wc, nwc, lane, w);
 	} else {
 #ifdef QD_DEV_NOARITH
 		kb_item_noarith<T, RT>(a, w);
 #else
-		kb_item<T, RT, ROPE, I8, kb_i8_s1(T, I8), kb_col_chains<T, RT, I8, RG>()>(a, w, ch, lane, acc);
+		kb_item<T, RT, ROPE, I8, S1, NCH>(a, w, ch, lane, acc);
 #endif
 	}
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
