@@ -426,12 +426,13 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 		kb_load_wq<T>(tile(a, rt), lch, p, lane, &w);
 	}
 
-	/* the item's scales and d (after load_q's packets), and its L2 prefetch */
-	__device__ __forceinline__ void load_sd(const KbMmvArgs &a, int i, int cnt, int total, int warp, int nw,
-						int lane, KbWRegs<T> (&w)[RT])
+	/* the item's scales and d (after load_q's packets).  Without the L2 prefetch of load:
+	 * the early reload's refill (kb_mmv_step) asks for none, whatever a.prefetch says (a
+	 * knob for bench-cuda-mmv's sweeps, 0 by default): its code alone, never run, cost the
+	 * one-token Q4_K walks 1% (7B batch 1; Q4_0 0; bench/NOTES-gpu.md, session 29). */
+	__device__ __forceinline__ void load_sd(const KbMmvArgs &a, int lane, KbWRegs<T> (&w)[RT])
 	{
 		static_assert(CUR, "the int8 kernels' cursor");
-		prefetch(a, i, cnt, total, warp, nw, lane);
 		KB_UNROLL
 		for (int rt = 0; rt < RT; rt++) {
 			const KbTilePtr tp = tile(a, rt);
@@ -525,7 +526,7 @@ __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[
 				ld.load_q(a, rt, p, lane, w[rt]);
 		});
 		if (more)
-			ld.load_sd(a, i + 2, cnt, total, wc, nwc, lane, w);
+			ld.load_sd(a, lane, w);
 	} else {
 #ifdef QD_DEV_NOARITH
 		kb_item_noarith<T, RT>(a, w);
