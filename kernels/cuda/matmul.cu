@@ -263,9 +263,10 @@ __device__ __forceinline__ void kb_cursor_next(const KbMmvArgs &a, int cnt, int 
  * fits a multiprocessor; capped at 128 (two blocks) they spill 32 bytes and ran 9% faster
  * at one token (bench/NOTES-gpu.md, session 6).  So do Q8_0's since its decode chunk is 8
  * packets (118-158 registers; capped, 48-72 bytes of spills and 7B batch 1 454 -> 461,
- * session 13).  Q4_0's one-token instances run at three blocks (k_mmv_3, kb_mmv_occ3).
- * Every other instance keeps the plain bound: naming a minimum of even 1 block changed
- * ptxas's schedule of the f16 kernels and cost 4% of a 7B Q4_0 decode step. */
+ * session 13).  Q4_0's one-token instances run at three blocks (k_mmv_3, kb_mmv_occ3), and
+ * k_mmv_swi names its one block (below).  Every other instance keeps the plain bound:
+ * naming a minimum of even 1 block changed ptxas's schedule of the f16 kernels and cost 4%
+ * of a 7B Q4_0 decode step. */
 template <int T, int RT, bool ROPE, int I8, bool RMS = false>
 __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 {
@@ -290,9 +291,14 @@ __global__ void __launch_bounds__(512) k_mmv_norm(const KbMmvArgs a)
 /* gate / up products with SwiGLU in the flush (KbCudaAct out of kb_cuda_mmv_swiglu): a
  * group is 32 rows of both weights, gate's two tiles then up's, each taken by a quarter of
  * the block's 16 warps; the flush has 32 rows of silu(gate) * up, one activation block of
- * the down product's input.  Int8 one-token products only (kb_cuda_mmv_rms_ok). */
+ * the down product's input.  Int8 one-token products only (kb_cuda_mmv_rms_ok).  The
+ * minimum of one block changes no limit (128 registers either way) but ptxas's schedule:
+ * Q4_0's instance then takes 125 registers instead of 96 and issues the early reload's
+ * packet loads before the item's mma chain, where it had sunk them below it (it rebuilt
+ * their addresses in registers the chain frees): 7B batch 1 Q4_0 +1.2%, the other types
+ * within noise (bench/NOTES-gpu.md, session 29). */
 template <int T, bool RMS>
-__global__ void __launch_bounds__(512) k_mmv_swi(const KbMmvArgs a)
+__global__ void __launch_bounds__(512, 1) k_mmv_swi(const KbMmvArgs a)
 {
 	kb_mmv_body<T, 1, false, 2, 4, RMS>(a);
 }
