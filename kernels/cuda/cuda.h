@@ -210,7 +210,8 @@ int kb_cuda_mmv(KbCuda *ctx, const KbCudaWeight *w, const float *x_dev, int64_t 
 		float *y_dev, int64_t ldy, int n_tok);
 
 /* Tuning of the product kernels: warps per block (1..8), row tiles of 16 per block
- * group (1 or 2), L2 prefetch distance in work items beyond the next (0..4), persist
+ * group (1 or 2), L2 prefetch distance in work items beyond the next (0..4; the early
+ * reload's one-token int8 walks ask for it with their first two items only), persist
  * (N >= 1: at most N blocks per multiprocessor and no more than fit at once, each
  * block walking several row groups; 0: one block per group).  A value < 0 keeps the current setting; n_tok
  * selects the configuration used for products of that many tokens (0: all).
