@@ -9,10 +9,9 @@ has it; here a wheel of the CUDA toolkit's cuobjdump carries one).  For every ke
 mangled name contains one of the SUBSTRINGs (default: the one-token walks k_mmv, k_mmv_3,
 k_mmv_norm, k_mmv_swi, k_mmv_pair), it prints the order of its mma instructions (M: IMMA)
 and of its predicated 128-bit weight loads (R: @P LDG.E.NA.128, the early reload's refill),
-in program order (the first 64).  In session 29 the
-one-token walks' speed followed these strings more than their instruction counts: loads
-before an item's mma chain (RRRR MMMMMMMM) were faster than loads after it (MMMMMMMM RRRR)
-(bench/NOTES-gpu.md, session 29).
+in program order (the first 64).  In session 29 the one-token walks' speed followed these
+strings more than their instruction counts: loads before an item's mma chain (RRRR
+MMMMMMMM) were faster than loads after it (MMMMMMMM RRRR) (bench/NOTES-gpu.md, session 29).
 """
 import os
 import re

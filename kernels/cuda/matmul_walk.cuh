@@ -21,6 +21,20 @@ template <bool PAIR> __device__ __forceinline__ int kb_blk(const KbMmvArgs &a)
 	return PAIR ? (int)blockIdx.x - a.blk0 : (int)blockIdx.x;
 }
 
+/* With item i of this warp's list (cnt chunks a group, total items), the L2 request for the
+ * item `prefetch` places after the next one (RG 1 walks only). */
+template <int T, int RT, int RG, bool PAIR>
+__device__ __forceinline__ void kb_prefetch_item(const KbMmvArgs &a, int i, int cnt, int total, int warp, int nw,
+						 int lane)
+{
+	if (RG == 1 && a.prefetch) {
+		const int ip = i + 1 + a.prefetch;
+		if (ip < total)
+			kb_prefetch_chunk<T, RT>(a, kb_blk<PAIR>(a) + (ip / cnt) * kb_nblk<PAIR>(a), warp + (ip % cnt) * nw,
+						 lane);
+	}
+}
+
 /* Loads (group, chunk) item i of this warp's list into w, and asks L2 for the item
  * `prefetch` places after the next one. */
 template <int T, int RT, int RG = 1, bool PAIR = false>
@@ -32,12 +46,7 @@ __device__ __forceinline__ void kb_load_item(const KbMmvArgs &a, int i, int j, i
 	const KbTilePtr b = kb_group_tile(a, kb_blk<PAIR>(a) + j * kb_nblk<PAIR>(a), RT * RG, &si, &tile0);
 	if constexpr (RG > 1)
 		tile0 += wt * RT; /* this warp's tiles of the group */
-	if (RG == 1 && a.prefetch) {
-		const int ip = i + 1 + a.prefetch;
-		if (ip < total)
-			kb_prefetch_chunk<T, RT>(a, kb_blk<PAIR>(a) + (ip / cnt) * kb_nblk<PAIR>(a), warp + (ip % cnt) * nw,
-						 lane);
-	}
+	kb_prefetch_item<T, RT, RG, PAIR>(a, i, cnt, total, warp, nw, lane);
 	KB_UNROLL
 	for (int rt = 0; rt < RT; rt++) {
 		KbTilePtr tp;
@@ -407,18 +416,6 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 		return tp;
 	}
 
-	/* with item i's loads, the L2 request for the item a.prefetch places after i + 1 */
-	__device__ __forceinline__ void prefetch(const KbMmvArgs &a, int i, int cnt, int total, int warp, int nw,
-						 int lane)
-	{
-		if (RG == 1 && a.prefetch) {
-			const int ip = i + 1 + a.prefetch;
-			if (ip < total)
-				kb_prefetch_chunk<T, RT>(a, kb_blk<PAIR>(a) + (ip / cnt) * kb_nblk<PAIR>(a),
-							 warp + (ip % cnt) * nw, lane);
-		}
-	}
-
 	/* the q vectors of packet p of tile rt of the item (CUR only; load_sd brings the rest) */
 	__device__ __forceinline__ void load_q(const KbMmvArgs &a, int rt, int p, int lane, KbWRegs<T> &w)
 	{
@@ -426,7 +423,7 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 		kb_load_wq<T>(tile(a, rt), lch, p, lane, &w);
 	}
 
-	/* the item's scales and d (after load_q's packets).  Without the L2 prefetch of load:
+	/* the item's scales and d (after load_q's packets).  Without load's L2 prefetch:
 	 * the early reload's refill (kb_mmv_step) asks for none, whatever a.prefetch says (a
 	 * knob for bench-cuda-mmv's sweeps, 0 by default): its code alone, never run, cost the
 	 * one-token Q4_K walks 1% (7B batch 1; Q4_0 0; bench/NOTES-gpu.md, session 29). */
@@ -450,7 +447,7 @@ template <int T, int RT, bool CUR, int RG = 1, bool S1 = false, bool PAIR = fals
 		if constexpr (!CUR) {
 			kb_load_item<T, RT, RG, PAIR>(a, i, lj, lch, cnt, total, warp, nw, lane, w, wt);
 		} else {
-			prefetch(a, i, cnt, total, warp, nw, lane);
+			kb_prefetch_item<T, RT, RG, PAIR>(a, i, cnt, total, warp, nw, lane);
 			KB_UNROLL
 			for (int rt = 0; rt < RT; rt++)
 				kb_load_w<T, S1>(tile(a, rt), lch, lane, &w[rt]);
