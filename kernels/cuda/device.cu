@@ -39,7 +39,7 @@ static void default_config(KbCuda *ctx)
 	ctx->mmq_max_waves = KB_MMQ_MAX_WAVES;
 	ctx->mmq_min_units = KB_MMQ_MIN_UNITS;
 	for (int t = 0; t < KB_CUDA_MAX_TOK; t++) {
-		ctx->mmv[t].warps = 8;
+		ctx->mmv[t].warps = KB_MMV_WARPS;
 		ctx->mmv[t].row_tiles = 1;
 		ctx->mmv[t].prefetch = 0;
 		ctx->mmv[t].persist = 64; /* i.e. as many as fit */

@@ -246,6 +246,10 @@ static inline int kb_err(cudaError_t e)
 	}
 }
 
+/* The decode products' warps a block unless configured otherwise (KbMmvConfig.warps); kb_flush
+ * takes it as a constant where a launch has it. */
+#define KB_MMV_WARPS 8
+
 /* *occ: resident blocks per multiprocessor of kernel K with THREADS and SMEM a block (at
  * least 1), asked of the runtime the first time (*occ 0) and cached there. */
 template <typename K> static int kb_occupancy(K k, int threads, size_t smem, int *occ)

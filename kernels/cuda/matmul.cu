@@ -410,7 +410,7 @@ template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c,
 static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int *occ, const KbMmvArgs &a,
 		       bool rounds = false)
 {
-	constexpr int NW = 16;
+	constexpr int NW = KB_WIDE_NW;
 	const size_t smem = kb_mmv_smem(NW, 1, epi);
 	int grid;
 	int r = kb_fit_grid(ctx, k, NW * 32, smem, occ, 0, a.n_groups, &grid);

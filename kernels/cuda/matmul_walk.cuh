@@ -7,6 +7,10 @@
 #ifndef QD_KERNELS_CUDA_MATMUL_WALK_CUH
 #define QD_KERNELS_CUDA_MATMUL_WALK_CUH
 
+/* The warps of a k_mmv_norm or k_mmv_swi block (matmul.cu's launch_wide), known here so that
+ * their flush's loops over a tile's warps have a constant count (kb_flush). */
+#define KB_WIDE_NW 16
+
 /* How many blocks walk A's row groups (block b takes groups b, b + count, ...): the grid,
  * or with PAIR (k_mmv_pair, whose grid holds a run of blocks for each of two products) A's
  * run. */
@@ -231,7 +235,11 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		tile0 = 2 * (int64_t)jl;
 	}
 	const KbMmvSeg &g = si == 0 ? a.seg[0] : si == 1 ? a.seg[1] : a.seg[2];
-	const int nwc = RG == 1 ? nw : nw / RG;
+	/* warps a tile: with RG > 1 (k_mmv_norm, k_mmv_swi) a constant, so that the loops over
+	 * them (kb_one_row's, the general one's) unroll and their slot reads go out together:
+	 * 7B batch 1 Q4_0 +2.3%, Q4_K +1.7%, Q4_K_M +1.9%, Q8_0 +1.6% against nw / RG read at
+	 * run time (bench/NOTES-gpu.md, session 30) */
+	const int nwc = RG == 1 ? nw : KB_WIDE_NW / RG;
 	if constexpr ((NORM || SWI) && ONE) {
 		/* one token (the int8 one-token instances): lane l of warp 0 adds up row l of the
 		 * group (for SWI gate's and up's) straight from the slots, in the loop's order
@@ -256,7 +264,10 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		 * a loop, not as a branch on the warp, which made Q4_0's k_mmv_3 spill 16 bytes.) */
 		for (int u = threadIdx.x; u < 32; u += blockDim.x) {
 			const int rt = RT == 1 ? 0 : u >> 4, r = u & 15;
-			const float sum = kb_one_row<RT, RMS>(f, 0, rt, r, nwc, post, rsm);
+			/* the default warps a block as a constant too (nwc as below): 7B batch 1 Q4_0
+			 * +0.1%, Q4_K +0.5%, Q4_K_M +1.3% over the wide kernels' constant alone */
+			const float sum = nw == KB_MMV_WARPS ? kb_one_row<RT, RMS>(f, 0, rt, r, KB_MMV_WARPS, post, rsm)
+							     : kb_one_row<RT, RMS>(f, 0, rt, r, nwc, post, rsm);
 			const int64_t row = (tile0 + rt) * 16 + r;
 			const bool mine = u < RT * 16 && row < g.rows;
 			if constexpr (ROPE) {
