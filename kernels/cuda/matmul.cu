@@ -283,7 +283,7 @@ __global__ void __launch_bounds__(256, 2) k_mmv_2(const KbMmvArgs a)
  * tile of a group taken by half of the block's 16 warps (so a warp holds one tile's
  * registers, as in k_mmv, and the flush has the 32 rows of one activation block). */
 template <int T, int I8>
-__global__ void __launch_bounds__(512) k_mmv_norm(const KbMmvArgs a)
+__global__ void __launch_bounds__(KB_WIDE_NW * 32) k_mmv_norm(const KbMmvArgs a)
 {
 	kb_mmv_body<T, 1, false, I8, 2>(a);
 }
@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(512) k_mmv_norm(const KbMmvArgs a)
  * their addresses in registers the chain frees): 7B batch 1 Q4_0 +1.2%, the other types
  * within noise (bench/NOTES-gpu.md, session 29). */
 template <int T, bool RMS>
-__global__ void __launch_bounds__(512, 1) k_mmv_swi(const KbMmvArgs a)
+__global__ void __launch_bounds__(KB_WIDE_NW * 32, 1) k_mmv_swi(const KbMmvArgs a)
 {
 	kb_mmv_body<T, 1, false, 2, 4, RMS>(a);
 }
