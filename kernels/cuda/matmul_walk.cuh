@@ -264,7 +264,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		 * a loop, not as a branch on the warp, which made Q4_0's k_mmv_3 spill 16 bytes.) */
 		for (int u = threadIdx.x; u < 32; u += blockDim.x) {
 			const int rt = RT == 1 ? 0 : u >> 4, r = u & 15;
-			/* the default warps a block as a constant too (nwc as below): 7B batch 1 Q4_0
+			/* the default warps a block as a constant too (as nwc above): 7B batch 1 Q4_0
 			 * +0.1%, Q4_K +0.5%, Q4_K_M +1.3% over the wide kernels' constant alone */
 			const float sum = nw == KB_MMV_WARPS ? kb_one_row<RT, RMS>(f, 0, rt, r, KB_MMV_WARPS, post, rsm)
 							     : kb_one_row<RT, RMS>(f, 0, rt, r, nwc, post, rsm);
