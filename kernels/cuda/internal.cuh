@@ -246,9 +246,12 @@ static inline int kb_err(cudaError_t e)
 	}
 }
 
-/* The decode products' warps a block unless configured otherwise (KbMmvConfig.warps); kb_flush
- * takes it as a constant where a launch has it. */
+/* The decode products' warps a block: KB_MMV_WARPS unless configured otherwise
+ * (KbMmvConfig.warps), and always KB_WIDE_NW in k_mmv_norm and k_mmv_swi (matmul.cu's
+ * launch_wide).  kb_flush (matmul_walk.cuh) takes them as constants, so that its loops over
+ * a tile's warps unroll. */
 #define KB_MMV_WARPS 8
+#define KB_WIDE_NW 16
 
 /* *occ: resident blocks per multiprocessor of kernel K with THREADS and SMEM a block (at
  * least 1), asked of the runtime the first time (*occ 0) and cached there. */

@@ -7,10 +7,6 @@
 #ifndef QD_KERNELS_CUDA_MATMUL_WALK_CUH
 #define QD_KERNELS_CUDA_MATMUL_WALK_CUH
 
-/* The warps of a k_mmv_norm or k_mmv_swi block (matmul.cu's launch_wide), known here so that
- * their flush's loops over a tile's warps have a constant count (kb_flush). */
-#define KB_WIDE_NW 16
-
 /* How many blocks walk A's row groups (block b takes groups b, b + count, ...): the grid,
  * or with PAIR (k_mmv_pair, whose grid holds a run of blocks for each of two products) A's
  * run. */
