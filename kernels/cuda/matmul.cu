@@ -267,16 +267,16 @@ __device__ __forceinline__ void kb_cursor_next(const KbMmvArgs &a, int cnt, int 
  * k_mmv_swi names its one block (below).  Every other instance keeps the plain bound:
  * naming a minimum of even 1 block changed ptxas's schedule of the f16 kernels and cost 4%
  * of a 7B Q4_0 decode step. */
-template <int T, int RT, bool ROPE, int I8, bool RMS = false>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0>
 __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 {
-	kb_mmv_body<T, RT, ROPE, I8, 1, RMS>(a);
+	kb_mmv_body<T, RT, ROPE, I8, 1, RMS, false, NW>(a);
 }
 
-template <int T, int RT, bool ROPE, int I8, bool RMS = false>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0>
 __global__ void __launch_bounds__(256, 2) k_mmv_2(const KbMmvArgs a)
 {
-	kb_mmv_body<T, RT, ROPE, I8, 1, RMS>(a);
+	kb_mmv_body<T, RT, ROPE, I8, 1, RMS, false, NW>(a);
 }
 
 /* The residual product that starts the next RMSNorm (KbMmvNorm): 32-row groups, each
@@ -285,7 +285,7 @@ __global__ void __launch_bounds__(256, 2) k_mmv_2(const KbMmvArgs a)
 template <int T, int I8>
 __global__ void __launch_bounds__(KB_WIDE_NW * 32) k_mmv_norm(const KbMmvArgs a)
 {
-	kb_mmv_body<T, 1, false, I8, 2>(a);
+	kb_mmv_body<T, 1, false, I8, 2, false, false, kb_i8_one(I8) && kb_const_nw(T) ? KB_WIDE_NW : 0>(a);
 }
 
 /* gate / up products with SwiGLU in the flush (KbCudaAct out of kb_cuda_mmv_swiglu): a
@@ -300,14 +300,14 @@ __global__ void __launch_bounds__(KB_WIDE_NW * 32) k_mmv_norm(const KbMmvArgs a)
 template <int T, bool RMS>
 __global__ void __launch_bounds__(KB_WIDE_NW * 32, 1) k_mmv_swi(const KbMmvArgs a)
 {
-	kb_mmv_body<T, 1, false, 2, 4, RMS>(a);
+	kb_mmv_body<T, 1, false, 2, 4, RMS, false, kb_const_nw(T) ? KB_WIDE_NW : 0>(a);
 }
 
 /* Q4_0's one-token k_mmv at three blocks a multiprocessor (kb_mmv_occ3). */
-template <int T, int RT, bool ROPE, int I8, bool RMS = false>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0>
 __global__ void __launch_bounds__(256, 3) k_mmv_3(const KbMmvArgs a)
 {
-	kb_mmv_body<T, RT, ROPE, I8, 1, RMS>(a);
+	kb_mmv_body<T, RT, ROPE, I8, 1, RMS, false, NW>(a);
 }
 
 /* q/k/v of two weight types in one launch (Q4_K_M's use_more_bits layers: q and k in Q4_K,
@@ -317,24 +317,37 @@ __global__ void __launch_bounds__(256, 3) k_mmv_3(const KbMmvArgs a)
  * it was.)  One token, int8 activations, one row tile.  Without it such a layer took a
  * launch per type and then the rope_kv_store kernel: traced, 7B Q4_K_M's split layer added
  * q/k 13.7 + v 6.1 + RoPE 4.7 us, the pair launch 14.4 (bench/NOTES-gpu.md, session 21). */
-template <int T1, int T2, bool RMS>
+template <int T1, int T2, bool RMS, int NW = 0>
 __global__ void __launch_bounds__(256, 2) k_mmv_pair(const KbMmvArgs a, const KbMmvArgs b)
 {
 	if ((int)blockIdx.x < b.blk0)
-		kb_mmv_body<T1, 1, true, 2, 1, RMS, true>(a);
+		kb_mmv_body<T1, 1, true, 2, 1, RMS, true, NW>(a);
 	else
-		kb_mmv_body<T2, 1, true, 2, 1, RMS, true>(b);
+		kb_mmv_body<T2, 1, true, 2, 1, RMS, true, NW>(b);
 }
 
 /* The kernel instance for these parameters. */
-template <int T, int RT, bool ROPE, int I8, bool RMS = false> static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
+template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0>
+static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
 {
 	if constexpr (kb_mmv_occ3<T, RT, I8, 1>())
-		return k_mmv_3<T, RT, ROPE, I8, RMS>;
+		return k_mmv_3<T, RT, ROPE, I8, RMS, NW>;
 	else if constexpr ((T == QD_TYPE_Q4_1 || T == QD_TYPE_Q8_0) && I8 != 0)
-		return k_mmv_2<T, RT, ROPE, I8, RMS>;
+		return k_mmv_2<T, RT, ROPE, I8, RMS, NW>;
 	else
-		return k_mmv<T, RT, ROPE, I8, RMS>;
+		return k_mmv<T, RT, ROPE, I8, RMS, NW>;
+}
+
+/* The instance for C's warps a block: the one-token int8 walks of kb_const_nw's types at the
+ * default warps have the count as a constant, any other the count read at run time. */
+template <int T, int RT, bool ROPE, int I8, bool RMS = false>
+static void (*kb_mmv_kernel_for(const KbMmvConfig *c))(const KbMmvArgs)
+{
+	if constexpr (kb_i8_one(I8) && kb_const_nw(T))
+		if (c->warps == KB_MMV_WARPS)
+			return kb_mmv_kernel<T, RT, ROPE, I8, RMS, KB_MMV_WARPS>();
+	(void)c;
+	return kb_mmv_kernel<T, RT, ROPE, I8, RMS>();
 }
 
 /* Into *ret_grid: the blocks of kernel K (THREADS, SMEM a block) to launch for n_groups
@@ -359,15 +372,16 @@ static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 {
 	const int nw = c->warps;
 	const size_t smem = kb_mmv_smem(nw, RT, kb_rope_sm<ROPE>());
+	void (*k)(const KbMmvArgs) = kb_mmv_kernel_for<T, RT, ROPE, I8, RMS>(c);
 	int grid = a.n_groups;
 	if (c->persist) {
-		int r = kb_fit_grid(ctx, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(), nw * 32, smem,
+		int r = kb_fit_grid(ctx, k, nw * 32, smem,
 				    &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS][nw], c->persist,
 				    a.n_groups, &grid);
 		if (r < 0)
 			return r;
 	}
-	return kb_launch(ctx, kb_mmv_kernel<T, RT, ROPE, I8, RMS>(), dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
+	return kb_launch(ctx, k, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
 
 /* The int8 products: register loads, or the bulk-copy ring where kb_auto_stages (or the
@@ -630,7 +644,10 @@ template <int T1, int T2> static int launch_pair(KbCuda *ctx, const KbMmvConfig 
 {
 	const int nw = c->warps;
 	const size_t smem = kb_mmv_smem(nw, 1, kb_rope_sm<true>());
+	static_assert(kb_const_nw(T1) && kb_const_nw(T2), "k_mmv_pair's types: the warps a constant at the default");
 	void (*k)(const KbMmvArgs, const KbMmvArgs) = a.rms.on ? k_mmv_pair<T1, T2, true> : k_mmv_pair<T1, T2, false>;
+	if (nw == KB_MMV_WARPS)
+		k = a.rms.on ? k_mmv_pair<T1, T2, true, KB_MMV_WARPS> : k_mmv_pair<T1, T2, false, KB_MMV_WARPS>;
 	int ga = a.n_groups, gb = b.n_groups, grid = ga + gb;
 	if (c->persist) {
 		int r = kb_fit_grid(ctx, k, nw * 32, smem, &ctx->occ_pair[a.rms.on][nw], c->persist, ga + gb, &grid);

@@ -86,6 +86,16 @@ template <int T, int RT, int I8, int RG> __host__ __device__ constexpr int kb_co
 	return kb_mmv_occ3<T, RT, I8, RG>() ? 2 : KB_COL_CHAINS;
 }
 
+/* Whether a type's one-token walks take their warps a block as a constant (kb_mmv_body's NW:
+ * KB_WIDE_NW in k_mmv_norm and k_mmv_swi, KB_MMV_WARPS in the RG 1 walks at the default
+ * configuration), so that the chunk stride, the reduction slots' places and the flush's loops
+ * fold: 7B batch 1 Q4_K +1.4%, Q4_K_M +1.0%, Q8_0 +1.1%; Q4_0 -0.4%, so not Q4_0 (ptxas's
+ * schedules of its k_mmv_3 and wide kernels; bench/NOTES-gpu.md, session 31). */
+__host__ __device__ constexpr bool kb_const_nw(int t)
+{
+	return t != QD_TYPE_Q4_0;
+}
+
 /* Whether kb_chunk8_one asks for the next item's packets after its whole mma chain (before the
  * scale work) rather than each after its own blocks: Q4_K, 7B batch 1 +0.9% that way, where
  * Q4_0 measured 1.1% slower (bench/NOTES-gpu.md, session 28). */

@@ -576,8 +576,9 @@ template <bool PRE> __device__ __forceinline__ void kb_norm_pre(const KbMmvArgs 
 }
 
 /* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  RG: tiles a group's
- * warps split (2: k_mmv_norm, 4: k_mmv_swi).  The kernels are in matmul.cu. */
-template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false, bool PAIR = false>
+ * warps split (2: k_mmv_norm, 4: k_mmv_swi).  NW: the warps a block as a constant where the
+ * launch fixes them (kb_const_nw), 0: read from blockDim.  The kernels are in matmul.cu. */
+template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false, bool PAIR = false, int NW = 0>
 __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 {
 	KB_TRACE();
@@ -585,7 +586,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	/* [2][warps][RT][32 lanes], then KB_RMS_SM_BYTES (kb_rms_early's 1 / rms), then k_mmv_norm's
 	 * KB_NORM_SM_BYTES (2-8 tokens) or the RoPE epilogue's KbRopeSm */
 	extern __shared__ float4 kb_red[];
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = NW ? NW : (int)(blockDim.x >> 5);
 	/* RG > 1: warp w takes tile w / nwc of each group, its chunks wc, wc + nwc, ... */
 	const int nwc = nw / RG, wc = RG == 1 ? warp : warp % nwc;
 	const int J = (a.n_groups - kb_blk<PAIR>(a) + kb_nblk<PAIR>(a) - 1) / kb_nblk<PAIR>(a);
