@@ -1,7 +1,7 @@
-/* kernels/cuda/getrows.cu: embedding rows in GGUF block layout -> f32.  One block per
- * requested row, one thread per element; each element is decoded from its block alone,
- * with the CPU's float operations in the CPU's order (no fused multiply-adds), so rows
- * match kernels/cpu/quant.c bit for bit. */
+/* kernels/cuda/getrows.cu: embedding rows in GGUF block layout -> f32.  Blocks of
+ * GR_THREADS over each requested row, one thread per element; each element is decoded
+ * from its block alone, with the CPU's float operations in the CPU's order (no fused
+ * multiply-adds), so rows match kernels/cpu/quant.c bit for bit. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -60,9 +60,15 @@ __device__ __forceinline__ float dq_elem(const uint8_t *row, int64_t e)
 	}
 }
 
+/* A row is spread over blocks of GR_THREADS, an element a thread (gridDim.y blocks a row), so
+ * its bytes are asked for at once: with one block a row, each thread's loop over 16 of a 7B
+ * row's elements waited for DRAM at every trip, and the step's first kernel took 9.7 us
+ * (traced, bench/NOTES-gpu.md, session 31). */
+#define GR_THREADS 256
+
 template <int T>
-__global__ void __launch_bounds__(256) k_get_rows(int trig, const uint8_t *raw, int64_t row_bytes, int64_t cols,
-						  const int32_t *ids, float *out)
+__global__ void __launch_bounds__(GR_THREADS) k_get_rows(int trig, const uint8_t *raw, int64_t row_bytes,
+							 int64_t cols, const int32_t *ids, float *out)
 {
 	KB_TRACE();
 	if (trig)
@@ -70,7 +76,8 @@ __global__ void __launch_bounds__(256) k_get_rows(int trig, const uint8_t *raw, 
 	kb_pdl_wait();
 	const uint8_t *row = raw + (int64_t)ids[blockIdx.x] * row_bytes;
 	float *o = out + (int64_t)blockIdx.x * cols;
-	for (int64_t e = threadIdx.x; e < cols; e += blockDim.x)
+	const int64_t step = (int64_t)gridDim.y * blockDim.x;
+	for (int64_t e = (int64_t)blockIdx.y * blockDim.x + threadIdx.x; e < cols; e += step)
 		o[e] = dq_elem<T>(row, e);
 }
 
@@ -90,8 +97,9 @@ static int launch(KbCuda *ctx, const void *raw, int64_t row_bytes, int64_t cols,
 		  float *out)
 {
 	const int pdl = kb_small_pdl(n);
-	return kb_launch_ex(ctx, pdl, k_get_rows<T>, dim3((unsigned)n), dim3(256), 0, pdl,
-			(const uint8_t *)raw, row_bytes, cols, ids, out);
+	const int64_t parts = (cols + GR_THREADS - 1) / GR_THREADS;
+	return kb_launch_ex(ctx, pdl, k_get_rows<T>, dim3((unsigned)n, (unsigned)(parts < 65535 ? parts : 65535)),
+			    dim3(GR_THREADS), 0, pdl, (const uint8_t *)raw, row_bytes, cols, ids, out);
 }
 
 extern "C" int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, int64_t cols,
