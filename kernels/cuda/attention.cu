@@ -203,8 +203,9 @@ __device__ __forceinline__ float att_scores(const uint4 (&u)[4 * PER], const uin
 	return r == 0 ? s0 : r == 1 ? s1 : r == 2 ? s2 : s3;
 }
 
-/* Q8: the instance that can write int8 activation planes (kb_act_put). */
-template <int PER, bool VPRE, bool Q8>
+/* PL: the planes the output goes to (kb_act_put's: KB_PL_DYN, KB_PL_DYN16 without the int8
+ * code, or att_kernel_pl's fixed sets). */
+template <int PER, bool VPRE, unsigned PL>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const float *q, const __half *kc,
 							      const __half *vc,
 							      const int32_t *pos, const int32_t *seq, int n_head,
@@ -483,7 +484,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 				sum += __ldcg(p0 + s2 * (hd + 2) + i) * sm_w[s2];
 			o[i] = sum * inv;
 			if (act.planes)
-				kb_act_put<Q8 ? KB_PL_DYN : KB_PL_DYN16>(act, t, (int64_t)h * hd + i, sum * inv);
+				kb_act_put<PL>(act, t, (int64_t)h * hd + i, sum * inv);
 		}
 		return;
 	}
@@ -494,7 +495,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 			s += wacc[w * hd + i] * f[w];
 		o[i] = s * inv;
 		if (act.planes)
-			kb_act_put<Q8 ? KB_PL_DYN : KB_PL_DYN16>(act, t, (int64_t)h * hd + i, s * inv);
+			kb_act_put<PL>(act, t, (int64_t)h * hd + i, s * inv);
 	}
 	KB_MARK(4);
 }
@@ -502,19 +503,35 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 typedef void (*AttKernel)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int,
 			  int, int, int, int64_t, float, int, float *, KbActOut, float *, unsigned *);
 
-/* The k_attention instance for a head size (a multiple of 32, at most 256). */
-template <bool Q8> static AttKernel att_kernel(int head_dim, bool pre)
+/* The k_attention instance for a head size (a multiple of 32, at most 256); PL KB_PL_DYN or
+ * KB_PL_DYN16. */
+template <unsigned PL> static AttKernel att_kernel(int head_dim, bool pre)
 {
 	switch (head_dim / 32) {
-	case 1: return k_attention<1, false, Q8>;
-	case 2: return pre ? k_attention<2, true, Q8> : k_attention<2, false, Q8>;
-	case 3: return k_attention<3, false, Q8>;
-	case 4: return pre ? k_attention<4, true, Q8> : k_attention<4, false, Q8>;
-	case 5: return k_attention<5, false, Q8>;
-	case 6: return k_attention<6, false, Q8>;
-	case 7: return k_attention<7, false, Q8>;
-	default: return k_attention<8, false, Q8>;
+	case 1: return k_attention<1, false, PL>;
+	case 2: return pre ? k_attention<2, true, PL> : k_attention<2, false, PL>;
+	case 3: return k_attention<3, false, PL>;
+	case 4: return pre ? k_attention<4, true, PL> : k_attention<4, false, PL>;
+	case 5: return k_attention<5, false, PL>;
+	case 6: return k_attention<6, false, PL>;
+	case 7: return k_attention<7, false, PL>;
+	default: return k_attention<8, false, PL>;
 	}
+}
+
+/* The decode instances (VPRE) whose output goes to the planes an int8 model's one-token
+ * products read (kb_epi_pl's sets), with those planes as constants: the output's code is
+ * then what those planes need, not every plane's behind tests of the set (with the products'
+ * epilogues alike, 7B batch 1 Q4_0 +1.65%, Q4_K +0.65%; bench/NOTES-gpu.md, session 31).
+ * NULL for any other set. */
+static AttKernel att_kernel_pl(unsigned planes, int head_dim)
+{
+	const bool h64 = head_dim == 64;
+	if (planes == KB_PL_Q)
+		return h64 ? k_attention<2, true, KB_PL_Q> : k_attention<4, true, KB_PL_Q>;
+	if (planes == (KB_PL_Q | KB_PL_E))
+		return h64 ? k_attention<2, true, KB_PL_Q | KB_PL_E> : k_attention<4, true, KB_PL_Q | KB_PL_E>;
+	return NULL;
 }
 
 extern "C" int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys)
@@ -579,7 +596,9 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
 	/* at most a wave of (token, head) pairs (decode): V rows preloaded (k_attention's VPRE) */
 	const bool pre = (head_dim == 64 || head_dim == 128) && blocks <= (int64_t)KB_ATT_WAVE * ctx->sm_count;
-	AttKernel k = kb_act_q8(av) ? att_kernel<true>(head_dim, pre) : att_kernel<false>(head_dim, pre);
+	AttKernel k = pre ? att_kernel_pl(av.planes, head_dim) : NULL;
+	if (!k)
+		k = kb_act_q8(av) ? att_kernel<KB_PL_DYN>(head_dim, pre) : att_kernel<KB_PL_DYN16>(head_dim, pre);
 	const int pdl = kb_small_pdl(n), trig = pdl ? (early ? 2 : 1) : 0;
 	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, trig,
 			q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head,

@@ -74,8 +74,8 @@ struct KbCuda {
 	int pdl;
 	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
 	int occ[7][18][9];      /* resident blocks per SM: [type slot][variant (kb_variant) + 3 I8 + 9 RMS][warps] */
-	int occ_norm[7][3];     /* the same for k_mmv_norm: [type slot][I8] */
-	int occ_swi[7][2];      /* and k_mmv_swi: [type slot][RMS] */
+	int occ_norm[7][3][2];  /* the same for k_mmv_norm: [type slot][I8][epilogue planes: any, kb_epi_pl's] */
+	int occ_swi[7][2][2];   /* and k_mmv_swi: [type slot][RMS][planes] */
 	int occ_bulk[7][18][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
 	int occ_pair[2][9];     /* and k_mmv_pair (its one type pair): [RMS][warps] */
 	uint64_t up_bytes;

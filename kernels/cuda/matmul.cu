@@ -282,10 +282,10 @@ __global__ void __launch_bounds__(256, 2) k_mmv_2(const KbMmvArgs a)
 /* The residual product that starts the next RMSNorm (KbMmvNorm): 32-row groups, each
  * tile of a group taken by half of the block's 16 warps (so a warp holds one tile's
  * registers, as in k_mmv, and the flush has the 32 rows of one activation block). */
-template <int T, int I8>
+template <int T, int I8, unsigned PL = KB_PL_DYN>
 __global__ void __launch_bounds__(KB_WIDE_NW * 32) k_mmv_norm(const KbMmvArgs a)
 {
-	kb_mmv_body<T, 1, false, I8, 2, false, false, kb_i8_one(I8) && kb_const_nw(T) ? KB_WIDE_NW : 0>(a);
+	kb_mmv_body<T, 1, false, I8, 2, false, false, kb_i8_one(I8) && kb_const_nw(T) ? KB_WIDE_NW : 0, PL>(a);
 }
 
 /* gate / up products with SwiGLU in the flush (KbCudaAct out of kb_cuda_mmv_swiglu): a
@@ -297,10 +297,10 @@ __global__ void __launch_bounds__(KB_WIDE_NW * 32) k_mmv_norm(const KbMmvArgs a)
  * packet loads before the item's mma chain, where it had sunk them below it (it rebuilt
  * their addresses in registers the chain frees): 7B batch 1 Q4_0 +1.2%, the other types
  * within noise (bench/NOTES-gpu.md, session 29). */
-template <int T, bool RMS>
+template <int T, bool RMS, unsigned PL = KB_PL_DYN>
 __global__ void __launch_bounds__(KB_WIDE_NW * 32, 1) k_mmv_swi(const KbMmvArgs a)
 {
-	kb_mmv_body<T, 1, false, 2, 4, RMS, false, kb_const_nw(T) ? KB_WIDE_NW : 0>(a);
+	kb_mmv_body<T, 1, false, 2, 4, RMS, false, kb_const_nw(T) ? KB_WIDE_NW : 0, PL>(a);
 }
 
 /* Q4_0's one-token k_mmv at three blocks a multiprocessor (kb_mmv_occ3). */
@@ -439,8 +439,11 @@ static int launch_wide(KbCuda *ctx, void (*k)(const KbMmvArgs), size_t epi, int 
 
 template <int T, int I8> static int launch_norm(KbCuda *ctx, const KbMmvArgs &a)
 {
-	return launch_wide(ctx, k_mmv_norm<T, I8>, kb_i8_one(I8) ? 0 : KB_NORM_SM_BYTES, &ctx->occ_norm[kb_type_slot(T)][I8],
-			   a);
+	int *occ = &ctx->occ_norm[kb_type_slot(T)][I8][0];
+	if constexpr (kb_i8_one(I8))
+		if (a.nrm.o.planes == kb_epi_pl(T))
+			return launch_wide(ctx, k_mmv_norm<T, I8, kb_epi_pl(T)>, 0, occ + 1, a);
+	return launch_wide(ctx, k_mmv_norm<T, I8>, kb_i8_one(I8) ? 0 : KB_NORM_SM_BYTES, occ, a);
 }
 
 /* The items of Q8_0's f16 walk (KB_TYPE_Q8_0_F16) over COLS columns: the padding's all-zero
@@ -773,8 +776,11 @@ extern "C" int kb_cuda_mmv_res_norm(KbCuda *ctx, const KbCudaWeight *w, const Kb
 template <int T> static int launch_swi(KbCuda *ctx, const KbMmvArgs &a, bool rms)
 {
 	if constexpr (KbI8<T>::ok) {
-		return launch_wide(ctx, rms ? k_mmv_swi<T, true> : k_mmv_swi<T, false>, 0, &ctx->occ_swi[kb_type_slot(T)][rms],
-				   a, true);
+		int *occ = &ctx->occ_swi[kb_type_slot(T)][rms][0];
+		if (a.swo.planes == kb_epi_pl(T))
+			return launch_wide(ctx, rms ? k_mmv_swi<T, true, kb_epi_pl(T)> : k_mmv_swi<T, false, kb_epi_pl(T)>, 0,
+					   occ + 1, a, true);
+		return launch_wide(ctx, rms ? k_mmv_swi<T, true> : k_mmv_swi<T, false>, 0, occ, a, true);
 	} else {
 		(void)ctx;
 		(void)a;

@@ -96,6 +96,19 @@ __host__ __device__ constexpr bool kb_const_nw(int t)
 	return t != QD_TYPE_Q4_0;
 }
 
+/* The activation planes a one-token step of a model whose products are of type T reads, as
+ * kb_act_planes makes them (its int8 levels and scales, and the level sums where a type has a
+ * minimum; Q6_K, in Q4_K_M's mix with Q4_K, beside those sums): k_mmv_norm's and k_mmv_swi's
+ * epilogues for these planes are instances of their own, written without reading the plane
+ * set at run time (any other set: KB_PL_DYN).  With decode attention's output alike, 7B
+ * batch 1 Q4_0 +1.65%, Q4_K +0.65%, Q4_K_M +1.1%, Q8_0 +0.7%; the same sets tested first at
+ * run time in kb_act_put's general instance gained none of it (bench/NOTES-gpu.md, session
+ * 31). */
+__host__ __device__ constexpr unsigned kb_epi_pl(int t)
+{
+	return (unsigned)KB_PL_Q | (kb_has_min(t) || t == QD_TYPE_Q6_K ? (unsigned)KB_PL_E : 0u);
+}
+
 /* Whether kb_chunk8_one asks for the next item's packets after its whole mma chain (before the
  * scale work) rather than each after its own blocks: Q4_K, 7B batch 1 +0.9% that way, where
  * Q4_0 measured 1.1% slower (bench/NOTES-gpu.md, session 28). */

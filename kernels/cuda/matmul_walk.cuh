@@ -152,7 +152,8 @@ __device__ __forceinline__ float kb_rms_inv(const KbMmvRms &r, int w, int lane)
 
 /* k_mmv_norm's epilogue, warp w = token w: the group's new rows (lane l: row tile0 * 16 + l;
  * rows are a multiple of 32) from the product's sums S, their sum of squares, and y * g into
- * the planes of the products that read the norm. */
+ * the planes of the products that read the norm (PL: kb_act_put's, kb_epi_pl). */
+template <unsigned PL>
 __device__ __forceinline__ void kb_norm_epi(const KbMmvArgs &a, const KbMmvSeg &g, const KbNormPre *np, int j,
 					    int64_t tile0, int warp, int lane, float s)
 {
@@ -165,18 +166,19 @@ __device__ __forceinline__ void kb_norm_epi(const KbMmvArgs &a, const KbMmvSeg &
 		ss += __shfl_xor_sync(0xffffffffu, ss, o);
 	if (lane == 0)
 		a.nrm.part[(int64_t)warp * a.nrm.nb + tile0 / 2] = ss;
-	kb_act_put<KB_PL_DYN>(a.nrm.o, warp, row, __fmul_rn(y, pre ? np->g : a.nrm.g[row]));
+	kb_act_put<PL>(a.nrm.o, warp, row, __fmul_rn(y, pre ? np->g : a.nrm.g[row]));
 }
 
 /* k_mmv_swi's (one token: warp 0 = token 0): silu(gate) * up of the group's 32 rows,
- * k_swiglu_act's arithmetic, into gate's y and the down product's planes. */
+ * k_swiglu_act's arithmetic, into gate's y and the down product's planes (PL as above). */
+template <unsigned PL>
 __device__ __forceinline__ void kb_swi_epi(const KbMmvArgs &a, const KbMmvSeg &g, int64_t tile0, int warp, int lane,
 					   float gate, float up)
 {
 	const int64_t row = tile0 * 16 + lane;
 	const float h = kb_silu_mul(gate, up);
 	g.y[warp * g.ldy + row] = h;
-	kb_act_put<KB_PL_DYN>(a.swo, warp, row, h);
+	kb_act_put<PL>(a.swo, warp, row, h);
 }
 
 /* One token: row r of tile rt of warp set wt from the slots F (NWC warps a tile), where
@@ -202,7 +204,8 @@ __device__ __forceinline__ float kb_one_row(const float *f, int wt, int rt, int 
  * activations hold y * g (KbMmvRms: only the instances that read them have the code, so
  * every other keeps its registers); ONE: exactly one token (the int8 one-token instances),
  * whose rows warp 0 sums straight from the slots while the other warps go on. */
-template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false, bool PAIR = false, bool ONE = false>
+template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false, bool PAIR = false, bool ONE = false,
+	  unsigned PL = KB_PL_DYN>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
 					 float (&acc)[RT][4], float4 *red, float post = 1.0f, const KbNormPre *np = nullptr)
 {
@@ -244,10 +247,10 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		if (warp == 0) {
 			const int r = lane & 15, rg = lane >> 4; /* row r of tile rg (SWI: gate's, then up's rg + 2) */
 			if constexpr (NORM)
-				kb_norm_epi(a, g, np, j, tile0, 0, lane,
+				kb_norm_epi<PL>(a, g, np, j, tile0, 0, lane,
 					    tile0 * 16 + lane < g.rows ? kb_one_row<RT, RMS>(f, rg, 0, r, nwc, post, rsm) : 0.f);
 			else
-				kb_swi_epi(a, g, tile0, 0, lane, kb_one_row<RT, RMS>(f, rg, 0, r, nwc, post, rsm),
+				kb_swi_epi<PL>(a, g, tile0, 0, lane, kb_one_row<RT, RMS>(f, rg, 0, r, nwc, post, rsm),
 					   kb_one_row<RT, RMS>(f, rg + 2, 0, r, nwc, post, rsm));
 		}
 		KB_MARK(3);
@@ -312,7 +315,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 	if constexpr (NORM) {
 		__syncthreads();
 		if (warp < a.x.n_tok)
-			kb_norm_epi(a, g, np, j, tile0, warp, lane, ysm[warp * 32 + lane]);
+			kb_norm_epi<PL>(a, g, np, j, tile0, warp, lane, ysm[warp * 32 + lane]);
 	}
 	KB_MARK(3);
 }
@@ -513,7 +516,7 @@ template <int T, int I8> __host__ __device__ constexpr bool kb_early_reload()
 /* Item i of kb_mmv_body's walk, chunk ch of the block's group j: computed from W (the group
  * flushed when it ends), and W refilled with item i + 2, the next to load after chunk lch
  * of group lj: during the item (kb_early_reload) or after its flush. */
-template <int T, int RT, bool ROPE, int I8, int RG, bool RMS, bool PAIR>
+template <int T, int RT, bool ROPE, int I8, int RG, bool RMS, bool PAIR, unsigned PL>
 __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
 					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8), PAIR> &ld, int warp,
 					    int nw, int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
@@ -540,7 +543,7 @@ __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[
 	}
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
 		kb_fold8<T, I8>(acc, lane);
-		kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8)>(a, j - 1, warp, nw, lane, acc, red, post, &np);
+		kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8), PL>(a, j - 1, warp, nw, lane, acc, red, post, &np);
 	}
 	if (!ER && i + 2 < total) {
 		ld.next(a, wc, nwc);
@@ -577,8 +580,10 @@ template <bool PRE> __device__ __forceinline__ void kb_norm_pre(const KbMmvArgs 
 
 /* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  RG: tiles a group's
  * warps split (2: k_mmv_norm, 4: k_mmv_swi).  NW: the warps a block as a constant where the
- * launch fixes them (kb_const_nw), 0: read from blockDim.  The kernels are in matmul.cu. */
-template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false, bool PAIR = false, int NW = 0>
+ * launch fixes them (kb_const_nw), 0: read from blockDim.  PL: the planes the norm and
+ * SwiGLU epilogues write (kb_epi_pl).  The kernels are in matmul.cu. */
+template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false, bool PAIR = false, int NW = 0,
+	  unsigned PL = KB_PL_DYN>
 __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 {
 	KB_TRACE();
@@ -625,18 +630,19 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	kb_rms_early<RT, RMS>(a, kb_red, nw, warp, lane);
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8)>(a, j, warp, nw, lane, acc, kb_red, post, &np);
+			kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8), PL>(a, j, warp, nw, lane, acc, kb_red,
+										      post, &np);
 		return;
 	}
 	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
 	int j = 0, ch = wc;
 	for (int i = 0; i < total; i += 2) {
-		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane, acc,
-							   kb_red, post, np);
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR, PL>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane,
+								acc, kb_red, post, np);
 		if (i + 1 >= total)
 			break;
-		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane,
-							   acc, kb_red, post, np);
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR, PL>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc, nwc,
+								lane, acc, kb_red, post, np);
 	}
 }
 
