@@ -523,15 +523,15 @@ template <unsigned PL> static AttKernel att_kernel(int head_dim, bool pre)
  * products read (kb_epi_pl's sets), with those planes as constants: the output's code is
  * then what those planes need, not every plane's behind tests of the set (with the products'
  * epilogues alike, 7B batch 1 Q4_0 +1.65%, Q4_K +0.65%; bench/NOTES-gpu.md, session 31).
- * NULL for any other set. */
+ * NULL for any other set or head size (the VPRE instances are built for 64 and 128). */
 static AttKernel att_kernel_pl(unsigned planes, int head_dim)
 {
-	const bool h64 = head_dim == 64;
-	if (planes == KB_PL_Q)
-		return h64 ? k_attention<2, true, KB_PL_Q> : k_attention<4, true, KB_PL_Q>;
-	if (planes == (KB_PL_Q | KB_PL_E))
-		return h64 ? k_attention<2, true, KB_PL_Q | KB_PL_E> : k_attention<4, true, KB_PL_Q | KB_PL_E>;
-	return NULL;
+	const bool q = planes == KB_PL_Q, qe = planes == (KB_PL_Q | KB_PL_E);
+	switch (head_dim) {
+	case 64: return q ? k_attention<2, true, KB_PL_Q> : qe ? k_attention<2, true, KB_PL_Q | KB_PL_E> : NULL;
+	case 128: return q ? k_attention<4, true, KB_PL_Q> : qe ? k_attention<4, true, KB_PL_Q | KB_PL_E> : NULL;
+	default: return NULL;
+	}
 }
 
 extern "C" int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys)

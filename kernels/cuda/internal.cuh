@@ -148,11 +148,18 @@ enum { KB_PL_H = 1, KB_PL_B = 2, KB_PL_S = 4, KB_PL_Q = 8, KB_PL_E = 16, KB_PL_A
 #define KB_PL_DYN 0x100u   /* kb_act_put: the planes read at run time, int8 code included */
 #define KB_PL_DYN16 0x200u /* ... without the int8 code */
 
+/* The planes an int8 product of TYPE reads: the levels and scales, and the level sums where
+ * the type has a minimum. */
+__host__ __device__ constexpr unsigned kb_i8_planes(int type)
+{
+	return (unsigned)KB_PL_Q | (kb_has_min(type) ? (unsigned)KB_PL_E : 0u);
+}
+
 /* The planes a product of TYPE over n_tok tokens reads. */
 static inline unsigned kb_act_need(const KbCuda *ctx, int type, int n_tok)
 {
 	if (kb_i8_use(ctx, type, n_tok))
-		return KB_PL_Q | (kb_has_min(type) ? KB_PL_E : 0);
+		return kb_i8_planes(type);
 	if (type == QD_TYPE_BF16)
 		return KB_PL_B;
 	return KB_PL_H | (kb_has_min(type) ? KB_PL_S : 0);
@@ -205,6 +212,19 @@ template <typename F> static auto kb_with_planes(const KbActOut &o, F &&f)
 	case KB_PL_Q | KB_PL_E | KB_PL_H: return f(std::integral_constant<unsigned, KB_PL_Q | KB_PL_E | KB_PL_H>());
 	default: return f(std::integral_constant<unsigned, KB_PL_DYN>());
 	}
+}
+
+/* The activation planes a one-token step of a model whose products are of type T reads, as
+ * kb_act_planes makes them (its int8 levels and scales, and the level sums where a type has a
+ * minimum; Q6_K, in Q4_K_M's mix with Q4_K, beside those sums): k_mmv_norm's and k_mmv_swi's
+ * epilogues for these planes are instances of their own, written without reading the plane
+ * set at run time (any other set: KB_PL_DYN).  With decode attention's output alike, 7B
+ * batch 1 Q4_0 +1.65%, Q4_K +0.65%, Q4_K_M +1.1%, Q8_0 +0.7%; the same sets tested first at
+ * run time in kb_act_put's general instance gained none of it (bench/NOTES-gpu.md, session
+ * 31). */
+__host__ __device__ constexpr unsigned kb_epi_pl(int t)
+{
+	return kb_i8_planes(t) | (t == QD_TYPE_Q6_K ? (unsigned)KB_PL_E : 0u);
 }
 
 /* Whether a producer writing O needs an instance with the int8 code. */
@@ -417,8 +437,8 @@ __device__ __forceinline__ void kb_pdl_wait(void)
  * f16-clamped value so that an infinite input gives a finite scale as the f16 plane does;
  * with them, for Q4_1's minimum, Q8_1's s.  So the int8 products see exactly the levels
  * and scales the CPU backend's dot products do.
- * PL: the planes as a compile-time set (no branches; kb_with_planes), or o.planes at run
- * time: KB_PL_DYN with the int8 code, KB_PL_DYN16 without it.  Code a producer does not
+ * PL: the planes as a compile-time set (no branches; kb_with_planes, kb_epi_pl), or o.planes
+ * at run time: KB_PL_DYN with the int8 code, KB_PL_DYN16 without it.  Code a producer does not
  * run still costs it (the int8 code alone made SmolLM2's steps slower where no int8 plane
  * was written: bench/NOTES-gpu.md, session 6). */
 template <unsigned PL = KB_PL_DYN>

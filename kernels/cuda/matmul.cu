@@ -285,7 +285,7 @@ __global__ void __launch_bounds__(256, 2) k_mmv_2(const KbMmvArgs a)
 template <int T, int I8, unsigned PL = KB_PL_DYN>
 __global__ void __launch_bounds__(KB_WIDE_NW * 32) k_mmv_norm(const KbMmvArgs a)
 {
-	kb_mmv_body<T, 1, false, I8, 2, false, false, kb_i8_one(I8) && kb_const_nw(T) ? KB_WIDE_NW : 0, PL>(a);
+	kb_mmv_body<T, 1, false, I8, 2, false, false, kb_fixed_nw<T, I8>(KB_WIDE_NW), PL>(a);
 }
 
 /* gate / up products with SwiGLU in the flush (KbCudaAct out of kb_cuda_mmv_swiglu): a
@@ -300,7 +300,7 @@ __global__ void __launch_bounds__(KB_WIDE_NW * 32) k_mmv_norm(const KbMmvArgs a)
 template <int T, bool RMS, unsigned PL = KB_PL_DYN>
 __global__ void __launch_bounds__(KB_WIDE_NW * 32, 1) k_mmv_swi(const KbMmvArgs a)
 {
-	kb_mmv_body<T, 1, false, 2, 4, RMS, false, kb_const_nw(T) ? KB_WIDE_NW : 0, PL>(a);
+	kb_mmv_body<T, 1, false, 2, 4, RMS, false, kb_fixed_nw<T, 2>(KB_WIDE_NW), PL>(a);
 }
 
 /* Q4_0's one-token k_mmv at three blocks a multiprocessor (kb_mmv_occ3). */
@@ -338,16 +338,13 @@ static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
 		return k_mmv<T, RT, ROPE, I8, RMS, NW>;
 }
 
-/* The instance for C's warps a block: the one-token int8 walks of kb_const_nw's types at the
- * default warps have the count as a constant, any other the count read at run time. */
+/* The instance for C's warps a block: at the default warps, kb_fixed_nw's (the count as a
+ * constant where kb_const_nw takes it), any other count read at run time. */
 template <int T, int RT, bool ROPE, int I8, bool RMS = false>
 static void (*kb_mmv_kernel_for(const KbMmvConfig *c))(const KbMmvArgs)
 {
-	if constexpr (kb_i8_one(I8) && kb_const_nw(T))
-		if (c->warps == KB_MMV_WARPS)
-			return kb_mmv_kernel<T, RT, ROPE, I8, RMS, KB_MMV_WARPS>();
-	(void)c;
-	return kb_mmv_kernel<T, RT, ROPE, I8, RMS>();
+	return c->warps == KB_MMV_WARPS ? kb_mmv_kernel<T, RT, ROPE, I8, RMS, kb_fixed_nw<T, I8>(KB_MMV_WARPS)>()
+					: kb_mmv_kernel<T, RT, ROPE, I8, RMS>();
 }
 
 /* Into *ret_grid: the blocks of kernel K (THREADS, SMEM a block) to launch for n_groups
@@ -647,10 +644,11 @@ template <int T1, int T2> static int launch_pair(KbCuda *ctx, const KbMmvConfig 
 {
 	const int nw = c->warps;
 	const size_t smem = kb_mmv_smem(nw, 1, kb_rope_sm<true>());
-	static_assert(kb_const_nw(T1) && kb_const_nw(T2), "k_mmv_pair's types: the warps a constant at the default");
+	/* at the default warps the count as a constant where both types take it (kb_fixed_nw) */
+	constexpr int NW = kb_fixed_nw<T1, 2>(KB_MMV_WARPS) && kb_fixed_nw<T2, 2>(KB_MMV_WARPS) ? KB_MMV_WARPS : 0;
 	void (*k)(const KbMmvArgs, const KbMmvArgs) = a.rms.on ? k_mmv_pair<T1, T2, true> : k_mmv_pair<T1, T2, false>;
 	if (nw == KB_MMV_WARPS)
-		k = a.rms.on ? k_mmv_pair<T1, T2, true, KB_MMV_WARPS> : k_mmv_pair<T1, T2, false, KB_MMV_WARPS>;
+		k = a.rms.on ? k_mmv_pair<T1, T2, true, NW> : k_mmv_pair<T1, T2, false, NW>;
 	int ga = a.n_groups, gb = b.n_groups, grid = ga + gb;
 	if (c->persist) {
 		int r = kb_fit_grid(ctx, k, nw * 32, smem, &ctx->occ_pair[a.rms.on][nw], c->persist, ga + gb, &grid);

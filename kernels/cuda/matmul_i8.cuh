@@ -89,24 +89,19 @@ template <int T, int RT, int I8, int RG> __host__ __device__ constexpr int kb_co
 /* Whether a type's one-token walks take their warps a block as a constant (kb_mmv_body's NW:
  * KB_WIDE_NW in k_mmv_norm and k_mmv_swi, KB_MMV_WARPS in the RG 1 walks at the default
  * configuration), so that the chunk stride, the reduction slots' places and the flush's loops
- * fold: 7B batch 1 Q4_K +1.4%, Q4_K_M +1.0%, Q8_0 +1.1%; Q4_0 -0.4%, so not Q4_0 (ptxas's
- * schedules of its k_mmv_3 and wide kernels; bench/NOTES-gpu.md, session 31). */
+ * fold: 7B batch 1 Q4_K +1.6%, Q4_K_M +1.9%, Q8_0 +0.9%, Q4_1 +0.9%; Q4_0's walks lost 0.4%
+ * that way (ptxas's schedules of its k_mmv_3 and wide kernels), so not Q4_0's
+ * (bench/NOTES-gpu.md, session 31). */
 __host__ __device__ constexpr bool kb_const_nw(int t)
 {
 	return t != QD_TYPE_Q4_0;
 }
 
-/* The activation planes a one-token step of a model whose products are of type T reads, as
- * kb_act_planes makes them (its int8 levels and scales, and the level sums where a type has a
- * minimum; Q6_K, in Q4_K_M's mix with Q4_K, beside those sums): k_mmv_norm's and k_mmv_swi's
- * epilogues for these planes are instances of their own, written without reading the plane
- * set at run time (any other set: KB_PL_DYN).  With decode attention's output alike, 7B
- * batch 1 Q4_0 +1.65%, Q4_K +0.65%, Q4_K_M +1.1%, Q8_0 +0.7%; the same sets tested first at
- * run time in kb_act_put's general instance gained none of it (bench/NOTES-gpu.md, session
- * 31). */
-__host__ __device__ constexpr unsigned kb_epi_pl(int t)
+/* kb_mmv_body's NW for a walk of type T and activations I8 launched with WARPS warps a block:
+ * WARPS where kb_const_nw takes it, else 0 (read from blockDim). */
+template <int T, int I8> __host__ __device__ constexpr int kb_fixed_nw(int warps)
 {
-	return (unsigned)KB_PL_Q | (kb_has_min(t) || t == QD_TYPE_Q6_K ? (unsigned)KB_PL_E : 0u);
+	return kb_i8_one(I8) && kb_const_nw(T) ? warps : 0;
 }
 
 /* Whether kb_chunk8_one asks for the next item's packets after its whole mma chain (before the

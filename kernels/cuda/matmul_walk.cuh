@@ -203,7 +203,8 @@ __device__ __forceinline__ float kb_one_row(const float *f, int wt, int rt, int 
  * k_mmv_norm's 32-row groups are; NORM: that kernel's epilogue (KbMmvNorm); RMS: the
  * activations hold y * g (KbMmvRms: only the instances that read them have the code, so
  * every other keeps its registers); ONE: exactly one token (the int8 one-token instances),
- * whose rows warp 0 sums straight from the slots while the other warps go on. */
+ * whose rows warp 0 sums straight from the slots while the other warps go on; PL: the planes
+ * the NORM and SwiGLU epilogues write (kb_act_put's). */
 template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false, bool PAIR = false, bool ONE = false,
 	  unsigned PL = KB_PL_DYN>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
@@ -263,8 +264,11 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		 * a loop, not as a branch on the warp, which made Q4_0's k_mmv_3 spill 16 bytes.) */
 		for (int u = threadIdx.x; u < 32; u += blockDim.x) {
 			const int rt = RT == 1 ? 0 : u >> 4, r = u & 15;
-			/* the default warps a block as a constant too (as nwc above): 7B batch 1 Q4_0
-			 * +0.1%, Q4_K +0.5%, Q4_K_M +1.3% over the wide kernels' constant alone */
+			/* the default warps a block as a constant too (as nwc above) where the walk
+			 * reads the count at run time: since kb_const_nw, Q4_0's walks (for the other
+			 * types' run-time instances, at other warp counts, it is dead code).  Session
+			 * 30: 7B batch 1 Q4_0 +0.1%, Q4_K +0.5%, Q4_K_M +1.3%; session 31 without it,
+			 * Q4_0 -0.6% */
 			const float sum = nw == KB_MMV_WARPS ? kb_one_row<RT, RMS>(f, 0, rt, r, KB_MMV_WARPS, post, rsm)
 							     : kb_one_row<RT, RMS>(f, 0, rt, r, nwc, post, rsm);
 			const int64_t row = (tile0 + rt) * 16 + r;
