@@ -643,10 +643,20 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	for (int i = 0; i < total; i += 2) {
 		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR, PL>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane,
 								acc, kb_red, post, np);
+#ifdef QD_TRACE_ITEMS
+		/* dev-only, with QD_TRACE: thread 0's timer after its items 0-3 (marks 4-7; the
+		 * step holds the group's flush where a group ends), session 30's per-item table */
+		if (i < 4)
+			KB_MARK(4 + i);
+#endif
 		if (i + 1 >= total)
 			break;
 		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR, PL>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc, nwc,
 								lane, acc, kb_red, post, np);
+#ifdef QD_TRACE_ITEMS
+		if (i < 4)
+			KB_MARK(5 + i);
+#endif
 	}
 }
 
