@@ -1,7 +1,8 @@
 /* kernels/cuda/getrows.cu: embedding rows in GGUF block layout -> f32.  Blocks of
  * GR_THREADS over each requested row, an element a thread (a grid-stride loop past 65535
- * blocks a row); each element is decoded from its block alone, with the CPU's float operations in the CPU's order (no fused
- * multiply-adds), so rows match kernels/cpu/quant.c bit for bit. */
+ * blocks a row); each element is decoded from its block alone, with the CPU's float
+ * operations in the CPU's order (no fused multiply-adds), so rows match kernels/cpu/quant.c
+ * bit for bit. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

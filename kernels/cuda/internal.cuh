@@ -270,7 +270,7 @@ static inline int kb_err(cudaError_t e)
  * (KbMmvConfig.warps), and always KB_WIDE_NW in k_mmv_norm and k_mmv_swi (matmul.cu's
  * launch_wide).  kb_flush (matmul_walk.cuh) takes them as constants, so that its loops over
  * a tile's warps unroll, and so does the whole walk of the one-token products of
- * kb_const_nw's types (kb_mmv_body's NW). */
+ * the types kb_fixed_nw takes (kb_mmv_body's NW). */
 #define KB_MMV_WARPS 8
 #define KB_WIDE_NW 16
 

@@ -339,7 +339,7 @@ static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
 }
 
 /* The instance for C's warps a block: at the default warps, kb_fixed_nw's (the count as a
- * constant where kb_const_nw takes it), any other count read at run time. */
+ * constant where it takes it), any other count read at run time. */
 template <int T, int RT, bool ROPE, int I8, bool RMS = false>
 static void (*kb_mmv_kernel_for(const KbMmvConfig *c))(const KbMmvArgs)
 {

@@ -86,22 +86,16 @@ template <int T, int RT, int I8, int RG> __host__ __device__ constexpr int kb_co
 	return kb_mmv_occ3<T, RT, I8, RG>() ? 2 : KB_COL_CHAINS;
 }
 
-/* Whether a type's one-token walks take their warps a block as a constant (kb_mmv_body's NW:
- * KB_WIDE_NW in k_mmv_norm and k_mmv_swi, KB_MMV_WARPS in the RG 1 walks at the default
- * configuration), so that the chunk stride, the reduction slots' places and the flush's loops
- * fold: 7B batch 1 Q4_K +1.6%, Q4_K_M +1.9%, Q8_0 +0.9%, Q4_1 +0.9%; Q4_0's walks lost 0.4%
- * that way (ptxas's schedules of its k_mmv_3 and wide kernels), so not Q4_0's
- * (bench/NOTES-gpu.md, session 31). */
-__host__ __device__ constexpr bool kb_const_nw(int t)
-{
-	return t != QD_TYPE_Q4_0;
-}
-
-/* kb_mmv_body's NW for a walk of type T and activations I8 launched with WARPS warps a block:
- * WARPS where kb_const_nw takes it, else 0 (read from blockDim). */
+/* kb_mmv_body's NW for a walk of type T and activations I8 launched with WARPS warps a block
+ * (KB_WIDE_NW in k_mmv_norm and k_mmv_swi, KB_MMV_WARPS in the RG 1 walks at the default
+ * configuration): WARPS, so that the chunk stride, the reduction slots' places and the
+ * flush's loops fold, for the one-token walks of every type but Q4_0, else 0 (read from
+ * blockDim).  7B batch 1 Q4_K +1.6%, Q4_K_M +1.9%, Q8_0 +0.9%, Q4_1 +0.9%; Q4_0's walks lost
+ * 0.3-0.4% that way (ptxas's schedules of its k_mmv_3 and wide kernels; bench/NOTES-gpu.md,
+ * session 31, where the rule was kb_const_nw). */
 template <int T, int I8> __host__ __device__ constexpr int kb_fixed_nw(int warps)
 {
-	return kb_i8_one(I8) && kb_const_nw(T) ? warps : 0;
+	return kb_i8_one(I8) && T != QD_TYPE_Q4_0 ? warps : 0;
 }
 
 /* Whether kb_chunk8_one asks for the next item's packets after its whole mma chain (before the

@@ -265,7 +265,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 		for (int u = threadIdx.x; u < 32; u += blockDim.x) {
 			const int rt = RT == 1 ? 0 : u >> 4, r = u & 15;
 			/* the default warps a block as a constant too (as nwc above) where the walk
-			 * reads the count at run time: since kb_const_nw, Q4_0's walks (for the other
+			 * reads the count at run time: since kb_fixed_nw, Q4_0's walks (for the other
 			 * types' run-time instances, at other warp counts, it is dead code).  Session
 			 * 30: 7B batch 1 Q4_0 +0.1%, Q4_K +0.5%, Q4_K_M +1.3%; session 31 without it,
 			 * Q4_0 -0.6% */
@@ -584,7 +584,7 @@ template <bool PRE> __device__ __forceinline__ void kb_norm_pre(const KbMmvArgs 
 
 /* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  RG: tiles a group's
  * warps split (2: k_mmv_norm, 4: k_mmv_swi).  NW: the warps a block as a constant where the
- * launch fixes them (kb_const_nw), 0: read from blockDim.  PL: the planes the norm and
+ * launch fixes them (kb_fixed_nw), 0: read from blockDim.  PL: the planes the norm and
  * SwiGLU epilogues write (kb_epi_pl).  The kernels are in matmul.cu. */
 template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false, bool PAIR = false, int NW = 0,
 	  unsigned PL = KB_PL_DYN>
