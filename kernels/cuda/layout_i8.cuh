@@ -211,14 +211,18 @@ KB_HD void kb_q6_merge(const KbWRegs<QD_TYPE_Q6_K> *w, int bi, const int c0[4], 
 		c[i] = kb_q6_mix(c0[i], c1[i], i >> 1 ? v1 : v0, k % 4);
 }
 
-/* The GGUF Q4_K header's 12 scale bytes (h.y, h.z, h.w) as kb_q4k_scale reads them, all
- * eight sub-blocks at once. */
+/* The GGUF Q4_K header's 12 scale bytes (h.y, h.z, h.w) as kb_q4k_scale reads them, for
+ * sub-blocks 4 q..4 q + 3 (byte j of *sc and *mn is sub-block 4 q + j), ... */
+KB_HD void kb_q4k_word(uint4 h, int q, uint32_t *sc, uint32_t *mn)
+{
+	*sc = q ? (h.w & 0x0f0f0f0fu) | ((h.y >> 2) & 0x30303030u) : h.y & 0x3f3f3f3fu;
+	*mn = q ? ((h.w >> 4) & 0x0f0f0f0fu) | ((h.z >> 2) & 0x30303030u) : h.z & 0x3f3f3f3fu;
+}
+/* ... and all eight sub-blocks at once. */
 KB_HD void kb_q4k_unpack(uint4 h, uint32_t sc[2], uint32_t mn[2])
 {
-	sc[0] = h.y & 0x3f3f3f3fu;
-	mn[0] = h.z & 0x3f3f3f3fu;
-	sc[1] = (h.w & 0x0f0f0f0fu) | ((h.y >> 2) & 0x30303030u);
-	mn[1] = ((h.w >> 4) & 0x0f0f0f0fu) | ((h.z >> 2) & 0x30303030u);
+	kb_q4k_word(h, 0, &sc[0], &mn[0]);
+	kb_q4k_word(h, 1, &sc[1], &mn[1]);
 }
 
 /* Byte k of v, zero-extended (one PRMT). */
@@ -462,23 +466,22 @@ template <int T, bool S1> KB_HD void kb_post8_one(const KbWRegs<T> *w, const KbX
 {
 	static_assert(Lay<T>::CC == 256, "a chunk of eight blocks: two a lane");
 	if constexpr (T == QD_TYPE_Q4_K) {
-		/* sub-blocks 2tq, 2tq + 1: bytes 2 (tq & 1) + j of the unpacked scale and minimum
-		 * registers tq / 2 (kb_q4k_unpack); kb_post8's ts and tm for just those two, then
-		 * kb_post8_end's d and dmin, so each lane adds its share of the superblock */
-		uint32_t sc[2][2], mn[2][2];
-		kb_q4k_unpack(w->d[0], sc[0], mn[0]);
-		kb_q4k_unpack(w->d[1], sc[1], mn[1]);
-		const int h = tq >> 1;
+		/* sub-blocks 2tq, 2tq + 1: bytes 2 (tq & 1) + j of the scale and minimum words tq / 2
+		 * (kb_q4k_word: only the lane's word unpacked, not both); kb_post8's ts and tm for
+		 * just those two, then kb_post8_end's d and dmin, so each lane adds its share of the
+		 * superblock */
+		uint32_t sc[2], mn[2];
+		kb_q4k_word(w->d[0], tq >> 1, &sc[0], &mn[0]);
+		kb_q4k_word(w->d[1], tq >> 1, &sc[1], &mn[1]);
 		float ts[2] = { 0.f, 0.f }, tm[2] = { 0.f, 0.f };
 		KB_UNROLL
 		for (int j = 0; j < 2; j++) {
 			const int k = 2 * (tq & 1) + j;
 			const float xa = j == 0 ? x->d.x : x->d.y, sa = j == 0 ? x->e.x : x->e.y;
 			KB_UNROLL
-			for (int r = 0; r < 2; r++) { /* registers selected, not indexed: no local memory */
-				const int sv = kb_byte(h ? sc[r][1] : sc[r][0], k);
-				ts[r] = fmaf((float)(c[2 * r + j] * sv), xa, ts[r]);
-				tm[r] = fmaf((float)kb_byte(h ? mn[r][1] : mn[r][0], k), sa, tm[r]);
+			for (int r = 0; r < 2; r++) {
+				ts[r] = fmaf((float)(c[2 * r + j] * kb_byte(sc[r], k)), xa, ts[r]);
+				tm[r] = fmaf((float)kb_byte(mn[r], k), sa, tm[r]);
 			}
 		}
 		KB_UNROLL
