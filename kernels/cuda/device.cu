@@ -38,6 +38,7 @@ static void default_config(KbCuda *ctx)
 	ctx->att_split_keys = KB_ATT_SPLIT_KEYS;
 	ctx->mmq_max_waves = KB_MMQ_MAX_WAVES;
 	ctx->mmq_min_units = KB_MMQ_MIN_UNITS;
+	ctx->mmq_bulk = -1;
 	for (int t = 0; t < KB_CUDA_MAX_TOK; t++) {
 		ctx->mmv[t].warps = KB_MMV_WARPS;
 		ctx->mmv[t].row_tiles = 1;

@@ -7,8 +7,11 @@
  * instructions as the mmas once the weights are reused across tokens.  Here a block
  * multiplies RT row tiles per warp (4 warps) by TB = 8 NT tokens: each weight fragment is
  * decoded once, with its scales folded in (f16: d*q, d*q + m, d*sc*q - dmin*m, ...), and
- * then feeds NT mmas.  Weights and activations of a chunk are staged in shared memory
- * with cp.async, two stages, so the next chunk's copies run under the current mmas.
+ * then feeds NT mmas.  Weights and activations of a chunk are staged in shared memory,
+ * two stages, so the next chunk's copies run under the current mmas: on sm_90 by the copy
+ * engine (cp.async.bulk, a few copies a warp, an mbarrier a stage: mmq_stage_bulk; 7B
+ * prefill +6-17% and 70B +10% against cp.async on the H200, bench/NOTES-gpu.md session
+ * 34), elsewhere with cp.async, 16 bytes a thread at a time (mmq_stage).
  *
  * Rounding: the weights are f16 after scaling (relative error <= 2^-11; BF16 weights are
  * converted, so values beyond the f16 range would clamp), activations f16 as in the decode
@@ -173,7 +176,8 @@ typedef struct {
 	int64_t q_tile, s_tile, d_tile; /* equal for all: same type and cols */
 	int n_chunks, n, acc, gy;       /* gy: row blocks of all the weights */
 	int sl, sr;        /* shares: the first sr blocks of a token block take sl + 1 units, the rest sl */
-	const uint16_t *x; /* [n][ldx] f16, permuted as the decode activations */
+	const uint16_t *x; /* f16, permuted as the decode activations: [n][ldx], or chunk by
+			    * chunk where the kernel stages with bulk copies (mmq_xo) */
 	int64_t ldx;
 	float *part;       /* nb > gy: [grid x][nb][2][tile values], the partial sums of a
 			    * block's first and last row block */
@@ -248,6 +252,16 @@ __device__ __forceinline__ MmqRb mmq_rb(const KbMmqArgs &a, int by)
 	return r;
 }
 
+/* The activations as k_mmq_x leaves them for the bulk-copy kernel: chunk by chunk, and
+ * in a chunk token by token, each token's CC columns padded to G::XR bytes as they sit in
+ * a stage, so that a token block's chunk is one contiguous piece (one bulk copy,
+ * mmq_stage_bulk).  Token tok's chunk ch.  (The cp.async kernel reads rows of ldx: with
+ * this layout it ran 4-7% slower on the H200, its Q4_K instance spilling.) */
+template <int T> __device__ __forceinline__ const uint16_t *mmq_xo(const KbMmqArgs &a, int ch, int tok)
+{
+	return a.x + ((int64_t)ch * a.n + tok) * (MmqGeo<T>::XR / 2);
+}
+
 /* Stages chunk ch of row block rb (and of the block's tokens) into st. */
 template <int T, int RT, int NT>
 __device__ __forceinline__ void mmq_stage(const KbMmqArgs &a, const MmqRb &rb, int ch, uint32_t st, int tok0)
@@ -274,6 +288,54 @@ __device__ __forceinline__ void mmq_stage(const KbMmqArgs &a, const MmqRb &rb, i
 		kb_cp16s(sx + j * (NTH / XP) * G::XR, xb + (on ? (uint32_t)r * (uint32_t)a.ldx + k * 8 : 0u), on);
 	}
 }
+
+/* Where the copy engine stages the chunks (sm_90 builds; QD_DEV_MMQ_CPASYNC keeps the
+ * per-thread cp.async of mmq_stage there too, for A/B timings): mmq_stage's ~25 copies a
+ * thread and their addresses (~330 instructions a chunk and warp, a third of a warp's
+ * instructions beside its 256 HMMA: SASS of k_mmq<Q4_0, 2, 8>) become at most 1 + 3 RT
+ * bulk copies a warp, issued by its lane 0, with an mbarrier a stage that completes when
+ * their bytes have landed. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(QD_DEV_MMQ_CPASYNC)
+#define MMQ_BULK 1
+#else
+#define MMQ_BULK 0
+#endif
+
+#if MMQ_BULK
+/* Every warp's lane 0: its share of staging chunk ch of row block rb into st, as
+ * mmq_stage does: the warp's own RT tiles, and warp 0's also the tokens' chunk (one
+ * piece, mmq_xo); each warp's arrival at bar (MMQ_WARPS of them a phase) announces its
+ * bytes before it asks for them.  Tiles past the row block's end and tokens past the
+ * launch's are left as they are, not zeroed: their sums land only in rows and tokens that
+ * mmq_finish does not store. */
+template <int T, int RT, int NT>
+__device__ __forceinline__ void mmq_stage_bulk(const KbMmqArgs &a, const MmqRb &rb, int ch, uint32_t st, int tok0,
+					       uint32_t bar, int warp)
+{
+	typedef MmqGeo<T> G;
+	constexpr int TILES = MMQ_WARPS * RT;
+	static_assert(G::QB % 16 == 0 && G::SBY % 16 == 0 && G::DBY % 16 == 0 && G::XR % 16 == 0,
+		      "bulk copies move 16-byte units");
+	const int n_tok = a.n - tok0 < NT * 8 ? a.n - tok0 : NT * 8;
+	const int tiles = rb.left - warp * RT < 0 ? 0 : rb.left - warp * RT < RT ? rb.left - warp * RT : RT;
+	kb_mbar_expect(bar, (uint32_t)tiles * G::WB + (warp == 0 ? (uint32_t)n_tok * G::XR : 0u));
+	if (warp == 0)
+		kb_bulk_copy(st + TILES * G::WB, mmq_xo<T>(a, ch, tok0), (uint32_t)n_tok * G::XR, bar);
+	KB_UNROLL
+	for (int rt = 0; rt < RT; rt++) {
+		const int t = warp * RT + rt;
+		if (t < rb.left) {
+			const uint32_t dt = st + (uint32_t)t * G::WB;
+			kb_bulk_copy(dt, rb.q + (int64_t)ch * G::QB + (int64_t)t * a.q_tile, G::QB, bar);
+			if constexpr (G::SBY > 0)
+				kb_bulk_copy(dt + G::QB, rb.s + (int64_t)ch * G::SBY + (int64_t)t * a.s_tile, G::SBY, bar);
+			if constexpr (G::DBY > 0)
+				kb_bulk_copy(dt + G::QB + G::SBY, rb.d + (int64_t)ch * G::DBY + (int64_t)t * a.d_tile,
+					     G::DBY, bar);
+		}
+	}
+}
+#endif
 
 /* The values of a block tile, and where lane's acc[rt][nt][c] of warp sits among them in a
  * partial tile: lane-major, so that a warp's stores and loads coalesce. */
@@ -405,6 +467,17 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 	const int u0 = mmq_u0(a, blockIdx.y), u1 = u0 + a.sl + ((int)blockIdx.y < a.sr);
 	constexpr size_t STAGE = MMQ_WARPS * RT * G::WB + NT * 8 * G::XR;
 	const uint32_t sm0 = (uint32_t)__cvta_generic_to_shared(kb_sm);
+#if MMQ_BULK
+	__shared__ __align__(8) uint64_t bars[2]; /* stage b's: complete when its copies have landed */
+	const uint32_t bar0 = kb_smem_u32(&bars[0]);
+	if (threadIdx.x == 0) {
+		kb_mbar_init(bar0, MMQ_WARPS);
+		kb_mbar_init(bar0 + 8, MMQ_WARPS);
+		asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+	}
+	__syncthreads();
+	unsigned it = 0; /* chunks consumed: stage it & 1, its phase (it >> 1) & 1 */
+#endif
 	kb_pdl_trigger();
 	kb_pdl_wait();
 
@@ -418,14 +491,31 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 	int by = u0 / nc, ch0 = u0 % nc, b = 0;
 	bool first = true;
 	MmqRb rb = mmq_rb<RT>(a, by);
+#if MMQ_BULK
+	if (u0 < u1 && lane == 0)
+		mmq_stage_bulk<T, RT, NT>(a, rb, ch0, sm0, tok0, bar0, warp);
+#else
 	if (u0 < u1)
 		mmq_stage<T, RT, NT>(a, rb, ch0, sm0, tok0);
 	kb_cp_commit();
+#endif
 	for (int u = u0; u < u1; by++, ch0 = 0, first = false) {
 		/* row block by, chunks [ch0, ch1); then the next row block, if any, from chunk 0 */
 		const int ch1 = u1 - u < nc - ch0 ? ch0 + (u1 - u) : nc;
 		const bool more = u + (ch1 - ch0) < u1;
 		for (int ch = ch0; ch < ch1; ch++, b ^= 1) {
+#if MMQ_BULK
+			/* stage b ^ 1 was last read before the previous chunk's closing barrier */
+			if (lane == 0) {
+				const uint32_t nb = sm0 + (b ^ 1) * (uint32_t)STAGE, nbar = bar0 + 8 * (b ^ 1);
+				if (ch + 1 < ch1)
+					mmq_stage_bulk<T, RT, NT>(a, rb, ch + 1, nb, tok0, nbar, warp);
+				else if (more)
+					mmq_stage_bulk<T, RT, NT>(a, mmq_rb<RT>(a, by + 1), 0, nb, tok0, nbar, warp);
+			}
+			kb_mbar_wait(bar0 + 8 * b, (it >> 1) & 1u);
+			it++;
+#else
 			if (ch + 1 < ch1)
 				mmq_stage<T, RT, NT>(a, rb, ch + 1, sm0 + (b ^ 1) * (uint32_t)STAGE, tok0);
 			else if (more)
@@ -433,6 +523,7 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 			kb_cp_commit();
 			kb_cp_wait<1>();
 			__syncthreads();
+#endif
 			const uint8_t *st = kb_sm + b * STAGE;
 			if (warp * RT < rb.left) {
 				KbWRegs<T> w[RT];
@@ -464,6 +555,11 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 					}
 				}
 			}
+#if MMQ_BULK
+			/* this thread's reads of stage b (generic proxy) before the copies that refill
+			 * it (async proxy) */
+			asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
 			__syncthreads();
 		}
 		mmq_finish<T, RT, NT>(a, acc, by, u, u + (ch1 - ch0), first, tok0, &last);
@@ -480,11 +576,13 @@ __global__ void __launch_bounds__(MMQ_WARPS * 32) k_mmq(const KbMmqArgs a)
 
 /* x (f32 [n][ldx], cols a multiple of 4) -> f16 in the decode activations' column order
  * (layout.cuh: x[64q + 16i + 4tq + j] at 64q + 16tq + 4i + j), padded with zeros to ldo
- * columns.  A thread takes one (token, 64-column group, tq): four float4 loads, two
- * 16-byte stores; few wide blocks, since launching a block per 64 values cost more than
- * the conversion itself. */
+ * columns: rows of ldo (CC 0), or in mmq_xo's order for chunks of CC columns (token t's
+ * chunk ch at (ch n + t) (CC + 8)).  A thread takes one (token, 64-column group, tq):
+ * four float4 loads, two 16-byte stores; few wide blocks, since launching a block per 64
+ * values cost more than the conversion itself. */
+template <int CC>
 __global__ void __launch_bounds__(256) k_mmq_x(const float *x, int64_t ldx, int64_t cols, uint16_t *xo, int64_t ldo,
-					       int64_t units)
+					       int64_t units, int n)
 {
 	kb_pdl_trigger();
 	kb_pdl_wait();
@@ -502,7 +600,13 @@ __global__ void __launch_bounds__(256) k_mmq_x(const float *x, int64_t ldx, int6
 			h[2 * i] = kb_h2(kb_clamp_h(v.x), kb_clamp_h(v.y));
 			h[2 * i + 1] = kb_h2(kb_clamp_h(v.z), kb_clamp_h(v.w));
 		}
-		uint4 *o = (uint4 *)(xo + t * ldo + 64 * q + 16 * tq);
+		uint4 *o;
+		if constexpr (CC == 0) {
+			o = (uint4 *)(xo + t * ldo + 64 * q + 16 * tq);
+		} else {
+			const int64_t ch = 64 * q / CC;
+			o = (uint4 *)(xo + (ch * n + t) * (CC + 8) + (64 * q - ch * CC) + 16 * tq);
+		}
 		o[0] = make_uint4(h[0], h[1], h[2], h[3]);
 		o[1] = make_uint4(h[4], h[5], h[6], h[7]);
 	}
@@ -636,6 +740,25 @@ static int mmq_type(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const uin
 	return mmq_launch<T, 2, 8>(ctx, nw, w, xh, ldx, n, y, acc);
 }
 
+/* Whether k_mmq as it runs on this device was built with MMQ_BULK: its PTX target (the
+ * __CUDA_ARCH__ it was compiled for, also where the driver compiled it from PTX), not the
+ * device's own capability; asked once a context.  1 / 0, or -EIO. */
+static int mmq_bulk(KbCuda *ctx)
+{
+	if (ctx->mmq_bulk < 0) {
+		cudaFuncAttributes fa;
+		const int r = kb_err(cudaFuncGetAttributes(&fa, k_mmq<QD_TYPE_Q4_0, 2, 8>));
+		if (r < 0)
+			return r;
+#ifdef QD_DEV_MMQ_CPASYNC
+		ctx->mmq_bulk = 0;
+#else
+		ctx->mmq_bulk = fa.ptxVersion >= 90;
+#endif
+	}
+	return ctx->mmq_bulk;
+}
+
 extern "C" int kb_cuda_mmq_fits(const float *x, int64_t cols)
 {
 	return cols % 4 == 0 && (uintptr_t)x % 16 == 0;
@@ -646,7 +769,8 @@ extern "C" size_t kb_cuda_mmq_scratch(int64_t cols, int n)
 	if (cols < 1 || n < 1)
 		return 0;
 	const int64_t pad = (cols + KB_ACT_PAD - 1) / KB_ACT_PAD * KB_ACT_PAD;
-	return (size_t)pad * (size_t)n * sizeof(uint16_t);
+	/* mmq_xo's layout: 16 bytes of padding a token and chunk, at most with 64-column chunks */
+	return (size_t)n * ((size_t)pad * sizeof(uint16_t) + (size_t)(pad / 64) * 16);
 }
 
 extern "C" int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const float *x, int n, void *scratch,
@@ -663,9 +787,13 @@ extern "C" int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, co
 		return -EINVAL; /* the conversion reads float4s (kb_cuda_mmq_fits) */
 	const int64_t units = (int64_t)n * (ldo / 16), blocks = (units + 255) / 256;
 	const int64_t grid = blocks < 8 * ctx->sm_count ? blocks : 8 * ctx->sm_count;
-	int r = kb_launch(ctx, k_mmq_x, dim3((unsigned)grid), dim3(256), 0, x, cols, cols, xh, ldo, units);
-	/* one launch for weights of one type (q/k/v, gate/up), else one per weight */
-	int same = 1;
+	int r = mmq_bulk(ctx);
+	if (r < 0)
+		return r;
+	const int bulk = r;
+	/* one launch for weights of one type (q/k/v, gate/up), else one per weight; the
+	 * activations converted once, or for the bulk-copy kernel once a chunk width */
+	int cc_done = -1, same = 1;
 	for (int i = 1; i < nw; i++)
 		same &= w[i]->type == w[0]->type;
 	for (int i = 0; i < nw && r == 0; i += same ? nw : 1) {
@@ -674,8 +802,18 @@ extern "C" int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, co
 		 * would double the GEMM's shared memory a stage (past sm_86/89's 99 KiB at 32
 		 * tokens) and cost it occupancy */
 		r = kb_with_product_type(w[i]->type, [&](auto t) {
-			constexpr int T = decltype(t)::value;
-			return mmq_type<kb_f16_type<T>()>(ctx, m, w + i, xh, ldo, n, y + i, acc);
+			constexpr int TF = kb_f16_type<decltype(t)::value>(), CC = Lay<TF>::CC;
+			static_assert(KB_ACT_PAD % CC == 0 && CC % 64 == 0, "whole chunks of 64-column groups");
+			if ((bulk ? CC : 0) != cc_done) {
+				const int rc = bulk ? kb_launch(ctx, k_mmq_x<CC>, dim3((unsigned)grid), dim3(256), 0, x, cols,
+								cols, xh, ldo, units, n)
+						    : kb_launch(ctx, k_mmq_x<0>, dim3((unsigned)grid), dim3(256), 0, x, cols,
+								cols, xh, ldo, units, n);
+				if (rc < 0)
+					return rc;
+				cc_done = bulk ? CC : 0;
+			}
+			return mmq_type<TF>(ctx, m, w + i, xh, ldo, n, y + i, acc);
 		});
 	}
 	return r;

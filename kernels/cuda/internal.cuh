@@ -88,6 +88,8 @@ struct KbCuda {
 				 * not asked yet, nor the shared-memory opt-in done */
 	uint8_t mmv_smem_set[7][18]; /* bulk kernel (matmul_bulk.cuh): opt-in done, [type slot][variant] */
 	int mmq_max_waves, mmq_min_units; /* how blocks share a launch's work (mmq_shares) */
+	int mmq_bulk;           /* gemm.cu: k_mmq as built for this device stages with bulk copies
+				 * and reads mmq_xo's layout (1), or with cp.async (0); -1: not asked */
 	float *mmq_part;        /* shared row blocks of many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };
@@ -335,6 +337,41 @@ __device__ __forceinline__ void kb_pdl_trigger(void)
 	asm volatile("griddepcontrol.launch_dependents;");
 #endif
 }
+
+/* Shared-memory addresses, mbarriers and bulk copies (cp.async.bulk, sm_90): the decode
+ * products' ring (matmul_bulk.cuh) and the many-token products' stages (gemm.cu). */
+__device__ __forceinline__ uint32_t kb_smem_u32(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+/* A phase of bar completes after COUNT arrivals and the bytes they announced. */
+__device__ __forceinline__ void kb_mbar_init(uint32_t bar, uint32_t count = 1)
+{
+	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+
+/* An arrival at bar's phase, announcing BYTES to come from bulk copies. */
+__device__ __forceinline__ void kb_mbar_expect(uint32_t bar, uint32_t bytes)
+{
+	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void kb_mbar_wait(uint32_t bar, uint32_t parity)
+{
+	asm volatile("{\n\t.reg .pred P;\n"
+		     "KB_WAIT:\n\t"
+		     "mbarrier.try_wait.parity.shared::cta.b64 P, [%0], %1;\n\t"
+		     "@!P bra KB_WAIT;\n\t}" ::"r"(bar), "r"(parity) : "memory");
+}
+
+__device__ __forceinline__ void kb_bulk_copy(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar)
+{
+	asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+		     ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+#endif
 
 #ifdef QD_TRACE
 /* Dev-only block trace (built with -DQD_TRACE through tools/gpu-variant.sh, never by

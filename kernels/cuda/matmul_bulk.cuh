@@ -38,37 +38,7 @@ template <bool ROPE> __host__ __device__ static inline size_t kb_bulk_ring_off(i
 	return kb_bulk_red_bytes<ROPE>(nw, rt) + ((size_t)nw * stages * 8 + 127) / 128 * 128;
 }
 
-__device__ __forceinline__ uint32_t kb_smem_u32(const void *p)
-{
-	return (uint32_t)__cvta_generic_to_shared(p);
-}
-
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void kb_mbar_init(uint32_t bar)
-{
-	asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
-}
-
-/* The one arrival of the slot's phase, announcing BYTES to come from bulk copies. */
-__device__ __forceinline__ void kb_mbar_expect(uint32_t bar, uint32_t bytes)
-{
-	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void kb_mbar_wait(uint32_t bar, uint32_t parity)
-{
-	asm volatile("{\n\t.reg .pred P;\n"
-		     "KB_WAIT:\n\t"
-		     "mbarrier.try_wait.parity.shared::cta.b64 P, [%0], %1;\n\t"
-		     "@!P bra KB_WAIT;\n\t}" ::"r"(bar), "r"(parity) : "memory");
-}
-
-__device__ __forceinline__ void kb_bulk_copy(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar)
-{
-	asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-		     ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
-}
-
 /* Lane 0: requests the cursor's item into ring slot st. */
 template <int T, int RT>
 __device__ __forceinline__ void kb_bulk_issue(const KbMmvArgs &a, const KbCursor &c, int st, uint32_t ring,
