@@ -196,7 +196,8 @@ extern "C" int kb_cuda_init(int device, KbCuda **ret_ctx)
 	ctx->smem_optin = prop.sharedMemPerBlockOptin;
 	ctx->pdl = prop.major >= 9;
 	default_config(ctx);
-	if ((r = kb_err(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking))) < 0)
+	if ((r = kb_err(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking))) < 0 ||
+	    (r = kb_cuda_mmq_probe(ctx)) < 0)
 		goto fail;
 	ctx->stage_bytes = KB_STAGE_BYTES;
 	for (int i = 0; i < 2; i++) {

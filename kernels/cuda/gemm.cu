@@ -740,23 +740,19 @@ static int mmq_type(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const uin
 	return mmq_launch<T, 2, 8>(ctx, nw, w, xh, ldx, n, y, acc);
 }
 
-/* Whether k_mmq as it runs on this device was built with MMQ_BULK: its PTX target (the
- * __CUDA_ARCH__ it was compiled for, also where the driver compiled it from PTX), not the
- * device's own capability; asked once a context.  1 / 0, or -EIO. */
-static int mmq_bulk(KbCuda *ctx)
+/* MMQ_BULK as the device code loaded for this device was built: the initializer is
+ * compiled with each architecture's code, so this is the kernel's own choice whatever the
+ * device or a JIT compiled it from.  (cudaFuncGetAttributes' ptxVersion is not that: with
+ * sm_90a code only, the H200 ran the bulk kernel on rows of ldx, test-backend 98 failures.) */
+__device__ int kb_mmq_bulk_built = MMQ_BULK;
+
+extern "C" int kb_cuda_mmq_probe(KbCuda *ctx)
 {
-	if (ctx->mmq_bulk < 0) {
-		cudaFuncAttributes fa;
-		const int r = kb_err(cudaFuncGetAttributes(&fa, k_mmq<QD_TYPE_Q4_0, 2, 8>));
-		if (r < 0)
-			return r;
-#ifdef QD_DEV_MMQ_CPASYNC
-		ctx->mmq_bulk = 0;
-#else
-		ctx->mmq_bulk = fa.ptxVersion >= 90;
-#endif
-	}
-	return ctx->mmq_bulk;
+	int v = 0;
+	const int r = kb_err(cudaMemcpyFromSymbol(&v, kb_mmq_bulk_built, sizeof(v)));
+	if (r == 0)
+		ctx->mmq_bulk = v;
+	return r;
 }
 
 extern "C" int kb_cuda_mmq_fits(const float *x, int64_t cols)
@@ -787,10 +783,10 @@ extern "C" int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, co
 		return -EINVAL; /* the conversion reads float4s (kb_cuda_mmq_fits) */
 	const int64_t units = (int64_t)n * (ldo / 16), blocks = (units + 255) / 256;
 	const int64_t grid = blocks < 8 * ctx->sm_count ? blocks : 8 * ctx->sm_count;
-	int r = mmq_bulk(ctx);
-	if (r < 0)
-		return r;
-	const int bulk = r;
+	if (ctx->mmq_bulk < 0)
+		return -EIO; /* kb_cuda_init asks kb_cuda_mmq_probe */
+	const int bulk = ctx->mmq_bulk;
+	int r = 0;
 	/* one launch for weights of one type (q/k/v, gate/up), else one per weight; the
 	 * activations converted once, or for the bulk-copy kernel once a chunk width */
 	int cc_done = -1, same = 1;

@@ -88,8 +88,8 @@ struct KbCuda {
 				 * not asked yet, nor the shared-memory opt-in done */
 	uint8_t mmv_smem_set[7][18]; /* bulk kernel (matmul_bulk.cuh): opt-in done, [type slot][variant] */
 	int mmq_max_waves, mmq_min_units; /* how blocks share a launch's work (mmq_shares) */
-	int mmq_bulk;           /* gemm.cu: k_mmq as built for this device stages with bulk copies
-				 * and reads mmq_xo's layout (1), or with cp.async (0); -1: not asked */
+	int mmq_bulk;           /* gemm.cu: k_mmq as loaded for this device stages with bulk copies
+				 * and reads mmq_xo's layout (1), or with cp.async (0): kb_cuda_mmq_probe */
 	float *mmq_part;        /* shared row blocks of many-token products: partial sums (gemm.cu) */
 	unsigned *mmq_cnt;
 };
@@ -555,6 +555,9 @@ __device__ __forceinline__ uint32_t kb_u4_word(const uint4 &u, int i)
  * N_CNT zeroed counters, allocated the first time and kept (recorded graphs point at
  * them, so they never move).  Returns 0 or -errno, leaving both NULL on failure. */
 int kb_cuda_split_scratch(KbCuda *ctx, size_t part_bytes, size_t n_cnt, float **part, unsigned **cnt);
+
+/* gemm.cu: sets ctx->mmq_bulk from the device code loaded for ctx's device (kb_cuda_init). */
+extern "C" int kb_cuda_mmq_probe(KbCuda *ctx);
 
 /* Repack kernels live in repack.cu; the activation buffer is reset by matmul.cu. */
 int kb_cuda_repack_band(KbCuda *ctx, KbCudaWeight *w, int64_t tile0, int64_t n_tiles,
