@@ -800,14 +800,13 @@ extern "C" int kb_cuda_mmq(KbCuda *ctx, int nw, const KbCudaWeight *const *w, co
 		r = kb_with_product_type(w[i]->type, [&](auto t) {
 			constexpr int TF = kb_f16_type<decltype(t)::value>(), CC = Lay<TF>::CC;
 			static_assert(KB_ACT_PAD % CC == 0 && CC % 64 == 0, "whole chunks of 64-column groups");
-			if ((bulk ? CC : 0) != cc_done) {
-				const int rc = bulk ? kb_launch(ctx, k_mmq_x<CC>, dim3((unsigned)grid), dim3(256), 0, x, cols,
-								cols, xh, ldo, units, n)
-						    : kb_launch(ctx, k_mmq_x<0>, dim3((unsigned)grid), dim3(256), 0, x, cols,
-								cols, xh, ldo, units, n);
+			const int cc = bulk ? CC : 0; /* k_mmq_x's layout: 0 rows of ldo */
+			if (cc != cc_done) {
+				const int rc = kb_launch(ctx, bulk ? k_mmq_x<CC> : k_mmq_x<0>, dim3((unsigned)grid), dim3(256),
+							 0, x, cols, cols, xh, ldo, units, n);
 				if (rc < 0)
 					return rc;
-				cc_done = bulk ? CC : 0;
+				cc_done = cc;
 			}
 			return mmq_type<TF>(ctx, m, w + i, xh, ldo, n, y + i, acc);
 		});
