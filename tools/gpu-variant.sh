@@ -23,7 +23,9 @@ case $NAME in *[!A-Za-z0-9_-]*|"") echo "gpu-variant: NAME: letters, digits, _ a
 O=.dev/bv-$NAME
 rm -rf "$O" ".dev/v-$NAME"
 BINS="qd-engine tests/test-backend tests/test-fused tests/test-fused-qkv tests/test-steps bench/bench-cuda-mmv"
-make -j"$(nproc)" O="$O" CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" NVCCFLAGS="-O3 $*" \
+# the bench's "revision" names the variant (a command-line variable overrides the Makefile's)
+REV="$(git describe --always --dirty 2>/dev/null || echo unknown) v-$NAME $*"
+make -j"$(nproc)" O="$O" CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" NVCCFLAGS="-O3 $*" QD_REVISION="$REV" \
 	$(for b in $BINS; do echo "$O/$b"; done)
 mkdir -p ".dev/v-$NAME" .dev/x
 for b in $BINS; do
