@@ -628,7 +628,13 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	if constexpr (RG == 2)
 		kb_norm_pre<true>(a, J, warp, lane, np);
 	kb_rope_pre<ROPE, RT>(a, kb_red, nw, warp, lane);
-	kb_pdl_wait();
+#ifdef QD_DEV_NOWAIT_DOWN
+	/* dev-only bound (tools/gpu-variant.sh; wrong results): the residual products of more
+	 * than 8192 columns (a step's down) start without waiting for SwiGLU's activations,
+	 * so a step times what one hand-over a layer fewer could give */
+	if (!(RG == 2 && (int64_t)a.n_chunks * Lay<T>::CC > 8192))
+#endif
+		kb_pdl_wait();
 	if constexpr (RG == 2)
 		kb_norm_pre<false>(a, J, warp, lane, np);
 	kb_rms_early<RT, RMS>(a, kb_red, nw, warp, lane);
