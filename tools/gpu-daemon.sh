@@ -3,7 +3,7 @@
 # US/TOK: the engine thread's CPU time between forward passes) with the CUDA backend, on a
 # GPU machine where the daemon's build dependencies are not installed: run there as
 # `sh .dev/d/gpu-daemon.sh` from the repository root once tools/gpu-pack.sh's archive is
-# unpacked and the model is in models/ (its header has the calls; B=cpu runs this on the
+# unpacked and the model is in models/ or M names it (its header has the calls; B=cpu runs this on the
 # CPU backend).  Greedy clients that sleep between tokens (the default) and ones that spin
 # (QUANTD_SPIN_US): 1, 16 and 64 of them; output to $OUT (or /tmp).
 export LD_LIBRARY_PATH="$PWD/.dev/d:$PWD/.dev/f"

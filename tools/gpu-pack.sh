@@ -6,20 +6,22 @@
 #           synth), the libraries they need that such machines lack (CUnit, PCRE2), gpu-run.sh;
 #   .dev/d  quantd and quantctl with theirs (protobuf-c, liburing, libsystemd and what it
 #           links), gpu-daemon.sh;
-# both in one xz archive, .dev/x/pack.tar.xz (~5 MB: the binaries compress 6x), and the
+# both in one xz archive, .dev/x/pack.tar.xz (~13 MB: the binaries compress 6x), and the
 # default model cut to its first 10 blocks, .dev/y/s10.gguf (tools/gguf-trim.py; 52 MiB),
-# with a slim archive of test-steps and qd-engine, .dev/y/slim.tar.xz (6 MiB).  A device call
+# with a slim archive of test-steps and .dev/d, .dev/y/slim.tar.xz (6 MiB).  A device call
 # carries at most 64 MiB with the tree, and the machine is given back 30 s after a call
 # ends, too soon to carry the full model (96 MB) in two calls; the 10 blocks have every
 # shape and block type the full model has, with its real weights:
 #
 #   call (carry .dev/y):  tar -xJf .dev/y/slim.tar.xz;
-#           QD_MODEL=.dev/y/s10.gguf .dev/f/test-steps
+#           LD_LIBRARY_PATH=.dev/f QD_MODEL=.dev/y/s10.gguf .dev/f/test-steps;
+#           M=.dev/y/s10.gguf bash .dev/d/gpu-daemon.sh
 #   call (carry .dev/x):  tar -xJf .dev/x/pack.tar.xz; sh .dev/f/gpu-run.sh
 #
 # gpu-run.sh runs the GPU suites that need no model and a 7B Q4_0 benchmark on a
 # random-weight model made there; gpu-daemon.sh measures the daemon's own work per token
-# with the CUDA backend (it needs the full model: carry it when the idle window allows).
+# with the CUDA backend (the host work does not depend on the model's depth; pack.tar.xz
+# and the model together pass 64 MiB, hence the slim archive).
 set -eu
 cd "$(dirname "$0")/.."
 O=.dev/b90
@@ -58,7 +60,7 @@ if [ -f $M ]; then
 	mkdir -p .dev/y
 	python3 -c 'import gguf' 2>/dev/null || pip install -q gguf
 	python3 tools/gguf-trim.py $M .dev/y/s10.gguf 10
-	tar -cJf .dev/y/slim.tar.xz -C . .dev/f/test-steps .dev/f/qd-engine .dev/f/libcunit.so.1 .dev/f/libpcre2-8.so.0
+	tar -cJf .dev/y/slim.tar.xz -C . .dev/f/test-steps .dev/f/libcunit.so.1 .dev/f/libpcre2-8.so.0 .dev/d
 fi
 cat > .dev/f/gpu-run.sh <<'EOF'
 #!/bin/sh
@@ -79,4 +81,4 @@ EOF
 chmod +x .dev/f/gpu-run.sh
 mkdir -p .dev/x
 tar -cJf .dev/x/pack.tar.xz -C . .dev/f .dev/d
-ls -la .dev/x/pack.tar.xz .dev/m.* 2>/dev/null
+ls -la .dev/x/pack.tar.xz .dev/y/* 2>/dev/null || true
