@@ -20,6 +20,10 @@ def main():
     r = GGUFReader(src)
     arch = r.fields["general.architecture"]
     arch = bytes(arch.parts[arch.data[0]]).decode()
+    have = r.fields[f"{arch}.block_count"]
+    have = int(have.parts[have.data[0]][0])
+    if not 1 <= keep <= have:
+        sys.exit(f"gguf-trim: LAYERS must be 1..{have}, not {keep}")
     w = GGUFWriter(dst, arch)
     for name, f in r.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
@@ -27,15 +31,21 @@ def main():
         t = f.types[0]
         if name == f"{arch}.block_count":
             w.add_uint32(name, keep)
+        elif name == "general.alignment":
+            # the writer pads the tensor data to this, not only records it
+            w.add_custom_alignment(int(f.parts[f.data[0]][0]))
         elif t == GGUFValueType.STRING:
-            w.add_string(name, bytes(f.parts[f.data[0]]).decode("utf-8", "surrogateescape"))
+            w.add_key_value(name, bytes(f.parts[f.data[0]]), t)  # bytes as they are
         elif t == GGUFValueType.ARRAY:
-            sub = f.types[1]
+            sub = f.types[1] if len(f.types) > 1 else GGUFValueType.INT32
             if sub == GGUFValueType.STRING:
-                vals = [bytes(f.parts[i]).decode("utf-8", "surrogateescape") for i in f.data]
+                vals = [bytes(f.parts[i]) for i in f.data]
             else:
                 vals = [f.parts[i][0].item() for i in f.data]
-            w.add_array(name, vals)
+            if not vals:  # the gguf writer refuses empty arrays
+                print(f"gguf-trim: {name}: empty array left out", file=sys.stderr)
+                continue
+            w.add_key_value(name, vals, t, sub_type=sub)  # the element type as it was
         else:
             w.add_key_value(name, f.parts[f.data[0]][0].item(), t)
     for t in r.tensors:

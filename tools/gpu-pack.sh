@@ -20,8 +20,8 @@
 #
 # gpu-run.sh runs the GPU suites that need no model and a 7B Q4_0 benchmark on a
 # random-weight model made there; gpu-daemon.sh measures the daemon's own work per token
-# with the CUDA backend (the host work does not depend on the model's depth; pack.tar.xz
-# and the model together pass 64 MiB, hence the slim archive).
+# with the CUDA backend, here on the cut model (pack.tar.xz and the model together pass
+# 64 MiB, hence the slim archive).
 set -eu
 cd "$(dirname "$0")/.."
 O=.dev/b90
@@ -45,8 +45,9 @@ copy_libs() {
 }
 copy_libs .dev/f libcunit.so.1 libpcre2-8.so.0
 # The daemon and its CLI with the runtime libraries such machines lack (protobuf-c,
-# liburing, libsystemd and what libsystemd links), in .dev/d: carried on the last model
-# call, `sh .dev/d/gpu-daemon.sh` measures the daemon's own work per token on the GPU.
+# liburing, libsystemd and what libsystemd links), in .dev/d: in both archives (the slim
+# one goes with the cut model), `bash .dev/d/gpu-daemon.sh` measures the daemon's own work
+# per token on the GPU.
 make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" $O/quantd $O/quantctl
 mkdir -p .dev/d
 cp $O/quantd $O/quantctl .dev/d/
@@ -55,8 +56,9 @@ copy_libs .dev/d libprotobuf-c.so.1 liburing.so.2 libsystemd.so.0 libcap.so.2 li
 	libzstd.so.1 liblz4.so.1 libgpg-error.so.0 libpcre2-8.so.0
 cp tools/gpu-daemon.sh .dev/d/
 M=models/SmolLM2-135M-Instruct.Q4_1.gguf
+rm -rf .dev/y
 if [ -f $M ]; then
-	rm -f .dev/m.a? .dev/y/s1?.gguf
+	rm -f .dev/m.a?
 	mkdir -p .dev/y
 	python3 -c 'import gguf' 2>/dev/null || pip install -q gguf
 	python3 tools/gguf-trim.py $M .dev/y/s10.gguf 10
