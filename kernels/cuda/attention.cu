@@ -282,7 +282,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	 * bench/NOTES-gpu.md, session 23) */
 	if (trig == 1)
 		kb_pdl_trigger();
-	kb_pdl_wait();
+#ifdef QD_DEV_NOWAIT_ATT
+	/* dev-only bound (tools/gpu-variant.sh; wrong results): attention on stale q, K and V
+	 * rows, without waiting for the q/k/v product (session 32's "attention alone") */
+	if (!trig)
+#endif
+		kb_pdl_wait();
 	const float *qr = q + ((int64_t)t * n_head + h) * hd;
 	/* VPRE: q as att_scores' B operand, straight to registers (lanes 0-3 of each warp;
 	 * no shared memory, no barrier); otherwise in shared memory, rounded to f16 alike */

@@ -628,11 +628,19 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	if constexpr (RG == 2)
 		kb_norm_pre<true>(a, J, warp, lane, np);
 	kb_rope_pre<ROPE, RT>(a, kb_red, nw, warp, lane);
-#ifdef QD_DEV_NOWAIT_DOWN
-	/* dev-only bound (tools/gpu-variant.sh; wrong results): the residual products of more
-	 * than 8192 columns (a step's down) start without waiting for SwiGLU's activations,
-	 * so a step times what one hand-over a layer fewer could give */
-	if (!(RG == 2 && (int64_t)a.n_chunks * Lay<T>::CC > 8192))
+#if defined(QD_DEV_NOWAIT_DOWN) || defined(QD_DEV_NOWAIT_O)
+	/* dev-only bounds (tools/gpu-variant.sh; wrong results): the residual products of more
+	 * than 8192 columns (a step's down: QD_DEV_NOWAIT_DOWN) or of at most 8192 (o:
+	 * QD_DEV_NOWAIT_O) start without waiting for their activations, so a step times what
+	 * one hand-over a layer fewer could give */
+	const bool wide = (int64_t)a.n_chunks * Lay<T>::CC > 8192;
+#ifndef QD_DEV_NOWAIT_DOWN
+	if (!(RG == 2 && !wide))
+#elif !defined(QD_DEV_NOWAIT_O)
+	if (!(RG == 2 && wide))
+#else
+	if (RG != 2)
+#endif
 #endif
 		kb_pdl_wait();
 	if constexpr (RG == 2)
