@@ -582,6 +582,25 @@ template <bool PRE> __device__ __forceinline__ void kb_norm_pre(const KbMmvArgs 
 		np.y = a.seg[0].y[warp * a.seg[0].ldy + row];
 }
 
+#if defined(QD_DEV_NOWAIT_DOWN) || defined(QD_DEV_NOWAIT_O)
+/* Dev-only bounds (tools/gpu-variant.sh; wrong results): whether this residual product
+ * (k_mmv_norm, RG 2) starts without waiting for its activations, so that a step times what
+ * one hand-over a layer fewer could give: down (more than 8192 columns) with
+ * QD_DEV_NOWAIT_DOWN, o (at most 8192) with QD_DEV_NOWAIT_O. */
+template <int T, int RG> __device__ __forceinline__ bool kb_dev_nowait_res(const KbMmvArgs &a)
+{
+	const bool wide = (int64_t)a.n_chunks * Lay<T>::CC > 8192;
+	bool skip = false;
+#ifdef QD_DEV_NOWAIT_DOWN
+	skip |= RG == 2 && wide;
+#endif
+#ifdef QD_DEV_NOWAIT_O
+	skip |= RG == 2 && !wide;
+#endif
+	return skip;
+}
+#endif
+
 /* I8: the activations' form (kb_i8_one in matmul_i8.cuh); 0 f16.  RG: tiles a group's
  * warps split (2: k_mmv_norm, 4: k_mmv_swi).  NW: the warps a block as a constant where the
  * launch fixes them (kb_fixed_nw), 0: read from blockDim.  PL: the planes the norm and
@@ -629,18 +648,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 		kb_norm_pre<true>(a, J, warp, lane, np);
 	kb_rope_pre<ROPE, RT>(a, kb_red, nw, warp, lane);
 #if defined(QD_DEV_NOWAIT_DOWN) || defined(QD_DEV_NOWAIT_O)
-	/* dev-only bounds (tools/gpu-variant.sh; wrong results): the residual products of more
-	 * than 8192 columns (a step's down: QD_DEV_NOWAIT_DOWN) or of at most 8192 (o:
-	 * QD_DEV_NOWAIT_O) start without waiting for their activations, so a step times what
-	 * one hand-over a layer fewer could give */
-	const bool wide = (int64_t)a.n_chunks * Lay<T>::CC > 8192;
-#ifndef QD_DEV_NOWAIT_DOWN
-	if (!(RG == 2 && !wide))
-#elif !defined(QD_DEV_NOWAIT_O)
-	if (!(RG == 2 && wide))
-#else
-	if (RG != 2)
-#endif
+	if (!kb_dev_nowait_res<T, RG>(a))
 #endif
 		kb_pdl_wait();
 	if constexpr (RG == 2)
