@@ -35,6 +35,9 @@ typedef struct {
 	float *out;          /* [n_tokens][n_head*head_dim] */
 	const KbWeight *next; /* the product that reads out next, or NULL: a backend may start
 			       * loading its weights while attention runs */
+	int layer_id;        /* 1 + the layer's index in the step (forward.c), 0 when not given: a
+			      * backend may hand q, k and v from matmul_rope_kv to the attention call
+			      * of the same layer_id without waiting for the whole product */
 } KbAttention;
 
 /* A forward step's per-token inputs (host arrays of n_tokens), for step_begin.  variant

@@ -507,6 +507,141 @@ static void test_step_graph_splits(void)
 	bp->ops->free(bp);
 }
 
+/* Two layers of q/k/v (one type, so one launch with the RoPE epilogue), attention and o,
+ * as forward.c calls them (matmul_rope_kv and attention with layer_id): with attention
+ * taking q, k and v by their tags from the q/k/v launch (KbCudaLL, the default) the steps
+ * give the same bits as with it waiting for that launch (QD_CUDA_ATT_LL=0), over one-token
+ * steps recorded, replayed and rewound, with f16 activations (the default at this size:
+ * the PL DYN16 instance) and int8 ones (QD_CUDA_MMV_I8=1: the fixed plane set of the 7B
+ * Q4_0 models), head size 128; and the hand-over really ran. */
+enum { HD = 512, HH = 4, HKV = 2, HHD = 128, HCTX = 32, HL = 2, HVOCAB = 50 };
+typedef struct {
+	KbWeight w[5]; /* emb, q, k, v, o */
+	uint8_t *raw[5];
+	float *norm, *x, *xn, *q, *k, *v, *att;
+	uint16_t *kc[HL], *vc[HL];
+} Hand;
+
+static int hand_new(KbBackend *b, Hand *h)
+{
+	static const struct { int type; int64_t rows, cols; } ws[5] = {
+		{ QD_TYPE_Q8_0, HVOCAB, HD }, { QD_TYPE_Q4_0, HH * HHD, HD }, { QD_TYPE_Q4_0, HKV * HHD, HD },
+		{ QD_TYPE_Q4_0, HKV * HHD, HD }, { QD_TYPE_Q4_0, HD, HH * HHD },
+	};
+	uint64_t s = 0x71;
+	memset(h, 0, sizeof(*h));
+	for (int i = 0; i < 5; i++) {
+		size_t bytes;
+		if (!(h->raw[i] = rand_weight(ws[i].type, ws[i].rows, ws[i].cols, &s, &bytes)))
+			return -ENOMEM;
+		h->w[i] = (KbWeight){ ws[i].type, ws[i].rows, ws[i].cols, h->raw[i], NULL, 0 };
+		if (b->ops->weight_prepare(b, &h->w[i]) < 0)
+			return -EIO;
+	}
+	float *nw = rand_f32(HD, &s, 1.0f);
+	h->norm = nw ? buf_in(b, nw, sizeof(float) * HD) : NULL;
+	free(nw);
+	float **fs[] = { &h->x, &h->xn, &h->q, &h->k, &h->v, &h->att };
+	for (size_t i = 0; i < sizeof(fs) / sizeof(fs[0]); i++)
+		if (!(*fs[i] = buf_in(b, NULL, sizeof(float) * HD)))
+			return -ENOMEM;
+	for (int l = 0; l < HL; l++)
+		if (!(h->kc[l] = buf_in(b, NULL, sizeof(uint16_t) * HCTX * HKV * HHD)) ||
+		    !(h->vc[l] = buf_in(b, NULL, sizeof(uint16_t) * HCTX * HKV * HHD)))
+			return -ENOMEM;
+	return h->norm ? 0 : -ENOMEM;
+}
+
+static void hand_free(KbBackend *b, Hand *h)
+{
+	for (int i = 0; i < 5; i++) {
+		if (h->w[i].priv)
+			b->ops->weight_release(b, &h->w[i]);
+		free(h->raw[i]);
+	}
+	void *ps[] = { h->norm, h->x, h->xn, h->q, h->k, h->v, h->att, h->kc[0], h->vc[0], h->kc[1], h->vc[1] };
+	for (size_t i = 0; i < sizeof(ps) / sizeof(ps[0]); i++)
+		b->ops->release(b, ps[i]);
+}
+
+static int hand_ops(KbBackend *b, Hand *h, const int32_t *id, const int32_t *pos, const int32_t *seq)
+{
+	const KbOps *o = b->ops;
+	int r = o->get_rows(b, &h->w[0], id, 1, h->x);
+	for (int l = 0; l < HL && r == 0; l++) {
+		KbAttention a = { .n_tokens = 1, .n_head = HH, .n_head_kv = HKV, .head_dim = HHD, .pos = pos,
+				  .seq = seq, .q = h->q, .k_cache = h->kc[l], .v_cache = h->vc[l],
+				  .kv_slot_stride = HCTX * HKV * HHD, .scale = 0.088f, .out = h->att,
+				  .next = &h->w[4], .layer_id = l + 1 };
+		const KbWeight *wqkv[3] = { &h->w[1], &h->w[2], &h->w[3] }, *wo[1] = { &h->w[4] };
+		float *const y[3] = { h->q, h->k, h->v }, *const yx[1] = { h->x };
+		if ((r = o->rmsnorm(b, h->x, h->norm, 1, HD, 1e-5f, h->xn)) < 0 ||
+		    (r = o->matmul_rope_kv(b, wqkv, h->xn, 1, y, &a, HHD, 1e4f)) < 0 || (r = o->attention(b, &a)) < 0)
+			break;
+		r = o->matmul_multi(b, 1, wo, h->att, 1, yx, 1);
+	}
+	return r;
+}
+
+static int hand_step(KbBackend *b, Hand *h, const int32_t *id, const int32_t *pos, const int32_t *seq)
+{
+	const KbStep st = { 1, id, pos, seq, 0 };
+	int r = b->ops->step_begin(b, &st);
+	if (r != 0)
+		return r < 0 ? r : 0;
+	r = hand_ops(b, h, id, pos, seq);
+	int re = b->ops->step_end(b, r);
+	return re == 1 ? hand_ops(b, h, id, pos, seq) : re;
+}
+
+static void test_step_handover(void)
+{
+	if (!ready())
+		return;
+	for (int i8 = 0; i8 < 2; i8++) {
+		KbBackend *b[2] = { NULL, NULL };
+		if (i8)
+			setenv("QD_CUDA_MMV_I8", "1", 1);
+		int r0 = cuda_new(0, &b[0]);
+		setenv("QD_CUDA_ATT_LL", "0", 1);
+		int r1 = cuda_new(0, &b[1]);
+		unsetenv("QD_CUDA_ATT_LL");
+		unsetenv("QD_CUDA_MMV_I8");
+		CU_ASSERT_EQUAL_FATAL(r0, 0);
+		CU_ASSERT_EQUAL_FATAL(r1, 0);
+		Hand h[2];
+		CU_ASSERT_EQUAL_FATAL(hand_new(b[0], &h[0]), 0);
+		CU_ASSERT_EQUAL_FATAL(hand_new(b[1], &h[1]), 0);
+		float x[2][HD];
+		uint64_t s = 0x4d;
+		int diffs = 0;
+		for (int i = 0; i < 28; i++) {
+			/* positions 0..19 of slot 0, then a rewind to 6 and on */
+			const int32_t id = (int32_t)(tu_rand_u64(&s) % HVOCAB), pos = i < 20 ? i : i - 14, seq = 0;
+			for (int k = 0; k < 2; k++) {
+				CU_ASSERT_EQUAL_FATAL(hand_step(b[k], &h[k], &id, &pos, &seq), 0);
+				CU_ASSERT_EQUAL_FATAL(buf_out(b[k], x[k], h[k].x, sizeof(x[k])), 0);
+			}
+			diffs += memcmp(x[0], x[1], sizeof(x[0])) != 0;
+		}
+		KbCudaStepStats st[2];
+		CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(b[0], &st[0]), 0);
+		CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(b[1], &st[1]), 0);
+		CU_ASSERT_EQUAL(diffs, 0);
+		/* every layer of the steps not replayed, but the first one's (no act yet) */
+		CU_ASSERT(st[0].att_ll >= 2 && st[0].att_ll + 1 >= st[0].qkv_rope);
+		CU_ASSERT_EQUAL(st[1].att_ll, 0);
+		CU_ASSERT(st[0].replays >= 20);
+		printf("\n    %s activations: 28 steps, %d differ; hand-overs %llu (of %llu q/k/v launches run), replays %llu\n",
+		       i8 ? "int8" : "default", diffs, (unsigned long long)st[0].att_ll,
+		       (unsigned long long)st[0].qkv_rope, (unsigned long long)st[0].replays);
+		for (int k = 0; k < 2; k++) {
+			hand_free(b[k], &h[k]);
+			b[k]->ops->free(b[k]);
+		}
+	}
+}
+
 /* A whole random-weight model (tiny shape, Q4_K_M mix): logits and greedy ids with graphs
  * and shared conversions equal those without, bit for bit, over a multi-sequence prompt,
  * decode steps of three sequences and of one, some of them greedy-id steps (their output
@@ -611,6 +746,7 @@ int main(void)
 		{ "step graphs: replay = op by op, bit for bit", test_step_graphs, gpu_skip },
 		{ "step graphs: one per attention split count", test_step_graph_splits, gpu_skip },
 		{ "step graphs: tiny synth model, logits bit for bit", test_step_model, gpu_skip },
+		{ "q/k/v handed to attention by tags = waiting for them, bit for bit", test_step_handover, gpu_skip },
 		{ "GPU memory: a context that cannot fit is refused up front", test_mem_refusal, gpu_skip },
 		{ "cleanup", test_cleanup, NULL },
 		{ NULL, NULL, NULL },

@@ -443,6 +443,7 @@ static int run_layers(Context *c, const Batch *b, int head)
 		a.k_cache = c->k_cache[il];
 		a.v_cache = c->v_cache[il];
 		a.next = &l->wo;
+		a.layer_id = il + 1;
 		/* the residual adds ride on the products (acc), and so may the norms after them */
 		if (!normed && (r = o->rmsnorm(be, c->x, l->attn_norm, n, d, cfg->norm_eps, c->xn)) < 0)
 			return r;

@@ -14,6 +14,7 @@
  * results meet in shared memory at the end. */
 #include <cuda_fp16.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.cuh"
@@ -203,17 +204,71 @@ __device__ __forceinline__ float att_scores(const uint4 (&u)[4 * PER], const uin
 	return r == 0 ? s0 : r == 1 ? s1 : r == 2 ? s2 : s3;
 }
 
-/* PL: the planes the output goes to (kb_act_put's: KB_PL_DYN, KB_PL_DYN16 without the int8
- * code, or att_kernel_pl's fixed sets). */
-template <int PER, bool VPRE, unsigned PL>
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const float *q, const __half *kc,
-							      const __half *vc,
-							      const int32_t *pos, const int32_t *seq, int n_head,
-							      int group, int hd, int kvd, int64_t stride, float scale,
-							      int split_keys,
-							      float *out, KbActOut act /* planes 0: none */, float *part,
-							      unsigned *cnt)
+/* The LL instances (KbCudaLL): lane l's PER words of q (dimensions PER l ..) and, in the
+ * warp that holds the step's own key (OWN), of its K and V rows, polled until every one
+ * carries TAG; then q as floats and K, V as the caches hold them (f16 of the same floats:
+ * rope_kv_store's rounding), two to a word.  Polls ~2^22 times at most (seconds) and then
+ * traps: a hand-over that never comes is a bug, and an error the caller sees beats a hang. */
+template <int PER>
+__device__ __forceinline__ void att_ll_poll(const KbCudaLL &ll, unsigned tag, int h, int kvh, int hd, bool own,
+					    int lane, float (&qv)[PER], uint32_t (&kw)[PER / 2],
+					    uint32_t (&vw)[PER / 2])
 {
+	const unsigned long long *base = (const unsigned long long *)ll.ll;
+	const unsigned long long *pq = base + (int64_t)h * hd + PER * lane;
+	const unsigned long long *pk = base + ll.nq + (int64_t)kvh * hd + PER * lane, *pv = pk + ll.nkv;
+	unsigned long long eq[PER], ek[PER], ev[PER];
+	for (unsigned spins = 0;; spins++) {
+		bool ok = true;
+#pragma unroll
+		for (int i = 0; i < PER; i++) {
+			eq[i] = kb_ld_relaxed_u64(pq + i);
+			ek[i] = ev[i] = (unsigned long long)tag << 32;
+			if (own) {
+				ek[i] = kb_ld_relaxed_u64(pk + i);
+				ev[i] = kb_ld_relaxed_u64(pv + i);
+			}
+		}
+#pragma unroll
+		for (int i = 0; i < PER; i++)
+			ok &= (unsigned)(eq[i] >> 32) == tag && (unsigned)(ek[i] >> 32) == tag &&
+			      (unsigned)(ev[i] >> 32) == tag;
+		if (__all_sync(0xffffffffu, ok))
+			break;
+		if (spins >= (1u << 22))
+			__trap();
+	}
+#pragma unroll
+	for (int i = 0; i < PER; i++)
+		qv[i] = __uint_as_float((uint32_t)eq[i]);
+#pragma unroll
+	for (int i = 0; i < PER / 2; i++) {
+		kw[i] = kb_pack_h2(__uint_as_float((uint32_t)ek[2 * i]), __uint_as_float((uint32_t)ek[2 * i + 1]));
+		vw[i] = kb_pack_h2(__uint_as_float((uint32_t)ev[2 * i]), __uint_as_float((uint32_t)ev[2 * i + 1]));
+	}
+}
+
+/* Word k (0-3) of the f16 words of dimensions 32 m + 8 tq .. + 7 (att_scores' operand order),
+ * from the lanes that hold them PER to a lane (W: their words, two dimensions each). */
+template <int PER>
+__device__ __forceinline__ uint32_t att_ll_word(const uint32_t (&w)[PER / 2], int m, int tq, int k)
+{
+	/* (32 m + 8 tq + 2 k) mod PER does not depend on tq (PER 2 or 4): a constant index */
+	return __shfl_sync(0xffffffffu, w[(2 * k % PER) / 2], (32 * m + 8 * tq + 2 * k) / PER);
+}
+
+/* PL: the planes the output goes to (kb_act_put's: KB_PL_DYN, KB_PL_DYN16 without the int8
+ * code, or att_kernel_pl's fixed sets).  LL (VPRE only): q and the step's own K and V rows
+ * from the q/k/v launch's hand-over words (KbCudaLL) instead of after waiting for it. */
+#define ATT_PARAMS \
+	int trig, const float *q, const __half *kc, const __half *vc, const int32_t *pos, const int32_t *seq, \
+		int n_head, int group, int hd, int kvd, int64_t stride, float scale, int split_keys, float *out, \
+		KbActOut act /* planes 0: none */, float *part, unsigned *cnt, const KbCudaLL ll
+#define ATT_ARGS trig, q, kc, vc, pos, seq, n_head, group, hd, kvd, stride, scale, split_keys, out, act, part, cnt, ll
+template <int PER, bool VPRE, unsigned PL, bool LL>
+__device__ __forceinline__ void att_body(ATT_PARAMS)
+{
+	static_assert(!LL || VPRE, "the hand-over words: the decode instances");
 	KB_TRACE();
 	/* TRIG: 0 no early launch of the next kernel; 1 once this block has asked for its
 	 * rows (below); 2 now (kb_cuda_attention's EARLY) */
@@ -282,17 +337,41 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	 * bench/NOTES-gpu.md, session 23) */
 	if (trig == 1)
 		kb_pdl_trigger();
+	/* LL: the step's own key (one token: the last, kready) and, where this warp holds it,
+	 * its K and V from the hand-over words, injected into the tile that holds it below */
+	const bool own = LL && kw0 < kw1 && kready < kw1;
+	uint32_t llk[PER / 2 > 0 ? PER / 2 : 1], llv[PER / 2 > 0 ? PER / 2 : 1]; /* LL only */
+	uint32_t qb[VPRE ? PER : 1][4];
+	if constexpr (LL) {
+		/* no wait: the rows' tags say when they are there (the K/V rows below kready and
+		 * the indices were written before the step's first kernel, as above) */
+		float qv[PER];
+		att_ll_poll<PER>(ll, *ll.serial << 8 | (unsigned)ll.layer, h, h / group, hd, own, lane, qv, llk, llv);
+		uint32_t wq[PER / 2];
+#pragma unroll
+		for (int i = 0; i < PER / 2; i++)
+			wq[i] = kb_pack_h2(qv[2 * i], qv[2 * i + 1]);
+#pragma unroll
+		for (int m = 0; m < PER; m++)
+#pragma unroll
+			for (int k = 0; k < 4; k++) {
+				const uint32_t v = att_ll_word<PER>(wq, m, lane & 3, k);
+				qb[m][k] = lane < 4 ? v : 0u;
+			}
+	} else {
 #ifdef QD_DEV_NOWAIT_ATT
-	/* dev-only bound (tools/gpu-variant.sh; wrong results): attention on stale q, K and V
-	 * rows, without waiting for the q/k/v product (session 32's "attention alone") */
-	if (!trig)
+		/* dev-only bound (tools/gpu-variant.sh; wrong results): attention on stale q, K and V
+		 * rows, without waiting for the q/k/v product (session 32's "attention alone") */
+		if (!trig)
 #endif
-		kb_pdl_wait();
+			kb_pdl_wait();
+	}
 	const float *qr = q + ((int64_t)t * n_head + h) * hd;
 	/* VPRE: q as att_scores' B operand, straight to registers (lanes 0-3 of each warp;
 	 * no shared memory, no barrier); otherwise in shared memory, rounded to f16 alike */
-	uint32_t qb[VPRE ? PER : 1][4];
-	if constexpr (VPRE) {
+	if constexpr (LL) {
+		(void)qr;
+	} else if constexpr (VPRE) {
 #pragma unroll
 		for (int m = 0; m < PER; m++) {
 			float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
@@ -331,7 +410,29 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 		float s = -INFINITY;
 		if constexpr (VPRE) {
 			if (j0 > kw0) /* the first tile's rows are loaded above */
-				att_tile_load<PER>(kc, vc, base, kvd, j0, kw1, 0, kw1, lane, u, vpre);
+				att_tile_load<PER>(kc, vc, base, kvd, j0, kw1, 0, LL ? kready : kw1, lane, u, vpre);
+			if (own && kready - j0 < 32) { /* LL: the tile with the step's own key */
+				const int jj = kready - j0, go = jj & 7, ro = jj >> 3, g = lane >> 2;
+#pragma unroll
+				for (int m = 0; m < PER; m++)
+#pragma unroll
+					for (int k = 0; k < 4; k++) {
+						const uint32_t v = att_ll_word<PER>(llk, m, lane & 3, k);
+#pragma unroll
+						for (int r = 0; r < 4; r++)
+							if (g == go && r == ro) {
+								uint4 &x = u[r * PER + m];
+								(k == 0 ? x.x : k == 1 ? x.y : k == 2 ? x.z : x.w) = v;
+							}
+					}
+#pragma unroll
+				for (int x = 0; x < 32; x++)
+					if (x == jj) {
+						vpre[x].x = llv[0];
+						if constexpr (PER == 4)
+							vpre[x].y = llv[PER / 2 - 1];
+					}
+			}
 			const float d = att_scores<PER>(u, qb, lane, kw1 - j0 > 16);
 			if (j < kw1)
 				s = d * scale;
@@ -505,8 +606,23 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 	KB_MARK(4);
 }
 
+template <int PER, bool VPRE, unsigned PL, bool LL = false>
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(ATT_PARAMS)
+{
+	att_body<PER, VPRE, PL, LL>(ATT_ARGS);
+}
+
+/* Dev experiment (session 36): the LL instances held to 192 registers, so that a block
+ * (128 threads) fits beside two of Q4_0's q/k/v blocks (3 x 20,480 registers a
+ * multiprocessor) and can start polling as soon as one of them leaves, where 210 need two
+ * to leave (QD_DEV_ATT_LL_REGS=192 chooses them). */
+template <int PER, unsigned PL> __global__ void __maxnreg__(192) k_attention_ll192(ATT_PARAMS)
+{
+	att_body<PER, true, PL, true>(ATT_ARGS);
+}
+
 typedef void (*AttKernel)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int,
-			  int, int, int, int64_t, float, int, float *, KbActOut, float *, unsigned *);
+			  int, int, int, int64_t, float, int, float *, KbActOut, float *, unsigned *, const KbCudaLL);
 
 /* The k_attention instance for a head size (a multiple of 32, at most 256); PL KB_PL_DYN or
  * KB_PL_DYN16. */
@@ -539,6 +655,28 @@ static AttKernel att_kernel_pl(unsigned planes, int head_dim)
 	}
 }
 
+/* The LL instances (head sizes 64 and 128): att_kernel_pl's fixed plane sets, or the
+ * run-time ones (Q8: with the int8 planes). */
+template <unsigned PL> static AttKernel att_kernel_ll_pl(int head_dim, int r192)
+{
+	if (r192)
+		return head_dim == 64 ? k_attention_ll192<2, PL> : head_dim == 128 ? k_attention_ll192<4, PL> : NULL;
+	return head_dim == 64 ? k_attention<2, true, PL, true> : head_dim == 128 ? k_attention<4, true, PL, true> : NULL;
+}
+static AttKernel att_kernel_ll(unsigned planes, bool q8, int head_dim)
+{
+	static int r192 = -1;
+	if (r192 < 0) {
+		const char *e = getenv("QD_DEV_ATT_LL_REGS");
+		r192 = e && atoi(e) == 192;
+	}
+	if (planes == KB_PL_Q)
+		return att_kernel_ll_pl<KB_PL_Q>(head_dim, r192);
+	if (planes == (KB_PL_Q | KB_PL_E))
+		return att_kernel_ll_pl<KB_PL_Q | KB_PL_E>(head_dim, r192);
+	return q8 ? att_kernel_ll_pl<KB_PL_DYN>(head_dim, r192) : att_kernel_ll_pl<KB_PL_DYN16>(head_dim, r192);
+}
+
 extern "C" int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys)
 {
 	if (!ctx || keys < 1 || keys > (1 << 24))
@@ -566,10 +704,16 @@ extern "C" int kb_cuda_att_splits(const KbCuda *ctx, int64_t pairs, int max_len)
 
 extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 				 const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
-				 int64_t slot_stride, float scale, int max_len, int early, float *out, KbCudaAct *act)
+				 int64_t slot_stride, float scale, int max_len, int early, float *out, KbCudaAct *act,
+				 const KbCudaLL *ll)
 {
 	if (!ctx || !q || !k_cache || !v_cache || !pos || !seq || !out || n < 0 || n_head < 1 || n_head_kv < 1 ||
 	    n_head % n_head_kv || head_dim < 32 || head_dim % 32 || head_dim > 32 * ATT_MAXPER)
+		return -EINVAL;
+	/* the hand-over: one token, a VPRE head size, the early launch (no wait at all) */
+	if (ll && (n != 1 || !ll->ll || !ll->serial || (head_dim != 64 && head_dim != 128) || !kb_small_pdl(n) ||
+		   ll->nq < n_head * head_dim || ll->nkv < n_head_kv * head_dim || ll->layer < 0 || ll->layer > 255 ||
+		   (int64_t)n_head > (int64_t)KB_ATT_WAVE * ctx->sm_count))
 		return -EINVAL;
 	if (n == 0)
 		return 0;
@@ -601,15 +745,19 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
 	/* at most a wave of (token, head) pairs (decode): V rows preloaded (k_attention's VPRE) */
 	const bool pre = (head_dim == 64 || head_dim == 128) && blocks <= (int64_t)KB_ATT_WAVE * ctx->sm_count;
-	AttKernel k = pre ? att_kernel_pl(av.planes, head_dim) : NULL;
+	AttKernel k = ll ? att_kernel_ll(av.planes, kb_act_q8(av), head_dim) : pre ? att_kernel_pl(av.planes, head_dim) : NULL;
 	if (!k)
 		k = kb_act_q8(av) ? att_kernel<KB_PL_DYN>(head_dim, pre) : att_kernel<KB_PL_DYN16>(head_dim, pre);
+	KbCudaLL llv;
+	memset(&llv, 0, sizeof(llv));
+	if (ll)
+		llv = *ll;
 	const int pdl = kb_small_pdl(n), trig = pdl ? (early ? 2 : 1) : 0;
 	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, trig,
 			q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head,
 			n_head / n_head_kv, head_dim, (int)(n_head_kv * head_dim), slot_stride, scale, ctx->att_split_keys,
 			out, av,
-			ctx->att_part, ctx->att_cnt);
+			ctx->att_part, ctx->att_cnt, llv);
 	if (r == 0 && act) {
 		act->cols = (int64_t)n_head * head_dim;
 		act->n_tok = n;

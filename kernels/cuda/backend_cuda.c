@@ -195,6 +195,7 @@ static void cuda_free(KbBackend *b)
 	kb_cuda_act_free(c->act);
 	kb_cuda_act_free(c->act_alt);
 	kb_cuda_dev_free(c->ctx, c->norm_part);
+	kb_cuda_dev_free(c->ctx, c->ll);
 	kb_cuda_dev_free(c->ctx, c->xq);
 	kb_cuda_host_free(c->ctx, c->amax);
 	kb_cuda_dev_free(c->ctx, c->topk_dev);
@@ -438,6 +439,7 @@ int cuda_rope_kv_store(KbBackend *b, const KbAttention *a, float *q, float *k, c
 	if (r < 0)
 		return r;
 	const float theta_scale = powf(base, -2.0f / (float)rot_dim);
+	c->ll_pend = 0; /* q, k and v come from here now, not from a hand-over */
 	return kb_cuda_rope_kv_store(c->ctx, q, k, v, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head,
 				     a->n_head_kv, a->head_dim, rot_dim, theta_scale, a->kv_slot_stride);
 }
@@ -522,10 +524,23 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 	KbCudaAct *act = c->fuse && a->n_tokens <= KB_CUDA_MAX_TOK && c->act && cols <= kb_cuda_act_cap(c->act)
 				 ? c->act
 				 : NULL;
+	/* q, k and v handed over by matmul_rope_kv of this layer in this step (KbCudaLL): the
+	 * output then goes to act_alt, since the q/k/v launch may still read act, and the two
+	 * swap after */
+	const int ll = c->ll_pend && c->ll_pend == a->layer_id && c->step.active && a->n_tokens == 1 && act &&
+		       c->act_alt && cols <= kb_cuda_act_cap(c->act_alt) && (a->head_dim == 64 || a->head_dim == 128);
+	c->ll_pend = 0;
+	const KbCudaLL llv = { .ll = c->ll, .serial = ll ? step_serial(c) : NULL, .layer = a->layer_id - 1,
+			       .nq = (int)cols, .nkv = a->n_head_kv * a->head_dim };
 	r = kb_cuda_attention(c->ctx, a->q, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head, a->n_head_kv,
 			      a->head_dim, a->kv_slot_stride, a->scale, step_max_len(a->pos, a->n_tokens), att_early(a),
-			      a->out, act);
+			      a->out, ll ? c->act_alt : act, ll ? &llv : NULL);
 	if (r == 0 && act) {
+		if (ll) {
+			c->act = c->act_alt;
+			c->act_alt = act;
+			c->step.stats.att_ll++;
+		}
 		c->act_x = a->out;
 		c->act_n = a->n_tokens;
 		c->act_cols = cols;
@@ -638,6 +653,7 @@ int kb_cuda_backend_new(int device, KbBackend **ret)
 	c->fuse = env_on("QD_CUDA_FUSE");
 	c->gemm = env_on("QD_CUDA_GEMM");
 	c->att_tc = env_on("QD_CUDA_ATT_TC");
+	c->ll_on = env_on("QD_CUDA_ATT_LL");
 	/* QD_CUDA_MMV_STAGES=N: the decode products' bulk-copy ring (0: register loads, -1: by type) */
 	const char *st = getenv("QD_CUDA_MMV_STAGES");
 	if (st && *st)

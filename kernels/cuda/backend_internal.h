@@ -39,8 +39,9 @@ typedef struct {
 
 /* The step in progress and the graph cache. */
 typedef struct {
-	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step */
-	int32_t *host;          /* pinned staging for the one copy, [3][cap] */
+	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step, then its serial */
+	int32_t *host;          /* pinned staging for the one copy, [3][cap] + 1 */
+	uint32_t serial;        /* the step's number, never 0 (KbCudaLL's tags) */
 	int cap;
 	int active, capturing, n, variant, splits;
 	int copy_queued;        /* a copy out of host may still be queued (until cuda_sync) */
@@ -75,6 +76,12 @@ typedef struct {
 	int act_n;
 	int64_t act_cols;
 	int fuse;
+	/* attention takes the q/k/v launch's rows by their tags (KbCudaLL) at one token in a
+	 * step: QD_CUDA_ATT_LL (default on) */
+	int ll_on;
+	uint64_t *ll;           /* the hand-over words, [nq + 2 nkv] */
+	size_t ll_bytes;
+	int ll_pend;            /* layer_id whose matmul_rope_kv wrote them this step, for its attention; 0: none */
 	int att_tc;             /* many-token attention on the tensor cores (attention_tc.cu) */
 	int att_heads;          /* n_head of the last attention call (0: none yet), for step_begin's
 				 * prediction of its launch (kb_cuda_att_splits) */
@@ -95,6 +102,12 @@ typedef struct {
 static inline CudaBackend *cb(KbBackend *b)
 {
 	return (CudaBackend *)b;
+}
+
+/* The step's serial on the device (KbCudaLL.serial), inside a step. */
+static inline const uint32_t *step_serial(const CudaBackend *c)
+{
+	return (const uint32_t *)(c->step.dev + 3 * (int64_t)c->step.n);
 }
 
 /* The longest context among a step's tokens (host positions): what its attention

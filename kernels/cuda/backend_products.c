@@ -328,13 +328,39 @@ int cuda_matmul_rope_kv(KbBackend *b, const KbWeight *const *w, const float *x, 
 	if (r < 0 || (r = step_idx(c, &c->seq, 2, a->seq, a->n_tokens, &dseq)) < 0)
 		return r;
 	/* the same float as cuda_rope_kv_store */
-	const KbCudaRope rope = { .pos = dpos, .seq = dseq, .k_cache = a->k_cache, .v_cache = a->v_cache,
-				  .slot_stride = a->kv_slot_stride, .head_dim = a->head_dim, .rot_dim = rot_dim,
-				  .theta_scale = powf(base, -2.0f / (float)rot_dim) };
+	KbCudaRope rope = { .pos = dpos, .seq = dseq, .k_cache = a->k_cache, .v_cache = a->v_cache,
+			    .slot_stride = a->kv_slot_stride, .head_dim = a->head_dim, .rot_dim = rot_dim,
+			    .theta_scale = powf(base, -2.0f / (float)rot_dim) };
 	const int whole = w[0]->rows == (int64_t)a->n_head * a->head_dim &&
 			  w[1]->rows == (int64_t)a->n_head_kv * a->head_dim && w[2]->rows == w[1]->rows;
+	c->ll_pend = 0;
+	/* one token in a step: the rows also go to the hand-over words for this layer's
+	 * attention (KbCudaLL; the tags need the step's serial, and a layer below 256) */
+	const int64_t words = w[0]->rows + 2 * w[1]->rows;
+	/* ... and where attention's output fits act (as the products' x: act is not regrown
+	 * here) and act_alt, which it then writes; buffers grow outside captures only (the
+	 * step's first, plain run) */
+	const int ll = c->ll_on && c->fuse && n == 1 && c->step.active && whole && rot_dim > 0 &&
+		       a->layer_id >= 1 && a->layer_id <= 256 && c->act && kb_cuda_act_cap(c->act) >= w[0]->rows &&
+		       (!c->step.capturing ||
+			(c->ll && c->ll_bytes >= sizeof(uint64_t) * (size_t)words && c->act_alt &&
+			 kb_cuda_act_cap(c->act_alt) >= kb_cuda_act_cap(c->act)));
+	if (ll) {
+		if ((r = acts_ensure(c, kb_cuda_act_cap(c->act))) < 0 ||
+		    (r = dev_grow(c, (void **)&c->ll, &c->ll_bytes, sizeof(uint64_t) * (size_t)words)) < 0)
+			return r;
+		if (r > 0) { /* no tag is 0 (cuda_step_begin): zeros never pass for a row */
+			graphs_drop(c);
+			if ((r = kb_cuda_memset(c->ctx, c->ll, 0, c->ll_bytes)) < 0)
+				return r;
+		}
+		rope.ll = (KbCudaLL){ .ll = c->ll, .serial = step_serial(c), .layer = a->layer_id - 1,
+				      .nq = (int)w[0]->rows, .nkv = (int)w[1]->rows };
+	}
 	int done = 0;
 	if ((r = mm_multi(c, 3, w, x, n, y, 0, whole && rot_dim > 0 ? &rope : NULL, &done)) < 0)
 		return r;
+	if (done && rope.ll.ll)
+		c->ll_pend = a->layer_id;
 	return done ? 0 : cuda_rope_kv_store(b, a, y[0], y[1], y[2], rot_dim, base);
 }

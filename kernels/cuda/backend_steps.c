@@ -82,9 +82,9 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 			cap = STEP_GRAPH_MAX_TOK;
 		void *host = NULL, *dev = NULL;
 		if ((r = kb_cuda_sync(c->ctx)) < 0 ||
-		    (r = kb_cuda_host_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &host, NULL)) < 0)
+		    (r = kb_cuda_host_alloc(c->ctx, sizeof(int32_t) * (3 * (size_t)cap + 1), &host, NULL)) < 0)
 			return r;
-		if ((r = kb_cuda_alloc(c->ctx, sizeof(int32_t) * 3 * (size_t)cap, &dev)) < 0) {
+		if ((r = kb_cuda_alloc(c->ctx, sizeof(int32_t) * (3 * (size_t)cap + 1), &dev)) < 0) {
 			kb_cuda_host_free(c->ctx, host);
 			return r;
 		}
@@ -105,7 +105,14 @@ int cuda_step_begin(KbBackend *b, const KbStep *s)
 	memcpy(st->host, s->token, sizeof(int32_t) * (size_t)n);
 	memcpy(st->host + n, s->pos, sizeof(int32_t) * (size_t)n);
 	memcpy(st->host + 2 * n, s->seq, sizeof(int32_t) * (size_t)n);
-	if ((r = kb_cuda_upload_async(c->ctx, st->dev, st->host, sizeof(int32_t) * 3 * (size_t)n)) < 0)
+	/* and the step's serial, the tag of its hand-over words (KbCudaLL): a replay's kernels
+	 * read it from there, so each step's tags differ from the last one's */
+	do /* a tag is the serial's low 24 bits and the layer: never 0, which fresh words hold */
+		st->serial++;
+	while (!(st->serial & 0xffffffu));
+	memcpy(st->host + 3 * n, &st->serial, sizeof(st->serial));
+	c->ll_pend = 0;
+	if ((r = kb_cuda_upload_async(c->ctx, st->dev, st->host, sizeof(int32_t) * (3 * (size_t)n + 1))) < 0)
 		return r;
 	st->copy_queued = 1;
 	if (st->enabled && n <= STEP_GRAPH_MAX_TOK) {

@@ -151,12 +151,26 @@ int kb_cuda_mmv_multi(KbCuda *ctx, int nw, const KbCudaWeight *const *w, const K
  * another type than the rest where one launch holds that pair (Q4_K + Q6_K, one token,
  * int8 activations); else that is -EOPNOTSUPP, as is rot_dim above 128 (the epilogue's
  * table of sines and cosines). */
+/* A one-token step's q, k and v rows handed from the q/k/v product to attention without
+ * the grid-wide wait (kb_cuda_mmv_qkv_rope with ROPE.ll, kb_cuda_attention with LL): the
+ * product's epilogue also writes each row to LL, [nq + 2 nkv] words of tag << 32 | the
+ * f32's bits (q, then k, then v), and attention's blocks read their head's rows there
+ * until every word carries this (step, layer)'s tag, (*serial << 8) | layer: the data is
+ * its own flag, so neither side needs a fence (one 64-bit word is written and read whole).
+ * SERIAL (device) is the step's number, copied with its indices; layer 0..255.  Words of
+ * another step or layer never match, so nothing is reset between uses. */
+typedef struct {
+	uint64_t *ll; /* NULL: no hand-over */
+	const uint32_t *serial;
+	int layer, nq, nkv;
+} KbCudaLL;
 typedef struct {
 	const int32_t *pos, *seq;
 	uint16_t *k_cache, *v_cache;
 	int64_t slot_stride;
 	int head_dim, rot_dim;
 	float theta_scale;
+	KbCudaLL ll; /* one token only */
 } KbCudaRope;
 int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y_dev,
 			 const KbCudaRope *rope);
@@ -261,6 +275,7 @@ int kb_cuda_timer_stop(KbCuda *ctx, double *ret_ms);
 typedef struct {
 	uint64_t captures, replays, plain, failed;
 	uint64_t qkv_pairs, qkv_rope;
+	uint64_t att_ll; /* attention launches that took q, k and v by their tags (KbCudaLL) */
 } KbCudaStepStats;
 
 struct KbBackend;

@@ -466,6 +466,20 @@ __device__ __forceinline__ void kb_pdl_wait(void)
 #endif
 }
 
+/* A 64-bit word stored or loaded whole at the GPU's scope, without a fence: KbCudaLL's
+ * hand-over, where a reader takes another block's word only once the word's own tag says
+ * it is the one it waits for (volatile: each poll loads again). */
+__device__ __forceinline__ void kb_st_relaxed_u64(unsigned long long *p, unsigned long long v)
+{
+	asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v));
+}
+__device__ __forceinline__ unsigned long long kb_ld_relaxed_u64(const unsigned long long *p)
+{
+	unsigned long long v;
+	asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p));
+	return v;
+}
+
 /* Stores activation value v of token t, column col, into the planes o.planes of the
  * product layout (f16, bf16 hi + lo, 32-column sums, int8 levels with their block scale;
  * see KbActView).

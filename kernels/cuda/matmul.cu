@@ -46,6 +46,11 @@ typedef struct {
 	int64_t stride;
 	int hd, rot_dim, kvd;
 	float theta_scale;
+	/* one token: the rows also to ll (KbCudaLL; NULL: not), q's at 0, k's at nq, v's at
+	 * nq + kvd, tagged (*serial << 8) | layer */
+	unsigned long long *ll;
+	const uint32_t *serial;
+	int layer, nq;
 } KbMmvRope;
 
 /* The residual product's epilogue that starts the next RMSNorm (k_mmv_norm): each 32-row
@@ -118,6 +123,7 @@ static inline size_t kb_mmv_smem(int nw, int rt, size_t epi)
 #define KB_ROPE_TAB 64
 typedef struct {
 	int pos[KB_MAX_TOK], seq[KB_MAX_TOK];
+	unsigned tag; /* KbMmvRope.ll's tag of this step and layer */
 	float2 sc[KB_MAX_TOK][KB_ROPE_TAB]; /* sin, cos of pos * theta_scale^i */
 } KbRopeSm;
 template <bool ROPE> __host__ __device__ constexpr size_t kb_rope_sm()
@@ -517,6 +523,10 @@ static void kb_rope_args(KbMmvRope *r, const KbCudaRope *rope, int64_t kvd)
 	r->rot_dim = rope->rot_dim;
 	r->kvd = (int)kvd;
 	r->theta_scale = rope->theta_scale;
+	r->ll = (unsigned long long *)rope->ll.ll;
+	r->serial = rope->ll.serial;
+	r->layer = rope->ll.layer;
+	r->nq = rope->ll.nq;
 }
 
 template <int T>

@@ -77,6 +77,11 @@ __device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, const KbRop
 		val = odd ? __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs)) : __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
 	}
 	y[tok * ldy + row] = val;
+#ifndef QD_DEV_NO_LL_EPI /* dev experiment (session 36): what this code costs where it never runs */
+	if (r.ll && tok == 0) /* one token (the host sets ll only then): the row for attention too */
+		kb_st_relaxed_u64(r.ll + (si == 0 ? row : si == 1 ? r.nq + row : r.nq + r.kvd + row),
+				  (unsigned long long)rs->tag << 32 | __float_as_uint(val));
+#endif
 	if (si > 0) {
 		const int64_t dst = (int64_t)rs->seq[tok] * r.stride + (int64_t)rs->pos[tok] * r.kvd + row;
 		(si == 1 ? r.kc : r.vc)[dst] = __float2half_rn(val);
@@ -115,6 +120,10 @@ __device__ __forceinline__ void kb_rope_pre(const KbMmvArgs &a, float4 *red, int
 		if (lane == 0) {
 			rs->pos[t] = pos;
 			rs->seq[t] = a.rope.seq[t];
+#ifndef QD_DEV_NO_LL_EPI
+			if (t == 0 && a.rope.ll) /* copied with the indices: readable before the wait too */
+				rs->tag = *a.rope.serial << 8 | (unsigned)a.rope.layer;
+#endif
 		}
 		float th = (float)pos;
 		for (int i = 0; i < lane; i++)

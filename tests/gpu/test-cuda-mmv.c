@@ -498,7 +498,9 @@ static void test_rope_warps(void)
 			CU_ASSERT_EQUAL(kb_cuda_memset(ctx, kc[k], 0, cache), 0);
 			CU_ASSERT_EQUAL(kb_cuda_memset(ctx, vc[k], 0, cache), 0);
 		}
-		const KbCudaRope rope = { dpos, dpos + NT, kc[0], vc[0], stride, HD, HD, powf(10000.f, -2.f / HD) };
+		const KbCudaRope rope = { .pos = dpos, .seq = dpos + NT, .k_cache = kc[0], .v_cache = vc[0],
+					  .slot_stride = stride, .head_dim = HD, .rot_dim = HD,
+					  .theta_scale = powf(10000.f, -2.f / HD) };
 		CU_ASSERT_EQUAL(kb_cuda_act_prepare(ctx, act, dx, COLS, COLS, NT), 0);
 		CU_ASSERT_EQUAL(kb_cuda_mmv_qkv_rope(ctx, (const KbCudaWeight *const *)w, act, dy[0], &rope), 0);
 		CU_ASSERT_EQUAL(kb_cuda_mmv_multi(ctx, 3, (const KbCudaWeight *const *)w, act, dy[1], 0), 0);
