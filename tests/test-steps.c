@@ -511,25 +511,31 @@ static void test_step_graph_splits(void)
  * as forward.c calls them (matmul_rope_kv and attention with layer_id): with attention
  * taking q, k and v by their tags from the q/k/v launch (KbCudaLL, the default) the steps
  * give the same bits as with it waiting for that launch (QD_CUDA_ATT_LL=0), over one-token
- * steps recorded, replayed and rewound, with f16 activations (the default at this size:
- * the PL DYN16 instance) and int8 ones (QD_CUDA_MMV_I8=1: the fixed plane set of the 7B
- * Q4_0 models), head size 128; and the hand-over really ran. */
-enum { HD = 512, HH = 4, HKV = 2, HHD = 128, HCTX = 32, HL = 2, HVOCAB = 50 };
+ * steps recorded and replayed up to 140 keys (a warp's keys then span two tiles, the own
+ * key in the second), then rewound; with int8 activations (QD_CUDA_MMV_I8=1: the walks
+ * that write the hand-over words, the 7B models' plane set) at head sizes 128 and 64 (the
+ * latter in 3 attention splits), where the hand-over must run, and with f16 ones (this
+ * size's default), whose launches write no words, so attention must wait as before. */
+enum { HD = 512, HCTX = 160, HL = 2, HVOCAB = 50 };
 typedef struct {
+	int hd, nh, nkv;
 	KbWeight w[5]; /* emb, q, k, v, o */
 	uint8_t *raw[5];
 	float *norm, *x, *xn, *q, *k, *v, *att;
 	uint16_t *kc[HL], *vc[HL];
 } Hand;
 
-static int hand_new(KbBackend *b, Hand *h)
+static int hand_new(KbBackend *b, Hand *h, int hd)
 {
-	static const struct { int type; int64_t rows, cols; } ws[5] = {
-		{ QD_TYPE_Q8_0, HVOCAB, HD }, { QD_TYPE_Q4_0, HH * HHD, HD }, { QD_TYPE_Q4_0, HKV * HHD, HD },
-		{ QD_TYPE_Q4_0, HKV * HHD, HD }, { QD_TYPE_Q4_0, HD, HH * HHD },
+	memset(h, 0, sizeof(*h));
+	h->hd = hd;
+	h->nh = HD / hd;
+	h->nkv = h->nh / 2;
+	const struct { int type; int64_t rows, cols; } ws[5] = {
+		{ QD_TYPE_Q8_0, HVOCAB, HD }, { QD_TYPE_Q4_0, HD, HD }, { QD_TYPE_Q4_0, HD / 2, HD },
+		{ QD_TYPE_Q4_0, HD / 2, HD }, { QD_TYPE_Q4_0, HD, HD },
 	};
 	uint64_t s = 0x71;
-	memset(h, 0, sizeof(*h));
 	for (int i = 0; i < 5; i++) {
 		size_t bytes;
 		if (!(h->raw[i] = rand_weight(ws[i].type, ws[i].rows, ws[i].cols, &s, &bytes)))
@@ -546,8 +552,8 @@ static int hand_new(KbBackend *b, Hand *h)
 		if (!(*fs[i] = buf_in(b, NULL, sizeof(float) * HD)))
 			return -ENOMEM;
 	for (int l = 0; l < HL; l++)
-		if (!(h->kc[l] = buf_in(b, NULL, sizeof(uint16_t) * HCTX * HKV * HHD)) ||
-		    !(h->vc[l] = buf_in(b, NULL, sizeof(uint16_t) * HCTX * HKV * HHD)))
+		if (!(h->kc[l] = buf_in(b, NULL, sizeof(uint16_t) * HCTX * HD / 2)) ||
+		    !(h->vc[l] = buf_in(b, NULL, sizeof(uint16_t) * HCTX * HD / 2)))
 			return -ENOMEM;
 	return h->norm ? 0 : -ENOMEM;
 }
@@ -569,14 +575,14 @@ static int hand_ops(KbBackend *b, Hand *h, const int32_t *id, const int32_t *pos
 	const KbOps *o = b->ops;
 	int r = o->get_rows(b, &h->w[0], id, 1, h->x);
 	for (int l = 0; l < HL && r == 0; l++) {
-		KbAttention a = { .n_tokens = 1, .n_head = HH, .n_head_kv = HKV, .head_dim = HHD, .pos = pos,
+		KbAttention a = { .n_tokens = 1, .n_head = h->nh, .n_head_kv = h->nkv, .head_dim = h->hd, .pos = pos,
 				  .seq = seq, .q = h->q, .k_cache = h->kc[l], .v_cache = h->vc[l],
-				  .kv_slot_stride = HCTX * HKV * HHD, .scale = 0.088f, .out = h->att,
+				  .kv_slot_stride = HCTX * HD / 2, .scale = 1.0f / sqrtf((float)h->hd), .out = h->att,
 				  .next = &h->w[4], .layer_id = l + 1 };
 		const KbWeight *wqkv[3] = { &h->w[1], &h->w[2], &h->w[3] }, *wo[1] = { &h->w[4] };
 		float *const y[3] = { h->q, h->k, h->v }, *const yx[1] = { h->x };
 		if ((r = o->rmsnorm(b, h->x, h->norm, 1, HD, 1e-5f, h->xn)) < 0 ||
-		    (r = o->matmul_rope_kv(b, wqkv, h->xn, 1, y, &a, HHD, 1e4f)) < 0 || (r = o->attention(b, &a)) < 0)
+		    (r = o->matmul_rope_kv(b, wqkv, h->xn, 1, y, &a, h->hd, 1e4f)) < 0 || (r = o->attention(b, &a)) < 0)
 			break;
 		r = o->matmul_multi(b, 1, wo, h->att, 1, yx, 1);
 	}
@@ -598,26 +604,32 @@ static void test_step_handover(void)
 {
 	if (!ready())
 		return;
-	for (int i8 = 0; i8 < 2; i8++) {
+	static const struct { int i8, hd; const char *split_keys; } runs[] = {
+		{ 1, 128, NULL }, { 1, 64, "48" }, { 0, 128, NULL },
+	};
+	for (size_t ri = 0; ri < sizeof(runs) / sizeof(runs[0]); ri++) {
 		KbBackend *b[2] = { NULL, NULL };
-		if (i8)
+		if (runs[ri].i8)
 			setenv("QD_CUDA_MMV_I8", "1", 1);
+		if (runs[ri].split_keys)
+			setenv("QD_CUDA_ATT_SPLIT_KEYS", runs[ri].split_keys, 1);
 		int r0 = cuda_new(0, &b[0]);
 		setenv("QD_CUDA_ATT_LL", "0", 1);
 		int r1 = cuda_new(0, &b[1]);
 		unsetenv("QD_CUDA_ATT_LL");
 		unsetenv("QD_CUDA_MMV_I8");
+		unsetenv("QD_CUDA_ATT_SPLIT_KEYS");
 		CU_ASSERT_EQUAL_FATAL(r0, 0);
 		CU_ASSERT_EQUAL_FATAL(r1, 0);
 		Hand h[2];
-		CU_ASSERT_EQUAL_FATAL(hand_new(b[0], &h[0]), 0);
-		CU_ASSERT_EQUAL_FATAL(hand_new(b[1], &h[1]), 0);
+		CU_ASSERT_EQUAL_FATAL(hand_new(b[0], &h[0], runs[ri].hd), 0);
+		CU_ASSERT_EQUAL_FATAL(hand_new(b[1], &h[1], runs[ri].hd), 0);
 		float x[2][HD];
 		uint64_t s = 0x4d;
-		int diffs = 0;
-		for (int i = 0; i < 28; i++) {
-			/* positions 0..19 of slot 0, then a rewind to 6 and on */
-			const int32_t id = (int32_t)(tu_rand_u64(&s) % HVOCAB), pos = i < 20 ? i : i - 14, seq = 0;
+		int diffs = 0, steps = 0;
+		for (int i = 0; i < 150; i++, steps++) {
+			/* positions 0..139 of slot 0, then a rewind to 100 and on */
+			const int32_t id = (int32_t)(tu_rand_u64(&s) % HVOCAB), pos = i < 140 ? i : i - 40, seq = 0;
 			for (int k = 0; k < 2; k++) {
 				CU_ASSERT_EQUAL_FATAL(hand_step(b[k], &h[k], &id, &pos, &seq), 0);
 				CU_ASSERT_EQUAL_FATAL(buf_out(b[k], x[k], h[k].x, sizeof(x[k])), 0);
@@ -628,13 +640,18 @@ static void test_step_handover(void)
 		CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(b[0], &st[0]), 0);
 		CU_ASSERT_EQUAL(kb_cuda_backend_step_stats(b[1], &st[1]), 0);
 		CU_ASSERT_EQUAL(diffs, 0);
-		/* every layer of the steps not replayed, but the first one's (no act yet) */
-		CU_ASSERT(st[0].att_ll >= 2 && st[0].att_ll + 1 >= st[0].qkv_rope);
+		if (runs[ri].i8) { /* every layer of the steps not replayed but the first (no act yet) */
+			CU_ASSERT(st[0].att_ll >= 2 && st[0].att_ll + 1 >= st[0].qkv_rope);
+		} else {
+			CU_ASSERT_EQUAL(st[0].att_ll, 0);
+		}
 		CU_ASSERT_EQUAL(st[1].att_ll, 0);
-		CU_ASSERT(st[0].replays >= 20);
-		printf("\n    %s activations: 28 steps, %d differ; hand-overs %llu (of %llu q/k/v launches run), replays %llu\n",
-		       i8 ? "int8" : "default", diffs, (unsigned long long)st[0].att_ll,
-		       (unsigned long long)st[0].qkv_rope, (unsigned long long)st[0].replays);
+		CU_ASSERT(st[0].replays >= 100);
+		printf("\n    %s activations, head size %d%s: %d steps, %d differ; hand-overs %llu of %llu q/k/v "
+		       "launches run, %llu replays\n",
+		       runs[ri].i8 ? "int8" : "f16", runs[ri].hd, runs[ri].split_keys ? ", splits" : "", steps, diffs,
+		       (unsigned long long)st[0].att_ll, (unsigned long long)st[0].qkv_rope,
+		       (unsigned long long)st[0].replays);
 		for (int k = 0; k < 2; k++) {
 			hand_free(b[k], &h[k]);
 			b[k]->ops->free(b[k]);

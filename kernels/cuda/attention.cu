@@ -14,7 +14,6 @@
  * results meet in shared memory at the end. */
 #include <cuda_fp16.h>
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "internal.cuh"
@@ -207,8 +206,8 @@ __device__ __forceinline__ float att_scores(const uint4 (&u)[4 * PER], const uin
 /* The LL instances (KbCudaLL): lane l's PER words of q (dimensions PER l ..) and, in the
  * warp that holds the step's own key (OWN), of its K and V rows, polled until every one
  * carries TAG; then q as floats and K, V as the caches hold them (f16 of the same floats:
- * rope_kv_store's rounding), two to a word.  Polls ~2^22 times at most (seconds) and then
- * traps: a hand-over that never comes is a bug, and an error the caller sees beats a hang. */
+ * rope_kv_store's rounding), two to a word.  Traps after ~2 s of polling: a hand-over that
+ * never comes is a bug, and an error the caller sees (-EIO) beats a hang. */
 template <int PER>
 __device__ __forceinline__ void att_ll_poll(const KbCudaLL &ll, unsigned tag, int h, int kvh, int hd, bool own,
 					    int lane, float (&qv)[PER], uint32_t (&kw)[PER / 2],
@@ -217,7 +216,7 @@ __device__ __forceinline__ void att_ll_poll(const KbCudaLL &ll, unsigned tag, in
 	const unsigned long long *base = (const unsigned long long *)ll.ll;
 	const unsigned long long *pq = base + (int64_t)h * hd + PER * lane;
 	const unsigned long long *pk = base + ll.nq + (int64_t)kvh * hd + PER * lane, *pv = pk + ll.nkv;
-	unsigned long long eq[PER], ek[PER], ev[PER];
+	unsigned long long eq[PER], ek[PER], ev[PER], t0 = 0;
 	for (unsigned spins = 0;; spins++) {
 		bool ok = true;
 #pragma unroll
@@ -235,8 +234,15 @@ __device__ __forceinline__ void att_ll_poll(const KbCudaLL &ll, unsigned tag, in
 			      (unsigned)(ev[i] >> 32) == tag;
 		if (__all_sync(0xffffffffu, ok))
 			break;
-		if (spins >= (1u << 22))
-			__trap();
+		/* the clock read only once the rows are late (every 1024th poll) */
+		if ((spins & 1023) == 1023) {
+			unsigned long long t;
+			asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+			if (!t0)
+				t0 = t;
+			else if (t - t0 > 2000000000ull)
+				__trap();
+		}
 	}
 #pragma unroll
 	for (int i = 0; i < PER; i++)
@@ -612,15 +618,6 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(ATT_PARAMS)
 	att_body<PER, VPRE, PL, LL>(ATT_ARGS);
 }
 
-/* Dev experiment (session 36): the LL instances held to 192 registers, so that a block
- * (128 threads) fits beside two of Q4_0's q/k/v blocks (3 x 20,480 registers a
- * multiprocessor) and can start polling as soon as one of them leaves, where 210 need two
- * to leave (QD_DEV_ATT_LL_REGS=192 chooses them). */
-template <int PER, unsigned PL> __global__ void __maxnreg__(192) k_attention_ll192(ATT_PARAMS)
-{
-	att_body<PER, true, PL, true>(ATT_ARGS);
-}
-
 typedef void (*AttKernel)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int,
 			  int, int, int, int64_t, float, int, float *, KbActOut, float *, unsigned *, const KbCudaLL);
 
@@ -657,24 +654,17 @@ static AttKernel att_kernel_pl(unsigned planes, int head_dim)
 
 /* The LL instances (head sizes 64 and 128): att_kernel_pl's fixed plane sets, or the
  * run-time ones (Q8: with the int8 planes). */
-template <unsigned PL> static AttKernel att_kernel_ll_pl(int head_dim, int r192)
+template <unsigned PL> static AttKernel att_kernel_ll_pl(int head_dim)
 {
-	if (r192)
-		return head_dim == 64 ? k_attention_ll192<2, PL> : head_dim == 128 ? k_attention_ll192<4, PL> : NULL;
 	return head_dim == 64 ? k_attention<2, true, PL, true> : head_dim == 128 ? k_attention<4, true, PL, true> : NULL;
 }
 static AttKernel att_kernel_ll(unsigned planes, bool q8, int head_dim)
 {
-	static int r192 = -1;
-	if (r192 < 0) {
-		const char *e = getenv("QD_DEV_ATT_LL_REGS");
-		r192 = e && atoi(e) == 192;
-	}
 	if (planes == KB_PL_Q)
-		return att_kernel_ll_pl<KB_PL_Q>(head_dim, r192);
+		return att_kernel_ll_pl<KB_PL_Q>(head_dim);
 	if (planes == (KB_PL_Q | KB_PL_E))
-		return att_kernel_ll_pl<KB_PL_Q | KB_PL_E>(head_dim, r192);
-	return q8 ? att_kernel_ll_pl<KB_PL_DYN>(head_dim, r192) : att_kernel_ll_pl<KB_PL_DYN16>(head_dim, r192);
+		return att_kernel_ll_pl<KB_PL_Q | KB_PL_E>(head_dim);
+	return q8 ? att_kernel_ll_pl<KB_PL_DYN>(head_dim) : att_kernel_ll_pl<KB_PL_DYN16>(head_dim);
 }
 
 extern "C" int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys)
@@ -710,11 +700,15 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	if (!ctx || !q || !k_cache || !v_cache || !pos || !seq || !out || n < 0 || n_head < 1 || n_head_kv < 1 ||
 	    n_head % n_head_kv || head_dim < 32 || head_dim % 32 || head_dim > 32 * ATT_MAXPER)
 		return -EINVAL;
-	/* the hand-over: one token, a VPRE head size, the early launch (no wait at all) */
-	if (ll && (n != 1 || !ll->ll || !ll->serial || (head_dim != 64 && head_dim != 128) || !kb_small_pdl(n) ||
-		   ll->nq < n_head * head_dim || ll->nkv < n_head_kv * head_dim || ll->layer < 0 || ll->layer > 255 ||
-		   (int64_t)n_head > (int64_t)KB_ATT_WAVE * ctx->sm_count))
+	/* the hand-over: one token, a VPRE head size, the words of these heads */
+	if (ll && (n != 1 || !ll->ll || !ll->serial || (head_dim != 64 && head_dim != 128) ||
+		   ll->nq != n_head * head_dim || ll->nkv != n_head_kv * head_dim || ll->layer < 0 || ll->layer > 255))
 		return -EINVAL;
+	/* and the decode instances with the early launch; where those are not taken (more
+	 * heads than a wave of blocks: a device of few multiprocessors) attention waits for
+	 * the q/k/v launch as usual, which wrote q and the caches all the same */
+	if (ll && (!kb_small_pdl(n) || (int64_t)n_head > (int64_t)KB_ATT_WAVE * ctx->sm_count))
+		ll = NULL;
 	if (n == 0)
 		return 0;
 	const int64_t blocks = (int64_t)n * n_head;
@@ -762,5 +756,5 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 		act->cols = (int64_t)n_head * head_dim;
 		act->n_tok = n;
 	}
-	return r;
+	return r == 0 && ll ? 1 : r;
 }

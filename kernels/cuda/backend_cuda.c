@@ -535,11 +535,14 @@ static int cuda_attention(KbBackend *b, const KbAttention *a)
 	r = kb_cuda_attention(c->ctx, a->q, a->k_cache, a->v_cache, dpos, dseq, a->n_tokens, a->n_head, a->n_head_kv,
 			      a->head_dim, a->kv_slot_stride, a->scale, step_max_len(a->pos, a->n_tokens), att_early(a),
 			      a->out, ll ? c->act_alt : act, ll ? &llv : NULL);
+	if (r > 0) { /* it took the hand-over */
+		c->step.stats.att_ll++;
+		r = 0;
+	}
 	if (r == 0 && act) {
-		if (ll) {
+		if (ll) { /* act_alt holds the output, whether it took the hand-over or waited */
 			c->act = c->act_alt;
 			c->act_alt = act;
-			c->step.stats.att_ll++;
 		}
 		c->act_x = a->out;
 		c->act_n = a->n_tokens;

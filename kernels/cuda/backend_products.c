@@ -117,8 +117,9 @@ static int mm_multi(CudaBackend *c, int nw, const KbWeight *const *w, const floa
 		if (c->fuse && rope && nt == n) {
 			/* one type, or two where one launch holds the pair (Q4_K_M's use_more_bits layers) */
 			r = kb_cuda_mmv_qkv_rope(c->ctx, mm, c->act, yt, rope);
-			if (r == 0) {
-				*rope_done = 1;
+			if (r >= 0) {
+				*rope_done = 1 + (r > 0); /* 2: with the hand-over words (KbCudaLL) */
+				r = 0;
 				c->step.stats.qkv_rope++;
 				c->step.stats.qkv_pairs += !same;
 				continue;
@@ -360,7 +361,7 @@ int cuda_matmul_rope_kv(KbBackend *b, const KbWeight *const *w, const float *x, 
 	int done = 0;
 	if ((r = mm_multi(c, 3, w, x, n, y, 0, whole && rot_dim > 0 ? &rope : NULL, &done)) < 0)
 		return r;
-	if (done && rope.ll.ll)
+	if (done == 2)
 		c->ll_pend = a->layer_id;
 	return done ? 0 : cuda_rope_kv_store(b, a, y[0], y[1], y[2], rot_dim, base);
 }

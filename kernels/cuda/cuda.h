@@ -174,6 +174,8 @@ typedef struct {
 } KbCudaRope;
 int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, const KbCudaAct *act, float *const *y_dev,
 			 const KbCudaRope *rope);
+/* (With ROPE->ll it returns 1 when the launch also writes the hand-over words, which only
+ * the one-token int8 register walks do; 0 when it runs without them.) */
 
 /* The residual product y_dev[t] += W x_t (W's rows a multiple of 32, y_dev [n_tok][rows]),
  * which also starts the RMSNorm of the new y with weights norm_w (device, rows): OUT (not

@@ -78,6 +78,7 @@ struct KbCuda {
 	int occ_swi[7][2][2];   /* and k_mmv_swi: [type slot][RMS][planes] */
 	int occ_bulk[7][18][9][9]; /* the same for k_mmv_bulk, [...][ring slots] */
 	int occ_pair[2][9];     /* and k_mmv_pair (its one type pair): [RMS][warps] */
+	int occ_ll[7][2][9];    /* and the one-token q/k/v walks with the hand-over words: [type slot][RMS][warps] */
 	uint64_t up_bytes;
 	double up_sec;
 	KbCudaAct *act;         /* for kb_cuda_mmv */

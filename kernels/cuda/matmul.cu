@@ -273,16 +273,16 @@ __device__ __forceinline__ void kb_cursor_next(const KbMmvArgs &a, int cnt, int 
  * k_mmv_swi names its one block (below).  Every other instance keeps the plain bound:
  * naming a minimum of even 1 block changed ptxas's schedule of the f16 kernels and cost 4%
  * of a 7B Q4_0 decode step. */
-template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0, bool LL = false>
 __global__ void __launch_bounds__(256) k_mmv(const KbMmvArgs a)
 {
-	kb_mmv_body<T, RT, ROPE, I8, 1, RMS, false, NW>(a);
+	kb_mmv_body<T, RT, ROPE, I8, 1, RMS, false, NW, KB_PL_DYN, LL>(a);
 }
 
-template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0, bool LL = false>
 __global__ void __launch_bounds__(256, 2) k_mmv_2(const KbMmvArgs a)
 {
-	kb_mmv_body<T, RT, ROPE, I8, 1, RMS, false, NW>(a);
+	kb_mmv_body<T, RT, ROPE, I8, 1, RMS, false, NW, KB_PL_DYN, LL>(a);
 }
 
 /* The residual product that starts the next RMSNorm (KbMmvNorm): 32-row groups, each
@@ -310,10 +310,10 @@ __global__ void __launch_bounds__(KB_WIDE_NW * 32, 1) k_mmv_swi(const KbMmvArgs 
 }
 
 /* Q4_0's one-token k_mmv at three blocks a multiprocessor (kb_mmv_occ3). */
-template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0, bool LL = false>
 __global__ void __launch_bounds__(256, 3) k_mmv_3(const KbMmvArgs a)
 {
-	kb_mmv_body<T, RT, ROPE, I8, 1, RMS, false, NW>(a);
+	kb_mmv_body<T, RT, ROPE, I8, 1, RMS, false, NW, KB_PL_DYN, LL>(a);
 }
 
 /* q/k/v of two weight types in one launch (Q4_K_M's use_more_bits layers: q and k in Q4_K,
@@ -333,24 +333,24 @@ __global__ void __launch_bounds__(256, 2) k_mmv_pair(const KbMmvArgs a, const Kb
 }
 
 /* The kernel instance for these parameters. */
-template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false, int NW = 0, bool LL = false>
 static constexpr void (*kb_mmv_kernel())(const KbMmvArgs)
 {
 	if constexpr (kb_mmv_occ3<T, RT, I8, 1>())
-		return k_mmv_3<T, RT, ROPE, I8, RMS, NW>;
+		return k_mmv_3<T, RT, ROPE, I8, RMS, NW, LL>;
 	else if constexpr ((T == QD_TYPE_Q4_1 || T == QD_TYPE_Q8_0) && I8 != 0)
-		return k_mmv_2<T, RT, ROPE, I8, RMS, NW>;
+		return k_mmv_2<T, RT, ROPE, I8, RMS, NW, LL>;
 	else
-		return k_mmv<T, RT, ROPE, I8, RMS, NW>;
+		return k_mmv<T, RT, ROPE, I8, RMS, NW, LL>;
 }
 
 /* The instance for C's warps a block: at the default warps, kb_fixed_nw's (the count as a
  * constant where it takes it), any other count read at run time. */
-template <int T, int RT, bool ROPE, int I8, bool RMS = false>
+template <int T, int RT, bool ROPE, int I8, bool RMS = false, bool LL = false>
 static void (*kb_mmv_kernel_for(const KbMmvConfig *c))(const KbMmvArgs)
 {
-	return c->warps == KB_MMV_WARPS ? kb_mmv_kernel<T, RT, ROPE, I8, RMS, kb_fixed_nw<T, I8>(KB_MMV_WARPS)>()
-					: kb_mmv_kernel<T, RT, ROPE, I8, RMS>();
+	return c->warps == KB_MMV_WARPS ? kb_mmv_kernel<T, RT, ROPE, I8, RMS, kb_fixed_nw<T, I8>(KB_MMV_WARPS), LL>()
+					: kb_mmv_kernel<T, RT, ROPE, I8, RMS, 0, LL>();
 }
 
 /* Into *ret_grid: the blocks of kernel K (THREADS, SMEM a block) to launch for n_groups
@@ -370,25 +370,32 @@ static int kb_fit_grid(KbCuda *ctx, K k, int threads, size_t smem, int *occ, int
 
 #include "matmul_bulk.cuh"
 
-template <int T, int RT, bool ROPE, int I8, bool RMS>
+template <int T, int RT, bool ROPE, int I8, bool RMS, bool LL>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a)
 {
 	const int nw = c->warps;
 	const size_t smem = kb_mmv_smem(nw, RT, kb_rope_sm<ROPE>());
-	void (*k)(const KbMmvArgs) = kb_mmv_kernel_for<T, RT, ROPE, I8, RMS>(c);
+	void (*k)(const KbMmvArgs) = kb_mmv_kernel_for<T, RT, ROPE, I8, RMS, LL>(c);
 	int grid = a.n_groups;
 	if (c->persist) {
-		int r = kb_fit_grid(ctx, k, nw * 32, smem,
-				    &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS][nw], c->persist,
-				    a.n_groups, &grid);
+		int *occ = LL ? &ctx->occ_ll[kb_type_slot(T)][RMS][nw]
+			      : &ctx->occ[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS][nw];
+		int r = kb_fit_grid(ctx, k, nw * 32, smem, occ, c->persist, a.n_groups, &grid);
 		if (r < 0)
 			return r;
 	}
 	return kb_launch(ctx, k, dim3((unsigned)grid), dim3((unsigned)(nw * 32)), smem, a);
 }
 
+/* A launch of the hand-over's instances (KbMmvRope.ll): 1 when it was queued, or -errno. */
+static inline int kb_ll_done(int r)
+{
+	return r == 0 ? 1 : r;
+}
+
 /* The int8 products: register loads, or the bulk-copy ring where kb_auto_stages (or the
- * configuration) asks for it. */
+ * configuration) asks for it.  With ROPE.ll the one-token register walks write the
+ * hand-over words too (returning 1); the ring and the other paths ignore it. */
 template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c, const KbMmvArgs &a, bool rope)
 {
 	const int S = c->stages < 0 ? kb_auto_stages<T, kb_i8_one(I8)>(a.n_chunks) : c->stages;
@@ -396,11 +403,13 @@ template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c,
 	if (a.rms.on) { /* activations of kb_cuda_mmv_res_norm: one token, one row tile (kb_cuda_mmv_rms_ok) */
 		if constexpr (I8 == 2) {
 			if (c->row_tiles == 1) {
+				if (rope && a.rope.ll && !bulk) /* 1: the hand-over words written */
+					return kb_ll_done(launch_rt<T, 1, true, I8, true, true>(ctx, c, a));
 				if (rope)
 					return bulk ? launch_bulk<T, 1, true, I8, true>(ctx, c, S, a)
-						    : launch_rt<T, 1, true, I8, true>(ctx, c, a);
+						    : launch_rt<T, 1, true, I8, true, false>(ctx, c, a);
 				return bulk ? launch_bulk<T, 1, false, I8, true>(ctx, c, S, a)
-					    : launch_rt<T, 1, false, I8, true>(ctx, c, a);
+					    : launch_rt<T, 1, false, I8, true, false>(ctx, c, a);
 			}
 		}
 		return -EINVAL;
@@ -411,10 +420,13 @@ template <int T, int I8> static int launch_i8(KbCuda *ctx, const KbMmvConfig *c,
 		return c->row_tiles == 1 ? launch_bulk<T, 1, false, I8, false>(ctx, c, S, a)
 					 : launch_bulk<T, 2, false, I8, false>(ctx, c, S, a);
 	}
+	if constexpr (kb_i8_one(I8))
+		if (rope && a.rope.ll)
+			return kb_ll_done(launch_rt<T, 1, true, I8, false, true>(ctx, c, a));
 	if (rope)
-		return launch_rt<T, 1, true, I8, false>(ctx, c, a);
-	return c->row_tiles == 1 ? launch_rt<T, 1, false, I8, false>(ctx, c, a)
-				 : launch_rt<T, 2, false, I8, false>(ctx, c, a);
+		return launch_rt<T, 1, true, I8, false, false>(ctx, c, a);
+	return c->row_tiles == 1 ? launch_rt<T, 1, false, I8, false, false>(ctx, c, a)
+				 : launch_rt<T, 2, false, I8, false, false>(ctx, c, a);
 }
 
 /* The 16-warp kernels whose flush holds a whole 32-row group (k_mmv_norm, k_mmv_swi; EPI:
@@ -567,13 +579,13 @@ template <int T> static int launch_f16_as(KbCuda *ctx, const KbMmvConfig *c, con
 {
 	const bool bulk = S > 0 && ctx->cc_major >= 9;
 	if (rope) /* its own instances (one row tile), so the other products carry none of it */
-		return bulk ? launch_bulk<T, 1, true, 0, false>(ctx, c, S, a) : launch_rt<T, 1, true, 0, false>(ctx, c, a);
+		return bulk ? launch_bulk<T, 1, true, 0, false>(ctx, c, S, a) : launch_rt<T, 1, true, 0, false, false>(ctx, c, a);
 	if (bulk)
 		return c->row_tiles == 1 ? launch_bulk<T, 1, false, 0, false>(ctx, c, S, a)
 					 : launch_bulk<T, 2, false, 0, false>(ctx, c, S, a);
 	if (c->row_tiles == 1)
-		return launch_rt<T, 1, false, 0, false>(ctx, c, a);
-	return launch_rt<T, 2, false, 0, false>(ctx, c, a);
+		return launch_rt<T, 1, false, 0, false, false>(ctx, c, a);
+	return launch_rt<T, 2, false, 0, false, false>(ctx, c, a);
 }
 
 /* The f16 products of weight type T over COLS columns.  Q8_0's: 2-8 tokens of rows of 8
@@ -740,8 +752,12 @@ extern "C" int kb_cuda_mmv_qkv_rope(KbCuda *ctx, const KbCudaWeight *const *w, c
 	int64_t ldy[3];
 	for (int i = 0; i < 3; i++)
 		ldy[i] = w[i]->rows;
+	const KbCudaLL *ll = &rope->ll;
+	if (ll->ll && (!act || act->n_tok != 1 || !ll->serial || ll->layer < 0 || ll->layer > 255 ||
+		       ll->nq != w[0]->rows || ll->nkv != w[1]->rows))
+		return -EINVAL;
 	if (w[1]->type != w[0]->type || w[2]->type != w[0]->type)
-		return mmv_pair_launch(ctx, w, act, y_dev, ldy, rope);
+		return mmv_pair_launch(ctx, w, act, y_dev, ldy, rope); /* 0: no hand-over words */
 	return mmv_launch(ctx, 3, w, act, y_dev, ldy, 0, rope);
 }
 

@@ -207,7 +207,7 @@ template <int T, bool ONE = false> static int kb_auto_stages(int n_chunks)
 	return T == QD_TYPE_Q4_1 && n_chunks >= 8 && !ONE ? 2 : 0;
 }
 
-template <int T, int RT, bool ROPE, int I8, bool RMS>
+template <int T, int RT, bool ROPE, int I8, bool RMS, bool LL>
 static int launch_rt(KbCuda *ctx, const KbMmvConfig *c, KbMmvArgs a);
 
 template <int T, int RT, bool ROPE>
@@ -231,7 +231,7 @@ static int launch_bulk(KbCuda *ctx, const KbMmvConfig *c, int S, KbMmvArgs a)
 		S--;
 	const size_t smem = kb_bulk_smem<T, RT, ROPE>(nw, S);
 	if (smem > ctx->smem_optin)
-		return launch_rt<T, RT, ROPE, I8, RMS>(ctx, c, a);
+		return launch_rt<T, RT, ROPE, I8, RMS, false>(ctx, c, a);
 	a.stages = S;
 	uint8_t *set = &ctx->mmv_smem_set[kb_type_slot(T)][kb_variant<RT, ROPE>() + 3 * I8 + 9 * RMS];
 	if (!*set) {

@@ -62,6 +62,7 @@ __device__ __forceinline__ void kb_load_item(const KbMmvArgs &a, int i, int j, i
  * cosine, the position and the slot come from rs (kb_rope_pre), and the rotation is rounded
  * step by step exactly as rope_kv_store does (elementwise.cu), so fused and separate
  * launches give the same bits. */
+template <bool LL>
 __device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, const KbRopeSm *rs, int si, int64_t row, int tok,
 						 bool store, float sum, float other, float *y, int64_t ldy)
 {
@@ -77,15 +78,18 @@ __device__ __forceinline__ void kb_rope_epilogue(const KbMmvRope &r, const KbRop
 		val = odd ? __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs)) : __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
 	}
 	y[tok * ldy + row] = val;
-#ifndef QD_DEV_NO_LL_EPI /* dev experiment (session 36): what this code costs where it never runs */
-	if (r.ll && tok == 0) /* one token (the host sets ll only then): the row for attention too */
-		kb_st_relaxed_u64(r.ll + (si == 0 ? row : si == 1 ? r.nq + row : r.nq + r.kvd + row),
-				  (unsigned long long)rs->tag << 32 | __float_as_uint(val));
-#endif
 	if (si > 0) {
 		const int64_t dst = (int64_t)rs->seq[tok] * r.stride + (int64_t)rs->pos[tok] * r.kvd + row;
 		(si == 1 ? r.kc : r.vc)[dst] = __float2half_rn(val);
 	}
+	/* LL (one token: KbCudaLL): the row for attention too, last.  Attention then runs
+	 * without waiting for this launch, so no kernel after it may count on this launch
+	 * having finished: only on the rows attention took (their other stores, the cache's
+	 * here, are read in later steps only, after the step's first copy has waited for
+	 * every kernel before it) */
+	if constexpr (LL)
+		kb_st_relaxed_u64(r.ll + (si == 0 ? row : si == 1 ? r.nq + row : r.nq + r.kvd + row),
+				  (unsigned long long)rs->tag << 32 | __float_as_uint(val));
 }
 
 /* The tokens' 1 / rms (kb_rms_early's, KB_RMS_SM_BYTES) after the reduction slots RED of
@@ -109,7 +113,7 @@ template <int RT> __device__ __forceinline__ KbRopeSm *kb_rope_sm_at(float4 *red
  * needs neither the chain (up to 63 dependent multiplications) nor sincosf's registers (in
  * Q4_0's 80-register k_mmv_3 its 8-byte spill went), nor the indices' global reads.
  * rot_dim <= 2 KB_ROPE_TAB (kb_cuda_mmv_qkv_rope). */
-template <bool ROPE, int RT>
+template <bool ROPE, int RT, bool LL = false>
 __device__ __forceinline__ void kb_rope_pre(const KbMmvArgs &a, float4 *red, int nw, int warp, int lane)
 {
 	if (!ROPE)
@@ -120,10 +124,8 @@ __device__ __forceinline__ void kb_rope_pre(const KbMmvArgs &a, float4 *red, int
 		if (lane == 0) {
 			rs->pos[t] = pos;
 			rs->seq[t] = a.rope.seq[t];
-#ifndef QD_DEV_NO_LL_EPI
-			if (t == 0 && a.rope.ll) /* copied with the indices: readable before the wait too */
+			if (LL && t == 0) /* copied with the indices: readable before the wait too */
 				rs->tag = *a.rope.serial << 8 | (unsigned)a.rope.layer;
-#endif
 		}
 		float th = (float)pos;
 		for (int i = 0; i < lane; i++)
@@ -215,7 +217,7 @@ __device__ __forceinline__ float kb_one_row(const float *f, int wt, int rt, int 
  * whose rows warp 0 sums straight from the slots while the other warps go on; PL: the planes
  * the NORM and SwiGLU epilogues write (kb_act_put's). */
 template <int RT, bool ROPE, int RG = 1, bool NORM = false, bool RMS = false, bool PAIR = false, bool ONE = false,
-	  unsigned PL = KB_PL_DYN>
+	  unsigned PL = KB_PL_DYN, bool LL = false>
 __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, int nw, int lane,
 					 float (&acc)[RT][4], float4 *red, float post = 1.0f, const KbNormPre *np = nullptr)
 {
@@ -284,8 +286,8 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			const bool mine = u < RT * 16 && row < g.rows;
 			if constexpr (ROPE) {
 				const float other = __shfl_xor_sync(0xffffffffu, sum, 1);
-				kb_rope_epilogue(a.rope, kb_rope_sm_at<RT>(red, nw), (PAIR ? a.si0 : 0) + si,
-						 row, 0, mine, sum, other, g.y, g.ldy);
+				kb_rope_epilogue<LL>(a.rope, kb_rope_sm_at<RT>(red, nw), (PAIR ? a.si0 : 0) + si,
+						     row, 0, mine, sum, other, g.y, g.ldy);
 			} else if (mine) {
 				float *yp = g.y + row;
 				*yp = a.acc ? *yp + sum : sum;
@@ -310,7 +312,7 @@ __device__ __forceinline__ void kb_flush(const KbMmvArgs &a, int j, int warp, in
 			/* rows 2i and 2i+1 are in threads v and v ^ 16 of the same warp (whole warps
 			 * run this loop, so the shuffle is uniform) */
 			const float other = __shfl_xor_sync(0xffffffffu, sum, 16);
-			kb_rope_epilogue(a.rope, kb_rope_sm_at<RT>(red, nw), (PAIR ? a.si0 : 0) + si, row,
+			kb_rope_epilogue<false>(a.rope, kb_rope_sm_at<RT>(red, nw), (PAIR ? a.si0 : 0) + si, row,
 					 tok, row < g.rows && tok < a.x.n_tok, sum, other, g.y, g.ldy);
 			continue;
 		}
@@ -529,7 +531,7 @@ template <int T, int I8> __host__ __device__ constexpr bool kb_early_reload()
 /* Item i of kb_mmv_body's walk, chunk ch of the block's group j: computed from W (the group
  * flushed when it ends), and W refilled with item i + 2, the next to load after chunk lch
  * of group lj: during the item (kb_early_reload) or after its flush. */
-template <int T, int RT, bool ROPE, int I8, int RG, bool RMS, bool PAIR, unsigned PL>
+template <int T, int RT, bool ROPE, int I8, int RG, bool RMS, bool PAIR, unsigned PL, bool LL>
 __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[RT], int i, int cnt, int total,
 					    int &j, int &ch, KbLoader<T, RT, I8 != 0, RG, kb_i8_s1(T, I8), PAIR> &ld, int warp,
 					    int nw, int wc, int nwc, int lane, float (&acc)[RT][4], float4 *red, float post,
@@ -556,7 +558,8 @@ __device__ __forceinline__ void kb_mmv_step(const KbMmvArgs &a, KbWRegs<T> (&w)[
 	}
 	if (kb_walk_next(j, ch, wc, nwc, a.n_chunks)) {
 		kb_fold8<T, I8>(acc, lane);
-		kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8), PL>(a, j - 1, warp, nw, lane, acc, red, post, &np);
+		kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8), PL, LL>(a, j - 1, warp, nw, lane, acc, red, post,
+										      &np);
 	}
 	if (!ER && i + 2 < total) {
 		ld.next(a, wc, nwc);
@@ -615,9 +618,11 @@ template <int T, int RG> __device__ __forceinline__ bool kb_dev_nowait_res(const
  * launch fixes them (kb_fixed_nw), 0: read from blockDim.  PL: the planes the norm and
  * SwiGLU epilogues write (kb_epi_pl).  The kernels are in matmul.cu. */
 template <int T, int RT, bool ROPE, int I8, int RG = 1, bool RMS = false, bool PAIR = false, int NW = 0,
-	  unsigned PL = KB_PL_DYN>
+	  unsigned PL = KB_PL_DYN, bool LL = false>
 __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 {
+	static_assert(!LL || (ROPE && kb_i8_one(I8) && RT == 1 && RG == 1 && !PAIR),
+		      "the hand-over words (KbCudaLL): the one-token int8 q/k/v walks");
 	KB_TRACE();
 	constexpr float post = kb_i8_post<T, I8>();
 	/* [2][warps][RT][32 lanes], then KB_RMS_SM_BYTES (kb_rms_early's 1 / rms), then k_mmv_norm's
@@ -655,7 +660,7 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	KbNormPre np = { 0.f, 0.f };
 	if constexpr (RG == 2)
 		kb_norm_pre<true>(a, J, warp, lane, np);
-	kb_rope_pre<ROPE, RT>(a, kb_red, nw, warp, lane);
+	kb_rope_pre<ROPE, RT, LL>(a, kb_red, nw, warp, lane);
 #if defined(QD_DEV_NOWAIT_DOWN) || defined(QD_DEV_NOWAIT_O)
 	if (!kb_dev_nowait_res<T, RG>(a))
 #endif
@@ -665,15 +670,15 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 	kb_rms_early<RT, RMS>(a, kb_red, nw, warp, lane);
 	if (cnt == 0) { /* more warps than chunks: only take part in the barriers */
 		for (int j = 0; j < J; j++)
-			kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8), PL>(a, j, warp, nw, lane, acc, kb_red,
+			kb_flush<RT, ROPE, RG, RG == 2, RMS, PAIR, kb_i8_one(I8), PL, LL>(a, j, warp, nw, lane, acc, kb_red,
 										      post, &np);
 		return;
 	}
 	/* item i is chunk ch of group j; computing it frees its registers for item i + 2 */
 	int j = 0, ch = wc;
 	for (int i = 0; i < total; i += 2) {
-		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR, PL>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc, lane,
-								acc, kb_red, post, np);
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR, PL, LL>(a, wa, i, cnt, total, j, ch, ld, warp, nw, wc, nwc,
+								    lane, acc, kb_red, post, np);
 #ifdef QD_TRACE_ITEMS
 		/* dev-only, with QD_TRACE: thread 0's timer after its items 0-3 (marks 4-7; the
 		 * step holds the group's flush where a group ends), session 30's per-item table */
@@ -682,8 +687,8 @@ __device__ __forceinline__ void kb_mmv_body(const KbMmvArgs &a)
 #endif
 		if (i + 1 >= total)
 			break;
-		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR, PL>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc, nwc,
-								lane, acc, kb_red, post, np);
+		kb_mmv_step<T, RT, ROPE, I8, RG, RMS, PAIR, PL, LL>(a, wb, i + 1, cnt, total, j, ch, ld, warp, nw, wc,
+								    nwc, lane, acc, kb_red, post, np);
 #ifdef QD_TRACE_ITEMS
 		if (i < 4)
 			KB_MARK(5 + i);

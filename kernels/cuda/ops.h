@@ -99,11 +99,13 @@ int kb_cuda_att_splits(const KbCuda *ctx, int64_t pairs, int max_len);
  * step of a short context, 480 of 512 blocks).  Each token's splits, and so its bits, are
  * the same either way.  EARLY (at most KB_CUDA_MAX_TOK tokens, where the next kernel is
  * launched early): that kernel may launch at once rather than once every block has asked
- * for its K/V rows.  LL (non-NULL; one token, head_dim 64 or 128, else -EINVAL): q and the
- * step's own K and V rows come from LL->ll as the q/k/v launch before wrote them there
- * (KbCudaRope.ll), each block starting once its head's rows carry the tag, instead of
- * waiting for that whole launch; the same bits as reading q and the caches.  The caller
- * must then give an ACT that the q/k/v launch does not read (it may still run). */
+ * for its K/V rows.  LL (non-NULL; one token, head_dim 64 or 128, the words of these
+ * heads, else -EINVAL): q and the step's own K and V rows come from LL->ll as the q/k/v
+ * launch before wrote them there (KbCudaRope.ll), each block starting once its head's rows
+ * carry the tag, instead of waiting for that whole launch; the same bits as reading q and
+ * the caches.  Returns 1 when it took them so (0: it waited, where the decode instances do
+ * not take the launch).  The caller must give an ACT that the q/k/v launch does not read
+ * (it may still run). */
 int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
 		      const int32_t *pos, const int32_t *seq, int n, int n_head, int n_head_kv, int head_dim,
 		      int64_t slot_stride, float scale, int max_len, int early, float *out, KbCudaAct *act,
