@@ -25,7 +25,9 @@
  * norm and SwiGLU epilogues': kernels/backend.h); QD_CUDA_GEMM=0 runs many-token
  * products as passes of eight through matmul.cu instead (slower; the last bits differ,
  * see gemm.cu); QD_CUDA_ATT_TC=0 keeps many-token steps' attention on the per-token
- * kernel instead of attention_tc.cu; QD_CUDA_MMV_STAGES=N and QD_CUDA_ATT_SPLIT_KEYS=N override the product
+ * kernel instead of attention_tc.cu; QD_CUDA_ATT_LL=0 makes one-token attention wait for the
+ * whole q/k/v launch instead of taking its head's rows by their tags (KbCudaLL; the same
+ * bits); QD_CUDA_MMV_STAGES=N and QD_CUDA_ATT_SPLIT_KEYS=N override the product
  * kernels' bulk-copy ring and attention's split size (kb_cuda_set_mmv_stages,
  * kb_cuda_set_att_split_keys); QD_CUDA_MMV_I8=0/1 the one-token products' activations
  * (kb_cuda_set_mmv_i8); QD_CUDA_MMQ_SHARES=W,M how many-token products share a launch's
