@@ -6,7 +6,7 @@
 #
 #   make gpu-engine  $(O)/qd-engine: `run`, `bench` and `synth` without the daemon's
 #                    libraries (protobuf-c, liburing, systemd), for GPU machines lacking them
-#   make gpu-tools   $(O)/tests/gpu/test-cuda-mmv, $(O)/bench/bench-cuda-mmv and
+#   make gpu-tools   $(O)/tests/gpu/test-cuda-mmv, test-cuda-ll, $(O)/bench/bench-cuda-mmv and
 #                    $(O)/bench/bench-persist (sm_90a only: bulk copies),
 #                    $(O)/bench/bench-pdl (sm_90a only: griddepcontrol)
 #   make test-gpu    builds and runs the GPU test (every test SKIPs without a GPU) and
@@ -39,6 +39,7 @@ CFLAGS_ALL += -DQD_HAVE_CUDA
 ENGINE_OBJ += $(CUDA_OBJ)
 LDLIBS += $(CUDA_LDLIBS)
 GPU_TEST_BIN := $(O)/tests/gpu/test-cuda-mmv
+GPU_TEST_LL := $(O)/tests/gpu/test-cuda-ll
 GPU_BENCH_BIN := $(O)/bench/bench-cuda-mmv
 GPU_CHECK_BIN := $(O)/tests/gpu/check-cuda-layout
 # The layout check needs no GPU: `make test` runs it wherever nvcc is (CI included).
@@ -64,6 +65,10 @@ $(O)/tests/gpu/%.o: tests/gpu/%.c
 $(TESTUTIL_OBJ): CFLAGS_ALL += $(CUNIT_CFLAGS)
 
 $(GPU_TEST_BIN): $(O)/tests/gpu/test-cuda-mmv.o $(TESTUTIL_OBJ) $(O)/kernels/types.o $(O)/libqdcuda.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUNIT_LIBS) $(CUDA_LDLIBS)
+
+$(GPU_TEST_LL): $(O)/tests/gpu/test-cuda-ll.o $(TESTUTIL_OBJ) $(O)/kernels/types.o $(O)/libqdcuda.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUNIT_LIBS) $(CUDA_LDLIBS)
 
@@ -97,7 +102,7 @@ $(GPU_CHECK_BIN): $(GPU_CHECK_BIN).o $(O)/kernels/types.o $(O)/kernels/cpu/quant
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUDA_LDLIBS)
 
-gpu-tools: $(GPU_TEST_BIN) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN) $(GPU_SM90_BINS)
+gpu-tools: $(GPU_TEST_BIN) $(GPU_TEST_LL) $(GPU_BENCH_BIN) $(GPU_CHECK_BIN) $(GPU_SM90_BINS)
 
 GPU_ENGINE_OBJ := $(O)/tests/gpu/engine-main.o $(patsubst %.c,$(O)/%.o,$(wildcard daemon/cli/cmd_run.c \
 	daemon/cli/cmd_bench.c daemon/cli/cmd_synth.c daemon/cli/cli_util.c))
@@ -107,10 +112,10 @@ $(O)/qd-engine: $(GPU_ENGINE_OBJ) $(O)/libqdengine.a
 
 gpu-engine: $(O)/qd-engine
 
-test-gpu: $(GPU_TEST_BIN) $(GPU_CHECK_BIN)
-	$(Q)$(GPU_CHECK_BIN) && $(GPU_TEST_BIN)
+test-gpu: $(GPU_TEST_BIN) $(GPU_TEST_LL) $(GPU_CHECK_BIN)
+	$(Q)$(GPU_CHECK_BIN) && $(GPU_TEST_BIN) && $(GPU_TEST_LL)
 
--include $(CUDA_OBJ:.o=.d) $(GPU_ENGINE_OBJ:.o=.d) $(O)/tests/gpu/test-cuda-mmv.d $(O)/bench/bench-cuda-mmv.d $(GPU_CHECK_BIN).d \
+-include $(CUDA_OBJ:.o=.d) $(GPU_ENGINE_OBJ:.o=.d) $(O)/tests/gpu/test-cuda-mmv.d $(O)/tests/gpu/test-cuda-ll.d $(O)/bench/bench-cuda-mmv.d $(GPU_CHECK_BIN).d \
 	$(GPU_SM90_BINS:=.d)
 
 else

@@ -2,7 +2,7 @@
 # tools/gpu-pack.sh: packs what a GPU machine without our build dependencies needs to run
 # the CUDA tests, the benchmarks and the daemon, built for sm_90a only (a third of the size
 # of the three-arch build) and stripped:
-#   .dev/f  test-backend, test-fused, test-fused-qkv, test-steps, test-cuda-mmv, bench-cuda-mmv, qd-engine (run/bench/
+#   .dev/f  test-backend, test-fused, test-fused-qkv, test-steps, test-cuda-mmv, test-cuda-ll, bench-cuda-mmv, qd-engine (run/bench/
 #           synth), the libraries they need that such machines lack (CUnit, PCRE2), gpu-run.sh;
 #   .dev/d  quantd and quantctl with theirs (protobuf-c, liburing, libsystemd and what it
 #           links), gpu-daemon.sh;
@@ -26,7 +26,7 @@ set -eu
 cd "$(dirname "$0")/.."
 O=.dev/b90
 rm -rf .dev/f .dev/d
-BINS="tests/test-backend tests/test-fused tests/test-fused-qkv tests/test-steps qd-engine tests/gpu/test-cuda-mmv bench/bench-cuda-mmv"
+BINS="tests/test-backend tests/test-fused tests/test-fused-qkv tests/test-steps qd-engine tests/gpu/test-cuda-mmv tests/gpu/test-cuda-ll bench/bench-cuda-mmv"
 make -j"$(nproc)" O=$O CUDA_GENCODE="-gencode arch=compute_90a,code=sm_90a" $(for b in $BINS; do echo "$O/$b"; done)
 mkdir -p .dev/f
 for b in $BINS; do
