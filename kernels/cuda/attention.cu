@@ -236,8 +236,7 @@ __device__ __forceinline__ void att_ll_poll(const KbCudaLL &ll, unsigned tag, in
 			break;
 		/* the clock read only once the rows are late (every 1024th poll) */
 		if ((spins & 1023) == 1023) {
-			unsigned long long t;
-			asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+			const unsigned long long t = kb_gtime();
 			if (!t0)
 				t0 = t;
 			else if (t - t0 > 2000000000ull)
@@ -266,13 +265,14 @@ __device__ __forceinline__ uint32_t att_ll_word(const uint32_t (&w)[PER / 2], in
 /* PL: the planes the output goes to (kb_act_put's: KB_PL_DYN, KB_PL_DYN16 without the int8
  * code, or att_kernel_pl's fixed sets).  LL (VPRE only): q and the step's own K and V rows
  * from the q/k/v launch's hand-over words (KbCudaLL) instead of after waiting for it. */
-#define ATT_PARAMS \
-	int trig, const float *q, const __half *kc, const __half *vc, const int32_t *pos, const int32_t *seq, \
-		int n_head, int group, int hd, int kvd, int64_t stride, float scale, int split_keys, float *out, \
-		KbActOut act /* planes 0: none */, float *part, unsigned *cnt, const KbCudaLL ll
-#define ATT_ARGS trig, q, kc, vc, pos, seq, n_head, group, hd, kvd, stride, scale, split_keys, out, act, part, cnt, ll
-template <int PER, bool VPRE, unsigned PL, bool LL>
-__device__ __forceinline__ void att_body(ATT_PARAMS)
+template <int PER, bool VPRE, unsigned PL, bool LL = false>
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const float *q, const __half *kc,
+							      const __half *vc,
+							      const int32_t *pos, const int32_t *seq, int n_head,
+							      int group, int hd, int kvd, int64_t stride, float scale,
+							      int split_keys,
+							      float *out, KbActOut act /* planes 0: none */, float *part,
+							      unsigned *cnt, const KbCudaLL ll)
 {
 	static_assert(!LL || VPRE, "the hand-over words: the decode instances");
 	KB_TRACE();
@@ -352,7 +352,7 @@ __device__ __forceinline__ void att_body(ATT_PARAMS)
 		/* no wait: the rows' tags say when they are there (the K/V rows below kready and
 		 * the indices were written before the step's first kernel, as above) */
 		float qv[PER];
-		att_ll_poll<PER>(ll, *ll.serial << 8 | (unsigned)ll.layer, h, h / group, hd, own, lane, qv, llk, llv);
+		att_ll_poll<PER>(ll, kb_ll_tag(*ll.serial, ll.layer), h, h / group, hd, own, lane, qv, llk, llv);
 		uint32_t wq[PER / 2];
 #pragma unroll
 		for (int i = 0; i < PER / 2; i++)
@@ -612,12 +612,6 @@ __device__ __forceinline__ void att_body(ATT_PARAMS)
 	KB_MARK(4);
 }
 
-template <int PER, bool VPRE, unsigned PL, bool LL = false>
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(ATT_PARAMS)
-{
-	att_body<PER, VPRE, PL, LL>(ATT_ARGS);
-}
-
 typedef void (*AttKernel)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int,
 			  int, int, int, int64_t, float, int, float *, KbActOut, float *, unsigned *, const KbCudaLL);
 
@@ -742,10 +736,7 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	AttKernel k = ll ? att_kernel_ll(av.planes, kb_act_q8(av), head_dim) : pre ? att_kernel_pl(av.planes, head_dim) : NULL;
 	if (!k)
 		k = kb_act_q8(av) ? att_kernel<KB_PL_DYN>(head_dim, pre) : att_kernel<KB_PL_DYN16>(head_dim, pre);
-	KbCudaLL llv;
-	memset(&llv, 0, sizeof(llv));
-	if (ll)
-		llv = *ll;
+	const KbCudaLL llv = ll ? *ll : KbCudaLL{};
 	const int pdl = kb_small_pdl(n), trig = pdl ? (early ? 2 : 1) : 0;
 	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, trig,
 			q, (const __half *)k_cache, (const __half *)v_cache, pos, seq, n_head,

@@ -374,6 +374,14 @@ __device__ __forceinline__ void kb_bulk_copy(uint32_t dst, const void *src, uint
 }
 #endif
 
+/* The GPU's nanosecond clock (%globaltimer): trace marks, and KbCudaLL's poll limit. */
+__device__ __forceinline__ unsigned long long kb_gtime(void)
+{
+	unsigned long long t;
+	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+	return t;
+}
+
 #ifdef QD_TRACE
 /* Dev-only block trace (built with -DQD_TRACE through tools/gpu-variant.sh, never by
  * default): thread 0 of every traced block records its launch (%gridid), multiprocessor,
@@ -400,12 +408,6 @@ static int kb_trace_bind_tu(void *buf, void *cnt, unsigned cap)
 	return 0;
 }
 static int kb_trace_registered __attribute__((unused)) = kb_trace_register(kb_trace_bind_tu);
-__device__ __forceinline__ unsigned long long kb_gtime(void)
-{
-	unsigned long long t;
-	asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-	return t;
-}
 __device__ __forceinline__ unsigned long long *kb_trace_tw(void)
 {
 	__shared__ unsigned long long tw;
@@ -479,6 +481,12 @@ __device__ __forceinline__ unsigned long long kb_ld_relaxed_u64(const unsigned l
 	unsigned long long v;
 	asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p));
 	return v;
+}
+
+/* The hand-over words' tag of a step (its serial) and a layer (0..255). */
+__device__ __forceinline__ unsigned kb_ll_tag(uint32_t serial, int layer)
+{
+	return serial << 8 | (unsigned)layer;
 }
 
 /* Stores activation value v of token t, column col, into the planes o.planes of the

@@ -125,7 +125,7 @@ __device__ __forceinline__ void kb_rope_pre(const KbMmvArgs &a, float4 *red, int
 			rs->pos[t] = pos;
 			rs->seq[t] = a.rope.seq[t];
 			if (LL && t == 0) /* copied with the indices: readable before the wait too */
-				rs->tag = *a.rope.serial << 8 | (unsigned)a.rope.layer;
+				rs->tag = kb_ll_tag(*a.rope.serial, a.rope.layer);
 		}
 		float th = (float)pos;
 		for (int i = 0; i < lane; i++)
