@@ -45,10 +45,25 @@ GPU_CHECK_BIN := $(O)/tests/gpu/check-cuda-layout
 # The layout check needs no GPU: `make test` runs it wherever nvcc is (CI included).
 TEST_BIN += $(GPU_CHECK_BIN)
 
-$(O)/kernels/cuda/%.o: kernels/cuda/%.cu
+# The decode products' file (matmul.cu) alone: ptxas's register-usage level 10 (of 0..10,
+# default 5; a beta option of ptxas, kept for what it measured).  The one-token walks run
+# at their launch bounds' register caps either way; the level changes ptxas's schedule,
+# which decides where their weight loads sit (bench/NOTES-gpu.md, sessions 28-29).  H200,
+# 7B batch 1, against level 5 (session 37, three interleaved rounds): Q4_K +0.7% (+1.2%
+# in a second call, with every file at 10), Q4_K_M +0.8%, Q8_0 +0.1%, Q4_0 +0.2%, F16
+# -0.1%, Q4_1 -0.6%; prefill and batch 8 within 0.5%.  Levels 0, 2, 7, 8 and 9 measured too.
+NVCC_MATMUL ?= -Xptxas -regUsageLevel=10
+$(O)/kernels/cuda/matmul.o: NVCC_FILE = $(NVCC_MATMUL)
+
+# As the C objects' FLAGS_STAMP: changed nvcc flags rebuild the CUDA objects.
+NVCC_STAMP := $(O)/.nvflags-$(shell echo '$(NVCC) $(NVCC_ALL) $(NVCC_MATMUL)' | md5sum | cut -c1-12)
+$(NVCC_STAMP):
+	@mkdir -p $(O) && rm -f $(O)/.nvflags-* && touch $@
+
+$(O)/kernels/cuda/%.o: kernels/cuda/%.cu $(NVCC_STAMP)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC    $<")
-	$(Q)$(NVCC) $(NVCC_ALL) -c $< -o $@
+	$(Q)$(NVCC) $(NVCC_ALL) $(NVCC_FILE) -c $< -o $@
 
 $(O)/libqdcuda.a: $(CUDA_OBJ)
 	@$(if $(Q),echo "  AR      $@")
