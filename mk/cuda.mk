@@ -49,10 +49,12 @@ TEST_BIN += $(GPU_CHECK_BIN)
 # default 5; a beta option of ptxas, kept for what it measured).  The one-token walks run
 # at their launch bounds' register caps either way; the level changes ptxas's schedule,
 # which decides where their weight loads sit (bench/NOTES-gpu.md, sessions 28-29).  H200,
-# 7B batch 1, against level 5 (session 37, three interleaved rounds): Q4_K +0.7% (+1.2%
-# in a second call, with every file at 10), Q4_K_M +0.8%, Q8_0 +0.1%, Q4_0 +0.2%, F16
-# -0.1%, Q4_1 -0.6%; prefill and batch 8 within 0.5%.  Levels 0, 2, 7, 8 and 9 measured too.
-NVCC_MATMUL ?= -Xptxas -regUsageLevel=10
+# 7B batch 1, against level 5 (session 37, interleaved rounds in three calls): Q4_K +0.7%,
+# +0.9% (+1.2% with every file at 10), Q4_K_M +0.8%, Q8_0 +0.1%, Q4_0 +0.2%, F16 -0.1%, Q4_1
+# -0.6%; prefill, batch 8 and 70B Q4_0 within 0.6%.  Levels 0, 2, 7, 8 and 9 measured too.
+# A ptxas without the option (older than CUDA 12's later releases) builds at its default.
+NVCC_MATMUL ?= $(if $(shell $(CUDA_HOME)/bin/ptxas --help 2>/dev/null | grep -e --register-usage-level),\
+	-Xptxas -regUsageLevel=10)
 $(O)/kernels/cuda/matmul.o: NVCC_FILE = $(NVCC_MATMUL)
 
 # As the C objects' FLAGS_STAMP: changed nvcc flags rebuild the CUDA objects.
