@@ -53,8 +53,11 @@ TEST_BIN += $(GPU_CHECK_BIN)
 # +0.9% (+1.2% with every file at 10), Q4_K_M +0.8%, Q8_0 +0.1%, Q4_0 +0.2%, F16 -0.1%, Q4_1
 # -0.6%; prefill, batch 8 and 70B Q4_0 within 0.6%.  Levels 0, 2, 7, 8 and 9 measured too.
 # A ptxas without the option (older than CUDA 12's later releases) builds at its default.
-NVCC_MATMUL ?= $(if $(shell $(CUDA_HOME)/bin/ptxas --help 2>/dev/null | grep -e --register-usage-level),\
+# (Expanded once: the probe runs ptxas.)
+ifeq ($(origin NVCC_MATMUL),undefined)
+NVCC_MATMUL := $(if $(shell $(CUDA_HOME)/bin/ptxas --help 2>/dev/null | grep -e --register-usage-level),\
 	-Xptxas -regUsageLevel=10)
+endif
 $(O)/kernels/cuda/matmul.o: NVCC_FILE = $(NVCC_MATMUL)
 
 # As the C objects' FLAGS_STAMP: changed nvcc flags rebuild the CUDA objects.

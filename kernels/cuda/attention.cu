@@ -263,7 +263,7 @@ __device__ __forceinline__ uint32_t att_ll_word(const uint32_t (&w)[PER / 2], in
 }
 
 /* PL: the planes the output goes to (kb_act_put's: KB_PL_DYN, KB_PL_DYN16 without the int8
- * code, or att_kernel_pl's fixed sets).  LL (VPRE only): q and the step's own K and V rows
+ * code, or att_kernel_vpre's fixed sets).  LL (VPRE only): q and the step's own K and V rows
  * from the q/k/v launch's hand-over words (KbCudaLL) instead of after waiting for it. */
 template <int PER, bool VPRE, unsigned PL, bool LL = false>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const float *q, const __half *kc,
@@ -615,15 +615,15 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attention(int trig, const fl
 typedef void (*AttKernel)(int, const float *, const __half *, const __half *, const int32_t *, const int32_t *, int,
 			  int, int, int, int64_t, float, int, float *, KbActOut, float *, unsigned *, const KbCudaLL);
 
-/* The k_attention instance for a head size (a multiple of 32, at most 256); PL KB_PL_DYN or
- * KB_PL_DYN16. */
-template <unsigned PL> static AttKernel att_kernel(int head_dim, bool pre)
+/* The k_attention instance for a head size (a multiple of 32, at most 256) that does not
+ * preload V (att_kernel_vpre's are the decode ones); PL KB_PL_DYN or KB_PL_DYN16. */
+template <unsigned PL> static AttKernel att_kernel(int head_dim)
 {
 	switch (head_dim / 32) {
 	case 1: return k_attention<1, false, PL>;
-	case 2: return pre ? k_attention<2, true, PL> : k_attention<2, false, PL>;
+	case 2: return k_attention<2, false, PL>;
 	case 3: return k_attention<3, false, PL>;
-	case 4: return pre ? k_attention<4, true, PL> : k_attention<4, false, PL>;
+	case 4: return k_attention<4, false, PL>;
 	case 5: return k_attention<5, false, PL>;
 	case 6: return k_attention<6, false, PL>;
 	case 7: return k_attention<7, false, PL>;
@@ -631,34 +631,25 @@ template <unsigned PL> static AttKernel att_kernel(int head_dim, bool pre)
 	}
 }
 
-/* The decode instances (VPRE) whose output goes to the planes an int8 model's one-token
- * products read (kb_epi_pl's sets), with those planes as constants: the output's code is
- * then what those planes need, not every plane's behind tests of the set (with the products'
- * epilogues alike, 7B batch 1 Q4_0 +1.65%, Q4_K +0.65%; bench/NOTES-gpu.md, session 31).
- * NULL for any other set or head size (the VPRE instances are built for 64 and 128). */
-static AttKernel att_kernel_pl(unsigned planes, int head_dim)
+/* The decode instances (VPRE), built for head sizes 64 and 128 (NULL for others); LL: the
+ * hand-over's (KbCudaLL). */
+template <unsigned PL, bool LL> static AttKernel att_vpre(int head_dim)
 {
-	const bool q = planes == KB_PL_Q, qe = planes == (KB_PL_Q | KB_PL_E);
-	switch (head_dim) {
-	case 64: return q ? k_attention<2, true, KB_PL_Q> : qe ? k_attention<2, true, KB_PL_Q | KB_PL_E> : NULL;
-	case 128: return q ? k_attention<4, true, KB_PL_Q> : qe ? k_attention<4, true, KB_PL_Q | KB_PL_E> : NULL;
-	default: return NULL;
-	}
+	return head_dim == 64 ? k_attention<2, true, PL, LL> : head_dim == 128 ? k_attention<4, true, PL, LL> : NULL;
 }
 
-/* The LL instances (head sizes 64 and 128): att_kernel_pl's fixed plane sets, or the
- * run-time ones (Q8: with the int8 planes). */
-template <unsigned PL> static AttKernel att_kernel_ll_pl(int head_dim)
-{
-	return head_dim == 64 ? k_attention<2, true, PL, true> : head_dim == 128 ? k_attention<4, true, PL, true> : NULL;
-}
-static AttKernel att_kernel_ll(unsigned planes, bool q8, int head_dim)
+/* The decode instance for the output's PLANES.  Where they are one of the sets an int8
+ * model's one-token products read (kb_epi_pl's), with those planes as constants: the output's
+ * code is then what those planes need, not every plane's behind tests of the set (with the
+ * products' epilogues alike, 7B batch 1 Q4_0 +1.65%, Q4_K +0.65%; bench/NOTES-gpu.md, session
+ * 31); else the run-time sets (Q8: with the int8 planes). */
+template <bool LL> static AttKernel att_kernel_vpre(unsigned planes, bool q8, int head_dim)
 {
 	if (planes == KB_PL_Q)
-		return att_kernel_ll_pl<KB_PL_Q>(head_dim);
+		return att_vpre<KB_PL_Q, LL>(head_dim);
 	if (planes == (KB_PL_Q | KB_PL_E))
-		return att_kernel_ll_pl<KB_PL_Q | KB_PL_E>(head_dim);
-	return q8 ? att_kernel_ll_pl<KB_PL_DYN>(head_dim) : att_kernel_ll_pl<KB_PL_DYN16>(head_dim);
+		return att_vpre<KB_PL_Q | KB_PL_E, LL>(head_dim);
+	return q8 ? att_vpre<KB_PL_DYN, LL>(head_dim) : att_vpre<KB_PL_DYN16, LL>(head_dim);
 }
 
 extern "C" int kb_cuda_set_att_split_keys(KbCuda *ctx, int keys)
@@ -733,9 +724,10 @@ extern "C" int kb_cuda_attention(KbCuda *ctx, const float *q, const uint16_t *k_
 	const size_t smem = sizeof(float) * ((size_t)(1 + ATT_WARPS) * head_dim + 2 * ATT_WARPS);
 	/* at most a wave of (token, head) pairs (decode): V rows preloaded (k_attention's VPRE) */
 	const bool pre = (head_dim == 64 || head_dim == 128) && blocks <= (int64_t)KB_ATT_WAVE * ctx->sm_count;
-	AttKernel k = ll ? att_kernel_ll(av.planes, kb_act_q8(av), head_dim) : pre ? att_kernel_pl(av.planes, head_dim) : NULL;
-	if (!k)
-		k = kb_act_q8(av) ? att_kernel<KB_PL_DYN>(head_dim, pre) : att_kernel<KB_PL_DYN16>(head_dim, pre);
+	const bool q8 = kb_act_q8(av);
+	AttKernel k = ll ? att_kernel_vpre<true>(av.planes, q8, head_dim)
+		    : pre ? att_kernel_vpre<false>(av.planes, q8, head_dim)
+			  : q8 ? att_kernel<KB_PL_DYN>(head_dim) : att_kernel<KB_PL_DYN16>(head_dim);
 	const KbCudaLL llv = ll ? *ll : KbCudaLL{};
 	const int pdl = kb_small_pdl(n), trig = pdl ? (early ? 2 : 1) : 0;
 	int r = kb_launch_ex(ctx, pdl, k, dim3((unsigned)blocks, (unsigned)S), dim3(ATT_WARPS * 32), smem, trig,
