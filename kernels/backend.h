@@ -42,11 +42,16 @@ typedef struct {
 
 /* A forward step's per-token inputs (host arrays of n_tokens), for step_begin.  variant
  * tells apart steps of one n_tokens whose calls differ (forward.c: 1 when the step ends
- * with the output norm, head and greedy ids, 0 when with the last layer). */
+ * with the output norm, head and greedy ids, 0 when with the last layer).  feed (only to
+ * a backend with sync_lag): row t's token is the greedy id that the step before found
+ * for its row t (that step of the same n_tokens, ending with matmul_argmax), which the
+ * backend keeps where it runs: token[] is then only the array the calls pass, and its
+ * values are not the tokens. */
 typedef struct {
 	int n_tokens;
 	const int32_t *token, *pos, *seq;
 	int variant;
+	int feed;
 } KbStep;
 
 typedef struct KbBackend KbBackend;
@@ -99,6 +104,13 @@ typedef struct {
 	 * the calls again without a step, or the failed status. */
 	int (*step_begin)(KbBackend *b, const KbStep *s);
 	int (*step_end)(KbBackend *b, int status);
+	/* Optional, with steps: sync, except that the last KEEP (0 or 1) steps queued that end
+	 * with matmul_argmax may still be running; the ids of those waited for are filled in
+	 * the order the steps were queued.  sync_lag(b, 0) is sync.  So greedy steps can run
+	 * back to back (the next one queued with KbStep.feed before the last one's ids are
+	 * read), with no wait between them for the caller's thread.  At most two such steps
+	 * may be queued: step_begin refuses a third with -EBUSY. */
+	int (*sync_lag)(KbBackend *b, int keep);
 
 	/* Optional fused forms of the calls above; forward.c falls back to those calls where
 	 * a backend leaves one NULL, and the results must be the same bits either way.

@@ -13,6 +13,7 @@
 #include "../daemon/engine/synth.h"
 #include "../kernels/types.h"
 #include "testutil.h"
+#include "ahead_util.h"
 
 #define MAX_PROMPTS 32
 #define MAX_STEPS 64
@@ -415,6 +416,20 @@ static void test_labels(void)
 	}
 }
 
+/* Greedy steps a step ahead (ctx_decode_ahead) on the CPU, where each runs at its call and
+ * its ids wait on the host: the same ids as ctx_decode's steps, for two sequences. */
+static void test_decode_ahead(void)
+{
+	Context *cs = NULL, *ca = NULL;
+	ContextParams p = { .n_seq = 2, .n_ctx = 64, .n_batch = 16, .n_threads = 0 };
+	CU_ASSERT_EQUAL_FATAL(ctx_new(model, &p, &cs), 0);
+	CU_ASSERT_EQUAL_FATAL(ctx_new(model, &p, &ca), 0);
+	const int same = ahead_check(cs, ca, 2, 8, model_config(model)->n_vocab);
+	printf("\n    %d ids a step ahead = stepwise\n", same);
+	ctx_free(cs);
+	ctx_free(ca);
+}
+
 int main(void)
 {
 	char err[256];
@@ -430,6 +445,7 @@ int main(void)
 		{ "chunked_prompt", test_chunked_prompt, no_model },
 		{ "multi_sequence_batch", test_multi_sequence_batch, no_model },
 		{ "bad_batches", test_bad_batches, no_model },
+		{ "greedy steps a step ahead = stepwise", test_decode_ahead, no_model },
 		{ "load_errors", test_load_errors, NULL },
 		{ NULL, NULL, NULL },
 	};

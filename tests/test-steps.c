@@ -4,6 +4,7 @@
  * calls (a one-layer block, then a tiny random model); a context that cannot fit the GPU is
  * refused before anything is uploaded.  Skipped without a GPU, like test-backend.c. */
 #include "tests/backend_util.h"
+#include "tests/ahead_util.h"
 
 /* A context whose KV cache no GPU has is refused before anything is uploaded, with the
  * numbers; one that fits is not. */
@@ -355,7 +356,7 @@ static int mini_ops(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *po
 static int mini_step(KbBackend *b, Mini *m, const int32_t *ids, const int32_t *pos, const int32_t *seq, int n,
 		     int fused)
 {
-	const KbStep st = { n, ids, pos, seq, 0 };
+	const KbStep st = { .n_tokens = n, .token = ids, .pos = pos, .seq = seq };
 	int r = 0;
 	if (b->ops->step_begin && (r = b->ops->step_begin(b, &st)) != 0)
 		return r < 0 ? r : 0;
@@ -591,7 +592,7 @@ static int hand_ops(KbBackend *b, Hand *h, const int32_t *id, const int32_t *pos
 
 static int hand_step(KbBackend *b, Hand *h, const int32_t *id, const int32_t *pos, const int32_t *seq)
 {
-	const KbStep st = { 1, id, pos, seq, 0 };
+	const KbStep st = { .n_tokens = 1, .token = id, .pos = pos, .seq = seq };
 	int r = b->ops->step_begin(b, &st);
 	if (r != 0)
 		return r < 0 ? r : 0;
@@ -754,6 +755,40 @@ static void test_step_model(void)
 	unlink(path);
 }
 
+/* Greedy steps a step ahead on the GPU (ctx_decode_ahead): each step queued behind the
+ * last, its tokens that step's ids, which never leave the device, its own ids read a step
+ * late: the same ids as the same steps one at a time, for one and three sequences (so
+ * through recorded graphs: the first steps of a size run op by op, the next are captured
+ * and replayed), and with recording off (QD_CUDA_GRAPHS=0: every step op by op). */
+static void test_decode_ahead(void)
+{
+	if (!ready())
+		return;
+	char err[256];
+	Model *m = NULL;
+	CU_ASSERT_EQUAL_FATAL(model_load(tu_model_path(), &m, err, sizeof(err)), 0);
+	const int n_vocab = model_config(m)->n_vocab;
+	ContextParams p = { .n_seq = 3, .n_ctx = 96, .n_batch = 32, .backend = "cuda" };
+	for (int graphs = 1; graphs >= 0; graphs--) {
+		if (!graphs)
+			setenv("QD_CUDA_GRAPHS", "0", 1);
+		Context *cs = NULL, *ca = NULL;
+		CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &cs), 0);
+		CU_ASSERT_EQUAL_FATAL(ctx_new(m, &p, &ca), 0);
+		for (int n_seq = 1; n_seq <= 3; n_seq += 2) {
+			const int steps = graphs ? 40 : 12;
+			const int same = ahead_check(cs, ca, n_seq, steps, n_vocab);
+			printf("\n    graphs %s, %d sequence%s: %d/%d ids a step ahead = stepwise", graphs ? "on" : "off",
+			       n_seq, n_seq > 1 ? "s" : "", same, steps * n_seq);
+		}
+		ctx_free(cs);
+		ctx_free(ca);
+		unsetenv("QD_CUDA_GRAPHS");
+	}
+	printf("\n");
+	model_free(m);
+}
+
 int main(void)
 {
 	static const TuTest tests[] = {
@@ -764,6 +799,7 @@ int main(void)
 		{ "step graphs: one per attention split count", test_step_graph_splits, gpu_skip },
 		{ "step graphs: tiny synth model, logits bit for bit", test_step_model, gpu_skip },
 		{ "q/k/v handed to attention by tags = waiting for them, bit for bit", test_step_handover, gpu_skip },
+		{ "greedy steps a step ahead (fed on the device) = stepwise", test_decode_ahead, gpu_model_skip },
 		{ "GPU memory: a context that cannot fit is refused up front", test_mem_refusal, gpu_skip },
 		{ "cleanup", test_cleanup, NULL },
 		{ NULL, NULL, NULL },

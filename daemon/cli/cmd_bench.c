@@ -129,7 +129,7 @@ int cmd_bench(int argc, char **argv)
 		{ "reps", required_argument, 0, 'r' }, { "help", no_argument, 0, 'h' },
 		{ "backend", required_argument, 0, 'k' }, { "device", required_argument, 0, 'd' },
 		{ "bandwidth", required_argument, 0, 'w' }, { "rows", required_argument, 0, 'o' },
-		{ 0, 0, 0, 0 },
+		{ "steps", required_argument, 0, 's' }, { 0, 0, 0, 0 },
 	};
 	const char *path = NULL;
 	int batches[16] = { 1 }, n_batches = 1;
@@ -139,10 +139,13 @@ int cmd_bench(int argc, char **argv)
 	/* what each decode row brings back: greedy ids (the daemon's greedy requests), the
 	 * top 40 candidates (sampled requests with top_k), or whole logits rows */
 	uint8_t rows_want = WANT_ARGMAX;
+	/* greedy steps back to back, each queued before the last one's ids are read (what a
+	 * greedy generator does through ctx_decode_ahead), or each waited for first */
+	bool ahead = true;
 	bool json = false;
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "m:B:p:n:t:r:jhk:d:w:o:", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:B:p:n:t:r:jhk:d:w:o:s:", opts, NULL)) != -1) {
 		int r = 0;
 		switch (c) {
 		case 'm': path = optarg; break;
@@ -165,15 +168,22 @@ int cmd_bench(int argc, char **argv)
 											    : WANT_NONE;
 			r = rows_want == WANT_NONE ? -EINVAL : 0;
 			break;
+		case 's':
+			ahead = !strcmp(optarg, "ahead");
+			r = ahead || !strcmp(optarg, "sync") ? 0 : -EINVAL;
+			break;
 		case 'h':
 			printf("usage: quantd bench -m MODEL [--batch 1,8,32] [--prompt 512] [--gen 64] [--threads N] [--reps 3] [--json]\n"
 			       "                    [--backend cpu|cuda|auto] [--device N] [--bandwidth GB/s]\n"
-			       "                    [--rows argmax|topk|logits]\n"
+			       "                    [--rows argmax|topk|logits] [--steps ahead|sync]\n"
 			       "  --bandwidth: memory bandwidth for the roofline (default: measured on the CPU;\n"
 			       "               on a GPU backend 4220, the H200's measured copy bandwidth)\n"
 			       "  --rows: what each decode step brings back per sequence: its greedy id (default,\n"
 			       "          as for greedy requests), its 40 best logits (sampling with top_k), or\n"
-			       "          the whole logits row\n");
+			       "          the whole logits row\n"
+			       "  --steps: greedy (argmax) steps queued a step ahead of reading their ids, as\n"
+			       "           quantd run and the daemon's greedy requests do (default), or each\n"
+			       "           waited for before the next (the other rows always are)\n");
 			return 0;
 		default: return 2;
 		}
@@ -264,7 +274,10 @@ int cmd_bench(int argc, char **argv)
 	if (!json) {
 		printf("model: %s (%s), weights read per token %.1f MiB, load %.0f ms\n", model_name(m), path,
 		       (double)wbytes / (1 << 20), t_load * 1e3);
-		printf("backend: %s\n", be_name);
+		printf("backend: %s; decode rows: %s, %s\n", be_name,
+		       rows_want == WANT_ARGMAX ? "greedy ids" : rows_want == WANT_TOPK ? "top 40" : "logits",
+		       ahead && rows_want == WANT_ARGMAX ? "each step queued before the last one's ids are read"
+							 : "each step waited for");
 		printf("machine: %s, %d threads, %s bandwidth %.1f GB/s -> roofline %.1f tok/s at batch 1\n",
 		       un.machine, n_thr, bw_gbs > 0 ? "given" : on_gpu ? "reference (H200 copy)" : "measured read",
 		       bw / 1e9, roof);
@@ -290,7 +303,22 @@ int cmd_bench(int argc, char **argv)
 				r = ctx_decode(ctx, &b);
 			}
 			double t = cli_now();
-			for (int step = 0; step < n_gen && r >= 0; step++) {
+			/* greedy rows: step i + 1 queued, fed by step i's ids on the device, before
+			 * step i's ids are read (and checked, as a generator would) */
+			for (int step = 0; ahead && rows_want == WANT_ARGMAX && step < n_gen && r >= 0; step++) {
+				for (int s = 0; s < B; s++) {
+					pos[s] = 16 + step;
+					seq[s] = s;
+				}
+				Batch b = { .n_tokens = B, .token = step ? NULL : tok, .pos = pos, .seq = seq };
+				r = ctx_decode_ahead(ctx, &b);
+				for (int s = 0; r == 1 && s < B; s++)
+					if (ctx_argmax(ctx, s) < 0 || ctx_argmax(ctx, s) >= cfg->n_vocab)
+						r = -EIO;
+				if (r >= 0 && step == n_gen - 1)
+					r = ctx_decode_flush(ctx);
+			}
+			for (int step = 0; !(ahead && rows_want == WANT_ARGMAX) && step < n_gen && r >= 0; step++) {
 				for (int s = 0; s < B; s++) {
 					pos[s] = 16 + step;
 					seq[s] = s;
@@ -330,10 +358,11 @@ int cmd_bench(int argc, char **argv)
 			cli_json_str(type);
 			printf(", \"batch\": %d, \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.2f, \"mem_gib\": %.3f, "
 			       "\"roofline_tok_s\": %.1f, \"vram_gib\": %.3f, \"bandwidth_gb_s\": %.2f, "
-			       "\"weight_bytes\": %llu, \"load_ms\": %.0f, \"rows\": \"%s\", \"revision\": ",
+			       "\"weight_bytes\": %llu, \"load_ms\": %.0f, \"rows\": \"%s\", \"steps\": \"%s\", \"revision\": ",
 			       B, pp_tok_s, tg, gib, roof, on_gpu ? gib : 0.0, bw / 1e9, (unsigned long long)wbytes,
 			       t_load * 1e3,
-			       rows_want == WANT_ARGMAX ? "argmax" : rows_want == WANT_TOPK ? "topk" : "logits");
+			       rows_want == WANT_ARGMAX ? "argmax" : rows_want == WANT_TOPK ? "topk" : "logits",
+			       ahead && rows_want == WANT_ARGMAX ? "ahead" : "sync");
 			cli_json_str(QD_REVISION);
 			printf(", \"driver\": ");
 			if (driver[0])

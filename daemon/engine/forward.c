@@ -49,6 +49,13 @@ struct Context {
 	float *topk_vals;              /* the same */
 	int32_t *topk_n;               /* [n_batch] how many each row has */
 	int n_out, have_argmax, topk_k; /* topk_k: the k of the last ops->topk call, 0: none */
+	/* ctx_decode_ahead: its steps' tokens when fed ([n_batch]: zeros where the backend
+	 * feeds them, else the last step's ids), and on backends without sync_lag the queued
+	 * step's ids ([n_batch], after feed_tok); how many steps are queued unread (0 or 1),
+	 * and n_tokens of the last ahead step (0: the next one cannot be fed) */
+	int32_t *feed_tok, *ahead_ids;
+	uint8_t *ahead_want;           /* [n_batch] WANT_ARGMAX (the host's way: ctx_decode's rows) */
+	int ahead, feed_n;
 };
 
 static const ContextParams default_params = { .n_seq = 1, .n_ctx = 0, .n_batch = 512, .n_threads = 0 };
@@ -111,6 +118,8 @@ void ctx_free(Context *c)
 	free(c->seq_len_next);
 	free(c->out_rows);
 	free(c->out_argmax);
+	free(c->feed_tok);
+	free(c->ahead_want);
 	free(c->out_want);
 	free(c->topk_ids);
 	free(c->topk_vals);
@@ -259,11 +268,15 @@ int ctx_new(const Model *m, const ContextParams *p, Context **ret)
 	c->seq_len_next = calloc((size_t)c->n_seq, sizeof(*c->seq_len_next));
 	c->out_rows = calloc((size_t)c->n_batch, sizeof(*c->out_rows));
 	c->out_argmax = calloc((size_t)c->n_batch, sizeof(*c->out_argmax));
+	c->feed_tok = calloc(2 * (size_t)c->n_batch, sizeof(*c->feed_tok));
+	c->ahead_ids = c->feed_tok ? c->feed_tok + c->n_batch : NULL;
+	if ((c->ahead_want = malloc((size_t)c->n_batch)))
+		memset(c->ahead_want, WANT_ARGMAX, (size_t)c->n_batch);
 	c->out_want = calloc((size_t)c->n_batch, 3);
 	c->out_host = c->out_want ? c->out_want + c->n_batch : NULL;
 	c->out_topk = c->out_want ? c->out_want + 2 * (size_t)c->n_batch : NULL;
 	if (!c->k_cache || !c->v_cache || !c->seq_len || !c->seq_len_next || !c->out_rows || !c->out_argmax ||
-	    !c->out_want)
+	    !c->feed_tok || !c->ahead_want || !c->out_want)
 		goto err;
 	size_t layer_bytes = sizeof(uint16_t) * (size_t)c->slot_stride * (size_t)c->n_seq;
 	for (int il = 0; il < cfg->n_layer; il++)
@@ -476,10 +489,13 @@ int ctx_decode(Context *c, const Batch *b)
 	const KbOps *o = c->be->ops;
 	KbBackend *be = c->be;
 	const int n = b->n_tokens, d = cfg->n_embd;
-	/* no row of an earlier batch stays readable, whatever happens below */
+	/* no row of an earlier batch stays readable, whatever happens below, nor the ids of a
+	 * queued ahead step (its work is done before this batch's, in order) */
 	c->n_out = 0;
 	c->have_argmax = 0;
 	c->topk_k = 0;
+	c->ahead = 0;
+	c->feed_n = 0;
 	int r = check_batch(c, b);
 	if (r < 0)
 		return r;
@@ -556,4 +572,120 @@ int ctx_decode(Context *c, const Batch *b)
 	c->have_argmax = o->matmul_argmax != NULL;
 	c->topk_k = topk_k;
 	return 0;
+}
+
+/* Whether ahead steps run back to back on the backend: it keeps a step's ids for the
+ * next step and syncs all but the last step (sync_lag).  A fed step's tokens then never
+ * leave the device, so ids past the embedding's rows would not be caught: such a model
+ * takes the host's way. */
+static int ahead_on_backend(const Context *c)
+{
+	const KbOps *o = c->be->ops;
+	return o->sync_lag && o->step_begin && o->matmul_argmax && c->output.rows <= c->tok_embd.rows;
+}
+
+/* Makes the queued ahead step's ids readable (ctx_argmax), N rows of them. */
+static void ahead_read(Context *c, int n)
+{
+	c->n_out = n;
+	c->have_argmax = 1;
+	for (int i = 0; i < n; i++) {
+		c->out_rows[i] = i;
+		c->out_want[i] = WANT_ARGMAX;
+		c->out_topk[i] = 0;
+	}
+}
+
+int ctx_decode_ahead(Context *c, const Batch *b)
+{
+	const KbOps *o = c->be->ops;
+	KbBackend *be = c->be;
+	const int n = b->n_tokens, had = c->ahead, n_had = c->feed_n;
+	if (n < 1 || n > c->n_batch || b->want_logits || (!b->token && c->feed_n != n))
+		return -EINVAL;
+	c->n_out = 0;
+	c->have_argmax = 0;
+	c->topk_k = 0;
+	c->ahead = 0;
+	c->feed_n = 0;
+	const int lag = ahead_on_backend(c);
+	Batch fb = *b;
+	fb.want_logits = NULL;
+	if (!b->token) {
+		if (lag)
+			memset(c->feed_tok, 0, sizeof(int32_t) * (size_t)n); /* checked, not read */
+		else
+			memcpy(c->feed_tok, c->ahead_ids, sizeof(int32_t) * (size_t)n);
+		fb.token = c->feed_tok;
+	}
+	int r;
+	if (!lag) {
+		/* one step at a time (ctx_decode ends it with a sync): this step's ids wait in
+		 * ahead_ids, the last one's become readable */
+		fb.want_logits = c->ahead_want;
+		if ((r = ctx_decode(c, &fb)) < 0)
+			return r;
+		for (int i = 0; i < (n > n_had ? n : n_had); i++) {
+			const int32_t t = c->ahead_ids[i];
+			c->ahead_ids[i] = c->out_argmax[i];
+			c->out_argmax[i] = t;
+		}
+		c->ahead = 1;
+		c->feed_n = n;
+		c->n_out = 0;
+		c->have_argmax = 0;
+		if (!had)
+			return 0;
+		ahead_read(c, n_had);
+		return 1;
+	}
+	if ((r = check_batch(c, &fb)) < 0)
+		return r;
+	const KbStep st = { .n_tokens = n, .token = fb.token, .pos = b->pos, .seq = b->seq, .variant = 1,
+			    .feed = !b->token };
+	/* as ctx_decode's greedy steps (run_layers' HEAD), but the step is left queued; a
+	 * step whose recording failed begins again (then op by op), so that a fed step's
+	 * tokens are still taken from the device */
+	for (int tries = 0; tries < 2; tries++) {
+		if ((r = o->step_begin(be, &st)) != 0) /* 1: replayed */
+			break;
+		if ((r = o->step_end(be, run_layers(c, &fb, 1))) != 1)
+			break;
+		r = -EIO; /* nothing ran, twice */
+	}
+	if (r < 0) {
+		(void)o->sync(be);
+		return r;
+	}
+	c->ahead = 1;
+	c->feed_n = n;
+	if (!had)
+		return 0;
+	/* the step before this one: waited for, its ids to out_argmax */
+	if ((r = o->sync_lag(be, 1)) < 0) {
+		c->ahead = 0;
+		c->feed_n = 0;
+		return r;
+	}
+	ahead_read(c, n_had);
+	return 1;
+}
+
+int ctx_decode_flush(Context *c)
+{
+	const int n = c->feed_n;
+	if (!c->ahead)
+		return 0;
+	c->ahead = 0;
+	if (ahead_on_backend(c)) {
+		const int r = c->be->ops->sync(c->be);
+		if (r < 0) {
+			c->feed_n = 0;
+			return r;
+		}
+	} else {
+		memcpy(c->out_argmax, c->ahead_ids, sizeof(int32_t) * (size_t)n);
+	}
+	ahead_read(c, n);
+	return 1;
 }

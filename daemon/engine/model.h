@@ -103,6 +103,22 @@ enum {
  * -errno from the backend. */
 int ctx_decode(Context *c, const Batch *b);
 
+/* Greedy decoding with the steps back to back: B (every row's greedy id wanted, so
+ * want_logits NULL) is queued, and the step queued before it, if any, is waited for: its
+ * ids become readable (ctx_argmax, one per row) and 1 is returned, else 0.  So the
+ * device runs B while the caller reads the last step's ids, and no host round trip sits
+ * between the steps (the CUDA backend; elsewhere each step runs at its call).
+ * B->token NULL: fed, each row's token the greedy id of the same row of the last ahead
+ * step (of the same n_tokens, with nothing else decoded since), which need not have been
+ * read: a greedy generator queues step i + 1 fed before it reads step i's ids, and, once
+ * it stops, drops or reads the last one (ctx_decode_flush).  ctx_decode in between drops
+ * an unread step's ids.  Returns 0 or 1, -EINVAL (ctx_decode's reasons, want_logits
+ * given, or a feed that does not follow such a step), or -errno from the backend. */
+int ctx_decode_ahead(Context *c, const Batch *b);
+/* Waits for the queued ahead step and makes its ids readable: 1, or 0 when none is
+ * queued, or -errno. */
+int ctx_decode_flush(Context *c);
+
 /* Logits [n_vocab] of the I-th token of the last batch that asked for them (in batch
  * order among those with want_logits set), or NULL (also for a WANT_ARGMAX or WANT_TOPK
  * row that was left on the device). */

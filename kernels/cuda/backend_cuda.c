@@ -100,7 +100,7 @@ void act_forget(CudaBackend *c)
  * graphs (they point at the old buffer) and frees it. */
 int regrow_begin(CudaBackend *c)
 {
-	return c->step.capturing ? -EBUSY : kb_cuda_sync(c->ctx);
+	return c->step.capturing ? -EBUSY : c->base.ops->sync(&c->base);
 }
 
 /* c->act with room for COLS columns (see regrow_begin). */
@@ -591,14 +591,39 @@ static int cuda_mem_info(KbBackend *b, uint64_t *ret_free, uint64_t *ret_total)
 static int cuda_sync(KbBackend *b)
 {
 	CudaBackend *c = cb(b);
+	StepState *st = &c->step;
 	const int r = kb_cuda_sync(c->ctx);
 	if (r == 0) {
-		c->step.copy_queued = 0;
-		if (c->amax_to) /* greedy ids (cuda_matmul_argmax), of a step or not */
+		/* greedy ids (cuda_matmul_argmax): the queued steps' in order, then one outside
+		 * a step */
+		lag_deliver(c, st->n_lag);
+		st->copy_queued[0] = st->copy_queued[1] = 0;
+		if (c->amax_to)
 			memcpy(c->amax_to, c->amax, sizeof(int32_t) * (size_t)c->amax_to_n);
 	}
+	st->n_lag = 0;
 	c->amax_to = NULL;
 	return r;
+}
+
+static int cuda_sync_lag(KbBackend *b, int keep)
+{
+	CudaBackend *c = cb(b);
+	StepState *st = &c->step;
+	if (keep < 0 || keep > 1 || st->active)
+		return -EINVAL;
+	if (!keep || c->amax_to)
+		return cuda_sync(b);
+	if (st->n_lag <= keep)
+		return 0;
+	/* the mark after the oldest step, which also follows everything queued before it */
+	const int r = kb_cuda_mark_wait(c->ctx, st->lag[0].half);
+	if (r < 0) {
+		st->n_lag = 0;
+		return r;
+	}
+	lag_deliver(c, 1);
+	return 0;
 }
 
 const KbOps cuda_ops = {
@@ -632,6 +657,7 @@ const KbOps cuda_ops = {
 	.sync = cuda_sync,
 	.step_begin = cuda_step_begin,
 	.step_end = cuda_step_end,
+	.sync_lag = cuda_sync_lag,
 };
 
 /* 1 unless the variable NAME is set to "0". */

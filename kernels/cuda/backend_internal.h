@@ -37,14 +37,29 @@ typedef struct {
 	int ids_n;
 } StepGraph;
 
+/* A queued step that ends with the greedy ids, whose ids the caller has not had yet
+ * (KbOps.sync_lag): they go to TO (n of them) from half HALF of c->amax once its mark
+ * (kb_cuda_mark HALF) is passed. */
+typedef struct {
+	int32_t *to;
+	int n, half;
+} StepLag;
+
 /* The step in progress and the graph cache. */
 typedef struct {
 	int32_t *dev;           /* device: ids [n], positions [n], slots [n] of the step, then its serial */
-	int32_t *host;          /* pinned staging for the one copy, [3][cap] + 1 */
-	uint32_t serial;        /* the step's number, never 0 (KbCudaLL's tags) */
+	int32_t *host;          /* pinned staging for the one copy: two halves of [3][cap] + 1, a step
+				 * taking half serial & 1, so that one may be written while the other's
+				 * copy is still queued */
+	uint32_t serial;        /* the step's number, never 0 in its low 24 bits (KbCudaLL's tags);
+				 * one step's and the next's differ in the lowest bit (step_serial_next) */
 	int cap;
-	int active, capturing, n, variant, splits;
-	int copy_queued;        /* a copy out of host may still be queued (until cuda_sync) */
+	int active, capturing, n, variant, splits, feed;
+	int copy_queued[2];     /* a copy out of that half may still be queued (until cuda_sync) */
+	int fed_n;              /* n of the last step queued, when it ended with the greedy ids, which
+				 * are then its successor's tokens in dev (KbStep.feed); else 0 */
+	StepLag lag[2];         /* queued steps whose ids are not delivered yet, oldest first */
+	int n_lag;
 	const int32_t *tok, *pos, *seq; /* the step's host arrays, as the ops will pass them */
 	StepGraph graphs[STEP_GRAPHS];
 	uint8_t state[2][STEP_GRAPH_MAX_TOK + 1]; /* per variant and n: 0 new, 1 ran once (warm), 2 not capturable */
@@ -88,7 +103,9 @@ typedef struct {
 	int gemm;               /* products of > KB_CUDA_MAX_TOK tokens through kb_cuda_mmq */
 	void *xq;               /* its f16 activation scratch */
 	size_t xq_bytes;
-	int32_t *amax;          /* matmul_argmax: the rows' greedy ids, in mapped host memory */
+	int32_t *amax;          /* matmul_argmax: the rows' greedy ids, in mapped host memory; a
+				 * step's in half (serial & 1) of it (amax_half ids each) */
+	int64_t amax_half;
 	int32_t *amax_dev;      /* its device address: the kernel writes the ids there directly */
 	size_t amax_bytes;
 	int32_t *amax_to;       /* matmul_argmax in a step: the caller's ids array, filled by the */
@@ -164,5 +181,8 @@ void graphs_drop(CudaBackend *c);
 /* The table's step_begin and step_end, with the contract of kernels/backend.h. */
 int cuda_step_begin(KbBackend *b, const KbStep *s);
 int cuda_step_end(KbBackend *b, int status);
+/* The ids of the oldest N queued steps (StepLag), whose work has finished, to their
+ * callers' arrays; the rest move up. */
+void lag_deliver(CudaBackend *c, int n);
 
 #endif

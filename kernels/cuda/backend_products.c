@@ -294,22 +294,31 @@ int cuda_matmul_argmax(KbBackend *b, const KbWeight *w, const float *x, int n, f
 			      int32_t *ret_idx)
 {
 	CudaBackend *c = cb(b);
+	StepState *st = &c->step;
 	if (!w || !ret_idx || n < 1)
 		return -EINVAL;
-	int r = cuda_matmul(b, w, x, n, y);
-	if (r < 0)
+	/* a step's ids go to a half of c->amax of their own, and the next step may take them
+	 * as its tokens (KbStep.feed); ids outside a step to the first half, once the ids of
+	 * the steps queued before are out of it */
+	const int in_step = st->active && n == st->n;
+	int r = in_step || !st->n_lag ? 0 : b->ops->sync(b);
+	if (r < 0 || (r = cuda_matmul(b, w, x, n, y)) < 0)
 		return r;
 	/* room for a recorded step's rows at least, so that growing (which drops the graphs:
 	 * they write to the old buffer) is rare */
 	const int cap = n > STEP_GRAPH_MAX_TOK ? n : STEP_GRAPH_MAX_TOK;
-	if ((r = host_grow(c, (void **)&c->amax, (void **)&c->amax_dev, &c->amax_bytes, sizeof(int32_t) * (size_t)cap)) < 0)
+	if ((r = host_grow(c, (void **)&c->amax, (void **)&c->amax_dev, &c->amax_bytes,
+			   2 * sizeof(int32_t) * (size_t)cap)) < 0)
 		return r;
-	if (r > 0)
+	if (r > 0) {
 		graphs_drop(c);
+		c->amax_half = cap;
+	}
 	/* the ids land in host memory as the kernel writes them (no copy queued) and go to
 	 * RET_IDX at the sync (cuda_sync): now, or inside a step (recorded, no waits) at the
-	 * caller's next one */
-	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax_dev)) < 0)
+	 * caller's next sync or sync_lag */
+	if ((r = kb_cuda_argmax(c->ctx, y, n, w->rows, w->rows, c->amax_dev,
+				in_step ? step_serial(c) : NULL, c->amax_half, in_step ? st->dev : NULL)) < 0)
 		return r;
 	c->amax_to = ret_idx;
 	c->amax_to_n = n;

@@ -61,6 +61,10 @@ void *kb_cuda_stream(KbCuda *ctx);
 
 /* Waits for all queued work; returns the first asynchronous error as -EIO. */
 int kb_cuda_sync(KbCuda *ctx);
+/* Marks I (0 or 1) at the end of the work queued so far; kb_cuda_mark_wait waits for the
+ * last mark I (that work and all before it), leaving what was queued after it running. */
+int kb_cuda_mark(KbCuda *ctx, int i);
+int kb_cuda_mark_wait(KbCuda *ctx, int i);
 
 /* ---- memory ---- */
 

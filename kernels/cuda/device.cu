@@ -170,6 +170,9 @@ extern "C" void kb_cuda_free(KbCuda *ctx)
 		cudaEventDestroy(ctx->t0);
 	if (ctx->t1)
 		cudaEventDestroy(ctx->t1);
+	for (int i = 0; i < 2; i++)
+		if (ctx->mark[i])
+			cudaEventDestroy(ctx->mark[i]);
 	if (ctx->stream)
 		cudaStreamDestroy(ctx->stream);
 	(void)cudaGetLastError();
@@ -207,6 +210,9 @@ extern "C" int kb_cuda_init(int device, KbCuda **ret_ctx)
 	}
 	if ((r = kb_err(cudaEventCreate(&ctx->t0))) < 0 || (r = kb_err(cudaEventCreate(&ctx->t1))) < 0)
 		goto fail;
+	for (int i = 0; i < 2; i++)
+		if ((r = kb_err(cudaEventCreateWithFlags(&ctx->mark[i], cudaEventDisableTiming))) < 0)
+			goto fail;
 #ifdef QD_TRACE
 	trace_start(ctx);
 	ctx->smem_optin -= 256; /* the trace's static shared memory, beside opted-in rings */
@@ -253,6 +259,21 @@ extern "C" int kb_cuda_sync(KbCuda *ctx)
 		return -EINVAL;
 	cudaSetDevice(ctx->device);
 	return kb_err(cudaStreamSynchronize(ctx->stream));
+}
+
+extern "C" int kb_cuda_mark(KbCuda *ctx, int i)
+{
+	if (!ctx || i < 0 || i > 1)
+		return -EINVAL;
+	return kb_err(cudaEventRecord(ctx->mark[i], ctx->stream));
+}
+
+extern "C" int kb_cuda_mark_wait(KbCuda *ctx, int i)
+{
+	if (!ctx || i < 0 || i > 1)
+		return -EINVAL;
+	cudaSetDevice(ctx->device);
+	return kb_err(cudaEventSynchronize(ctx->mark[i]));
 }
 
 extern "C" int kb_cuda_alloc(KbCuda *ctx, size_t bytes, void **ret_dev)

@@ -485,8 +485,9 @@ template <typename F> __device__ __forceinline__ void row_scan(const float *row,
 /* One block per row: each thread scans a stride of the row (row_scan), then the warps and
  * the block reduce (value, index) pairs; the pairs' order decides nothing, so the scan's
  * order does not matter.  A row of only NaNs gives 0.  Launched early (trig), it waits
- * for the product. */
-__global__ void __launch_bounds__(1024) k_argmax(int trig, const float *y, int64_t cols, int64_t ldy, int32_t *idx)
+ * for the product.  Where the id goes: kb_cuda_argmax. */
+__global__ void __launch_bounds__(1024) k_argmax(int trig, const float *y, int64_t cols, int64_t ldy, int32_t *idx,
+						     const uint32_t *sel, int64_t half, int32_t *feed)
 {
 	KB_TRACE();
 	if (trig)
@@ -515,17 +516,23 @@ __global__ void __launch_bounds__(1024) k_argmax(int trig, const float *y, int64
 		bv = lane < nw ? sv[lane] : -INFINITY;
 		bi = lane < nw ? si[lane] : INT_MAX;
 		kb_amax_warp(bv, bi);
-		if (lane == 0)
-			idx[blockIdx.x] = bi == INT_MAX ? 0 : bi;
+		if (lane == 0) {
+			const int32_t id = bi == INT_MAX ? 0 : bi;
+			idx[(sel ? (int64_t)(*sel & 1u) * half : 0) + blockIdx.x] = id;
+			if (feed)
+				feed[blockIdx.x] = id;
+		}
 	}
 }
 
-extern "C" int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int32_t *idx_dev)
+extern "C" int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int32_t *idx_dev,
+				   const uint32_t *sel, int64_t half, int32_t *feed)
 {
-	if (!ctx || !y || !idx_dev || n < 1 || cols < 1 || cols > INT_MAX || ldy < cols)
+	if (!ctx || !y || !idx_dev || n < 1 || cols < 1 || cols > INT_MAX || ldy < cols || (sel && half < n))
 		return -EINVAL;
 	const int pdl = kb_small_pdl(n);
-	return kb_launch_ex(ctx, pdl, k_argmax, dim3((unsigned)n), dim3(1024), 0, pdl, y, cols, ldy, idx_dev);
+	return kb_launch_ex(ctx, pdl, k_argmax, dim3((unsigned)n), dim3(1024), 0, pdl, y, cols, ldy, idx_dev, sel,
+			    half, feed);
 }
 
 /* ---- top-k of each logits row (sampling with top_k on the host from k candidates) ----

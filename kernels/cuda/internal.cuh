@@ -71,6 +71,7 @@ struct KbCuda {
 	uint8_t *scratch;       /* device buffer for raw rows awaiting repack */
 	size_t scratch_bytes;
 	cudaEvent_t t0, t1;
+	cudaEvent_t mark[2];    /* kb_cuda_mark: the ends of the steps a caller reads a step late */
 	int pdl;
 	KbMmvConfig mmv[KB_CUDA_MAX_TOK];
 	int occ[7][18][9];      /* resident blocks per SM: [type slot][variant (kb_variant) + 3 I8 + 9 RMS][warps] */

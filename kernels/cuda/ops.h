@@ -26,8 +26,12 @@ int kb_cuda_get_rows(KbCuda *ctx, int type, const void *raw, int64_t row_bytes, 
 		     const int32_t *ids, int n, float *out);
 
 /* idx[t] = the first index of the largest of y[t][0..cols) (row t at y + t * ldy), NaNs
- * skipped, -0 equal to +0, 0 for a row of NaNs: the CPU's kb_matmul_argmax rule. */
-int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int32_t *idx);
+ * skipped, -0 equal to +0, 0 for a row of NaNs: the CPU's kb_matmul_argmax rule.  In a
+ * step whose ids a caller may read a step late (KbOps.sync_lag), at idx + half * (*sel & 1)
+ * (SEL: a device word the step's copy sets; NULL: at idx) and, when FEED is not NULL, also
+ * at feed[t] (device), where the next step may take them as its tokens (KbStep.feed). */
+int kb_cuda_argmax(KbCuda *ctx, const float *y, int n, int64_t cols, int64_t ldy, int32_t *idx,
+		   const uint32_t *sel, int64_t half, int32_t *feed);
 
 /* For each of n rows of y: the k (1..KB_CUDA_TOPK_MAX) largest values, NaN and -inf never
  * counted, of equal values the lowest indices: ids[t][0..counts[t]) and vals[t][...] (row
