@@ -111,6 +111,10 @@ test: $(O)/quantd $(TEST_BIN) $(TEST_GGUF) $(MODEL)
 	$(Q)fail=0; for t in $(TEST_BIN); do \
 		echo "=== $$t"; QD_BUILD=$(O) QD_MODEL=$(MODEL) $$t || fail=1; \
 	done; \
+	for t in $(filter %/test-e2e,$(TEST_BIN)); do \
+		echo "=== $$t, greedy steps queued ahead on the CPU (QUANTD_STEPS_AHEAD=1)"; \
+		QUANTD_STEPS_AHEAD=1 QD_BUILD=$(O) QD_MODEL=$(MODEL) $$t || fail=1; \
+	done; \
 	if [ $$fail -ne 0 ]; then echo "make test: FAILED"; exit 1; fi; echo "make test: all suites passed"
 
 bench-cpu: $(O)/quantd $(MODEL)

@@ -232,9 +232,15 @@ int registry_load(const SchedParams *p, const char *path, const char *name, int 
 	m->b_want = calloc((size_t)m->n_batch, sizeof *m->b_want);
 	m->b_topk = calloc((size_t)m->n_batch, sizeof *m->b_topk);
 	m->b_req = calloc((size_t)m->n_batch, sizeof *m->b_req);
+	m->a_req = calloc((size_t)m->n_batch, sizeof *m->a_req);
 	m->scratch = calloc((size_t)m->n_vocab, sizeof *m->scratch);
+	/* greedy steps queued a step ahead where the backend runs them back to back (the
+	 * GPU); QUANTD_STEPS_AHEAD=0 or 1 decides instead (1 on the CPU: the same tokens,
+	 * each a step later) */
+	const char *ahead = getenv("QUANTD_STEPS_AHEAD");
+	m->ahead_on = ahead && *ahead ? strcmp(ahead, "0") != 0 : ctx_decode_queues(m->ctx);
 	if (!m->slot || !m->b_tok || !m->b_pos || !m->b_seq || !m->b_want || !m->b_topk || !m->b_req ||
-	    !m->scratch) {
+	    !m->a_req || !m->scratch) {
 		snprintf(err, errlen, "out of memory");
 		rc = -ENOMEM;
 		goto fail;
@@ -259,6 +265,7 @@ void registry_free(ModelEntry *m)
 	free(m->b_want);
 	free(m->b_topk);
 	free(m->b_req);
+	free(m->a_req);
 	free(m->scratch);
 	free(m);
 }

@@ -241,6 +241,9 @@ void sched_finish(Req *r, int finish, int error, Req **pending_final)
 	if (m) {
 		if (r->state == REQ_QUEUED)
 			queue_remove(m, r);
+		for (int i = 0; i < m->a_n; i++) /* a queued step's row: its id is not emitted */
+			if (m->a_req[i] == r)
+				m->a_req[i] = NULL;
 		if (r->slot >= 0) {
 			m->slot[r->slot] = NULL;
 			ctx_seq_truncate(m->ctx, r->slot, 0);
@@ -364,7 +367,7 @@ static void on_token(ModelEntry *m, Req *r, int li, Req **pending_final)
 		sched_finish(r, QD_FINISH_STOP, 0, pending_final);
 	else if (r->n_gen >= r->max_tokens)
 		sched_finish(r, QD_FINISH_LENGTH, 0, pending_final);
-	else if (r->n_past >= m->n_ctx)
+	else if (r->n_past - r->queued >= m->n_ctx) /* (a queued step's position is not one more) */
 		sched_finish(r, QD_FINISH_CONTEXT, 0, pending_final);
 }
 
@@ -388,8 +391,8 @@ static void admit(ModelEntry *m)
 	}
 }
 
-/* Whether R's complete ring can take a token and a final record now. */
-static bool has_room(Req *r)
+/* Whether R's complete ring can take NEED bytes now (a token and a final record: NEED_BYTES). */
+static bool has_room(Req *r, uint64_t need)
 {
 	uint64_t fr;
 	if (qd_ring_free(&r->shm->complete, &fr) < 0) {
@@ -397,11 +400,11 @@ static bool has_room(Req *r)
 		worker_kill_session(r->session_id, "complete ring indices corrupted");
 		return false;
 	}
-	if (fr >= NEED_BYTES)
+	if (fr >= need)
 		return true;
 	/* Ask the client to ring the submit doorbell once it has read; re-check after
 	 * raising the flag so a read that happened meanwhile is not missed. */
-	return !qd_ring_producer_sleep(&r->shm->complete, NEED_BYTES);
+	return !qd_ring_producer_sleep(&r->shm->complete, need);
 }
 
 static void add(ModelEntry *m, int *n, Req *r, int32_t tok, int32_t pos, bool want)
@@ -431,17 +434,85 @@ void sched_idle(void)
 	fwd_end_cpu = 0;
 }
 
+/* Whether the greedy step queued ahead (m->a_req) may be followed by the next one fed by
+ * its ids: the same requests would make the next batch (every running request, none
+ * blocked, none in prefill), each still decoding, with room for the queued step's token
+ * and the next one's, and with a next token to come (length and context). */
+static bool ahead_continues(ModelEntry *m)
+{
+	if (m->n_running != m->a_n)
+		return false;
+	for (int i = 0; i < m->a_n; i++) {
+		Req *r = m->a_req[i];
+		if (!r || r->state != REQ_DECODE || r->slot < 0 || shm_dead(r) || r->n_gen + 1 >= r->max_tokens ||
+		    r->n_past >= m->n_ctx || !has_room(r, NEED_BYTES + QD_REC_SIZE(sizeof(QdTokenRec) + QD_PIECE_MAX)))
+			return false;
+	}
+	return true;
+}
+
+/* The greedy step queued ahead: the next one queued behind it (fed by its ids) when
+ * ahead_continues (*RET_MORE), else nothing more queued; then its ids emitted.  Returns its
+ * rows, or -1 when it failed (its requests end with the error). */
+static int ahead_step(ModelEntry *m, Req **pending_final, bool *ret_more)
+{
+	const int n = m->a_n;
+	const bool more = *ret_more = ahead_continues(m);
+	for (int i = 0; i < n; i++) {
+		Req *r = m->a_req[i];
+		m->b_req[i] = r;
+		if (!r)
+			continue;
+		r->queued = more;
+		if (more) {
+			m->b_pos[i] = r->n_past++;
+			m->b_seq[i] = r->slot;
+		}
+	}
+	const uint64_t t1 = thread_cpu_ns();
+	Batch b = { .n_tokens = n, .token = NULL, .pos = m->b_pos, .seq = m->b_seq };
+	const int rc = more ? ctx_decode_ahead(m->ctx, &b) : ctx_decode_flush(m->ctx);
+	const uint64_t t2 = thread_cpu_ns();
+	m->host_ns += fwd_end_cpu && t1 > fwd_end_cpu ? t1 - fwd_end_cpu : 0;
+	m->compute_ns += t2 - t1;
+	fwd_end_cpu = t2;
+	if (!more)
+		m->a_n = 0;
+	if (rc != 1) {
+		log_err("model %s: queued decode of %d tokens failed: %s", m->name, n, strerror(rc < 0 ? -rc : EIO));
+		m->a_n = 0;
+		for (int i = 0; i < n; i++)
+			if (m->b_req[i] && m->b_req[i]->m)
+				sched_finish(m->b_req[i], QD_FINISH_ERROR, rc < 0 ? -rc : EIO, pending_final);
+		return -1;
+	}
+	/* (a request that ends here leaves the step queued behind: its row's id is dropped) */
+	for (int i = 0; i < n; i++)
+		if (m->b_req[i] && m->b_req[i]->m)
+			on_token(m, m->b_req[i], i, pending_final);
+	m->host_tokens += (uint64_t)n;
+	return n;
+}
+
 int sched_step(ModelEntry *m, Req **pending_final)
 {
 	if (!fwd_end_cpu && (m->queue || m->n_running))
 		fwd_end_cpu = thread_cpu_ns(); /* the first step after idle: not the idle time */
 	admit(m);
+	int emitted = 0;
+	if (m->a_n) {
+		bool more = false;
+		if ((emitted = ahead_step(m, pending_final, &more)) < 0)
+			return 0;
+		if (more)
+			return emitted;
+	}
 	int n = 0, n_pre = 0;
 	for (int s = 0; s < m->n_slots; s++) {
 		Req *r = m->slot[s];
 		if (!r)
 			continue;
-		r->blocked = shm_dead(r) || !has_room(r);
+		r->blocked = shm_dead(r) || !has_room(r, NEED_BYTES);
 		if (r->blocked)
 			continue;
 		if (r->state == REQ_DECODE && n < m->n_batch) {
@@ -468,7 +539,32 @@ int sched_step(ModelEntry *m, Req **pending_final)
 		}
 	}
 	if (n == 0)
-		return 0;
+		return emitted;
+	/* Only greedy decode rows: queued ahead, their ids emitted at the next step. */
+	bool ahead = m->ahead_on && n_pre == 0;
+	for (int i = 0; i < n && ahead; i++)
+		ahead = m->b_want[i] == WANT_ARGMAX;
+	if (ahead) {
+		Batch ab = { .n_tokens = n, .token = m->b_tok, .pos = m->b_pos, .seq = m->b_seq };
+		const uint64_t t1 = thread_cpu_ns();
+		const int rc = ctx_decode_ahead(m->ctx, &ab);
+		const uint64_t t2 = thread_cpu_ns();
+		m->host_ns += fwd_end_cpu && t1 > fwd_end_cpu ? t1 - fwd_end_cpu : 0;
+		m->compute_ns += t2 - t1;
+		fwd_end_cpu = t2;
+		if (rc == 0) {
+			memcpy(m->a_req, m->b_req, sizeof(Req *) * (size_t)n);
+			m->a_n = n;
+			return n;
+		}
+		log_err("model %s: decode of %d tokens failed: %s", m->name, n, strerror(rc < 0 ? -rc : EIO));
+		for (int i = 0; i < n; i++) {
+			Req *r = m->b_req[i];
+			if (r->m && r->slot >= 0 && (i == n - 1 || m->b_req[i + 1] != r))
+				sched_finish(r, QD_FINISH_ERROR, rc < 0 ? -rc : EIO, pending_final);
+		}
+		return n;
+	}
 	Batch b = { .n_tokens = n, .token = m->b_tok, .pos = m->b_pos, .seq = m->b_seq,
 		    .want_logits = m->b_want, .top_k = m->b_topk };
 	/* CPU time of this thread, not wall time: the overhead figure must not count the

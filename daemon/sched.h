@@ -28,6 +28,8 @@ typedef struct Req {
 	int32_t *prompt;
 	int n_prompt, n_fed, n_past;
 	int32_t last_token;
+	int queued;                 /* 1 while a step for it is queued beyond the token being
+				     * emitted (sched.c: steps ahead), whose position n_past holds */
 	uint32_t n_gen, max_tokens, tokens_reserved;
 	Sampler *sampler;
 	bool logprobs, blocked;
@@ -56,6 +58,12 @@ struct ModelEntry {
 	uint8_t *b_want;
 	int32_t *b_topk;
 	Req **b_req;
+	/* a greedy step queued ahead (ctx_decode_ahead) whose ids are not emitted yet: its rows'
+	 * requests ([n_batch]; NULL where one finished since), and how many; whether this
+	 * model's steps are queued so */
+	Req **a_req;
+	int a_n;
+	bool ahead_on;
 	float *scratch;             /* [n_vocab]: logits kept for logprobs */
 	/* statistics */
 	uint64_t tokens_generated, prompt_tokens, requests_done;

@@ -671,6 +671,11 @@ int ctx_decode_ahead(Context *c, const Batch *b)
 	return 1;
 }
 
+int ctx_decode_queues(const Context *c)
+{
+	return ahead_on_backend(c);
+}
+
 int ctx_decode_flush(Context *c)
 {
 	const int n = c->feed_n;

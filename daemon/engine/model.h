@@ -118,6 +118,8 @@ int ctx_decode_ahead(Context *c, const Batch *b);
 /* Waits for the queued ahead step and makes its ids readable: 1, or 0 when none is
  * queued, or -errno. */
 int ctx_decode_flush(Context *c);
+/* Whether ahead steps run back to back here (else each runs at its call). */
+int ctx_decode_queues(const Context *c);
 
 /* Logits [n_vocab] of the I-th token of the last batch that asked for them (in batch
  * order among those with want_logits set), or NULL (also for a WANT_ARGMAX or WANT_TOPK
