@@ -453,7 +453,7 @@ static bool ahead_continues(ModelEntry *m)
 
 /* The greedy step queued ahead: the next one queued behind it (fed by its ids) when
  * ahead_continues (*RET_MORE), else nothing more queued; then its ids emitted.  Returns its
- * rows, or -1 when it failed (its requests end with the error). */
+ * rows; on a failure its requests end with the error and *RET_MORE is false. */
 static int ahead_step(ModelEntry *m, Req **pending_final, bool *ret_more)
 {
 	const int n = m->a_n;
@@ -481,16 +481,18 @@ static int ahead_step(ModelEntry *m, Req **pending_final, bool *ret_more)
 	if (rc != 1) {
 		log_err("model %s: queued decode of %d tokens failed: %s", m->name, n, strerror(rc < 0 ? -rc : EIO));
 		m->a_n = 0;
+		*ret_more = false;
 		for (int i = 0; i < n; i++)
 			if (m->b_req[i] && m->b_req[i]->m)
 				sched_finish(m->b_req[i], QD_FINISH_ERROR, rc < 0 ? -rc : EIO, pending_final);
-		return -1;
+		return n;
 	}
 	/* (a request that ends here leaves the step queued behind: its row's id is dropped) */
 	for (int i = 0; i < n; i++)
-		if (m->b_req[i] && m->b_req[i]->m)
+		if (m->b_req[i] && m->b_req[i]->m) {
 			on_token(m, m->b_req[i], i, pending_final);
-	m->host_tokens += (uint64_t)n;
+			m->host_tokens++;
+		}
 	return n;
 }
 
@@ -502,8 +504,7 @@ int sched_step(ModelEntry *m, Req **pending_final)
 	int emitted = 0;
 	if (m->a_n) {
 		bool more = false;
-		if ((emitted = ahead_step(m, pending_final, &more)) < 0)
-			return 0;
+		emitted = ahead_step(m, pending_final, &more);
 		if (more)
 			return emitted;
 	}

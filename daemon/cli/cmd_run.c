@@ -215,7 +215,7 @@ int cmd_run(int argc, char **argv)
 	 * waiting for this thread.  The step queued behind the stop token is dropped. */
 	const bool greedy = sampler_is_greedy(smp);
 	int32_t gid = greedy ? sampler_sample_known(smp, ctx_logits(ctx, 0), ctx_argmax(ctx, 0)) : -1;
-	for (int queued = 0; greedy;) {
+	for (int queued = 0; greedy && (n_predict < 0 || n_gen < n_predict);) {
 		sampler_accept(smp, gid);
 		n_gen++;
 		if (tok_is_eog(tok, gid)) {

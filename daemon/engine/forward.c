@@ -56,6 +56,7 @@ struct Context {
 	int32_t *feed_tok, *ahead_ids;
 	uint8_t *ahead_want;           /* [n_batch] WANT_ARGMAX (the host's way: ctx_decode's rows) */
 	int ahead, feed_n;
+	int ids_only;                  /* the readable rows are an ahead step's: ids, no logits */
 };
 
 static const ContextParams default_params = { .n_seq = 1, .n_ctx = 0, .n_batch = 512, .n_threads = 0 };
@@ -326,7 +327,7 @@ int ctx_seq_truncate(Context *c, int seq, int32_t from)
 
 float *ctx_logits(Context *c, int32_t i)
 {
-	if (i < 0 || i >= c->n_out || (c->logits_host && !c->out_host[i]))
+	if (i < 0 || i >= c->n_out || c->ids_only || (c->logits_host && !c->out_host[i]))
 		return NULL;
 	return (c->logits_host ? c->logits_host : c->logits) + (int64_t)i * c->m->cfg.n_vocab;
 }
@@ -489,16 +490,18 @@ int ctx_decode(Context *c, const Batch *b)
 	const KbOps *o = c->be->ops;
 	KbBackend *be = c->be;
 	const int n = b->n_tokens, d = cfg->n_embd;
-	/* no row of an earlier batch stays readable, whatever happens below, nor the ids of a
-	 * queued ahead step (its work is done before this batch's, in order) */
+	/* no row of an earlier batch stays readable, whatever happens below, nor, once the
+	 * batch is accepted, the ids of a queued ahead step (its work is done before this
+	 * batch's, in order) */
 	c->n_out = 0;
 	c->have_argmax = 0;
+	c->ids_only = 0;
 	c->topk_k = 0;
-	c->ahead = 0;
-	c->feed_n = 0;
 	int r = check_batch(c, b);
 	if (r < 0)
-		return r;
+		return r; /* (a queued ahead step stays queued) */
+	c->ahead = 0;
+	c->feed_n = 0;
 
 	/* The rows that want logits, known first: when every row wants only its greedy id
 	 * (run_layers' HEAD), the output part is a part of the step; else the rows are
@@ -589,6 +592,7 @@ static void ahead_read(Context *c, int n)
 {
 	c->n_out = n;
 	c->have_argmax = 1;
+	c->ids_only = 1;
 	for (int i = 0; i < n; i++) {
 		c->out_rows[i] = i;
 		c->out_want[i] = WANT_ARGMAX;
@@ -603,11 +607,6 @@ int ctx_decode_ahead(Context *c, const Batch *b)
 	const int n = b->n_tokens, had = c->ahead, n_had = c->feed_n;
 	if (n < 1 || n > c->n_batch || b->want_logits || (!b->token && c->feed_n != n))
 		return -EINVAL;
-	c->n_out = 0;
-	c->have_argmax = 0;
-	c->topk_k = 0;
-	c->ahead = 0;
-	c->feed_n = 0;
 	const int lag = ahead_on_backend(c);
 	Batch fb = *b;
 	fb.want_logits = NULL;
@@ -618,7 +617,16 @@ int ctx_decode_ahead(Context *c, const Batch *b)
 			memcpy(c->feed_tok, c->ahead_ids, sizeof(int32_t) * (size_t)n);
 		fb.token = c->feed_tok;
 	}
-	int r;
+	/* a refused batch leaves a queued step as it was (its ids still to be read) */
+	int r = lag ? check_batch(c, &fb) : 0;
+	if (r < 0)
+		return r;
+	c->n_out = 0;
+	c->have_argmax = 0;
+	c->ids_only = 0;
+	c->topk_k = 0;
+	c->ahead = 0;
+	c->feed_n = 0;
 	if (!lag) {
 		/* one step at a time (ctx_decode ends it with a sync): this step's ids wait in
 		 * ahead_ids, the last one's become readable */
@@ -639,8 +647,6 @@ int ctx_decode_ahead(Context *c, const Batch *b)
 		ahead_read(c, n_had);
 		return 1;
 	}
-	if ((r = check_batch(c, &fb)) < 0)
-		return r;
 	const KbStep st = { .n_tokens = n, .token = fb.token, .pos = b->pos, .seq = b->seq, .variant = 1,
 			    .feed = !b->token };
 	/* as ctx_decode's greedy steps (run_layers' HEAD), but the step is left queued; a

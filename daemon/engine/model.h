@@ -112,8 +112,10 @@ int ctx_decode(Context *c, const Batch *b);
  * step (of the same n_tokens, with nothing else decoded since), which need not have been
  * read: a greedy generator queues step i + 1 fed before it reads step i's ids, and, once
  * it stops, drops or reads the last one (ctx_decode_flush).  ctx_decode in between drops
- * an unread step's ids.  Returns 0 or 1, -EINVAL (ctx_decode's reasons, want_logits
- * given, or a feed that does not follow such a step), or -errno from the backend. */
+ * an unread step's ids (a refused batch, here or there, does not).  The rows read so have
+ * ids only: ctx_logits gives NULL for them.  Returns 0 or 1, -EINVAL (ctx_decode's
+ * reasons, want_logits given, or a feed that does not follow such a step), or -errno from
+ * the backend. */
 int ctx_decode_ahead(Context *c, const Batch *b);
 /* Waits for the queued ahead step and makes its ids readable: 1, or 0 when none is
  * queued, or -errno. */
