@@ -434,6 +434,18 @@ void sched_idle(void)
 	fwd_end_cpu = 0;
 }
 
+/* Charges a forward call that ran from T1 to T2 (this thread's CPU time, not wall time:
+ * the overhead figure must not count the time other processes, clients included, held
+ * the cores): everything this thread did since the last one's end (emitting tokens, the
+ * loop's own work, building the batch) is host work.  Two clock reads a call (each a
+ * system call, ~0.4 µs here) instead of four. */
+static void charge_fwd(ModelEntry *m, uint64_t t1, uint64_t t2)
+{
+	m->host_ns += fwd_end_cpu && t1 > fwd_end_cpu ? t1 - fwd_end_cpu : 0;
+	m->compute_ns += t2 - t1;
+	fwd_end_cpu = t2;
+}
+
 /* Whether the greedy step queued ahead (m->a_req) may be followed by the next one fed by
  * its ids: the same requests would make the next batch (every running request, none
  * blocked, none in prefill), each still decoding, with room for the queued step's token
@@ -472,10 +484,7 @@ static int ahead_step(ModelEntry *m, Req **pending_final, bool *ret_more)
 	const uint64_t t1 = thread_cpu_ns();
 	Batch b = { .n_tokens = n, .token = NULL, .pos = m->b_pos, .seq = m->b_seq };
 	const int rc = more ? ctx_decode_ahead(m->ctx, &b) : ctx_decode_flush(m->ctx);
-	const uint64_t t2 = thread_cpu_ns();
-	m->host_ns += fwd_end_cpu && t1 > fwd_end_cpu ? t1 - fwd_end_cpu : 0;
-	m->compute_ns += t2 - t1;
-	fwd_end_cpu = t2;
+	charge_fwd(m, t1, thread_cpu_ns());
 	if (!more)
 		m->a_n = 0;
 	if (rc != 1) {
@@ -545,39 +554,11 @@ int sched_step(ModelEntry *m, Req **pending_final)
 	bool ahead = m->ahead_on && n_pre == 0;
 	for (int i = 0; i < n && ahead; i++)
 		ahead = m->b_want[i] == WANT_ARGMAX;
-	if (ahead) {
-		Batch ab = { .n_tokens = n, .token = m->b_tok, .pos = m->b_pos, .seq = m->b_seq };
-		const uint64_t t1 = thread_cpu_ns();
-		const int rc = ctx_decode_ahead(m->ctx, &ab);
-		const uint64_t t2 = thread_cpu_ns();
-		m->host_ns += fwd_end_cpu && t1 > fwd_end_cpu ? t1 - fwd_end_cpu : 0;
-		m->compute_ns += t2 - t1;
-		fwd_end_cpu = t2;
-		if (rc == 0) {
-			memcpy(m->a_req, m->b_req, sizeof(Req *) * (size_t)n);
-			m->a_n = n;
-			return n;
-		}
-		log_err("model %s: decode of %d tokens failed: %s", m->name, n, strerror(rc < 0 ? -rc : EIO));
-		for (int i = 0; i < n; i++) {
-			Req *r = m->b_req[i];
-			if (r->m && r->slot >= 0 && (i == n - 1 || m->b_req[i + 1] != r))
-				sched_finish(r, QD_FINISH_ERROR, rc < 0 ? -rc : EIO, pending_final);
-		}
-		return n;
-	}
 	Batch b = { .n_tokens = n, .token = m->b_tok, .pos = m->b_pos, .seq = m->b_seq,
-		    .want_logits = m->b_want, .top_k = m->b_topk };
-	/* CPU time of this thread, not wall time: the overhead figure must not count the
-	 * time other processes (clients included) held the cores.  Everything this thread did
-	 * between two forward passes (emitting the last step's tokens, the loop's own work,
-	 * building this batch) is host work, charged to this step: two clock reads a step
-	 * (each a system call, ~0.4 µs here) instead of four. */
+		    .want_logits = ahead ? NULL : m->b_want, .top_k = m->b_topk };
 	const uint64_t t1 = thread_cpu_ns();
-	int rc = ctx_decode(m->ctx, &b);
-	const uint64_t t2 = thread_cpu_ns();
-	const uint64_t host = fwd_end_cpu && t1 > fwd_end_cpu ? t1 - fwd_end_cpu : 0;
-	fwd_end_cpu = t2;
+	int rc = ahead ? ctx_decode_ahead(m->ctx, &b) : ctx_decode(m->ctx, &b);
+	charge_fwd(m, t1, thread_cpu_ns());
 	if (rc < 0) {
 		log_err("model %s: decode of %d tokens failed: %s", m->name, n, strerror(-rc));
 		for (int i = 0; i < n; i++) {
@@ -585,6 +566,11 @@ int sched_step(ModelEntry *m, Req **pending_final)
 			if (r->m && r->slot >= 0 && (i == n - 1 || m->b_req[i + 1] != r))
 				sched_finish(r, QD_FINISH_ERROR, -rc, pending_final);
 		}
+		return n;
+	}
+	if (ahead) {
+		memcpy(m->a_req, m->b_req, sizeof(Req *) * (size_t)n);
+		m->a_n = n;
 		return n;
 	}
 	/* The forward pass has just streamed the weights through the caches: start every
@@ -606,8 +592,6 @@ int sched_step(ModelEntry *m, Req **pending_final)
 			continue;
 		on_token(m, m->b_req[i], li++, pending_final);
 	}
-	m->host_ns += host;
-	m->compute_ns += t2 - t1;
 	uint64_t now = now_ns();
 	m->host_tokens += (uint64_t)li;
 	if (!m->win_t0)

@@ -214,50 +214,9 @@ int cmd_run(int argc, char **argv)
 	 * its token that one, taken where the model runs: a GPU goes from step to step without
 	 * waiting for this thread.  The step queued behind the stop token is dropped. */
 	const bool greedy = sampler_is_greedy(smp);
-	int32_t gid = greedy ? sampler_sample_known(smp, ctx_logits(ctx, 0), ctx_argmax(ctx, 0)) : -1;
-	for (int queued = 0; greedy && (n_predict < 0 || n_gen < n_predict);) {
-		sampler_accept(smp, gid);
-		n_gen++;
-		if (tok_is_eog(tok, gid)) {
-			finish = "stop";
-			break;
-		}
-		int len = tok_piece(tok, gid, special, piece, sizeof(piece));
-		if (len > 0)
-			fwrite(piece, 1, (size_t)(len < (int)sizeof(piece) ? len : (int)sizeof(piece)), stdout);
-		fflush(stdout);
-		if (n_predict >= 0 && n_gen >= n_predict)
-			break;
-		if (!queued) { /* the first step: its token from here */
-			if (cur >= n_ctx_real) {
-				finish = "context full";
-				break;
-			}
-			Batch b = { .n_tokens = 1, .token = &gid, .pos = &cur, .seq = seq };
-			if ((r = ctx_decode_ahead(ctx, &b)) < 0) {
-				fprintf(stderr, "\nquantd: forward pass: %s\n", strerror(-r));
-				break;
-			}
-			cur++;
-		}
-		/* the next step, fed by the queued one's token, unless it would pass a limit */
-		queued = cur < n_ctx_real && (n_predict < 0 || n_gen + 1 < n_predict);
-		Batch b = { .n_tokens = 1, .token = NULL, .pos = &cur, .seq = seq };
-		if ((r = queued ? ctx_decode_ahead(ctx, &b) : ctx_decode_flush(ctx)) < 0) {
-			fprintf(stderr, "\nquantd: forward pass: %s\n", strerror(-r));
-			break;
-		}
-		cur += queued;
-		if ((gid = ctx_argmax(ctx, 0)) < 0) {
-			r = -EIO;
-			fprintf(stderr, "\nquantd: forward pass: no greedy token\n");
-			break;
-		}
-	}
-	if (greedy)
-		(void)ctx_decode_flush(ctx);
-	while (!greedy && (n_predict < 0 || n_gen < n_predict)) {
-		int32_t next = sampler_sample_known(smp, ctx_logits(ctx, 0), ctx_argmax(ctx, 0));
+	int queued = 0; /* greedy: a step is queued whose token is not read yet */
+	int32_t next = sampler_sample_known(smp, ctx_logits(ctx, 0), ctx_argmax(ctx, 0));
+	while (n_predict < 0 || n_gen < n_predict) {
 		sampler_accept(smp, next);
 		n_gen++;
 		if (tok_is_eog(tok, next)) {
@@ -268,17 +227,34 @@ int cmd_run(int argc, char **argv)
 		if (len > 0)
 			fwrite(piece, 1, (size_t)(len < (int)sizeof(piece) ? len : (int)sizeof(piece)), stdout);
 		fflush(stdout);
-		if (cur >= n_ctx_real) {
-			finish = "context full";
+		if (n_predict >= 0 && n_gen >= n_predict)
+			break;
+		if (!queued) { /* the step of NEXT, its token from here */
+			if (cur >= n_ctx_real) {
+				finish = "context full";
+				break;
+			}
+			Batch b = { .n_tokens = 1, .token = &next, .pos = &cur, .seq = seq };
+			if ((r = greedy ? ctx_decode_ahead(ctx, &b) : ctx_decode(ctx, &b)) < 0)
+				break;
+			cur++;
+		}
+		if (greedy) { /* the step after, fed by that one's token, unless it would pass a limit */
+			queued = cur < n_ctx_real && (n_predict < 0 || n_gen + 1 < n_predict);
+			Batch b = { .n_tokens = 1, .token = NULL, .pos = &cur, .seq = seq };
+			if ((r = queued ? ctx_decode_ahead(ctx, &b) : ctx_decode_flush(ctx)) < 0)
+				break;
+			cur += queued;
+		}
+		if ((next = sampler_sample_known(smp, ctx_logits(ctx, 0), ctx_argmax(ctx, 0))) < 0) {
+			r = next;
 			break;
 		}
-		Batch b = { .n_tokens = 1, .token = &next, .pos = &cur, .seq = seq };
-		if ((r = ctx_decode(ctx, &b)) < 0) {
-			fprintf(stderr, "\nquantd: forward pass: %s\n", strerror(-r));
-			break;
-		}
-		cur++;
 	}
+	if (r < 0)
+		fprintf(stderr, "\nquantd: forward pass: %s\n", strerror(-r));
+	if (queued)
+		(void)ctx_decode_flush(ctx);
 	double t_gen = cli_now() - t2;
 	free(pos);
 	free(seq);

@@ -49,8 +49,8 @@ struct Context {
 	float *topk_vals;              /* the same */
 	int32_t *topk_n;               /* [n_batch] how many each row has */
 	int n_out, have_argmax, topk_k; /* topk_k: the k of the last ops->topk call, 0: none */
-	/* ctx_decode_ahead: its steps' tokens when fed ([n_batch]: zeros where the backend
-	 * feeds them, else the last step's ids), and on backends without sync_lag the queued
+	/* ctx_decode_ahead: its steps' tokens when fed ([n_batch]: zeros, never written, where
+	 * the backend feeds them, else the last step's ids), and on backends without sync_lag the queued
 	 * step's ids ([n_batch], after feed_tok); how many steps are queued unread (0 or 1),
 	 * and n_tokens of the last ahead step (0: the next one cannot be fed) */
 	int32_t *feed_tok, *ahead_ids;
@@ -610,10 +610,8 @@ int ctx_decode_ahead(Context *c, const Batch *b)
 	const int lag = ahead_on_backend(c);
 	Batch fb = *b;
 	fb.want_logits = NULL;
-	if (!b->token) {
-		if (lag)
-			memset(c->feed_tok, 0, sizeof(int32_t) * (size_t)n); /* checked, not read */
-		else
+	if (!b->token) { /* on the backend: zeros from ctx_new, checked but not read */
+		if (!lag)
 			memcpy(c->feed_tok, c->ahead_ids, sizeof(int32_t) * (size_t)n);
 		fb.token = c->feed_tok;
 	}
